@@ -1,0 +1,3 @@
+from vmip.cli.main import main
+
+raise SystemExit(main())

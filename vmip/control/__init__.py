@@ -1,0 +1,1 @@
+"""vmip.control."""
