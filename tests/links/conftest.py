@@ -1,0 +1,75 @@
+"""Fixtures for the link tests: namespaces created and removed by the test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from linktest_helpers import NetnsLoop, ip, wait_operstate_up
+
+# Documentation prefix (RFC 3849) for the two-namespace raw tests.
+ADDR_A = "2001:db8:7a::1"
+ADDR_B = "2001:db8:7a::2"
+
+
+def _delete_netns(name: str) -> None:
+    subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def netns_pair():
+    """Two namespaces ``vt<pid>-a``/``-b`` joined by a veth, IPv6 only.
+
+    Yields ``(name_a, name_b, ifname_a, ifname_b)``; both namespaces are
+    deleted afterwards, also when the test or the setup fails.
+    """
+    pid = os.getpid()
+    ns_a, ns_b = f"vt{pid}-a", f"vt{pid}-b"
+    if_a, if_b = "vta", "vtb"
+    try:
+        ip("netns", "add", ns_a)
+        ip("netns", "add", ns_b)
+        # Created inside ns_a so the names cannot clash with the host's.
+        ip("-n", ns_a, "link", "add", if_a, "type", "veth", "peer", "name", if_b,
+           "netns", ns_b)
+        for ns, ifname, address in ((ns_a, if_a, ADDR_A), (ns_b, if_b, ADDR_B)):
+            ip("-n", ns, "link", "set", "lo", "up")
+            ip("-n", ns, "addr", "add", f"{address}/64", "dev", ifname, "nodad")
+            ip("-n", ns, "link", "set", ifname, "up")
+        wait_operstate_up(ns_a, if_a)
+        wait_operstate_up(ns_b, if_b)
+        yield ns_a, ns_b, if_a, if_b
+    finally:
+        _delete_netns(ns_a)
+        _delete_netns(ns_b)
+
+
+@pytest.fixture
+def netns_single():
+    """One namespace ``vt<pid>-c`` with only loopback up."""
+    name = f"vt{os.getpid()}-c"
+    try:
+        ip("netns", "add", name)
+        ip("-n", name, "link", "set", "lo", "up")
+        yield name
+    finally:
+        _delete_netns(name)
+
+
+@pytest.fixture
+def netns_loops():
+    """Factory of :class:`NetnsLoop`; every loop is stopped at teardown."""
+    loops: list[NetnsLoop] = []
+
+    def make(netns: str) -> NetnsLoop:
+        loop = NetnsLoop(netns)
+        loops.append(loop)
+        return loop
+
+    try:
+        yield make
+    finally:
+        for loop in loops:
+            loop.stop()

@@ -1,0 +1,133 @@
+"""Shared helpers for the link tests: settings, async runner, namespaces."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+#: Upper bound for anything a test awaits.
+TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """Stands in for vmip.config.LinkConfig (same field names)."""
+
+    name: str = "test0"
+    driver: str = "udp"
+    interface: str | None = None
+    bind: Any = None
+    port: int = 0
+    coa: Any = None
+    priority: int = 0
+    keepalive: float = 0
+
+
+def run(coro_factory: Callable[[], Coroutine[Any, Any, T]], *, loop_factory=None,
+        timeout: float = TIMEOUT) -> T:
+    """Run one test coroutine on a fresh loop, bounded in time."""
+    async def bounded() -> T:
+        return await asyncio.wait_for(coro_factory(), timeout)
+
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(bounded())
+
+
+class Inbox:
+    """``on_packet`` callback that queues ``(packet, endpoint, driver)``."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def __call__(self, packet: bytes, endpoint, driver) -> None:
+        self.queue.put_nowait((packet, endpoint, driver))
+
+    async def get(self, timeout: float = TIMEOUT):
+        return await asyncio.wait_for(self.queue.get(), timeout)
+
+
+# -- network namespaces ---------------------------------------------------
+
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def ip(*args: str) -> str:
+    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=TIMEOUT)
+    if result.returncode != 0:
+        raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def enter_netns(name: str) -> None:
+    """Move the *calling thread* into a named network namespace."""
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(fd, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def wait_operstate_up(netns: str, ifname: str, timeout: float = 5.0) -> None:
+    """Poll (bounded) until the interface reports carrier."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = json.loads(ip("-n", netns, "-j", "link", "show", "dev", ifname))
+        if info and info[0].get("operstate") == "UP":
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{ifname} in {netns} not UP after {timeout}s: {info}")
+        time.sleep(0.02)
+
+
+class NetnsLoop:
+    """An asyncio loop running in a thread that lives in a network namespace.
+
+    Network namespaces are per thread on Linux, so the test process can hold
+    drivers in two namespaces at once; sockets keep the namespace they were
+    created in.
+    """
+
+    def __init__(self, netns: str) -> None:
+        self.netns = netns
+        self.loop: asyncio.AbstractEventLoop | None = None
+        started: Future = Future()
+        self._thread = threading.Thread(target=self._main, args=(started,), daemon=True,
+                                        name=f"netns-{netns}")
+        self._thread.start()
+        started.result(TIMEOUT)
+
+    def _main(self, started: Future) -> None:
+        try:
+            enter_netns(self.netns)
+            self.loop = asyncio.new_event_loop()
+        except BaseException as exc:
+            started.set_exception(exc)
+            return
+        started.set_result(None)
+        try:
+            self.loop.run_forever()
+        finally:
+            self.loop.close()
+
+    def call(self, coro: Awaitable[T], timeout: float = TIMEOUT) -> T:
+        assert self.loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)  # type: ignore
+
+    def stop(self) -> None:
+        if self.loop is not None and self.loop.is_running():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(TIMEOUT)

@@ -1,0 +1,329 @@
+"""The locator table: on-wire IPv6 address → underlay endpoint (sans-IO).
+
+Two kinds of entries (shown by ``vmip locators``):
+
+- **static**, from the config's ``[[peer]]`` sections: on-wire prefixes and
+  the peer's endpoint and framing.  Lookup is longest-prefix match.  A peer
+  marked ``default`` catches every destination no prefix covers.
+- **learned**, one per on-wire address (a /128), created or moved only by
+  :meth:`LocatorTable.confirm`, which the node calls once a packet from that
+  on-wire source has been *authenticated*: ESP ICV verified and the sequence
+  number accepted by the anti-replay window, or an authenticated IKE message.
+  This is WireGuard's endpoint-roaming rule: unauthenticated input (a
+  spoofed source, a replayed packet, a probe) never moves a locator, so
+  nobody can redirect a peer's traffic without its keys.  :meth:`observe`
+  only reports whether a packet came from somewhere else.
+
+A learned entry wins over any static prefix covering the same address (it
+is the most specific and the most recent, authenticated knowledge).  Learned
+entries are bounded: beyond ``max_learned`` the least recently confirmed one
+is forgotten (it falls back to its static entry, if any).
+
+Addresses may be given as 16 raw octets (the data path reads them straight
+from the packet), :class:`ipaddress.IPv6Address` or text; IPv4 addresses and
+prefixes are stored IPv4-mapped (``::ffff:0:0/96``), as the ``rfc3948`` link
+presents IPv4 underlay addresses.  Anything else raises :class:`LinkError`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter, OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+from vmip.links.base import Endpoint, coerce_endpoint, format_endpoint
+from vmip.links.errors import LinkError
+
+STATIC = "static"
+LEARNED = "learned"
+
+#: Default bound on learned entries (one per mobile node CoA or peer).
+DEFAULT_MAX_LEARNED = 4096
+
+#: Bound on the lookup cache of the static LPM; it is cleared when full.
+_CACHE_LIMIT = 8192
+_MISSING = object()
+
+_IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+class Locator:
+    """Where to send packets for one on-wire prefix.
+
+    ``endpoint`` is ``None`` when the peer has no known underlay endpoint
+    (a peer that must be learned, or a ``raw`` peer: the OS routes).
+    ``link`` is the link the authenticated packet arrived on (learned
+    entries) or ``None`` (static: the node picks a link with this framing).
+    Treat instances as read-only; the table updates learned ones in place.
+    """
+
+    __slots__ = ("prefix", "endpoint", "link", "framing", "source", "peer", "last_confirmed")
+
+    def __init__(self, prefix: ipaddress.IPv6Network, endpoint: Endpoint | None,
+                 link: str | None, framing: str, source: str, peer: str | None,
+                 last_confirmed: float | None = None) -> None:
+        self.prefix = prefix
+        self.endpoint = endpoint
+        self.link = link
+        self.framing = framing
+        self.source = source
+        self.peer = peer
+        self.last_confirmed = last_confirmed
+
+    def as_dict(self, now: float | None = None) -> dict[str, Any]:
+        """One row of ``vmip locators`` (also the control socket's JSON)."""
+        prefix = self.prefix
+        address = str(prefix.network_address) if prefix.prefixlen == 128 else str(prefix)
+        age = None
+        if self.last_confirmed is not None and now is not None:
+            age = max(0.0, now - self.last_confirmed)
+        return {
+            "address": address,
+            "endpoint": format_endpoint(self.endpoint),
+            "link": self.link or "-",
+            "framing": self.framing,
+            "source": self.source,
+            "peer": self.peer or "-",
+            "last_confirmed": self.last_confirmed,
+            "confirmed_ago": age,
+        }
+
+    def __repr__(self) -> str:
+        return (f"Locator({self.prefix}, {format_endpoint(self.endpoint)}, link={self.link}, "
+                f"{self.source}, peer={self.peer})")
+
+
+def address_key(address: Any) -> bytes:
+    """16 octets for an on-wire address given as bytes, ipaddress or text."""
+    if type(address) is bytes and len(address) == 16:
+        return address
+    if isinstance(address, (bytes, bytearray, memoryview)):
+        if len(address) == 16:
+            return bytes(address)
+        if len(address) == 4:
+            return b"\x00" * 10 + b"\xff\xff" + bytes(address)
+        raise LinkError(f"an on-wire address has 16 octets, not {len(address)}")
+    if isinstance(address, ipaddress.IPv6Address):
+        return address.packed
+    if isinstance(address, ipaddress.IPv4Address):
+        return b"\x00" * 10 + b"\xff\xff" + address.packed
+    if isinstance(address, str):
+        try:
+            return address_key(ipaddress.ip_address(address))
+        except ValueError:
+            pass
+    raise LinkError(f"not an on-wire address: {address!r}")
+
+
+def _as_ipv6_network(prefix: Any) -> ipaddress.IPv6Network:
+    try:
+        network = ipaddress.ip_network(prefix, strict=True) \
+            if not isinstance(prefix, (ipaddress.IPv4Network, ipaddress.IPv6Network)) else prefix
+    except (ValueError, TypeError):
+        raise LinkError(f"not an on-wire prefix: {prefix!r}") from None
+    if isinstance(network, ipaddress.IPv4Network):
+        mapped = int(_IPV4_MAPPED.network_address) | int(network.network_address)
+        return ipaddress.IPv6Network((mapped, 96 + network.prefixlen))
+    return network
+
+
+class LocatorTable:
+    """Static prefixes plus authenticated learning; see the module doc."""
+
+    def __init__(self, max_learned: int = DEFAULT_MAX_LEARNED) -> None:
+        if max_learned < 1:
+            raise LinkError(f"max_learned must be at least 1, not {max_learned}")
+        self.max_learned = max_learned
+        # Static entries by prefix length, then by the prefix's top bits.
+        self._static: dict[int, dict[int, Locator]] = {}
+        self._static_lengths: list[int] = []  # longest first
+        self._default: Locator | None = None
+        # Learned /128s, least recently confirmed first (LRU eviction).
+        self._learned: OrderedDict[bytes, Locator] = OrderedDict()
+        self._cache: dict[bytes, Locator | None] = {}
+        #: ``confirmed``, ``moved``, ``learned``, ``evicted``, ``observed_elsewhere``.
+        self.counters: Counter[str] = Counter()
+
+    # -- static entries ----------------------------------------------------
+
+    def add_static(self, prefix: Any, endpoint: Endpoint | None, *, framing: str = "udp",
+                   peer: str | None = None, default: bool = False) -> Locator:
+        """Add one static entry; *endpoint* ``None`` means "no endpoint yet"."""
+        network = _as_ipv6_network(prefix)
+        if endpoint is not None:
+            endpoint = coerce_endpoint(endpoint)
+        bucket = self._static.setdefault(network.prefixlen, {})
+        top_bits = int(network.network_address) >> (128 - network.prefixlen)
+        if top_bits in bucket:
+            raise LinkError(f"on-wire prefix {network} is listed twice "
+                            f"(peers {bucket[top_bits].peer} and {peer})")
+        entry = Locator(network, endpoint, None, str(framing), STATIC, peer)
+        bucket[top_bits] = entry
+        self._static_lengths = sorted(self._static, reverse=True)
+        if default:
+            self._set_default(entry)
+        self._cache.clear()
+        return entry
+
+    def _set_default(self, entry: Locator) -> None:
+        if self._default is not None and self._default.peer != entry.peer:
+            raise LinkError(f"two default peers: {self._default.peer} and {entry.peer}")
+        self._default = entry
+
+    @classmethod
+    def from_peers(cls, peers: Iterable[Any], max_learned: int = DEFAULT_MAX_LEARNED
+                   ) -> LocatorTable:
+        """Build the static part from ``PeerConfig``-like objects (name,
+        prefixes, endpoint, framing, default)."""
+        table = cls(max_learned)
+        for peer in peers:
+            endpoint = peer.endpoint
+            framing = str(getattr(peer, "framing", "udp") or "udp")
+            default = bool(getattr(peer, "default", False))
+            entries = [table.add_static(prefix, endpoint, framing=framing, peer=peer.name)
+                       for prefix in peer.prefixes]
+            if default:
+                if not entries:
+                    # A default peer without prefixes still needs a row.
+                    endpoint = coerce_endpoint(endpoint) if endpoint is not None else None
+                    entry = Locator(_as_ipv6_network("::/0"), endpoint, None, framing,
+                                    STATIC, peer.name)
+                    table._set_default(entry)
+                else:
+                    table._set_default(entries[0])
+        return table
+
+    # -- lookup (data path) ------------------------------------------------
+
+    def lookup(self, destination: Any) -> Locator | None:
+        """The locator for an on-wire destination, or ``None`` (the node
+        answers ICMPv6 destination unreachable, RFC 4443 §3.1).
+
+        Order: learned /128, then longest static prefix, then the default
+        peer.
+        """
+        key = address_key(destination)
+        learned = self._learned.get(key)
+        if learned is not None:
+            return learned
+        cached = self._cache.get(key, _MISSING)
+        if cached is not _MISSING:
+            return cached  # type: ignore[return-value]
+        found = self._longest_static_match(key)
+        if found is None:
+            found = self._default
+        if len(self._cache) >= _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache[key] = found
+        return found
+
+    def _longest_static_match(self, key: bytes) -> Locator | None:
+        value = int.from_bytes(key, "big")
+        static = self._static
+        for length in self._static_lengths:
+            entry = static[length].get(value >> (128 - length))
+            if entry is not None:
+                return entry
+        return None
+
+    # -- learning ----------------------------------------------------------
+
+    def confirm(self, on_wire_source: Any, endpoint: Endpoint, now: float,
+                link: str | None = None) -> bool:
+        """A packet from *on_wire_source* arriving from *endpoint* on *link*
+        was authenticated: point the address there.  Returns ``True`` when
+        the locator was created or moved.
+
+        Call only after the ICV *and* the anti-replay check passed: a
+        replayed authentic packet from an attacker's address must not move
+        the locator either.
+        """
+        key = address_key(on_wire_source)
+        entry = self._learned.get(key)
+        self.counters["confirmed"] += 1
+        if entry is not None and entry.endpoint == endpoint and entry.link == link:
+            entry.last_confirmed = now
+            self._learned.move_to_end(key)
+            return False
+        endpoint = coerce_endpoint(endpoint)
+        if entry is not None:
+            entry.endpoint = endpoint
+            entry.link = link
+            entry.last_confirmed = now
+            self._learned.move_to_end(key)
+            self.counters["moved"] += 1
+            return True
+        covering = self._longest_static_match(key)
+        framing = covering.framing if covering is not None else "udp"
+        peer = covering.peer if covering is not None else None
+        network = ipaddress.IPv6Network((int.from_bytes(key, "big"), 128))
+        self._learned[key] = Locator(network, endpoint, link, framing, LEARNED, peer, now)
+        self.counters["learned"] += 1
+        while len(self._learned) > self.max_learned:
+            self._learned.popitem(last=False)
+            self.counters["evicted"] += 1
+        self._cache.pop(key, None)
+        return True
+
+    def observe(self, on_wire_source: Any, endpoint: Endpoint) -> bool:
+        """An *unauthenticated* packet from *on_wire_source* came from
+        *endpoint*.  Never changes the table; returns ``True`` when that is
+        not where the current locator points (worth a log line: a roaming
+        peer before its first authenticated packet, or a spoofer)."""
+        current = self.lookup(on_wire_source)
+        if current is None or current.endpoint is None or current.endpoint == endpoint:
+            return False
+        self.counters["observed_elsewhere"] += 1
+        return True
+
+    def forget(self, on_wire_address: Any) -> bool:
+        """Drop the learned entry of an address (e.g. a binding deleted)."""
+        return self._learned.pop(address_key(on_wire_address), None) is not None
+
+    # -- display -----------------------------------------------------------
+
+    def entries(self) -> list[Locator]:
+        """Static entries (longest prefix first), the default peer's row if it
+        has no prefix of its own, then learned ones (oldest first)."""
+        rows = [entry for length in self._static_lengths
+                for entry in sorted(self._static[length].values(),
+                                    key=lambda e: e.prefix.network_address)]
+        if self._default is not None and self._default not in rows:
+            rows.append(self._default)
+        rows.extend(self._learned.values())
+        return rows
+
+    def rows(self, now: float | None = None) -> list[dict[str, Any]]:
+        """What ``vmip locators`` prints: one dict per entry (JSON-ready);
+        ``default`` marks the default peer's entry."""
+        out = []
+        for entry in self.entries():
+            row = entry.as_dict(now)
+            row["default"] = entry is self._default
+            out.append(row)
+        return out
+
+    def render(self, now: float | None = None) -> str:
+        """A plain-text table of :meth:`rows` for people."""
+        header = ("ADDRESS", "ENDPOINT", "LINK", "FRAMING", "SOURCE", "PEER", "CONFIRMED")
+        lines = [header]
+        for row in self.rows(now):
+            ago = row["confirmed_ago"]
+            confirmed = "-" if ago is None else f"{ago:.1f}s ago"
+            address = row["address"] + (" (default)" if row["default"] else "")
+            lines.append((address, row["endpoint"], row["link"], row["framing"],
+                          row["source"], row["peer"], confirmed))
+        widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+        return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+                         for line in lines)
+
+    @property
+    def default(self) -> Locator | None:
+        return self._default
+
+    def learned_count(self) -> int:
+        return len(self._learned)
+
+    def __len__(self) -> int:
+        return sum(len(bucket) for bucket in self._static.values()) + len(self._learned)
