@@ -1,0 +1,395 @@
+"""The TUN device: where inner packets enter and leave the node.
+
+Opened with python-pytun (``IFF_TUN | IFF_NO_PI``: every read and write is
+exactly one IP packet, no extra header) and configured over netlink with
+pyroute2: MTU, link up, addresses, routes.  Reads are non-blocking and
+drained in batches, so one event-loop wake-up moves up to ``batch`` packets
+(the TUN ↔ UDP forwarder measured in RECIPES.md does 64 per wake-up).
+
+The device is not persistent: closing the file descriptor removes it, with
+its addresses and routes, also when the process dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+import pytun
+from pyroute2 import IPRoute, NetlinkError
+
+from vmip.errors import VmipError
+from vmip.log import get_logger
+from vmip.wire.errors import WireError
+from vmip.wire.icmpv6 import PACKET_TOO_BIG, PacketTooBig, build_icmpv6_packet, may_send_error
+
+log = get_logger(__name__)
+
+DEFAULT_NAME: Final = "vmip0"
+DEFAULT_MTU: Final = 1400
+#: Packets moved per event-loop wake-up.
+DEFAULT_BATCH: Final = 64
+#: IPv6 needs links of at least 1280 octets (RFC 8200 §5); Linux turns IPv6
+#: off on a device with a smaller MTU.
+IPV6_MIN_MTU: Final = 1280
+IPV4_MIN_MTU: Final = 68
+MAX_MTU: Final = 65535
+# The largest packet the device can hand us: an MTU cannot exceed 65535, and
+# a buffer smaller than a packet would truncate it silently.
+_READ_SIZE: Final = 65536
+# Linux interface names: IFNAMSIZ (16) including the terminating NUL.
+_MAX_NAME_LEN: Final = 15
+
+Address = str | ipaddress.IPv4Interface | ipaddress.IPv6Interface
+Route = str | ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class TunError(VmipError):
+    """The TUN device cannot be opened, configured or used."""
+
+
+@dataclass
+class TunCounters:
+    rx_packets: int = 0
+    rx_bytes: int = 0
+    rx_batches: int = 0
+    tx_packets: int = 0
+    tx_bytes: int = 0
+    tx_dropped: int = 0  # the device queue was full
+    tx_errors: int = 0  # the kernel refused the packet (not IPv4/IPv6, device down)
+    icmp_errors_sent: int = 0
+    icmp_errors_suppressed: int = 0  # RFC 4443 §2.4(e) or the rate limit
+
+
+class IcmpErrorRateLimiter:
+    """Token bucket for ICMPv6 error messages, sans-IO (RFC 4443 §2.4(f) requires a limit).
+
+    ``allow(now)`` takes a monotonic time in seconds and says whether one
+    more error may go out.
+    """
+
+    def __init__(self, rate_per_second: float = 100.0, burst: int = 20):
+        if rate_per_second <= 0 or burst < 1:
+            raise ValueError("rate and burst must be positive")
+        self.rate = rate_per_second
+        self.burst = burst
+        self._tokens = float(burst)
+        self._last: float | None = None
+
+    def allow(self, now: float) -> bool:
+        if self._last is not None and now > self._last:
+            self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
+        if self._last is None or now > self._last:
+            self._last = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+
+def packet_too_big(packet: bytes, mtu: int, src: bytes | ipaddress.IPv6Address) -> bytes:
+    """An ICMPv6 Packet Too Big (RFC 4443 §3.2) about *packet*, from *src* to its sender.
+
+    A complete IPv6 packet: it quotes as much of *packet* as fits in the
+    minimum MTU of 1280 octets (§2.4(c)) and carries its checksum over the
+    pseudo-header (§2.3).  Raises :class:`~vmip.wire.errors.WireError` if
+    *packet* is not IPv6.  Whether an error may be sent at all (§2.4(e))
+    is :func:`vmip.wire.icmpv6.may_send_error`'s question;
+    :meth:`TunDevice.send_packet_too_big` asks it.
+    """
+    if len(packet) < 40 or packet[0] >> 4 != 6:
+        raise WireError("Packet Too Big needs an IPv6 invoking packet")
+    return build_icmpv6_packet(PacketTooBig(mtu, bytes(packet)), src, bytes(packet[8:24]))
+
+
+def _parse_addresses(addresses: Iterable[Address]) -> list[ipaddress.IPv4Interface
+                                                           | ipaddress.IPv6Interface]:
+    parsed = []
+    for address in addresses:
+        try:
+            parsed.append(ipaddress.ip_interface(address))
+        except ValueError as exc:
+            raise TunError(f"bad TUN address {address!r}: {exc}") from None
+    return parsed
+
+
+def _parse_routes(routes: Iterable[Route]) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    parsed = []
+    for route in routes:
+        try:
+            parsed.append(ipaddress.ip_network(route))
+        except ValueError as exc:
+            raise TunError(f"bad TUN route {route!r}: {exc}") from None
+    return parsed
+
+
+def _check_name(name: str) -> None:
+    if not name or len(name) > _MAX_NAME_LEN or name in (".", "..") or any(
+            c in name for c in "/: \t\n"):
+        raise TunError(f"bad interface name {name!r}: 1 to {_MAX_NAME_LEN} characters, "
+                       "no '/', ':' or spaces")
+
+
+def _check_mtu(mtu: int, needs_ipv6: bool) -> None:
+    low = IPV6_MIN_MTU if needs_ipv6 else IPV4_MIN_MTU
+    if not low <= mtu <= MAX_MTU:
+        why = " (IPv6 needs at least 1280, RFC 8200 §5)" if needs_ipv6 else ""
+        raise TunError(f"TUN MTU {mtu} is out of range {low}..{MAX_MTU}{why}")
+
+
+def _open_device(name: str) -> pytun.TunTapDevice:
+    try:
+        return pytun.TunTapDevice(name=name, flags=pytun.IFF_TUN | pytun.IFF_NO_PI)
+    except pytun.Error as exc:
+        code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+        if code == errno.EBUSY:
+            hint = "it is in use (is another vmip node running in this namespace?)"
+        elif code == errno.EPERM:
+            hint = "permission denied: creating a TUN needs CAP_NET_ADMIN (run as root)"
+        elif code in (errno.ENOENT, errno.ENODEV):
+            hint = "/dev/net/tun is missing (load the tun module)"
+        elif code == errno.EINVAL:
+            hint = "an interface of that name exists and is not a TUN device"
+        else:
+            hint = str(exc.args[-1]) if exc.args else str(exc)
+        raise TunError(f"cannot open TUN device {name}: {hint}") from None
+    except OSError as exc:  # opening /dev/net/tun itself
+        raise TunError(f"cannot open /dev/net/tun for {name}: {exc.strerror}") from None
+
+
+class TunDevice:
+    """An open, configured TUN device.  Create it with :meth:`open`."""
+
+    def __init__(self, device: pytun.TunTapDevice, index: int, mtu: int,
+                 addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+                 routes: list[ipaddress.IPv4Network | ipaddress.IPv6Network]):
+        self._device: pytun.TunTapDevice | None = device
+        self._fd = device.fileno()
+        self.name: str = device.name
+        self.index = index
+        self.mtu = mtu
+        self.addresses = addresses
+        self.routes = routes
+        self.counters = TunCounters()
+        self.icmp_rate_limiter = IcmpErrorRateLimiter()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @classmethod
+    def open(cls, name: str = DEFAULT_NAME, addresses: Iterable[Address] = (),
+             mtu: int = DEFAULT_MTU, routes: Iterable[Route] = ()) -> TunDevice:
+        """Create the TUN *name*, set its MTU, bring it up, add *addresses* and *routes*.
+
+        Addresses are interfaces (``"2001:db8:1::1/64"``; the kernel adds the
+        connected route for the prefix); routes are prefixes sent into the
+        TUN (``"2001:db8:20::/48"``, ``"::/0"``) and replace an existing route
+        to the same prefix.  Works in the network namespace of the calling
+        thread.  On any failure the device is removed again and
+        :class:`TunError` says what went wrong.
+        """
+        _check_name(name)
+        parsed_addresses = _parse_addresses(addresses)
+        parsed_routes = _parse_routes(routes)
+        needs_ipv6 = any(a.version == 6 for a in parsed_addresses) or any(
+            r.version == 6 for r in parsed_routes)
+        _check_mtu(mtu, needs_ipv6)
+        device = _open_device(name)
+        try:
+            # pytun's descriptor would otherwise be inherited by children,
+            # and an inherited copy keeps the device alive after close().
+            os.set_inheritable(device.fileno(), False)
+            os.set_blocking(device.fileno(), False)
+            index = _configure(device.name, mtu, parsed_addresses, parsed_routes)
+        except BaseException:
+            device.close()
+            raise
+        log.info("tun up", name=device.name, mtu=mtu,
+                 addresses=" ".join(map(str, parsed_addresses)) or "-",
+                 routes=" ".join(map(str, parsed_routes)) or "-")
+        return cls(device, index, mtu, parsed_addresses, parsed_routes)
+
+    def close(self) -> None:
+        """Close the descriptor, which removes the device; calling it again does nothing."""
+        device, self._device = self._device, None
+        if device is None:
+            return
+        self.detach()
+        self._fd = -1
+        device.close()
+        log.info("tun closed", name=self.name)
+
+    @property
+    def closed(self) -> bool:
+        return self._device is None
+
+    def __enter__(self) -> TunDevice:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def fileno(self) -> int:
+        self._check_open()
+        return self._fd
+
+    def _check_open(self) -> None:
+        if self._device is None:
+            raise TunError(f"TUN device {self.name} is closed")
+
+    # -- packets -----------------------------------------------------------
+
+    def read_batch(self, max_packets: int = DEFAULT_BATCH) -> list[bytes]:
+        """Up to *max_packets* packets that are already waiting; never blocks."""
+        self._check_open()
+        fd, read = self._fd, os.read
+        packets: list[bytes] = []
+        for _ in range(max_packets):
+            try:
+                packet = read(fd, _READ_SIZE)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                raise TunError(f"reading from {self.name}: {exc.strerror}") from None
+            packets.append(packet)
+        if packets:
+            counters = self.counters
+            counters.rx_batches += 1
+            counters.rx_packets += len(packets)
+            counters.rx_bytes += sum(map(len, packets))
+        return packets
+
+    def write(self, packet: bytes) -> bool:
+        """Hand one IP packet to the kernel; False if it was dropped (counted, never raised)."""
+        self._check_open()
+        try:
+            os.write(self._fd, packet)
+        except BlockingIOError:
+            self.counters.tx_dropped += 1
+            return False
+        except OSError as exc:
+            # EINVAL: neither IPv4 nor IPv6; EIO: the device is down.
+            self.counters.tx_errors += 1
+            log.debug("tun write refused", name=self.name, error=exc.strerror, length=len(packet))
+            return False
+        self.counters.tx_packets += 1
+        self.counters.tx_bytes += len(packet)
+        return True
+
+    # -- event loop --------------------------------------------------------
+
+    def attach(self, on_packets: Callable[[list[bytes]], None], *,
+               loop: asyncio.AbstractEventLoop | None = None,
+               batch: int = DEFAULT_BATCH) -> None:
+        """Call ``on_packets(batch)`` from *loop* whenever packets wait (up to *batch* each time)."""
+        self._check_open()
+        if self._loop is not None:
+            raise TunError(f"TUN device {self.name} is already attached to an event loop")
+        loop = loop or asyncio.get_running_loop()
+        loop.add_reader(self._fd, self._on_readable, on_packets, batch)
+        self._loop = loop
+
+    def detach(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self._fd)
+
+    def _on_readable(self, on_packets: Callable[[list[bytes]], None], batch: int) -> None:
+        try:
+            packets = self.read_batch(batch)
+        except TunError as exc:
+            # A device that fails to read would wake the loop forever.
+            log.error("tun read failed; no longer reading", name=self.name, error=str(exc))
+            self.detach()
+            return
+        if packets:
+            try:
+                on_packets(packets)
+            except Exception:
+                log.exception("tun packet handler failed", name=self.name, batch=len(packets))
+
+    # -- ICMPv6 errors -----------------------------------------------------
+
+    def send_packet_too_big(self, packet: bytes, mtu: int, *,
+                            src: bytes | ipaddress.IPv6Address | None = None,
+                            now: float | None = None) -> bool:
+        """Tell the sender of *packet* (read from this TUN) that the path MTU is *mtu*.
+
+        Sent from *src*, by default the first IPv6 address of the TUN.  Not
+        sent (False) when RFC 4443 §2.4(e) forbids it (the packet is itself
+        an ICMPv6 error, its source is unspecified or multicast, it is not
+        IPv6) or when the rate limit of §2.4(f) is reached.
+        """
+        if not may_send_error(packet, PACKET_TOO_BIG):
+            self.counters.icmp_errors_suppressed += 1
+            return False
+        if not self.icmp_rate_limiter.allow(time.monotonic() if now is None else now):
+            self.counters.icmp_errors_suppressed += 1
+            return False
+        if src is None:
+            src = self._icmp_source()
+        if not self.write(packet_too_big(packet, mtu, src)):
+            return False
+        self.counters.icmp_errors_sent += 1
+        return True
+
+    def _icmp_source(self) -> bytes:
+        for address in self.addresses:
+            if address.version == 6 and not address.ip.is_link_local:
+                return address.ip.packed
+        raise TunError(f"{self.name} has no IPv6 address to send ICMPv6 errors from; pass src")
+
+    # -- status --------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """What ``vmip status`` shows about the TUN (JSON-ready)."""
+        return {
+            "name": self.name,
+            "index": self.index,
+            "mtu": self.mtu,
+            "addresses": [str(a) for a in self.addresses],
+            "routes": [str(r) for r in self.routes],
+            "open": not self.closed,
+            **asdict(self.counters),
+        }
+
+
+def _configure(name: str, mtu: int,
+               addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+               routes: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> int:
+    """MTU, link up, addresses, routes, over netlink; returns the interface index."""
+    with IPRoute() as ipr:
+        try:
+            found = ipr.link_lookup(ifname=name)
+        except NetlinkError as exc:
+            raise TunError(f"cannot find {name} over netlink: {exc}") from None
+        if not found:
+            raise TunError(f"{name} was created but netlink does not see it")
+        index = found[0]
+        step = "set MTU and bring up"
+        try:
+            ipr.link("set", index=index, mtu=mtu, state="up")
+            for address in addresses:
+                step = f"add address {address}"
+                # No DAD to wait for: the kernel skips it on a NOARP device
+                # such as a TUN, so the address is usable as a source at once.
+                family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+                ipr.addr("add", index=index, family=family, address=str(address.ip),
+                         prefixlen=address.network.prefixlen)
+            for route in routes:
+                step = f"add route {route}"
+                family = socket.AF_INET6 if route.version == 6 else socket.AF_INET
+                ipr.route("replace", family=family, dst=str(route.network_address),
+                          dst_len=route.prefixlen, oif=index)
+        except NetlinkError as exc:
+            message = os.strerror(exc.code) if isinstance(exc.code, int) and exc.code > 0 \
+                else str(exc)
+            raise TunError(f"cannot {step} on {name}: {message}") from None
+        return index
