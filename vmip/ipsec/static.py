@@ -1,0 +1,201 @@
+"""Static keying: SAs and policies from the config, as ``setkey`` does.
+
+:func:`build_static` turns the config's ``[[keys.sa]]`` and ``[[policy]]``
+entries (:class:`vmip.config.SaConfig`, :class:`vmip.config.PolicyConfig`)
+into :class:`~vmip.ipsec.sa.SaParams` and :class:`~vmip.ipsec.spd.Policy`
+objects, reading each key with :func:`vmip.config.keyfile.read_key_file`
+(hex or base64; a file others can read is refused).  :func:`install` puts
+them in a SAD and an SPD.
+
+Reload (SIGHUP): :func:`reload_diff` compares what is installed with a
+freshly built set, by name.  An SA whose parameters (keys included) are
+unchanged is kept untouched, so its sequence numbers, replay window and
+lifetime counters carry on; a changed SA is deleted and added again (new
+keys are a new SA, RFC 4301 §4.4.2).  :func:`apply_reload` does it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from vmip.config.errors import ConfigError
+from vmip.config.keyfile import read_key_file
+from vmip.ipsec.sa import Direction, SaParams
+from vmip.ipsec.sad import SAD
+from vmip.ipsec.spd import SPD, Policy, Selector, SpdError
+from vmip.ipsec.suites import SUITES
+from vmip.log import get_logger
+
+log = get_logger(__name__)
+
+KeyReader = Callable[[str | os.PathLike[str]], bytes]
+
+
+@dataclass(frozen=True)
+class StaticKeys:
+    """The SAs and policies a config describes, by name, in file order."""
+
+    sas: dict[str, SaParams] = field(default_factory=dict)
+    policies: dict[str, Policy] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    """What a reload changes; names refer to the old set (remove) or the new (add)."""
+
+    remove_sas: tuple[SaParams, ...] = ()
+    add_sas: tuple[SaParams, ...] = ()
+    keep_sas: tuple[str, ...] = ()
+    remove_policies: tuple[Policy, ...] = ()
+    add_policies: tuple[Policy, ...] = ()
+    keep_policies: tuple[str, ...] = ()
+    #: The new set, for the next reload.
+    result: StaticKeys = StaticKeys()
+
+    @property
+    def changes_nothing(self) -> bool:
+        return not (self.remove_sas or self.add_sas or self.remove_policies or self.add_policies)
+
+
+def sa_params(sa, *, backend: str = "cryptography", source: str = "config",
+              read_key: KeyReader = read_key_file) -> SaParams:
+    """The :class:`SaParams` of one ``[[keys.sa]]`` entry, keys read from their files."""
+    where = f"keys.sa[{sa.name}]"
+    info = SUITES.get(sa.suite)
+    if info is None:
+        raise ConfigError(source, f"{where}.suite", f"unknown ESP suite {sa.suite!r}",
+                          f"write one of {', '.join(SUITES)}")
+    enc_key = read_key(sa.key_file) if info.enc_key_len else b""
+    _check_length(source, f"{where}.key_file", enc_key, info.enc_key_len, sa.suite)
+    auth_key = b""
+    if info.auth_key_len:
+        if sa.auth_key_file is None:
+            raise ConfigError(source, f"{where}.auth_key_file",
+                              f"suite {sa.suite} needs an authentication key",
+                              "name a file holding the HMAC key in auth_key_file")
+        auth_key = read_key(sa.auth_key_file)
+        _check_length(source, f"{where}.auth_key_file", auth_key, info.auth_key_len, sa.suite)
+    elif sa.auth_key_file is not None:
+        raise ConfigError(source, f"{where}.auth_key_file",
+                          f"suite {sa.suite} authenticates with its cipher (AEAD)",
+                          "remove auth_key_file")
+    try:
+        return SaParams(spi=sa.spi, direction=sa.direction, src=sa.src, dst=sa.dst,
+                        suite=sa.suite, enc_key=enc_key, auth_key=auth_key, mode=sa.mode,
+                        esn=sa.esn, replay_window=sa.replay_window, soft=sa.soft, hard=sa.hard,
+                        backend=backend, name=sa.name, origin="static")
+    except ValueError as exc:
+        raise ConfigError(source, where, str(exc), "fix the SA's spi and addresses") from None
+
+
+def _check_length(source: str, where: str, key: bytes, needed: int, suite: str) -> None:
+    if len(key) != needed:
+        # Lengths only: the key itself never appears in a message.
+        raise ConfigError(source, where, f"key is {len(key)} bytes, suite {suite} needs {needed}",
+                          f"write {needed} bytes ({2 * needed} hex digits)")
+
+
+def policy(pc, *, source: str = "config") -> Policy:
+    """The SPD entry of one ``[[policy]]`` (src/dst read as local/remote by direction)."""
+    outbound = pc.direction is Direction.OUT
+    local, remote = (pc.src, pc.dst) if outbound else (pc.dst, pc.src)
+    local_ports, remote_ports = ((pc.src_ports, pc.dst_ports) if outbound
+                                 else (pc.dst_ports, pc.src_ports))
+    try:
+        selector = Selector(local=local, remote=remote, proto=pc.protocol,
+                            local_ports=local_ports, remote_ports=remote_ports,
+                            icmp_type=pc.icmp_type, icmp_code=pc.icmp_code, mh_type=pc.mh_type)
+        action = getattr(pc.action, "value", pc.action)  # config StrEnum or plain text
+        return Policy(pc.name, pc.direction, selector, action, tuple(pc.sa), pc.priority)
+    except SpdError as exc:
+        raise ConfigError(source, f"policy[{pc.name}]", str(exc),
+                          "see docs/configuration.md, [[policy]]") from None
+
+
+def build_static(sas: Iterable = (), policies: Iterable = (), *, backend: str = "cryptography",
+                 source: str = "config", read_key: KeyReader = read_key_file) -> StaticKeys:
+    """Every SA and policy of a config; :class:`ConfigError` on the first problem."""
+    built_sas: dict[str, SaParams] = {}
+    for sa in sas:
+        if sa.name in built_sas:
+            raise ConfigError(source, f"keys.sa[{sa.name}]", "two SAs have this name",
+                              "give each SA its own name")
+        built_sas[sa.name] = sa_params(sa, backend=backend, source=source, read_key=read_key)
+    built_policies: dict[str, Policy] = {}
+    for pc in policies:
+        if pc.name in built_policies:
+            raise ConfigError(source, f"policy[{pc.name}]", "two policies have this name",
+                              "give each policy its own name")
+        built_policies[pc.name] = policy(pc, source=source)
+    return StaticKeys(built_sas, built_policies)
+
+
+def from_config(cfg, *, read_key: KeyReader = read_key_file) -> StaticKeys:
+    """:func:`build_static` for a whole :class:`vmip.config.NodeConfig`."""
+    return build_static(cfg.keys.sa, cfg.policies, backend=cfg.keys.backend,
+                        source=str(cfg.source), read_key=read_key)
+
+
+def install(keys: StaticKeys, sad: SAD, spd: SPD, now: float) -> None:
+    """Add every SA to *sad* and every policy to *spd* (file order)."""
+    for params in keys.sas.values():
+        sad.add(params, now)
+    for pol in keys.policies.values():
+        spd.add(pol)
+    log.info("static keys installed", sas=len(keys.sas), policies=len(keys.policies))
+
+
+def reload_diff(old: StaticKeys, new: StaticKeys) -> ReloadPlan:
+    """Which SAs and policies a reload from *old* to *new* removes, adds and keeps."""
+    remove_sas, add_sas, keep_sas = _diff(old.sas, new.sas)
+    remove_pol, add_pol, keep_pol = _diff(old.policies, new.policies)
+    return ReloadPlan(remove_sas, add_sas, keep_sas, remove_pol, add_pol, keep_pol, new)
+
+
+def _diff(old: dict, new: dict) -> tuple[tuple, tuple, tuple[str, ...]]:
+    remove = tuple(item for name, item in old.items() if new.get(name) != item)
+    add = tuple(item for name, item in new.items() if old.get(name) != item)
+    keep = tuple(name for name, item in new.items() if old.get(name) == item)
+    return remove, add, keep
+
+
+def apply_reload(plan: ReloadPlan, sad: SAD, spd: SPD, now: float) -> None:
+    """Carry out *plan*; SAs it keeps are not touched."""
+    for pol in plan.remove_policies:
+        if pol.name in spd:
+            spd.remove(pol.name)
+    for params in plan.remove_sas:
+        if sad.get(params.spi, params.direction, params.dst) is not None:
+            sad.delete(params.spi, params.direction, params.dst, reason="reload")
+    for params in plan.add_sas:
+        sad.add(params, now)
+    for pol in plan.add_policies:
+        spd.add(pol)
+    _restore_file_order(plan.result, spd)
+    log.info("static keys reloaded", sas_added=len(plan.add_sas),
+             sas_removed=len(plan.remove_sas), sas_kept=len(plan.keep_sas),
+             policies_added=len(plan.add_policies), policies_removed=len(plan.remove_policies))
+
+
+def _restore_file_order(keys: StaticKeys, spd: SPD) -> None:
+    """Re-add the static policies if edits broke "equal priority keeps file order".
+
+    A re-added policy goes after its equals, wherever it was in the file;
+    policies hold no state, so re-adding them all in file order is harmless.
+    """
+    names = list(keys.policies)
+    position = {name: index for index, name in enumerate(names)}
+    for direction in Direction:
+        current = [p.name for p in spd.list(direction) if p.name in position]
+        wanted = sorted(current, key=lambda n: (keys.policies[n].priority, position[n]))
+        if current != wanted:
+            break
+    else:
+        return
+    for name in names:
+        if name in spd:
+            spd.remove(name)
+    for pol in keys.policies.values():
+        spd.add(pol)
