@@ -1,0 +1,202 @@
+"""``vmip run`` and the commands that ask a running node through its control socket.
+
+Every client command finds the node of the current network namespace by
+itself (``/run/vmip/<netns>.sock``), so ``vmip lab exec mn -- vmip status``
+needs no flags; ``--socket`` points elsewhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from vmip.cli.render import Column, add_json_flag, print_json, print_record, print_rows
+from vmip.control.client import ControlClient
+
+RUN_EPILOG = """\
+examples:
+  vmip run -c configs/mn.toml
+  vmip run -c /run/vmip-lab/mn/mn.toml --pcap-wire /tmp/mn-wire.pcap --user nobody
+
+signals: SIGTERM or SIGINT stop the node cleanly (TUN removed, sockets
+closed); SIGHUP re-reads the config and changes only the SAs, policies and
+peers that changed.
+"""
+
+
+def register(subparsers) -> None:
+    run = subparsers.add_parser(
+        "run", help="run a vmip node from its config",
+        description="Run one vmip node: open its TUN, its links and its control socket, "
+                    "install its SAs and policies, and forward until stopped.",
+        epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("-c", "--config", required=True, type=Path, help="the node's TOML config")
+    run.add_argument("--pcap-wire", metavar="FILE",
+                     help="write every on-wire IPv6 packet to FILE (pcap, LINKTYPE_IPV6)")
+    run.add_argument("--pcap-inner", metavar="FILE",
+                     help="write every inner packet (as the TUN sees it) to FILE")
+    run.add_argument("--user", metavar="USER",
+                     help="after start-up, become USER keeping only CAP_NET_ADMIN "
+                          "(and CAP_NET_RAW for the raw driver); default: node.user of the config")
+    run.add_argument("--control-socket", type=Path, metavar="PATH",
+                     help="control socket path (default: control.socket, else /run/vmip/<netns>.sock)")
+    run.set_defaults(func=_run)
+
+    def client(name: str, help_text: str, func, description: str | None = None):
+        parser = subparsers.add_parser(name, help=help_text, description=description or help_text)
+        parser.add_argument("--socket", type=Path, metavar="PATH",
+                            help="the node's control socket (default: the one of this namespace)")
+        add_json_flag(parser)
+        parser.set_defaults(func=func)
+        return parser
+
+    client("status", "show a running node: roles, TUN, links, SA and policy counts", _status)
+    sa = subparsers.add_parser("sa", help="security associations of a running node")
+    sa_sub = sa.add_subparsers(title="commands", metavar="COMMAND")
+    sa_list = sa_sub.add_parser("list", help="list the SAs (no keys)")
+    sa_list.add_argument("--socket", type=Path, metavar="PATH")
+    add_json_flag(sa_list)
+    sa_list.set_defaults(func=_sa_list)
+    sa.set_defaults(func=lambda args: (sa.print_help(), 2)[1])
+    spd = subparsers.add_parser("spd", help="security policies of a running node")
+    spd_sub = spd.add_subparsers(title="commands", metavar="COMMAND")
+    spd_list = spd_sub.add_parser("list", help="list the policies, in lookup order")
+    spd_list.add_argument("--socket", type=Path, metavar="PATH")
+    add_json_flag(spd_list)
+    spd_list.set_defaults(func=_spd_list)
+    spd.set_defaults(func=lambda args: (spd.print_help(), 2)[1])
+    client("locators", "the locator table: on-wire address -> underlay endpoint", _locators)
+    client("counters", "packet counters and drops by reason", _counters)
+    keys = client("keys", "export the live SAs' keys for Wireshark", _keys,
+                  description="Print one tshark 4.0 esp_sa UAT row per live SA. Use as: "
+                              "tshark -o esp.enable_encryption_decode:TRUE "
+                              "-o 'uat:esp_sa:ROW' ... (keys are secrets: mind where they go)")
+    keys.add_argument("--wireshark", action="store_true", required=True,
+                      help="rows in Wireshark's esp_sa format")
+    cap = subparsers.add_parser("capture", help="start or stop a capture on a running node")
+    cap_sub = cap.add_subparsers(title="commands", metavar="COMMAND")
+    start = cap_sub.add_parser("start", help="write on-wire (and/or inner) packets to pcap files")
+    start.add_argument("--wire", metavar="FILE", help="on-wire packets to FILE")
+    start.add_argument("--inner", metavar="FILE", help="inner packets to FILE")
+    start.add_argument("--socket", type=Path, metavar="PATH")
+    start.set_defaults(func=_capture_start)
+    stop = cap_sub.add_parser("stop", help="stop capturing; print the files and packet counts")
+    stop.add_argument("--socket", type=Path, metavar="PATH")
+    stop.set_defaults(func=_capture_stop)
+    cap.set_defaults(func=lambda args: (cap.print_help(), 2)[1])
+
+
+def _run(args) -> int:
+    from vmip import log
+    from vmip.config import load_config
+    from vmip.node.runtime import run_node
+
+    config = load_config(args.config)
+    logging_cfg = config.logging
+    log.setup(args.log_level if args.log_level != "info" else str(logging_cfg.level),
+              args.log_format if args.log_format != "text" else str(logging_cfg.format),
+              file=str(logging_cfg.file) if logging_cfg.file else None)
+    user = args.user or getattr(config.node, "user", None)
+    try:
+        import uvloop
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    if args.control_socket is not None:
+        import dataclasses
+        config = dataclasses.replace(config, control=dataclasses.replace(
+            config.control, socket=args.control_socket))
+    return runner(run_node(config, config_path=args.config, pcap_wire=args.pcap_wire,
+                           pcap_inner=args.pcap_inner, drop_to=user))
+
+
+def _client(args) -> ControlClient:
+    return ControlClient(getattr(args, "socket", None))
+
+
+def _status(args) -> int:
+    status = _client(args).call("status")
+    if args.json:
+        print_json(status)
+        return 0
+    tun = status.get("tun") or {}
+    record = dict(status)
+    record["roles"] = ", ".join(status.get("roles", []))
+    record["tun"] = f"{tun.get('name')} mtu {tun.get('mtu')} " + " ".join(tun.get("addresses", []))
+    record["links"] = ", ".join(f"{link['name']} ({link['driver']})" for link in status["links"])
+    print_record(record, ["name", "version", "roles", "pid", Column("uptime_s", "uptime",
+                 kind="duration"), "tun", "links", "sas", "policies", "locators", "control"],
+                 title=f"vmip node {status.get('name')}")
+    return 0
+
+
+def _sa_list(args) -> int:
+    rows = _client(args).call("sa.list")
+    print_rows(rows, ["name", Column("spi", kind="hex"), "direction", "src", "dst", "mode",
+                      "suite", "state", Column("packets", kind="count"),
+                      Column("bytes", kind="bytes")], as_json=args.json, title="SAs")
+    return 0
+
+
+def _spd_list(args) -> int:
+    rows = _client(args).call("spd.list")
+    for row in rows:
+        row["sa"] = ", ".join(row.get("sa", []))
+    print_rows(rows, ["name", "direction", "selector", "action", "sa", "priority"],
+               as_json=args.json, title="policies")
+    return 0
+
+
+def _locators(args) -> int:
+    rows = _client(args).call("locators")
+    columns = list(rows[0].keys()) if rows else ["prefix", "endpoint"]
+    print_rows(rows, columns, as_json=args.json, title="locators")
+    return 0
+
+
+def _counters(args) -> int:
+    counters = _client(args).call("counters")
+    if args.json:
+        print_json(counters)
+        return 0
+    rows = []
+    for section in ("node", "ipsec", "esp"):
+        for name, value in sorted(counters.get(section, {}).items()):
+            rows.append({"where": section, "counter": name, "value": value})
+    for link, values in sorted(counters.get("links", {}).items()):
+        for name, value in sorted(values.items()):
+            rows.append({"where": f"link {link}", "counter": name, "value": value})
+    tun = counters.get("tun", {})
+    for name in ("rx_packets", "tx_packets", "tx_dropped", "tx_errors", "icmp_errors_sent"):
+        if name in tun:
+            rows.append({"where": "tun", "counter": name, "value": tun[name]})
+    print_rows(rows, ["where", "counter", Column("value", kind="count")], title="counters")
+    return 0
+
+
+def _keys(args) -> int:
+    result = _client(args).call("keys.wireshark")
+    if args.json:
+        print_json(result)
+        return 0
+    for row in result["rows"]:
+        sys.stdout.write(row + "\n")
+    return 0
+
+
+def _capture_start(args) -> int:
+    if not args.wire and not args.inner:
+        print("vmip capture start: give --wire FILE and/or --inner FILE", file=sys.stderr)
+        return 2
+    wire = str(Path(args.wire).resolve()) if args.wire else None
+    inner = str(Path(args.inner).resolve()) if args.inner else None
+    result = _client(args).call("pcap.start", wire=wire, inner=inner)
+    print_json(result)
+    return 0
+
+
+def _capture_stop(args) -> int:
+    print_json(_client(args).call("pcap.stop"))
+    return 0

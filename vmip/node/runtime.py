@@ -1,0 +1,490 @@
+"""The node runtime: one asyncio loop around the sans-IO cores.
+
+Like wireguard-go's device/conn/tun split, the runtime owns three kinds of
+I/O and nothing else: the TUN (:mod:`vmip.node.tun`), the link drivers
+(:mod:`vmip.links`) and the control socket (:mod:`vmip.control`).  Every
+decision is taken by a sans-IO core: the IPsec engine (SPD, SAD, ESP), the
+locator table and, in later layers, mobility and IKE.  Timers are the SAD's
+``get_timer()`` deadline, re-armed after every call into it.
+
+Packet paths (DESIGN-BRIEF §4):
+
+- outbound: TUN batch → ``engine.outbound`` (SPD, ESP) → on-wire packet →
+  too big for the link? ICMPv6 Packet Too Big to the sender → locator
+  lookup → link driver.  No locator: ICMPv6 destination unreachable.
+- inbound: link driver → ``engine.inbound`` (SAD, ESP, anti-replay, the
+  RFC 4301 §5.2 selector check) → locator learning, only for packets an SA
+  authenticated → TUN.
+
+Nothing a peer sends can raise out of these paths: drops are counted by
+reason and shown by ``vmip counters``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+from vmip import __version__
+from vmip.config import load_config
+from vmip.control.paths import default_socket_path
+from vmip.control.server import ControlServer
+from vmip.errors import VmipError
+from vmip.ipsec import static
+from vmip.ipsec.engine import IpsecEngine
+from vmip.ipsec.sa import Direction
+from vmip.ipsec.sad import SAD
+from vmip.ipsec.sadb import SadbBus
+from vmip.ipsec.spd import SPD
+from vmip.ipsec.wireshark import wireshark_rows
+from vmip.links import make_driver
+from vmip.links.base import LinkDriver, format_endpoint
+from vmip.links.locators import LocatorTable
+from vmip.log import get_logger
+from vmip.node.pcap import PcapWriter
+from vmip.node.tun import TunDevice
+from vmip.wire.icmpv6 import DestinationUnreachable, build_icmpv6_packet, may_send_error
+
+log = get_logger(__name__)
+
+#: Bytes a link driver adds around the on-wire packet, by driver and
+#: underlay family: IPv4/IPv6 header plus UDP header.
+_UDP_OVERHEAD = {4: 20 + 8, 6: 40 + 8}
+
+#: The underlay MTU assumed when the link's interface cannot be read.
+DEFAULT_UNDERLAY_MTU = 1500
+
+#: ICMPv6 destination unreachable, code 0 "no route to destination" (RFC 4443 §3.1).
+_ICMP_DEST_UNREACH = 1
+
+
+class NodeError(VmipError):
+    """The node could not start or was asked something it cannot do."""
+
+
+class Node:
+    """One vmip node: TUN, links, IPsec, control socket.
+
+    ``clock`` is the monotonic time source handed to every sans-IO core
+    (tests may pass a fake one).  Build it, ``await start()``, then
+    ``await wait_stopped()``; ``request_stop()`` (or SIGTERM/SIGINT) ends it,
+    ``await close()`` releases everything.
+    """
+
+    def __init__(self, config, *, config_path: Path | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 pcap_wire: str | None = None, pcap_inner: str | None = None,
+                 control_socket: Path | None = None, batch: int = 64) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.clock = clock
+        self.batch = batch
+        self.started_at = clock()
+        self.bus = SadbBus()
+        self.sad = SAD(self.bus)
+        self.spd = SPD()
+        now = clock()
+        self.keys = static.from_config(config)
+        static.install(self.keys, self.sad, self.spd, now)
+        self.engine = IpsecEngine(self.spd, self.sad, now, bus=self.bus)
+        self.locators = LocatorTable.from_peers(config.peers)
+        self.links: dict[str, LinkDriver] = {}
+        self.tun: TunDevice | None = None
+        self.control: ControlServer | None = None
+        self.control_path = control_socket or (config.control.socket or default_socket_path())
+        self.counters: Counter[str] = Counter()
+        self._pcap_wire = PcapWriter(pcap_wire) if pcap_wire else None
+        self._pcap_inner = PcapWriter(pcap_inner) if pcap_inner else None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline: float | None = None
+        self._stopped = asyncio.Event()
+        self._local: set[bytes] = set()
+        self._link_mtu: dict[str, int] = {}
+        self._framing_links: dict[str, list[LinkDriver]] = {}
+
+    # -- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        cfg = self.config
+        try:
+            self.tun = TunDevice.open(cfg.tun.name, [str(a) for a in cfg.tun.addresses],
+                                      cfg.tun.mtu, [str(r) for r in cfg.tun.routes])
+            self._local = {a.ip.packed for a in cfg.tun.addresses}
+            for link_cfg in sorted(cfg.links, key=lambda link: link.priority):
+                driver = make_driver(link_cfg)
+                await driver.start(self._loop, self._on_link_packet)
+                self.links[link_cfg.name] = driver
+                self._framing_links.setdefault(str(link_cfg.driver), []).append(driver)
+                self._link_mtu[link_cfg.name] = self._underlay_payload_mtu(link_cfg)
+            self.control = ControlServer(self.control_path, self._handlers())
+            await self.control.start()
+        except BaseException:
+            await self.close()
+            raise
+        self.tun.attach(self._on_tun_packets, loop=self._loop, batch=self.batch)
+        self._arm_timer()
+        for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
+                             (signal.SIGHUP, self.reload)):
+            try:
+                self._loop.add_signal_handler(sig, handler)
+            except (NotImplementedError, RuntimeError):
+                pass  # not the main thread (tests): signals stay with the caller
+        log.info("node started", name=cfg.node.name, roles=",".join(map(str, cfg.node.roles)),
+                 tun=self.tun.name, links=",".join(self.links), control=str(self.control_path),
+                 sas=len(self.keys.sas), policies=len(self.keys.policies))
+
+    def request_stop(self) -> None:
+        log.info("stop requested", name=self.config.node.name)
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def close(self) -> None:
+        if self._loop is not None:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                try:
+                    self._loop.remove_signal_handler(sig)
+                except (NotImplementedError, RuntimeError, ValueError):
+                    pass
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.control is not None:
+            await self.control.close()
+            self.control = None
+        for driver in list(self.links.values()):
+            await driver.close()
+        self.links.clear()
+        if self.tun is not None:
+            self.tun.close()
+            self.tun = None
+        for writer in (self._pcap_wire, self._pcap_inner):
+            if writer is not None:
+                writer.close()
+        log.info("node stopped", name=self.config.node.name)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config; change only the SAs, policies and peers that changed."""
+        if self.config_path is None:
+            log.warning("reload ignored: the node was not started from a config file")
+            return
+        try:
+            new_config = load_config(self.config_path)
+            new_keys = static.from_config(new_config)
+        except VmipError as exc:
+            log.error("reload refused; keeping the running config", error=str(exc))
+            self.counters["reload_failed"] += 1
+            return
+        plan = static.reload_diff(self.keys, new_keys)
+        static.apply_reload(plan, self.sad, self.spd, self.clock())
+        self.keys = plan.result
+        self.locators.replace_static(new_config.peers)
+        self.config = new_config
+        self.counters["reloads"] += 1
+        self._arm_timer()
+        log.info("config reloaded", added_sas=len(plan.add_sas), removed_sas=len(plan.remove_sas),
+                 kept_sas=len(plan.keep_sas), added_policies=len(plan.add_policies),
+                 removed_policies=len(plan.remove_policies))
+
+    # -- timers --------------------------------------------------------------
+
+    def _arm_timer(self) -> None:
+        """Follow the SAD's next deadline (lifetimes, larval SPIs)."""
+        if self._loop is None:
+            return
+        deadline = self.sad.get_timer()
+        if deadline == self._timer_deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_deadline = deadline
+        if deadline is not None:
+            delay = max(0.0, deadline - self.clock())
+            self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_deadline = None
+        self.sad.handle_timer(self.clock())
+        self._arm_timer()
+
+    # -- outbound: TUN → wire ------------------------------------------------
+
+    def _on_tun_packets(self, packets: list[bytes]) -> None:
+        now = self.clock()
+        outbound = self.engine.outbound
+        pcap_inner = self._pcap_inner
+        sends: dict[LinkDriver, list[tuple[bytes, tuple[str, int]]]] = {}
+        for inner in packets:
+            if pcap_inner is not None:
+                pcap_inner.write(inner)
+            result = outbound(inner, now)
+            wire = result.packet
+            if wire is None:
+                continue
+            self._route(inner, wire, sends)
+        for driver, items in sends.items():
+            driver.send_many(items)
+        if self.sad.get_timer() != self._timer_deadline:
+            self._arm_timer()
+
+    def _route(self, inner: bytes, wire: bytes, sends: dict) -> None:
+        """Pick the link and underlay endpoint for an on-wire packet."""
+        if wire[0] >> 4 != 6:
+            self.counters["tx_drop_not_ipv6"] += 1
+            return
+        locator = self.locators.lookup(wire[24:40])
+        if locator is None:
+            self.counters["tx_drop_no_locator"] += 1
+            self._unreachable(inner)
+            return
+        driver = self._driver_for(locator)
+        if driver is None or locator.endpoint is None and driver.kind != "raw":
+            self.counters["tx_drop_no_link"] += 1
+            self._unreachable(inner)
+            return
+        mtu = self._link_mtu.get(driver.name, DEFAULT_UNDERLAY_MTU)
+        if len(wire) > mtu:
+            # RFC 4443 §3.2 / RFC 8201: tell the sender how much less to send;
+            # the overhead is what ESP and the tunnel added to this packet.
+            self.counters["tx_drop_too_big"] += 1
+            if self.tun is not None:
+                self.tun.send_packet_too_big(inner, max(1280, mtu - (len(wire) - len(inner))))
+            return
+        if self._pcap_wire is not None:
+            self._pcap_wire.write(wire)
+        endpoint = locator.endpoint if locator.endpoint is not None else (
+            str(_ipv6_text(wire[24:40])), 0)
+        sends.setdefault(driver, []).append((wire, endpoint))
+        self.counters["tx_packets"] += 1
+
+    def _driver_for(self, locator) -> LinkDriver | None:
+        if locator.link is not None:
+            driver = self.links.get(locator.link)
+            if driver is not None:
+                return driver
+        candidates = self._framing_links.get(str(locator.framing))
+        return candidates[0] if candidates else None
+
+    def _unreachable(self, inner: bytes) -> None:
+        """ICMPv6 destination unreachable, code 0 (no route), back into the TUN (RFC 4443 §3.1)."""
+        tun = self.tun
+        if tun is None or not may_send_error(inner, _ICMP_DEST_UNREACH):
+            return
+        if not tun.icmp_rate_limiter.allow(self.clock()):
+            tun.counters.icmp_errors_suppressed += 1
+            return
+        source = next((a.ip for a in tun.addresses if a.version == 6), None)
+        if source is None:
+            return
+        error = build_icmpv6_packet(DestinationUnreachable(0, inner), source, inner[8:24])
+        if tun.write(error):
+            tun.counters.icmp_errors_sent += 1
+
+    # -- inbound: wire → TUN -------------------------------------------------
+
+    def _on_link_packet(self, wire: bytes, endpoint: tuple[str, int], link: LinkDriver) -> None:
+        now = self.clock()
+        if self._pcap_wire is not None:
+            self._pcap_wire.write(wire)
+        result = self.engine.inbound(wire, now)
+        inner = result.packet
+        if inner is None:
+            return
+        if result.sas:
+            # Authenticated: only now may the sender's locator move (DESIGN-BRIEF §3).
+            self.locators.confirm(wire[8:24], endpoint, now, link=link.name)
+        if self._pcap_inner is not None:
+            self._pcap_inner.write(inner)
+        if self.tun is not None:
+            self.tun.write(inner)
+        self.counters["rx_delivered"] += 1
+        if self.sad.get_timer() != self._timer_deadline:
+            self._arm_timer()
+
+    # -- MTU -------------------------------------------------------------------
+
+    def _underlay_payload_mtu(self, link_cfg) -> int:
+        """Largest on-wire packet the link carries without IP fragmentation."""
+        mtu = DEFAULT_UNDERLAY_MTU
+        if link_cfg.interface:
+            try:
+                mtu = int(Path(f"/sys/class/net/{link_cfg.interface}/mtu").read_text())
+            except (OSError, ValueError):
+                pass
+        driver = str(link_cfg.driver)
+        if driver == "raw":
+            return mtu
+        family = 6 if link_cfg.bind is not None and link_cfg.bind.version == 6 else 4
+        # An unbound socket may reach IPv6 peers: assume the larger overhead
+        # unless every static peer endpoint is IPv4.
+        if link_cfg.bind is None and any(
+                p.endpoint is not None and p.endpoint.address.version == 6
+                for p in self.config.peers):
+            family = 6
+        return mtu - _UDP_OVERHEAD[family]
+
+    # -- control socket --------------------------------------------------------
+
+    def _handlers(self) -> dict[str, Callable[[dict], Any]]:
+        return {
+            "status": self._status,
+            "sa.list": self._sa_list,
+            "spd.list": self._spd_list,
+            "locators": self._locators,
+            "counters": self._counters,
+            "keys.wireshark": self._keys_wireshark,
+            "pcap.start": self._pcap_start,
+            "pcap.stop": self._pcap_stop,
+            "reload": lambda args: (self.reload(), {"reloads": self.counters["reloads"]})[1],
+        }
+
+    def _status(self, args: dict) -> dict:
+        cfg = self.config
+        now = self.clock()
+        return {
+            "name": cfg.node.name,
+            "version": __version__,
+            "roles": [str(r) for r in cfg.node.roles],
+            "pid": os.getpid(),
+            "uptime_s": round(now - self.started_at, 3),
+            "tun": self.tun.status() if self.tun is not None else None,
+            "links": [
+                {"name": name, "driver": driver.kind, "counters": dict(driver.counters),
+                 "mtu": self._link_mtu.get(name)}
+                for name, driver in self.links.items()
+            ],
+            "sas": len(self.sad.dump(publish=False)),
+            "policies": len(self.spd.list()),
+            "locators": len(self.locators),
+            "control": str(self.control_path),
+            "capture": {
+                "wire": str(self._pcap_wire.path) if self._pcap_wire else None,
+                "inner": str(self._pcap_inner.path) if self._pcap_inner else None,
+            },
+        }
+
+    def _sa_list(self, args: dict) -> list[dict]:
+        rows = []
+        for info in self.sad.dump(publish=False):
+            esp = self.sad.esp(info.spi, info.direction, info.dst)
+            rows.append({
+                "name": info.name,
+                "spi": info.spi,
+                "direction": info.direction.value,
+                "src": str(info.src),
+                "dst": str(info.dst),
+                "state": info.state,
+                "mode": info.mode.value if info.mode else None,
+                "suite": info.suite,
+                "origin": info.origin,
+                "packets": info.packets,
+                "bytes": info.bytes,
+                "drops": dict(esp.drops) if esp is not None else {},
+            })
+        return rows
+
+    def _spd_list(self, args: dict) -> list[dict]:
+        rows = []
+        for policy in self.spd.list():
+            rows.append({
+                "name": policy.name,
+                "direction": policy.direction.value,
+                "selector": str(policy.selector),
+                "action": policy.action.value,
+                "sa": [str(t) for t in policy.sa_bundle],
+                "priority": policy.priority,
+            })
+        return rows
+
+    def _locators(self, args: dict) -> list[dict]:
+        return self.locators.rows(self.clock())
+
+    def _counters(self, args: dict) -> dict:
+        esp_drops: Counter[str] = Counter()
+        for info in self.sad.dump(publish=False):
+            esp = self.sad.esp(info.spi, info.direction, info.dst)
+            if esp is not None:
+                esp_drops.update(esp.drops)
+        return {
+            "node": dict(self.counters),
+            "ipsec": dict(self.engine.drops),
+            "esp": dict(esp_drops),
+            "links": {name: dict(d.counters) for name, d in self.links.items()},
+            "tun": self.tun.status() if self.tun is not None else {},
+        }
+
+    def _keys_wireshark(self, args: dict) -> dict:
+        params = []
+        for info in self.sad.dump(publish=False):
+            esp = self.sad.esp(info.spi, info.direction, info.dst)
+            if esp is not None:
+                params.append(esp.params)
+        return {"rows": wireshark_rows(params)}
+
+    def _pcap_start(self, args: dict) -> dict:
+        wire, inner = args.get("wire"), args.get("inner")
+        if not wire and not inner:
+            raise NodeError("pcap.start needs 'wire' and/or 'inner' file paths")
+        for name in ("wire", "inner"):
+            value = args.get(name)
+            if value is not None and not isinstance(value, str):
+                raise NodeError(f"pcap.start: '{name}' must be a file path")
+        self._pcap_stop({})
+        if wire:
+            self._pcap_wire = PcapWriter(wire)
+        if inner:
+            self._pcap_inner = PcapWriter(inner)
+        log.info("capture started", wire=wire or "-", inner=inner or "-")
+        return {"wire": wire, "inner": inner}
+
+    def _pcap_stop(self, args: dict) -> dict:
+        stopped = {}
+        for attr in ("_pcap_wire", "_pcap_inner"):
+            writer = getattr(self, attr)
+            if writer is not None:
+                writer.close()
+                stopped[attr[6:]] = {"file": str(writer.path), "packets": writer.packets}
+                setattr(self, attr, None)
+        return stopped
+
+
+def _ipv6_text(raw: bytes) -> str:
+    import ipaddress
+
+    return str(ipaddress.IPv6Address(raw))
+
+
+async def run_node(config, *, config_path: Path | None = None, pcap_wire: str | None = None,
+                   pcap_inner: str | None = None, drop_to: str | None = None,
+                   ready: Callable[[Node], None] | None = None) -> int:
+    """Start a node, drop privileges, serve until SIGTERM/SIGINT, clean up."""
+    node = Node(config, config_path=config_path, pcap_wire=pcap_wire, pcap_inner=pcap_inner)
+    await node.start()
+    try:
+        if drop_to:
+            from vmip.node.privileges import CAP_NET_ADMIN, CAP_NET_RAW, drop_privileges
+
+            keep = [CAP_NET_ADMIN]
+            if any(str(link.driver) == "raw" for link in config.links):
+                keep.append(CAP_NET_RAW)
+            drop_privileges(drop_to, keep)
+        if ready is not None:
+            ready(node)
+        await node.wait_stopped()
+    finally:
+        await node.close()
+    return 0
+
+
+def format_locator_endpoint(endpoint) -> str:
+    return format_endpoint(endpoint)
