@@ -20,17 +20,20 @@ def _delete_netns(name: str) -> None:
 
 @pytest.fixture
 def netns_pair():
-    """Two namespaces ``vt<pid>-a``/``-b`` joined by a veth, IPv6 only.
+    """Two namespaces ``vt<pid>-links-a``/``-b`` joined by a veth, IPv6 only.
 
-    Yields ``(name_a, name_b, ifname_a, ifname_b)``; both namespaces are
-    deleted afterwards, also when the test or the setup fails.
+    Yields ``(name_a, name_b, ifname_a, ifname_b)``; the namespaces this
+    fixture created are deleted afterwards, also when the test or the setup
+    fails (and only those: other test suites use ``vt<pid>-...`` too).
     """
     pid = os.getpid()
-    ns_a, ns_b = f"vt{pid}-a", f"vt{pid}-b"
+    ns_a, ns_b = f"vt{pid}-links-a", f"vt{pid}-links-b"
     if_a, if_b = "vta", "vtb"
+    created: list[str] = []
     try:
-        ip("netns", "add", ns_a)
-        ip("netns", "add", ns_b)
+        for name in (ns_a, ns_b):
+            ip("netns", "add", name)
+            created.append(name)
         # Created inside ns_a so the names cannot clash with the host's.
         ip("-n", ns_a, "link", "add", if_a, "type", "veth", "peer", "name", if_b,
            "netns", ns_b)
@@ -42,16 +45,16 @@ def netns_pair():
         wait_operstate_up(ns_b, if_b)
         yield ns_a, ns_b, if_a, if_b
     finally:
-        _delete_netns(ns_a)
-        _delete_netns(ns_b)
+        for name in created:
+            _delete_netns(name)
 
 
 @pytest.fixture
 def netns_single():
-    """One namespace ``vt<pid>-c`` with only loopback up."""
-    name = f"vt{os.getpid()}-c"
+    """One namespace ``vt<pid>-links-c`` with only loopback up."""
+    name = f"vt{os.getpid()}-links-c"
+    ip("netns", "add", name)
     try:
-        ip("netns", "add", name)
         ip("-n", name, "link", "set", "lo", "up")
         yield name
     finally:
