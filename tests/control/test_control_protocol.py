@@ -108,7 +108,7 @@ _request_like = st.dictionaries(
 
 
 @given(_request_like)
-@settings(max_examples=500)
+@settings(max_examples=300)
 def test_request_shaped_json_parses_or_raises_protocol_error(obj):
     line = json.dumps(obj).encode()
     try:
@@ -158,7 +158,7 @@ def test_malformed_replies_raise_protocol_error(line):
 
 
 @given(st.binary(max_size=256) | _json_values.map(lambda v: json.dumps(v).encode()))
-@settings(max_examples=300)
+@settings(max_examples=200)
 def test_arbitrary_reply_lines_raise_only_protocol_error(line):
     try:
         parse_reply(line)

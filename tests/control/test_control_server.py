@@ -94,6 +94,31 @@ def test_async_round_trip(start_server):
     assert ping["pid"] == os.getpid()
 
 
+def test_server_and_client_on_uvloop(sock_dir):
+    """The node runs on uvloop: the same server, on its loop, with malformed input too."""
+    uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed")
+    path = sock_dir / "uv.sock"
+
+    async def scenario():
+        async with ControlServer(path, HANDLERS):
+            client = ControlClient(path)
+            listed = await asyncio.gather(*(client.acall("echo", n=n) for n in range(5)))
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            writer.write(b"x" * (MAX_REQUEST_BYTES + 10) + b'\n{"cmd": "ping", "id": 3}\n')
+            await writer.drain()
+            refused, served = json.loads(await reader.readline()), json.loads(await reader.readline())
+            writer.close()
+            await writer.wait_closed()
+            return listed, refused, served
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        listed, refused, served = runner.run(scenario())
+    assert [r["n"] for r in listed] == list(range(5))
+    assert refused["error"]["code"] == "bad_request"
+    assert (served["id"], served["ok"]) == (3, True)
+    assert not path.exists()
+
+
 def test_raw_wire_format(start_server):
     node = start_server(HANDLERS)
     with node.connect() as sock:

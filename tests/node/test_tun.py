@@ -219,8 +219,14 @@ def test_ping_through_the_tun_with_read_batch(netns, tun):
     assert tun.counters.tx_packets == 1
 
 
+def _uvloop_factory():
+    uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed")
+    return uvloop.new_event_loop
+
+
 @pytest.mark.root
-def test_ping_through_the_tun_with_the_event_loop(netns, tun):
+@pytest.mark.parametrize("loop_name", ["asyncio", "uvloop"])
+def test_ping_through_the_tun_with_the_event_loop(netns, tun, loop_name):
     async def scenario() -> tuple[int, str, list[int]]:
         batch_sizes: list[int] = []
         answered = asyncio.Event()
@@ -254,7 +260,9 @@ def test_ping_through_the_tun_with_the_event_loop(netns, tun):
             tun.detach()
         return ping.returncode, output.decode(), batch_sizes
 
-    returncode, output, batch_sizes = asyncio.run(scenario())
+    factory = _uvloop_factory() if loop_name == "uvloop" else asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        returncode, output, batch_sizes = runner.run(scenario())
     assert returncode == 0, output
     assert "3 received" in output
     assert batch_sizes and max(batch_sizes) <= 16
