@@ -37,6 +37,7 @@ import os
 import struct
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 
 from vmip.ipsec.crypto import ESP_HEADER_LEN, EspSetupError, make_transform
 from vmip.ipsec.replay import MAX_WINDOW, ReplayWindow
@@ -200,6 +201,19 @@ class EspSA:
             raise ValueError(f"expiry kind must be 'soft' or 'hard', not {kind!r}")
         self._fire(kind)
         self._arm_limits()
+
+    def migrate(self, params: SaParams) -> None:
+        """New endpoints for this SA (the MIGRATE of DESIGN-BRIEF §6).
+
+        Sequence numbers, the replay window and counters carry on: a
+        migration is not a rekey.  Anything but ``src``/``dst`` changing is
+        refused with :class:`EspSetupError`.
+        """
+        if replace(params, src=self.params.src, dst=self.params.dst) != self.params:
+            raise EspSetupError("migrate may change only the SA's endpoints")
+        self.params = params
+        self._outer_addresses = (params.src.packed + params.dst.packed
+                                 if params.src.version == 6 else None)
 
     def _drop(self, reason: str) -> None:
         self.drops[reason] += 1
@@ -389,6 +403,8 @@ def _insertion_point(packet: bytes | bytearray | memoryview, end: int) -> tuple[
                 return None
             length = (packet[position + 1] + 1) * 8
         elif next_header == _FRAGMENT:
+            if position + 8 > end or (packet[position + 2] << 8 | packet[position + 3]) & 0xFFF8:
+                return None  # only a first (or atomic) fragment has headers to protect
             length = 8
         else:
             return insert_at, next_header_at, carried
