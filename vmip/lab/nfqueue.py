@@ -331,6 +331,7 @@ class NfqueueSocket:
         self.queue_num = queue_num
         self._seq = 0
         self._pending: list[bytes] = []
+        self.malformed = 0  # datagrams that failed to decode
         # Records that arrived while waiting for an acknowledgement.
         self._early: list[QueuedPacket | NetlinkAck] = []
         try:
@@ -410,7 +411,12 @@ class NfqueueSocket:
                 if exc.errno == errno_module.ENOBUFS:
                     continue
                 raise NfqueueError(f"receive on queue {self.queue_num}: {exc}") from exc
-            records.extend(decode_messages(data))
+            try:
+                records.extend(decode_messages(data))
+            except NetlinkDecodeError:
+                # One bad datagram must not stop the queue; its packets (if
+                # any) are released by the next batch verdict.
+                self.malformed += 1
         return records
 
     def wait_readable(self, timeout: float) -> bool:

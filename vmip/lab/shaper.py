@@ -49,7 +49,8 @@ from vmip.errors import UsageError, VmipError
 from vmip.lab import nfqueue
 from vmip.log import get_logger
 
-log = get_logger(__name__)
+# Not __name__: run with -m, that would be "__main__", outside the vmip logger tree.
+log = get_logger("vmip.lab.shaper")
 
 
 class ShaperSpecError(UsageError):
@@ -246,6 +247,7 @@ class ShaperService:
         counters = asdict(self._scheduler.counters)
         return {"queue": self._queue.queue_num, "pid": os.getpid(), **counters,
                 "held": self._scheduler.held, "verdict_errors": self.verdict_errors,
+                "malformed": getattr(self._queue, "malformed", 0),
                 "spec": asdict(self._scheduler.spec)}
 
     def write_status(self) -> None:
