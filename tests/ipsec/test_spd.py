@@ -332,19 +332,31 @@ def flow_keys(draw):
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(selectors(), st.integers(0, 3), st.sampled_from([OUT, IN])),
                 max_size=12),
-       st.lists(st.tuples(flow_keys(), st.sampled_from([OUT, IN])), min_size=1, max_size=20))
-def test_lookup_equals_first_naive_match_in_priority_order(entries, probes):
+       st.lists(st.tuples(flow_keys(), st.sampled_from([OUT, IN])), min_size=1, max_size=20),
+       st.sets(st.integers(0, 11)))
+def test_lookup_equals_first_naive_match_in_priority_order(entries, probes, removed):
     spd = SPD(cache_size=5)
     for index, (sel, priority, direction) in enumerate(entries):
         spd.add(pol(f"p{index}", direction, priority=priority, **sel))
     # Expected order from the rule "lower priority first, then insertion order".
     ordered = sorted(enumerate(entries), key=lambda item: (item[1][1], item[0]))
-    for flow, direction in probes + probes:   # the second pass exercises the cache
-        expected = next((f"p{i}" for i, (sel, _prio, d) in ordered
-                         if d is direction and naive_match(direction, sel, flow)), None)
-        found = spd.lookup(direction, flow)
-        assert (found.name if found else None) == expected
-        assert spd.lookup_uncached(direction, flow) is found
+
+    def check():
+        for flow, direction in probes + probes:   # the second pass exercises the cache
+            expected = next((f"p{i}" for i, (sel, _prio, d) in ordered
+                             if d is direction and naive_match(direction, sel, flow)), None)
+            found = spd.lookup(direction, flow)
+            assert (found.name if found else None) == expected
+            assert spd.lookup_uncached(direction, flow) is found
+
+    check()
+    for index in sorted(removed):
+        if index < len(entries):
+            spd.remove(f"p{index}")
+    ordered = [item for item in ordered if item[0] not in removed]
+    check()
+    assert [p.name for p in spd.list()] == [
+        f"p{i}" for d in (OUT, IN) for i, (_s, _p, dd) in ordered if dd is d]
 
 
 @settings(max_examples=200, deadline=None)

@@ -18,6 +18,12 @@ Local and remote are relative to this node: outbound, the key's ``src`` is
 local; inbound, its ``dst`` is.  Each selector is compiled once into integers
 and masks oriented for both directions, so a lookup is integer compares only.
 
+A lookup that the cache cannot answer is a tuple-space search: policies are
+grouped by (address family, local mask, remote mask), each group a dict from
+the masked address pair to its policies in match order, so a miss costs one
+dict probe per distinct prefix-length pair instead of a scan of every policy;
+the earliest (priority, insertion) match over all groups wins.
+
 The flow cache (one dict per direction, keyed by the FlowKey) makes the
 per-packet cost of a known flow a single dict lookup, whatever the number of
 policies.  It stores negative answers too, is emptied on every SPD change
@@ -293,6 +299,11 @@ class SPD:
         # Per direction: sort keys and compiled rows, kept in match order.
         self._order: dict[Direction, list[tuple[int, int]]] = {d: [] for d in Direction}
         self._rows: dict[Direction, list[tuple]] = {d: [] for d in Direction}
+        # Tuple-space index: (addr_len, src_mask, dst_mask) -> {(src_val, dst_val):
+        # [(order_key, row), ...] in match order}, as a list for a fast loop.
+        self._groups: dict[Direction, dict[tuple[int, int, int], dict]] = {
+            d: {} for d in Direction}
+        self._group_list: dict[Direction, list[tuple]] = {d: [] for d in Direction}
         self._cache: dict[Direction, dict] = {d: {} for d in Direction}
         self._by_template: dict[str | int, list[Policy]] | None = None
         for policy in policies:
@@ -309,10 +320,23 @@ class SPD:
         order_key = (policy.priority, next(self._seq))
         direction = policy.direction
         index = bisect.bisect(self._order[direction], order_key)
+        row = policy.selector.compiled(direction) + (policy,)
         self._order[direction].insert(index, order_key)
-        self._rows[direction].insert(index, policy.selector.compiled(direction) + (policy,))
+        self._rows[direction].insert(index, row)
         self._by_name[policy.name] = (order_key, policy)
+        group_key = (row[4], row[1], row[3])
+        groups = self._groups[direction]
+        table = groups.get(group_key)
+        if table is None:
+            table = groups[group_key] = {}
+            self._regroup(direction)
+        bucket = table.setdefault((row[0], row[2]), [])
+        bisect.insort(bucket, (order_key, row), key=lambda item: item[0])
         self._changed()
+
+    def _regroup(self, direction: Direction) -> None:
+        self._group_list[direction] = [key + (table,)
+                                       for key, table in self._groups[direction].items()]
 
     def remove(self, name: str) -> Policy:
         """Remove and return the policy called *name*."""
@@ -323,7 +347,16 @@ class SPD:
         direction = policy.direction
         index = bisect.bisect_left(self._order[direction], order_key)
         del self._order[direction][index]
-        del self._rows[direction][index]
+        row = self._rows[direction].pop(index)
+        group_key = (row[4], row[1], row[3])
+        table = self._groups[direction][group_key]
+        bucket = table[(row[0], row[2])]
+        bucket[:] = [item for item in bucket if item[0] != order_key]
+        if not bucket:
+            del table[(row[0], row[2])]
+            if not table:
+                del self._groups[direction][group_key]
+                self._regroup(direction)
         self._changed()
         return policy
 
@@ -374,12 +407,23 @@ class SPD:
         alen = len(src)
         s = int.from_bytes(src, "big")
         d = int.from_bytes(dst, "big")
-        for row in self._rows[direction]:
-            if ((s & row[1]) == row[0] and (d & row[3]) == row[2]
-                    and (row[4] == 0 or row[4] == alen) and (row[5] < 0 or row[5] == proto)
-                    and row[6] <= sport <= row[7] and row[8] <= dport <= row[9]):
-                return row[10]
-        return None
+        best_order = None
+        best = None
+        for group_alen, src_mask, dst_mask, table in self._group_list[direction]:
+            if group_alen and group_alen != alen:
+                continue
+            bucket = table.get((s & src_mask, d & dst_mask))
+            if bucket is None:
+                continue
+            for order, row in bucket:
+                if best_order is not None and order >= best_order:
+                    break  # the rest of this bucket comes later in match order
+                if ((row[5] < 0 or row[5] == proto)
+                        and row[6] <= sport <= row[7] and row[8] <= dport <= row[9]):
+                    best_order = order
+                    best = row[10]
+                    break
+        return best
 
     def cached_flows(self, direction: Direction) -> int:
         return len(self._cache[direction])
