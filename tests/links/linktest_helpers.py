@@ -64,7 +64,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 def ip(*args: str) -> str:
-    result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=TIMEOUT)
+    result = subprocess.run(["ip", *args], check=False, capture_output=True, text=True,
+                            timeout=TIMEOUT)
     if result.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)}: {result.stderr.strip()}")
     return result.stdout
@@ -114,7 +115,7 @@ class NetnsLoop:
         try:
             enter_netns(self.netns)
             self.loop = asyncio.new_event_loop()
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller
             started.set_exception(exc)
             return
         started.set_result(None)

@@ -9,17 +9,17 @@ import struct
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, UDP
+from scapy.layers.inet6 import UDP, IPv6, IPv6ExtHdrDestOpt
 from scapy.layers.ipsec import ESP
 from scapy.packet import Raw
 
 from vmip.links.framing import (
     DROP_IKE_EMPTY,
-    IP_PKTINFO,
     DROP_LENGTH,
     DROP_SHORT,
     DROP_TOO_LONG,
     DROP_VERSION,
+    IP_PKTINFO,
     KIND_ESP,
     KIND_IKE,
     KIND_KEEPALIVE,

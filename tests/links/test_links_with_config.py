@@ -6,10 +6,9 @@ import asyncio
 import dataclasses
 
 import pytest
+from linktest_helpers import Inbox, run
 
 from vmip.links import LocatorTable, UdpDriver, make_driver
-
-from linktest_helpers import Inbox, run
 
 config = pytest.importorskip("vmip.config", reason="the config loader (vmip.config) is missing")
 
@@ -74,7 +73,7 @@ def test_drivers_from_config_links_start_and_carry_packets():
             link.send(packet, link.local_endpoint)
             got, endpoint, _ = await inbox.get()
             assert got == packet and endpoint == link.local_endpoint
-            assert link._keepalive is not None and link._keepalive.interval == 20
+            assert link.keepalive_interval == 20
         finally:
             await link.close()
 

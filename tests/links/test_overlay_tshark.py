@@ -14,13 +14,12 @@ import subprocess
 import threading
 
 import pytest
+from linktest_helpers import TIMEOUT, Inbox, LinkSpec
 from scapy.contrib.ikev2 import IKEv2
 from scapy.layers.inet6 import IPv6
 from scapy.layers.ipsec import ESP
 
 from vmip.links import Rfc3948Driver, UdpDriver
-
-from linktest_helpers import TIMEOUT, Inbox, LinkSpec
 
 pytestmark = pytest.mark.root
 
@@ -79,7 +78,7 @@ async def send_everything() -> None:
         v6.send(OVERLAY_V6, ("::1", 6275))
         client.send(ESP_IN_UDP, ("127.0.0.2", 4500))
         client.send_ike(IKE, ("127.0.0.2", 4500))
-        client._send_datagram(b"\xff", ("127.0.0.2", 4500), "tx_keepalive")
+        client.send_keepalive(("127.0.0.2", 4500))
         # Every datagram arrived, so the capture saw them all.
         assert (await hub_inbox.get())[0] == OVERLAY_V4
         assert (await hub_inbox.get())[0] == OVERLAY_V6
@@ -118,7 +117,7 @@ def test_tshark_dissects_the_overlay_and_esp_in_udp(netns_single, netns_loops, t
     assert len(rows) == CAPTURED
     overlay = [row for row in rows if row[6] == "6275"]
     assert len(overlay) == 2
-    for row, sent in zip(overlay, (OVERLAY_V4, OVERLAY_V6)):
+    for row, sent in zip(overlay, (OVERLAY_V4, OVERLAY_V6), strict=True):
         inner = IPv6(sent)
         protocols, src, dst, spi, seq = row[:5]
         assert protocols.endswith(":udp:ipv6:esp"), protocols

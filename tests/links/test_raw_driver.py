@@ -6,13 +6,12 @@ import asyncio
 import socket
 
 import pytest
-from scapy.layers.inet6 import ICMPv6DestUnreach, ICMPv6EchoRequest, IPv6, MIP6MH_BRR
+from conftest import ADDR_A, ADDR_B
+from linktest_helpers import TIMEOUT, Inbox, LinkSpec
+from scapy.layers.inet6 import MIP6MH_BRR, ICMPv6DestUnreach, ICMPv6EchoRequest, IPv6
 from scapy.layers.ipsec import ESP
 
 from vmip.links import LinkError, RawDriver
-
-from conftest import ADDR_A, ADDR_B
-from linktest_helpers import TIMEOUT, Inbox, LinkSpec
 
 pytestmark = pytest.mark.root
 
@@ -68,7 +67,7 @@ async def _send_all(driver: RawDriver, packets: list[bytes], endpoint) -> None:
 
 
 def test_icmpv6_errors_are_delivered_and_other_icmpv6_is_not(netns_pair, netns_loops):
-    ns_a, ns_b, if_a, _ = netns_pair
+    ns_a, ns_b, _, _ = netns_pair
     loop_a, loop_b = netns_loops(ns_a), netns_loops(ns_b)
     got_a: dict = {}
     got_b: dict = {}

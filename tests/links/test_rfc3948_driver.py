@@ -6,13 +6,12 @@ import asyncio
 import socket
 
 import pytest
+from linktest_helpers import Inbox, LinkSpec, run
 from scapy.layers.inet import UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.ipsec import ESP
 
 from vmip.links import Rfc3948Driver
-
-from linktest_helpers import Inbox, LinkSpec, run
 
 MARKER = b"\x00\x00\x00\x00"
 IKE_MESSAGE = bytes(range(1, 29)) + b"IKE_SA_INIT body"   # 28-octet header + body

@@ -8,13 +8,12 @@ import time
 
 import pytest
 import uvloop
+from linktest_helpers import Inbox, LinkSpec, run
 from scapy.layers.inet6 import IPv6
 from scapy.layers.ipsec import ESP
 
 from vmip.links import LinkError, RawDriver, Rfc3948Driver, UdpDriver, make_driver
 from vmip.links.framing import NAT_KEEPALIVE
-
-from linktest_helpers import Inbox, LinkSpec, run
 
 LOOP_FACTORIES = {"asyncio": None, "uvloop": uvloop.new_event_loop}
 
@@ -165,7 +164,7 @@ def test_keepalives_are_off_when_interval_is_zero():
     async def scenario():
         link = await started("127.0.0.1", Inbox(), keepalive=0)
         link.add_keepalive_target(("127.0.0.1", 9))   # accepted, ignored
-        assert link._keepalive is None and link._keepalive_timer is None
+        assert link.keepalive_interval == 0
         await link.close()
 
     run(scenario)

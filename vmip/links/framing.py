@@ -139,7 +139,7 @@ class Ancillary:
     or ``None`` when no PKTINFO was present or it was malformed.
     """
 
-    __slots__ = ("destination", "ifindex", "hop_limit", "traffic_class")
+    __slots__ = ("destination", "hop_limit", "ifindex", "traffic_class")
 
     def __init__(self) -> None:
         self.destination: bytes | None = None

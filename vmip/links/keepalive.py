@@ -15,7 +15,7 @@ from vmip.links.errors import LinkError
 class KeepaliveSchedule:
     """Which targets need a keepalive, and when to look again."""
 
-    __slots__ = ("interval", "_targets", "_recent", "_deadline")
+    __slots__ = ("_deadline", "_recent", "_targets", "interval")
 
     def __init__(self, interval: float) -> None:
         if not interval > 0:

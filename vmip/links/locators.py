@@ -58,7 +58,7 @@ class Locator:
     Treat instances as read-only; the table updates learned ones in place.
     """
 
-    __slots__ = ("prefix", "endpoint", "link", "framing", "source", "peer", "last_confirmed")
+    __slots__ = ("endpoint", "framing", "last_confirmed", "link", "peer", "prefix", "source")
 
     def __init__(self, prefix: ipaddress.IPv6Network, endpoint: Endpoint | None,
                  link: str | None, framing: str, source: str, peer: str | None,
@@ -315,8 +315,9 @@ class LocatorTable:
             lines.append((address, row["endpoint"], row["link"], row["framing"],
                           row["source"], row["peer"], confirmed))
         widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-        return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
-                         for line in lines)
+        return "\n".join(
+            "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+            for line in lines)
 
     @property
     def default(self) -> Locator | None:

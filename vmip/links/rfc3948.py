@@ -121,7 +121,7 @@ class Rfc3948Driver(UdpDriver):
             received += 1
             try:
                 self._on_packet(packet, endpoint, self)  # type: ignore[misc]
-            except Exception:
+            except Exception:  # noqa: BLE001 - a node bug must not stall the link
                 self._handler_failed()
         if received:
             counters["rx"] += received
@@ -133,7 +133,7 @@ class Rfc3948Driver(UdpDriver):
         self.counters["rx_ike"] += 1
         try:
             self._on_ike(message, endpoint)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a node bug must not stall the link
             self._handler_failed()
 
     # -- send --------------------------------------------------------------
@@ -147,12 +147,12 @@ class Rfc3948Driver(UdpDriver):
         if ((packet[4] << 8) | packet[5]) + IPV6_HEADER_LEN != size:
             self.counters["tx_drop_length"] += 1
             return
-        if self._send_datagram(memoryview(packet)[IPV6_HEADER_LEN:], endpoint, "tx"):
-            if self._keepalive is not None:
-                self._keepalive.note_sent(endpoint)
+        sent = self._send_datagram(memoryview(packet)[IPV6_HEADER_LEN:], endpoint, "tx")
+        if sent and self._keepalive is not None:
+            self._keepalive.note_sent(endpoint)
 
     def send_ike(self, message: bytes, endpoint: Endpoint) -> None:
         """Send one IKE message with the non-ESP marker (RFC 3948 §2.2)."""
-        if self._send_datagram(NON_ESP_MARKER + message, endpoint, "tx_ike"):
-            if self._keepalive is not None:
-                self._keepalive.note_sent(endpoint)
+        sent = self._send_datagram(NON_ESP_MARKER + message, endpoint, "tx_ike")
+        if sent and self._keepalive is not None:
+            self._keepalive.note_sent(endpoint)

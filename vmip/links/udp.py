@@ -163,7 +163,7 @@ class UdpDriver(LinkDriver):
             received += 1
             try:
                 deliver(datagram, (host, address[1]), self)  # type: ignore[misc]
-            except Exception:
+            except Exception:  # noqa: BLE001 - a node bug must not stall the link
                 self._handler_failed()
         if received:
             counters["rx"] += received
@@ -202,6 +202,16 @@ class UdpDriver(LinkDriver):
     def remove_keepalive_target(self, endpoint: Endpoint) -> None:
         if self._keepalive is not None:
             self._keepalive.remove_target(endpoint)
+
+    def send_keepalive(self, endpoint: Endpoint) -> None:
+        """Send one NAT keepalive now (e.g. right after a link comes up, to
+        open the mapping before the first timer)."""
+        self._send_datagram(NAT_KEEPALIVE, endpoint, "tx_keepalive")
+
+    @property
+    def keepalive_interval(self) -> float:
+        """Seconds between keepalives; 0 when they are off."""
+        return 0.0 if self._keepalive is None else self._keepalive.interval
 
     def _arm_keepalive(self, deadline: float | None) -> None:
         if deadline is not None and self._loop is not None:
