@@ -239,6 +239,16 @@ def test_inbound_selector_check_uses_the_policies_of_the_sa():
     assert mn.engine.drops == {"selector_mismatch": 2}
 
 
+def test_inbound_check_follows_spd_edits():
+    mn, cn = mn_and_cn()
+    assert mn.engine.inbound(cn.engine.outbound(udp(CN, HOA), 1.0).packet, 1.0).drop is None
+    # Narrow the inbound policy to TCP: the same UDP flow is now refused.
+    mn.spd.remove("cn-mn")
+    mn.spd.add(protect("cn-mn", IN, ["cn-mn"], local=f"{HOA}/128", remote=f"{CN}/128", proto=6))
+    again = mn.engine.inbound(cn.engine.outbound(udp(CN, HOA), 2.0).packet, 2.0)
+    assert again.drop == "selector_mismatch"
+
+
 def test_inbound_selector_check_uses_sa_selectors_when_present():
     params = sa(0x2001, IN, CN, HOA, "ike-child",
                 selectors=(Selector(local=f"{HOA}/128", remote=f"{CN}/128", proto=17,

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple
 
 from vmip.errors import VmipError
 from vmip.ipsec.sa import Direction, Mode
-from vmip.ipsec.sad import SAD
+from vmip.ipsec.sad import SAD, InboundCheck
 from vmip.ipsec.sadb import AcquireEvent, SadbBus
 from vmip.ipsec.spd import SPD, Action, Policy
 from vmip.log import get_logger
@@ -55,6 +55,11 @@ _IN = Direction.IN
 _PROTECT = Action.PROTECT
 _BYPASS = Action.BYPASS
 _TUNNEL = Mode.TUNNEL
+
+
+# Next headers after which ESP may still follow (RFC 8200 §4.1 order:
+# hop-by-hop, destination options, routing, fragment, AH, ESP).
+_MAY_PRECEDE_ESP = frozenset((0, 43, 44, 50, 51, 60))
 
 
 class OutResult(NamedTuple):
@@ -125,6 +130,11 @@ class IpsecEngine:
         self.sent = 0
         self.received = 0
         self._last_acquire: dict[str, float] = {}
+        # RFC 4301 §5.2 check results of single-SA packets, by (SA, flow key):
+        # valid for one SPD generation, cleared when full (like the flow cache).
+        self._checked: dict[tuple, InboundCheck] = {}
+        self._checked_generation = spd.generation
+        self.check_cache_size = 4096
 
     # -- outbound -----------------------------------------------------------
 
@@ -210,22 +220,44 @@ class IpsecEngine:
                 return self._drop_in("esp_failed", None, tuple(carried))
             outputs.append(inner)
             current = inner
+            if len(inner) >= 40 and inner[0] >> 4 == 6 and inner[6] not in _MAY_PRECEDE_ESP:
+                break  # the common case: the payload is not another ESP layer
             found = self._esp_spi(inner)
 
-        flow_key = self._flow_key
-
-        def key_after(level: int) -> "FlowKey | None":
-            try:
-                return flow_key(outputs[level])
-            except VmipError:
-                return None
-
-        check = self.sad.check_inbound(carried, key_after, self.spd)
         sas = tuple(carried)
+        if len(carried) == 1:
+            check = self._check_single(carried[0], current)
+        else:
+            flow_key = self._flow_key
+
+            def key_after(level: int) -> "FlowKey | None":
+                try:
+                    return flow_key(outputs[level])
+                except VmipError:
+                    return None
+
+            check = self.sad.check_inbound(carried, key_after, self.spd)
         if not check.ok:
             return self._drop_in("selector_mismatch", check.policy, sas)
         self.received += 1
         return InResult(current, check.policy, sas)
+
+    def _check_single(self, sa: "EspSA", packet: bytes) -> InboundCheck:
+        try:
+            key = self._flow_key(packet)
+        except VmipError:
+            return InboundCheck(False)
+        if self._checked_generation != self.spd.generation:
+            self._checked.clear()
+            self._checked_generation = self.spd.generation
+        cache_key = (sa, key)
+        check = self._checked.get(cache_key)
+        if check is None:
+            check = self.sad.check_inbound((sa,), lambda _level: key, self.spd)
+            if len(self._checked) >= self.check_cache_size:
+                self._checked.clear()
+            self._checked[cache_key] = check
+        return check
 
     def _inbound_clear(self, packet: bytes) -> InResult:
         try:

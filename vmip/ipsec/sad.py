@@ -28,8 +28,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import secrets
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Sequence
 
 from vmip.errors import VmipError
 from vmip.ipsec.sa import Address, Direction, Mode, SaParams
@@ -109,12 +108,14 @@ def _default_esp_factory() -> EspFactory:
     return EspSA
 
 
-@dataclass(frozen=True)
-class InboundCheck:
+class InboundCheck(NamedTuple):
     """Outcome of the RFC 4301 §5.2 selector check on a decapsulated packet."""
 
     ok: bool
     policy: Policy | None = None   # the policy that accepted the innermost SA, if any
+
+
+_REFUSED = InboundCheck(False)
 
 
 class SAD:
@@ -320,16 +321,19 @@ class SAD:
             sa = carried[level]
             key = key_after(level)
             if key is None:
-                return InboundCheck(False)
+                return _REFUSED
             selectors = sa.params.selectors
             if selectors:
-                if not any(sel.matches(Direction.IN, key) for sel in selectors):
-                    return InboundCheck(False)
+                for selector in selectors:
+                    if selector.matches(Direction.IN, key):
+                        break
+                else:
+                    return _REFUSED
                 level -= 1
                 continue
             accepted = _accepting_policy(spd, carried, level, key)
             if accepted is None:
-                return InboundCheck(False)
+                return _REFUSED
             if level == len(carried) - 1:
                 innermost_policy = accepted
             level -= len(accepted.sa_bundle)
@@ -522,8 +526,11 @@ def _accepting_policy(spd: SPD, carried: Sequence["EspSA"], level: int,
         if len(bundle) > level + 1:
             continue
         # Innermost first in the policy; outermost first in *carried*.
-        if all(template_matches(t, carried[level - i].params.name, carried[level - i].spi)
-               for i, t in enumerate(bundle)):
+        for depth, template in enumerate(bundle):
+            layer = carried[level - depth]
+            if not template_matches(template, layer.params.name, layer.spi):
+                break
+        else:
             return policy
     return None
 
