@@ -344,3 +344,39 @@ def test_a_killed_shaper_fails_open(r_clean: Lab) -> None:
     rtts = ping_rtts(lab.a, B6, 20)
     assert len(rtts) == 20
     assert statistics.median(rtts) < 3.0
+
+
+def test_netem_probe_agrees_with_tc(r_clean: Lab) -> None:
+    lab = r_clean
+    # Oracle: iproute2's tc on a scratch veth in namespace a.
+    run("ip", "-n", lab.a, "link", "add", "vtnetem0", "type", "veth", "peer", "vtnetem1")
+    try:
+        by_tc = in_ns(lab.a, "tc", "qdisc", "add", "dev", "vtnetem0", "root", "netem",
+                      "delay", "1ms", check=False).returncode == 0
+    finally:
+        run("ip", "-n", lab.a, "link", "del", "vtnetem0", check=False)
+    assert emulation.netem_available(lab.r) == by_tc
+    if not by_tc:
+        with pytest.raises(emulation.EmulationUnavailable, match="netem"):
+            emulation.apply_profile(lab.r, "rb", "out", LinkProfile(delay_ms=5.0),
+                                    lab.state_dir, backend="netem")
+        # "auto" falls back to NFQUEUE.
+        emulation.apply_profile(lab.r, "rb", "out", LinkProfile(delay_ms=5.0), lab.state_dir)
+        assert len(rules(lab.r)) == 2
+
+
+def test_clear_all_also_removes_rules_it_lost_track_of(r_clean: Lab) -> None:
+    lab = r_clean
+    for tool in ("iptables", "ip6tables"):
+        in_ns(lab.r, tool, "-t", "mangle", "-A", "FORWARD", "-o", "rb", "-m", "comment",
+              "--comment", "vmip-emu rb out", "-j", "NFQUEUE", "--queue-num", "6999",
+              "--queue-bypass")
+    # Somebody else's rule stays.
+    in_ns(lab.r, "iptables", "-t", "mangle", "-A", "FORWARD", "-o", "rb", "-j", "NFQUEUE",
+          "--queue-num", "7000", "--queue-bypass")
+    try:
+        emulation.clear_all(lab.r, lab.state_dir)
+        assert rules(lab.r) == [
+            "iptables -A FORWARD -o rb -j NFQUEUE --queue-num 7000 --queue-bypass"]
+    finally:
+        in_ns(lab.r, "iptables", "-t", "mangle", "-F", "FORWARD")

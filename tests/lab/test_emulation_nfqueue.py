@@ -201,10 +201,8 @@ def test_a_full_queue_fails_open_only_when_asked(netns: str, udp_pair, fail_open
 
 
 def test_binding_a_queue_someone_else_holds_is_a_kernel_error(netns: str) -> None:
-    with bound():
-        with pytest.raises(q.NfqueueKernelError) as info:
-            with bound():
-                pass
+    with bound(), pytest.raises(q.NfqueueKernelError) as info, bound():
+        pass
     assert info.value.errno == errno.EPERM
 
 

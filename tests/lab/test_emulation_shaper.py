@@ -15,10 +15,21 @@ from hypothesis import strategies as st
 
 from vmip.errors import UsageError
 from vmip.lab import nfqueue
-from vmip.lab.emulation import (EmulationError, LinkProfile, LinkProfileError, apply_profile,
-                                netem_command)
-from vmip.lab.shaper import (LinkScheduler, ShaperService, ShaperSpec, ShaperSpecError,
-                             build_parser, spec_from_args)
+from vmip.lab.emulation import (
+    EmulationError,
+    LinkProfile,
+    LinkProfileError,
+    apply_profile,
+    netem_command,
+)
+from vmip.lab.shaper import (
+    LinkScheduler,
+    ShaperService,
+    ShaperSpec,
+    ShaperSpecError,
+    build_parser,
+    spec_from_args,
+)
 
 
 def scheduler(**spec) -> LinkScheduler:
@@ -199,6 +210,15 @@ def test_apply_profile_checks_its_arguments_before_touching_anything(tmp_path: P
     with pytest.raises(EmulationError, match="does not exist"):
         apply_profile("vt-no-such-namespace", "eth0", "in", LinkProfile(delay_ms=1), tmp_path)
     assert not (tmp_path / "link-emulation").exists()
+
+
+def test_missing_iptables_is_named_with_its_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vmip.lab import emulation
+
+    monkeypatch.setattr(emulation.shutil, "which",
+                        lambda tool: None if tool == "ip6tables" else f"/usr/sbin/{tool}")
+    with pytest.raises(emulation.EmulationUnavailable, match="apt-get install iptables"):
+        emulation.check_nfqueue("vt-never-probed")
 
 
 def test_netem_command() -> None:

@@ -169,7 +169,8 @@ def _locked(state_dir: Path, netns: str) -> Iterator[Path]:
 def _run_in_ns(netns: str, argv: list[str], *, check: bool = True) -> subprocess.CompletedProcess:
     cmd = ["ip", "netns", "exec", netns, *argv]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
+                              check=False)
     except FileNotFoundError as exc:
         raise EmulationUnavailable("the 'ip' command is missing (apt-get install iproute2)") from exc
     except subprocess.TimeoutExpired as exc:
@@ -414,6 +415,7 @@ def netem_available(netns: str) -> bool:
 def _probe_netem(netns: str) -> bool:
     try:
         from pyroute2 import NetNS
+        from pyroute2.netlink.exceptions import NetlinkError
     except ImportError:
         return False
     probe = "vmipnetem0"
@@ -424,11 +426,11 @@ def _probe_netem(netns: str) -> bool:
                 index = ipr.link_lookup(ifname=probe)[0]
                 ipr.tc("add", "netem", index, delay=1000)
                 return True
-            except Exception:  # NetlinkError: ENOENT/EOPNOTSUPP without netem
+            except NetlinkError:  # ENOENT (or EOPNOTSUPP) without netem
                 return False
             finally:
                 ipr.link("del", ifname=probe)
-    except Exception as exc:
+    except (NetlinkError, OSError) as exc:
         log.warning("netem probe failed", error=str(exc))
         return False
 

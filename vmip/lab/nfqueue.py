@@ -28,6 +28,7 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
+from typing import Self
 
 from vmip.errors import VmipError
 
@@ -462,7 +463,7 @@ class NfqueueSocket:
         so callers accept held packets first."""
         self._sock.close()
 
-    def __enter__(self) -> NfqueueSocket:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
