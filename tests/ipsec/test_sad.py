@@ -161,6 +161,7 @@ def test_add_lookup_delete():
     assert [type(e) for e in events] == [AddEvent, AddEvent]
     assert sad.outbound("mn-cn") is out and sad.outbound(0x1001) is out
     assert sad.lookup_inbound(0x2001) is inbound and sad.lookup_inbound(0x1001) is None
+    assert sad.lookup_inbound(0x2001, proto=51) is None      # AH: not an SA of ours
     with pytest.raises(SadError):
         sad.add(params(0x1001, OUT, name="again"), now=0.0)
     info = sad.delete(0x2001, IN)

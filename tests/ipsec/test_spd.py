@@ -372,3 +372,22 @@ def test_selector_validation_raises_only_spd_error(kwargs):
         pass
     except VmipError as exc:  # pragma: no cover - the assertion names the wrong type
         pytest.fail(f"raised {type(exc).__name__}, not SpdError")
+
+
+@settings(max_examples=200, deadline=None)
+@given(name=st.one_of(st.text(max_size=4), st.integers(), st.none()),
+       direction=st.one_of(st.sampled_from([OUT, IN, "in", "out", "up"]), st.integers(),
+                           st.none()),
+       selector=st.one_of(st.just(Selector()), st.text(max_size=3), st.none()),
+       action=st.one_of(st.sampled_from(list(Action) + ["protect", "drop"]), st.integers(),
+                        st.none()),
+       bundle=st.one_of(st.lists(st.one_of(st.text(max_size=3), st.integers(), st.none(),
+                                           st.booleans()), max_size=3),
+                        st.integers(), st.text(max_size=3), st.none()),
+       priority=st.one_of(st.integers(), st.text(max_size=2), st.booleans(), st.none()))
+def test_policy_validation_raises_only_spd_error(name, direction, selector, action, bundle,
+                                                 priority):
+    try:
+        Policy(name, direction, selector, action, bundle, priority)
+    except SpdError:
+        pass

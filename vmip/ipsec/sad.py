@@ -45,6 +45,7 @@ log = get_logger(__name__)
 
 SPI_MIN = 256          # RFC 4303 §2.1: 1-255 reserved by IANA, 0 for local use
 SPI_MAX = 0xFFFFFFFF
+IPPROTO_ESP = 50
 _GETSPI_ATTEMPTS = 64
 
 EspFactory = Callable[..., "EspSA"]
@@ -255,12 +256,17 @@ class SAD:
 
     # -- per-packet lookups -------------------------------------------------
 
-    def lookup_inbound(self, spi: int, dst: bytes | None = None) -> "EspSA | None":
+    def lookup_inbound(self, spi: int, dst: bytes | None = None,
+                       proto: int = IPPROTO_ESP) -> "EspSA | None":
         """The mature inbound SA for *spi* (and raw destination address *dst*).
 
-        The SPI alone decides when it is unique (RFC 4301 §4.1); otherwise the
-        destination picks among the candidates.  Larval SAs give ``None``.
+        RFC 4301 §4.1: SPI, destination and protocol.  The SPI alone decides
+        when it is unique; otherwise the destination picks among the
+        candidates.  Every SA here is ESP (vmip has no AH), so any other
+        *proto* finds nothing.  Larval SAs give ``None``.
         """
+        if proto != IPPROTO_ESP:
+            return None
         entries = self._inbound.get(spi)
         if not entries:
             return None

@@ -223,7 +223,7 @@ def _as_direction(value: object) -> Direction:
         return value
     try:
         return Direction(value)
-    except ValueError:
+    except (ValueError, TypeError):
         raise SpdError(f"direction must be 'in' or 'out', not {value!r}") from None
 
 
@@ -232,7 +232,7 @@ def _as_action(value: object) -> Action:
         return value
     try:
         return Action(value)
-    except ValueError:
+    except (ValueError, TypeError):
         raise SpdError(f"action must be protect, bypass or discard, not {value!r}") from None
 
 
@@ -256,6 +256,9 @@ class Policy:
     def __post_init__(self) -> None:
         object.__setattr__(self, "direction", _as_direction(self.direction))
         object.__setattr__(self, "action", _as_action(self.action))
+        if isinstance(self.sa_bundle, (str, bytes)) or not hasattr(self.sa_bundle, "__iter__"):
+            raise SpdError(f"policy {self.name!r}: the SA bundle must be a list of SA names "
+                           f"or SPIs, not {self.sa_bundle!r}")
         object.__setattr__(self, "sa_bundle", tuple(self.sa_bundle))
         if not isinstance(self.name, str) or not self.name:
             raise SpdError("a policy needs a non-empty name")
