@@ -9,7 +9,6 @@ Key material is never part of either: SAs only name their key files.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from enum import Enum
@@ -149,8 +148,25 @@ def to_dict(cfg: NodeConfig) -> dict[str, Any]:
 # A small TOML writer for exactly the shapes to_dict produces.
 
 
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n",
+                 "\f": "\\f", "\r": "\\r"}
+
+
+def _toml_string(text: str) -> str:
+    """A TOML basic string: control characters (DEL included) must be escaped."""
+    out = []
+    for char in text:
+        if char in _TOML_ESCAPES:
+            out.append(_TOML_ESCAPES[char])
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
+
 def _toml_key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() and key.isascii() else json.dumps(key)
+    return key if key.replace("_", "").replace("-", "").isalnum() and key.isascii() else _toml_string(key)
 
 
 def _toml_value(key: str, value: Any) -> str:
@@ -163,7 +179,7 @@ def _toml_value(key: str, value: Any) -> str:
             raise ValueError("TOML config values are finite")
         return repr(value)
     if isinstance(value, str):
-        return json.dumps(value)  # JSON string escapes are valid TOML basic strings
+        return _toml_string(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(key, item) for item in value) + "]"
     if isinstance(value, Mapping):

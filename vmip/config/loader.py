@@ -773,7 +773,7 @@ def _parse_lifetime(ctx: _Context, path: str, value: Any) -> tuple[Lifetime, Lif
     if not isinstance(value, Mapping):
         _wrong_type(ctx, path, value, "an inline table", "{ soft_seconds = 3000, hard_seconds = 3600 }")
     table = _Table(ctx, value, path, LIFETIME_KEYS, "lifetime")
-    count = _integer("1000000", 1, None, "a count")
+    count = _integer("1000000", 1, 2**63 - 1, "a count")  # TOML integers are 64-bit
     limits = {
         key: table.get(key, _seconds("3600") if key.endswith("seconds") else count, None)
         for key in LIFETIME_KEYS
