@@ -7,6 +7,8 @@ UDP/TCP receiver that timestamps what it gets.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import os
 import re
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from vmip.lab import emulation
+from vmip.lab import emulation, nfqueue
 from vmip.lab.emulation import LinkProfile
 
 pytestmark = pytest.mark.root
@@ -380,3 +382,34 @@ def test_clear_all_also_removes_rules_it_lost_track_of(r_clean: Lab) -> None:
             "iptables -A FORWARD -o rb -j NFQUEUE --queue-num 7000 --queue-bypass"]
     finally:
         in_ns(lab.r, "iptables", "-t", "mangle", "-F", "FORWARD")
+
+
+@contextlib.contextmanager
+def entered(ns: str) -> Iterator[None]:
+    """This thread in ``ns`` for the body: sockets made there stay there."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if libc.setns(target, 0x40000000) != 0:  # CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), "setns")
+        yield
+    finally:
+        libc.setns(own, 0x40000000)
+        os.close(own)
+        os.close(target)
+
+
+def test_a_queue_number_taken_by_another_program_is_skipped(r_clean: Lab) -> None:
+    lab = r_clean
+    with entered(lab.r):
+        squatter = nfqueue.NfqueueSocket(emulation.QUEUE_BASE)
+    try:
+        emulation.apply_profile(lab.r, "rb", "out", LinkProfile(delay_ms=10.0), lab.state_dir)
+        record = json.loads((lab.state_dir / "link-emulation" / lab.r / "rb.out.json")
+                            .read_text())
+        assert record["queue"] != emulation.QUEUE_BASE
+        assert record["queue"] in kernel_queues(lab.r)
+        assert 8.0 <= statistics.median(ping_rtts(lab.a, B4, 10)) <= 14.0
+    finally:
+        squatter.close()

@@ -28,6 +28,7 @@ and status files) lives under ``state_dir/link-emulation/<netns>/``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import math
@@ -144,7 +145,8 @@ def _require_netns(netns: str) -> None:
 
 
 def _ns_dir(state_dir: Path, netns: str) -> Path:
-    return Path(state_dir) / "link-emulation" / netns
+    # Absolute: the shaper is given paths inside it and may run elsewhere.
+    return Path(state_dir).resolve() / "link-emulation" / netns
 
 
 def _record_path(state_dir: Path, netns: str, ifname: str, direction: str) -> Path:
@@ -298,6 +300,8 @@ def _start_shaper(netns: str, directory: Path, ifname: str, direction: str, queu
             _stop_process(child.pid, start_time)
         _reap(child.pid)
         tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+        if answer.startswith(f"error errno={errno.EPERM} "):
+            raise _QueueTaken(f"queue {queue} in {netns} is bound by another process")
         raise EmulationError(f"shaper for {ifname} {direction} in {netns} did not start "
                              f"({answer or 'no answer'}): {' | '.join(tail)}")
     return child.pid, start_time
@@ -421,6 +425,8 @@ def _probe_netem(netns: str) -> bool:
     probe = "vmipnetem0"
     try:
         with NetNS(netns) as ipr:
+            with contextlib.suppress(NetlinkError):  # left over by an interrupted probe
+                ipr.link("del", ifname=probe)
             ipr.link("add", ifname=probe, kind="veth", peer=probe + "p")
             try:
                 index = ipr.link_lookup(ifname=probe)[0]
@@ -517,8 +523,8 @@ def _apply_one(netns: str, ifname: str, direction: str, profile: LinkProfile,
         record["rules"] = [["tc", "qdisc", "del", "dev", ifname, "root"]]
     else:
         check_nfqueue(netns)
-        queue = _allocate_queue(directory)
-        pid, start_time = _start_shaper(netns, directory, ifname, direction, queue, profile, seed)
+        queue, pid, start_time = _start_shaper_on_free_queue(netns, directory, ifname, direction,
+                                                             profile, seed)
         try:
             # Only now, with the queue bound, may packets be sent to it.
             rules = _insert_rules(netns, _rule_spec(ifname, direction, queue))
@@ -537,16 +543,33 @@ def _apply_one(netns: str, ifname: str, direction: str, profile: LinkProfile,
              backend=chosen, **profile.to_dict())
 
 
-def _allocate_queue(directory: Path) -> int:
-    """Lowest queue number no record in this namespace uses (queues are per netns)."""
+class _QueueTaken(EmulationError):
+    """Another process has this queue number bound."""
+
+
+def _free_queues(directory: Path) -> Iterator[int]:
+    """Queue numbers no record in this namespace uses (queues are per netns)."""
     used = set()
     for path in directory.glob("*.json"):
         record = _read_json(path)
         if record is not None and "queue" in record:
             used.add(record["queue"])
-    for queue in range(QUEUE_BASE, QUEUE_BASE + QUEUE_SPAN):
-        if queue not in used:
-            return queue
+    return (queue for queue in range(QUEUE_BASE, QUEUE_BASE + QUEUE_SPAN) if queue not in used)
+
+
+def _start_shaper_on_free_queue(netns: str, directory: Path, ifname: str, direction: str,
+                                profile: LinkProfile, seed: int | None) -> tuple[int, int, int]:
+    """Start a shaper on the first queue number that is really free: one that
+    no record names may still be bound by a program we do not know about."""
+    for attempt, queue in enumerate(_free_queues(directory)):
+        try:
+            pid, start_time = _start_shaper(netns, directory, ifname, direction, queue, profile,
+                                            seed)
+        except _QueueTaken:
+            if attempt < 8:
+                continue
+            raise
+        return queue, pid, start_time
     raise EmulationError("no free NFQUEUE number")
 
 

@@ -346,7 +346,7 @@ class NfqueueSocket:
             # lost PACKET messages are harmless here (a later batch verdict
             # releases them), so ask the kernel not to report the overrun.
             self._sock.setsockopt(SOL_NETLINK, NETLINK_NO_ENOBUFS, 1)
-            self._sock.settimeout(timeout)
+            self._timeout = timeout
             # Kernels before 3.8 need a per-family PF_BIND; later ones accept
             # and ignore it (nfqnl_recv_config), so sending it costs nothing.
             for family in (socket.AF_INET, socket.AF_INET6):
@@ -378,7 +378,7 @@ class NfqueueSocket:
         """Send a request with NLM_F_ACK and wait (bounded) for its acknowledgement."""
         seq = _NLMSGHDR.unpack_from(message)[3]
         self._sock.send(message)
-        deadline = time.monotonic() + (self._sock.gettimeout() or 2.0)
+        deadline = time.monotonic() + self._timeout
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

@@ -370,8 +370,11 @@ def main(argv: list[str] | None = None) -> int:
     except VmipError as exc:
         log.error("shaper failed", error=str(exc))
         if ready is not None:
+            # The errno lets the caller retry another queue number when this
+            # one is taken (EPERM: bound by another process).
+            code = getattr(exc, "errno", 0)
             with contextlib.suppress(OSError):
-                ready(f"error {exc}")
+                ready(f"error errno={code} {exc}")
         return getattr(exc, "exit_status", 1)
     log.info("shaper stopped", **{k: v for k, v in final.items() if k != "spec"})
     return 0
