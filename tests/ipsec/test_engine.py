@@ -7,16 +7,14 @@ a second engine with the mirrored SAs receives it.
 
 from __future__ import annotations
 
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv6Address
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import ICMPv6EchoRequest, ICMPv6ND_NS, IPv6
 from scapy.layers.ipsec import ESP, SecurityAssociation
 
-from vmip.ipsec import esp as esp_mod
 from vmip.ipsec.engine import InResult, IpsecEngine, OutResult
 from vmip.ipsec.sa import Direction, Lifetime, Mode, SaParams
 from vmip.ipsec.sad import SAD

@@ -8,14 +8,22 @@ from ipaddress import IPv6Address, ip_address
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet6 import IPv6, UDP
+from scapy.layers.inet6 import UDP, IPv6
 from scapy.layers.ipsec import ESP
 
 from vmip.ipsec import esp as esp_mod
 from vmip.ipsec.sa import Direction, Lifetime, Mode, SaParams
 from vmip.ipsec.sad import SAD, SPI_MIN, SadError
-from vmip.ipsec.sadb import (AddEvent, DeleteEvent, DumpEvent, ExpireEvent, GetSpiEvent,
-                             MigrateEvent, SadbBus, UpdateEvent)
+from vmip.ipsec.sadb import (
+    AddEvent,
+    DeleteEvent,
+    DumpEvent,
+    ExpireEvent,
+    GetSpiEvent,
+    MigrateEvent,
+    SadbBus,
+    UpdateEvent,
+)
 
 IN, OUT = Direction.IN, Direction.OUT
 HOA = IPv6Address("2001:db8:100::10")
@@ -103,7 +111,7 @@ def test_getspi_values_look_random():
     for spi in spis:
         buckets[spi >> 28] += 1
     assert all(55 <= count <= 195 for count in buckets), buckets
-    steps = {b - a for a, b in zip(spis, spis[1:])}
+    steps = {b - a for a, b in itertools.pairwise(spis)}
     assert len(steps) > 1000
 
 

@@ -9,7 +9,7 @@ from ipaddress import IPv6Address
 import pytest
 
 from vmip.ipsec.sa import Direction
-from vmip.ipsec.sadb import (DeleteEvent, GetSpiEvent, SadbBus, SadbEvent, SaInfo)
+from vmip.ipsec.sadb import DeleteEvent, GetSpiEvent, SadbBus, SadbEvent, SaInfo
 
 A = IPv6Address("2001:db8:20::2")
 B = IPv6Address("2001:db8:100::10")

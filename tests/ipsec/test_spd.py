@@ -7,12 +7,18 @@ from ipaddress import ip_address, ip_network
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scapy.layers.inet import IP, UDP as UDP4
-from scapy.layers.inet6 import (ICMPv6EchoReply, ICMPv6EchoRequest, ICMPv6PacketTooBig, IPv6,
-                                IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop)
-from scapy.layers.inet import TCP, UDP
-from scapy.layers.mobileip import *  # noqa: F401,F403  (registers MIP6 layers)
-from scapy.layers.inet6 import MIP6MH_BU, MIP6MH_BA
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.inet6 import (
+    MIP6MH_BA,
+    MIP6MH_BU,
+    ICMPv6EchoReply,
+    ICMPv6EchoRequest,
+    ICMPv6PacketTooBig,
+    IPv6,
+    IPv6ExtHdrDestOpt,
+    IPv6ExtHdrFragment,
+    IPv6ExtHdrHopByHop,
+)
 
 from vmip.errors import VmipError
 from vmip.ipsec.sa import Direction
@@ -64,7 +70,7 @@ def test_address_family_is_part_of_the_match():
 
 def test_protocol_and_port_ranges_follow_direction():
     # Outbound: local port = sport.  Inbound: local port = dport.
-    sel = dict(local=f"{HOA}/128", proto=6, local_ports=(1000, 2000), remote_ports=(22, 22))
+    sel = {"local": f"{HOA}/128", "proto": 6, "local_ports": (1000, 2000), "remote_ports": (22, 22)}
     spd = SPD([pol("o", OUT, **sel), pol("i", IN, **sel)])
     assert spd.lookup(OUT, key(HOA, CN, 6, 1000, 22)).name == "o"
     assert spd.lookup(OUT, key(HOA, CN, 6, 2000, 22)).name == "o"
@@ -85,7 +91,7 @@ def test_tcp_selector_against_scapy_packets_with_extension_headers():
     assert spd.lookup(OUT, key_of(IPv6(src=HOA, dst=CN) / UDP(sport=5353, dport=53))).name \
         == "udp-dns"
     assert spd.lookup(OUT, key_of(IPv6(src=HOA, dst=CN) / TCP(sport=22, dport=80))) is None
-    v4 = IP(src="192.0.2.1", dst="192.0.2.2") / UDP4(sport=1, dport=53)
+    v4 = IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=1, dport=53)
     assert spd.lookup(OUT, key_of(v4)).name == "udp-dns"
 
 
@@ -130,23 +136,23 @@ def test_opaque_ports_match_only_fragments_any_matches_both():
 
 
 @pytest.mark.parametrize("bad", [
-    dict(local="2001:db8::/32", remote="192.0.2.0/24"),
-    dict(local="2001:db8::1/32"),                      # host bits set
-    dict(local="not-a-prefix"),
-    dict(local=42),
-    dict(proto=256),
-    dict(proto=-1),
-    dict(proto=True),
-    dict(local_ports=(1, 2)),                          # ports without a protocol
-    dict(proto=58, local_ports=(1, 2)),                # ports on ICMPv6
-    dict(proto=6, icmp_type=1),
-    dict(proto=6, mh_type=5),
-    dict(proto=135, icmp_code=0),
-    dict(proto=6, local_ports=(10, 5)),
-    dict(proto=6, remote_ports=(0, 70000)),
-    dict(proto=6, remote_ports="22"),
-    dict(proto=58, icmp_type=256),
-    dict(proto=135, mh_type=(3, 1)),
+    {"local": "2001:db8::/32", "remote": "192.0.2.0/24"},
+    {"local": "2001:db8::1/32"},                      # host bits set
+    {"local": "not-a-prefix"},
+    {"local": 42},
+    {"proto": 256},
+    {"proto": -1},
+    {"proto": True},
+    {"local_ports": (1, 2)},                          # ports without a protocol
+    {"proto": 58, "local_ports": (1, 2)},                # ports on ICMPv6
+    {"proto": 6, "icmp_type": 1},
+    {"proto": 6, "mh_type": 5},
+    {"proto": 135, "icmp_code": 0},
+    {"proto": 6, "local_ports": (10, 5)},
+    {"proto": 6, "remote_ports": (0, 70000)},
+    {"proto": 6, "remote_ports": "22"},
+    {"proto": 58, "icmp_type": 256},
+    {"proto": 135, "mh_type": (3, 1)},
 ])
 def test_bad_selectors_raise_spd_error(bad):
     with pytest.raises(SpdError):
@@ -154,14 +160,14 @@ def test_bad_selectors_raise_spd_error(bad):
 
 
 @pytest.mark.parametrize("bad", [
-    dict(name="", direction=OUT, selector=Selector(), action=Action.BYPASS),
-    dict(name="p", direction="sideways", selector=Selector(), action=Action.BYPASS),
-    dict(name="p", direction=OUT, selector=Selector(), action="encrypt"),
-    dict(name="p", direction=OUT, selector=Selector(), action=Action.PROTECT),
-    dict(name="p", direction=OUT, selector=Selector(), action=Action.BYPASS, sa_bundle=("x",)),
-    dict(name="p", direction=OUT, selector=Selector(), action=Action.PROTECT, sa_bundle=("",)),
-    dict(name="p", direction=OUT, selector=Selector(), action=Action.BYPASS, priority="1"),
-    dict(name="p", direction=OUT, selector="any", action=Action.BYPASS),
+    {"name": "", "direction": OUT, "selector": Selector(), "action": Action.BYPASS},
+    {"name": "p", "direction": "sideways", "selector": Selector(), "action": Action.BYPASS},
+    {"name": "p", "direction": OUT, "selector": Selector(), "action": "encrypt"},
+    {"name": "p", "direction": OUT, "selector": Selector(), "action": Action.PROTECT},
+    {"name": "p", "direction": OUT, "selector": Selector(), "action": Action.BYPASS, "sa_bundle": ("x",)},
+    {"name": "p", "direction": OUT, "selector": Selector(), "action": Action.PROTECT, "sa_bundle": ("",)},
+    {"name": "p", "direction": OUT, "selector": Selector(), "action": Action.BYPASS, "priority": "1"},
+    {"name": "p", "direction": OUT, "selector": "any", "action": Action.BYPASS},
 ])
 def test_bad_policies_raise_spd_error(bad):
     with pytest.raises(SpdError):
@@ -276,7 +282,7 @@ def selectors(draw):
     if local and remote and ip_network(local).version != ip_network(remote).version:
         remote = None
     proto = draw(st.sampled_from(PROTOS))
-    kwargs = dict(local=local, remote=remote, proto=proto)
+    kwargs = {"local": local, "remote": remote, "proto": proto}
     port_spec = st.one_of(st.none(), st.just(OPAQUE),
                           st.tuples(st.integers(0, 100), st.integers(0, 100)).map(sorted)
                           .map(tuple))

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 from scapy.layers.inet import UDP
-from scapy.layers.inet6 import IPv6
-from scapy.layers.inet6 import MIP6MH_BU
+from scapy.layers.inet6 import MIP6MH_BU, IPv6
 
 from vmip.config import ConfigError, PolicyConfig, SaConfig, load_config
 from vmip.config.model import Action as ConfigAction
@@ -20,8 +19,15 @@ from vmip.ipsec.engine import IpsecEngine
 from vmip.ipsec.sa import Direction, Lifetime, Mode
 from vmip.ipsec.sad import SAD
 from vmip.ipsec.spd import SPD, Action
-from vmip.ipsec.static import (apply_reload, build_static, from_config, install, policy,
-                               reload_diff, sa_params)
+from vmip.ipsec.static import (
+    apply_reload,
+    build_static,
+    from_config,
+    install,
+    policy,
+    reload_diff,
+    sa_params,
+)
 from vmip.wire.flow import FlowKey
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,11 +48,11 @@ def key_file(directory: Path, name: str, data: bytes, *, mode: int = 0o600,
 def sa_config(tmp_path: Path, name="mn-cn-out", spi=0x1301, direction=Direction.OUT,
               src=HOA, dst=CN, suite="aes128gcm16", key=bytes(range(20)), auth=None,
               **kw) -> SaConfig:
-    fields = dict(name=name, spi=spi, direction=direction, src=src, dst=dst,
-                  mode=Mode.TRANSPORT, suite=suite,
-                  key_file=key_file(tmp_path, f"{name}.key", key),
-                  auth_key_file=key_file(tmp_path, f"{name}.auth", auth) if auth else None,
-                  esn=True, replay_window=1024, soft=Lifetime(), hard=Lifetime())
+    fields = {"name": name, "spi": spi, "direction": direction, "src": src, "dst": dst,
+                  "mode": Mode.TRANSPORT, "suite": suite,
+                  "key_file": key_file(tmp_path, f"{name}.key", key),
+                  "auth_key_file": key_file(tmp_path, f"{name}.auth", auth) if auth else None,
+                  "esn": True, "replay_window": 1024, "soft": Lifetime(), "hard": Lifetime()}
     fields.update(kw)
     return SaConfig(**fields)
 

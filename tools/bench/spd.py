@@ -33,9 +33,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from vmip.ipsec.sa import Direction  # noqa: E402
-from vmip.ipsec.spd import SPD, Action, Policy, Selector  # noqa: E402
-from vmip.wire.flow import FlowKey  # noqa: E402
+from vmip.ipsec.sa import Direction
+from vmip.ipsec.spd import SPD, Action, Policy, Selector
+from vmip.wire.flow import FlowKey
 
 LOCAL = IPv6Address("2001:db8:100::10")
 REMOTE_BASE = int(IPv6Address("2001:db8:200::"))

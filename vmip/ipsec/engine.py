@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import types
 from collections import Counter
-from typing import TYPE_CHECKING, Callable, NamedTuple
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from vmip.errors import VmipError
 from vmip.ipsec.sa import Direction, Mode
@@ -88,7 +89,7 @@ def _default_esp() -> types.SimpleNamespace:
                                  esp_spi=esp.esp_spi, decap=esp.decap)
 
 
-def _default_flow_key() -> Callable[[bytes], "FlowKey"]:
+def _default_flow_key() -> Callable[[bytes], FlowKey]:
     from vmip.wire.flow import flow_key
 
     return flow_key
@@ -107,8 +108,8 @@ class IpsecEngine:
     """SPD + SAD + ESP for one node."""
 
     def __init__(self, spd: SPD, sad: SAD, now: float, *, bus: SadbBus | None = None,
-                 esp: object | None = None,
-                 flow_key: Callable[[bytes], "FlowKey"] | None = None,
+                 esp: Any = None,
+                 flow_key: Callable[[bytes], FlowKey] | None = None,
                  acquire_holdoff: float = 1.0, max_layers: int = 4) -> None:
         """*esp*: an object with ``transport_encap``, ``tunnel_encap``,
         ``esp_spi`` and ``decap`` (default :mod:`vmip.ipsec.esp`); *flow_key*
@@ -179,7 +180,7 @@ class IpsecEngine:
         self.drops[reason] += 1
         return OutResult(None, policy, sas, reason)
 
-    def _acquire(self, policy: Policy, key: "FlowKey", now: float) -> None:
+    def _acquire(self, policy: Policy, key: FlowKey, now: float) -> None:
         last = self._last_acquire.get(policy.name)
         if last is not None and now - last < self.acquire_holdoff:
             return
@@ -230,7 +231,7 @@ class IpsecEngine:
         else:
             flow_key = self._flow_key
 
-            def key_after(level: int) -> "FlowKey | None":
+            def key_after(level: int) -> FlowKey | None:
                 try:
                     return flow_key(outputs[level])
                 except VmipError:
@@ -242,7 +243,7 @@ class IpsecEngine:
         self.received += 1
         return InResult(current, check.policy, sas)
 
-    def _check_single(self, sa: "EspSA", packet: bytes) -> InboundCheck:
+    def _check_single(self, sa: EspSA, packet: bytes) -> InboundCheck:
         try:
             key = self._flow_key(packet)
         except VmipError:

@@ -28,12 +28,22 @@ from __future__ import annotations
 import heapq
 import itertools
 import secrets
-from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
 from vmip.errors import VmipError
 from vmip.ipsec.sa import Address, Direction, Mode, SaParams
-from vmip.ipsec.sadb import (AddEvent, DeleteEvent, DumpEvent, ExpireEvent, GetSpiEvent,
-                             MigrateEvent, SadbBus, SaInfo, UpdateEvent)
+from vmip.ipsec.sadb import (
+    AddEvent,
+    DeleteEvent,
+    DumpEvent,
+    ExpireEvent,
+    GetSpiEvent,
+    MigrateEvent,
+    SadbBus,
+    SaInfo,
+    UpdateEvent,
+)
 from vmip.ipsec.spd import SPD, Action, Policy, template_matches
 from vmip.log import get_logger
 
@@ -63,9 +73,23 @@ DYING = "dying"
 class SadEntry:
     """One SA slot.  ``esp`` is ``None`` while the entry is larval."""
 
-    __slots__ = ("uid", "spi", "direction", "src", "dst", "dst_packed", "name", "state",
-                 "params", "esp", "created_at", "soft_deadline", "hard_deadline",
-                 "soft_done", "hard_done")
+    __slots__ = (
+        "created_at",
+        "direction",
+        "dst",
+        "dst_packed",
+        "esp",
+        "hard_deadline",
+        "hard_done",
+        "name",
+        "params",
+        "soft_deadline",
+        "soft_done",
+        "spi",
+        "src",
+        "state",
+        "uid",
+    )
 
     def __init__(self, uid: int, spi: int, direction: Direction, src: Address, dst: Address,
                  name: str, created_at: float) -> None:
@@ -170,7 +194,7 @@ class SAD:
         self.bus.publish(GetSpiEvent(spi=spi, src=src, dst=dst, name=name))
         return spi
 
-    def add(self, params: SaParams, now: float) -> "EspSA":
+    def add(self, params: SaParams, now: float) -> EspSA:
         """Install a complete SA (RFC 2367 SADB_ADD); returns its ESP object."""
         ident = (params.direction, params.spi, params.dst.packed)
         existing = self._entries.get(ident)
@@ -181,13 +205,13 @@ class SAD:
                            f"is {what}")
         entry = SadEntry(next(self._uids), params.spi, params.direction, params.src, params.dst,
                          params.name, now)
-        self._mature(entry, params, now)
+        esp = self._mature(entry, params, now)
         self._insert(entry)
         log.info("sa added", **self._log_fields(entry))
         self.bus.publish(AddEvent(entry.info()))
-        return entry.esp
+        return esp
 
-    def update(self, params: SaParams, now: float) -> "EspSA":
+    def update(self, params: SaParams, now: float) -> EspSA:
         """Give a larval SA its keys (RFC 2367 SADB_UPDATE); returns its ESP object."""
         entry = self._entries.get((params.direction, params.spi, params.dst.packed))
         if entry is None or entry.state != LARVAL:
@@ -196,10 +220,10 @@ class SAD:
         if params.src != entry.src:
             raise SadError(f"SA spi {params.spi:#x}: source {params.src} differs from the "
                            f"GETSPI reservation ({entry.src})")
-        self._mature(entry, params, now)
+        esp = self._mature(entry, params, now)
         log.info("sa updated", **self._log_fields(entry))
         self.bus.publish(UpdateEvent(entry.info()))
-        return entry.esp
+        return esp
 
     def delete(self, spi: int, direction: Direction = Direction.IN, dst: Address | None = None,
                *, reason: str = "requested") -> SaInfo:
@@ -257,7 +281,7 @@ class SAD:
     # -- per-packet lookups -------------------------------------------------
 
     def lookup_inbound(self, spi: int, dst: bytes | None = None,
-                       proto: int = IPPROTO_ESP) -> "EspSA | None":
+                       proto: int = IPPROTO_ESP) -> EspSA | None:
         """The mature inbound SA for *spi* (and raw destination address *dst*).
 
         RFC 4301 §4.1: SPI, destination and protocol.  The SPI alone decides
@@ -277,7 +301,7 @@ class SAD:
                 return entry.esp
         return None
 
-    def outbound(self, template: str | int) -> "EspSA | None":
+    def outbound(self, template: str | int) -> EspSA | None:
         """The outbound SA a bundle entry (SA name or SPI) designates now."""
         if isinstance(template, int):
             entries = self._outbound_by_spi.get(template)
@@ -291,7 +315,7 @@ class SAD:
                 return esp
         return None
 
-    def outbound_bundle(self, policy: Policy) -> "tuple[EspSA, ...] | None":
+    def outbound_bundle(self, policy: Policy) -> tuple[EspSA, ...] | None:
         """The SAs of *policy*'s bundle, innermost first; ``None`` if one is missing."""
         sas = []
         for template in policy.sa_bundle:
@@ -307,8 +331,8 @@ class SAD:
 
     # -- RFC 4301 §5.2 inbound selector check ------------------------------
 
-    def check_inbound(self, carried: Sequence["EspSA"],
-                      key_after: Callable[[int], "FlowKey | None"], spd: SPD) -> InboundCheck:
+    def check_inbound(self, carried: Sequence[EspSA],
+                      key_after: Callable[[int], FlowKey | None], spd: SPD) -> InboundCheck:
         """Check decapsulated traffic against the SAs that carried it.
 
         *carried*: the SAs removed, outermost first; *key_after(i)*: the flow
@@ -388,7 +412,7 @@ class SAD:
             return None
 
     def esp(self, spi: int, direction: Direction = Direction.IN,
-            dst: Address | None = None) -> "EspSA | None":
+            dst: Address | None = None) -> EspSA | None:
         """The ESP object of an SA (``None`` if unknown or larval)."""
         try:
             return self._find(spi, direction, dst).esp
@@ -410,10 +434,11 @@ class SAD:
             raise SadError(f"several SAs {direction.value} with spi {spi:#x}; name the destination")
         return found[0]
 
-    def _mature(self, entry: SadEntry, params: SaParams, now: float) -> None:
+    def _mature(self, entry: SadEntry, params: SaParams, now: float) -> EspSA:
         factory = self._esp_factory or _default_esp_factory()
         uid = entry.uid
-        entry.esp = factory(params, now, on_expire=lambda _sa, kind: self._usage_expired(uid, kind))
+        esp = factory(params, now, on_expire=lambda _sa, kind: self._usage_expired(uid, kind))
+        entry.esp = esp
         entry.params = params
         entry.name = params.name
         entry.state = MATURE
@@ -425,6 +450,7 @@ class SAD:
         if params.hard.seconds is not None:
             entry.hard_deadline = now + params.hard.seconds
             self._schedule(entry.hard_deadline, entry, "hard")
+        return esp
 
     def _insert(self, entry: SadEntry) -> None:
         self._entries[entry.ident] = entry
@@ -451,8 +477,9 @@ class SAD:
             else:
                 self._inbound.pop(entry.spi, None)
         else:
-            for index, key in ((self._outbound_by_name, entry.name),
-                               (self._outbound_by_spi, entry.spi)):
+            indexes: tuple[tuple[dict, str | int], ...] = (
+                (self._outbound_by_name, entry.name), (self._outbound_by_spi, entry.spi))
+            for index, key in indexes:
                 rest_list = [e for e in index.get(key, ()) if e is not entry]
                 if rest_list:
                     index[key] = rest_list
@@ -521,8 +548,8 @@ class SAD:
                 "src": str(entry.src), "dst": str(entry.dst), "name": entry.name}
 
 
-def _accepting_policy(spd: SPD, carried: Sequence["EspSA"], level: int,
-                      key: "FlowKey") -> Policy | None:
+def _accepting_policy(spd: SPD, carried: Sequence[EspSA], level: int,
+                      key: FlowKey) -> Policy | None:
     """The first inbound PROTECT policy that explains carried[level] and *key*."""
     sa = carried[level]
     for policy in spd.policies_for_sa(sa.params.name, sa.spi, Direction.IN):
@@ -541,7 +568,7 @@ def _accepting_policy(spd: SPD, carried: Sequence["EspSA"], level: int,
     return None
 
 
-def _retarget(esp: "EspSA", params: SaParams) -> None:
+def _retarget(esp: EspSA, params: SaParams) -> None:
     """Point a live ESP object at migrated endpoints without resetting it.
 
     The ESP object keeps its sequence numbers and replay window (a MIGRATE

@@ -20,8 +20,9 @@ others still get the event.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 from vmip.ipsec.sa import Address, Direction, Lifetime, Mode
 from vmip.log import get_logger
@@ -53,8 +54,8 @@ class SaInfo:
     mode: Mode | None = None
     suite: str | None = None
     selectors: tuple = ()
-    soft: Lifetime = Lifetime()
-    hard: Lifetime = Lifetime()
+    soft: Lifetime = field(default_factory=Lifetime)
+    hard: Lifetime = field(default_factory=Lifetime)
     created_at: float = 0.0
     packets: int = 0
     bytes: int = 0
@@ -144,7 +145,7 @@ class AcquireEvent(SadbEvent):
 
     policy: str
     direction: Direction
-    key: "FlowKey"
+    key: FlowKey
     missing: tuple[str | int, ...]
 
 

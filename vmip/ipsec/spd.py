@@ -35,11 +35,13 @@ new flows costs one clear per ``cache_size`` misses).
 from __future__ import annotations
 
 import bisect
+import builtins
 import enum
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network, ip_network
-from typing import TYPE_CHECKING, Iterable, Union
+from typing import TYPE_CHECKING
 
 from vmip.errors import VmipError
 from vmip.ipsec.sa import Direction
@@ -47,7 +49,7 @@ from vmip.ipsec.sa import Direction
 if TYPE_CHECKING:  # the wire helper owns FlowKey; only its shape matters here
     from vmip.wire.flow import FlowKey
 
-Network = Union[IPv4Network, IPv6Network]
+Network = IPv4Network | IPv6Network
 
 PROTO_ICMP = 1
 PROTO_TCP = 6
@@ -78,9 +80,9 @@ class Opaque(enum.Enum):
 OPAQUE = Opaque.OPAQUE
 
 #: ``None`` = ANY, :data:`OPAQUE`, or an inclusive ``(low, high)`` range.
-PortSpec = Union[None, Opaque, tuple[int, int]]
+PortSpec = None | Opaque | tuple[int, int]
 #: ``None`` = ANY, one value, or an inclusive ``(low, high)`` range.
-TypeSpec = Union[None, int, tuple[int, int]]
+TypeSpec = None | int | tuple[int, int]
 
 
 def _as_network(value: object, what: str) -> Network | None:
@@ -199,7 +201,7 @@ class Selector:
     def compiled(self, direction: Direction) -> tuple:
         return self._compiled_out if direction is Direction.OUT else self._compiled_in
 
-    def matches(self, direction: Direction, key: "FlowKey") -> bool:
+    def matches(self, direction: Direction, key: FlowKey) -> bool:
         """Does the packet with this flow key match, seen in *direction*?"""
         src, dst, proto, sport, dport = key
         return _matches(self.compiled(direction), int.from_bytes(src, "big"),
@@ -274,7 +276,7 @@ class Policy:
             if isinstance(template, bool) or not isinstance(template, (str, int)) or not template:
                 raise SpdError(f"policy {self.name}: SA {template!r} is neither a name nor an SPI")
 
-    def matches(self, key: "FlowKey") -> bool:
+    def matches(self, key: FlowKey) -> bool:
         return self.selector.matches(self.direction, key)
 
 
@@ -300,15 +302,15 @@ class SPD:
         self._seq = itertools.count()
         self._by_name: dict[str, tuple[tuple[int, int], Policy]] = {}
         # Per direction: sort keys and compiled rows, kept in match order.
-        self._order: dict[Direction, list[tuple[int, int]]] = {d: [] for d in Direction}
-        self._rows: dict[Direction, list[tuple]] = {d: [] for d in Direction}
+        self._order: dict[Direction, builtins.list[tuple[int, int]]] = {d: [] for d in Direction}
+        self._rows: dict[Direction, builtins.list[tuple]] = {d: [] for d in Direction}
         # Tuple-space index: (addr_len, src_mask, dst_mask) -> {(src_val, dst_val):
         # [(order_key, row), ...] in match order}, as a list for a fast loop.
         self._groups: dict[Direction, dict[tuple[int, int, int], dict]] = {
             d: {} for d in Direction}
-        self._group_list: dict[Direction, list[tuple]] = {d: [] for d in Direction}
+        self._group_list: dict[Direction, builtins.list[tuple]] = {d: [] for d in Direction}
         self._cache: dict[Direction, dict] = {d: {} for d in Direction}
-        self._by_template: dict[str | int, list[Policy]] | None = None
+        self._by_template: dict[str | int, builtins.list[Policy]] | None = None
         for policy in policies:
             self.add(policy)
 
@@ -375,7 +377,7 @@ class SPD:
         entry = self._by_name.get(name)
         return entry[1] if entry else None
 
-    def list(self, direction: Direction | None = None) -> list[Policy]:
+    def list(self, direction: Direction | None = None) -> builtins.list[Policy]:
         """Policies in match order (outbound first when both directions)."""
         directions = (Direction.OUT, Direction.IN) if direction is None else (direction,)
         return [row[-1] for d in directions for row in self._rows[d]]
@@ -386,7 +388,7 @@ class SPD:
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
 
-    def lookup(self, direction: Direction, key: "FlowKey") -> Policy | None:
+    def lookup(self, direction: Direction, key: FlowKey) -> Policy | None:
         """The first policy matching *key* in *direction*, or ``None``.
 
         ``None`` means no policy matches: RFC 4301 §5 says discard.
@@ -403,7 +405,7 @@ class SPD:
         cache[key] = policy
         return policy
 
-    def lookup_uncached(self, direction: Direction, key: "FlowKey") -> Policy | None:
+    def lookup_uncached(self, direction: Direction, key: FlowKey) -> Policy | None:
         """The same answer as :meth:`lookup`, always by scanning the list."""
         self.cache_misses += 1
         src, dst, proto, sport, dport = key
@@ -432,10 +434,10 @@ class SPD:
         return len(self._cache[direction])
 
     def policies_for_sa(self, sa_name: str, spi: int,
-                        direction: Direction = Direction.IN) -> list[Policy]:
+                        direction: Direction = Direction.IN) -> builtins.list[Policy]:
         """PROTECT policies of *direction* whose innermost SA is (sa_name, spi), in order."""
         if self._by_template is None:
-            index: dict[str | int, list[Policy]] = {}
+            index: dict[str | int, builtins.list[Policy]] = {}
             for d in Direction:
                 for row in self._rows[d]:
                     policy = row[-1]

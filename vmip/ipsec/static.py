@@ -52,7 +52,7 @@ class ReloadPlan:
     add_policies: tuple[Policy, ...] = ()
     keep_policies: tuple[str, ...] = ()
     #: The new set, for the next reload.
-    result: StaticKeys = StaticKeys()
+    result: StaticKeys = field(default_factory=StaticKeys)
 
     @property
     def changes_nothing(self) -> bool:
