@@ -17,8 +17,10 @@ import errno
 import ipaddress
 import os
 import socket
+import struct
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
@@ -46,6 +48,12 @@ MAX_MTU: Final = 65535
 _READ_SIZE: Final = 65536
 # Linux interface names: IFNAMSIZ (16) including the terminating NUL.
 _MAX_NAME_LEN: Final = 15
+# IFA_F_NODAD: without it the kernel marks a new IPv6 address tentative and
+# clears the mark from a work queue, later, even on a NOARP device such as a
+# TUN where it skips DAD itself; until then the address cannot be a source
+# (connect() fails with EADDRNOTAVAIL).  Nobody else is on a TUN link, so
+# there is no duplicate to detect.
+_IFA_F_NODAD: Final = 0x02
 
 Address = str | ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Route = str | ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -364,32 +372,146 @@ class TunDevice:
 def _configure(name: str, mtu: int,
                addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
                routes: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> int:
+    """:func:`_configure_now`, on a thread of its own when this one runs an event loop.
+
+    pyroute2's synchronous API drives an asyncio loop of its own and fails
+    inside a running one, and the node calls :meth:`TunDevice.open` from
+    its loop.  A thread created here starts in this thread's network
+    namespace (threads inherit it), so the configuration lands in the same
+    namespace as the device.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _configure_now(name, mtu, addresses, routes)
+    outcome: list[int | BaseException] = []
+
+    def work() -> None:
+        try:
+            outcome.append(_configure_now(name, mtu, addresses, routes))
+        except BaseException as exc:  # handed over to the caller's thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=work, name=f"tun-config-{name}")
+    worker.start()
+    worker.join()
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _configure_now(name: str, mtu: int,
+                   addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+                   routes: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> int:
     """MTU, link up, addresses, routes, over netlink; returns the interface index."""
-    with IPRoute() as ipr:
-        try:
-            found = ipr.link_lookup(ifname=name)
-        except NetlinkError as exc:
-            raise TunError(f"cannot find {name} over netlink: {exc}") from None
-        if not found:
-            raise TunError(f"{name} was created but netlink does not see it")
-        index = found[0]
-        step = "set MTU and bring up"
-        try:
-            ipr.link("set", index=index, mtu=mtu, state="up")
-            for address in addresses:
-                step = f"add address {address}"
-                # No DAD to wait for: the kernel skips it on a NOARP device
-                # such as a TUN, so the address is usable as a source at once.
-                family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-                ipr.addr("add", index=index, family=family, address=str(address.ip),
-                         prefixlen=address.network.prefixlen)
-            for route in routes:
-                step = f"add route {route}"
-                family = socket.AF_INET6 if route.version == 6 else socket.AF_INET
-                ipr.route("replace", family=family, dst=str(route.network_address),
-                          dst_len=route.prefixlen, oif=index)
-        except NetlinkError as exc:
-            message = os.strerror(exc.code) if isinstance(exc.code, int) and exc.code > 0 \
-                else str(exc)
-            raise TunError(f"cannot {step} on {name}: {message}") from None
+    ipv6_addresses = {a.ip.packed for a in addresses if a.version == 6}
+    # Subscribe before adding anything so that no notification can be missed.
+    watcher = _LocalRouteWatcher() if ipv6_addresses else None
+    try:
+        with IPRoute() as ipr:
+            try:
+                found = ipr.link_lookup(ifname=name)
+            except NetlinkError as exc:
+                raise TunError(f"cannot find {name} over netlink: {exc}") from None
+            if not found:
+                raise TunError(f"{name} was created but netlink does not see it")
+            index = found[0]
+            step = "set MTU and bring up"
+            try:
+                ipr.link("set", index=index, mtu=mtu, state="up")
+                for address in addresses:
+                    step = f"add address {address}"
+                    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+                    extra = {"flags": _IFA_F_NODAD} if address.version == 6 else {}
+                    ipr.addr("add", index=index, family=family, address=str(address.ip),
+                             prefixlen=address.network.prefixlen, **extra)
+                for route in routes:
+                    step = f"add route {route}"
+                    family = socket.AF_INET6 if route.version == 6 else socket.AF_INET
+                    ipr.route("replace", family=family, dst=str(route.network_address),
+                              dst_len=route.prefixlen, oif=index)
+            except NetlinkError as exc:
+                message = os.strerror(exc.code) if isinstance(exc.code, int) and exc.code > 0 \
+                    else str(exc)
+                raise TunError(f"cannot {step} on {name}: {message}") from None
+        if watcher is not None:
+            missing = watcher.wait_for(ipv6_addresses, _LOCAL_ROUTE_TIMEOUT)
+            if missing:
+                log.warning("tun addresses not yet receiving", name=name,
+                            addresses=" ".join(str(ipaddress.IPv6Address(a)) for a in missing))
         return index
+    finally:
+        if watcher is not None:
+            watcher.close()
+
+
+# Netlink constants (linux/rtnetlink.h, linux/netlink.h).
+_RTMGRP_IPV6_ROUTE: Final = 0x400
+_RTM_NEWROUTE: Final = 24
+_RTN_LOCAL: Final = 2
+_RTA_DST: Final = 1
+_NLMSG_HEADER: Final = struct.Struct("=IHHII")
+_RTMSG: Final = struct.Struct("=BBBBBBBBI")
+_RTATTR_HEADER: Final = struct.Struct("=HH")
+_LOCAL_ROUTE_TIMEOUT: Final = 3.0
+
+
+class _LocalRouteWatcher:
+    """Waits until the kernel can receive on new IPv6 addresses.
+
+    Linux installs the local route of an IPv6 address (the one that makes
+    packets *to* it be delivered) from the address's DAD work, a moment after
+    the address was added, also with IFA_F_NODAD.  Until then a packet to the
+    address is dropped (Ip6InAddrErrors).  The route's RTM_NEWROUTE
+    notification tells when it is there.
+    """
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        self._sock.bind((0, _RTMGRP_IPV6_ROUTE))
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def wait_for(self, addresses: set[bytes], timeout: float) -> set[bytes]:
+        """Block until a local route exists for each of *addresses*; return those still missing."""
+        missing = set(addresses)
+        deadline = time.monotonic() + timeout
+        while missing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._sock.settimeout(remaining)
+            try:
+                data = self._sock.recv(65536)
+            except TimeoutError:
+                break
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:  # notifications were lost: keep listening
+                    continue
+                raise
+            missing -= set(_local_route_destinations(data))
+        return missing
+
+
+def _local_route_destinations(data: bytes) -> Iterator[bytes]:
+    """Destinations of the RTM_NEWROUTE messages of type local in one netlink read."""
+    offset = 0
+    while offset + _NLMSG_HEADER.size <= len(data):
+        length, msg_type, _, _, _ = _NLMSG_HEADER.unpack_from(data, offset)
+        if length < _NLMSG_HEADER.size or offset + length > len(data):
+            return
+        body = offset + _NLMSG_HEADER.size
+        if msg_type == _RTM_NEWROUTE and length >= _NLMSG_HEADER.size + _RTMSG.size:
+            family, dst_len, _, _, _, _, _, route_type, _ = _RTMSG.unpack_from(data, body)
+            if family == socket.AF_INET6 and route_type == _RTN_LOCAL and dst_len == 128:
+                attr = body + _RTMSG.size
+                while attr + _RTATTR_HEADER.size <= offset + length:
+                    attr_len, attr_type = _RTATTR_HEADER.unpack_from(data, attr)
+                    if attr_len < _RTATTR_HEADER.size:
+                        break
+                    if attr_type == _RTA_DST and attr_len == _RTATTR_HEADER.size + 16:
+                        yield data[attr + _RTATTR_HEADER.size:attr + attr_len]
+                    attr += (attr_len + 3) & ~3  # attributes are 4-byte aligned
+        offset += (length + 3) & ~3
