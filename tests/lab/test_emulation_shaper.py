@@ -334,3 +334,35 @@ def test_service_stop_accepts_what_it_holds() -> None:
         fake.close()
 
     asyncio.run(scenario())
+
+
+def test_netem_path_replaces_in_place_and_removes_on_neutral(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The netem backend cannot run on this kernel; its bookkeeping can."""
+    import subprocess
+
+    from vmip.lab import emulation
+
+    netns_dir = tmp_path / "netns"
+    netns_dir.mkdir()
+    (netns_dir / "vt-fake").touch()
+    commands: list[list[str]] = []
+
+    def fake_run(netns: str, argv: list[str], *, check: bool = True):
+        commands.append(argv)
+        return subprocess.CompletedProcess(argv, 0, "", "")
+
+    monkeypatch.setattr(emulation, "_NETNS_DIR", netns_dir)
+    monkeypatch.setattr(emulation, "_run_in_ns", fake_run)
+    monkeypatch.setattr(emulation, "_netem_available", True)
+    state = tmp_path / "state"
+
+    first, second = LinkProfile(delay_ms=20), LinkProfile(delay_ms=30, loss=0.01)
+    emulation.apply_profile("vt-fake", "eth1", "out", first, state)
+    emulation.apply_profile("vt-fake", "eth1", "out", first, state)  # no change
+    emulation.apply_profile("vt-fake", "eth1", "out", second, state)
+    assert emulation.current_profiles("vt-fake", state) == {("eth1", "out"): second}
+    emulation.apply_profile("vt-fake", "eth1", "out", LinkProfile(), state)
+    assert commands == [netem_command("eth1", first), netem_command("eth1", second),
+                        ["tc", "qdisc", "del", "dev", "eth1", "root"]]
+    assert emulation.current_profiles("vt-fake", state) == {}

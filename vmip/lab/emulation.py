@@ -149,10 +149,6 @@ def _ns_dir(state_dir: Path, netns: str) -> Path:
     return Path(state_dir).resolve() / "link-emulation" / netns
 
 
-def _record_path(state_dir: Path, netns: str, ifname: str, direction: str) -> Path:
-    return _ns_dir(state_dir, netns) / f"{ifname}.{direction}.json"
-
-
 def status_path(state_dir: Path, netns: str, ifname: str, direction: str) -> Path:
     """Where the shaper of (ifname, direction) writes its counters (SIGUSR1, exit)."""
     return _ns_dir(state_dir, netns) / f"{ifname}.{direction}.status"
@@ -264,7 +260,7 @@ def _package_root() -> str:
 def _start_shaper(netns: str, directory: Path, ifname: str, direction: str, queue: int,
                   profile: LinkProfile, seed: int | None) -> tuple[int, int]:
     """Start a shaper in ``netns`` and wait for 'ready' on a pipe (bounded)."""
-    status_file = directory / f"{ifname}.{direction}.status"
+    status_file = directory / f"{ifname}.{direction}.status"  # as status_path()
     argv = [sys.executable, "-m", "vmip.lab.shaper", "--queue", str(queue),
             "--delay-ms", repr(profile.delay_ms), "--jitter-ms", repr(profile.jitter_ms),
             "--loss", repr(profile.loss), "--limit", str(DEFAULT_LIMIT),
@@ -518,7 +514,8 @@ def _apply_one(netns: str, ifname: str, direction: str, profile: LinkProfile,
     if chosen == "netem":
         if old is not None and old.get("backend") != "netem":
             _remove(netns, old)
-            old = None
+        # `tc qdisc replace` swaps an old netem qdisc in place: nothing to remove after.
+        old = None
         _run_in_ns(netns, netem_command(ifname, profile))
         record["rules"] = [["tc", "qdisc", "del", "dev", ifname, "root"]]
     else:
