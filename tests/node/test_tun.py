@@ -435,3 +435,48 @@ def test_rate_limiter_refills_over_time():
     assert limiter.allow(0.1) is True   # one token after 100 ms at 10/s
     assert [limiter.allow(60.0) for _ in range(3)] == [True, True, False]  # capped at burst
     assert limiter.allow(59.0) is False  # time going backwards adds nothing
+
+
+# -- the netlink notifications open() waits for -------------------------------------
+
+
+def _rtm_newroute(dst: str, dst_len: int = 128, route_type: int = 2, family: int = 10) -> bytes:
+    """An RTM_NEWROUTE message as pyroute2 (an independent encoder) builds it."""
+    from pyroute2.netlink.rtnl.rtmsg import rtmsg
+
+    message = rtmsg()
+    message["header"]["type"] = 24
+    message["family"], message["dst_len"], message["type"] = family, dst_len, route_type
+    message["table"] = 255
+    message["attrs"] = [("RTA_TABLE", 255), ("RTA_DST", dst), ("RTA_OIF", 3)]
+    message.encode()
+    return bytes(message.data)
+
+
+def test_local_route_notifications_are_recognised():
+    from vmip.node.tun import _local_route_destinations
+
+    batch = (_rtm_newroute("2001:db8:1::1")
+             + _rtm_newroute("2001:db8:1::", dst_len=64, route_type=1)   # the prefix route
+             + _rtm_newroute("2001:db8:1::2", route_type=1)              # unicast, not local
+             + _rtm_newroute("2001:db8:1::3"))
+    assert list(_local_route_destinations(batch)) == [
+        socket.inet_pton(socket.AF_INET6, "2001:db8:1::1"),
+        socket.inet_pton(socket.AF_INET6, "2001:db8:1::3"),
+    ]
+
+
+def _mutated(message: bytes, position: int, value: int, cut: int) -> bytes:
+    data = bytearray(message)
+    data[position % len(data)] = value
+    return bytes(data[:cut])
+
+
+@given(st.binary(max_size=300) | st.builds(
+    _mutated, st.just(_rtm_newroute("2001:db8:1::1") * 2), st.integers(0, 127),
+    st.integers(0, 255), st.integers(0, 128)))
+def test_local_route_parser_survives_any_bytes(data):
+    from vmip.node.tun import _local_route_destinations
+
+    for destination in _local_route_destinations(data):
+        assert len(destination) == 16
