@@ -97,9 +97,10 @@ class _CryptographyAead:
 
     def open(self, esp: bytes | memoryview, esn_high: bytes) -> bytes | None:
         data_at = self._data_at
-        nonce = self._salt + bytes(esp[ESP_HEADER_LEN:data_at])
+        header = bytes(esp[:ESP_HEADER_LEN])
+        aad = header[:4] + esn_high + header[4:] if esn_high else header
         try:
-            return self._aead.decrypt(nonce, esp[data_at:], _aad(esp, esn_high))
+            return self._aead.decrypt(self._salt + esp[ESP_HEADER_LEN:data_at], esp[data_at:], aad)
         except self._invalid_tag:
             return None
 

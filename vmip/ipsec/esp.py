@@ -219,15 +219,6 @@ class EspSA:
         self.drops[reason] += 1
         DROPS[reason] += 1
 
-    def _count(self, encrypted_len: int, now: float) -> None:
-        self.packets += 1
-        self.bytes += encrypted_len
-        if self.first_used_at is None:
-            self.first_used_at = now
-        self.last_used_at = now
-        if self.packets >= self._packet_mark or self.bytes >= self._byte_mark:
-            self._check_limits()
-
     # -- outbound ------------------------------------------------------------
 
     def protect(self, payload: bytes | memoryview, next_header: int, now: float) -> bytes | None:
@@ -252,7 +243,8 @@ class EspSA:
             tfc = bytes(target - length)
             length = target
         pad_len = -(length + 2) % self._block
-        plaintext = b"".join((payload, tfc, _trailer(pad_len, next_header)))
+        trailer = _trailers.get(pad_len << 8 | next_header) or _trailer(pad_len, next_header)
+        plaintext = b"".join((payload, tfc, trailer))
         if self._counter_iv:
             iv = _SEQ_IV.pack(seq)
         elif self._iv_len:
@@ -261,7 +253,14 @@ class EspSA:
             iv = b""
         esp = self._transform.seal(_HEADER.pack(self.spi, seq & _LOW32), iv, plaintext,
                                    _U32.pack(seq >> 32) if self._esn else b"")
-        self._count(len(plaintext), now)
+        # Usage counters, inlined: this runs for every packet.
+        self.packets += 1
+        self.bytes += len(plaintext)
+        self.last_used_at = now
+        if self.first_used_at is None:
+            self.first_used_at = now
+        if self.packets >= self._packet_mark or self.bytes >= self._byte_mark:
+            self._check_limits()
         return esp
 
     def protect_dummy(self, now: float, size: int = 0) -> bytes | None:
@@ -277,51 +276,59 @@ class EspSA:
         padding and next header.  Never raises on bad input.
         """
         try:
-            return self._unprotect(esp, now)
+            if not self.usable:
+                self._drop("unusable")
+                return None
+            size = len(esp)
+            if size < self._min_len:
+                self._drop("truncated")
+                return None
+            if (size - self._overhead) % self._ciphertext_align:
+                self._drop("bad_length")
+                return None
+            spi, seq_low = _HEADER.unpack_from(esp, 0)
+            if spi != self.spi:
+                self._drop("spi_mismatch")
+                return None
+            replay = self.replay
+            if self._esn:
+                seq = replay.infer(seq_low)
+                esn_high = _U32.pack(seq >> 32) if seq >= 0 else b""
+            else:
+                seq, esn_high = seq_low, b""
+            if seq <= replay.top or seq <= 0:  # only then can it be a replay
+                verdict = replay.check(seq)
+                if verdict is not None:
+                    self._drop(verdict)
+                    return None
+            plaintext = self._transform.open(esp, esn_high)
+            if plaintext is None:
+                self._drop("icv")
+                return None
+            # Authenticated: now, and only now, the window may move (§3.4.3).
+            replay.accept(seq)
+            self.packets += 1
+            self.bytes += len(plaintext)
+            self.last_used_at = now
+            if self.first_used_at is None:
+                self.first_used_at = now
+            if self.packets >= self._packet_mark or self.bytes >= self._byte_mark:
+                self._check_limits()
+
+            pad_len = plaintext[-2]
+            next_header = plaintext[-1]
+            end = len(plaintext) - 2 - pad_len
+            if end < 0 or plaintext[end:end + pad_len] != _PAD[:pad_len]:
+                self._drop("bad_padding")
+                return None
+            if next_header == NO_NEXT_HEADER:
+                self._drop("dummy")
+                return None
+            return next_header, plaintext[:end]
         except Exception:  # pragma: no cover - a bug; keep the data path alive
             log.exception("ESP unprotect failed", spi=f"{self.spi:#010x}")
             self._drop("internal_error")
             return None
-
-    def _unprotect(self, esp: bytes | memoryview, now: float) -> tuple[int, bytes] | None:
-        if not self.usable:
-            self._drop("unusable")
-            return None
-        size = len(esp)
-        if size < self._min_len:
-            self._drop("truncated")
-            return None
-        if (size - self._overhead) % self._ciphertext_align:
-            self._drop("bad_length")
-            return None
-        spi, seq_low = _HEADER.unpack_from(esp, 0)
-        if spi != self.spi:
-            self._drop("spi_mismatch")
-            return None
-        replay = self.replay
-        seq = replay.infer(seq_low)
-        verdict = replay.check(seq)
-        if verdict is not None:
-            self._drop(verdict)
-            return None
-        plaintext = self._transform.open(esp, _U32.pack(seq >> 32) if self._esn else b"")
-        if plaintext is None:
-            self._drop("icv")
-            return None
-        # Authenticated: now, and only now, the window may move (§3.4.3).
-        replay.accept(seq)
-        self._count(len(plaintext), now)
-
-        pad_len = plaintext[-2]
-        next_header = plaintext[-1]
-        end = len(plaintext) - 2 - pad_len
-        if end < 0 or plaintext[end:end + pad_len] != _PAD[:pad_len]:
-            self._drop("bad_padding")
-            return None
-        if next_header == NO_NEXT_HEADER:
-            self._drop("dummy")
-            return None
-        return next_header, plaintext[:end]
 
 
 # ---------------------------------------------------------------------------
