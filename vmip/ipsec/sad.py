@@ -251,10 +251,10 @@ class SAD:
             raise SadError(f"an SA {direction.value} spi {spi:#x} to {new_dst} already exists")
         old_src, old_dst = entry.src, entry.dst
         params = entry.params.with_endpoints(new_src, new_dst)
+        _retarget(entry.esp, params)  # first: nothing changes here if ESP refuses
         self._unindex(entry)
         entry.params = params
         entry.src, entry.dst, entry.dst_packed = new_src, new_dst, new_dst.packed
-        _retarget(entry.esp, params)
         self._index(entry)
         info = entry.info()
         log.info("sa migrated", spi=f"{spi:#010x}", direction=direction.value,
@@ -571,16 +571,7 @@ def _accepting_policy(spd: SPD, carried: Sequence[EspSA], level: int,
 def _retarget(esp: EspSA, params: SaParams) -> None:
     """Point a live ESP object at migrated endpoints without resetting it.
 
-    The ESP object keeps its sequence numbers and replay window (a MIGRATE
-    is not a rekey).  ``EspSA.migrate(params)`` is the hook for this; until
-    esp.py has it, the stop-gap below also refreshes the outer-header
-    addresses EspSA caches at construction (its tunnel_encap reads them).
+    ``EspSA.migrate`` keeps sequence numbers and the replay window (a MIGRATE
+    is not a rekey) and refreshes what it precomputed from the addresses.
     """
-    migrate = getattr(esp, "migrate", None)
-    if callable(migrate):
-        migrate(params)
-        return
-    esp.params = params
-    if hasattr(esp, "_outer_addresses"):  # stop-gap, see docstring
-        esp._outer_addresses = (params.src.packed + params.dst.packed
-                                if params.src.version == 6 else None)
+    esp.migrate(params)
