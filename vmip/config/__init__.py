@@ -12,9 +12,28 @@ from vmip.config.errors import ConfigError
 from vmip.config.keyfile import read_key_file, write_key_file
 from vmip.config.loader import build_config, load_config, parse_config
 from vmip.config.model import (
-    Action, ControlConfig, Direction, Driver, Endpoint, IkeConfig, IkePeerConfig, KeyMode,
-    KeysConfig, Lifetime, LinkConfig, LoggingConfig, MobilityConfig, Mode, NodeConfig,
-    NodeSection, PeerConfig, PolicyConfig, Role, SaConfig, TunConfig, TunnelKind,
+    Action,
+    ControlConfig,
+    Direction,
+    Driver,
+    Endpoint,
+    IkeConfig,
+    IkePeerConfig,
+    KeyMode,
+    KeysConfig,
+    Lifetime,
+    LinkConfig,
+    LoggingConfig,
+    MobilityConfig,
+    Mode,
+    NodeConfig,
+    NodeSection,
+    PeerConfig,
+    PolicyConfig,
+    Role,
+    SaConfig,
+    TunConfig,
+    TunnelKind,
 )
 
 __all__ = [

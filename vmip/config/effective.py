@@ -12,14 +12,29 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from enum import Enum
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from pathlib import Path
 from typing import Any
 
 from vmip import __version__
 from vmip.config.model import (
-    PROTOCOL_NUMBERS, Endpoint, IkeConfig, LinkConfig, Lifetime, NodeConfig, PeerConfig,
-    PolicyConfig, PortRange, SaConfig,
+    PROTOCOL_NUMBERS,
+    Endpoint,
+    IkeConfig,
+    Lifetime,
+    LinkConfig,
+    NodeConfig,
+    PeerConfig,
+    PolicyConfig,
+    PortRange,
+    SaConfig,
 )
 
 _PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}

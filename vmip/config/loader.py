@@ -22,7 +22,11 @@ import tomllib
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, time
 from ipaddress import (
-    IPv4Address, IPv6Address, IPv6Network, ip_address, ip_interface, ip_network,
+    IPv6Address,
+    IPv6Network,
+    ip_address,
+    ip_interface,
+    ip_network,
 )
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -31,10 +35,34 @@ from vmip import log
 from vmip.config.errors import ConfigError
 from vmip.config.keyfile import read_key_file
 from vmip.config.model import (
-    DEFAULT_PORTS, PROTOCOL_NUMBERS, Action, Address, ControlConfig, Direction, Driver,
-    Endpoint, IkeConfig, IkePeerConfig, Interface, KeyMode, KeysConfig, Lifetime, LinkConfig,
-    LoggingConfig, MobilityConfig, Mode, Network, NodeConfig, NodeSection, PeerConfig,
-    PolicyConfig, PortRange, Role, SaConfig, TunConfig, TunnelKind,
+    DEFAULT_PORTS,
+    PROTOCOL_NUMBERS,
+    Action,
+    Address,
+    ControlConfig,
+    Direction,
+    Driver,
+    Endpoint,
+    IkeConfig,
+    IkePeerConfig,
+    Interface,
+    KeyMode,
+    KeysConfig,
+    Lifetime,
+    LinkConfig,
+    LoggingConfig,
+    MobilityConfig,
+    Mode,
+    Network,
+    NodeConfig,
+    NodeSection,
+    PeerConfig,
+    PolicyConfig,
+    PortRange,
+    Role,
+    SaConfig,
+    TunConfig,
+    TunnelKind,
 )
 from vmip.ipsec.suites import BACKENDS, SUITES
 
@@ -482,6 +510,17 @@ def _address(what: str, example: str, version: int | None = None) -> Parser[Addr
     return parse
 
 
+def _ipv6(what: str, example: str) -> Parser[IPv6Address]:
+    """An IPv6 address: on-wire addresses (CoA, HoA, HA, CN) are always IPv6."""
+    parse_any = _address(what, example, 6)
+
+    def parse(ctx: _Context, path: str, value: Any) -> IPv6Address:
+        address = parse_any(ctx, path, value)
+        assert isinstance(address, IPv6Address)
+        return address
+    return parse
+
+
 def _network(what: str, example: str, version: int | None = None,
              address_hint_len: int | None = None) -> Parser[Network]:
     """A prefix ``addr/len`` with no host bits set.
@@ -704,7 +743,7 @@ def _parse_link(ctx: _Context, entry: tuple[str, Mapping[str, Any]], index: int)
         interface=table.get("interface", _ifname('"wifi0"'), None),
         bind=table.get("bind", _address("a local underlay address", '"192.0.2.34"'), None),
         port=port,
-        coa=table.get("coa", _address("a care-of address", '"2001:db8:31::2"', 6), None),
+        coa=table.get("coa", _ipv6("a care-of address", '"2001:db8:31::2"'), None),
         priority=table.get("priority", _integer("10", 0, 65535, "a priority"), DEFAULT_PRIORITY),
         keepalive=table.get("keepalive", _integer("20", 0, 3600, "a number of seconds"),
                             0 if driver is Driver.RAW else DEFAULT_KEEPALIVE),
@@ -753,15 +792,16 @@ def _parse_mobility(ctx: _Context, root: _Table) -> MobilityConfig:
                  "(RFC 6275 counts 4-second units)")
     home_prefix = table.get("home_prefix", _network(
         "the home prefix", '"2001:db8:100::/64"', 6, address_hint_len=64), None)
+    assert home_prefix is None or isinstance(home_prefix, IPv6Network)
     return MobilityConfig(
-        home_prefix=home_prefix,  # type: ignore[arg-type]
-        home_address=table.get("home_address", _address(
-            "a home address", '"2001:db8:100::10"', 6), None),  # type: ignore[arg-type]
-        home_agent=table.get("home_agent", _address(
-            "the home agent's address", '"2001:db8:100::1"', 6), None),  # type: ignore[arg-type]
+        home_prefix=home_prefix,
+        home_address=table.get("home_address", _ipv6("a home address", '"2001:db8:100::10"'),
+                               None),
+        home_agent=table.get("home_agent", _ipv6("the home agent's address", '"2001:db8:100::1"'),
+                             None),
         correspondents=table.get("correspondents", _list(
-            _address("a correspondent's address", '"2001:db8:20::2"', 6),
-            '"2001:db8:20::2"', what="address"), ()),  # type: ignore[arg-type]
+            _ipv6("a correspondent's address", '"2001:db8:20::2"'),
+            '"2001:db8:20::2"', what="address"), ()),
         binding_lifetime=lifetime,
         tunnel=TunnelKind(table.get("tunnel", _choice(tuple(TunnelKind)), TunnelKind.ESP)),
         proof_cache_size=table.get("proof_cache_size", _integer(
@@ -774,7 +814,7 @@ def _parse_lifetime(ctx: _Context, path: str, value: Any) -> tuple[Lifetime, Lif
         _wrong_type(ctx, path, value, "an inline table", "{ soft_seconds = 3000, hard_seconds = 3600 }")
     table = _Table(ctx, value, path, LIFETIME_KEYS, "lifetime")
     count = _integer("1000000", 1, 2**63 - 1, "a count")  # TOML integers are 64-bit
-    limits = {
+    limits: dict[str, Any] = {
         key: table.get(key, _seconds("3600") if key.endswith("seconds") else count, None)
         for key in LIFETIME_KEYS
     }
@@ -1096,18 +1136,19 @@ def _check_roles(ctx: _Context, node: NodeSection, tun: TunConfig, links: tuple[
     if not coas:
         ctx.fail("link", "a mobile node needs at least one link with a care-of address",
                  'add coa = "2001:db8:31::2" to a [[link]]')
+    home_address = mobility.home_address
     if prefix is None:
-        # RFC 6275 §2: a home subnet prefix is normally a /64; derive it.
-        prefix = ip_network(f"{mobility.home_address}/64", strict=False)  # type: ignore[assignment]
+        # Interface identifiers are 64 bits (RFC 4291 §2.5.1), so a home
+        # subnet is a /64 unless told otherwise.
+        prefix = IPv6Network(f"{home_address}/64", strict=False)
         mobility = dataclasses.replace(mobility, home_prefix=prefix)
-    assert isinstance(prefix, IPv6Network)
-    if mobility.home_address not in prefix:
+    if home_address not in prefix:
         ctx.fail("mobility.home_address",
-                 f"{mobility.home_address} is outside home_prefix {prefix}",
+                 f"{home_address} is outside home_prefix {prefix}",
                  f"write a home address inside {prefix}, such as {_quote(str(prefix[0x10]))}"
                  if prefix.num_addresses > 0x10 else "fix home_address or home_prefix")
-    if mobility.home_address in coas:
-        ctx.fail(f"link[{coas[mobility.home_address]}].coa",  # type: ignore[index]
+    if home_address in coas:
+        ctx.fail(f"link[{coas[home_address]}].coa",
                  "the care-of address equals the home address",
                  "write the address the link has on the visited network")
     if not any(address.ip == mobility.home_address for address in tun.addresses):
@@ -1236,7 +1277,7 @@ def _guess_key(lines: list[str], line_no: int) -> str | None:
     if not assign:
         return None
     key = assign.group(1).strip()
-    table, counts = "", {}
+    table, counts = "", dict[str, int]()
     for previous in lines[:line_no - 1]:
         found = _HEADER_RE.match(previous)
         if not found:

@@ -11,17 +11,47 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+from ipaddress import (
+    IPv4Address,
+    IPv4Interface,
+    IPv4Network,
+    IPv6Address,
+    IPv6Interface,
+    IPv6Network,
+)
 from pathlib import Path
 
 from vmip.ipsec.sa import Direction, Lifetime, Mode
 
 __all__ = [
-    "Action", "Address", "Direction", "Driver", "Endpoint", "IkeConfig", "IkePeerConfig",
-    "Interface", "KeyMode", "KeysConfig", "Lifetime", "LinkConfig", "LoggingConfig", "Mode",
-    "MobilityConfig", "Network", "NodeConfig", "NodeSection", "PeerConfig", "PolicyConfig",
-    "PortRange", "Role", "SaConfig", "TunConfig", "TunnelKind", "ControlConfig",
-    "DEFAULT_PORTS", "PROTOCOL_NUMBERS",
+    "DEFAULT_PORTS",
+    "PROTOCOL_NUMBERS",
+    "Action",
+    "Address",
+    "ControlConfig",
+    "Direction",
+    "Driver",
+    "Endpoint",
+    "IkeConfig",
+    "IkePeerConfig",
+    "Interface",
+    "KeyMode",
+    "KeysConfig",
+    "Lifetime",
+    "LinkConfig",
+    "LoggingConfig",
+    "MobilityConfig",
+    "Mode",
+    "Network",
+    "NodeConfig",
+    "NodeSection",
+    "PeerConfig",
+    "PolicyConfig",
+    "PortRange",
+    "Role",
+    "SaConfig",
+    "TunConfig",
+    "TunnelKind",
 ]
 
 Address = IPv4Address | IPv6Address

@@ -9,8 +9,19 @@ from cfgtest_helpers import REPO
 
 from vmip.config import load_config
 from vmip.config.loader import (
-    IKE_KEYS, IKE_PEER_KEYS, KEYS_KEYS, LIFETIME_KEYS, LINK_KEYS, LOGGING_KEYS, MOBILITY_KEYS,
-    NODE_KEYS, PEER_KEYS, POLICY_KEYS, ROOT_KEYS, SA_KEYS, TUN_KEYS,
+    IKE_KEYS,
+    IKE_PEER_KEYS,
+    KEYS_KEYS,
+    LIFETIME_KEYS,
+    LINK_KEYS,
+    LOGGING_KEYS,
+    MOBILITY_KEYS,
+    NODE_KEYS,
+    PEER_KEYS,
+    POLICY_KEYS,
+    ROOT_KEYS,
+    SA_KEYS,
+    TUN_KEYS,
 )
 from vmip.ipsec.suites import SUITES
 
@@ -18,14 +29,14 @@ DOC = (REPO / "docs" / "configuration.md").read_text()
 
 
 def _schema_block() -> str:
-    blocks = re.findall(r"```toml\n(.*?)```", DOC, flags=re.S)
+    blocks = re.findall(r"```toml\n(.*?)```", DOC, flags=re.DOTALL)
     return blocks[-1]
 
 
 def test_annotated_schema_loads(configs: Path) -> None:
     """The doc's schema block (the static-keys half of it) is a valid config."""
     text = _schema_block()
-    without_ike = re.sub(r"\n\[ike\].*?(?=\n\[control\])", "\n", text, flags=re.S)
+    without_ike = re.sub(r"\n\[ike\].*?(?=\n\[control\])", "\n", text, flags=re.DOTALL)
     path = configs / "doc.toml"
     path.write_text(without_ike)
     cfg = load_config(path)

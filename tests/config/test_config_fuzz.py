@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import tomllib
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 
 import pytest
@@ -17,8 +17,18 @@ from hypothesis import strategies as st
 
 from vmip.config import ConfigError, build_config, dump_effective, parse_config
 from vmip.config.loader import (
-    IKE_KEYS, IKE_PEER_KEYS, KEYS_KEYS, LIFETIME_KEYS, LINK_KEYS, MOBILITY_KEYS, NODE_KEYS,
-    PEER_KEYS, POLICY_KEYS, ROOT_KEYS, SA_KEYS, TUN_KEYS,
+    IKE_KEYS,
+    IKE_PEER_KEYS,
+    KEYS_KEYS,
+    LIFETIME_KEYS,
+    LINK_KEYS,
+    MOBILITY_KEYS,
+    NODE_KEYS,
+    PEER_KEYS,
+    POLICY_KEYS,
+    ROOT_KEYS,
+    SA_KEYS,
+    TUN_KEYS,
 )
 
 ALL_KEYS = sorted(set(ROOT_KEYS + NODE_KEYS + TUN_KEYS + LINK_KEYS + PEER_KEYS + MOBILITY_KEYS
@@ -43,7 +53,7 @@ SCALARS = st.one_of(
     st.sampled_from([0, 1, 4, 255, 256, 420, 1280, 6275, 65535, 65536, 0x1101, 2**32, 2**63]),
     st.floats(allow_nan=True, allow_infinity=True),
     st.booleans(),
-    st.datetimes(timezones=st.sampled_from([None, timezone.utc])),
+    st.datetimes(timezones=st.sampled_from([None, UTC])),
     st.dates(),
     st.times(),
 )

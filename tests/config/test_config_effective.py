@@ -12,7 +12,13 @@ import pytest
 from cfgtest_helpers import EXAMPLES
 
 from vmip.config import (
-    Driver, Role, dump_effective, load_config, parse_config, read_key_file, to_dict,
+    Driver,
+    Role,
+    dump_effective,
+    load_config,
+    parse_config,
+    read_key_file,
+    to_dict,
 )
 
 MINIMAL_MN = """\
@@ -82,7 +88,7 @@ def test_defaults_are_filled_in(tmp_path: Path) -> None:
                                   "coa": "2001:db8:31::2", "priority": 100, "keepalive": 20}]
     assert effective["peer"] == []
     assert effective["mobility"] == {
-        "home_prefix": "2001:db8:100::/64",   # the /64 around the HoA (RFC 6275 §2)
+        "home_prefix": "2001:db8:100::/64",   # the /64 around the HoA (RFC 4291 §2.5.1)
         "home_address": "2001:db8:100::10", "home_agent": "2001:db8:100::1",
         "correspondents": [], "binding_lifetime": 420, "tunnel": "esp", "proof_cache_size": 1024,
     }
