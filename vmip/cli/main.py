@@ -18,6 +18,7 @@ from vmip.errors import VmipError
 
 #: Subcommand modules, in the order ``vmip --help`` lists them.
 SUBCOMMANDS = [
+    "vmip.cli.node",
     "vmip.cli.check",
     "vmip.cli.lab",
 ]

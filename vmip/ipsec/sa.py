@@ -70,7 +70,8 @@ class SaParams:
     #: Name of the SA in the config or of the IKE CHILD_SA that made it.
     name: str = ""
     #: Traffic selectors the SA was negotiated for (RFC 4301 §5.2 inbound
-    #: check): a tuple of :class:`vmip.ipsec.spd.Selector`; empty = any.
+    #: check): a tuple of :class:`vmip.ipsec.spd.Selector`; empty = the
+    #: selectors of the inbound policies that name this SA.
     selectors: tuple = ()
     #: Who made it: "static", "ike", ... (shown by ``vmip sa list``).
     origin: str = "static"

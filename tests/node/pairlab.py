@@ -1,0 +1,206 @@
+"""Two vmip nodes in two network namespaces, for runtime tests.
+
+``PairLab`` builds namespaces ``vt<pid>-rt-a``/``-b`` joined by a veth
+(underlay 192.0.2.1/.2 and 2001:db8:ff::1/::2), writes a config per node
+(overlay 2001:db8:a::1 and 2001:db8:b::1 on ``vmip0``, udp driver, static
+AES-128-GCM transport SAs protecting everything between the overlay
+addresses), starts ``vmip run`` in each, and removes everything on close,
+also when a test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from vmip.config.keyfile import write_key_file
+
+OVERLAY = {"a": "2001:db8:a::1", "b": "2001:db8:b::1"}
+UNDERLAY4 = {"a": "192.0.2.1", "b": "192.0.2.2"}
+UNDERLAY6 = {"a": "2001:db8:ff::1", "b": "2001:db8:ff::2"}
+SPI = {"a": 0x0A01, "b": 0x0B01}  # SPI of the SA each node sends on
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+def netns_exec(netns: str, *cmd: str, timeout: float = 30, check: bool = False):
+    return subprocess.run(["ip", "netns", "exec", netns, *cmd], capture_output=True,
+                          text=True, timeout=timeout, check=check)
+
+
+def node_config(me: str, peer: str, keydir: Path, *, extra: str = "", user: str = "") -> str:
+    user_line = f'user = "{user}"\n' if user else ""
+    return f"""
+[node]
+name = "{me}"
+roles = ["cn"]
+{user_line}
+[tun]
+name = "vmip0"
+addresses = ["{OVERLAY[me]}/64"]
+mtu = 1400
+routes = ["{OVERLAY[peer]}/128"]
+
+[[link]]
+name = "eth0"
+driver = "udp"
+interface = "veth-{me}"
+bind = "{UNDERLAY4[me]}"
+port = 6275
+keepalive = 0
+
+[[peer]]
+name = "{peer}"
+prefixes = ["{OVERLAY[peer]}/128"]
+endpoint = "{UNDERLAY4[peer]}:6275"
+framing = "udp"
+
+[keys]
+mode = "static"
+
+[[keys.sa]]
+name = "out"
+spi = {SPI[me]}
+direction = "out"
+src = "{OVERLAY[me]}"
+dst = "{OVERLAY[peer]}"
+mode = "transport"
+suite = "aes128gcm16"
+key_file = "{keydir}/{me}.key"
+
+[[keys.sa]]
+name = "in"
+spi = {SPI[peer]}
+direction = "in"
+src = "{OVERLAY[peer]}"
+dst = "{OVERLAY[me]}"
+mode = "transport"
+suite = "aes128gcm16"
+key_file = "{keydir}/{peer}.key"
+
+[[policy]]
+name = "out"
+direction = "out"
+src = "{OVERLAY[me]}/128"
+dst = "{OVERLAY[peer]}/128"
+action = "protect"
+sa = ["out"]
+
+[[policy]]
+name = "in"
+direction = "in"
+src = "{OVERLAY[peer]}/128"
+dst = "{OVERLAY[me]}/128"
+action = "protect"
+sa = ["in"]
+{extra}
+"""
+
+
+class PairLab:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        pid = os.getpid()
+        self.netns = {"a": f"vt{pid}-rt-a", "b": f"vt{pid}-rt-b"}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs: dict[str, Path] = {}
+        self.configs: dict[str, Path] = {}
+        self._created: list[str] = []
+
+    # -- topology ------------------------------------------------------------
+
+    def build(self) -> "PairLab":
+        for side in ("a", "b"):
+            ip("netns", "add", self.netns[side])
+            self._created.append(self.netns[side])
+        ip("-n", self.netns["a"], "link", "add", "veth-a", "type", "veth", "peer", "name",
+           "veth-b", "netns", self.netns["b"])
+        for side in ("a", "b"):
+            ns = self.netns[side]
+            ip("-n", ns, "link", "set", "lo", "up")
+            ip("-n", ns, "addr", "add", f"{UNDERLAY4[side]}/24", "dev", f"veth-{side}")
+            ip("-n", ns, "addr", "add", f"{UNDERLAY6[side]}/64", "dev", f"veth-{side}", "nodad")
+            ip("-n", ns, "link", "set", f"veth-{side}", "up")
+        keydir = self.workdir / "keys"
+        keydir.mkdir(mode=0o700)
+        for side in ("a", "b"):
+            write_key_file(keydir / f"{side}.key", secrets.token_bytes(20))
+        for me, peer in (("a", "b"), ("b", "a")):
+            path = self.workdir / f"{me}.toml"
+            path.write_text(node_config(me, peer, keydir))
+            self.configs[me] = path
+        return self
+
+    # -- nodes ---------------------------------------------------------------
+
+    def socket(self, side: str) -> Path:
+        return Path("/run/vmip") / f"{self.netns[side]}.sock"
+
+    def start(self, side: str, *extra_args: str) -> subprocess.Popen:
+        log = self.workdir / f"{side}.log"
+        self.logs[side] = log
+        sock = self.socket(side)
+        if sock.exists():
+            sock.unlink()
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.netns[side], sys.executable, "-m", "vmip",
+             "--log-level", "debug", "run", "-c", str(self.configs[side]), *extra_args],
+            stdout=subprocess.DEVNULL, stderr=open(log, "wb"), start_new_session=True)
+        self.procs[side] = proc
+        self.wait_ready(side)
+        return proc
+
+    def wait_ready(self, side: str, timeout: float = 20.0) -> None:
+        """Until the node answers ``status`` on its control socket."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.procs[side]
+            if proc.poll() is not None:
+                raise AssertionError(f"vmip run ({side}) exited {proc.returncode}:\n"
+                                     + self.logs[side].read_text())
+            result = self.vmip(side, "status", "--json", check=False)
+            if result.returncode == 0:
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"vmip run ({side}) not ready:\n" + self.logs[side].read_text())
+
+    def vmip(self, side: str, *args: str, check: bool = True, timeout: float = 30):
+        result = netns_exec(self.netns[side], sys.executable, "-m", "vmip", *args,
+                            timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"vmip {' '.join(args)} failed ({result.returncode}): "
+                                 f"{result.stderr}")
+        return result
+
+    def stop(self, side: str, sig: int = signal.SIGTERM, timeout: float = 10) -> int:
+        proc = self.procs.pop(side)
+        if proc.poll() is None:
+            os.killpg(proc.pid, sig)
+            try:
+                return proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+                raise
+        return proc.returncode
+
+    def close(self) -> None:
+        for side in list(self.procs):
+            try:
+                self.stop(side)
+            except Exception:
+                pass
+        for ns in self._created:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+        for side in ("a", "b"):
+            try:
+                self.socket(side).unlink()
+            except OSError:
+                pass
