@@ -9,7 +9,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scapy.all import raw
 from scapy.layers.inet import IP, TCP, UDP
-from scapy.layers.ipsec import AH
 from scapy.layers.inet6 import (
     HAO,
     IPv6,
@@ -21,11 +20,19 @@ from scapy.layers.inet6 import (
     RouterAlert,
     in6_chksum,
 )
+from scapy.layers.ipsec import AH
 from wire_strategies import DST, DST_A, SRC, SRC_A, ipv6_addresses
 
 from vmip.wire import proto
 from vmip.wire.errors import FieldValueError, WireError
-from vmip.wire.ipv4 import IPv4Header, build_ipv4_header, check_ipv4, ipv4_dst, ipv4_protocol, ipv4_src
+from vmip.wire.ipv4 import (
+    IPv4Header,
+    build_ipv4_header,
+    check_ipv4,
+    ipv4_dst,
+    ipv4_protocol,
+    ipv4_src,
+)
 from vmip.wire.ipv6 import (
     AuthenticationHeader,
     DestinationOptions,
@@ -94,7 +101,8 @@ def test_zero_copy_helpers_read_scapy_packet():
 
 
 @pytest.mark.parametrize(
-    "helper", [ipv6_src, ipv6_dst, ipv6_next_header, ipv6_payload_length, ipv6_hop_limit, check_ipv6]
+    "helper",
+    [ipv6_src, ipv6_dst, ipv6_next_header, ipv6_payload_length, ipv6_hop_limit, check_ipv6],
 )
 def test_zero_copy_helpers_reject_short_input(helper):
     with pytest.raises(WireError):
@@ -190,7 +198,11 @@ def test_home_address_option_is_aligned_8n_plus_6():
     st.lists(
         st.one_of(
             st.builds(HomeAddressOption, ipv6_addresses),
-            st.builds(UnknownOption, st.integers(2, 255).filter(lambda t: t != 201), st.binary(max_size=30)),
+            st.builds(
+                UnknownOption,
+                st.integers(2, 255).filter(lambda t: t != 201),
+                st.binary(max_size=30),
+            ),
         ),
         max_size=4,
     ).map(tuple),
@@ -214,7 +226,9 @@ def test_chain_round_trip(options, upper, payload):
 
 
 def test_later_fragment_stops_the_walk():
-    data = raw(IPv6(src=SRC, dst=DST) / IPv6ExtHdrFragment(offset=185, m=1, id=1, nh=6) / (b"\x00" * 3))
+    data = raw(
+        IPv6(src=SRC, dst=DST) / IPv6ExtHdrFragment(offset=185, m=1, id=1, nh=6) / (b"\x00" * 3)
+    )
     parsed = parse_ipv6(data)
     assert parsed.later_fragment
     assert parsed.upper_layer_protocol == proto.TCP
@@ -249,9 +263,12 @@ def test_checksum_addresses_match_scapy_with_hao_and_rh2():
 
     assert verify_upper_layer_checksum(src, dst, 17, parsed.upper_layer)
 
-    routed = IPv6(src=SRC, dst="2001:db8:c0a::2") / IPv6ExtHdrRouting(
-        type=2, addresses=[str(HOA)], segleft=1
-    ) / UDP(sport=9, dport=10) / b"y"
+    routed = (
+        IPv6(src=SRC, dst="2001:db8:c0a::2")
+        / IPv6ExtHdrRouting(type=2, addresses=[str(HOA)], segleft=1)
+        / UDP(sport=9, dport=10)
+        / b"y"
+    )
     parsed = parse_ipv6(raw(routed))
     src, dst = parsed.checksum_addresses()
     assert (src, dst) == (SRC_A.packed, HOA.packed)
@@ -260,7 +277,9 @@ def test_checksum_addresses_match_scapy_with_hao_and_rh2():
 
 
 def test_padn_in_scapy_options_is_not_reported():
-    data = raw(IPv6(src=SRC, dst=DST) / IPv6ExtHdrDestOpt(options=[PadN(optdata=b"\x00" * 4)]) / UDP())
+    data = raw(
+        IPv6(src=SRC, dst=DST) / IPv6ExtHdrDestOpt(options=[PadN(optdata=b"\x00" * 4)]) / UDP()
+    )
     assert parse_ipv6(data).extension_headers == (DestinationOptions(()),)
 
 
@@ -295,14 +314,21 @@ def test_ipv4_header_round_trip_and_scapy(header):
     padded = data + bytes(header.total_length - len(data))
     assert IPv4Header.parse(padded) == header
     theirs = IP(padded)
-    assert (theirs.src, theirs.dst, theirs.proto) == (str(header.src), str(header.dst), header.protocol)
+    assert (theirs.src, theirs.dst, theirs.proto) == (
+        str(header.src),
+        str(header.dst),
+        header.protocol,
+    )
     assert (theirs.ttl, theirs.tos, theirs.id, theirs.frag) == (
         header.ttl,
         header.tos,
         header.identification,
         header.fragment_offset,
     )
-    assert bool(theirs.flags.DF) == header.dont_fragment and bool(theirs.flags.MF) == header.more_fragments
+    assert (
+        bool(theirs.flags.DF) == header.dont_fragment
+        and bool(theirs.flags.MF) == header.more_fragments
+    )
     checksum = theirs.chksum
     del theirs.chksum
     assert IP(raw(theirs)).chksum == checksum

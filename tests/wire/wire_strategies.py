@@ -13,6 +13,10 @@ from scapy.all import raw
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import (
     HAO,
+    MIP6MH_BA,
+    MIP6MH_BE,
+    MIP6MH_BRR,
+    MIP6MH_BU,
     ICMPv6DestUnreach,
     ICMPv6EchoRequest,
     ICMPv6PacketTooBig,
@@ -22,10 +26,6 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrFragment,
     IPv6ExtHdrHopByHop,
     IPv6ExtHdrRouting,
-    MIP6MH_BA,
-    MIP6MH_BE,
-    MIP6MH_BRR,
-    MIP6MH_BU,
     MIP6MH_Generic,
     MIP6OptAltCoA,
     MIP6OptBRAdvice,
@@ -62,7 +62,13 @@ options_without_nonce = st.lists(
 mobility_messages = st.one_of(
     st.builds(mh.BindingRefreshRequest, option_tuples),
     st.builds(
-        mh.BindingUpdate, u16, u16, st.booleans(), st.booleans(), st.booleans(), st.booleans(),
+        mh.BindingUpdate,
+        u16,
+        u16,
+        st.booleans(),
+        st.booleans(),
+        st.booleans(),
+        st.booleans(),
         option_tuples,
     ),
     st.builds(mh.BindingAck, u8, u16, u16, st.booleans(), option_tuples),
@@ -88,8 +94,8 @@ def sample_ipv6_packets() -> list[bytes]:
         base / ICMPv6EchoRequest(id=1, seq=2, data=b"ping"),
         base / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt(options=[HAO(hoa="2001:db8::9")]) / UDP(),
         base / IPv6ExtHdrRouting(type=2, addresses=["2001:db8::9"], segleft=1) / TCP(),
-        base / IPv6ExtHdrFragment(offset=0, m=1, id=7) / UDP(sport=1, dport=2) / b"x" * 16,
-        base / IPv6ExtHdrFragment(offset=10, m=0, id=7, nh=17) / b"y" * 24,
+        base / IPv6ExtHdrFragment(offset=0, m=1, id=7) / UDP(sport=1, dport=2) / (b"x" * 16),
+        base / IPv6ExtHdrFragment(offset=10, m=0, id=7, nh=17) / (b"y" * 24),
         base / ICMPv6DestUnreach(code=4) / IPv6(src=DST, dst=SRC) / UDP(),
         base / ICMPv6PacketTooBig(mtu=1280) / IPv6(src=DST, dst=SRC) / TCP(),
         base / ICMPv6ParamProblem(code=1, ptr=6) / IPv6(src=DST, dst=SRC),
@@ -108,8 +114,8 @@ def sample_ipv4_packets() -> list[bytes]:
     return [
         raw(IP(src="192.0.2.1", dst="198.51.100.1") / TCP(sport=5, dport=6)),
         raw(IP(src="192.0.2.1", dst="198.51.100.1", options=b"\x01\x01\x01\x00") / UDP()),
-        raw(IP(src="192.0.2.1", dst="198.51.100.1", flags="MF", frag=0) / UDP() / b"z" * 8),
-        raw(IP(src="192.0.2.1", dst="198.51.100.1", frag=3, proto=17) / b"z" * 8),
+        raw(IP(src="192.0.2.1", dst="198.51.100.1", flags="MF", frag=0) / UDP() / (b"z" * 8)),
+        raw(IP(src="192.0.2.1", dst="198.51.100.1", frag=3, proto=17) / (b"z" * 8)),
     ]
 
 

@@ -20,7 +20,13 @@ _PORTS = struct.Struct("!HH").unpack_from
 _EXTENSION_HEADERS = frozenset(
     (proto.HOP_BY_HOP, proto.ROUTING, proto.FRAGMENT, proto.DESTINATION_OPTIONS, proto.AH)
 )
-_TCP, _UDP, _SCTP, _ICMPV6, _MOBILITY = proto.TCP, proto.UDP, proto.SCTP, proto.ICMPV6, proto.MOBILITY
+_TCP, _UDP, _SCTP, _ICMPV6, _MOBILITY = (
+    proto.TCP,
+    proto.UDP,
+    proto.SCTP,
+    proto.ICMPV6,
+    proto.MOBILITY,
+)
 _FRAGMENT, _AH, _ICMP = proto.FRAGMENT, proto.AH, 1  # 1: ICMP for IPv4 (RFC 792)
 
 
@@ -101,8 +107,11 @@ def _flow_key_ipv4(data: bytes) -> FlowKey:
     return FlowKey(data[12:16], data[16:20], protocol, sport, dport)
 
 
-def flow_key(packet: bytes) -> FlowKey:
+def flow_key(packet: bytes | bytearray | memoryview) -> FlowKey:
     """The selector key of an IPv6 or IPv4 packet; :class:`WireError` if malformed."""
+    if type(packet) is not bytes:
+        # Keys are hashed by the SPD cache: memoryview slices would not do.
+        packet = bytes(packet)
     if not packet:
         raise WireError("empty packet")
     version = packet[0] >> 4

@@ -9,12 +9,12 @@ minimum MTU (RFC 4443 §2.4(c)); :func:`may_send_error` applies the rules of
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from ipaddress import IPv6Address
 from typing import ClassVar
 
 from vmip.wire import proto
-from vmip.wire._addr import AnyAddress, packed_address
+from vmip.wire._addr import AnyAddress, packed_ipv6
 from vmip.wire.checksum import upper_layer_checksum
 from vmip.wire.errors import ChecksumError, FieldValueError, WireError
 from vmip.wire.ipv6 import IPV6_HEADER_LEN, IPV6_MIN_MTU, build_ipv6_header, parse_ipv6
@@ -53,7 +53,14 @@ MAX_QUOTED = IPV6_MIN_MTU - IPV6_HEADER_LEN - 8
 
 #: Types whose first 8 octets are fixed (4-octet header plus one word).
 _EIGHT_OCTET_HEADERS = frozenset(
-    (DESTINATION_UNREACHABLE, PACKET_TOO_BIG, TIME_EXCEEDED, PARAMETER_PROBLEM, ECHO_REQUEST, ECHO_REPLY)
+    (
+        DESTINATION_UNREACHABLE,
+        PACKET_TOO_BIG,
+        TIME_EXCEEDED,
+        PARAMETER_PROBLEM,
+        ECHO_REQUEST,
+        ECHO_REPLY,
+    )
 )
 
 _HEADER = struct.Struct("!BBH")
@@ -204,7 +211,7 @@ def build_icmpv6(message: Icmpv6Message, src: AnyAddress, dst: AnyAddress) -> by
     body = message.body()
     unsummed = _HEADER.pack(message.icmp_type, message.code, 0) + body
     checksum = upper_layer_checksum(
-        packed_address(src, "source"), packed_address(dst, "destination"), proto.ICMPV6, unsummed
+        packed_ipv6(src, "source"), packed_ipv6(dst, "destination"), proto.ICMPV6, unsummed
     )
     return unsummed[:2] + checksum.to_bytes(2, "big") + body
 
@@ -218,17 +225,14 @@ def parse_icmpv6(
     data = bytes(data)
     if len(data) < ICMPV6_HEADER_LEN:
         raise WireError(f"ICMPv6 message of {len(data)} bytes is shorter than its header")
-    if src is not None and dst is not None:
-        if (
-            upper_layer_checksum(
-                packed_address(src, "source"),
-                packed_address(dst, "destination"),
-                proto.ICMPV6,
-                data,
-            )
-            != 0
-        ):
-            raise ChecksumError("ICMPv6 checksum does not verify")
+    if (
+        src is not None
+        and dst is not None
+        and upper_layer_checksum(
+            packed_ipv6(src, "source"), packed_ipv6(dst, "destination"), proto.ICMPV6, data
+        )
+    ):
+        raise ChecksumError("ICMPv6 checksum does not verify")
     icmp_type, code, _ = _HEADER.unpack_from(data)
     if icmp_type in _EIGHT_OCTET_HEADERS and len(data) < 8:
         raise WireError(f"ICMPv6 type {icmp_type} needs 8 bytes, got {len(data)}")
@@ -259,25 +263,15 @@ def build_icmpv6_packet(
     For error messages the invoking packet is cut so that the whole packet
     does not exceed the minimum IPv6 MTU (RFC 4443 §2.4(c)).
     """
-    if isinstance(message, (DestinationUnreachable, TimeExceeded, ParameterProblem, PacketTooBig)):
-        if len(message.invoking_packet) > MAX_QUOTED:
-            message = _with_quote(message, message.invoking_packet[:MAX_QUOTED])
-    src_packed = packed_address(src, "source")
-    dst_packed = packed_address(dst, "destination")
-    if len(src_packed) != 16 or len(dst_packed) != 16:
-        raise FieldValueError("ICMPv6 needs IPv6 addresses")
+    if (
+        isinstance(message, (DestinationUnreachable, TimeExceeded, ParameterProblem, PacketTooBig))
+        and len(message.invoking_packet) > MAX_QUOTED
+    ):
+        message = replace(message, invoking_packet=message.invoking_packet[:MAX_QUOTED])
+    src_packed = packed_ipv6(src, "source")
+    dst_packed = packed_ipv6(dst, "destination")
     icmp = build_icmpv6(message, src_packed, dst_packed)
     return build_ipv6_header(src_packed, dst_packed, proto.ICMPV6, len(icmp), hop_limit) + icmp
-
-
-def _with_quote(message: ErrorMessage, quote: bytes) -> ErrorMessage:
-    if isinstance(message, PacketTooBig):
-        return PacketTooBig(message.mtu, quote)
-    if isinstance(message, ParameterProblem):
-        return ParameterProblem(message.code, message.pointer, quote)
-    if isinstance(message, TimeExceeded):
-        return TimeExceeded(message.code, quote)
-    return DestinationUnreachable(message.code, quote)
 
 
 def may_send_error(invoking_packet: bytes, error_type: int, code: int = 0) -> bool:

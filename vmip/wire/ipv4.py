@@ -135,7 +135,9 @@ class IPv4Header:
         return IPV4_MIN_HEADER_LEN + len(self.options)
 
     @classmethod
-    def parse(cls, data: bytes | bytearray | memoryview, verify_checksum: bool = True) -> IPv4Header:
+    def parse(
+        cls, data: bytes | bytearray | memoryview, verify_checksum: bool = True
+    ) -> IPv4Header:
         """Parse and (by default) verify the header checksum (RFC 791 §3.1)."""
         data = bytes(data)
         header_length, total_length = check_ipv4(data)

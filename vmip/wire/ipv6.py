@@ -503,9 +503,7 @@ def _parse_extension(
         if routing_type == ROUTING_TYPE_2:
             if length != 24:
                 raise WireError(f"type 2 routing header of {length} bytes, expected 24")
-            header = Type2RoutingHeader(
-                IPv6Address(data[offset + 8 : offset + 24]), segments_left
-            )
+            header = Type2RoutingHeader(IPv6Address(data[offset + 8 : offset + 24]), segments_left)
         else:
             header = RoutingHeader(routing_type, segments_left, data[offset + 4 : offset + length])
         return header, next_header, length

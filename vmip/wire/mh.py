@@ -22,7 +22,7 @@ from ipaddress import IPv6Address
 from typing import ClassVar
 
 from vmip.wire import proto
-from vmip.wire._addr import AnyAddress, packed_address
+from vmip.wire._addr import AnyAddress, packed_ipv6
 from vmip.wire._tlv import encode_options, iter_options
 from vmip.wire.checksum import upper_layer_checksum
 from vmip.wire.errors import ChecksumError, FieldValueError, WireError
@@ -188,7 +188,7 @@ class UnknownMobilityOption:
 MobilityOption = BindingRefreshAdvice | AlternateCareOfAddress | NonceOption | UnknownMobilityOption
 
 # Known option types with their exact data length.
-_OPTION_LENGTHS = {
+_OPTION_LENGTHS: dict[int, int] = {
     MobilityOptionType.BINDING_REFRESH_ADVICE: 2,
     MobilityOptionType.ALTERNATE_CARE_OF_ADDRESS: 16,
     MobilityOptionType.NONCE: NONCE_LENGTH,
@@ -451,7 +451,7 @@ MobilityMessage = (
 )
 
 # Length of the fixed message data per known type; options follow it.
-_FIXED_LENGTHS = {
+_FIXED_LENGTHS: dict[int, int] = {
     MHType.BINDING_REFRESH_REQUEST: 2,
     MHType.BINDING_UPDATE: 6,
     MHType.BINDING_ACK: 6,
@@ -480,7 +480,7 @@ def build_mh(message: MobilityMessage, src: AnyAddress, dst: AnyAddress) -> byte
     # Payload Proto is IPPROTO_NONE (RFC 6275 §6.1.1); Header Len excludes the first 8 octets.
     unsummed = bytes((proto.NO_NEXT_HEADER, total // 8 - 1, message.mh_type, 0, 0, 0)) + body
     checksum = upper_layer_checksum(
-        packed_address(src, "source"), packed_address(dst, "destination"), proto.MOBILITY, unsummed
+        packed_ipv6(src, "source"), packed_ipv6(dst, "destination"), proto.MOBILITY, unsummed
     )
     return unsummed[:4] + checksum.to_bytes(2, "big") + body
 
@@ -489,8 +489,8 @@ def build_mh_packet(
     message: MobilityMessage, src: AnyAddress, dst: AnyAddress, hop_limit: int = 64
 ) -> bytes:
     """A whole IPv6 packet from *src* to *dst* carrying only the Mobility Header."""
-    src_packed = packed_address(src, "source")
-    dst_packed = packed_address(dst, "destination")
+    src_packed = packed_ipv6(src, "source")
+    dst_packed = packed_ipv6(dst, "destination")
     mh = build_mh(message, src_packed, dst_packed)
     return build_ipv6_header(src_packed, dst_packed, proto.MOBILITY, len(mh), hop_limit) + mh
 
@@ -513,17 +513,14 @@ def parse_mh(
     if total > len(data):
         raise MobilityHeaderError(f"Header Len says {total} bytes, only {len(data)} present", 1)
     data = data[:total]
-    if src is not None and dst is not None:
-        if (
-            upper_layer_checksum(
-                packed_address(src, "source"),
-                packed_address(dst, "destination"),
-                proto.MOBILITY,
-                data,
-            )
-            != 0
-        ):
-            raise ChecksumError("Mobility Header checksum does not verify")
+    if (
+        src is not None
+        and dst is not None
+        and upper_layer_checksum(
+            packed_ipv6(src, "source"), packed_ipv6(dst, "destination"), proto.MOBILITY, data
+        )
+    ):
+        raise ChecksumError("Mobility Header checksum does not verify")
     if data[0] != proto.NO_NEXT_HEADER:
         raise MobilityHeaderError(f"Payload Proto {data[0]}, expected 59", 0)
     mh_type = data[2]
