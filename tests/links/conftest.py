@@ -6,11 +6,7 @@ import os
 import subprocess
 
 import pytest
-from linktest_helpers import NetnsLoop, ip, wait_operstate_up
-
-# Documentation prefix (RFC 3849) for the two-namespace raw tests.
-ADDR_A = "2001:db8:7a::1"
-ADDR_B = "2001:db8:7a::2"
+from linktest_helpers import ADDR_A, ADDR_B, NetnsLoop, ip, wait_operstate_up
 
 
 def _delete_netns(name: str) -> None:

@@ -19,6 +19,10 @@ T = TypeVar("T")
 #: Upper bound for anything a test awaits.
 TIMEOUT = 10.0
 
+# Documentation prefix (RFC 3849) of the two-namespace raw tests.
+ADDR_A = "2001:db8:7a::1"
+ADDR_B = "2001:db8:7a::2"
+
 
 @dataclass(frozen=True)
 class LinkSpec:

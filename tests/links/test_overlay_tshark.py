@@ -35,7 +35,7 @@ ESP_IN_UDP = bytes(IPv6(src="::ffff:127.0.0.1", dst="::ffff:127.0.0.2")
 IKE = bytes(IKEv2(init_SPI=b"\x11" * 8, exch_type=34))
 
 
-def start_capture(netns: str, pcap: str) -> subprocess.Popen:
+def start_capture(netns: str, pcap: str) -> tuple[subprocess.Popen, threading.Thread]:
     """Start tshark and return once it reports the capture has started."""
     process = subprocess.Popen(
         ["ip", "netns", "exec", netns, TSHARK, "-i", "lo", "-f", "udp",
@@ -53,11 +53,21 @@ def start_capture(netns: str, pcap: str) -> subprocess.Popen:
             if "Capture started" in line:
                 ready.set()
 
-    threading.Thread(target=watch, daemon=True).start()
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
     if not ready.wait(TIMEOUT):
-        process.kill()
+        stop_capture(process, watcher)
         raise AssertionError(f"tshark did not start capturing: {''.join(lines)}")
-    return process
+    return process, watcher
+
+
+def stop_capture(process: subprocess.Popen, watcher: threading.Thread) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait(TIMEOUT)
+    watcher.join(TIMEOUT)            # it ends at EOF on stderr
+    assert process.stderr is not None
+    process.stderr.close()
 
 
 async def send_everything() -> None:
@@ -104,14 +114,12 @@ def read_fields(pcap: str, *options: str) -> list[list[str]]:
 @pytest.mark.skipif(TSHARK is None, reason="tshark is not installed (Debian package tshark)")
 def test_tshark_dissects_the_overlay_and_esp_in_udp(netns_single, netns_loops, tmp_path):
     pcap = str(tmp_path / "links.pcapng")
-    capture = start_capture(netns_single, pcap)
+    capture, watcher = start_capture(netns_single, pcap)
     try:
         netns_loops(netns_single).call(send_everything())
-        capture.wait(TIMEOUT)
+        capture.wait(TIMEOUT)            # exits by itself after CAPTURED packets
     finally:
-        if capture.poll() is None:
-            capture.kill()
-            capture.wait()
+        stop_capture(capture, watcher)
 
     rows = read_fields(pcap, "-d", "udp.port==6275,ipv6")
     assert len(rows) == CAPTURED

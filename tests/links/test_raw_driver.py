@@ -6,8 +6,7 @@ import asyncio
 import socket
 
 import pytest
-from conftest import ADDR_A, ADDR_B
-from linktest_helpers import TIMEOUT, Inbox, LinkSpec
+from linktest_helpers import ADDR_A, ADDR_B, TIMEOUT, Inbox, LinkSpec
 from scapy.layers.inet6 import MIP6MH_BRR, ICMPv6DestUnreach, ICMPv6EchoRequest, IPv6
 from scapy.layers.ipsec import ESP
 
