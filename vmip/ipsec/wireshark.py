@@ -10,9 +10,9 @@ The algorithm names are the exact strings of Wireshark's ESP dissector;
 those for 4.0 were checked against tshark 4.0.17 (an unknown name makes
 tshark refuse the whole ``-o``).  Wireshark 4.0 has no ChaCha20-Poly1305
 for ESP (it came in 4.2), so ChaCha20 SAs are left out of rows made for
-versions before 4.2.  Wireshark 4.0 also has no ESN support: it cannot
-authenticate or decrypt SAs with ``esn=True`` (the high half of the
-sequence number is in the AAD/ICV but not on the wire).
+versions before 4.2.  Wireshark 4.0 also has no ESN support: for SAs with
+``esn=True`` it decrypts but marks the ICV bad (the high half of the
+sequence number is in the AAD/ICV input but not on the wire).
 """
 
 from __future__ import annotations
