@@ -84,7 +84,7 @@ def _aead_plaintext(sa: EspSA, wire: bytes) -> bytes:
     return AESGCM(key[:-4]).decrypt(key[-4:] + wire[8:16], wire[16:], wire[:8])
 
 
-@pytest.mark.parametrize("length", range(0, 24))
+@pytest.mark.parametrize("length", range(24))
 def test_padding_is_minimal_and_counts_1_2_3(length: int) -> None:
     # RFC 4303 §2.4: default padding 1, 2, 3, ...; ciphertext 4-byte aligned.
     sa = EspSA(params(esn=False), 0.0)

@@ -30,9 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from vmip.ipsec.esp import EspSA, decap, tunnel_encap  # noqa: E402
-from vmip.ipsec.sa import Direction, Mode, SaParams  # noqa: E402
-from vmip.ipsec.suites import BACKENDS, SUITES  # noqa: E402
+from vmip.ipsec.esp import EspSA, decap, tunnel_encap
+from vmip.ipsec.sa import Direction, Mode, SaParams
+from vmip.ipsec.suites import BACKENDS, SUITES
 
 ROUNDS = 20
 

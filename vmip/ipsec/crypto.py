@@ -27,7 +27,8 @@ append seq-high to the ICV input after the packet, without sending it
 from __future__ import annotations
 
 import hmac as _stdlib_hmac
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from vmip.errors import VmipError
 from vmip.ipsec.suites import BACKENDS, SuiteInfo
@@ -194,6 +195,7 @@ class _PycryptodomeAead:
 
         self.suite = suite
         self._key, self._salt = enc_key[:-SALT_LEN], enc_key[-SALT_LEN:]
+        self._new: Callable[[bytes], Any]
         if suite.name.startswith("chacha"):
             self._new = lambda nonce: ChaCha20_Poly1305.new(key=self._key, nonce=nonce)
         else:

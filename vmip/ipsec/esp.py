@@ -46,7 +46,7 @@ from vmip.ipsec.suites import SUITES
 from vmip.log import get_logger
 
 __all__ = [
-    "DROPS", "EspSA", "EspSetupError", "SEQ_SOFT_MARGIN", "decap", "dummy_encap",
+    "DROPS", "SEQ_SOFT_MARGIN", "EspSA", "EspSetupError", "decap", "dummy_encap",
     "esp_spi", "transport_encap", "tunnel_encap",
 ]
 
@@ -221,7 +221,8 @@ class EspSA:
 
     # -- outbound ------------------------------------------------------------
 
-    def protect(self, payload: bytes | memoryview, next_header: int, now: float) -> bytes | None:
+    def protect(self, payload: bytes | bytearray | memoryview, next_header: int,
+                now: float) -> bytes | None:
         """The ESP part (SPI .. ICV) carrying ``payload``; ``None`` if the SA cannot send."""
         if not self.usable:
             self._drop("unusable")
@@ -454,9 +455,10 @@ def transport_encap(packet: bytes | bytearray | memoryview, sa: EspSA, now: floa
     return b"".join((header, esp))
 
 
-def _outer_header(sa: EspSA, traffic_class: int, payload_length: int, hop_limit: int) -> bytes:
+def _outer_header(addresses: bytes, traffic_class: int, payload_length: int,
+                  hop_limit: int) -> bytes:
     return _OUTER.pack(0x60000000 | traffic_class << 20, payload_length, IPPROTO_ESP,
-                       hop_limit) + sa._outer_addresses  # type: ignore[operator]
+                       hop_limit) + addresses
 
 
 def tunnel_encap(inner: bytes | bytearray | memoryview, sa: EspSA, now: float,
@@ -470,7 +472,8 @@ def tunnel_encap(inner: bytes | bytearray | memoryview, sa: EspSA, now: float,
     if not sa._tunnel:
         sa._drop("wrong_mode")
         return None
-    if sa._outer_addresses is None:
+    addresses = sa._outer_addresses
+    if addresses is None:
         sa._drop("unsupported")  # outer IPv4 is the rfc3948 link driver's business
         return None
     version = inner[0] >> 4 if inner else 0
@@ -487,18 +490,19 @@ def tunnel_encap(inner: bytes | bytearray | memoryview, sa: EspSA, now: float,
     if len(esp) > 0xFFFF:
         sa._drop("too_big")
         return None
-    return _outer_header(sa, traffic_class, len(esp), hop_limit) + esp
+    return _outer_header(addresses, traffic_class, len(esp), hop_limit) + esp
 
 
 def dummy_encap(sa: EspSA, now: float, size: int = 0, hop_limit: int = 64) -> bytes | None:
     """A whole dummy packet (RFC 4303 §2.6) from ``sa.params.src`` to ``sa.params.dst``."""
-    if sa._outer_addresses is None:
+    addresses = sa._outer_addresses
+    if addresses is None:
         sa._drop("unsupported")
         return None
     esp = sa.protect_dummy(now, size)
     if esp is None:
         return None
-    return _outer_header(sa, 0, len(esp), hop_limit) + esp
+    return _outer_header(addresses, 0, len(esp), hop_limit) + esp
 
 
 def _inner_packet(next_header: int, payload: bytes) -> bytes | None:

@@ -38,7 +38,7 @@ REPLAY_OLD = "replay_old"  # left of the window, or a number never sent
 class ReplayWindow:
     """Receiver state of one SA: highest authenticated sequence number and bitmap."""
 
-    __slots__ = ("size", "esn", "top", "bitmap", "_mask", "_inference_window")
+    __slots__ = ("_inference_window", "_mask", "bitmap", "esn", "size", "top")
 
     def __init__(self, size: int = 1024, esn: bool = False) -> None:
         if not 0 <= size <= MAX_WINDOW:
