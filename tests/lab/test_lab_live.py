@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
-from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
 
@@ -324,7 +322,7 @@ def rtt_ms(netns: str, source: str, destination: str, count: int = 5) -> float:
                             "-I", source, destination], timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
     # "rtt min/avg/max/mdev = 40.1/40.3/40.9/0.2 ms": take the minimum.
-    summary = [line for line in result.stdout.splitlines() if "min/avg/max" in line][0]
+    summary = next(line for line in result.stdout.splitlines() if "min/avg/max" in line)
     return float(summary.split("=")[1].split("/")[0])
 
 

@@ -25,8 +25,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from vmip.lab.topology import AccessLink, LabNode, LabPlan
 from vmip.lab.tomlwriter import dump_toml
+from vmip.lab.topology import AccessLink, LabNode, LabPlan
 
 TUN_NAME = "vmip0"
 TUN_MTU = 1400

@@ -25,7 +25,7 @@ from ipaddress import IPv4Interface, IPv6Interface
 from pathlib import Path
 from socket import AF_INET, AF_INET6
 from types import ModuleType
-from typing import Any
+from typing import Any, Self
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -131,7 +131,7 @@ class _Netlink:
             handle.close()
         self._handles.clear()
 
-    def __enter__(self) -> _Netlink:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -274,7 +274,10 @@ def lab_up(plan: LabPlan | None = None) -> dict[str, Any]:
                 _ensure_link(netlink, plan, node, link)
             router = netlink(plan.router_netns)
             nat_iface = IPv4Interface(f"{plan.nat_address}/32")
-            _ensure_addresses(router, _lookup(router, "lo"), [nat_iface])
+            loopback = _lookup(router, "lo")
+            if loopback is None:
+                raise LabError(f"{plan.router_netns} has no loopback interface")
+            _ensure_addresses(router, loopback, [nat_iface])
         except NetlinkError as exc:
             raise _netlink_error("building the lab failed", exc) from exc
         nat.apply_nat(plan)
@@ -401,7 +404,7 @@ def shape_link(plan: LabPlan | None, node_name: str, ifname: str, direction: str
 
 def _interface_state(ipr: IPRoute | None, ifname: str) -> dict[str, Any]:
     index = _lookup(ipr, ifname) if ipr is not None else None
-    if index is None:
+    if ipr is None or index is None:
         return {"exists": False, "admin_up": False, "operstate": "MISSING", "addresses": []}
     link = ipr.get_links(index)[0]
     addresses = [f"{a.get('IFA_ADDRESS')}/{a['prefixlen']}" for a in ipr.get_addr(index=index)

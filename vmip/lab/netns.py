@@ -153,8 +153,11 @@ def popen_in(name: str, argv: Sequence[str], *, private_sysfs: bool = True,
     """Start *argv* inside namespace *name* (the child calls setns before exec)."""
     _require(name)
     try:
-        return subprocess.Popen(list(argv), preexec_fn=lambda: _enter_for_child(name, private_sysfs),
-                                **popen_kwargs)
+        # setns must run in the child between fork and exec, and Python 3.11
+        # has no os.setns; the child calls only setns (and unshare/mount for /sys).
+        return subprocess.Popen(
+            list(argv), preexec_fn=lambda: _enter_for_child(name, private_sysfs),  # noqa: PLW1509
+            **popen_kwargs)
     except FileNotFoundError as exc:
         raise LabError(f"command not found: {argv[0]}") from exc
 

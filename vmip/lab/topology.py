@@ -32,6 +32,8 @@ ROUTER_NETNS = "vmip-net"
 #: The router's public address behind which the lte links are SNATed.
 NAT_ADDRESS = IPv4Address("203.0.113.1")
 HOME_PREFIX = IPv6Network("2001:db8:100::/64")
+#: The HA's underlay address: the router's next hop for the home prefix.
+HOME_AGENT_UNDERLAY = IPv6Address("2001:db8:10::2")
 #: Default ports of the udp driver and of RFC 3948 ESP-in-UDP.
 OVERLAY_PORT = 6275
 RFC3948_PORT = 4500
@@ -107,7 +109,7 @@ class LabPlan:
     nat_address: IPv4Address = NAT_ADDRESS
     home_prefix: IPv6Network = HOME_PREFIX
     #: The router routes the home prefix to the HA, as a real home link would.
-    home_agent_underlay: IPv6Address = IPv6Address("2001:db8:10::2")
+    home_agent_underlay: IPv6Address = HOME_AGENT_UNDERLAY
     overlay_port: int = OVERLAY_PORT
 
     def node(self, name: str) -> LabNode:
