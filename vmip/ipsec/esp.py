@@ -508,15 +508,20 @@ def dummy_encap(sa: EspSA, now: float, size: int = 0, hop_limit: int = 64) -> by
 def _inner_packet(next_header: int, payload: bytes) -> bytes | None:
     """The tunnelled packet without TFC padding, by its own length field."""
     if next_header == IPPROTO_IPV6:
-        end = _ipv6_end(payload)
-        return payload[:end] if end > 0 else None
+        if len(payload) < _IPV6_HEADER_LEN or payload[0] >> 4 != 6:
+            return None
+        payload_length = payload[4] << 8 | payload[5]
+        end = _IPV6_HEADER_LEN + payload_length
+        if payload_length == 0 or end > len(payload):
+            return None
+        return payload if end == len(payload) else payload[:end]
     if next_header == IPPROTO_IPV4:
         if len(payload) < 20 or payload[0] >> 4 != 4:
             return None
         total_length = payload[2] << 8 | payload[3]
         if total_length < (payload[0] & 0x0F) * 4 or total_length < 20 or total_length > len(payload):
             return None
-        return payload[:total_length]
+        return payload if total_length == len(payload) else payload[:total_length]
     return None
 
 
@@ -529,10 +534,17 @@ def decap(packet: bytes | bytearray | memoryview, esp_offset: int, sa: EspSA,
     removed.  ``None`` on any failure, counted in ``sa.drops``; never raises.
     """
     end = _ipv6_end(packet)
-    found = _find_esp(packet, end) if end >= 0 else None
-    if found is None or found[0] != esp_offset:
+    if end < 0:
         sa._drop("malformed")
         return None
+    if esp_offset == _IPV6_HEADER_LEN and packet[6] == IPPROTO_ESP:
+        next_header_at = 6  # the common case: ESP right after the IPv6 header
+    else:
+        found = _find_esp(packet, end)
+        if found is None or found[0] != esp_offset:
+            sa._drop("malformed")
+            return None
+        next_header_at = found[1]
     result = sa.unprotect(memoryview(packet)[esp_offset:end], now)
     if result is None:
         return None
@@ -543,6 +555,6 @@ def decap(packet: bytes | bytearray | memoryview, esp_offset: int, sa: EspSA,
             sa._drop("bad_inner")
         return inner
     header = bytearray(packet[:esp_offset])
-    header[found[1]] = next_header
+    header[next_header_at] = next_header
     _U16.pack_into(header, 4, esp_offset - _IPV6_HEADER_LEN + len(payload))
     return b"".join((header, payload))
