@@ -313,6 +313,9 @@ def test_exec_runs_in_the_node_namespace_and_returns_the_exit_status(lab: dict) 
     assert int(lines[0]) == inode
     assert sorted(lines[1:]) == ["lo", "lte0", "wifi0"]
     assert vmip_cli("lab", "exec", "mn", "--", "no-such-command-xyz").returncode == 127
+    router = vmip_cli("lab", "exec", "net", "--", "ls", "/sys/class/net")
+    assert router.returncode == 0
+    assert {"ha0", "cn0", "mn-wifi", "mn-lte", "mn2-wifi", "mn2-lte"} <= set(router.stdout.split())
 
 
 # --- shaping (vmip.lab.emulation, written by another helper) ---------------------------------

@@ -396,8 +396,13 @@ def shape_link(plan: LabPlan | None, node_name: str, ifname: str, direction: str
     _require_up(plan)
     emulation = load_emulation()
     plan.emulation_dir.mkdir(parents=True, exist_ok=True)
-    emulation.apply_profile(plan.router_netns, link.router_ifname,
-                            NODE_TO_ROUTER_DIRECTION[direction], profile, plan.emulation_dir)
+    unavailable = getattr(emulation, "EmulationUnavailable", ())
+    try:
+        emulation.apply_profile(plan.router_netns, link.router_ifname,
+                                NODE_TO_ROUTER_DIRECTION[direction], profile, plan.emulation_dir)
+    except unavailable as exc:
+        # A missing tool is a prerequisite problem: exit status 2, like the others.
+        raise LabPrerequisiteError(str(exc)) from exc
     log.info("lab shape", node=node_name, ifname=ifname, direction=direction,
              profile=str(profile))
 
