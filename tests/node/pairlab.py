@@ -35,7 +35,8 @@ def netns_exec(netns: str, *cmd: str, timeout: float = 30, check: bool = False):
                           text=True, timeout=timeout, check=check)
 
 
-def node_config(me: str, peer: str, keydir: Path, *, extra: str = "", user: str = "") -> str:
+def node_config(me: str, peer: str, keydir: Path, *, extra: str = "", user: str = "",
+                esn: bool = True) -> str:
     user_line = f'user = "{user}"\n' if user else ""
     return f"""
 [node]
@@ -74,6 +75,7 @@ dst = "{OVERLAY[peer]}"
 mode = "transport"
 suite = "aes128gcm16"
 key_file = "{keydir}/{me}.key"
+esn = {str(esn).lower()}
 
 [[keys.sa]]
 name = "in"
@@ -84,6 +86,7 @@ dst = "{OVERLAY[me]}"
 mode = "transport"
 suite = "aes128gcm16"
 key_file = "{keydir}/{peer}.key"
+esn = {str(esn).lower()}
 
 [[policy]]
 name = "out"
@@ -116,6 +119,13 @@ class PairLab:
 
     # -- topology ------------------------------------------------------------
 
+    def write_configs(self, **options) -> None:
+        keydir = self.workdir / "keys"
+        for me, peer in (("a", "b"), ("b", "a")):
+            path = self.workdir / f"{me}.toml"
+            path.write_text(node_config(me, peer, keydir, **options))
+            self.configs[me] = path
+
     def build(self) -> "PairLab":
         for side in ("a", "b"):
             ip("netns", "add", self.netns[side])
@@ -132,10 +142,7 @@ class PairLab:
         keydir.mkdir(mode=0o700)
         for side in ("a", "b"):
             write_key_file(keydir / f"{side}.key", secrets.token_bytes(20))
-        for me, peer in (("a", "b"), ("b", "a")):
-            path = self.workdir / f"{me}.toml"
-            path.write_text(node_config(me, peer, keydir))
-            self.configs[me] = path
+        self.write_configs()
         return self
 
     # -- nodes ---------------------------------------------------------------

@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import math
 import os
+import pwd
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -75,7 +76,7 @@ T = TypeVar("T")
 
 ROOT_KEYS = ("node", "tun", "link", "peer", "mobility", "keys", "policy", "ike",
              "control", "logging")
-NODE_KEYS = ("name", "roles")
+NODE_KEYS = ("name", "roles", "user")
 TUN_KEYS = ("name", "addresses", "mtu", "routes")
 LINK_KEYS = ("name", "driver", "interface", "bind", "port", "coa", "priority", "keepalive")
 PEER_KEYS = ("name", "prefixes", "endpoint", "framing", "default")
@@ -707,7 +708,14 @@ def _parse_node(ctx: _Context, root: _Table) -> NodeSection:
     name = table.get("name", _name('"mn"'), default_name)
     roles = table.get("roles", _list(_choice(tuple(Role), '"mn"'), '"mn"', min_items=1,
                                      what="role"), ("cn",))
-    return NodeSection(name=name, roles=tuple(Role(r) for r in roles))
+    user = table.get("user", _string('"vmip"'), None)
+    if user is not None:
+        try:
+            pwd.getpwnam(user)
+        except KeyError:
+            ctx.fail("node.user", f"no user named {user!r} on this machine",
+                     f"create it (useradd --system {user}) or remove node.user")
+    return NodeSection(name=name, roles=tuple(Role(r) for r in roles), user=user)
 
 
 def _parse_tun(ctx: _Context, root: _Table) -> TunConfig:

@@ -120,6 +120,9 @@ class NodeSection:
     name: str
     #: Every node also answers as a CN; ``cn`` alone is the default.
     roles: tuple[Role, ...]
+    #: After start-up the node becomes this user, keeping only CAP_NET_ADMIN
+    #: (and CAP_NET_RAW for the raw driver); None: it stays as started.
+    user: str | None = None
 
 
 @dataclass(frozen=True)

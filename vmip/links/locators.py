@@ -194,6 +194,15 @@ class LocatorTable:
                     table._set_default(entries[0])
         return table
 
+    def replace_static(self, peers: Iterable[Any]) -> None:
+        """Swap the static part for the one *peers* describe (config reload);
+        learned entries, being authenticated knowledge, stay."""
+        fresh = LocatorTable.from_peers(peers, self.max_learned)
+        self._static = fresh._static
+        self._static_lengths = fresh._static_lengths
+        self._default = fresh._default
+        self._cache.clear()
+
     # -- lookup (data path) ------------------------------------------------
 
     def lookup(self, destination: Any) -> Locator | None:

@@ -23,6 +23,7 @@ reason and shown by ``vmip counters``.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import signal
 import time
@@ -43,7 +44,7 @@ from vmip.ipsec.sadb import SadbBus
 from vmip.ipsec.spd import SPD
 from vmip.ipsec.wireshark import wireshark_rows
 from vmip.links import make_driver
-from vmip.links.base import LinkDriver, format_endpoint
+from vmip.links.base import LinkDriver
 from vmip.links.locators import LocatorTable
 from vmip.log import get_logger
 from vmip.node.pcap import PcapWriter
@@ -123,6 +124,7 @@ class Node:
                 self.links[link_cfg.name] = driver
                 self._framing_links.setdefault(str(link_cfg.driver), []).append(driver)
                 self._link_mtu[link_cfg.name] = self._underlay_payload_mtu(link_cfg)
+                self._add_keepalive_targets(driver)
             self.control = ControlServer(self.control_path, self._handlers())
             await self.control.start()
         except BaseException:
@@ -193,6 +195,15 @@ class Node:
         log.info("config reloaded", added_sas=len(plan.add_sas), removed_sas=len(plan.remove_sas),
                  kept_sas=len(plan.keep_sas), added_policies=len(plan.add_policies),
                  removed_policies=len(plan.remove_policies))
+
+    def _add_keepalive_targets(self, driver: LinkDriver) -> None:
+        """NAT keepalives (RFC 3948 §4) towards every static peer this link can reach."""
+        add = getattr(driver, "add_keepalive_target", None)
+        if add is None or not getattr(driver, "keepalive_interval", 0):
+            return
+        for peer in self.config.peers:
+            if peer.endpoint is not None and str(peer.framing) == driver.kind:
+                add((str(peer.endpoint.address), peer.endpoint.port))
 
     # -- timers --------------------------------------------------------------
 
@@ -459,8 +470,6 @@ class Node:
 
 
 def _ipv6_text(raw: bytes) -> str:
-    import ipaddress
-
     return str(ipaddress.IPv6Address(raw))
 
 
@@ -474,6 +483,11 @@ async def run_node(config, *, config_path: Path | None = None, pcap_wire: str | 
         if drop_to:
             from vmip.node.privileges import CAP_NET_ADMIN, CAP_NET_RAW, drop_privileges
 
+            # Everything the node may import later must be loaded now: the
+            # new user may not be able to read the Python installation
+            # (/root/.pyenv under a 0700 /root, for instance).
+            _preload_modules()
+
             keep = [CAP_NET_ADMIN]
             if any(str(link.driver) == "raw" for link in config.links):
                 keep.append(CAP_NET_RAW)
@@ -486,5 +500,14 @@ async def run_node(config, *, config_path: Path | None = None, pcap_wire: str | 
     return 0
 
 
-def format_locator_endpoint(endpoint) -> str:
-    return format_endpoint(endpoint)
+def _preload_modules() -> None:
+    import importlib
+
+    for name in ("vmip.ipsec.esp", "vmip.ipsec.crypto", "vmip.ipsec.replay",
+                 "vmip.ipsec.wireshark", "vmip.wire.mh", "vmip.wire.flow", "json",
+                 "encodings.idna", "cryptography.hazmat.primitives.ciphers.aead",
+                 "cryptography.hazmat.primitives.hmac", "Crypto.Cipher.AES"):
+        try:
+            importlib.import_module(name)
+        except ImportError:  # pragma: no cover - optional backend
+            pass
