@@ -17,3 +17,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "root" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _reset_vmip_logging():
+    """Undo what ``vmip.log.setup`` (called by ``vmip.cli.main.main``) did to the
+    ``vmip`` logger, so one test's handlers (on a stream pytest has since
+    closed) and ``propagate=False`` do not hide records from the next test's
+    ``caplog``."""
+    import logging
+
+    yield
+    logger = logging.getLogger("vmip")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
