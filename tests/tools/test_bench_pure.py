@@ -1,0 +1,333 @@
+"""tools/bench/run, the parts without root: parsers, statistics, report, options."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "bench"))
+
+from netbench import cli
+from netbench.errors import BenchError, ParseError
+from netbench.parse import parse_iperf3_json, parse_ping
+from netbench.report import SystemOutcome, build_report, note_lines, render_plain
+from netbench.stats import ratio, round_order, summarize
+from netbench.systems import SYSTEM_NAMES, OpenVpn, StrongswanLibipsec, WireguardGo
+
+from vmip.errors import VmipError
+
+# -- iperf3 -J ----------------------------------------------------------------------
+
+
+def iperf_document(received_bps: float, sent_bps: float, retransmits: int = 7) -> dict:
+    """The parts of an iperf3 3.12 client report the harness reads, in iperf3's layout."""
+    return {
+        "start": {"version": "iperf 3.12", "test_start": {"protocol": "TCP", "num_streams": 1}},
+        "intervals": [],
+        "end": {
+            "streams": [],
+            "sum_sent": {"start": 0, "end": 4.0, "seconds": 4.0, "bytes": 1,
+                         "bits_per_second": sent_bps, "retransmits": retransmits,
+                         "sender": True},
+            "sum_received": {"start": 0, "end": 4.0, "seconds": 4.0, "bytes": 1,
+                             "bits_per_second": received_bps, "sender": True},
+        },
+    }
+
+
+@given(received=st.floats(min_value=0, max_value=1e12), sent=st.floats(min_value=0, max_value=1e12),
+       retransmits=st.integers(min_value=0, max_value=10**6))
+def test_iperf3_receiver_rate_in_megabits(received, sent, retransmits):
+    result = parse_iperf3_json(json.dumps(iperf_document(received, sent, retransmits)))
+    assert result.receiver_mbps == pytest.approx(received / 1e6)
+    assert result.sender_mbps == pytest.approx(sent / 1e6)
+    assert result.retransmits == retransmits
+    assert result.seconds == 4.0
+
+
+def test_iperf3_integer_rate_accepted():
+    result = parse_iperf3_json(json.dumps(iperf_document(500_000_000, 510_000_000)))
+    assert result.receiver_mbps == 500.0
+
+
+def test_iperf3_error_report_is_a_parse_error():
+    # What iperf3 -J prints when nothing listens on the other side.
+    text = json.dumps({"start": {"connected": [], "version": "iperf 3.12"}, "intervals": [],
+                       "end": {}, "error": "unable to connect to server: Connection refused"})
+    with pytest.raises(ParseError, match="Connection refused"):
+        parse_iperf3_json(text)
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda doc: doc["end"].pop("sum_received"),
+    lambda doc: doc["end"]["sum_sent"].pop("bits_per_second"),
+    lambda doc: doc["end"]["sum_received"].__setitem__("bits_per_second", "fast"),
+    lambda doc: doc["end"]["sum_received"].__setitem__("bits_per_second", True),
+    lambda doc: doc["end"]["sum_received"].__setitem__("bits_per_second", -1),
+    lambda doc: doc["end"]["sum_received"].__setitem__("bits_per_second", float("nan")),
+    lambda doc: doc["end"]["sum_received"].__setitem__("seconds", float("inf")),
+    lambda doc: doc.__setitem__("end", []),
+    lambda doc: doc.pop("end"),
+])
+def test_iperf3_incomplete_report_is_a_parse_error(mutate):
+    document = iperf_document(1e9, 1e9)
+    mutate(document)
+    with pytest.raises(ParseError):
+        parse_iperf3_json(json.dumps(document))
+
+
+@pytest.mark.parametrize("text", ["", "iperf3: error - unable to connect", "[1, 2]", "null",
+                                  "{", "[" * 100_000, "1" * 5000])
+def test_iperf3_non_report_is_a_parse_error(text):
+    with pytest.raises(ParseError):
+        parse_iperf3_json(text)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.sampled_from(["end", "sum_sent", "sum_received", "bits_per_second",
+                                       "seconds", "retransmits", "error", "x"]),
+                      children, max_size=4),
+    max_leaves=25)
+
+
+@settings(max_examples=300)
+@given(st.one_of(st.text(), json_values.map(json.dumps)))
+def test_iperf3_parser_raises_only_parse_error(text):
+    try:
+        result = parse_iperf3_json(text)
+    except ParseError:
+        return
+    assert math.isfinite(result.receiver_mbps) and result.receiver_mbps >= 0
+
+
+# -- ping -------------------------------------------------------------------------
+
+rtt_texts = st.one_of(
+    st.integers(min_value=0, max_value=99_999).map(str),
+    st.tuples(st.integers(min_value=0, max_value=9999), st.integers(min_value=0, max_value=999))
+    .map(lambda pair: f"{pair[0]}.{pair[1]:03d}"),
+)
+
+
+def ping_output(times: list[str], duplicates: set[int], target: str = "2001:db8:a1::2") -> str:
+    """Text in the layout of iputils ping 20221126."""
+    lines = [f"PING {target}({target}) 56 data bytes"]
+    for seq, time_text in enumerate(times, start=1):
+        lines.append(f"64 bytes from {target}: icmp_seq={seq} ttl=64 time={time_text} ms")
+        if seq in duplicates:
+            lines.append(f"64 bytes from {target}: icmp_seq={seq} ttl=64 time=99.9 ms (DUP!)")
+    lines += ["", f"--- {target} ping statistics ---",
+              (f"{len(times) + 2} packets transmitted, {len(times)} received, "
+               f"+{len(duplicates)} duplicates, 10% packet loss, time 951ms"),
+              "rtt min/avg/max/mdev = 0.1/0.2/0.3/0.04 ms"]
+    return "\n".join(lines) + "\n"
+
+
+@given(times=st.lists(rtt_texts, min_size=1, max_size=30), data=st.data())
+def test_ping_rtts_are_the_printed_times(times, data):
+    duplicates = data.draw(st.sets(st.integers(min_value=1, max_value=len(times))))
+    result = parse_ping(ping_output(times, duplicates))
+    assert list(result.rtts_ms) == [float(text) for text in times]
+    assert result.transmitted == len(times) + 2
+    assert result.received == len(times)
+
+
+def test_ping_real_transcript():
+    # iputils ping 20221126 on this machine (first reply waited for ND).
+    text = """PING 2001:db8:ff::2(2001:db8:ff::2) 56 data bytes
+64 bytes from 2001:db8:ff::2: icmp_seq=1 ttl=64 time=1016 ms
+64 bytes from 2001:db8:ff::2: icmp_seq=2 ttl=64 time=956 ms
+64 bytes from 2001:db8:ff::2: icmp_seq=3 ttl=64 time=0.049 ms
+
+--- 2001:db8:ff::2 ping statistics ---
+3 packets transmitted, 3 received, 0% packet loss, time 120ms
+rtt min/avg/max/mdev = 0.049/657.350/1015.902/48.919 ms, pipe 3
+"""
+    result = parse_ping(text)
+    assert result.rtts_ms == (1016.0, 956.0, 0.049)
+    assert (result.transmitted, result.received) == (3, 3)
+
+
+@pytest.mark.parametrize("text", [
+    "",
+    ("PING 2001:db8::2(2001:db8::2) 56 data bytes\n\n--- 2001:db8::2 ping statistics ---\n"
+     "5 packets transmitted, 0 received, 100% packet loss, time 4087ms\n"),
+    "ping: connect: Network is unreachable\n",
+    "From 2001:db8::1 icmp_seq=1 Destination unreachable: Address unreachable\n",
+])
+def test_ping_without_replies_is_a_parse_error(text):
+    with pytest.raises(ParseError):
+        parse_ping(text)
+
+
+@settings(max_examples=300)
+@given(st.one_of(
+    st.text(),
+    st.lists(st.sampled_from(["64 bytes from ::1: icmp_seq=1 ttl=64 time=", "9" * 400, "0.5",
+                              " ms", " (DUP!)", "\n", "3 packets transmitted, ", "2 received"]))
+    .map("".join)))
+def test_ping_parser_raises_only_parse_error(text):
+    try:
+        result = parse_ping(text)
+    except ParseError:
+        return
+    assert result.rtts_ms and all(math.isfinite(rtt) for rtt in result.rtts_ms)
+
+
+def test_parse_error_is_a_vmip_error():
+    assert issubclass(ParseError, BenchError) and issubclass(BenchError, VmipError)
+
+
+# -- statistics -------------------------------------------------------------------
+
+
+def test_summary_median_and_range():
+    odd = summarize([3.0, 1.0, 2.0])
+    assert (odd.median, odd.minimum, odd.maximum, odd.count) == (2.0, 1.0, 3.0, 3)
+    assert summarize([4.0, 1.0, 3.0, 2.0]).median == 2.5
+    assert summarize([]) is None
+
+
+@given(st.lists(st.floats(min_value=0, max_value=1e6), min_size=1, max_size=50))
+def test_median_lies_within_the_range(samples):
+    summary = summarize(samples)
+    assert summary.minimum <= summary.median <= summary.maximum
+    below = sum(1 for sample in samples if sample < summary.median)
+    above = sum(1 for sample in samples if sample > summary.median)
+    assert below <= len(samples) / 2 and above <= len(samples) / 2
+
+
+def test_ratio():
+    assert ratio(500.0, 250.0) == 2.0
+    assert ratio(None, 250.0) is None
+    assert ratio(500.0, None) is None
+    assert ratio(500.0, 0.0) is None
+
+
+@given(st.integers(min_value=1, max_value=7))
+def test_rounds_rotate_so_every_system_holds_every_position_once(count):
+    systems = [f"s{index}" for index in range(count)]
+    rounds = [round_order(systems, index) for index in range(count)]
+    for order in rounds:
+        assert sorted(order) == systems
+    for position in range(count):
+        assert sorted(order[position] for order in rounds) == systems
+    assert round_order(systems, count) == rounds[0]
+    assert round_order([], 3) == []
+
+
+# -- report -----------------------------------------------------------------------
+
+
+def sample_outcomes() -> list[SystemOutcome]:
+    return [
+        SystemOutcome("vmip", tcp_mbps=[400.0, 500.0, 450.0], rtt_ms=[0.4, 0.5, 0.6],
+                      details={"summary": "udp driver", "version": "vmip 0.1.0"}),
+        SystemOutcome("wireguard-go", tcp_mbps=[900.0, 800.0, 1000.0], rtt_ms=[0.2, 0.3, 0.25]),
+        SystemOutcome("openvpn", status="skipped", reason="not installed: openvpn",
+                      install="apt-get install openvpn openssl"),
+        SystemOutcome("strongswan-libipsec", status="failed", reason="setup: charon exited 1"),
+        SystemOutcome("underlay", tcp_mbps=[20000.0], rtt_ms=[0.05],
+                      errors=["round 2 tcp: iperf3 -c x: no end"]),
+    ]
+
+
+def test_report_shape_medians_and_ratios():
+    report = json.loads(json.dumps(build_report(sample_outcomes(), {"rounds": 3})))
+    systems = report["systems"]
+    assert list(systems) == ["vmip", "wireguard-go", "openvpn", "strongswan-libipsec",
+                             "underlay"]
+    vmip, wg = systems["vmip"], systems["wireguard-go"]
+    assert (vmip["tcp_mbps"], vmip["rtt_ms"]) == (450.0, 0.5)
+    assert (vmip["tcp_mbps_min"], vmip["tcp_mbps_max"]) == (400.0, 500.0)
+    assert (vmip["rtt_ms_min"], vmip["rtt_ms_max"]) == (0.4, 0.6)
+    assert vmip["tcp_ratio_to_vmip"] == 1.0
+    assert wg["tcp_mbps"] == 900.0 and wg["tcp_ratio_to_vmip"] == 2.0
+    assert wg["rtt_ms"] == 0.25 and wg["rtt_ratio_to_vmip"] == 0.5
+    assert vmip["repetitions"] == {"tcp": 3, "rtt": 3}
+    skipped = systems["openvpn"]
+    assert skipped["status"] == "skipped" and skipped["tcp_mbps"] is None
+    assert skipped["rtt_ms"] is None and skipped["install"].startswith("apt-get install")
+    assert systems["strongswan-libipsec"]["status"] == "failed"
+    assert systems["underlay"]["errors"] == ["round 2 tcp: iperf3 -c x: no end"]
+    assert report["comparison"]["vmip_tcp_over_wireguard_go"] == 0.5
+    assert report["comparison"]["vmip_rtt_minus_underlay_ms"] == pytest.approx(0.45)
+    assert report["run"] == {"rounds": 3}
+
+
+def test_report_without_vmip_has_no_ratios():
+    report = build_report([SystemOutcome("underlay", tcp_mbps=[1.0], rtt_ms=[1.0])], {})
+    assert report["systems"]["underlay"]["tcp_ratio_to_vmip"] is None
+    assert report["comparison"] == {"vmip_tcp_over_wireguard_go": None,
+                                    "vmip_rtt_minus_underlay_ms": None}
+
+
+def test_system_without_any_figure_fails():
+    outcome = SystemOutcome("vmip", tcp_mbps=[500.0], errors=["round 1 rtt: ping: no replies"])
+    outcome.settle()
+    assert outcome.status == "failed" and "no replies" in outcome.reason
+    measured = SystemOutcome("underlay", tcp_mbps=[1.0], rtt_ms=[1.0])
+    measured.settle()
+    assert measured.status == "ok"
+
+
+def test_plain_table_names_every_system_and_the_skip_reason():
+    text = render_plain(build_report(sample_outcomes(), {}))
+    for name in SYSTEM_NAMES:
+        assert name in text
+    assert "skipped: not installed: openvpn (install: apt-get install openvpn openssl)" in text
+    assert "450" in text and "2.00×" in text
+    assert any(line.startswith("vmip: udp driver; vmip 0.1.0")
+               for line in note_lines(build_report(sample_outcomes(), {})))
+
+
+# -- options and missing software --------------------------------------------------
+
+
+def test_systems_option():
+    assert cli.parse_systems("vmip, underlay,vmip") == ["vmip", "underlay"]
+    with pytest.raises(Exception, match="unknown system"):
+        cli.parse_systems("vmip,ipsec-tools")
+    args = cli.build_parser().parse_args([])
+    assert args.systems == list(SYSTEM_NAMES)
+
+
+def test_quick_defaults_and_overrides():
+    options = cli.options_from(cli.build_parser().parse_args(["--quick", "--rounds", "1"]))
+    assert options.quick and options.rounds == 1 and options.seconds == cli.QUICK[0]
+    full = cli.options_from(cli.build_parser().parse_args([]))
+    assert (full.seconds, full.rounds, full.ping_count) == cli.FULL
+    with pytest.raises(SystemExit):
+        cli.main(["--seconds", "0"])
+
+
+def test_quick_run_fits_in_four_minutes():
+    seconds, rounds, pings = cli.QUICK
+    # Per test: iperf3 itself, the pings, and about 2 s of process start-up
+    # and connection set-up; plus about 30 s to bring the five systems up.
+    per_test = seconds + pings * 0.05 + 2
+    assert rounds * len(SYSTEM_NAMES) * per_test + 30 < 240
+
+
+def absent(_program: str) -> None:
+    return None
+
+
+def test_missing_programs_give_reason_and_install_command(tmp_path):
+    wg = WireguardGo().missing(which=absent)
+    assert "wireguard-go" in wg.reason
+    assert wg.install == "apt-get install wireguard-go wireguard-tools"
+    ovpn = OpenVpn("tls").missing(which=absent)
+    assert "openvpn" in ovpn.reason and "apt-get install openvpn" in ovpn.install
+    swan = StrongswanLibipsec(plugin_dir=tmp_path).missing(which=absent)
+    assert "kernel-libipsec" in swan.reason and "kdf" in swan.reason
+    assert "libcharon-extra-plugins" in swan.install
+    assert WireguardGo().missing(which=lambda program: f"/usr/bin/{program}") is None

@@ -1,0 +1,188 @@
+"""One benchmark run: build the lab, bring every system up, interleave the rounds, tear down."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from netbench.errors import MeasureError, ParseError, SetupError
+from netbench.lab import Lab, LabError, wait_for_line
+from netbench.parse import IperfResult, parse_iperf3_json, parse_ping
+from netbench.report import SystemOutcome, build_report
+from netbench.stats import round_order, summarize
+from netbench.systems import TUNNEL_MTU, System, make_system
+
+IPERF_PORT = 5201
+PING_INTERVAL = 0.05
+DEFERRED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Options:
+    systems: list[str]
+    seconds: float
+    rounds: int
+    ping_count: int
+    prefix: str = "vb"
+    openvpn_mode: str = "auto"
+    keep_workdir: bool = False
+    quick: bool = False
+
+
+def measure_rtt(lab: Lab, target: str, count: int) -> tuple[float, int]:
+    """Median RTT (ms) of *count* pings from side a, and how many were lost."""
+    deadline = int(count * PING_INTERVAL + 5)
+    try:
+        result = lab.run("a", ["ping", "-n", "-c", str(count), "-i", str(PING_INTERVAL),
+                               "-W", "1", "-w", str(deadline), target], timeout=deadline + 10)
+    except subprocess.TimeoutExpired:
+        raise MeasureError(f"ping {target} did not end in {deadline + 10} s") from None
+    try:
+        ping = parse_ping(result.stdout)
+    except ParseError as exc:
+        raise MeasureError(f"ping {target}: {exc} (exit {result.returncode})") from None
+    summary = summarize(ping.rtts_ms)
+    assert summary is not None  # parse_ping never returns an empty list
+    return summary.median, count - len(ping.rtts_ms)
+
+
+def measure_tcp(lab: Lab, target: str, seconds: float) -> IperfResult:
+    """One single-stream iperf3 TCP test from side a to a one-off server on side b."""
+    # -i 0: no per-second lines to fill the pipe nobody reads after "listening".
+    server = lab.spawn("b", ["iperf3", "-s", "-1", "-p", str(IPERF_PORT), "-i", "0",
+                             "--forceflush"], stdout_pipe=True)
+    try:
+        if not wait_for_line(server, b"Server listening", 10):
+            raise MeasureError("iperf3 server did not start listening in 10 s")
+        limit = seconds + 20
+        try:
+            result = lab.run("a", ["iperf3", "-c", target, "-p", str(IPERF_PORT),
+                                   "-t", f"{seconds:g}", "-J", "--connect-timeout", "3000"],
+                             timeout=limit)
+        except subprocess.TimeoutExpired:
+            raise MeasureError(f"iperf3 -c {target} did not end in {limit:.0f} s") from None
+        try:
+            return parse_iperf3_json(result.stdout)
+        except ParseError as exc:
+            raise MeasureError(f"iperf3 -c {target}: {exc}") from None
+    finally:
+        lab.stop(server, grace=2)
+
+
+def _tool_version(cmd: list[str]) -> str:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.strip().splitlines()[0] if out.strip() else "unknown"
+
+
+def run_benchmark(options: Options, progress: Progress) -> dict[str, Any]:
+    """Run everything and return the report (see netbench.report.build_report)."""
+    started = time.monotonic()
+    load_before = os.getloadavg()
+    systems: list[System] = [make_system(name, options.openvpn_mode) for name in options.systems]
+    outcomes = {system.name: SystemOutcome(system.name) for system in systems}
+    active: list[System] = []
+    for system in systems:
+        missing = system.missing()
+        if missing is not None:
+            outcome = outcomes[system.name]
+            outcome.status = "skipped"
+            outcome.reason, outcome.install = missing.reason, missing.install
+            progress(f"{system.name}: skipped ({missing.reason}; install: {missing.install})")
+        else:
+            active.append(system)
+
+    lab = Lab(options.prefix, keep_workdir=options.keep_workdir)
+    orders: list[list[str]] = []
+    try:
+        lab.build()
+        progress(f"namespaces {lab.netns['a']} and {lab.netns['b']} up, work dir {lab.workdir}")
+        ready: list[System] = []
+        for system in active:
+            begun = time.monotonic()
+            try:
+                system.setup(lab)
+            except (SetupError, LabError, OSError, subprocess.SubprocessError) as exc:
+                outcome = outcomes[system.name]
+                outcome.status, outcome.reason = "failed", f"setup: {exc}"
+                progress(f"{system.name}: setup failed: {exc}")
+                continue
+            ready.append(system)
+            progress(f"{system.name}: up in {time.monotonic() - begun:.1f} s "
+                     f"({system.details.get('summary', '')})")
+        for round_index in range(options.rounds):
+            order = round_order(ready, round_index)
+            orders.append([system.name for system in order])
+            for system in order:
+                outcome = outcomes[system.name]
+                line = f"round {round_index + 1}/{options.rounds} {system.name}:"
+                try:
+                    rtt, lost = measure_rtt(lab, system.target, options.ping_count)
+                    outcome.rtt_ms.append(rtt)
+                    line += f" rtt {rtt:.3f} ms" + (f" ({lost} lost)" if lost else "")
+                except (MeasureError, OSError, subprocess.SubprocessError) as exc:
+                    outcome.errors.append(f"round {round_index + 1} rtt: {exc}")
+                    line += f" rtt failed ({exc})"
+                try:
+                    tcp = measure_tcp(lab, system.target, options.seconds)
+                    outcome.tcp_mbps.append(tcp.receiver_mbps)
+                    line += f", tcp {tcp.receiver_mbps:.0f} Mbit/s"
+                except (MeasureError, OSError, subprocess.SubprocessError) as exc:
+                    outcome.errors.append(f"round {round_index + 1} tcp: {exc}")
+                    line += f", tcp failed ({exc})"
+                progress(line)
+    finally:
+        progress("tearing down")
+        # A second Ctrl-C must not cut the teardown short and leave namespaces.
+        previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in DEFERRED_SIGNALS}
+        try:
+            lab.teardown()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    for system in systems:
+        outcomes[system.name].details.update(system.details)
+        outcomes[system.name].settle()
+    run = {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "quick": options.quick,
+        "seconds": options.seconds,
+        "rounds": options.rounds,
+        "ping_count": options.ping_count,
+        "ping_interval_s": PING_INTERVAL,
+        "tunnel_mtu": TUNNEL_MTU,
+        "underlay_mtu": 1500,
+        "order": orders,
+        "duration_s": round(time.monotonic() - started, 1),
+        "host": {
+            "kernel": platform.release(),
+            "cpus": os.cpu_count(),
+            "loadavg_before": [round(value, 2) for value in load_before],
+            "loadavg_after": [round(value, 2) for value in os.getloadavg()],
+            "python": platform.python_version(),
+        },
+        "tools": {
+            "iperf3": _tool_version(["iperf3", "--version"]),
+            "ping": _tool_version(["ping", "-V"]),
+        },
+        "method": ("per round and system: ping -c N -i 0.05 (median RTT of the round), then one "
+                   "single-stream iperf3 TCP test from side a to side b (receiver goodput); "
+                   "figures are the median and min-max over rounds; rounds rotate the order"),
+    }
+    return build_report([outcomes[system.name] for system in systems], run)
+
+
+def required_tools_missing() -> list[str]:
+    return [tool for tool in ("ip", "iperf3", "ping") if shutil.which(tool) is None]
