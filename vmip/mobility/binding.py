@@ -1,0 +1,283 @@
+"""What the mobility cores share: sequence numbers, lifetimes, packets in and out.
+
+* RFC 6275 §9.5.1 sequence-number arithmetic (modulo 2^16),
+* lifetime conversions (4-second units, §6.1.7),
+* :class:`OnWire` (the ancillary on-wire addresses of a received MH message,
+  draft §5.1.1) and :class:`Outgoing` (a packet a core wants sent),
+* :class:`BindingCacheEntry` (HA and CN side),
+* :func:`role_for`, which tells the runtime which core handles an MH message,
+* :class:`MobilityCore`, the sans-IO plumbing (outbox, event queue,
+  counters, parsing that never raises).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from ipaddress import IPv6Address
+from typing import Literal
+
+from vmip.errors import VmipError
+from vmip.log import get_logger
+from vmip.mobility.events import MobilityEvent
+from vmip.mobility.timers import LIFETIME_UNIT
+from vmip.wire.errors import ChecksumError, WireError
+from vmip.wire.mh import MHType, MobilityMessage, build_mh_packet, parse_mh
+
+log = get_logger(__name__)
+
+SEQUENCE_MODULUS = 1 << 16
+_HALF = SEQUENCE_MODULUS // 2
+MAX_LIFETIME_UNITS = 0xFFFF
+UNSPECIFIED = IPv6Address("::")
+
+
+class MobilityError(VmipError):
+    """A mobility core was asked for something its state does not allow (a caller bug)."""
+
+
+# ---------------------------------------------------------------------------
+# Sequence numbers (RFC 6275 §9.5.1)
+
+
+def sequence_less_or_equal(received: int, last: int) -> bool:
+    """RFC 6275 §9.5.1: *received* is "less than or equal to" *last*.
+
+    True when it lies in *last* and the 32768 values before it, modulo 2^16.
+    """
+    return (last - received) % SEQUENCE_MODULUS <= _HALF
+
+
+def sequence_is_newer(received: int, last: int) -> bool:
+    """A BU with sequence *received* may replace one with *last* (not "less than or equal")."""
+    return not sequence_less_or_equal(received, last)
+
+
+def next_sequence(sequence: int) -> int:
+    return (sequence + 1) % SEQUENCE_MODULUS
+
+
+# ---------------------------------------------------------------------------
+# Lifetimes (RFC 6275 §6.1.7: 16 bits of 4-second units)
+
+
+def lifetime_units(seconds: float) -> int:
+    """Seconds to BU/BA units, rounded down and clamped to the field."""
+    if seconds <= 0:
+        return 0
+    return min(int(seconds // LIFETIME_UNIT), MAX_LIFETIME_UNITS)
+
+
+def lifetime_seconds(units: int) -> int:
+    return units * LIFETIME_UNIT
+
+
+# ---------------------------------------------------------------------------
+# Packets in and out
+
+
+def _specified(address: IPv6Address | None) -> IPv6Address | None:
+    # Draft §5.1.1: "::" in the ancillary data means "not remapped".
+    if address is None or address == UNSPECIFIED:
+        return None
+    return address
+
+
+@dataclass(frozen=True, slots=True)
+class OnWire:
+    """The on-wire addresses the remap engine replaced in a received packet (draft §5.1.1).
+
+    ``None`` (or ``::``) for an address that was not remapped: then the
+    on-wire address equals the SA-level one.
+    """
+
+    src: IPv6Address | None = None
+    dst: IPv6Address | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "src", _specified(self.src))
+        object.__setattr__(self, "dst", _specified(self.dst))
+
+
+OnWireArgument = OnWire | IPv6Address | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A packet a core wants sent, and the on-wire address IRO must put in it.
+
+    ``packet`` is a complete SA-level IPv6 packet (source HoA on the MN)
+    carrying one Mobility Header with a valid checksum over those addresses.
+    ``onwire_src`` is the ancillary data for an outbound "remap. src:
+    ancillary" rule (the MN's CoA, draft §3.3); ``onwire_dst`` the ancillary
+    data for "remap. dst: ancillary" (the MN's CoA, as the HA or CN sees it,
+    draft §3.4, §3.5).  ``None``: no ancillary data, the SA-level address
+    stays on the wire (a packet to or from the HoA then goes through the HA
+    tunnel).
+    """
+
+    packet: bytes
+    onwire_src: IPv6Address | None = None
+    onwire_dst: IPv6Address | None = None
+
+    @property
+    def ancillary_coa(self) -> IPv6Address | None:
+        """The CoA in the ancillary data: the source one if set, else the destination one."""
+        return self.onwire_src if self.onwire_src is not None else self.onwire_dst
+
+    @property
+    def src(self) -> IPv6Address:
+        return IPv6Address(self.packet[8:24])
+
+    @property
+    def dst(self) -> IPv6Address:
+        return IPv6Address(self.packet[24:40])
+
+
+MhRole = Literal["mn", "ha", "cn"]
+
+# BU flags word sits at MH offset 8; H is its second bit (RFC 6275 §6.1.7).
+_BU_FLAGS_OFFSET = 8
+_BU_HOME_BIT = 0x40
+
+
+def role_for(mh: bytes) -> MhRole:
+    """Which core handles this Mobility Header: ``"ha"``, ``"cn"`` or ``"mn"``.
+
+    Home registrations (BU with H) go to the HA; other BUs, AOTO and AOTR to
+    the correspondent (every node is one); BA, BRR, BE, AOTC and AOTS to the
+    MN.  Anything unknown or too short goes to the correspondent, which
+    counts it and answers unknown types with a Binding Error (RFC 6275 §9.2).
+    """
+    if len(mh) < 8:
+        return "cn"
+    mh_type = mh[2]
+    if mh_type == MHType.BINDING_UPDATE:
+        if len(mh) > _BU_FLAGS_OFFSET and mh[_BU_FLAGS_OFFSET] & _BU_HOME_BIT:
+            return "ha"
+        return "cn"
+    if mh_type in (
+        MHType.BINDING_ACK,
+        MHType.BINDING_REFRESH_REQUEST,
+        MHType.BINDING_ERROR,
+        MHType.AOTC,
+        MHType.AOTS,
+    ):
+        return "mn"
+    return "cn"
+
+
+# ---------------------------------------------------------------------------
+# Binding cache (HA and CN)
+
+
+@dataclass(slots=True)
+class BindingCacheEntry:
+    """One binding as an HA or CN holds it (RFC 6275 §9.1, §10.1).
+
+    ``coa`` is ``None`` on a CN while a new CoA waits for its proof (the
+    entry then only remembers the sequence number and the pending request).
+    """
+
+    hoa: IPv6Address
+    local: IPv6Address
+    coa: IPv6Address | None
+    sequence: int
+    lifetime: int
+    expires_at: float | None
+    home: bool = False
+
+    @property
+    def bound(self) -> bool:
+        return self.coa is not None
+
+
+PeerFilter = Collection[IPv6Address] | Callable[[IPv6Address], bool] | None
+
+
+def peer_predicate(peers: PeerFilter) -> Callable[[IPv6Address], bool]:
+    """Turn a collection of addresses, a predicate or ``None`` (anyone) into a predicate."""
+    if peers is None:
+        return lambda address: True
+    if callable(peers):
+        return peers
+    known = frozenset(IPv6Address(peer) for peer in peers)
+    return known.__contains__
+
+
+# ---------------------------------------------------------------------------
+# The sans-IO plumbing every core shares
+
+
+class MobilityCore:
+    """Outbox, event queue and drop counters; parsing that never raises.
+
+    Subclasses implement ``receive``, ``get_timer`` and ``handle_timer``.
+    ``counters`` counts every dropped or ignored message, and a few notable
+    protocol events, by reason (the names are listed in docs/mobility.md);
+    ``sent`` counts the messages sent, by message class name.
+    """
+
+    def __init__(self) -> None:
+        self._outbox: list[Outgoing] = []
+        self._events: deque[MobilityEvent] = deque()
+        self.counters: Counter[str] = Counter()
+        self.sent: Counter[str] = Counter()
+
+    # -- the aioquic-style API --------------------------------------------
+
+    def datagrams_to_send(self, now: float) -> list[Outgoing]:
+        """The packets queued since the last call, oldest first."""
+        outbox, self._outbox = self._outbox, []
+        return outbox
+
+    def next_event(self) -> MobilityEvent | None:
+        """The oldest event not yet consumed, or ``None``."""
+        return self._events.popleft() if self._events else None
+
+    # -- helpers for subclasses -------------------------------------------
+
+    def _emit(self, event: MobilityEvent) -> None:
+        self._events.append(event)
+
+    def _send(
+        self,
+        message: MobilityMessage,
+        src: IPv6Address,
+        dst: IPv6Address,
+        onwire_src: IPv6Address | None = None,
+        onwire_dst: IPv6Address | None = None,
+    ) -> None:
+        # The checksum covers the SA-level addresses (DESIGN-BRIEF §4): the
+        # remap engine rewrites the IPv6 header outside ESP only.
+        packet = build_mh_packet(message, src, dst)
+        self._outbox.append(Outgoing(packet, _specified(onwire_src), _specified(onwire_dst)))
+        self.sent[type(message).__name__] += 1
+
+    def _drop(self, reason: str, **fields: object) -> None:
+        self.counters[reason] += 1
+        log.debug("mh dropped", reason=reason, **fields)
+
+    def _parse(self, mh: bytes, src: IPv6Address, dst: IPv6Address) -> MobilityMessage | None:
+        try:
+            return parse_mh(mh, src, dst)
+        except ChecksumError:
+            self._drop("bad_checksum", src=src)
+        except WireError as error:
+            self._drop("malformed", src=src, error=str(error))
+        return None
+
+
+def onwire_of(onwire: OnWireArgument, as_source: bool) -> IPv6Address | None:
+    """The remapped on-wire address a handler needs from a ``receive`` argument.
+
+    A bare address is read by role: a CN checks the *source* the MN sent
+    from (BU, AOTO, AOTR: draft §3.3, §4.4.3), an MN the *destination* the
+    CN sent to (AOTC: draft §3.4).  An :class:`OnWire` gives both.
+    """
+    if onwire is None:
+        return None
+    if isinstance(onwire, OnWire):
+        return onwire.src if as_source else onwire.dst
+    return _specified(onwire)

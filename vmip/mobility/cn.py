@@ -1,0 +1,499 @@
+"""The correspondent: IRO binding cache, proof cache and AOT* (draft §3, §4).
+
+Every node runs one (DESIGN-BRIEF §5).  A BU from an MN (ESP-protected,
+SA-level source the HoA, on-wire source the CoA as ancillary data):
+
+1. is dropped unless the HoA is a known peer and the Alternate CoA option
+   equals the on-wire source (draft §3.3, appendix A);
+2. makes the CN accept IPsec data from that CoA at once
+   (:class:`~vmip.mobility.events.AcceptFrom`, draft §4.5.1);
+3. is acknowledged at once if the (HoA, CoA) pair is proven, else answered
+   by an AOTC with a fresh nonce sent to the CoA (§3.4);
+4. a matching AOTR from that on-wire address proves the CoA
+   (:class:`~vmip.mobility.events.CoaProven`); then the BA goes out and the
+   CN starts sending to the CoA (:class:`~vmip.mobility.events.SendTo`).
+
+The nonce is kept after the BA, so an AOTR the MN resends because the BA
+was lost gets the BA again (§4.5.1).  Early tests (AOTO, §4.5.2) and HoA
+tests (§4.5.3) use the same nonce store.  See docs/mobility.md for every
+decision the draft leaves open.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from ipaddress import IPv6Address
+
+from vmip.log import get_logger
+from vmip.mobility.aot import NonceStore, ProofCache, Rng
+from vmip.mobility.binding import (
+    BindingCacheEntry,
+    MobilityCore,
+    MobilityError,
+    OnWireArgument,
+    PeerFilter,
+    lifetime_seconds,
+    lifetime_units,
+    onwire_of,
+    peer_predicate,
+    sequence_is_newer,
+)
+from vmip.mobility.events import (
+    AcceptFrom,
+    AotChallengeSent,
+    AotPurpose,
+    AotStatusSent,
+    BindingCached,
+    BindingDeregistered,
+    BindingExpired,
+    CoaProven,
+    HomeAddressProven,
+    HomeAddressTestFailed,
+    ProofTimeout,
+    SendTo,
+)
+from vmip.mobility.timers import (
+    INITIAL_BINDACK_TIMEOUT,
+    MAX_BINDACK_TIMEOUT,
+    Retransmission,
+    earliest,
+)
+from vmip.wire.mh import (
+    AotChallenge,
+    AotOffer,
+    AotResponse,
+    AotStatus,
+    AotStatusCode,
+    BindingAck,
+    BindingAckStatus,
+    BindingError,
+    BindingErrorStatus,
+    BindingUpdate,
+    UnknownMobilityMessage,
+)
+
+log = get_logger(__name__)
+
+#: How long a challenged BU waits for its AOTR before the CN forgets it
+#: (draft §4.5.1 lets the CN "garbage collect" it): long enough for the MN's
+#: AOTR retransmissions to reach MAX_BINDACK_TIMEOUT (1+2+4+8+16+32 s).
+PENDING_PROOF_TIMEOUT = 2 * MAX_BINDACK_TIMEOUT
+HOME_TEST_ATTEMPTS = 3
+#: RFC 6275 §9.3.3 asks for rate-limited Binding Errors: one per source per second.
+BINDING_ERROR_INTERVAL = 1.0
+_BINDING_ERROR_MEMORY = 1024
+
+
+@dataclass(slots=True)
+class _PendingRegistration:
+    """A BU for a CoA without proof, waiting for the AOTR (draft §4.5.1)."""
+
+    coa: IPv6Address
+    sequence: int
+    lifetime_units: int
+    ack: bool
+    deadline: float
+
+
+@dataclass(slots=True)
+class _HomeTest:
+    retransmission: Retransmission
+    nonce: bytes
+
+
+@dataclass(slots=True)
+class _Peer:
+    """Everything the CN holds for one HoA."""
+
+    binding: BindingCacheEntry
+    pending: _PendingRegistration | None = None
+    accept_from: IPv6Address | None = None
+    send_to: IPv6Address | None = None
+    last_ack: BindingAck | None = None
+    home_test: _HomeTest | None = None
+
+
+class Correspondent(MobilityCore):
+    """IRO correspondent-node processing for every MN that registers with this node.
+
+    ``known_peers``: the HoAs this node has MH SAs with (a collection, a
+    predicate, or ``None`` for any); a BU, AOTO or AOTR from another HoA is
+    dropped and counted.  ``local_coa(local)`` gives this node's own CoA
+    when ``local`` is its HoA and it is away (the MN-MN case, draft §5.2.2
+    example 4): it becomes the ``onwire_src`` of what the CN sends.
+    """
+
+    def __init__(
+        self,
+        *,
+        known_peers: PeerFilter,
+        max_lifetime: int = 420,
+        proof_cache_size: int = 1024,
+        allow_early_test: bool = True,
+        pending_proof_timeout: float = PENDING_PROOF_TIMEOUT,
+        home_test_attempts: int = HOME_TEST_ATTEMPTS,
+        local_coa: Callable[[IPv6Address], IPv6Address | None] | None = None,
+        rng: Rng = os.urandom,
+        clock_now: float = 0.0,
+    ):
+        super().__init__()
+        if lifetime_units(max_lifetime) < 1:
+            raise ValueError("max_lifetime must be at least 4 seconds")
+        if home_test_attempts < 1:
+            raise ValueError("home_test_attempts must be at least 1")
+        self.max_lifetime_units = lifetime_units(max_lifetime)
+        self.allow_early_test = allow_early_test
+        self.pending_proof_timeout = pending_proof_timeout
+        self.home_test_attempts = home_test_attempts
+        self.proofs = ProofCache(proof_cache_size)
+        # Every proof starts as a nonce; keep at least as many nonces as proofs.
+        self.nonces = NonceStore(max(proof_cache_size, 64))
+        self._known: Callable[[IPv6Address], bool] = peer_predicate(known_peers)
+        self._local_coa = local_coa or (lambda local: None)
+        self._rng = rng
+        self._peers: dict[IPv6Address, _Peer] = {}
+        self._last_binding_error: dict[IPv6Address, float] = {}
+        self._started_at = clock_now
+
+    # -- inspection -----------------------------------------------------
+
+    def binding(self, hoa: IPv6Address) -> BindingCacheEntry | None:
+        """The accepted binding for ``hoa`` (``None`` while unbound or waiting for proof)."""
+        peer = self._peers.get(hoa)
+        if peer is None or not peer.binding.bound:
+            return None
+        return replace(peer.binding)
+
+    def bindings(self) -> list[BindingCacheEntry]:
+        return [replace(peer.binding) for peer in self._peers.values() if peer.binding.bound]
+
+    def pending_coa(self, hoa: IPv6Address) -> IPv6Address | None:
+        """The CoA of a BU waiting for its AOTR, if any."""
+        peer = self._peers.get(hoa)
+        return peer.pending.coa if peer is not None and peer.pending is not None else None
+
+    # -- input ----------------------------------------------------------
+
+    def receive(
+        self,
+        mh: bytes,
+        src: IPv6Address,
+        dst: IPv6Address,
+        onwire: OnWireArgument,
+        now: float,
+    ) -> None:
+        """Process one ESP-protected MH message (never raises on bad input).
+
+        ``src`` is the MN's HoA (SA-level), ``dst`` this node's address;
+        ``onwire`` the on-wire source the remap engine replaced with the
+        HoA (draft §5.1.1), ``None`` when nothing was remapped.
+        """
+        message = self._parse(mh, src, dst)
+        if message is None:
+            return
+        onwire_src = onwire_of(onwire, as_source=True)
+        if isinstance(message, BindingUpdate):
+            if message.home_registration:
+                # RFC 6275 §9.5.1: a correspondent refuses home registrations.
+                self.counters["home_registration_not_supported"] += 1
+                ack = BindingAck(
+                    BindingAckStatus.HOME_REGISTRATION_NOT_SUPPORTED, message.sequence, 0
+                )
+                self._reply(ack, dst, src, onwire_src)
+                return
+            self._on_binding_update(message, src, dst, onwire_src, now)
+        elif isinstance(message, AotResponse):
+            self._on_aotr(message, src, dst, onwire_src or src, now)
+        elif isinstance(message, AotOffer):
+            self._on_aoto(src, dst, onwire_src or src, now)
+        elif isinstance(message, UnknownMobilityMessage):
+            self._binding_error(src, dst, onwire_src, now)
+        else:
+            self._drop("unexpected_type", src=src, mh_type=message.mh_type)
+
+    def _reply(
+        self, message, local: IPv6Address, hoa: IPv6Address, onwire_dst: IPv6Address | None
+    ) -> None:
+        self._send(message, local, hoa, onwire_src=self._local_coa(local), onwire_dst=onwire_dst)
+
+    # -- BU (draft §3.3, §4.5.1; RFC 6275 §9.5) ---------------------------
+
+    def _on_binding_update(
+        self,
+        bu: BindingUpdate,
+        hoa: IPv6Address,
+        local: IPv6Address,
+        onwire_src: IPv6Address | None,
+        now: float,
+    ) -> None:
+        if not self._known(hoa):
+            self._drop("bu_unknown_hoa", hoa=hoa)
+            return
+        wire_src = onwire_src or hoa
+        alternate = bu.alternate_care_of_address
+        if alternate is not None and alternate != wire_src:
+            # Draft §3.3: the AltCoA must be the address the BU came from on the wire.
+            self._drop("bu_altcoa_mismatch", hoa=hoa, altcoa=alternate, onwire=wire_src)
+            return
+        coa = alternate or wire_src
+        deregistration = bu.lifetime_units == 0 or coa == hoa
+        if alternate is None and not deregistration:
+            # Draft appendix A: the AltCoA option is required in an IRO BU.
+            self._drop("bu_missing_altcoa", hoa=hoa)
+            return
+        peer = self._peers.get(hoa)
+        if peer is not None and not sequence_is_newer(bu.sequence, peer.binding.sequence):
+            self.counters["bu_sequence_out_of_window"] += 1
+            ack = BindingAck(
+                BindingAckStatus.SEQUENCE_NUMBER_OUT_OF_WINDOW, peer.binding.sequence, 0
+            )
+            self._reply(ack, local, hoa, onwire_src)
+            return
+        if deregistration:
+            self._deregister(bu, hoa, local, onwire_src)
+            return
+        if peer is None:
+            peer = _Peer(BindingCacheEntry(hoa, local, None, bu.sequence, 0, None))
+            self._peers[hoa] = peer
+        peer.binding.sequence = bu.sequence
+        peer.binding.local = local
+        granted_units = min(bu.lifetime_units, self.max_lifetime_units)
+        # Draft §4.5.1: receive from the new CoA at once, proof or not.
+        self._set_accept_from(peer, coa)
+        if peer.binding.coa == coa or self.proofs.use(hoa, coa):
+            self.proofs.add(hoa, coa, now)
+            peer.pending = None
+            self._accept(peer, coa, granted_units, bu.sequence, bu.ack, now)
+            return
+        if peer.binding.bound:
+            # The MN left the proven CoA; until the new one is proven, data
+            # for it goes to the HoA, through the HA (docs/mobility.md).
+            self._unbind(peer)
+        peer.pending = _PendingRegistration(
+            coa, bu.sequence, granted_units, bu.ack, now + self.pending_proof_timeout
+        )
+        self._challenge(peer, coa, "binding", now)
+
+    def _accept(
+        self, peer: _Peer, coa: IPv6Address, units: int, sequence: int, ack: bool, now: float
+    ) -> None:
+        binding = peer.binding
+        granted = lifetime_seconds(units)
+        binding.coa = coa
+        binding.sequence = sequence
+        binding.lifetime = granted
+        binding.expires_at = now + granted
+        self._set_send_to(peer, coa)
+        self._emit(BindingCached(binding.hoa, coa, granted, home=False))
+        log.info("binding accepted", hoa=binding.hoa, coa=coa, lifetime=granted)
+        peer.last_ack = BindingAck(BindingAckStatus.ACCEPTED, sequence, units)
+        if ack:
+            self._reply(peer.last_ack, binding.local, binding.hoa, coa)
+
+    def _unbind(self, peer: _Peer) -> None:
+        peer.binding.coa = None
+        peer.binding.expires_at = None
+        peer.last_ack = None
+        self._set_send_to(peer, None)
+
+    def _deregister(
+        self,
+        bu: BindingUpdate,
+        hoa: IPv6Address,
+        local: IPv6Address,
+        onwire_src: IPv6Address | None,
+    ) -> None:
+        peer = self._peers.pop(hoa, None)
+        if peer is not None:
+            self._set_accept_from(peer, None)
+            self._set_send_to(peer, None)
+            self._emit(BindingDeregistered(hoa, hoa))
+            log.info("binding deleted", hoa=hoa)
+        if bu.ack:
+            # Deleting a binding only sends traffic back to the HoA: no proof needed.
+            self._reply(
+                BindingAck(BindingAckStatus.ACCEPTED, bu.sequence, 0), local, hoa, onwire_src
+            )
+
+    def _set_accept_from(self, peer: _Peer, coa: IPv6Address | None) -> None:
+        if peer.accept_from != coa:
+            peer.accept_from = coa
+            self._emit(AcceptFrom(peer.binding.local, peer.binding.hoa, coa))
+
+    def _set_send_to(self, peer: _Peer, coa: IPv6Address | None) -> None:
+        if peer.send_to != coa:
+            peer.send_to = coa
+            self._emit(SendTo(peer.binding.local, peer.binding.hoa, coa))
+
+    # -- AOT* (draft §4.4, §4.5) -------------------------------------------
+
+    def _challenge(
+        self, peer: _Peer, address: IPv6Address, purpose: AotPurpose, now: float
+    ) -> bytes:
+        hoa = peer.binding.hoa
+        record = self.nonces.challenge(hoa, address, purpose, self._rng, now)
+        # To the tested address through ancillary data; a HoA test goes to the HoA
+        # itself, i.e. through the HA tunnel (draft §4.5.3).
+        onwire_dst = None if address == hoa else address
+        self._reply(AotChallenge(record.nonce), peer.binding.local, hoa, onwire_dst)
+        self._emit(AotChallengeSent(hoa, hoa, address, purpose))
+        return record.nonce
+
+    def _on_aotr(
+        self,
+        aotr: AotResponse,
+        hoa: IPv6Address,
+        local: IPv6Address,
+        wire_src: IPv6Address,
+        now: float,
+    ) -> None:
+        if not self._known(hoa):
+            self._drop("aotr_unknown_hoa", hoa=hoa)
+            return
+        # Draft §4.4.3: the on-wire source selects the stored nonce.
+        record = self.nonces.get(hoa, wire_src)
+        if record is None:
+            self._drop("aotr_unknown_address", hoa=hoa, onwire=wire_src)
+            return
+        if not hmac.compare_digest(record.nonce, aotr.nonce):
+            self._drop("aotr_wrong_nonce", hoa=hoa, onwire=wire_src)
+            return
+        record.answered = True
+        peer = self._peers.get(hoa)
+        if wire_src == hoa:
+            if peer is not None and peer.home_test is not None:
+                peer.home_test = None
+                self._emit(HomeAddressProven(hoa))
+            else:
+                self.counters["aotr_duplicate"] += 1
+            return
+        if self.proofs.add(hoa, wire_src, now):
+            self._emit(CoaProven(hoa, wire_src))
+            log.info("care-of address proven", hoa=hoa, coa=wire_src)
+        answered = False
+        if "binding" in record.waiting and peer is not None:
+            pending = peer.pending
+            if pending is not None and pending.coa == wire_src:
+                peer.pending = None
+                self._accept(
+                    peer, wire_src, pending.lifetime_units, pending.sequence, pending.ack, now
+                )
+                answered = True
+            elif peer.binding.coa == wire_src and peer.last_ack is not None:
+                # The MN resent its AOTR: the BA was lost.  Hence the kept nonce (§4.5.1).
+                self.counters["ba_resent"] += 1
+                self._reply(peer.last_ack, peer.binding.local, hoa, wire_src)
+                answered = True
+        if "early-test" in record.waiting:
+            self._send_status(hoa, local, wire_src, AotStatusCode.PROOF_VALID)
+            answered = True
+        if not answered:
+            self.counters["aotr_nothing_pending"] += 1
+
+    def _on_aoto(
+        self, hoa: IPv6Address, local: IPv6Address, wire_src: IPv6Address, now: float
+    ) -> None:
+        if not self._known(hoa):
+            self._drop("aoto_unknown_hoa", hoa=hoa)
+            return
+        peer = self._peers.get(hoa)
+        if peer is None or not peer.binding.bound:
+            # Draft §4.4.1: an AOTO from an MN not registered here is dropped silently.
+            self._drop("aoto_unregistered", hoa=hoa)
+            return
+        if wire_src == hoa:
+            self._drop("aoto_from_home_address", hoa=hoa)
+            return
+        if not self.allow_early_test:
+            self._send_status(hoa, local, wire_src, AotStatusCode.AOTO_NOT_ALLOWED)
+        elif self.proofs.use(hoa, wire_src):
+            self._send_status(hoa, local, wire_src, AotStatusCode.PROOF_VALID)
+        else:
+            self._challenge(peer, wire_src, "early-test", now)
+
+    def _send_status(
+        self, hoa: IPv6Address, local: IPv6Address, address: IPv6Address, code: int
+    ) -> None:
+        # Back to the address the AOTO/AOTR came from, where the MN listens.
+        self._reply(AotStatus(code), local, hoa, address)
+        self._emit(AotStatusSent(hoa, hoa, address, code))
+
+    def test_home_address(self, hoa: IPv6Address, now: float) -> None:
+        """Start a HoA test (draft §4.5.3): an AOTC to the HoA, through the HA tunnel.
+
+        Only for an MN whose registration this CN accepted.  The AOTC is
+        resent (same nonce) up to ``home_test_attempts`` times; then
+        :class:`~vmip.mobility.events.HomeAddressTestFailed` is reported.
+        """
+        peer = self._peers.get(hoa)
+        if peer is None or not peer.binding.bound:
+            raise MobilityError(
+                f"no accepted registration for {hoa}: nothing to test (draft §4.5.3)"
+            )
+        nonce = self._challenge(peer, hoa, "home-test", now)
+        peer.home_test = _HomeTest(Retransmission(now, INITIAL_BINDACK_TIMEOUT), nonce)
+
+    # -- Binding Error (RFC 6275 §9.2, §9.3.3) -----------------------------
+
+    def _binding_error(
+        self, src: IPv6Address, local: IPv6Address, onwire_src: IPv6Address | None, now: float
+    ) -> None:
+        self.counters["unknown_mh_type"] += 1
+        last = self._last_binding_error.get(src)
+        if last is not None and now - last < BINDING_ERROR_INTERVAL:
+            self.counters["binding_error_rate_limited"] += 1
+            return
+        if len(self._last_binding_error) >= _BINDING_ERROR_MEMORY:
+            self._last_binding_error = {
+                address: sent
+                for address, sent in self._last_binding_error.items()
+                if now - sent < BINDING_ERROR_INTERVAL
+            }
+        self._last_binding_error[src] = now
+        error = BindingError(BindingErrorStatus.UNRECOGNIZED_MH_TYPE, src)
+        self._reply(error, local, src, onwire_src)
+
+    # -- time -----------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        deadlines: list[float | None] = []
+        for peer in self._peers.values():
+            deadlines.append(peer.binding.expires_at)
+            if peer.pending is not None:
+                deadlines.append(peer.pending.deadline)
+            if peer.home_test is not None:
+                deadlines.append(peer.home_test.retransmission.deadline)
+        return earliest(*deadlines)
+
+    def handle_timer(self, now: float) -> None:
+        for hoa, peer in list(self._peers.items()):
+            pending = peer.pending
+            if pending is not None and pending.deadline <= now:
+                # Draft §4.5.1: no AOTR came; forget the request and the rule
+                # that accepted traffic from the unproven CoA.
+                peer.pending = None
+                self._emit(ProofTimeout(hoa, pending.coa))
+                self._set_accept_from(peer, peer.binding.coa)
+            binding = peer.binding
+            if binding.expires_at is not None and binding.expires_at <= now:
+                expired = binding.coa
+                self._unbind(peer)
+                self._set_accept_from(peer, None)
+                peer.home_test = None
+                self._emit(BindingExpired(hoa, hoa, expired))
+                log.info("binding expired", hoa=hoa, coa=expired)
+            test = peer.home_test
+            if test is not None and test.retransmission.deadline <= now:
+                if test.retransmission.attempts >= self.home_test_attempts:
+                    peer.home_test = None
+                    self._emit(HomeAddressTestFailed(hoa))
+                    log.info("home address test failed", hoa=hoa)
+                else:
+                    test.retransmission.expire(now)
+                    self._reply(AotChallenge(test.nonce), binding.local, hoa, None)
+                    self._emit(AotChallengeSent(hoa, hoa, hoa, "home-test"))
+            if peer.pending is None and not peer.binding.bound and peer.home_test is None:
+                del self._peers[hoa]

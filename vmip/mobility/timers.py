@@ -1,0 +1,74 @@
+"""Retransmission timing and protocol constants (RFC 6275 §11.8, §12, §13).
+
+Sans-IO: times are plain floats handed in by the caller (``now``); nothing
+here reads a clock.
+"""
+
+from __future__ import annotations
+
+# RFC 6275 §12: the first home registration waits longer, since the HA runs
+# DAD for the home address before answering (§11.8).
+INITIAL_BINDACK_TIMEOUT_FIRST_REG = 1.5
+INITIAL_BINDACK_TIMEOUT = 1.0
+MAX_BINDACK_TIMEOUT = 32.0
+
+#: A binding is refreshed when this share of its granted lifetime has passed
+#: (RFC 6275 §11.7.1 only says "before it expires"; 80 % leaves room for the
+#: retransmissions of the refresh: 84 s of 420 s).
+REFRESH_FRACTION = 0.8
+
+#: Seconds per lifetime unit in BU/BA (RFC 6275 §6.1.7).
+LIFETIME_UNIT = 4
+
+
+class Retransmission:
+    """One message retransmitted with exponential back-off (RFC 6275 §11.8).
+
+    The interval doubles after each retransmission until it reaches
+    ``maximum``, then stays there ("MAY continue to send these messages at
+    this slower rate indefinitely").  :meth:`expire` tells when the wait at
+    the maximum interval ran out for the first time: the moment to report a
+    timeout.
+    """
+
+    __slots__ = ("attempts", "deadline", "initial", "interval", "maximum", "timed_out")
+
+    def __init__(self, now: float, initial: float, maximum: float = MAX_BINDACK_TIMEOUT):
+        self.initial = initial
+        self.maximum = maximum
+        self.interval = min(initial, maximum)
+        self.deadline = now + self.interval
+        self.attempts = 1
+        self.timed_out = False
+
+    def expire(self, now: float) -> bool:
+        """The deadline passed and the message is being resent: schedule the next one.
+
+        Returns true once: when the wait that just ended was already at the
+        maximum interval.
+        """
+        first_timeout = self.interval >= self.maximum and not self.timed_out
+        if first_timeout:
+            self.timed_out = True
+        self.interval = min(self.interval * 2, self.maximum)
+        self.deadline = now + self.interval
+        self.attempts += 1
+        return first_timeout
+
+    def restart(self, now: float, initial: float | None = None) -> None:
+        """Start over at the initial interval (a new message replaces the old one)."""
+        if initial is not None:
+            self.initial = initial
+        self.interval = min(self.initial, self.maximum)
+        self.deadline = now + self.interval
+        self.attempts = 1
+        self.timed_out = False
+
+
+def earliest(*deadlines: float | None) -> float | None:
+    """The smallest deadline that is set, or ``None``."""
+    found: float | None = None
+    for deadline in deadlines:
+        if deadline is not None and (found is None or deadline < found):
+            found = deadline
+    return found
