@@ -18,11 +18,16 @@ network: nodes vmip-ha, vmip-cn, vmip-mn and vmip-mn2 joined by the router
 vmip-net.  The mobile nodes have two access links, wifi0 (preferred) and
 lte0 (its IPv4 behind the router's NAT, 203.0.113.1).  The underlay is
 dual-stack with documentation prefixes only; per-node configs are written
-to /run/vmip-lab/<node>/<node>.toml.  Needs root."""
+to /run/vmip-lab/<node>/<node>.toml.  'lab start' runs a vmip node in each
+namespace (static ESP keys, fresh for each lab).  Needs root."""
 
 LAB_EPILOG = """\
 examples:
   vmip lab up --json                       build the lab, print its topology
+  vmip lab start                           run a vmip node in every namespace
+  vmip lab exec mn -- ping -c3 2001:db8:20::2        MN -> CN through vmip0 (ESP)
+  vmip lab exec mn -- vmip keys --wireshark
+  vmip lab stop                            stop the nodes, keep the lab
   vmip lab exec mn -- ping -c3 -I lte0 2001:db8:20::2
   vmip lab shape mn lte0 --delay 30 --jitter 5 --loss 1 --rate 20
   vmip lab link mn wifi0 down              a handover: wifi gone, lte stays
@@ -68,7 +73,7 @@ def _console():
 def _cmd_up(args: argparse.Namespace) -> int:
     from vmip.lab.manage import lab_up
 
-    topology = lab_up()
+    topology = lab_up(keys=args.keys)
     if args.json:
         _print_json(topology)
         return 0
@@ -91,6 +96,47 @@ def _cmd_up(args: argparse.Namespace) -> int:
     console.print(f"router: {topology['router']['netns']}, NAT address "
                   f"{topology['router']['nat_address']}")
     console.print(f"configs: {topology['lab_dir']}/<node>/<node>.toml")
+    return 0
+
+
+def _nodes_table(title: str, rows: list[dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in ("node", "pid", "state", "control socket", "log"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], str(row["pid"]) if row["pid"] is not None else "-",
+                      row["state"], row["control_socket"], row["log"])
+    return table
+
+
+def _cmd_start(args: argparse.Namespace) -> int:
+    from vmip.lab.manage import lab_start
+
+    topology = lab_start(keys=args.keys, timeout=args.timeout)
+    if args.json:
+        _print_json(topology)
+        return 0
+    rows = [{"name": name, **node} for name, node in topology["nodes"].items()]
+    console = _console()
+    console.print(_nodes_table("vmip lab nodes", rows))
+    console.print("try: vmip lab exec mn -- ping -c3 2001:db8:20::2   "
+                  "(then 'vmip lab stop' or 'vmip lab down')")
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from vmip.lab.manage import lab_stop
+
+    runs = lab_stop(timeout=args.timeout)
+    if args.json:
+        _print_json({"nodes": {run.name: run.as_dict() for run in runs}})
+        return 0
+    stopped = [f"{run.name} ({run.pid}{', killed' if run.state == 'killed' else ''})"
+               for run in runs if run.pid is not None]
+    print(f"stopped {len(stopped)} vmip nodes: {', '.join(stopped)}" if stopped
+          else "no vmip node was running")
     return 0
 
 
@@ -159,6 +205,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
                           "\n".join(iface["node"]["addresses"]),
                           "; ".join(shaping.get((name, ifname), [])) or "-")
     console.print(table)
+    rows = [{"name": name, "pid": node["pid"],
+             "state": "[green]running[/green]" if node["running"] else "stopped",
+             "control_socket": node["control_socket"], "log": node["log"]}
+            for name, node in status["nodes"].items() if node["exists"]]
+    if rows:
+        console.print(_nodes_table("vmip nodes ('vmip lab start' runs them)", rows))
     missing = [ns for ns, exists in status["namespaces"].items() if not exists]
     if missing:
         console.print(f"[red]missing namespaces:[/red] {', '.join(missing)} "
@@ -227,6 +279,12 @@ def _cmd_shape(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_keys_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keys", choices=("static", "ike"), default="static",
+                        help="how the nodes' SAs are keyed: static (default; fresh random "
+                             "keys in <node>/keys/) or ike (not implemented yet)")
+
+
 def register(subparsers: Any) -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     lab = subparsers.add_parser("lab", help="the network-namespace lab (as root)",
@@ -243,13 +301,46 @@ def register(subparsers: Any) -> None:
         epilog="examples:\n  vmip lab up\n  vmip lab up --json | jq .nodes.mn.coa\n")
     up.add_argument("--json", action="store_true",
                     help="print the topology as JSON (nodes, netns, addresses, CoAs, configs)")
+    _add_keys_option(up)
     up.set_defaults(func=_cmd_up)
+
+    start = commands.add_parser(
+        "start", help="run a vmip node in every lab namespace (lab up first if needed)",
+        formatter_class=formatter,
+        description="Bring the lab up if it is not, write the configs (with --keys static: "
+                    "static SAs and policies with fresh random keys, unless a node already "
+                    "runs), then start 'vmip run -c <node>.toml --pcap-wire <node>/wire.pcap' "
+                    "in every namespace, detached, logging to <node>/vmip.log, and wait until "
+                    "each answers 'status' on /run/vmip/<netns>.sock.  A node already running "
+                    "is left alone.",
+        epilog="examples:\n  vmip lab start\n"
+               "  vmip lab exec mn -- ping -c3 2001:db8:20::2      MN -> CN, ESP transport\n"
+               "  vmip lab exec mn -- ping -c3 2001:db8:100::1     MN -> HA, ESP tunnel\n"
+               "  vmip lab exec mn -- vmip sa list\n")
+    start.add_argument("--json", action="store_true",
+                       help="print the topology with each node's pid, log and socket as JSON")
+    start.add_argument("--timeout", type=_positive, default=20.0, metavar="S",
+                       help="how long each node may take to answer (default 20 s)")
+    _add_keys_option(start)
+    start.set_defaults(func=_cmd_start)
+
+    stop = commands.add_parser(
+        "stop", help="stop the vmip nodes (the lab stays up)", formatter_class=formatter,
+        description="SIGTERM every lab node (it removes its TUN and control socket), SIGKILL "
+                    "the ones still running after --timeout seconds.  Namespaces, links, "
+                    "configs, logs and captures stay; 'vmip lab down' removes them.",
+        epilog="example:\n  vmip lab stop\n")
+    stop.add_argument("--json", action="store_true", help="print what was stopped as JSON")
+    stop.add_argument("--timeout", type=_positive, default=5.0, metavar="S",
+                      help="seconds between SIGTERM and SIGKILL (default 5)")
+    stop.set_defaults(func=_cmd_stop)
 
     down = commands.add_parser(
         "down", help="remove every namespace, interface and process of the lab",
         formatter_class=formatter,
         description="Stop the link emulation, kill every process running in a lab "
-                    "namespace (found through /proc/PID/ns/net, so also after a crash), "
+                    "namespace, the vmip nodes too (found through /proc/PID/ns/net, so "
+                    "also after a crash), "
                     "remove the namespaces (their interfaces, routes and NAT go with them) "
                     "and the lab directory /run/vmip-lab.",
         epilog="example:\n  vmip lab down\n")

@@ -5,8 +5,10 @@ namespaces, veth pairs (created in vmip-net with the peer placed straight
 into the node's namespace, so the host namespace never sees an interface),
 addresses, routes, policy-routing rules, link states.  Each step first
 looks at what exists, so ``lab up`` is idempotent and also repairs a lab
-whose links were taken down.  The API is synchronous (pyroute2's IPRoute
-runs its own event loop): call it from a thread when inside asyncio.
+whose links were taken down.  ``lab_start``/``lab_stop`` run and stop a
+vmip node per node namespace (:mod:`vmip.lab.runner`).  The API is
+synchronous (pyroute2's IPRoute runs its own event loop): call it from a
+thread when inside asyncio.
 """
 
 from __future__ import annotations
@@ -31,8 +33,13 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from vmip.errors import VmipError
-from vmip.lab import nat
-from vmip.lab.configs import write_node_configs, write_private_file
+from vmip.lab import nat, runner
+from vmip.lab.configs import (
+    DEFAULT_KEY_MODE,
+    check_key_mode,
+    write_node_configs,
+    write_private_file,
+)
 from vmip.lab.errors import LabError, LabNotUpError, LabPrerequisiteError, LabUsageError
 from vmip.lab.netns import (
     create_netns,
@@ -260,12 +267,25 @@ def _ensure_namespace(netlink: _Netlink, netns: str, extra_sysctls: dict[str, in
         ipr.link("set", index=loopback, state="up")
 
 
-def lab_up(plan: LabPlan | None = None) -> dict[str, Any]:
-    """Build (or repair) the whole lab; return the topology (``describe``)."""
+def lab_up(plan: LabPlan | None = None, *, keys: str = DEFAULT_KEY_MODE) -> dict[str, Any]:
+    """Build (or repair) the whole lab and write its configs; return the topology.
+
+    The topology is ``describe(plan)`` plus, per node, where its log,
+    capture and control socket are and the pid of its vmip node (None when
+    it does not run).
+    """
     plan = plan or default_plan()
+    check_key_mode(keys)
     check_prerequisites(need_nft=True)
+    with _lab_lock(plan):
+        _build(plan, keys)
+    return topology_with_nodes(plan)
+
+
+def _build(plan: LabPlan, keys: str) -> None:
+    """Namespaces, links, NAT, configs and keys; the caller holds the lab lock."""
     started = time.monotonic()
-    with _lab_lock(plan), _Netlink() as netlink:
+    with _Netlink() as netlink:
         try:
             _ensure_namespace(netlink, plan.router_netns, _ROUTER_SYSCTLS)
             for node in plan.nodes:
@@ -280,13 +300,66 @@ def lab_up(plan: LabPlan | None = None) -> dict[str, Any]:
             _ensure_addresses(router, loopback, [nat_iface])
         except NetlinkError as exc:
             raise _netlink_error("building the lab failed", exc) from exc
-        nat.apply_nat(plan)
-        plan.lab_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-        write_node_configs(plan)
-        topology = describe(plan)
-        write_private_file(plan.state_file, json.dumps(topology, indent=2) + "\n", mode=0o644)
-    log.info("lab up", namespaces=len(plan.namespaces), seconds=round(time.monotonic() - started, 3))
+    nat.apply_nat(plan)
+    plan.lab_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    # Fresh keys unless a node runs: it holds the current ones, and a new key
+    # at one end only would cut its SAs.
+    running = [node.name for node in plan.nodes if runner.running_pid(plan, node.name)]
+    write_node_configs(plan, keys, fresh_keys=not running)
+    topology = describe(plan)
+    for name, entry in topology["nodes"].items():
+        entry.update(_node_file_fields(plan, name))
+    write_private_file(plan.state_file, json.dumps(topology, indent=2) + "\n", mode=0o644)
+    log.info("lab up", namespaces=len(plan.namespaces), sas=keys, fresh=not running,
+             seconds=round(time.monotonic() - started, 3))
+
+
+def _node_file_fields(plan: LabPlan, name: str) -> dict[str, str]:
+    files = runner.node_files(plan, name)
+    return {"log": str(files.log), "pcap": str(files.pcap),
+            "control_socket": str(files.control_socket)}
+
+
+def topology_with_nodes(plan: LabPlan) -> dict[str, Any]:
+    """``describe(plan)`` with each node's log, pcap, control socket and pid."""
+    topology = describe(plan)
+    for name, entry in topology["nodes"].items():
+        entry.update(_node_file_fields(plan, name))
+        entry["pid"] = runner.running_pid(plan, name)
     return topology
+
+
+def lab_start(plan: LabPlan | None = None, *, keys: str = DEFAULT_KEY_MODE,
+              timeout: float = runner.READY_TIMEOUT) -> dict[str, Any]:
+    """Bring the lab up if needed and run a vmip node in every namespace.
+
+    Idempotent: a node already running is left alone (and the keys it uses
+    are kept).  Returns the topology (as :func:`lab_up`) with ``started``:
+    the nodes this call started, and per node ``state`` (started / running).
+    """
+    plan = plan or default_plan()
+    check_key_mode(keys)
+    check_prerequisites(need_nft=True)
+    with _lab_lock(plan):
+        _build(plan, keys)
+        runs = runner.start_nodes(plan, timeout=timeout)
+    topology = topology_with_nodes(plan)
+    for run in runs:
+        topology["nodes"][run.name]["state"] = run.state
+    topology["started"] = [run.name for run in runs if run.state == "started"]
+    log.info("lab start", started=",".join(topology["started"]) or "-")
+    return topology
+
+
+def lab_stop(plan: LabPlan | None = None, *,
+             timeout: float = runner.STOP_TIMEOUT) -> list[runner.NodeRun]:
+    """Stop every lab node: SIGTERM, then SIGKILL after *timeout*; the lab stays up."""
+    plan = plan or default_plan()
+    check_prerequisites()
+    with _lab_lock(plan):
+        runs = runner.stop_nodes(plan, timeout=timeout)
+    log.info("lab stop", stopped=",".join(r.name for r in runs if r.pid is not None) or "-")
+    return runs
 
 
 @dataclass
@@ -330,6 +403,7 @@ def lab_down(plan: LabPlan | None = None, *, keep_files: bool = False) -> DownRe
                 report.warnings.append(f"link emulation cleanup: {exc}")
                 log.warning("link emulation cleanup failed", error=str(exc))
         report.killed_pids = kill_netns_processes(present)
+        runner.remove_stale_sockets(plan)  # of nodes that had to be SIGKILLed
         for netns in present:
             remove_netns(netns)
         report.namespaces = present
@@ -460,10 +534,13 @@ def lab_status(plan: LabPlan | None = None) -> dict[str, Any]:
                         "router_ifname": link.router_ifname,
                         "router": _interface_state(handle(plan.router_netns), link.router_ifname),
                     }
+                pid = runner.running_pid(plan, node.name) if namespaces[node.netns] else None
                 status["nodes"][node.name] = {"netns": node.netns,
                                               "exists": namespaces[node.netns],
                                               "config": str(plan.config_path(node.name)),
-                                              "interfaces": interfaces}
+                                              "interfaces": interfaces,
+                                              "running": pid is not None, "pid": pid,
+                                              **_node_file_fields(plan, node.name)}
         except NetlinkError as exc:
             raise _netlink_error("reading the lab's interfaces failed", exc) from exc
     if namespaces[plan.router_netns]:
