@@ -183,9 +183,15 @@ def test_malformed_input_is_dropped_and_counted_never_raised():
 def test_bytearray_and_memoryview_packets_work_too():
     engine = RemapEngine()
     engine.add(RemapRule(OUT, 42, SRC, HOA, COA))
+    engine.add(RemapRule(IN, 51, SRC, WILDCARD, HOA, copy_to_ancillary=True))
     packet = esp_packet(HOA, CN, 42)
     for form in (bytearray(packet), memoryview(packet)):
         assert addresses(engine.outbound(form)) == (COA, CN)
+    packet = esp_packet(COA, CN, 51)
+    for form in (bytearray(packet), memoryview(packet)):
+        rewritten, ancillary = engine.inbound(form)
+        assert addresses(bytes(rewritten)) == (HOA, CN)
+        assert type(ancillary) is bytes and ancillary == COA.packed
 
 
 def test_outbound_expected_address_mismatch_leaves_the_field_alone():

@@ -433,3 +433,25 @@ def test_inbound_is_untouched_for_spis_nobody_tracks():
     node = mn_with_fine_grained_sas()
     packet = esp_packet(CN, HOA, 0x145)
     assert node.engine.inbound(packet) == (packet, UNSPECIFIED)
+
+
+def test_policies_added_after_the_sas_reclassify_them():
+    # Static keys install SAs first, then policies (vmip.ipsec.static.install).
+    spd = SPD()
+    node = Node(spd)
+    node.sad.add(params(0x1101, OUT, HOA, HA, name="mn-ha-mh-out"), 0.0)
+    assert node.tracker.sas()[0].kind == "mixed"
+    spd.add(Policy("mh-to-ha", OUT, mh_selector(HOA, HA), Action.PROTECT, ("mn-ha-mh-out",)))
+    assert node.tracker.sas()[0].kind == "mh"
+    assert node.tracker.counters["reclassified"] == 1
+
+
+def test_reclassify_asks_a_custom_classifier_again():
+    answers = {0x120: "data"}
+    node = Node(classify=lambda sa: answers[sa.spi])
+    node.tracker.track_mh(HOA, CN, Role.MN, coa=COA)
+    node.sad.add(params(0x120, OUT, HOA, CN), 0.0)
+    assert node.rule(OUT, 0x120, SRC) is None
+    answers[0x120] = "mh"
+    assert node.tracker.reclassify() == 1
+    assert node.rule(OUT, 0x120, SRC).remap is ANCILLARY

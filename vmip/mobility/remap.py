@@ -540,28 +540,49 @@ class RemapEngine:
         if new_src is None and new_dst is None:
             return packet  # type: ignore[return-value]
         self.counters["out_remapped"] += 1
-        view = memoryview(packet)
-        return b"".join((view[:8], new_src or view[8:24], new_dst or view[24:40], view[40:]))
+        return b"".join((packet[:8], new_src or packet[8:24], new_dst or packet[24:40],
+                         packet[40:]))
+
+    def inbound(self, packet: bytes | bytearray | memoryview) -> tuple[bytes, bytes] | None:
+        """Apply the incoming rules of the packet's SPI (before ESP, draft §5.1.2, §5.1.3).
+
+        Returns the packet with SA-level addresses and one 16-byte ancillary
+        address (§5.1.1): the on-wire source a rule marked ``(ancillary)``
+        replaced (the CN learning the MN's CoA), else the on-wire destination
+        such a rule replaced (the MN learning which of its CoAs the packet
+        reached), else ``::``.  When both can happen at once (MN-MN over one
+        SA pair), use :meth:`inbound_ancillary`.  ``None``: dropped (an
+        expected-address mismatch, see the module notes), with the reason
+        counted.  Never raises.
+        """
+        result = self._inbound(packet)
+        if result is None:
+            return None
+        rewritten, src, dst = result
+        return rewritten, (src if src != UNSPECIFIED else dst)
 
     def inbound_ancillary(self, packet: bytes | bytearray | memoryview
                           ) -> tuple[bytes, Ancillary] | None:
-        """Apply the incoming rules of the packet's SPI (before ESP, draft §5.1.2, §5.1.3).
+        """:meth:`inbound` with both on-wire addresses (``::`` where unchanged)."""
+        result = self._inbound(packet)
+        if result is None:
+            return None
+        rewritten, src, dst = result
+        if src == UNSPECIFIED and dst == UNSPECIFIED:
+            return rewritten, NOTHING_REMAPPED
+        return rewritten, Ancillary(src, dst)
 
-        Returns the packet with SA-level addresses and the ancillary data of
-        §5.1.1: the on-wire source and destination that a rule marked
-        ``(ancillary)`` replaced, ``::`` for each one that was not changed.
-        ``None``: dropped (an expected-address mismatch; see the module
-        notes), with the reason counted.  Never raises.
-        """
+    def _inbound(self, packet: bytes | bytearray | memoryview
+                 ) -> tuple[bytes, bytes, bytes] | None:
         spi = self._spi(packet)
         if spi < 0:
             if spi == -1:
-                return packet, NOTHING_REMAPPED  # type: ignore[return-value]
+                return packet, UNSPECIFIED, UNSPECIFIED  # type: ignore[return-value]
             self.counters["malformed"] += 1
             return None
         rules = self._in.get(spi)
         if rules is None:
-            return packet, NOTHING_REMAPPED  # type: ignore[return-value]
+            return packet, UNSPECIFIED, UNSPECIFIED  # type: ignore[return-value]
         src_rule, dst_rule = rules
         new_src = new_dst = None
         on_wire_src = on_wire_dst = UNSPECIFIED
@@ -590,28 +611,10 @@ class RemapEngine:
                 self.counters["in_dst_mismatch"] += 1
                 return None
         if new_src is None and new_dst is None:
-            return packet, NOTHING_REMAPPED  # type: ignore[return-value]
+            return packet, UNSPECIFIED, UNSPECIFIED  # type: ignore[return-value]
         self.counters["in_remapped"] += 1
-        view = memoryview(packet)
-        rewritten = b"".join((view[:8], new_src or view[8:24], new_dst or view[24:40], view[40:]))
-        if on_wire_src is UNSPECIFIED and on_wire_dst is UNSPECIFIED:
-            return rewritten, NOTHING_REMAPPED
-        return rewritten, Ancillary(on_wire_src, on_wire_dst)
-
-    def inbound(self, packet: bytes | bytearray | memoryview) -> tuple[bytes, bytes] | None:
-        """:meth:`inbound_ancillary` with one 16-byte ancillary address.
-
-        The replaced on-wire source if a ``(ancillary)`` source rule applied
-        (the CN learning the MN's CoA), else the replaced on-wire destination
-        (the MN learning which of its CoAs a packet reached), else ``::``.
-        When both can be set at once (MN-MN over one SA pair), use
-        :meth:`inbound_ancillary`.
-        """
-        result = self.inbound_ancillary(packet)
-        if result is None:
-            return None
-        rewritten, ancillary = result
-        src, dst = ancillary
-        return rewritten, (src if src != UNSPECIFIED else dst)
+        rewritten = b"".join((packet[:8], new_src or packet[8:24], new_dst or packet[24:40],
+                              packet[40:]))
+        return rewritten, on_wire_src, on_wire_dst
 
 

@@ -201,6 +201,10 @@ class SpiTracker:
         self.bus = bus
         self.engine = engine
         self._classify: Classifier = classify or (lambda sa: classify_sa(sa, spd))
+        # The default classifier reads the SPD, which may change after an SA
+        # was classified (static keys install SAs before policies).
+        self._spd = spd if classify is None else None
+        self._spd_generation = self._spd.generation if self._spd is not None else 0
         self._sas: dict[tuple[Direction, int, bytes], _Entry] = {}
         self._order = itertools.count()
         self._mh: dict[tuple[str, IPv6Address, IPv6Address], _MhIntent] = {}
@@ -217,6 +221,24 @@ class SpiTracker:
         """Stop listening to the bus (the rules stay)."""
         self.bus.unsubscribe(self.handle)
 
+    def reclassify(self) -> int:
+        """Classify every SA again and resync (after SPD edits a custom classifier sees).
+
+        With the default classifier this happens by itself whenever the SPD's
+        ``generation`` moved since the last look.  Returns how many rules changed.
+        """
+        if self._spd is not None:
+            self._spd_generation = self._spd.generation
+        for entry in self._sas.values():
+            entry.kind = self._kind(entry.info)
+        return self._sync_all()
+
+    def _refresh(self) -> None:
+        spd = self._spd
+        if spd is not None and spd.generation != self._spd_generation:
+            self.counters["reclassified"] += 1
+            self.reclassify()
+
     # -- intents -------------------------------------------------------------
 
     def track_mh(self, local: IPv6Address, remote: IPv6Address, role: Role | str, *,
@@ -228,6 +250,7 @@ class SpiTracker:
         or HA: *local* is our address, *remote* the MN's HoA.  Returns how
         many rules changed.
         """
+        self._refresh()
         role = _as_role(role)
         local = _address(local, "local address")
         remote = _address(remote, "remote address")
@@ -241,6 +264,7 @@ class SpiTracker:
         return self._sync_pair(local, remote)
 
     def untrack_mh(self, local: IPv6Address, remote: IPv6Address, role: Role | str) -> int:
+        self._refresh()
         role = _as_role(role)
         local = _address(local, "local address")
         remote = _address(remote, "remote address")
@@ -262,6 +286,7 @@ class SpiTracker:
         ``bind_data(...)`` after the AOTR.  Applies to the SAs there now and
         to those added later.  Returns how many rules changed.
         """
+        self._refresh()
         role = _as_role(role)
         local = _address(local, "local address")
         remote = _address(remote, "remote address")
@@ -276,6 +301,7 @@ class SpiTracker:
 
     def unbind(self, local: IPv6Address, remote: IPv6Address, role: Role | str = Role.MN) -> int:
         """Data SAs between *local* and *remote* go back to the HoA path; MH rules stay."""
+        self._refresh()
         role = _as_role(role)
         local = _address(local, "local address")
         remote = _address(remote, "remote address")
@@ -292,6 +318,7 @@ class SpiTracker:
         installed it, is rewritten.  *new_coa* ``None`` (back home): MN-side
         data bindings on *old_coa* end and the MH inbound rules go.
         """
+        self._refresh()
         new = None if new_coa is None else _address(new_coa, "new care-of address")
         old = None if old_coa is None else _address(old_coa, "old care-of address")
         if old == new:
@@ -326,6 +353,7 @@ class SpiTracker:
 
     def sas(self) -> list[TrackedSa]:
         """Every SA the tracker knows, oldest first, with the rules it holds."""
+        self._refresh()
         result = []
         for entry in sorted(self._sas.values(), key=lambda e: e.order):
             info = entry.info
@@ -340,6 +368,7 @@ class SpiTracker:
 
     def handle(self, event: SadbEvent) -> None:
         """The bus callback."""
+        self._refresh()
         if isinstance(event, GetSpiEvent):
             # §6.2.1: the inbound SPI exists before the negotiation ends.
             info = SaInfo(spi=event.spi, direction=Direction.IN, src=event.src, dst=event.dst,
