@@ -125,7 +125,7 @@ def test_every_node_gets_a_private_toml_config(written: dict[str, Path], tmp_pat
         assert {"node", "tun", "link", "peer", "mobility", "control", "logging"} <= set(document)
         assert document["node"]["name"] == name
         assert all(link["driver"] == "udp" and link["port"] == 6275 for link in document["link"])
-        assert "keys" not in document  # no SAs until the IPsec issue
+        assert document["keys"]["mode"] == "static"
 
 
 def test_mn_config_matches_the_plan(written: dict[str, Path]) -> None:
