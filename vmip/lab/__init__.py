@@ -4,7 +4,8 @@
 - :mod:`vmip.lab.manage`    ``lab_up``, ``lab_down``, ``lab_status``, ``set_link_state``,
   ``shape_link``
 - :mod:`vmip.lab.netns`     named namespaces: create, enter, run commands in, empty
-- :mod:`vmip.lab.configs, vmip.lab.runner`   one config per node (TOML), written by ``lab up``
+- :mod:`vmip.lab.configs`   one config per node (TOML) and its static keys, written by ``lab up``
+- :mod:`vmip.lab.runner`    ``vmip run`` in each namespace: start, stop, logs, pcaps
 - :mod:`vmip.lab.nat`       the router's nftables NAT for the lte links
 - :mod:`vmip.lab.emulation` delay, jitter, loss and rate without netem (NFQUEUE)
 
