@@ -265,7 +265,7 @@ def test_outbound_ancillary_source_and_the_missing_ancillary_choice():
     passing, dropping = RemapEngine(), RemapEngine(missing_ancillary="drop")
     for engine in (passing, dropping):
         engine.add(rule)
-        for given in (COA.packed, COA, Ancillary.of(src=COA)):
+        for given in (COA.packed, COA, Ancillary.of(src=COA), bytearray(COA.packed)):
             assert addresses(engine.outbound(esp_packet(HOA, CN, 48), given)) == (COA, CN)
     # No ancillary data (the HoA test's AOTR, §4.5.3): unchanged, or dropped on request.
     packet = esp_packet(HOA, CN, 48)

@@ -455,3 +455,12 @@ def test_reclassify_asks_a_custom_classifier_again():
     answers[0x120] = "mh"
     assert node.tracker.reclassify() == 1
     assert node.rule(OUT, 0x120, SRC).remap is ANCILLARY
+
+
+def test_unbind_after_someone_else_moved_the_addresses_still_removes_our_rules():
+    node = mn_with_fine_grained_sas()
+    node.tracker.bind_data(HOA, CN, COA, Role.MN)
+    node.engine.replace_address(COA, COA_LTE)  # not through tracker.move
+    node.engine.add(RemapRule(OUT, 0x199, SRC, HOA, COA_LTE, owner="config"))
+    node.tracker.unbind(HOA, CN, Role.MN)
+    assert [r.owner for r in node.engine.rules()] == ["config"]

@@ -494,6 +494,8 @@ class RemapEngine:
             else:
                 if isinstance(ancillary, IPv6Address):
                     ancillary = ancillary.packed
+                elif isinstance(ancillary, (bytearray, memoryview)):
+                    ancillary = bytes(ancillary)
                 if not isinstance(ancillary, bytes) or len(ancillary) != 16:
                     self.counters["bad_ancillary"] += 1
                     return None

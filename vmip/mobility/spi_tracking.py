@@ -484,7 +484,9 @@ class SpiTracker:
             want = wanted.get(field)
             current = self.engine.get(direction, spi, field)
             if want is None:
-                if field in had and current == had[field]:
+                # Ours if the tracker's owner tag is on it (a movement may have
+                # rewritten its addresses); a rule someone else put there stays.
+                if field in had and current is not None and current.owner == had[field].owner:
                     self.engine.remove(direction, spi, field)
                     changes += 1
             elif current != want:
