@@ -243,3 +243,22 @@ def _node_pid(pair, side) -> int:
 
 def _packed(text: str) -> bytes:
     return ipaddress.IPv6Address(text).packed
+
+
+def test_unknown_destination_gets_icmpv6_unreachable(pair):
+    # Let clear traffic to the rest of a's overlay /64 out (bypass), where no peer is.
+    config = pair.configs["a"]
+    config.write_text(config.read_text() + """
+[[policy]]
+name = "nowhere"
+direction = "out"
+src = "2001:db8:a::1/128"
+dst = "2001:db8:a::/64"
+action = "bypass"
+""")
+    pair.stop("a")
+    pair.start("a")
+    result = _ping(pair, count=1, target="2001:db8:a::99")
+    assert result.returncode != 0
+    assert "unreachable" in result.stdout.lower(), result.stdout
+    assert _counters(pair, "a")["node"].get("tx_drop_no_locator", 0) >= 1
