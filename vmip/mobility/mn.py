@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv6Address
 
@@ -150,6 +150,12 @@ class MobileNode(MobilityCore):
     units of 4 s); ``key_management_mobility`` sets K in home registrations
     (the MN-HA IKE SA follows the CoA, RFC 6275 §11.7.1).  The MN starts at
     home: call :meth:`set_coa` with the first CoA.
+
+    ``peer_coa(peer)``: the CoA this node's own correspondent role holds for
+    ``peer`` when ``peer`` is another MN's HoA (MN-MN, draft §5.2.2 example
+    4), else ``None``.  The first transmission of a BU, AOTR or AOTO goes
+    there directly (``onwire_dst``); retransmissions go to the peer's HoA,
+    through its HA, which knows where it is even if both MNs moved at once.
     """
 
     def __init__(
@@ -163,8 +169,10 @@ class MobileNode(MobilityCore):
         rng: Rng = os.urandom,
         key_management_mobility: bool = False,
         initial_sequence: int | None = None,
+        peer_coa: Callable[[IPv6Address], IPv6Address | None] | None = None,
     ):
         super().__init__()
+        self._peer_coa = peer_coa or (lambda peer: None)
         self.hoa = IPv6Address(hoa)
         self.home_agent = IPv6Address(home_agent)
         self.lifetime_units = lifetime_units(lifetime)
@@ -340,8 +348,8 @@ class MobileNode(MobilityCore):
             key_management_mobility=entry.home and self.key_management_mobility,
             options=(AlternateCareOfAddress(named),),
         )
-        self._send(bu, self.hoa, entry.peer, onwire_src=entry.coa)
         attempt = entry.retransmission.attempts if entry.retransmission is not None else 1
+        self._send(bu, self.hoa, entry.peer, entry.coa, self._towards(entry.peer, attempt == 1))
         self._emit(
             BindingUpdateSent(
                 entry.peer,
@@ -353,19 +361,29 @@ class MobileNode(MobilityCore):
             )
         )
 
-    def _send_aotr(self, peer: IPv6Address, address: IPv6Address, nonce: bytes) -> None:
+    def _towards(self, peer: IPv6Address, first: bool) -> IPv6Address | None:
+        # MN-MN: straight to the peer's CoA the first time; a retransmission
+        # goes to its HoA (through its HA) in case it moved as well.
+        return self._peer_coa(peer) if first else None
+
+    def _send_aotr(
+        self, peer: IPv6Address, address: IPv6Address, nonce: bytes, first: bool = True
+    ) -> None:
         # Draft §4.4.3: from the tested address (ancillary), or from the HoA
         # without ancillary for a HoA test (§4.5.3).
         onwire_src = None if address == self.hoa else address
-        self._send(AotResponse(nonce), self.hoa, peer, onwire_src=onwire_src)
+        towards = self._towards(peer, first) if address != self.hoa else None
+        self._send(AotResponse(nonce), self.hoa, peer, onwire_src, towards)
         self._emit(AotResponseSent(peer, self.hoa, address))
 
     def _send_early(self, test: _EarlyTest) -> None:
+        first = test.retransmission.attempts == 1
         if test.nonce is None:
-            self._send(AotOffer(), self.hoa, test.peer, onwire_src=test.address)
+            towards = self._towards(test.peer, first)
+            self._send(AotOffer(), self.hoa, test.peer, test.address, towards)
             self._emit(AotOfferSent(test.peer, self.hoa, test.address))
         else:
-            self._send_aotr(test.peer, test.address, test.nonce)
+            self._send_aotr(test.peer, test.address, test.nonce, first)
 
     def _set_direct(self, entry: BindingUpdateListEntry, direct: bool) -> None:
         target = self._coa if direct else None
@@ -638,7 +656,7 @@ class MobileNode(MobilityCore):
                 entry.aotr_nonce = None
                 self._transmit_bu(entry, now)
             elif entry.aotr_nonce is not None and entry.coa is not None:
-                self._send_aotr(entry.peer, entry.coa, entry.aotr_nonce)
+                self._send_aotr(entry.peer, entry.coa, entry.aotr_nonce, first=False)
             return
         if timed_out:
             self._emit(RegistrationTimeout(entry.peer, self.hoa, entry.coa, "bu"))
