@@ -6,8 +6,9 @@ terms, independently of the cores' code:
 
 * outbound remapping (draft §3.2 rules 1 and 3): the on-wire source is the
   packet's ``onwire_src`` ancillary data, else the SA-level source; the
-  on-wire destination its ``onwire_dst``, else a static rule installed by a
-  ``SendTo`` action (draft §5.2.2 example 3/4, MN-MN), else the SA-level one;
+  on-wire destination its ``onwire_dst``, else the SA-level one (MH SAs use
+  "ancillary" rules; the static rules of ``SendTo`` actions are for data
+  SAs and are only recorded here, in ``SimNode.send_to``);
 * routing: an on-wire destination that is a node's current CoA or fixed
   address reaches that node; a HoA reaches the MN at home, or through its HA
   when the HA's ``TunnelEndpointChanged`` action names the CoA the MN holds
@@ -215,14 +216,11 @@ class Net:
                 return None, True
         return None, False
 
-    def _emit_packet(self, sender: SimNode, outgoing: Outgoing, from_mn_role: bool) -> None:
+    def _emit_packet(self, sender: SimNode, outgoing: Outgoing) -> None:
         parsed = IPv6(outgoing.packet)
         src, dst = IPv6Address(parsed.src), IPv6Address(parsed.dst)
         wire_src = outgoing.onwire_src or src
-        # The CN role always says where its packets go (ancillary or the HoA);
-        # what the MN role sends to another MN's HoA follows the static rule.
-        static = sender.send_to.get((src, dst)) if from_mn_role else None
-        wire_dst = outgoing.onwire_dst or static or dst
+        wire_dst = outgoing.onwire_dst or dst
         receiver, via_tunnel = self._route(wire_dst)
         delivery = Delivery(
             self.now,
@@ -273,7 +271,7 @@ class Net:
                         else:
                             node.send_to[(event.local, event.hoa)] = event.coa
                 for outgoing in core.datagrams_to_send(self.now):
-                    self._emit_packet(node, outgoing, core is node.mn)
+                    self._emit_packet(node, outgoing)
 
     def settle(self) -> None:
         """Deliver everything due now, including replies, until the network is quiet."""
@@ -369,8 +367,15 @@ def build_world(
     pairs = [("mn", HOA, HOA2)] + ([("mn2", HOA2, HOA)] if second_mn else [])
     for name, hoa, other in pairs:
         peers = correspondents + ((other,) if second_mn else ())
-        mobile = MobileNode(hoa, HA_ADDR, peers, lifetime=mn_lifetime, rng=rng)
-        node = SimNode(name, mn=mobile)
+        node = SimNode(name)
+
+        def peer_coa(peer, node=node):
+            # What this node's CN role knows of another MN (draft §5.2.2 example 4).
+            binding = node.cn.binding(peer) if node.cn is not None else None
+            return binding.coa if binding is not None else None
+
+        mobile = MobileNode(hoa, HA_ADDR, peers, lifetime=mn_lifetime, rng=rng, peer_coa=peer_coa)
+        node.mn = mobile
         # Every node is a CN; an MN's own CoA is the source of what its CN role sends.
         node.cn = Correspondent(
             known_peers=[other] if second_mn else [],
