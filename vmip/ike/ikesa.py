@@ -23,6 +23,7 @@ from __future__ import annotations
 import enum
 import os
 import struct
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -169,8 +170,11 @@ class IkeSa:
 
     def __init__(self, config: IkeSaConfig, role: Role, local_addr: Addr, remote_addr: Addr,
                  now: float, *, spi_allocator: SpiAllocator | None = None,
-                 rng: Rng = os.urandom):
+                 rng: Rng = os.urandom, wall_clock: Callable[[], float] = time.time):
         self.config = config
+        # Certificates are valid in calendar time, which the sans-IO ``now``
+        # (a monotonic clock) is not.
+        self._wall_clock = wall_clock
         self.role = role
         self.local_addr = (str(local_addr[0]), int(local_addr[1]))
         self.remote_addr = (str(remote_addr[0]), int(remote_addr[1]))
@@ -785,7 +789,7 @@ class IkeSa:
             except ValueError:
                 return "unparsable certificate"
             try:
-                crypto.verify_chain(chain[0], chain[1:], self.config.cas, self._now)
+                crypto.verify_chain(chain[0], chain[1:], self.config.cas, self._wall_clock())
                 if not crypto.identity_matches_certificate(ident.id_type, ident.data, chain[0]):
                     return f"certificate does not cover identity {ident}"
                 crypto.verify_auth(chain[0].public_key(), auth.data, octets)
