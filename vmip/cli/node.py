@@ -75,6 +75,33 @@ def register(subparsers) -> None:
                               "-o 'uat:esp_sa:ROW' ... (keys are secrets: mind where they go)")
     keys.add_argument("--wireshark", action="store_true", required=True,
                       help="rows in Wireshark's esp_sa format")
+    remap = subparsers.add_parser("remap", help="IRO remap rules of a running node")
+    remap_sub = remap.add_subparsers(title="commands", metavar="COMMAND")
+    remap_list = remap_sub.add_parser(
+        "list", help="the rules, in the draft's own syntax (draft-ebalard-mext-ipsec-ro §5.2)")
+    remap_list.add_argument("--socket", type=Path, metavar="PATH")
+    add_json_flag(remap_list)
+    remap_list.set_defaults(func=_remap_list)
+    remap.set_defaults(func=lambda args: (remap.print_help(), 2)[1])
+
+    mn = subparsers.add_parser("mn", help="mobile node commands (move to another access link)")
+    mn_sub = mn.add_subparsers(title="commands", metavar="COMMAND")
+    move = mn_sub.add_parser(
+        "move", help="make LINK the access link: new CoA, remap rules, BUs to the HA and CNs",
+        description="Force a movement (draft §6.1): the MN takes the care-of address of LINK, "
+                    "every remap rule naming the old CoA is rewritten, the tunnel SAs follow, "
+                    "and Binding Updates go to the HA and to every CN.",
+        epilog="example: vmip lab exec mn -- vmip mn move lte0")
+    move.add_argument("link", help="the link's name in the config, e.g. wifi0 or lte0")
+    move.add_argument("--socket", type=Path, metavar="PATH")
+    add_json_flag(move)
+    move.set_defaults(func=_mn_move)
+    mn.set_defaults(func=lambda args: (mn.print_help(), 2)[1])
+
+    client("bindings", "binding update list (MN), binding caches (HA, CN) and proofs",
+           _bindings)
+    client("events", "the mobility event timeline (registrations, AOT, moves)", _events)
+
     cap = subparsers.add_parser("capture", help="start or stop a capture on a running node")
     cap_sub = cap.add_subparsers(title="commands", metavar="COMMAND")
     start = cap_sub.add_parser("start", help="write on-wire (and/or inner) packets to pcap files")
@@ -183,6 +210,62 @@ def _keys(args) -> int:
         return 0
     for row in result["rows"]:
         sys.stdout.write(row + "\n")
+    return 0
+
+
+def _remap_list(args) -> int:
+    result = _client(args).call("remap.list")
+    if args.json:
+        print_json(result)
+        return 0
+    for rule in result["rules"]:
+        sys.stdout.write(rule + "\n")
+    if not result["rules"]:
+        sys.stdout.write("(no remap rules)\n")
+    return 0
+
+
+def _mn_move(args) -> int:
+    result = _client(args).call("mn.move", link=args.link)
+    if args.json:
+        print_json(result)
+    else:
+        print(f"moved to {result['link']} (CoA {result['coa']}); "
+              f"was on {result.get('previous') or '-'}")
+    return 0
+
+
+def _bindings(args) -> int:
+    status = _client(args).call("mobility")
+    if args.json:
+        print_json(status)
+        return 0
+    if "mn" in status:
+        mn = status["mn"]
+        print_rows(mn["binding_update_list"],
+                   ["peer", "home", "state", "coa", "sequence", "lifetime", "direct"],
+                   title=f"binding update list (HoA {mn['hoa']}, CoA {mn['coa']})")
+    if "ha" in status:
+        print_rows(status["ha"]["binding_cache"], ["hoa", "coa", "sequence", "lifetime"],
+                   title=f"home agent {status['ha']['address']}: binding cache")
+    cn = status["cn"]
+    print_rows(cn["binding_cache"], ["hoa", "local", "coa", "sequence", "lifetime"],
+               title=f"correspondent: binding cache ({cn.get('proofs')} proven CoAs)")
+    return 0
+
+
+def _events(args) -> int:
+    rows = _client(args).call("events")
+    if args.json:
+        print_json(rows)
+        return 0
+    import time as _time
+    for row in rows:
+        row["time"] = _time.strftime("%H:%M:%S", _time.localtime(row["t"])) + \
+            f".{int(row['t'] * 1000) % 1000:03d}"
+        row["details"] = " ".join(f"{k}={v}" for k, v in row.items()
+                                  if k not in ("t", "time", "event", "details"))
+    print_rows(rows, ["time", "event", "details"], title="mobility events")
     return 0
 
 

@@ -37,8 +37,9 @@ from vmip.control.paths import default_socket_path
 from vmip.control.server import ControlServer
 from vmip.errors import VmipError
 from vmip.ipsec import static
+from vmip.ipsec import esp as esp_mod
 from vmip.ipsec.engine import IpsecEngine
-from vmip.ipsec.sa import Direction
+from vmip.ipsec.sa import Direction, Mode
 from vmip.ipsec.sad import SAD
 from vmip.ipsec.sadb import SadbBus
 from vmip.ipsec.spd import SPD
@@ -47,6 +48,7 @@ from vmip.links import make_driver
 from vmip.links.base import LinkDriver
 from vmip.links.locators import LocatorTable
 from vmip.log import get_logger
+from vmip.node.mobility import MobilityAgent
 from vmip.node.pcap import PcapWriter
 from vmip.node.tun import TunDevice
 from vmip.wire.icmpv6 import DestinationUnreachable, build_icmpv6_packet, may_send_error
@@ -108,6 +110,18 @@ class Node:
         self._local: set[bytes] = set()
         self._link_mtu: dict[str, int] = {}
         self._framing_links: dict[str, list[LinkDriver]] = {}
+        self._mobility_timer: asyncio.TimerHandle | None = None
+        self._mobility_deadline: float | None = None
+        self._event_listeners: list[Callable[[dict], None]] = []
+        self._reverse_tunnel_sa = None
+        self._reverse_tunnel_valid = False
+        self.mobility = MobilityAgent(self, now)
+        self.bus.subscribe(lambda event: self.tunnel_changed())
+        # Which link carries our packets: an MN sends on its current access
+        # link only (the one whose CoA it registered), others on any.
+        self.active_link: str | None = None
+        self.is_mobile = self.mobility.mn is not None
+        self.forwarding = self.mobility.ha is not None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -118,6 +132,8 @@ class Node:
             self.tun = TunDevice.open(cfg.tun.name, [str(a) for a in cfg.tun.addresses],
                                       cfg.tun.mtu, [str(r) for r in cfg.tun.routes])
             self._local = {a.ip.packed for a in cfg.tun.addresses}
+            # An MN's care-of addresses are ours on the wire too (tunnel from the HA).
+            self._local |= {link.coa.packed for link in cfg.links if link.coa is not None}
             for link_cfg in sorted(cfg.links, key=lambda link: link.priority):
                 driver = make_driver(link_cfg)
                 await driver.start(self._loop, self._on_link_packet)
@@ -132,6 +148,9 @@ class Node:
             raise
         self.tun.attach(self._on_tun_packets, loop=self._loop, batch=self.batch)
         self._arm_timer()
+        if self.links:
+            self.active_link = next(iter(self.links))   # sorted by priority
+        self.mobility.start(self._link_coa(self.active_link), self.clock())
         for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
                              (signal.SIGHUP, self.reload)):
             try:
@@ -159,6 +178,9 @@ class Node:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._mobility_timer is not None:
+            self._mobility_timer.cancel()
+            self._mobility_timer = None
         if self.control is not None:
             await self.control.close()
             self.control = None
@@ -232,21 +254,62 @@ class Node:
 
     def _on_tun_packets(self, packets: list[bytes]) -> None:
         now = self.clock()
-        outbound = self.engine.outbound
         pcap_inner = self._pcap_inner
         sends: dict[LinkDriver, list[tuple[bytes, tuple[str, int]]]] = {}
         for inner in packets:
             if pcap_inner is not None:
                 pcap_inner.write(inner)
-            result = outbound(inner, now)
-            wire = result.packet
-            if wire is None:
-                continue
-            self._route(inner, wire, sends)
-        for driver, items in sends.items():
-            driver.send_many(items)
+            self._send(inner, None, now, sends)
+        self._flush(sends)
         if self.sad.get_timer() != self._timer_deadline:
             self._arm_timer()
+
+    def _send(self, inner: bytes, ancillary, now: float, sends: dict) -> None:
+        """SPD and ESP, then IRO (DESIGN-BRIEF §4 outbound order), then route."""
+        result = self.engine.outbound(inner, now)
+        wire = result.packet
+        if wire is None:
+            return
+        wire = self.mobility.outbound(wire, ancillary, now)
+        if wire is None:
+            return
+        self._route(inner, wire, sends)
+
+    def _flush(self, sends: dict) -> None:
+        for driver, items in sends.items():
+            driver.send_many(items)
+
+    def send_inner(self, inner: bytes, ancillary, now: float) -> None:
+        """Send a packet this node made itself (MH from the mobility cores)."""
+        sends: dict = {}
+        self._send(inner, ancillary, now, sends)
+        self._flush(sends)
+
+    def reverse_tunnel(self, packet: bytes, now: float) -> bytes | None:
+        """An MN's packet that still carries the HoA as source: into the tunnel to the HA."""
+        sa = self._tunnel_sa()
+        if sa is None:
+            self.counters["tx_drop_no_tunnel"] += 1
+            return None
+        wrapped = esp_mod.tunnel_encap(packet, sa, now)
+        if wrapped is None:
+            self.counters["tx_drop_tunnel_sa"] += 1
+        return wrapped
+
+    def tunnel_changed(self) -> None:
+        self._reverse_tunnel_valid = False
+
+    def _tunnel_sa(self):
+        if not self._reverse_tunnel_valid:
+            self._reverse_tunnel_sa = None
+            home_agent = self.mobility.home_agent
+            for info in self.sad.dump(publish=False):
+                if info.mode is Mode.TUNNEL and info.direction is Direction.OUT \
+                        and info.dst == home_agent and info.state != "larval":
+                    self._reverse_tunnel_sa = self.sad.esp(info.spi, Direction.OUT, info.dst)
+                    break
+            self._reverse_tunnel_valid = True
+        return self._reverse_tunnel_sa
 
     def _route(self, inner: bytes, wire: bytes, sends: dict) -> None:
         """Pick the link and underlay endpoint for an on-wire packet."""
@@ -279,6 +342,9 @@ class Node:
         self.counters["tx_packets"] += 1
 
     def _driver_for(self, locator) -> LinkDriver | None:
+        if self.is_mobile and self.active_link is not None:
+            # An MN sends from the CoA it registered, so on that link only.
+            return self.links.get(self.active_link)
         if locator.link is not None:
             driver = self.links.get(locator.link)
             if driver is not None:
@@ -307,20 +373,102 @@ class Node:
         now = self.clock()
         if self._pcap_wire is not None:
             self._pcap_wire.write(wire)
-        result = self.engine.inbound(wire, now)
+        # IRO inbound rules come before ESP (draft §5.1.2, DESIGN-BRIEF §4).
+        remapped = self.mobility.inbound(wire)
+        if remapped is None:
+            return
+        packet, onwire = remapped
+        if packet[24:40] not in self._local:
+            if self.forwarding:
+                self._forward(packet, now)
+            else:
+                self.counters["rx_drop_not_for_us"] += 1
+            return
+        result = self.engine.inbound(packet, now)
         inner = result.packet
         if inner is None:
             return
         if result.sas:
             # Authenticated: only now may the sender's locator move (DESIGN-BRIEF §3).
             self.locators.confirm(wire[8:24], endpoint, now, link=link.name)
+        if inner[24:40] not in self._local:
+            # The HA after its tunnel: the MN's packet goes on to its destination.
+            if self.forwarding:
+                self._forward(inner, now)
+            else:
+                self.counters["rx_drop_not_for_us"] += 1
+            return
         if self._pcap_inner is not None:
             self._pcap_inner.write(inner)
+        if result.sas and self.mobility.receive_mh(inner, onwire, now):
+            return
         if self.tun is not None:
             self.tun.write(inner)
         self.counters["rx_delivered"] += 1
         if self.sad.get_timer() != self._timer_deadline:
             self._arm_timer()
+
+    def _forward(self, packet: bytes, now: float) -> None:
+        """Route a packet that is not ours (the HA for its mobile nodes)."""
+        hop_limit = packet[7]
+        if hop_limit <= 1:
+            self.counters["fwd_drop_hop_limit"] += 1
+            return
+        packet = packet[:7] + bytes((hop_limit - 1,)) + packet[8:]
+        sends: dict = {}
+        self._send(packet, None, now, sends)
+        self._flush(sends)
+        self.counters["forwarded"] += 1
+
+    # -- mobility ------------------------------------------------------------------
+
+    def _link_coa(self, link_name: str | None):
+        for link in self.config.links:
+            if link.name == link_name:
+                return link.coa
+        return None
+
+    def move(self, link_name: str) -> dict:
+        """Make *link_name* the MN's access link: new CoA, rules, BUs (draft §6.1)."""
+        if not self.is_mobile:
+            raise NodeError("this node is not a mobile node (roles has no 'mn')")
+        if link_name not in self.links:
+            raise NodeError(f"no link {link_name!r}; links: {', '.join(self.links)}")
+        coa = self._link_coa(link_name)
+        if coa is None:
+            raise NodeError(f"link {link_name} has no care-of address (coa) in the config")
+        old = self.active_link
+        self.active_link = link_name
+        self.mobility.move(coa, self.clock())
+        log.info("moved", old_link=old or "-", new_link=link_name, coa=str(coa))
+        return {"link": link_name, "coa": str(coa), "previous": old}
+
+    def arm_mobility_timer(self) -> None:
+        if self._loop is None:
+            return
+        deadline = self.mobility.get_timer()
+        if deadline == self._mobility_deadline:
+            return
+        if self._mobility_timer is not None:
+            self._mobility_timer.cancel()
+            self._mobility_timer = None
+        self._mobility_deadline = deadline
+        if deadline is not None:
+            self._mobility_timer = self._loop.call_later(max(0.0, deadline - self.clock()),
+                                                         self._on_mobility_timer)
+
+    def _on_mobility_timer(self) -> None:
+        self._mobility_timer = None
+        self._mobility_deadline = None
+        self.mobility.handle_timer(self.clock())
+        self.arm_mobility_timer()
+
+    def publish_event(self, record: dict) -> None:
+        for listener in list(self._event_listeners):
+            try:
+                listener(record)
+            except Exception:  # a broken listener must not break the node
+                log.exception("event listener failed")
 
     # -- MTU -------------------------------------------------------------------
 
@@ -357,7 +505,27 @@ class Node:
             "pcap.start": self._pcap_start,
             "pcap.stop": self._pcap_stop,
             "reload": lambda args: (self.reload(), {"reloads": self.counters["reloads"]})[1],
+            "mn.move": self._mn_move,
+            "remap.list": self._remap_list,
+            "mobility": lambda args: self.mobility.status(),
+            "events": self._events,
         }
+
+    def _mn_move(self, args: dict) -> dict:
+        link = args.get("link")
+        if not isinstance(link, str) or not link:
+            raise NodeError("mn.move needs 'link': the name of one of the node's links")
+        return self.move(link)
+
+    def _remap_list(self, args: dict) -> dict:
+        return {"rules": self.mobility.remap.format_rules(),
+                "counters": dict(self.mobility.remap.counters)}
+
+    def _events(self, args: dict) -> list:
+        since = args.get("since", 0)
+        if not isinstance(since, (int, float)):
+            raise NodeError("events: 'since' must be a UNIX time")
+        return [e for e in self.mobility.timeline if e["t"] > since]
 
     def _status(self, args: dict) -> dict:
         cfg = self.config
@@ -378,6 +546,7 @@ class Node:
             "policies": len(self.spd.list()),
             "locators": len(self.locators),
             "control": str(self.control_path),
+            "active_link": self.active_link,
             "capture": {
                 "wire": str(self._pcap_wire.path) if self._pcap_wire else None,
                 "inner": str(self._pcap_inner.path) if self._pcap_inner else None,
@@ -431,6 +600,8 @@ class Node:
             "ipsec": dict(self.engine.drops),
             "esp": dict(esp_drops),
             "links": {name: dict(d.counters) for name, d in self.links.items()},
+            "mobility": dict(self.mobility.counters),
+            "remap": dict(self.mobility.remap.counters),
             "tun": self.tun.status() if self.tun is not None else {},
         }
 

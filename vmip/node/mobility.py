@@ -1,0 +1,340 @@
+"""The node's mobility layer: MIPv6 cores, IRO remap engine and SPI tracking, wired together.
+
+The sans-IO pieces live in :mod:`vmip.mobility`; this module is the glue
+the runtime calls:
+
+- per packet: :meth:`MobilityAgent.outbound` (IRO outbound rules after ESP,
+  then, on an MN, the reverse tunnel for what still carries the HoA: draft
+  appendix I, the HoA never on the foreign link) and
+  :meth:`MobilityAgent.inbound` (IRO inbound rules before ESP, with the
+  ancillary on-wire addresses of draft §5.1.1);
+- per Mobility Header message: :meth:`MobilityAgent.receive_mh` dispatches
+  to the MN core (BA, BRR, BE, AOTC, AOTS), the HA core (BU to the HA's
+  address) or the CN core (BU, AOTO, AOTR);
+- per core action: :meth:`MobilityAgent.pump` sends what the cores queued
+  (each with its ancillary data), and turns their actions into SAD MIGRATEs
+  (the tunnel follows the CoA) and IRO data bindings (the tracker);
+- movement: :meth:`MobilityAgent.move` (draft §6.1: rules first, then the
+  BUs to the HA and every CN).
+
+Every decision the draft leaves open is in docs/iro.md.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import time
+from ipaddress import IPv6Address, IPv6Network
+from typing import TYPE_CHECKING, Any
+
+from vmip.config.model import Role as ConfigRole
+from vmip.ipsec.sa import Direction, Mode
+from vmip.ipsec.spd import Action as SpdAction
+from vmip.log import get_logger
+from vmip.mobility import events as ev
+from vmip.mobility.ancillary import Ancillary
+from vmip.mobility.binding import OnWire
+from vmip.mobility.cn import Correspondent
+from vmip.mobility.ha import HomeAgent
+from vmip.mobility.mn import MobileNode
+from vmip.mobility.remap import RemapEngine
+from vmip.mobility.spi_tracking import Role as TrackRole
+from vmip.mobility.spi_tracking import SpiTracker
+from vmip.wire.ipv6 import parse_ipv6
+from vmip.wire.errors import WireError
+
+if TYPE_CHECKING:
+    from vmip.node.runtime import Node
+
+log = get_logger(__name__)
+
+_MH = 135
+#: MH types handled by the MN core; the rest (BU 5, AOTO 30, AOTR 32) by the HA/CN cores.
+_TO_MOBILE_NODE = {0, 6, 7, 31, 33}   # BRR, BA, BE, AOTC, AOTS
+#: How many mobility events `vmip events` and the dashboard can look back on.
+TIMELINE = 500
+
+
+class MobilityAgent:
+    """Roles, rules and the per-packet hooks of one node."""
+
+    def __init__(self, node: "Node", now: float) -> None:
+        self.node = node
+        cfg = node.config
+        mob = cfg.mobility
+        self.remap = RemapEngine()
+        self.tracker = SpiTracker(node.bus, self.remap, spd=node.spd, sad=node.sad)
+        self.tracker.initial_collect(node.sad.dump(publish=False))
+        self.timeline: collections.deque[dict[str, Any]] = collections.deque(maxlen=TIMELINE)
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.local_addresses = {a.ip for a in cfg.tun.addresses if a.version == 6}
+
+        self.mn: MobileNode | None = None
+        self.hoa: IPv6Address | None = None
+        self.hoa_packed = b""
+        self.home_agent: IPv6Address | None = None
+        if cfg.has_role(ConfigRole.MN):
+            self.hoa = mob.home_address
+            self.hoa_packed = self.hoa.packed
+            self.home_agent = mob.home_agent
+            self.mn = MobileNode(self.hoa, self.home_agent, mob.correspondents,
+                                 lifetime=mob.binding_lifetime, clock_now=now)
+        self.ha: HomeAgent | None = None
+        self.ha_address: IPv6Address | None = None
+        if cfg.has_role(ConfigRole.HA):
+            prefix: IPv6Network = mob.home_prefix
+            self.ha_address = next(a for a in self.local_addresses if a in prefix)
+            self.ha = HomeAgent(self.ha_address, prefix, max_lifetime=mob.binding_lifetime,
+                                clock_now=now)
+        self.cn = Correspondent(known_peers=self._known_peer,
+                                max_lifetime=mob.binding_lifetime,
+                                proof_cache_size=mob.proof_cache_size, clock_now=now)
+        self._register_intents()
+
+    # -- set-up ----------------------------------------------------------------
+
+    def _transport_peers(self) -> set[tuple[IPv6Address, IPv6Address]]:
+        """(local, remote) address pairs of our inbound transport SAs."""
+        pairs = set()
+        for info in self.node.sad.dump(publish=False):
+            if info.direction is Direction.IN and info.mode is Mode.TRANSPORT \
+                    and info.dst.version == 6:
+                pairs.add((info.dst, info.src))
+        return pairs
+
+    def _register_intents(self) -> None:
+        """Which SAs get IRO's MH rules (draft §3.2 pre-binding steps, §7 for the HA)."""
+        mn, hoa = self.mn, self.hoa
+        for local, remote in sorted(self._transport_peers()):
+            if mn is not None and local == hoa:
+                if remote == self.home_agent or remote in mn_correspondents(mn):
+                    # As an MN: our BUs leave from the CoA (rule 1), answers come back to it (rule 4).
+                    self.tracker.track_mh(local, remote, TrackRole.MN, coa=mn.coa)
+                if remote == self.home_agent:
+                    continue
+            if self.ha is not None and local == self.ha_address \
+                    and remote in self.ha.home_prefix:
+                self.tracker.track_mh(local, remote, TrackRole.HA)
+                continue
+            # As a CN (every node is one): BUs from the peer's CoA (rule 2), answers to it (rule 3).
+            self.tracker.track_mh(local, remote, TrackRole.CN)
+
+    def _known_peer(self, hoa: IPv6Address) -> bool:
+        """A CN serves a HoA it shares an SA with (draft §9.1.2: proof of HoA ownership)."""
+        return any(remote == hoa for _local, remote in self._transport_peers())
+
+    def start(self, coa: IPv6Address | None, now: float) -> None:
+        """An MN starts away from home on *coa*: register with the HA and the CNs."""
+        if self.mn is not None and coa is not None:
+            self.mn.set_coa(coa, now)
+        self.pump(now)
+
+    # -- per packet ---------------------------------------------------------------
+
+    def outbound(self, packet: bytes, ancillary: Ancillary | None, now: float) -> bytes | None:
+        """IRO outbound rules (after ESP); on an MN, the reverse tunnel for the HoA."""
+        wire = self.remap.outbound(packet, ancillary)
+        if wire is None:
+            self.counters["tx_drop_remap"] += 1
+            return None
+        if self.hoa_packed and wire[8:24] == self.hoa_packed:
+            # Not remapped: it would show the HoA on the foreign link.  Send it
+            # through the HA instead (RFC 6275 §11.3.1 reverse tunnelling).
+            return self.node.reverse_tunnel(wire, now)
+        return wire
+
+    def inbound(self, wire: bytes) -> tuple[bytes, Ancillary] | None:
+        result = self.remap.inbound_ancillary(wire)
+        if result is None:
+            self.counters["rx_drop_remap"] += 1
+        return result
+
+    # -- Mobility Header ---------------------------------------------------------
+
+    def receive_mh(self, inner: bytes, onwire: Ancillary | None, now: float) -> bool:
+        """An authenticated packet addressed to us; True if it was MH and consumed."""
+        if len(inner) < 41 or inner[0] >> 4 != 6:
+            return False
+        if inner[6] == _MH:
+            mh = inner[40:]
+        else:
+            try:
+                parsed = parse_ipv6(inner)
+            except WireError:
+                return False
+            if parsed.upper_layer_protocol != _MH:
+                return False
+            mh = bytes(parsed.upper_layer)
+        src, dst = IPv6Address(inner[8:24]), IPv6Address(inner[24:40])
+        wire = OnWire(onwire.src_address, onwire.dst_address) if onwire else OnWire()
+        mh_type = mh[2] if len(mh) > 2 else -1
+        if mh_type in _TO_MOBILE_NODE and self.mn is not None and dst == self.hoa:
+            self.mn.receive(mh, src, dst, wire, now)
+        elif self.ha is not None and dst == self.ha_address:
+            self.ha.receive(mh, src, dst, wire, now)
+        else:
+            self.cn.receive(mh, src, dst, wire, now)
+        self.counters["rx_mh"] += 1
+        self.pump(now)
+        return True
+
+    # -- actions -------------------------------------------------------------------
+
+    def cores(self) -> list[Any]:
+        return [core for core in (self.mn, self.ha, self.cn) if core is not None]
+
+    def pump(self, now: float) -> None:
+        """Send what the cores queued and carry out what they decided."""
+        for _ in range(16):   # actions may queue more packets; bounded
+            busy = False
+            for core in self.cores():
+                while (event := core.next_event()) is not None:
+                    busy = True
+                    self._on_event(core, event, now)
+                for out in core.datagrams_to_send(now):
+                    busy = True
+                    self.node.send_inner(out.packet, Ancillary.of(out.onwire_src, out.onwire_dst),
+                                         now)
+            if not busy:
+                break
+        self.node.arm_mobility_timer()
+
+    def get_timer(self) -> float | None:
+        timers = [t for t in (core.get_timer() for core in self.cores()) if t is not None]
+        return min(timers) if timers else None
+
+    def handle_timer(self, now: float) -> None:
+        for core in self.cores():
+            timer = core.get_timer()
+            if timer is not None and timer <= now:
+                core.handle_timer(now)
+        self.pump(now)
+
+    def _on_event(self, core: Any, event: ev.MobilityEvent, now: float) -> None:
+        record = {"t": time.time(), "event": type(event).__name__,
+                  **{k: _jsonable(v) for k, v in _fields(event).items()}}
+        self.timeline.append(record)
+        self.node.publish_event(record)
+        log.info("mobility " + type(event).__name__, **{k: v for k, v in record.items()
+                                                        if k not in ("t", "event")})
+        tracker = self.tracker
+        if isinstance(event, ev.CoaChanged):
+            tracker.move(event.old, event.new)
+        elif isinstance(event, ev.TunnelEndpointChanged):
+            if event.coa is not None:
+                if core is self.mn:
+                    self._migrate_own_tunnel(event.coa, now)
+                elif core is self.ha:
+                    self._migrate_mn_tunnel(event.hoa, event.coa, now)
+        elif isinstance(event, ev.DataPathChanged):
+            if event.direct and event.coa is not None:
+                tracker.bind_data(event.hoa, event.peer, event.coa, TrackRole.MN)
+            else:
+                tracker.unbind(event.hoa, event.peer, TrackRole.MN)
+        elif isinstance(event, ev.AcceptFrom):
+            if event.coa is not None:
+                tracker.bind_data(event.local, event.hoa, event.coa, TrackRole.CN,
+                                  outbound=False)
+            else:
+                tracker.unbind(event.local, event.hoa, TrackRole.CN)
+        elif isinstance(event, ev.SendTo):
+            if event.coa is not None:
+                tracker.bind_data(event.local, event.hoa, event.coa, TrackRole.CN)
+            else:
+                binding = self.cn.binding(event.hoa)
+                if binding is not None and getattr(binding, "coa", None) is not None:
+                    tracker.bind_data(event.local, event.hoa, binding.coa, TrackRole.CN,
+                                      outbound=False)
+                else:
+                    tracker.unbind(event.local, event.hoa, TrackRole.CN)
+
+    # -- the tunnel follows the CoA (the MIGRATE equivalent, DESIGN-BRIEF §5) -----
+
+    def _migrate_own_tunnel(self, coa: IPv6Address, now: float) -> None:
+        sad = self.node.sad
+        for info in sad.dump(publish=False):
+            if info.mode is not Mode.TUNNEL:
+                continue
+            if info.direction is Direction.OUT and info.dst == self.home_agent and info.src != coa:
+                sad.migrate(info.spi, Direction.OUT, coa, info.dst, now, dst=info.dst)
+            elif info.direction is Direction.IN and info.src == self.home_agent \
+                    and info.dst != coa:
+                sad.migrate(info.spi, Direction.IN, info.src, coa, now, dst=info.dst)
+        self.node.tunnel_changed()
+
+    def _migrate_mn_tunnel(self, hoa: IPv6Address, coa: IPv6Address, now: float) -> None:
+        """The HA's tunnel SAs for *hoa*: found through the policies that name them."""
+        node = self.node
+        sad, spd = node.sad, node.spd
+        names: dict[Direction, set[str]] = {Direction.OUT: set(), Direction.IN: set()}
+        for policy in spd.list():
+            if policy.action is not SpdAction.PROTECT:
+                continue
+            remote = policy.selector.remote
+            if remote is not None and remote.prefixlen == 128 and remote.network_address == hoa:
+                names[policy.direction].update(str(n) for n in policy.sa_bundle)
+        for info in sad.dump(publish=False):
+            if info.mode is not Mode.TUNNEL or info.name not in names[info.direction]:
+                continue
+            if info.direction is Direction.OUT and info.dst != coa:
+                sad.migrate(info.spi, Direction.OUT, info.src, coa, now, dst=info.dst)
+            elif info.direction is Direction.IN and info.src != coa:
+                sad.migrate(info.spi, Direction.IN, coa, info.dst, now, dst=info.dst)
+        node.tunnel_changed()
+
+    # -- movement --------------------------------------------------------------------
+
+    def move(self, coa: IPv6Address, now: float) -> None:
+        if self.mn is None:
+            raise ValueError("this node is not a mobile node")
+        self.mn.set_coa(coa, now)
+        self.pump(now)
+
+    # -- status ------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"counters": dict(self.counters),
+                                  "remap": dict(self.remap.counters)}
+        if self.mn is not None:
+            result["mn"] = {
+                "hoa": str(self.hoa), "home_agent": str(self.home_agent),
+                "coa": str(self.mn.coa) if self.mn.coa else None,
+                "binding_update_list": [_entry_dict(e) for e in self.mn.entries()],
+                "counters": dict(self.mn.counters),
+            }
+        if self.ha is not None:
+            result["ha"] = {"address": str(self.ha_address),
+                            "binding_cache": [_entry_dict(e) for e in self.ha.bindings()],
+                            "counters": dict(self.ha.counters)}
+        result["cn"] = {"binding_cache": [_entry_dict(e) for e in self.cn.bindings()],
+                        "proofs": len(self.cn.proofs) if hasattr(self.cn.proofs, "__len__")
+                        else None,
+                        "counters": dict(self.cn.counters)}
+        return result
+
+
+def mn_correspondents(mn: MobileNode) -> set[IPv6Address]:
+    return {entry.peer for entry in mn.entries() if entry.peer != mn.home_agent}
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    slots = getattr(type(obj), "__dataclass_fields__", {})
+    return {name: getattr(obj, name) for name in slots}
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, enum.Enum):
+        return value.name.lower()
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value)
+
+
+def _entry_dict(entry: Any) -> dict[str, Any]:
+    return {k: _jsonable(v) for k, v in _fields(entry).items()
+            if not k.startswith("_") and k not in ("nonce",)}
