@@ -18,7 +18,7 @@ from netbench.runner import Options, required_tools_missing, run_benchmark
 from netbench.systems import OPENVPN_MODES, SYSTEM_NAMES
 
 #: (seconds per iperf3 test, rounds, pings per round)
-QUICK = (4.0, 4, 20)
+QUICK = (4.0, 5, 20)
 FULL = (10.0, 5, 100)
 
 DESCRIPTION = """\

@@ -129,14 +129,17 @@ def run_benchmark(options: Options, progress: Progress) -> dict[str, Any]:
                 line = f"round {round_index + 1}/{options.rounds} {system.name}:"
                 try:
                     rtt, lost = measure_rtt(lab, system.target, options.ping_count)
-                    outcome.rtt_ms.append(rtt)
+                    # ping prints microseconds; more digits are float noise.
+                    outcome.rtt_ms.append(round(rtt, 4))
+                    outcome.details["pings_lost"] = outcome.details.get("pings_lost", 0) + lost
                     line += f" rtt {rtt:.3f} ms" + (f" ({lost} lost)" if lost else "")
                 except (MeasureError, OSError, subprocess.SubprocessError) as exc:
                     outcome.errors.append(f"round {round_index + 1} rtt: {exc}")
                     line += f" rtt failed ({exc})"
                 try:
                     tcp = measure_tcp(lab, system.target, options.seconds)
-                    outcome.tcp_mbps.append(tcp.receiver_mbps)
+                    outcome.tcp_mbps.append(round(tcp.receiver_mbps, 2))
+                    outcome.details.setdefault("tcp_retransmits", []).append(tcp.retransmits)
                     line += f", tcp {tcp.receiver_mbps:.0f} Mbit/s"
                 except (MeasureError, OSError, subprocess.SubprocessError) as exc:
                     outcome.errors.append(f"round {round_index + 1} tcp: {exc}")
