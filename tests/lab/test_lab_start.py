@@ -191,11 +191,13 @@ def test_ping_from_the_mobile_node_to_the_cn_and_the_ha(started, mobile: str) ->
     # Through ESP: transport SAs with the CN, the tunnel SAs with the HA, both ways.
     for spi in (cn_out, cn_out + 1, tunnel_out, tunnel_out + 1):
         assert after[spi]["packets"] >= before[spi]["packets"] + 3, hex(spi)
-    # The CN learned the HoA's locator, the HA the CoA's, from authenticated packets.
+    # With IRO the CoA, never the HoA, is on the wire: the CN and the HA
+    # learned the CoA's locator from authenticated packets.
     wifi_endpoint = f"{WIFI[mobile][0]}:6275"
     cn_locators = {row["address"]: row for row in vmip_json("cn", "locators")}
-    assert cn_locators[HOA[mobile]]["endpoint"] == wifi_endpoint
-    assert cn_locators[HOA[mobile]]["source"] == "learned"
+    assert cn_locators[WIFI[mobile][1]]["endpoint"] == wifi_endpoint
+    assert cn_locators[WIFI[mobile][1]]["source"] == "learned"
+    assert HOA[mobile] not in cn_locators
     ha_locators = {row["address"]: row for row in vmip_json("ha", "locators")}
     assert ha_locators[WIFI[mobile][1]]["endpoint"] == wifi_endpoint
 
@@ -302,8 +304,9 @@ def test_underlay_capture_decodes_in_tshark(started, tmp_path: Path) -> None:
     assert {src for src, _, _, _ in plain} == {WIFI["mn"][0], "192.0.2.18", "192.0.2.2"}
     for _, _, spi, ipv6_src in plain:
         on_wire_source = ipv6_src.split(",")[0]
-        # Transport with the CN on the HoA; the tunnel's outer header on the wifi CoA.
-        expected = {0x1301: HOA["mn"], 0x1302: CN, 0x1201: WIFI["mn"][1], 0x1202: HA}
+        # IRO: transport with the CN remapped to the wifi CoA (the HoA never on
+        # the foreign link, draft appendix I); the tunnel's outer header on the CoA too.
+        expected = {0x1301: WIFI["mn"][1], 0x1302: CN, 0x1201: WIFI["mn"][1], 0x1202: HA}
         assert on_wire_source == expected[int(spi, 16)]
 
     decrypted = tshark_fields(capture, ["esp.spi", "icmpv6.type", "esp.icv_good", "ipv6.src"],
