@@ -121,6 +121,7 @@ class Node:
         # link only (the one whose CoA it registered), others on any.
         self.active_link: str | None = None
         self.is_mobile = self.mobility.mn is not None
+        self.movement = None   # vmip.node.movement.MovementWatcher on an MN
         self.forwarding = self.mobility.ha is not None
 
     # -- lifecycle -----------------------------------------------------------
@@ -151,6 +152,11 @@ class Node:
         if self.links:
             self.active_link = next(iter(self.links))   # sorted by priority
         self.mobility.start(self._link_coa(self.active_link), self.clock())
+        if self.is_mobile:
+            from vmip.node.movement import MovementWatcher
+
+            self.movement = MovementWatcher(self)
+            self.movement.start(self._loop)
         for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
                              (signal.SIGHUP, self.reload)):
             try:
@@ -181,6 +187,9 @@ class Node:
         if self._mobility_timer is not None:
             self._mobility_timer.cancel()
             self._mobility_timer = None
+        if self.movement is not None:
+            self.movement.close()
+            self.movement = None
         if self.control is not None:
             await self.control.close()
             self.control = None
@@ -507,7 +516,8 @@ class Node:
             "reload": lambda args: (self.reload(), {"reloads": self.counters["reloads"]})[1],
             "mn.move": self._mn_move,
             "remap.list": self._remap_list,
-            "mobility": lambda args: self.mobility.status(),
+            "mobility": lambda args: {**self.mobility.status(), "movement": (
+                self.movement.status() if self.movement is not None else None)},
             "events": self._events,
         }
 
