@@ -418,3 +418,34 @@ def test_messages_for_another_hoa_or_from_strangers_are_dropped():
     mn.receive(scapy_ba(0, 1, 1, stranger), stranger, HOA, WIFI, 0.1)
     assert mn.counters["not_our_home_address"] == 1 and mn.counters["unknown_peer"] == 1
     assert mn.datagrams_to_send(0.1) == []
+
+
+def test_a_registration_that_recreates_the_binding_waits_1_5_s_again():
+    # After a deregistration the HA creates the binding anew (DAD first): 1.5 s.
+    net, nodes = build_world(correspondents=())
+    mn = nodes["mn"].mn
+    mn.set_coa(WIFI, 0.0)
+    net.run(1.0)
+    mn.set_coa(None, 2.0)
+    net.now = 2.0
+    net.run(3.0)
+    net.loss = lambda delivery: True
+    mn.set_coa(LTE, 10.0)
+    net.now = 10.0
+    net.run(20.0)
+    times = [t for t, e in nodes["mn"].timed(BindingUpdateSent) if e.coa == LTE]
+    assert times[:3] == [10.0, 11.5, 14.5]
+
+
+def test_returning_home_also_deregisters_a_cn_whose_ba_was_lost():
+    net, nodes = build_world()
+    net.loss = lambda delivery: delivery.sender == "cn" and delivery.mh_type == 6
+    nodes["mn"].mn.set_coa(WIFI, 0.0)
+    net.run(2.0)
+    assert nodes["cn"].cn.binding(HOA).coa == WIFI  # the CN bound; the MN never heard
+    net.loss = lambda delivery: False
+    nodes["mn"].mn.set_coa(None, 3.0)
+    net.now = 3.0
+    net.run(5.0)
+    assert nodes["cn"].cn.binding(HOA) is None
+    assert BindingDeregistered(CN_ADDR, HOA) in nodes["mn"].of_type(BindingDeregistered)

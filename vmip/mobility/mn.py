@@ -123,7 +123,6 @@ class BindingUpdateListEntry:
     aotr_nonce: bytes | None = None
     direct: IPv6Address | None = None  # the CoA IPsec data to this peer leaves from, if direct
     resyncs: int = 0
-    ever_accepted: bool = False
     unsupported: bool = False
 
     def deadline(self) -> float | None:
@@ -322,7 +321,9 @@ class MobileNode(MobilityCore):
         entry.resyncs = 0
         entry.aotr_nonce = None
         entry.refresh_at = None
-        first = entry.home and not entry.ever_accepted and not deregistration
+        # RFC 6275 §11.8: a home registration that creates the binding waits
+        # longer (the HA defends the HoA with DAD first).
+        first = entry.home and entry.expires_at is None and not deregistration
         initial = INITIAL_BINDACK_TIMEOUT_FIRST_REG if first else INITIAL_BINDACK_TIMEOUT
         entry.retransmission = Retransmission(now, initial)
         self._transmit_bu(entry, now)
@@ -398,7 +399,9 @@ class MobileNode(MobilityCore):
             if entry.unsupported:
                 continue
             if self._coa is None:
-                if entry.expires_at is not None or entry.state is EntryState.BOUND:
+                # Back home: delete any binding a CN may hold, including one
+                # whose BA never reached us (the last BU named a CoA).
+                if entry.expires_at is not None or entry.coa is not None:
                     self._start_registration(entry, now, deregistration=True)
                 continue
             up_to_date = entry.coa == self._coa and entry.state in (
@@ -491,7 +494,6 @@ class MobileNode(MobilityCore):
             self._finish_deregistration(entry, now)
             return
         entry.state = EntryState.BOUND
-        entry.ever_accepted = True
         entry.lifetime = granted
         # RFC 6275 §11.7.3: the lifetime runs from when the BU was sent.
         entry.expires_at = sent + granted
