@@ -27,14 +27,20 @@ log = get_logger(__name__)
 #: Chooses the config for a new responder SA from the peer's address (None: refuse).
 ConfigLookup = Callable[[Addr], IkeSaConfig | None]
 
+#: Makes the inbound-SPI allocator of one IKE SA from its (local, remote)
+#: addresses, so a larval SAD entry can name the CHILD_SA's endpoints.
+SpiAllocatorFactory = Callable[[Addr, Addr], SpiAllocator]
+
 
 class IkeEndpoint:
     def __init__(self, config_for: ConfigLookup, local_addr: Addr, *,
                  spi_allocator: SpiAllocator | None = None, rng: Rng = os.urandom,
-                 cookie_threshold: int = 32, max_sas: int = 4096):
+                 cookie_threshold: int = 32, max_sas: int = 4096,
+                 spi_allocator_for: SpiAllocatorFactory | None = None):
         self._config_for = config_for
         self.local_addr = local_addr
         self._spi_allocator = spi_allocator
+        self._spi_allocator_for = spi_allocator_for
         self._rng = rng
         self.cookie_threshold = cookie_threshold
         self.max_sas = max_sas
@@ -50,7 +56,7 @@ class IkeEndpoint:
     # -------------------------------------------------------------- API
     def initiate(self, config: IkeSaConfig, remote_addr: Addr, now: float) -> IkeSa:
         sa = IkeSa(config, Role.INITIATOR, self.local_addr, remote_addr, now,
-                   spi_allocator=self._spi_allocator, rng=self._rng)
+                   spi_allocator=self._allocator(remote_addr), rng=self._rng)
         sa.initiate(now)
         self._add(sa)
         return sa
@@ -105,6 +111,11 @@ class IkeEndpoint:
             self._collect(sa)
 
     # -------------------------------------------------------- internals
+    def _allocator(self, remote_addr: Addr) -> SpiAllocator | None:
+        if self._spi_allocator_for is not None:
+            return self._spi_allocator_for(self.local_addr, remote_addr)
+        return self._spi_allocator
+
     def _count(self, what: str) -> None:
         self.stats[what] = self.stats.get(what, 0) + 1
 
@@ -166,7 +177,7 @@ class IkeEndpoint:
                 return None
             self._count("cookie_accepted")
         sa = IkeSa(config, Role.RESPONDER, self.local_addr, addr, now,
-                   spi_allocator=self._spi_allocator, rng=self._rng)
+                   spi_allocator=self._allocator(addr), rng=self._rng)
         self.sas.append(sa)
         self._half_open[(body[:8], str(addr[0]), int(addr[1]))] = sa
         return sa
