@@ -116,7 +116,10 @@ class Node:
         self._reverse_tunnel_sa = None
         self._reverse_tunnel_valid = False
         self.mobility = MobilityAgent(self, now)
-        self.bus.subscribe(lambda event: self.tunnel_changed())
+        # The SAD's deadlines only move when an SA does, and every such change
+        # is an SADB event: re-arm then, never per packet.
+        self._rearm_pending = False
+        self.bus.subscribe(self._on_sadb_event)
         # Which link carries our packets: an MN sends on its current access
         # link only (the one whose CoA it registered), others on any.
         self.active_link: str | None = None
@@ -253,6 +256,16 @@ class Node:
             delay = max(0.0, deadline - self.clock())
             self._timer = self._loop.call_later(delay, self._on_timer)
 
+    def _on_sadb_event(self, event) -> None:
+        self.tunnel_changed()
+        if self._loop is not None and not self._rearm_pending:
+            self._rearm_pending = True
+            self._loop.call_soon(self._rearm_after_event)
+
+    def _rearm_after_event(self) -> None:
+        self._rearm_pending = False
+        self._arm_timer()
+
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_deadline = None
@@ -270,8 +283,6 @@ class Node:
                 pcap_inner.write(inner)
             self._send(inner, None, now, sends)
         self._flush(sends)
-        if self.sad.get_timer() != self._timer_deadline:
-            self._arm_timer()
 
     def _send(self, inner: bytes, ancillary, now: float, sends: dict) -> None:
         """SPD and ESP, then IRO (DESIGN-BRIEF §4 outbound order), then route."""
@@ -414,8 +425,6 @@ class Node:
         if self.tun is not None:
             self.tun.write(inner)
         self.counters["rx_delivered"] += 1
-        if self.sad.get_timer() != self._timer_deadline:
-            self._arm_timer()
 
     def _forward(self, packet: bytes, now: float) -> None:
         """Route a packet that is not ours (the HA for its mobile nodes)."""
