@@ -78,8 +78,11 @@ class MobilityAgent:
             self.hoa = mob.home_address
             self.hoa_packed = self.hoa.packed
             self.home_agent = mob.home_agent
+            # MN-MN moving at once: first try the CoA our CN role holds for the
+            # peer (docs/mobility.md "simultaneous movement").
             self.mn = MobileNode(self.hoa, self.home_agent, mob.correspondents,
-                                 lifetime=mob.binding_lifetime, clock_now=now)
+                                 lifetime=mob.binding_lifetime, clock_now=now,
+                                 peer_coa=self._peer_coa)
         self.ha: HomeAgent | None = None
         self.ha_address: IPv6Address | None = None
         if cfg.has_role(ConfigRole.HA):
@@ -89,7 +92,8 @@ class MobilityAgent:
                                 clock_now=now)
         self.cn = Correspondent(known_peers=self._known_peer,
                                 max_lifetime=mob.binding_lifetime,
-                                proof_cache_size=mob.proof_cache_size, clock_now=now)
+                                proof_cache_size=mob.proof_cache_size, clock_now=now,
+                                local_coa=self._local_coa)
         self._register_intents()
 
     # -- set-up ----------------------------------------------------------------
@@ -119,6 +123,14 @@ class MobilityAgent:
                 continue
             # As a CN (every node is one): BUs from the peer's CoA (rule 2), answers to it (rule 3).
             self.tracker.track_mh(local, remote, TrackRole.CN)
+
+    def _peer_coa(self, peer: IPv6Address) -> IPv6Address | None:
+        binding = self.cn.binding(peer)
+        return binding.coa if binding is not None else None
+
+    def _local_coa(self, local: IPv6Address) -> IPv6Address | None:
+        mn = self.mn
+        return mn.coa if mn is not None and local == self.hoa else None
 
     def _known_peer(self, hoa: IPv6Address) -> bool:
         """A CN serves a HoA it shares an SA with (draft §9.1.2: proof of HoA ownership)."""
