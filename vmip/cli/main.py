@@ -33,12 +33,15 @@ raw IPv6 sockets or RFC 3948 ESP-in-UDP.  No kernel MIPv6 or IPsec needed.
 """
 
 EPILOG = """\
-first steps:
-  vmip lab up                 build the network-namespace lab (as root)
-  vmip lab status             what the lab has, where its configs are
-  vmip lab exec mn -- ping -c3 2001:db8:20::2
-  vmip check -c configs/mn.toml   validate a node config, print the effective one
-  vmip lab down               remove every namespace and process of the lab
+first steps (as root):
+  vmip lab up && vmip lab start       build the lab, start HA, CN, MN, MN2 (static keys)
+  vmip lab exec mn -- vmip bindings   the MN's registrations with its HA and CN
+  vmip lab exec mn -- ping -c3 2001:db8:20::2    MN (HoA) -> CN, direct with IRO
+  vmip lab exec mn -- vmip remap list the IRO remap rules, in the draft's syntax
+  vmip lab exec mn -- vmip mn move lte0          hand over to the lte link
+  vmip lab exec mn -- vmip keys --wireshark      keys for tshark/Wireshark
+  vmip check -c configs/mn.toml       validate a node config, print the effective one
+  vmip lab down                       remove every namespace and process of the lab
 
 Run 'vmip COMMAND --help' for the options of one command.
 """
