@@ -1,21 +1,491 @@
-"""Movement detection on the MN (being written: see issue 7)."""
+"""Movement detection on the MN: which access link carries the CoA.
+
+Two layers, as everywhere in vmip:
+
+- :class:`MovementPolicy` is sans-IO: it is told what each link looks like
+  (usable or not, reachable or not) and the time, and it answers with
+  :class:`MoveDecision` objects and a timer deadline.  Tests drive it with a
+  fake clock.
+- :class:`MovementWatcher` is the I/O: a pyroute2 ``IPRoute`` socket bound to
+  the link, address and route multicast groups, read on a thread of its own
+  (pyroute2 0.9's synchronous API runs an event loop of its own and cannot
+  run on the node loop's thread, see :mod:`vmip.node.tun`).  Each burst of
+  notifications leads to a fresh dump of links and addresses, whose summary
+  is handed to the node's loop; the policy decides, ``node.move()`` acts.
+
+The rules (RFC 6275 §11.5.1 leaves movement detection to the implementation;
+these are vmip's choices, documented in docs/operations.md):
+
+- a link is *usable* when its interface is administratively up, has carrier
+  (operstate UP, or UNKNOWN with carrier) and holds the address the link
+  binds to (any global address when it binds to the wildcard);
+- the preferred link is the usable one with the lowest config ``priority``
+  (wifi 10 before lte 20 in the lab), ties broken by name;
+- when the current link stops being usable, the CoA moves at once to the
+  best usable link left (break-before-make is forced on us);
+- when a better link becomes usable, the CoA moves back only after it has
+  stayed usable for ``hold_down`` seconds (no flapping); until then both
+  links carry traffic: the old one stays current, and after the move the
+  old link's socket stays open, so packets in flight on it still arrive
+  (make-before-break);
+- reachability: the MN's own registration with its HA is the probe.  A
+  ``RegistrationTimeout`` for the HA on the current link's CoA marks that
+  link unreachable for ``unreachable_penalty`` seconds (or until the link
+  goes down and up again), which moves the CoA like a link loss.  A BA
+  costs nothing extra on the wire, unlike a separate probe stream.
+- ``vmip mn move LINK`` (a forced move) is obeyed; the policy then does not
+  move back to a better link until that link changes state again.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import select
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
+
+from vmip.log import get_logger
+
+log = get_logger(__name__)
+
+#: Seconds a better link must stay usable before the CoA moves back to it.
+DEFAULT_HOLD_DOWN = 2.0
+#: Seconds a link whose HA registration timed out stays out of the choice.
+DEFAULT_UNREACHABLE_PENALTY = 10.0
+#: Seconds between full re-reads of the links even without notifications
+#: (a lost netlink notification must not leave the MN on a dead link forever).
+RESCAN_INTERVAL = 2.0
+#: How many decisions ``status()`` remembers.
+HISTORY = 32
+
+_IFF_UP = 0x1
+_IFA_F_TENTATIVE = 0x40
+_IFA_F_DADFAILED = 0x08
+_RT_SCOPE_UNIVERSE = 0
+
+
+@dataclass(frozen=True, slots=True)
+class MoveDecision:
+    """Move the CoA to ``link`` now; ``reason`` says why (for logs and the dashboard)."""
+
+    link: str
+    previous: str | None
+    reason: str
+
+
+@dataclass(slots=True)
+class _LinkState:
+    priority: int
+    usable: bool = False
+    usable_since: float | None = None
+    unreachable_until: float | None = None
+    #: May the policy move back to this link when it is better than the current one?
+    may_return: bool = True
+
+
+class MovementPolicy:
+    """Chooses the access link; sans-IO (inputs: observations and ``now``)."""
+
+    def __init__(self, priorities: Mapping[str, int], current: str | None = None, *,
+                 hold_down: float = DEFAULT_HOLD_DOWN,
+                 unreachable_penalty: float = DEFAULT_UNREACHABLE_PENALTY) -> None:
+        if not priorities:
+            raise ValueError("a movement policy needs at least one link")
+        if current is not None and current not in priorities:
+            raise ValueError(f"unknown current link {current!r}")
+        self.hold_down = hold_down
+        self.unreachable_penalty = unreachable_penalty
+        self.current = current
+        self._links = {name: _LinkState(prio) for name, prio in priorities.items()}
+        self._decisions: deque[MoveDecision] = deque()
+
+    # -- inputs ------------------------------------------------------------------
+
+    def observe(self, link: str, usable: bool, now: float) -> None:
+        """The watcher's latest view of *link*; repeated identical views are no-ops."""
+        state = self._state(link)
+        if usable and not state.usable:
+            state.usable, state.usable_since = True, now
+            # A fresh attachment clears an old reachability verdict and a forced pin.
+            state.unreachable_until = None
+            state.may_return = True
+        elif not usable and state.usable:
+            state.usable, state.usable_since = False, None
+        self._evaluate(now)
+
+    def observe_all(self, usable: Mapping[str, bool], now: float) -> None:
+        for link, is_usable in usable.items():
+            if link in self._links:
+                self.observe(link, is_usable, now)
+
+    def reachability_lost(self, link: str, now: float) -> None:
+        """The HA did not answer on *link*: keep it out of the choice for a while."""
+        self._state(link).unreachable_until = now + self.unreachable_penalty
+        self._evaluate(now)
+
+    def forced(self, link: str, now: float) -> None:
+        """An operator moved the CoA (``vmip mn move``): adopt it, do not undo it."""
+        self._state(link)
+        self.current = link
+        for name, state in self._links.items():
+            if name != link:
+                state.may_return = False
+        self._evaluate(now)
+
+    # -- timers ------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        # Only a better link can change the choice on its own: when its
+        # hold-down ends, or its unreachable verdict expires, whichever is later.
+        deadlines = []
+        for name, state in self._links.items():
+            if self._better_than_current(name) and state.usable_since is not None \
+                    and state.may_return:
+                deadline = state.usable_since + self.hold_down
+                if state.unreachable_until is not None:
+                    deadline = max(deadline, state.unreachable_until)
+                deadlines.append(deadline)
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> None:
+        self._evaluate(now)
+
+    # -- outputs -----------------------------------------------------------------
+
+    def next_decision(self) -> MoveDecision | None:
+        return self._decisions.popleft() if self._decisions else None
+
+    def status(self, now: float) -> dict[str, Any]:
+        return {
+            "current": self.current,
+            "hold_down_s": self.hold_down,
+            "links": {
+                name: {"priority": s.priority, "usable": s.usable,
+                       "reachable": self._reachable(s, now),
+                       "usable_for_s": round(now - s.usable_since, 3)
+                       if s.usable_since is not None else None}
+                for name, s in sorted(self._links.items(), key=lambda kv: kv[1].priority)},
+        }
+
+    # -- the rules ---------------------------------------------------------------
+
+    def _state(self, link: str) -> _LinkState:
+        try:
+            return self._links[link]
+        except KeyError:
+            raise ValueError(f"unknown link {link!r}") from None
+
+    @staticmethod
+    def _reachable(state: _LinkState, now: float) -> bool:
+        return state.unreachable_until is None or now >= state.unreachable_until
+
+    def _better_than_current(self, name: str) -> bool:
+        if self.current is None or name == self.current:
+            return False
+        return self._rank(name) < self._rank(self.current)
+
+    def _rank(self, name: str) -> tuple[int, str]:
+        return (self._links[name].priority, name)
+
+    def _evaluate(self, now: float) -> None:
+        for state in self._links.values():
+            if state.unreachable_until is not None and now >= state.unreachable_until:
+                state.unreachable_until = None
+        candidates = sorted((name for name, s in self._links.items()
+                             if s.usable and self._reachable(s, now)), key=self._rank)
+        if not candidates:
+            return  # nowhere to go: stay, the binding survives a short outage
+        best = candidates[0]
+        current = self.current
+        if current is None or current not in candidates:
+            # The current link is gone or unreachable: move at once.
+            reason = "initial" if current is None else (
+                "link down" if not self._links[current].usable else "unreachable")
+            self._decide(best, reason)
+            return
+        for name in candidates:
+            if name == current:
+                break   # nothing better than the current link is usable
+            state = self._links[name]
+            if state.may_return and state.usable_since is not None \
+                    and now - state.usable_since >= self.hold_down:
+                self._decide(name, "better link")
+                return
+
+    def _decide(self, link: str, reason: str) -> None:
+        decision = MoveDecision(link, self.current, reason)
+        self.current = link
+        self._decisions.append(decision)
+
+
+# ---------------------------------------------------------------------------
+# Reading the links (pure functions over pyroute2 messages, testable with dicts)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedLink:
+    """What the watcher needs from a link's config."""
+
+    name: str
+    interface: str
+    priority: int
+    #: The address the link binds to; None or a wildcard: any global address.
+    bind: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+
+
+def usable_links(watched: Iterable[WatchedLink], links: Iterable[dict],
+                 addresses: Iterable[dict]) -> dict[str, bool]:
+    """Which watched links are usable, from plain summaries of a netlink dump.
+
+    *links*: ``{"index", "name", "up", "operstate", "carrier"}``;
+    *addresses*: ``{"index", "address", "tentative"}``.
+    """
+    by_name = {link["name"]: link for link in links}
+    addrs: dict[int, set[ipaddress.IPv4Address | ipaddress.IPv6Address]] = {}
+    for entry in addresses:
+        if entry.get("tentative"):
+            continue  # RFC 4862 §5.4: a tentative address cannot be used yet
+        try:
+            address = ipaddress.ip_address(entry["address"])
+        except ValueError:
+            continue
+        addrs.setdefault(entry["index"], set()).add(address)
+    result = {}
+    for want in watched:
+        link = by_name.get(want.interface)
+        ok = False
+        if link is not None and link["up"]:
+            operstate = link.get("operstate")
+            ok = operstate == "UP" or (operstate == "UNKNOWN" and bool(link.get("carrier")))
+        if ok:
+            held = addrs.get(link["index"], set())
+            if want.bind is not None and not want.bind.is_unspecified:
+                ok = want.bind in held
+            else:
+                ok = any(not a.is_link_local and not a.is_loopback for a in held)
+        result[want.name] = ok
+    return result
+
+
+def _dump() -> tuple[list[dict], list[dict]]:
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        links = [{"index": m["index"], "name": m.get_attr("IFLA_IFNAME"),
+                  "up": bool(m["flags"] & _IFF_UP),
+                  "operstate": m.get_attr("IFLA_OPERSTATE"),
+                  "carrier": m.get_attr("IFLA_CARRIER")} for m in ipr.get_links()]
+        addrs = [{"index": m["index"], "address": m.get_attr("IFA_ADDRESS"),
+                  "tentative": bool((m.get_attr("IFA_FLAGS") or m["flags"])
+                                    & (_IFA_F_TENTATIVE | _IFA_F_DADFAILED))}
+                 for m in ipr.get_addr() if m["scope"] == _RT_SCOPE_UNIVERSE]
+    return links, addrs
+
+
+# ---------------------------------------------------------------------------
+# The I/O layer
+
+
+@dataclass
+class _History:
+    entries: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY))
 
 
 class MovementWatcher:
-    """Watches the MN's access links and moves the CoA (placeholder until written)."""
+    """Watches the MN's access links through netlink and moves the CoA.
 
-    def __init__(self, node: Any) -> None:
+    Created by the runtime on an MN; ``start(loop)`` on the node's loop,
+    ``close()`` when the node stops, ``status()`` for ``vmip bindings`` and
+    the dashboard.
+    """
+
+    def __init__(self, node: Any, *, hold_down: float = DEFAULT_HOLD_DOWN,
+                 unreachable_penalty: float = DEFAULT_UNREACHABLE_PENALTY,
+                 dump: Callable[[], tuple[list[dict], list[dict]]] = _dump) -> None:
         self.node = node
+        self.watched = [WatchedLink(link.name, link.interface or link.name, link.priority,
+                                    link.bind)
+                        for link in node.config.links if link.name in node.links]
+        self.policy = MovementPolicy({w.name: w.priority for w in self.watched},
+                                     node.active_link, hold_down=hold_down,
+                                     unreachable_penalty=unreachable_penalty)
+        self._dump = dump
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._wake_r: int | None = None
+        self._wake_w: int | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._history = _History()
+        self.scans = 0
+        self.errors = 0
 
-    def start(self, loop: Any) -> None:
-        return None
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        import os
+
+        if not self.watched:
+            return
+        self._loop = loop
+        self._wake_r, self._wake_w = os.pipe()
+        self.node._event_listeners.append(self._on_mobility_event)
+        self._thread = threading.Thread(target=self._run, name="vmip-movement", daemon=True)
+        self._thread.start()
 
     def close(self) -> None:
-        return None
+        import os
+
+        self._stop.set()
+        if self._wake_w is not None:
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=3.0)
+            self._thread = None
+        for fd in (self._wake_r, self._wake_w):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._wake_r = self._wake_w = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        try:
+            self.node._event_listeners.remove(self._on_mobility_event)
+        except ValueError:
+            pass
 
     def status(self) -> dict:
-        return {"automatic": False}
+        now = self.node.clock()
+        return {"automatic": self._thread is not None, **self.policy.status(now),
+                "scans": self.scans, "errors": self.errors,
+                "decisions": list(self._history.entries)}
+
+    # -- the netlink thread ------------------------------------------------------
+
+    def _run(self) -> None:
+        from pyroute2 import IPRoute
+        from pyroute2.netlink.rtnl import (
+            RTMGRP_IPV4_IFADDR,
+            RTMGRP_IPV4_ROUTE,
+            RTMGRP_IPV6_IFADDR,
+            RTMGRP_IPV6_ROUTE,
+            RTMGRP_LINK,
+        )
+
+        try:
+            events = IPRoute()
+            events.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+                        | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
+        except Exception as exc:  # no netlink: stay on the current link
+            log.warning("movement watcher: no netlink", error=str(exc))
+            self.errors += 1
+            return
+        try:
+            self._scan()
+            while not self._stop.is_set():
+                ready, _, _ = select.select([events.fileno(), self._wake_r], [], [],
+                                            RESCAN_INTERVAL)
+                if self._stop.is_set():
+                    break
+                if events.fileno() in ready:
+                    # The content does not matter: any change means "look again".
+                    for _ in events.get():
+                        pass
+                self._scan()
+        except Exception as exc:
+            self.errors += 1
+            log.warning("movement watcher stopped", error=str(exc))
+        finally:
+            events.close()
+
+    def _scan(self) -> None:
+        try:
+            links, addrs = self._dump()
+        except Exception as exc:
+            self.errors += 1
+            log.warning("movement watcher: dump failed", error=str(exc))
+            return
+        usable = usable_links(self.watched, links, addrs)
+        self.scans += 1
+        loop = self._loop
+        if loop is not None and not self._stop.is_set():
+            try:
+                loop.call_soon_threadsafe(self._apply, usable)
+            except RuntimeError:
+                pass  # the loop closed under us: the node is stopping
+
+    # -- on the node's loop --------------------------------------------------------
+
+    def _apply(self, usable: dict[str, bool]) -> None:
+        if self._stop.is_set():
+            return
+        self._sync_forced()
+        self.policy.observe_all(usable, self.node.clock())
+        self._act()
+
+    def _on_mobility_event(self, record: dict) -> None:
+        # Only the HA's silence counts: a CN may simply not implement IRO.
+        if record.get("event") != "RegistrationTimeout":
+            return
+        mn = getattr(self.node.mobility, "mn", None)
+        if mn is None or record.get("peer") != str(getattr(mn, "home_agent", "")):
+            return
+        current = self.node.active_link
+        if current is None or record.get("coa") != str(self.node._link_coa(current)):
+            return
+        self.policy.reachability_lost(current, self.node.clock())
+        self._act()
+
+    def _sync_forced(self) -> None:
+        """``vmip mn move`` changed the link behind the policy's back: adopt it."""
+        active = self.node.active_link
+        if active is not None and active != self.policy.current and active in self.node.links:
+            self.policy.forced(active, self.node.clock())
+
+    def _act(self) -> None:
+        self._drain()
+        self._arm()
+
+    def _drain(self) -> None:
+        last = None
+        while (decision := self.policy.next_decision()) is not None:
+            last = decision   # only where the policy ended up matters
+        if last is not None and last.link != self.node.active_link:
+            decision, previous = last, self.node.active_link
+            try:
+                self.node.move(decision.link)
+            except Exception as exc:
+                self.errors += 1
+                log.warning("automatic move failed", link=decision.link, error=str(exc))
+                return
+            entry = {"t": time.time(), "from": previous, "to": decision.link,
+                     "reason": decision.reason}
+            self._history.entries.append(entry)
+            log.info("automatic move", **{k: v or "-" for k, v in entry.items() if k != "t"})
+
+    def _arm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self.policy.get_timer()
+        if deadline is None or self._loop is None:
+            return
+        delay = max(0.0, deadline - self.node.clock())
+        self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._sync_forced()
+        self.policy.handle_timer(self.node.clock())
+        self._act()

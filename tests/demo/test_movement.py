@@ -1,0 +1,174 @@
+"""The movement policy with a fake clock, and the link-usability reading."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from vmip.node.movement import MovementPolicy, WatchedLink, usable_links
+
+PRIO = {"wifi0": 10, "lte0": 20}
+
+
+def decisions(policy: MovementPolicy) -> list[tuple[str, str]]:
+    out = []
+    while (d := policy.next_decision()) is not None:
+        out.append((d.link, d.reason))
+    return out
+
+
+def test_both_up_stays_on_preferred_link():
+    p = MovementPolicy(PRIO, "wifi0", hold_down=2.0)
+    p.observe_all({"wifi0": True, "lte0": True}, 0.0)
+    assert decisions(p) == []
+    assert p.current == "wifi0"
+    assert p.get_timer() is None
+
+
+def test_current_link_down_moves_at_once():
+    p = MovementPolicy(PRIO, "wifi0", hold_down=2.0)
+    p.observe_all({"wifi0": True, "lte0": True}, 0.0)
+    p.observe("wifi0", False, 5.0)
+    assert decisions(p) == [("lte0", "link down")]
+    assert p.current == "lte0"
+
+
+def test_better_link_returns_after_hold_down_only():
+    p = MovementPolicy(PRIO, "wifi0", hold_down=2.0)
+    p.observe_all({"wifi0": True, "lte0": True}, 0.0)
+    p.observe("wifi0", False, 5.0)
+    decisions(p)
+    p.observe("wifi0", True, 10.0)
+    assert decisions(p) == []            # not yet: hold-down
+    assert p.get_timer() == pytest.approx(12.0)
+    p.handle_timer(11.9)
+    assert decisions(p) == []
+    p.handle_timer(12.0)
+    assert decisions(p) == [("wifi0", "better link")]
+    assert p.get_timer() is None
+
+
+def test_flapping_link_restarts_hold_down():
+    p = MovementPolicy(PRIO, "lte0", hold_down=2.0)
+    p.observe("lte0", True, 0.0)
+    p.observe("wifi0", True, 1.0)
+    p.observe("wifi0", False, 2.5)
+    p.observe("wifi0", True, 2.8)
+    p.handle_timer(3.0)          # would have been due for the first "up"
+    assert decisions(p) == []
+    p.handle_timer(4.8)
+    assert decisions(p) == [("wifi0", "better link")]
+
+
+def test_no_usable_link_keeps_current():
+    p = MovementPolicy(PRIO, "wifi0")
+    p.observe_all({"wifi0": False, "lte0": False}, 0.0)
+    assert decisions(p) == []
+    assert p.current == "wifi0"
+    p.observe("lte0", True, 1.0)      # the first link that appears is taken at once
+    assert decisions(p) == [("lte0", "link down")]
+
+
+def test_unreachable_link_is_left_and_penalty_expires():
+    p = MovementPolicy(PRIO, "wifi0", hold_down=1.0, unreachable_penalty=10.0)
+    p.observe_all({"wifi0": True, "lte0": True}, 0.0)
+    p.reachability_lost("wifi0", 3.0)
+    assert decisions(p) == [("lte0", "unreachable")]
+    assert p.get_timer() == pytest.approx(13.0)
+    p.handle_timer(13.0)
+    assert decisions(p) == [("wifi0", "better link")]
+
+
+def test_link_bounce_clears_unreachable_verdict():
+    p = MovementPolicy(PRIO, "wifi0", hold_down=1.0, unreachable_penalty=100.0)
+    p.observe_all({"wifi0": True, "lte0": True}, 0.0)
+    p.reachability_lost("wifi0", 1.0)
+    decisions(p)
+    p.observe("wifi0", False, 2.0)
+    p.observe("wifi0", True, 3.0)
+    p.handle_timer(4.0)
+    assert decisions(p) == [("wifi0", "better link")]
+
+
+def test_forced_move_is_not_undone_until_the_better_link_changes():
+    p = MovementPolicy(PRIO, "wifi0", hold_down=1.0)
+    p.observe_all({"wifi0": True, "lte0": True}, 0.0)
+    p.forced("lte0", 5.0)
+    p.handle_timer(100.0)
+    assert decisions(p) == []
+    assert p.current == "lte0"
+    p.observe("wifi0", False, 101.0)
+    p.observe("wifi0", True, 102.0)
+    p.handle_timer(103.0)
+    assert decisions(p) == [("wifi0", "better link")]
+
+
+def test_forced_move_to_a_dead_link_moves_away():
+    p = MovementPolicy(PRIO, "wifi0")
+    p.observe_all({"wifi0": True, "lte0": False}, 0.0)
+    p.forced("lte0", 1.0)
+    assert decisions(p) == [("wifi0", "link down")]
+
+
+def test_unknown_link_is_an_error():
+    with pytest.raises(ValueError):
+        MovementPolicy(PRIO, "eth9")
+    with pytest.raises(ValueError):
+        MovementPolicy(PRIO).observe("eth9", True, 0.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["wifi0", "lte0", "tick", "lost"]), st.booleans(),
+                          st.floats(0, 5)), max_size=60))
+def test_random_histories_keep_invariants(steps):
+    """Whatever happens: the policy sits on a usable reachable link whenever one
+    exists, never on a worse one for longer than the hold-down allows."""
+    p = MovementPolicy(PRIO, "wifi0", hold_down=2.0, unreachable_penalty=3.0)
+    now = 0.0
+    usable = {"wifi0": False, "lte0": False}
+    for what, flag, dt in steps:
+        now += dt
+        timer = p.get_timer()
+        if timer is not None and timer <= now:
+            p.handle_timer(now)
+        if what in usable:
+            usable[what] = flag
+            p.observe(what, flag, now)
+        elif what == "lost" and p.current is not None:
+            p.reachability_lost(p.current, now)
+        else:
+            p.handle_timer(now)
+        decisions(p)
+        status = p.status(now)["links"]
+        live = [n for n, s in status.items() if s["usable"] and s["reachable"]]
+        if live:
+            assert p.current in live
+        t = p.get_timer()
+        assert t is None or t >= now - 1e-9 or t == pytest.approx(now)
+
+
+LINKS = [{"index": 2, "name": "wifi0", "up": True, "operstate": "UP", "carrier": 1},
+         {"index": 3, "name": "lte0", "up": True, "operstate": "UP", "carrier": 1}]
+WATCHED = [WatchedLink("wifi0", "wifi0", 10, ipaddress.ip_address("192.0.2.34")),
+           WatchedLink("lte0", "lte0", 20, None)]
+
+
+def test_usable_links_needs_up_carrier_and_bound_address():
+    addrs = [{"index": 2, "address": "192.0.2.34", "tentative": False},
+             {"index": 3, "address": "2001:db8:32::2", "tentative": False}]
+    assert usable_links(WATCHED, LINKS, addrs) == {"wifi0": True, "lte0": True}
+    down = [dict(LINKS[0], operstate="DOWN"), LINKS[1]]
+    assert usable_links(WATCHED, down, addrs) == {"wifi0": False, "lte0": True}
+    admin_down = [LINKS[0], dict(LINKS[1], up=False)]
+    assert usable_links(WATCHED, admin_down, addrs) == {"wifi0": True, "lte0": False}
+
+
+def test_usable_links_without_the_bound_address_or_only_tentative():
+    addrs = [{"index": 2, "address": "192.0.2.99", "tentative": False},
+             {"index": 3, "address": "2001:db8:32::2", "tentative": True},
+             {"index": 3, "address": "fe80::1", "tentative": False}]
+    assert usable_links(WATCHED, LINKS, addrs) == {"wifi0": False, "lte0": False}
+    assert usable_links(WATCHED, [], []) == {"wifi0": False, "lte0": False}
