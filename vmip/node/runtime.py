@@ -27,6 +27,7 @@ import ipaddress
 import os
 import signal
 import time
+import types
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -48,12 +49,14 @@ from vmip.links import make_driver
 from vmip.links.base import LinkDriver
 from vmip.links.locators import LocatorTable
 from vmip.log import get_logger
+from vmip.node.keying import IkeManager, static_keys
 from vmip.node.mobility import MobilityAgent
 from vmip.node.pcap import PcapWriter
 from vmip.node.tun import TunDevice
 from vmip.wire.icmpv6 import DestinationUnreachable, build_icmpv6_packet, may_send_error
 
 log = get_logger(__name__)
+_IPPROTO_ESP = 50
 
 #: Bytes a link driver adds around the on-wire packet, by driver and
 #: underlay family: IPv4/IPv6 header plus UDP header.
@@ -92,9 +95,14 @@ class Node:
         self.sad = SAD(self.bus)
         self.spd = SPD()
         now = clock()
-        self.keys = static.from_config(config)
+        self.keys = static_keys(config)   # IKE mode: protect policies are negotiated
         static.install(self.keys, self.sad, self.spd, now)
-        self.engine = IpsecEngine(self.spd, self.sad, now, bus=self.bus)
+        # Tunnel decap goes through _decap_then_remap, so IRO rules also see ESP
+        # that arrives inside the HA tunnel (MN-MN, draft §5.2.2 examples 3/4).
+        self._tunnelled_onwire = None
+        self.engine = IpsecEngine(self.spd, self.sad, now, bus=self.bus, esp=types.SimpleNamespace(
+            transport_encap=esp_mod.transport_encap, tunnel_encap=esp_mod.tunnel_encap,
+            esp_spi=esp_mod.esp_spi, decap=self._decap_then_remap))
         self.locators = LocatorTable.from_peers(config.peers)
         self.links: dict[str, LinkDriver] = {}
         self.tun: TunDevice | None = None
@@ -126,6 +134,7 @@ class Node:
         self.is_mobile = self.mobility.mn is not None
         self.movement = None   # vmip.node.movement.MovementWatcher on an MN
         self.forwarding = self.mobility.ha is not None
+        self.keying = IkeManager(self) if str(config.keys.mode) == "ike" else None
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -155,6 +164,8 @@ class Node:
         if self.links:
             self.active_link = next(iter(self.links))   # sorted by priority
         self.mobility.start(self._link_coa(self.active_link), self.clock())
+        if self.keying is not None:
+            self.keying.start(self._loop)
         if self.is_mobile:
             from vmip.node.movement import MovementWatcher
 
@@ -193,6 +204,8 @@ class Node:
         if self.movement is not None:
             self.movement.close()
             self.movement = None
+        if self.keying is not None:
+            self.keying.close()
         if self.control is not None:
             await self.control.close()
             self.control = None
@@ -214,7 +227,7 @@ class Node:
             return
         try:
             new_config = load_config(self.config_path)
-            new_keys = static.from_config(new_config)
+            new_keys = static_keys(new_config)
         except VmipError as exc:
             log.error("reload refused; keeping the running config", error=str(exc))
             self.counters["reload_failed"] += 1
@@ -404,10 +417,13 @@ class Node:
             else:
                 self.counters["rx_drop_not_for_us"] += 1
             return
+        self._tunnelled_onwire = None
         result = self.engine.inbound(packet, now)
         inner = result.packet
         if inner is None:
             return
+        if self._tunnelled_onwire is not None:
+            onwire = self._tunnelled_onwire
         if result.sas:
             # Authenticated: only now may the sender's locator move (DESIGN-BRIEF §3).
             self.locators.confirm(wire[8:24], endpoint, now, link=link.name)
@@ -420,11 +436,31 @@ class Node:
             return
         if self._pcap_inner is not None:
             self._pcap_inner.write(inner)
+        if self.keying is not None and self.keying.intercept(inner, wire[8:24], endpoint,
+                                                             link.name, now):
+            return   # IKE (UDP 500/4500) for one of our addresses
         if result.sas and self.mobility.receive_mh(inner, onwire, now):
             return
         if self.tun is not None:
             self.tun.write(inner)
         self.counters["rx_delivered"] += 1
+
+    def _decap_then_remap(self, packet, esp_offset: int, sa, now: float) -> bytes | None:
+        """ESP decap; an ESP packet that comes out of a tunnel SA meets the IRO
+        inbound rules as if it had arrived on the wire (a kernel re-injects the
+        decapsulated packet: draft §5.1.2 rules run before ESP).  Its on-wire
+        addresses replace the outer packet's for the MIPv6 code (§5.1.1)."""
+        inner = esp_mod.decap(packet, esp_offset, sa, now)
+        if inner is None or sa.params.mode is not Mode.TUNNEL or len(inner) < 40 \
+                or inner[0] >> 4 != 6 or inner[6] != _IPPROTO_ESP:
+            return inner
+        remapped = self.mobility.inbound(inner)
+        if remapped is None:
+            return None
+        inner, onwire = remapped
+        if onwire:
+            self._tunnelled_onwire = onwire
+        return inner
 
     def _forward(self, packet: bytes, now: float) -> None:
         """Route a packet that is not ours (the HA for its mobile nodes)."""
@@ -528,6 +564,7 @@ class Node:
             "mobility": lambda args: {**self.mobility.status(), "movement": (
                 self.movement.status() if self.movement is not None else None)},
             "events": self._events,
+            **(self.keying.handlers() if self.keying is not None else {}),
         }
 
     def _mn_move(self, args: dict) -> dict:
