@@ -16,10 +16,20 @@ Decisions (docs/lab.md):
   advance.
 - ``keys = "static"`` (the default): the SAs and policies of
   ``configs/*.toml`` (same SPI plan, same structure: MN-HA MH transport,
-  MN-HA ESP tunnel, MN-CN transport), with fresh random keys written by
+  MN-HA ESP tunnel, MN-CN transport, MN-MN2 transport), with fresh random
+  keys written by
   :func:`write_static_keys`, never the published example keys.  The MN-HA
   payload tunnel is ESP (``mobility.tunnel = "esp"``).  ``keys = "ike"``
   is refused until IKEv2 exists (issue 6).
+- Static SAs protect *all* traffic between each MN's HoA and the CN, and
+  between the two MNs' HoAs, so IRO takes that traffic direct once bound
+  (draft §3.6: only IPsec traffic is rerouted).  Each MN lists the CN and
+  the other MN as correspondents (MN-MN: draft §5.2.2 examples 3 and 4).
+- One documented **clear-text class** stays on the HA path: UDP to the CN's
+  port 7 (echo, RFC 862) and the CN's answers from port 7.  The MN's
+  policy puts it in the ESP tunnel to the HA (not end-to-end IPsec), the HA
+  forwards it in clear to the CN, the CN bypasses it and answers to the HoA,
+  which the underlay routes to the HA (docs/iro.md, "Clear-text class").
 - The lab's SAs use 32-bit sequence numbers (``esn = false``): Wireshark
   4.0 cannot check ICVs over ESN SAs, and a lab capture should verify
   completely in tshark (docs/ipsec.md, "Limits of Wireshark 4.0").
@@ -68,6 +78,9 @@ TUNNEL_LIFETIME = {"soft_seconds": 86000, "hard_seconds": 86400}
 PRIORITY_MH = 10
 PRIORITY_UNPROTECTED_MH = 50
 PRIORITY_CN = 20
+#: The clear-text class (UDP echo, port 7): above the CN's protect-all policies.
+PRIORITY_CLEAR = 15
+CLEAR_UDP_PORT = 7
 PRIORITY_TUNNEL = 100
 PRIORITY_BYPASS = 1000
 
@@ -93,7 +106,7 @@ def check_key_mode(keys: str) -> None:
 # --- the static SA plan ------------------------------------------------------------------
 
 #: SPI digit of each kind of SA (configs/README.md "SPI plan": 0x<m><p>0<d>).
-_PURPOSE_DIGIT = {"mh": 1, "tunnel": 2, "cn": 3}
+_PURPOSE_DIGIT = {"mh": 1, "tunnel": 2, "cn": 3, "mn": 4}
 
 
 @dataclass(frozen=True)
@@ -130,6 +143,10 @@ class LabSa:
     def name_at(self, node: str) -> str:
         """The SA's name in *node*'s config, as in configs/*.toml."""
         direction = self.direction_at(node)
+        if self.purpose == "mn":
+            # MN-MN: each end names the SA after itself and the other MN.
+            other = self.peer if node == self.mobile else self.mobile
+            return f"{node}-{other}-{direction}"
         if node == self.mobile:
             kind = {"mh": "ha-mh", "tunnel": "ha-tunnel", "cn": "cn"}[self.purpose]
             return f"{self.mobile}-{kind}-{direction}"
@@ -142,7 +159,7 @@ class LabSa:
         """``(config key, file name, length)`` of each key: named after who sends with it."""
         info = suite(self.suite)
         stem = f"{self.sender}-to-{self.receiver}"
-        if self.purpose != "cn":
+        if self.purpose not in ("cn", "mn"):
             stem += f"-{self.purpose}"
         if info.aead:
             return [("key_file", f"{stem}.key", info.enc_key_len)]
@@ -169,7 +186,9 @@ def _preferred_coa(node: LabNode) -> str:
 
 
 def static_sas(plan: LabPlan) -> list[LabSa]:
-    """Every SA of the lab: per MN, MH and tunnel with the HA, transport with the CN."""
+    """Every SA of the lab: per MN, MH and tunnel with the HA, transport with the CN;
+    per pair of MNs, transport between their home addresses (SPI 0x<m>40<d>, m
+    the first MN's index, d = 1 for what the first MN sends)."""
     ha = str(plan.node("ha").overlay_addresses[0])
     cn = str(plan.node("cn").overlay_addresses[0])
     mobiles = [node for node in plan.nodes if node.is_mobile]
@@ -186,6 +205,15 @@ def static_sas(plan: LabPlan) -> list[LabSa]:
                 spi = (index << 12) | (_PURPOSE_DIGIT[purpose] << 8) | last_digit
                 sas.append(LabSa(node.name, peer, purpose, from_mobile, spi, mode, suite_name,
                                  src, dst))
+    for index, node in enumerate(mobiles, start=1):
+        hoa = str(node.overlay_addresses[0])
+        for other in mobiles[index:]:
+            other_hoa = str(other.overlay_addresses[0])
+            for from_mobile, last_digit in ((True, 1), (False, 2)):
+                src, dst = (hoa, other_hoa) if from_mobile else (other_hoa, hoa)
+                spi = (index << 12) | (_PURPOSE_DIGIT["mn"] << 8) | last_digit
+                sas.append(LabSa(node.name, other.name, "mn", from_mobile, spi, "transport",
+                                 PAYLOAD_SUITE, src, dst))
     return sas
 
 
@@ -199,10 +227,15 @@ def _keys_section(plan: LabPlan, name: str) -> dict[str, Any]:
 
 
 def _policy(name: str, direction: str, src: str, dst: str, action: str, priority: int,
-            sa: str | None = None, protocol: str | None = None) -> dict[str, Any]:
+            sa: str | None = None, protocol: str | None = None, *,
+            src_ports: int | None = None, dst_ports: int | None = None) -> dict[str, Any]:
     entry: dict[str, Any] = {"name": name, "direction": direction, "src": src, "dst": dst}
     if protocol is not None:
         entry["protocol"] = protocol
+    if src_ports is not None:
+        entry["src_ports"] = src_ports
+    if dst_ports is not None:
+        entry["dst_ports"] = dst_ports
     entry["action"] = action
     if sa is not None:
         entry["sa"] = [sa]
@@ -218,14 +251,37 @@ def _mobile_policies(plan: LabPlan, node: LabNode) -> list[dict[str, Any]]:
     hoa, ha = _host(node.overlay_addresses[0]), _host(plan.node("ha").overlay_addresses[0])
     cn = _host(plan.node("cn").overlay_addresses[0])
     sa = {(s.purpose, s.direction_at(node.name)): s.name_at(node.name)
-          for s in _sas_of(plan, node.name)}
+          for s in _sas_of(plan, node.name) if s.purpose != "mn"}
+    mobile_peers = []
+    for s in _sas_of(plan, node.name):
+        if s.purpose != "mn":
+            continue
+        other = s.peer if s.mobile == node.name else s.mobile
+        other_hoa = _host(plan.node(other).overlay_addresses[0])
+        # Everything between the two home addresses: ESP transport, so IRO can
+        # take it direct once each MN holds the other's binding (draft §5.2.2).
+        if s.direction_at(node.name) == "out":
+            mobile_peers.append(_policy(f"to-{other}", "out", hoa, other_hoa, "protect",
+                                        PRIORITY_CN, s.name_at(node.name)))
+        else:
+            mobile_peers.append(_policy(f"from-{other}", "in", other_hoa, hoa, "protect",
+                                        PRIORITY_CN, s.name_at(node.name)))
+    mobile_peers.sort(key=lambda policy: policy["direction"] != "out")
     return [
         # BU/BA with the HA: ESP transport between HoA and HA (RFC 3776 §5.2.1, draft §7).
         _policy("mh-to-ha", "out", hoa, ha, "protect", PRIORITY_MH, sa[("mh", "out")], "mh"),
         _policy("mh-from-ha", "in", ha, hoa, "protect", PRIORITY_MH, sa[("mh", "in")], "mh"),
-        # Everything with the CN, ESP transport HoA <-> CN: nothing unprotected (§3.6).
+        # The clear-text class: UDP echo with the CN rides the HA tunnel, never
+        # end-to-end IPsec, so no binding ever moves it off the HA path (§3.6).
+        _policy("echo-to-cn", "out", hoa, cn, "protect", PRIORITY_CLEAR,
+                sa[("tunnel", "out")], "udp", dst_ports=CLEAR_UDP_PORT),
+        _policy("echo-from-cn", "in", cn, hoa, "protect", PRIORITY_CLEAR,
+                sa[("tunnel", "in")], "udp", src_ports=CLEAR_UDP_PORT),
+        # Everything else with the CN, ESP transport HoA <-> CN: nothing
+        # unprotected flows direct (§3.6).
         _policy("to-cn", "out", hoa, cn, "protect", PRIORITY_CN, sa[("cn", "out")]),
         _policy("from-cn", "in", cn, hoa, "protect", PRIORITY_CN, sa[("cn", "in")]),
+        *mobile_peers,
         # The rest goes through the HA, in the ESP tunnel (draft appendix D).
         _policy("via-ha-out", "out", hoa, "::/0", "protect", PRIORITY_TUNNEL,
                 sa[("tunnel", "out")]),
@@ -270,7 +326,14 @@ def _ha_policies(plan: LabPlan) -> list[dict[str, Any]]:
 
 def _cn_policies(plan: LabPlan) -> list[dict[str, Any]]:
     cn = _host(plan.node("cn").overlay_addresses[0])
-    policies = []
+    home = str(plan.home_prefix)
+    # The clear-text class (UDP echo, port 7) comes and goes through the HA, in clear.
+    policies = [
+        _policy("echo-from-home", "in", home, cn, "bypass", PRIORITY_CLEAR, protocol="udp",
+                dst_ports=CLEAR_UDP_PORT),
+        _policy("echo-to-home", "out", cn, home, "bypass", PRIORITY_CLEAR, protocol="udp",
+                src_ports=CLEAR_UDP_PORT),
+    ]
     for node in (node for node in plan.nodes if node.is_mobile):
         hoa = _host(node.overlay_addresses[0])
         sa = {s.direction_at("cn"): s.name_at("cn")
@@ -327,6 +390,19 @@ def _cn_peer(plan: LabPlan) -> dict[str, Any]:
         "name": "cn",
         "prefixes": [f"{address}/128" for address in cn.overlay_addresses],
         "endpoint": _endpoint(cn.links[0], plan.overlay_port),
+        "framing": "udp",
+        "default": False,
+    }
+
+
+def _mobile_peer(plan: LabPlan, other: LabNode) -> dict[str, Any]:
+    """The other MN's CoAs that are not behind NAT: MN-MN AOTC/BA/data go there
+    direct; a NATed CoA is learned from its authenticated packets (§3)."""
+    links = [link for link in other.links if not link.behind_nat]
+    return {
+        "name": other.name,
+        "prefixes": [f"{link.node_ipv6.ip}/128" for link in links],
+        "endpoint": _endpoint(links[0], plan.overlay_port),
         "framing": "udp",
         "default": False,
     }
@@ -397,7 +473,8 @@ def _mobile_node_config(plan: LabPlan, name: str, keys: str) -> dict[str, Any]:
                 # The CN is reached through the overlay, not the underlay route.
                 "routes": [f"{address}/128" for address in cn.overlay_addresses]},
         "link": links,
-        "peer": [_ha_peer(plan, default=True), _cn_peer(plan)],
+        "peer": [_ha_peer(plan, default=True), _cn_peer(plan),
+                 *(_mobile_peer(plan, other) for other in other_mns)],
         "mobility": {
             "home_prefix": str(plan.home_prefix),
             "home_address": str(node.overlay_addresses[0]),
