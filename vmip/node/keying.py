@@ -1,0 +1,646 @@
+"""IKEv2 in the node runtime: the glue between :mod:`vmip.ike` and the SAD/SPD.
+
+The IKE cores are sans-IO (:class:`~vmip.ike.endpoint.IkeEndpoint`,
+:class:`~vmip.ike.ikesa.IkeSa`); this manager owns what they cannot: the
+transport of IKE messages, their timer on the node's loop, and the
+translation of their events into SADB operations and SPD entries.
+
+Transport over the ``udp`` overlay (and ``raw``): IKE is ordinary UDP
+(ports 500/4500) inside on-wire IPv6 packets between on-wire addresses.  We
+build the IPv6+UDP packet ourselves and hand it to ``node.send_inner`` so it
+passes the SPD (an automatic BYPASS, priority 0) and the IRO remap like any
+packet the node makes; inbound, the runtime calls :meth:`IkeManager.intercept`
+before the TUN write.  Locator learning happens only on authenticated IKE
+messages (the core's ``PeerAlive``), as DESIGN-BRIEF §3 requires.
+
+Keys: every inbound CHILD_SA SPI comes from ``SAD.getspi`` while IKE_AUTH or
+CREATE_CHILD_SA is being built (IRO draft §6.2.1: remap rules keyed by the
+SPI exist before the first ESP packet); ``ChildSaCreated`` completes it
+(UPDATE) and ADDs the outbound SA; the negotiated traffic selectors become
+PROTECT policies naming the SAs by SPI.  A rekey (RFC 7296 §2.8) moves
+outbound traffic to the new SA at once and keeps the old inbound SA until
+its DELETE.  Soft expiry from the SADB bus rekeys, hard expiry deletes.
+
+Decisions the config leaves open (docs/ike.md "Integration"):
+- In IKE mode the config's ``protect`` policies (which name no SA) are not
+  installed; their selectors are what we propose as TSi/TSr.  With none, the
+  IKE addresses are proposed.  ``bypass``/``discard`` policies stay.
+- Transport mode when the proposed selectors are exactly the two IKE
+  addresses (host to host), tunnel mode otherwise.
+- CHILD_SA lifetime: soft 3600 s (rekey), hard 3960 s, as strongSwan's
+  ``rekey_time``/``life_time`` defaults.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import itertools
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, Callable
+
+from vmip.config.keyfile import read_key_file
+from vmip.errors import VmipError
+from vmip.ike import crypto as ike_crypto
+from vmip.ike.constants import NON_ESP_MARKER
+from vmip.ike.endpoint import IkeEndpoint
+from vmip.ike.events import (
+    AuthenticationFailed,
+    ChildSaCreated,
+    ChildSaDeleted,
+    ChildSaFailed,
+    ChildSaRekeyed,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+    IkeSaRekeyed,
+    PeerAlive,
+)
+from vmip.ike.ikesa import IkeSa, IkeSaConfig
+from vmip.ike.payloads import Identity, TrafficSelector
+from vmip.ipsec import static
+from vmip.ipsec.sa import Direction, Lifetime, Mode
+from vmip.ipsec.sad import SadError
+from vmip.ipsec.sadb import ExpireEvent, SadbEvent
+from vmip.ipsec.spd import Action, Policy, Selector, SpdError
+from vmip.log import get_logger
+from vmip.wire.errors import WireError
+from vmip.wire.ipv6 import build_ipv6_header
+from vmip.wire.udp import build_udp, parse_udp
+
+if TYPE_CHECKING:
+    from vmip.node.runtime import Node
+
+log = get_logger(__name__)
+
+IKE_PORT = 500
+NAT_T_PORT = 4500
+_UDP = 17
+_ICMPV6 = 58
+_MH = 135
+_FULL_PORTS = (0, 0xFFFF)
+
+#: CHILD_SA lifetimes (strongSwan's defaults: rekey_time 1 h, life_time 1.1 h).
+CHILD_SOFT_SECONDS = 3600.0
+CHILD_HARD_SECONDS = 3960.0
+
+#: Priority of the automatic IKE BYPASS policies (before everything) and of
+#: the policies made from negotiated traffic selectors.
+BYPASS_PRIORITY = 0
+CHILD_POLICY_PRIORITY = 50
+
+
+class KeyingError(VmipError):
+    """An IKE request the manager cannot carry out (unknown peer, no SA, ...)."""
+
+
+def static_keys(config) -> static.StaticKeys:
+    """The static part of a config: everything in static mode; in IKE mode
+    the ``bypass``/``discard`` policies (``protect`` ones are negotiated)."""
+    if str(config.keys.mode) != "ike":
+        return static.from_config(config)
+    policies = [pc for pc in config.policies if str(pc.action) != "protect"]
+    return static.build_static((), policies, backend=config.keys.backend, source=str(config.source))
+
+
+def ts_to_selectors(local: TrafficSelector, remote: TrafficSelector) -> list[Selector]:
+    """SPD selectors covering one (local, remote) traffic selector pair.
+
+    A TS is an address *range*; the SPD wants prefixes, so a range becomes
+    the prefixes that summarise it (RFC 7296 §3.13.1 ranges vs RFC 4301
+    §4.4.1.2 prefixes).  For ICMPv6 and MH the port fields carry type<<8|code
+    (RFC 4301 §4.4.1.1); they become ``icmp_type``/``mh_type`` ranges.
+    """
+    if local.start.version != remote.start.version:
+        return []
+    protocol = local.protocol or remote.protocol or None
+    local_nets = list(ipaddress.summarize_address_range(local.start, local.end))
+    remote_nets = list(ipaddress.summarize_address_range(remote.start, remote.end))
+    extra: dict[str, Any] = {}
+    local_range = (local.start_port, local.end_port)
+    remote_range = (remote.start_port, remote.end_port)
+    if protocol in (_ICMPV6, _MH):
+        # The type travels in the high octet of the ports (RFC 4301 §4.4.1.1).
+        ranges = [r for r in (local_range, remote_range) if r != _FULL_PORTS]
+        if ranges:
+            low, high = ranges[0][0] >> 8, ranges[0][1] >> 8
+            extra["mh_type" if protocol == _MH else "icmp_type"] = (low, high)
+    elif protocol is not None:
+        if local_range != _FULL_PORTS:
+            extra["local_ports"] = local_range
+        if remote_range != _FULL_PORTS:
+            extra["remote_ports"] = remote_range
+    return [Selector(local=ln, remote=rn, proto=protocol, **extra)
+            for ln in local_nets for rn in remote_nets]
+
+
+def _ts_of_network(net, protocol: int | None, ports) -> TrafficSelector:
+    low, high = ports if ports else _FULL_PORTS
+    return TrafficSelector(net.network_address, net.broadcast_address, protocol or 0, low, high)
+
+
+@dataclass
+class ChildRecord:
+    """What the manager installed for one CHILD_SA (by inbound SPI)."""
+
+    ike_sa: IkeSa
+    event: ChildSaCreated
+    policies: list[str] = field(default_factory=list)
+    rekeying: bool = False
+
+
+class IkeManager:
+    """IKEv2 for one node: endpoints per local address, events → SAD/SPD."""
+
+    def __init__(self, node: "Node", *, cookie_threshold: int = 32,
+                 child_soft: float = CHILD_SOFT_SECONDS, child_hard: float = CHILD_HARD_SECONDS) -> None:
+        self.node = node
+        config = node.config
+        if config.ike is None:
+            raise KeyingError('keys.mode = "ike" needs an [ike] section')
+        self.ike_config = config.ike
+        self.cookie_threshold = cookie_threshold
+        self.child_soft = child_soft
+        self.child_hard = child_hard
+        self.counters: Counter[str] = Counter()
+        self.endpoints: dict[str, IkeEndpoint] = {}
+        self.children: dict[int, ChildRecord] = {}
+        self.peers = {peer.name: peer for peer in self.ike_config.peers}
+        self._auth = self._load_auth()
+        self._proposed_ts = self._policy_ts(config)
+        self._last_rx: dict[str, tuple[bytes, tuple[str, int], str]] = {}
+        self._policy_seq = itertools.count(1)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._bypass_installed: list[str] = []
+        self._subscription = node.bus.subscribe(self._on_sadb_event)
+
+    # -- configuration ---------------------------------------------------------
+
+    def _load_auth(self) -> dict[str, Any]:
+        ike = self.ike_config
+        auth: dict[str, Any] = {}
+        if ike.local_id:
+            auth["local_id"] = Identity.from_text(ike.local_id)
+        if ike.psk_file is not None:
+            auth["psk"] = read_key_file(ike.psk_file)
+        if ike.certificate is not None:
+            chain = ike_crypto.load_certificates(ike.certificate.read_bytes())
+            auth["certificate"] = chain[0]
+            auth["intermediates"] = tuple(chain[1:])
+        if ike.private_key is not None:
+            auth["private_key"] = ike_crypto.load_private_key(ike.private_key.read_bytes())
+        cas: list = []
+        for path in ike.ca:
+            cas += ike_crypto.load_certificates(path.read_bytes())
+        auth["cas"] = tuple(cas)
+        return auth
+
+    @staticmethod
+    def _policy_ts(config) -> tuple[tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]]:
+        """TSi/TSr we propose: the config's outbound ``protect`` selectors."""
+        local: list[TrafficSelector] = []
+        remote: list[TrafficSelector] = []
+        for pc in config.policies:
+            if str(pc.action) != "protect" or pc.direction is not Direction.OUT:
+                continue
+            local.append(_ts_of_network(pc.src, pc.protocol, pc.src_ports))
+            remote.append(_ts_of_network(pc.dst, pc.protocol, pc.dst_ports))
+        return tuple(dict.fromkeys(local)), tuple(dict.fromkeys(remote))
+
+    def local_address_for(self, peer_address) -> ipaddress.IPv6Address | ipaddress.IPv4Address:
+        """Our IKE address towards *peer_address*: an MN talks to its HA from
+        the CoA (DESIGN-BRIEF §6), everyone else from its overlay address."""
+        node = self.node
+        if node.is_mobile and peer_address == node.mobility.home_agent:
+            coa = node._link_coa(node.active_link)
+            if coa is not None:
+                return coa
+        for iface in node.config.tun.addresses:
+            if iface.ip.version == peer_address.version:
+                return iface.ip
+        raise KeyingError(f"no {peer_address.version == 6 and 'IPv6' or 'IPv4'} overlay "
+                          f"address to run IKE with {peer_address} from")
+
+    def sa_config(self, peer, local_address) -> IkeSaConfig:
+        local_ts, remote_ts = self._proposed_ts
+        host_to_host = (
+            not local_ts
+            or (len(local_ts) == 1 and len(remote_ts) == 1
+                and local_ts[0] == TrafficSelector(local_address, local_address)
+                and remote_ts[0] == TrafficSelector(peer.address, peer.address)))
+        remote_id = Identity.from_text(peer.remote_id) if peer.remote_id else None
+        return IkeSaConfig(
+            name=peer.name, remote_id=remote_id, ike_proposals=tuple(self.ike_config.proposals),
+            esp_proposals=tuple(self.ike_config.esp_proposals), child_name=peer.name,
+            local_ts=local_ts, remote_ts=remote_ts,
+            mode=Mode.TRANSPORT if host_to_host else Mode.TUNNEL, **self._auth)
+
+    def _peer_for_address(self, address: str):
+        try:
+            wanted = ipaddress.ip_address(address.split("%")[0])
+        except ValueError:
+            return None
+        for peer in self.peers.values():
+            if peer.address == wanted:
+                return peer
+        return None
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._install_bypass()
+        for peer in self.peers.values():
+            if peer.initiate:
+                try:
+                    self.initiate(peer.name)
+                except VmipError as exc:
+                    log.error("ike initiate failed", peer=peer.name, error=str(exc))
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.node.bus.unsubscribe(self._subscription)
+
+    def _install_bypass(self) -> None:
+        """Clear-text IKE must pass the SPD (RFC 4301 §5.1: IKE is BYPASS)."""
+        for direction in Direction:
+            for port in (IKE_PORT, NAT_T_PORT):
+                name = f"ike-bypass-{direction.value}-{port}"
+                # Our port is the local one: both directions (RFC 7296 §2.11).
+                selector = Selector(proto=_UDP, local_ports=(port, port))
+                self.node.spd.add(Policy(name, direction, selector, Action.BYPASS, (),
+                                         BYPASS_PRIORITY))
+                self._bypass_installed.append(name)
+
+    # -- endpoints ---------------------------------------------------------------
+
+    def _endpoint(self, local_address) -> IkeEndpoint:
+        key = str(local_address)
+        endpoint = self.endpoints.get(key)
+        if endpoint is None:
+            endpoint = IkeEndpoint(self._responder_config, (key, IKE_PORT),
+                                   cookie_threshold=self.cookie_threshold,
+                                   spi_allocator_for=self._spi_allocator_for)
+            self.endpoints[key] = endpoint
+        return endpoint
+
+    def _responder_config(self, addr) -> IkeSaConfig | None:
+        peer = self._peer_for_address(addr[0])
+        if peer is None:
+            self.counters["ike_refused_unknown_peer"] += 1
+            return None
+        return self.sa_config(peer, self.local_address_for(peer.address))
+
+    def _spi_allocator_for(self, local, remote) -> Callable[[float], int]:
+        src = ipaddress.ip_address(remote[0].split("%")[0])
+        dst = ipaddress.ip_address(local[0])
+
+        def allocate(now: float) -> int:
+            # GETSPI while the SA payload is built (IRO draft §6.2.1).
+            return self.node.sad.getspi(src, dst, now, name="ike")
+        return allocate
+
+    # -- control -----------------------------------------------------------------
+
+    def initiate(self, name: str) -> dict:
+        peer = self.peers.get(name)
+        if peer is None:
+            raise KeyingError(f"no IKE peer {name!r}; peers: {', '.join(self.peers) or 'none'}")
+        for sa in self._sas_of(name):
+            if not sa.is_finished:
+                return {"peer": name, "state": sa.state.value, "already": True}
+        now = self.node.clock()
+        local = self.local_address_for(peer.address)
+        endpoint = self._endpoint(local)
+        sa = endpoint.initiate(self.sa_config(peer, local), (str(peer.address), IKE_PORT), now)
+        log.info("ike initiate", peer=name, local=str(local), remote=str(peer.address))
+        self._pump(now)
+        return {"peer": name, "state": sa.state.value, "already": False}
+
+    def terminate(self, name: str) -> dict:
+        sas = [sa for sa in self._sas_of(name) if not sa.is_finished]
+        if name not in self.peers and not sas:
+            raise KeyingError(f"no IKE peer {name!r}; peers: {', '.join(self.peers) or 'none'}")
+        now = self.node.clock()
+        for sa in sas:
+            sa.delete(now)
+        self._collect_all()
+        self._pump(now)
+        return {"peer": name, "terminated": len(sas)}
+
+    def rekey(self, name: str, *, ike: bool = False) -> dict:
+        sas = [sa for sa in self._sas_of(name) if sa.is_established]
+        if not sas:
+            raise KeyingError(f"no established IKE SA with {name!r}")
+        now = self.node.clock()
+        count = 0
+        for sa in sas:
+            if ike:
+                sa.rekey_ike(now)
+                count += 1
+                continue
+            for spi_in in list(sa.children):
+                sa.rekey_child(spi_in, now)
+                count += 1
+        self._collect_all()
+        self._pump(now)
+        return {"peer": name, "rekeys": count, "what": "ike" if ike else "child"}
+
+    def handlers(self) -> dict[str, Callable[[dict], Any]]:
+        def named(action):
+            def handler(args: dict):
+                name = args.get("name")
+                if not isinstance(name, str) or not name:
+                    raise KeyingError("needs 'name': an [[ike.peer]] name")
+                return action(name, args)
+            return handler
+        return {
+            "ike.list": lambda args: self.list(),
+            "ike.initiate": named(lambda name, args: self.initiate(name)),
+            "ike.terminate": named(lambda name, args: self.terminate(name)),
+            "ike.rekey": named(lambda name, args: self.rekey(name, ike=bool(args.get("ike")))),
+        }
+
+    def list(self) -> dict:
+        now = self.node.clock()
+        rows = []
+        for local, endpoint in self.endpoints.items():
+            for sa in endpoint.sas:
+                rows.append({
+                    "name": sa.config.name,
+                    "state": sa.state.value,
+                    "role": sa.role.value,
+                    "local": f"{sa.local_addr[0]}[{sa.local_addr[1]}]",
+                    "remote": f"{sa.remote_addr[0]}[{sa.remote_addr[1]}]",
+                    "spi_i": sa.spi_i.hex(),
+                    "spi_r": sa.spi_r.hex(),
+                    "remote_id": str(sa.remote_identity) if sa.remote_identity else None,
+                    "age_s": round(now - sa.created_at, 1),
+                    "nat_t": sa.encap,
+                    "children": [
+                        {"name": c.name, "spi_in": c.spi_in, "spi_out": c.spi_out,
+                         "suite": c.suite, "mode": c.mode.value}
+                        for c in sa.children.values()],
+                    "stats": dict(sa.stats),
+                })
+        return {
+            "sas": rows,
+            "peers": [{"name": p.name, "address": str(p.address), "initiate": p.initiate}
+                      for p in self.peers.values()],
+            "endpoints": {local: {"half_open": ep.half_open_count, **ep.stats}
+                          for local, ep in self.endpoints.items()},
+            "counters": dict(self.counters),
+        }
+
+    def _sas_of(self, name: str) -> list[IkeSa]:
+        return [sa for ep in self.endpoints.values() for sa in ep.sas if sa.config.name == name]
+
+    # -- transport (overlay) -------------------------------------------------------
+
+    def intercept(self, packet: bytes, onwire_source: bytes, endpoint: tuple[str, int],
+                  link_name: str, now: float) -> bool:
+        """Take an inbound IPv6/UDP 500|4500 packet for a local address; True if taken."""
+        if len(packet) < 48 or packet[0] >> 4 != 6 or packet[6] != _UDP:
+            return False
+        dport = int.from_bytes(packet[42:44], "big")
+        if dport not in (IKE_PORT, NAT_T_PORT):
+            return False
+        self.counters["rx_ike"] += 1
+        src, dst = packet[8:24], packet[24:40]
+        try:
+            datagram = parse_udp(packet[40:], src, dst)
+        except WireError:
+            self.counters["rx_ike_bad_udp"] += 1
+            return True
+        src_text = str(ipaddress.IPv6Address(src))
+        local = self.endpoints.get(str(ipaddress.IPv6Address(dst)))
+        if local is None:
+            local = self._endpoint(ipaddress.IPv6Address(dst))
+        # Remember how this datagram came, for locator learning once it proves authentic.
+        self._last_rx[src_text] = (onwire_source, endpoint, link_name)
+        try:
+            local.receive_datagram(datagram.payload, (src_text, datagram.src_port), now)
+        except Exception:  # a core bug must cost one message, not the node
+            self.counters["rx_ike_internal_error"] += 1
+            log.exception("ike receive failed", source=src_text)
+        self._pump(now)
+        return True
+
+    def _send(self, local: str, data: bytes, addr: tuple[str, int], now: float) -> None:
+        src = ipaddress.ip_address(local)
+        dst = ipaddress.ip_address(addr[0].split("%")[0])
+        if src.version != 6 or dst.version != 6:
+            self.counters["tx_ike_not_ipv6"] += 1
+            return
+        # A message with the non-ESP marker leaves from port 4500 (RFC 3948 §2.2).
+        sport = NAT_T_PORT if data[:4] == NON_ESP_MARKER else IKE_PORT
+        udp = build_udp(sport, int(addr[1]), data, src.packed, dst.packed)
+        packet = build_ipv6_header(src.packed, dst.packed, _UDP, len(udp)) + udp
+        self.counters["tx_ike"] += 1
+        self.node.send_inner(packet, None, now)
+
+    # -- the pump: datagrams, events, timer ---------------------------------------
+
+    def _collect_all(self) -> None:
+        for endpoint in self.endpoints.values():
+            endpoint.collect()
+
+    def _pump(self, now: float) -> None:
+        for local, endpoint in list(self.endpoints.items()):
+            for _ in range(10_000):  # bounded: events may cause more sends
+                for data, addr in endpoint.datagrams_to_send(now):
+                    self._send(local, data, addr, now)
+                item = endpoint.next_event()
+                if item is None:
+                    break
+                try:
+                    self._on_event(item[0], item[1], now)
+                except VmipError as exc:
+                    self.counters["event_failed"] += 1
+                    log.error("ike event not applied", event=type(item[1]).__name__,
+                              error=str(exc))
+                endpoint.collect()
+        self._arm_timer()
+        self.node._arm_timer()
+
+    def _arm_timer(self) -> None:
+        if self._loop is None:
+            return
+        timers = [t for t in (ep.get_timer() for ep in self.endpoints.values()) if t is not None]
+        deadline = min(timers) if timers else None
+        if deadline == self._timer_deadline and self._timer is not None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_deadline = deadline
+        if deadline is not None:
+            delay = max(0.0, deadline - self.node.clock())
+            self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_deadline = None
+        now = self.node.clock()
+        for endpoint in list(self.endpoints.values()):
+            try:
+                endpoint.handle_timer(now)
+            except Exception:
+                self.counters["timer_internal_error"] += 1
+                log.exception("ike timer failed")
+        self._pump(now)
+
+    # -- events → SAD / SPD ----------------------------------------------------------
+
+    def _on_event(self, sa: IkeSa, event, now: float) -> None:
+        if isinstance(event, ChildSaCreated):
+            self._install_child(sa, event, now)
+        elif isinstance(event, ChildSaRekeyed):
+            self._install_child(sa, event.new, now, rekey_of=event.old_spi_in)
+        elif isinstance(event, ChildSaDeleted):
+            self._remove_child(event.spi_in, "ike delete" + (" by peer" if event.by_peer else ""))
+        elif isinstance(event, (IkeSaDeleted, IkeSaFailed)):
+            for spi_in, record in list(self.children.items()):
+                if record.ike_sa is sa:
+                    self._remove_child(spi_in, "ike sa gone")
+            level = log.info if isinstance(event, IkeSaDeleted) else log.warning
+            level("ike sa " + ("deleted" if isinstance(event, IkeSaDeleted) else "failed"),
+                  peer=event.name, **({"reason": event.reason} if isinstance(event, IkeSaFailed)
+                                      else {"by_peer": event.by_peer}))
+            self.counters["ike_sa_deleted" if isinstance(event, IkeSaDeleted) else
+                          "ike_sa_failed"] += 1
+        elif isinstance(event, IkeSaEstablished):
+            self.counters["ike_sa_established"] += 1
+            log.info("ike sa established", peer=event.name, remote=event.remote_addr[0],
+                     suite=event.suite, initiator=event.initiator, nat=event.nat_detected)
+            self._learn_locator(event.remote_addr[0], now)
+        elif isinstance(event, IkeSaRekeyed):
+            self.counters["ike_sa_rekeyed"] += 1
+            log.info("ike sa rekeyed", peer=event.name)
+        elif isinstance(event, PeerAlive):
+            self._learn_locator(event.remote_addr[0], now)
+        elif isinstance(event, (AuthenticationFailed, ChildSaFailed)):
+            self.counters[type(event).__name__] += 1
+            log.warning("ike " + type(event).__name__, peer=getattr(event, "ike_name", None)
+                        or event.name, reason=event.reason)
+
+    def _learn_locator(self, remote: str, now: float) -> None:
+        """An authenticated IKE message: the sender's locator may move (DESIGN-BRIEF §3)."""
+        seen = self._last_rx.get(remote)
+        if seen is None:
+            return
+        onwire_source, endpoint, link_name = seen
+        self.node.locators.confirm(onwire_source, endpoint, now, link=link_name)
+
+    def _install_child(self, sa: IkeSa, event: ChildSaCreated, now: float,
+                       rekey_of: int | None = None) -> None:
+        node = self.node
+        pairs = [(lts, rts) for lts in event.local_ts for rts in event.remote_ts]
+        selectors = [sel for lts, rts in pairs for sel in ts_to_selectors(lts, rts)]
+        inbound, outbound = event.sa_params(tuple(selectors), tuple(selectors))
+        lifetimes = dict(soft=Lifetime(seconds=self.child_soft),
+                         hard=Lifetime(seconds=self.child_hard),
+                         backend=node.config.keys.backend,
+                         replay_window=node.config.keys.replay_window)
+        inbound = replace(inbound, **lifetimes)
+        outbound = replace(outbound, **lifetimes)
+        try:
+            node.sad.update(inbound, now)
+        except SadError:
+            # The larval reservation is gone (timed out): a fresh ADD keeps the SA usable.
+            node.sad.add(inbound, now)
+        node.sad.add(outbound, now)
+        record = ChildRecord(sa, event)
+        if rekey_of is not None:
+            old = self.children.get(rekey_of)
+            if old is not None:
+                # §2.8: new traffic on the new SA now; the old inbound SA stays until DELETE.
+                for name in [n for n in old.policies if n.endswith("-out")]:
+                    self._remove_policy(name)
+                    old.policies.remove(name)
+        seq = next(self._policy_seq)
+        for index, selector in enumerate(selectors):
+            for direction, spi in ((Direction.OUT, event.spi_out), (Direction.IN, event.spi_in)):
+                name = f"ike-{event.name}-{seq}.{index}-{direction.value}"
+                try:
+                    node.spd.add(Policy(name, direction, selector, Action.PROTECT, (spi,),
+                                        CHILD_POLICY_PRIORITY))
+                except SpdError as exc:
+                    log.error("ike policy refused", policy=name, error=str(exc))
+                    continue
+                record.policies.append(name)
+        self.children[event.spi_in] = record
+        self.counters["child_sa_rekeyed" if rekey_of is not None else "child_sa_created"] += 1
+        log.info("ike child sa installed", peer=event.ike_name, child=event.name,
+                 spi_in=f"{event.spi_in:#010x}", spi_out=f"{event.spi_out:#010x}",
+                 suite=event.suite, mode=event.mode.value, policies=len(record.policies),
+                 rekey_of=f"{rekey_of:#010x}" if rekey_of is not None else "-")
+        node.tunnel_changed()
+
+    def _remove_policy(self, name: str) -> None:
+        if name in self.node.spd:
+            self.node.spd.remove(name)
+
+    def _remove_child(self, spi_in: int, reason: str) -> None:
+        record = self.children.pop(spi_in, None)
+        if record is None:
+            return
+        node = self.node
+        event = record.event
+        for name in record.policies:
+            self._remove_policy(name)
+        local = ipaddress.ip_address(event.local_addr[0])
+        remote = ipaddress.ip_address(event.remote_addr[0])
+        for spi, direction, dst in ((event.spi_in, Direction.IN, local),
+                                    (event.spi_out, Direction.OUT, remote)):
+            if node.sad.get(spi, direction, dst) is not None:
+                node.sad.delete(spi, direction, dst, reason=reason)
+        self.counters["child_sa_removed"] += 1
+        log.info("ike child sa removed", child=event.name, spi_in=f"{event.spi_in:#010x}",
+                 reason=reason)
+        node.tunnel_changed()
+
+    def _on_sadb_event(self, event: SadbEvent) -> None:
+        """Soft expiry → rekey, hard → delete (RFC 4301 §4.4.2.1, RFC 7296 §2.8)."""
+        if not isinstance(event, ExpireEvent) or event.sa.origin != "ike":
+            return
+        spi_in = self._child_of(event.sa.spi, event.sa.direction)
+        if spi_in is None or self._loop is None:
+            return
+        # The bus is not re-entrant: act after this publish has finished.
+        self._loop.call_soon(self._expired, spi_in, event.kind)
+
+    def _child_of(self, spi: int, direction: Direction) -> int | None:
+        for spi_in, record in self.children.items():
+            if (direction is Direction.IN and spi_in == spi) or \
+                    (direction is Direction.OUT and record.event.spi_out == spi):
+                return spi_in
+        return None
+
+    def _expired(self, spi_in: int, kind: str) -> None:
+        record = self.children.get(spi_in)
+        if record is None:
+            return
+        now = self.node.clock()
+        sa = record.ike_sa
+        try:
+            if str(kind) == "soft":
+                if record.rekeying or not sa.is_established:
+                    return
+                record.rekeying = True
+                self.counters["rekey_on_soft_expire"] += 1
+                sa.rekey_child(spi_in, now)
+            else:
+                self.counters["delete_on_hard_expire"] += 1
+                if sa.is_established and spi_in in sa.children:
+                    sa.delete_child(spi_in, now)
+                self._remove_child(spi_in, "hard expire")
+        except (VmipError, RuntimeError) as exc:
+            log.warning("ike expire not handled", spi_in=f"{spi_in:#010x}", error=str(exc))
+        self._collect_all()
+        self._pump(now)
