@@ -21,6 +21,7 @@ SUBCOMMANDS = [
     "vmip.cli.node",
     "vmip.cli.check",
     "vmip.cli.lab",
+    "vmip.cli.ike",
 ]
 
 DESCRIPTION = """\
