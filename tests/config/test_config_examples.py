@@ -49,7 +49,9 @@ def test_example_loads_and_matches_the_plan(configs: Path, name: str) -> None:
         assert cfg.mobility.home_prefix == HOME_PREFIX
         assert cfg.mobility.home_address == ip_address(plan["overlay"][0])
         assert cfg.mobility.home_agent == HA_ADDRESS
-        assert cfg.mobility.correspondents == (CN_ADDRESS,)
+        # The CN, then the other MN (MN-MN route optimisation, draft §5.2.2).
+        other = next(n for n in ("mn", "mn2") if n != name)
+        assert cfg.mobility.correspondents == (CN_ADDRESS, ip_address(PLAN[other]["overlay"][0]))
         # wifi0 is preferred (lower priority value) over lte0.
         assert [str(c) for c in cfg.care_of_addresses] == [plan["coa"]["wifi0"], plan["coa"]["lte0"]]
     if cfg.has_role(Role.HA):
@@ -78,7 +80,7 @@ def test_every_sa_has_a_twin_on_the_peer(configs: Path) -> None:
     sas = _all_sas(configs)
     outbound = [(node, sa) for node, sa in sas if sa.direction is Direction.OUT]
     inbound = [(node, sa) for node, sa in sas if sa.direction is Direction.IN]
-    assert len(outbound) == len(inbound) == 12  # mn 3 + mn2 3 + ha 4 + cn 2
+    assert len(outbound) == len(inbound) == 14  # mn 4 + mn2 4 + ha 4 + cn 2
     for node, out_sa in outbound:
         twins = [(peer, in_sa) for peer, in_sa in inbound
                  if (in_sa.spi, in_sa.src, in_sa.dst) == (out_sa.spi, out_sa.src, out_sa.dst)]
@@ -115,9 +117,16 @@ def test_mn_has_the_sas_the_issue_asks_for(configs: Path, name: str) -> None:
     for policy in mh:
         (sa_name,) = policy.sa
         assert cfg.sa_by_name(sa_name).mode is Mode.TRANSPORT
-    # Everything between HoA and CN is protected, whatever the protocol.
+    # Everything between HoA and CN is protected, whatever the protocol: by the
+    # HoA<->CN transport SA, except the clear-text class (UDP echo, docs/iro.md),
+    # which the HA tunnel SA carries instead.
     to_cn = [p for p in cfg.policies if p.dst == ip_network(f"{CN_ADDRESS}/128")]
-    assert to_cn and all(p.protocol is None and p.action is Action.PROTECT for p in to_cn)
+    assert to_cn and all(p.action is Action.PROTECT for p in to_cn)
+    for policy in to_cn:
+        (sa_name,) = policy.sa
+        expected = Mode.TRANSPORT if policy.protocol is None else Mode.TUNNEL
+        assert cfg.sa_by_name(sa_name).mode is expected
+    assert {(p.protocol, p.dst_ports) for p in to_cn if p.protocol is not None} == {(17, (7, 7))}
 
 
 @pytest.mark.parametrize("name", EXAMPLES)

@@ -117,10 +117,10 @@ MISTAKES = {
         "cn", replace('suite = "aes128gcm16"', 'suite = "aes-128-gcm"'), "keys.sa[0].suite",
         '"aes-128-gcm" is not one of', 'did you mean "aes128gcm16"?'),
     "unknown SA in a policy": Mistake(
-        "mn", replace('sa = ["mn-cn-out"]', 'sa = ["mn-cn-uot"]'), "policy[2].sa[0]",
+        "mn", replace('sa = ["mn-cn-out"]', 'sa = ["mn-cn-uot"]'), "policy[4].sa[0]",
         'no [[keys.sa]] is named "mn-cn-uot"', 'did you mean "mn-cn-out"?'),
     "SA of the wrong direction in a policy": Mistake(
-        "mn", replace('sa = ["mn-cn-out"]', 'sa = ["mn-cn-in"]'), "policy[2].sa[0]",
+        "mn", replace('sa = ["mn-cn-out"]', 'sa = ["mn-cn-in"]'), "policy[4].sa[0]",
         'SA "mn-cn-in" is inbound but the policy is outbound', "name SAs of the policy's direction"),
     "MN without HoA": Mistake(
         "mn", replace('home_address = "2001:db8:100::10"\n', ""), "mobility.home_address",
@@ -150,15 +150,15 @@ MISTAKES = {
         "cn", replace('name = "mn2-in"', 'name = "mn-in"'), "keys.sa[2].name",
         '"mn-in" is already the name of keys.sa[0]', "give each entry its own name"),
     "bad port range": Mistake(
-        "mn", append(BAD_PORTS_POLICY), "policy[6].dst_ports",
+        "mn", append(BAD_PORTS_POLICY), "policy[10].dst_ports",
         '"8080-80" starts above its end', 'write the lower port first, such as "80-8080"'),
     "port out of range": Mistake(
-        "mn", append(BAD_PORTS_POLICY.replace('"8080-80"', '"80-70000"')), "policy[6].dst_ports",
+        "mn", append(BAD_PORTS_POLICY.replace('"8080-80"', '"80-70000"')), "policy[10].dst_ports",
         "outside 0-65535", 'write a port (22), a range ("1000-2000") or "any"'),
     "ports without a protocol that has them": Mistake(
         "mn", append(BAD_PORTS_POLICY.replace('protocol = "tcp"', 'protocol = "icmpv6"')
                      .replace('"8080-80"', '"80-8080"')),
-        "policy[6].dst_ports", "ports need a protocol that has them", 'add protocol = "tcp"'),
+        "policy[10].dst_ports", "ports need a protocol that has them", 'add protocol = "tcp"'),
     "binding lifetime not a multiple of 4": Mistake(
         "mn", replace("binding_lifetime = 420", "binding_lifetime = 421"), "mobility.binding_lifetime",
         "421 is not a multiple of 4", "write 420 or 424"),
