@@ -47,10 +47,11 @@ WIFI = {"mn": ("192.0.2.34", "2001:db8:31::2"), "mn2": ("192.0.2.50", "2001:db8:
 OVERLAY = {"ha": f"{HA}/64", "cn": f"{CN}/128", "mn": f"{HOA['mn']}/64",
            "mn2": f"{HOA['mn2']}/64"}
 # configs/README.md: SAs per node, and the SPIs of mn's traffic with the CN and the HA.
-SA_COUNT = {"ha": 8, "cn": 4, "mn": 6, "mn2": 6}
+SA_COUNT = {"ha": 8, "cn": 4, "mn": 8, "mn2": 8}
 MN_CN_SPIS = {0x1301, 0x1302}
 MN_HA_TUNNEL_SPIS = {0x1201, 0x1202}
-MN_SPIS = {0x1101, 0x1102} | MN_HA_TUNNEL_SPIS | MN_CN_SPIS
+MN_MN2_SPIS = {0x1401, 0x1402}
+MN_SPIS = {0x1101, 0x1102} | MN_HA_TUNNEL_SPIS | MN_CN_SPIS | MN_MN2_SPIS
 
 
 def require(*tools: str) -> None:

@@ -39,6 +39,8 @@ SPI_PLAN = {
     0x2202: ("ha", "mn2", "tunnel", "aes128gcm16"),
     0x2301: ("mn2", "cn", "transport", "aes128gcm16"),
     0x2302: ("cn", "mn2", "transport", "aes128gcm16"),
+    0x1401: ("mn", "mn2", "transport", "aes128gcm16"),
+    0x1402: ("mn2", "mn", "transport", "aes128gcm16"),
 }
 # The addressing plan (docs/lab.md), restated.
 HOA = {"mn": "2001:db8:100::10", "mn2": "2001:db8:100::20"}
@@ -65,7 +67,7 @@ def test_configs_load_with_esp_tunnel_and_their_key_files(written) -> None:
     for name in ("ha", "mn", "mn2"):
         assert nodes[name].mobility.tunnel is TunnelKind.ESP
     assert {name: len(node.keys.sa) for name, node in nodes.items()} == {
-        "ha": 8, "cn": 4, "mn": 6, "mn2": 6}
+        "ha": 8, "cn": 4, "mn": 8, "mn2": 8}
     for name, node in nodes.items():
         assert node.control.socket == Path(f"/run/vmip/vmip-{name}.sock")
         assert all(sa.esn is False for sa in node.keys.sa)  # tshark 4.0 checks the ICVs
@@ -125,14 +127,14 @@ def test_keys_are_fresh_private_and_random(plan, written) -> None:
         return {path: read_key_file(path) for path in sorted(plan.lab_dir.glob("*/keys/*"))}
 
     first = key_bytes()
-    # 12 SAs, 2 key files for each CBC one, a copy at each end.
-    assert len(first) == 2 * (8 + 4 * 2)
+    # 14 SAs, 2 key files for each CBC one, a copy at each end.
+    assert len(first) == 2 * (10 + 4 * 2)
     for path in first:
         assert path.stat().st_mode & 0o777 == 0o600
         assert path.parent.stat().st_mode & 0o777 == 0o700
     # Never the published example keys (their mode may be 0644 after a clone: parse the text).
     example_keys = {parse_key_text(p.read_text(), str(p)) for p in (EXAMPLES / "keys").iterdir()}
-    assert len(example_keys) == 16
+    assert len(example_keys) == 18
     assert not set(first.values()) & example_keys
     # Pairs share a key, different pairs do not.
     assert len(set(first.values())) == len(first) // 2
