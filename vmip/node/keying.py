@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import itertools
+import socket
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable
@@ -175,6 +176,8 @@ class IkeManager:
         self._timer_deadline: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._bypass_installed: list[str] = []
+        # rfc3948 links: local IKE address -> (driver, UDP 500 socket).
+        self._rfc3948: dict[str, tuple[Any, socket.socket | None]] = {}
         self._subscription = node.bus.subscribe(self._on_sadb_event)
 
     # -- configuration ---------------------------------------------------------
@@ -214,6 +217,14 @@ class IkeManager:
         """Our IKE address towards *peer_address*: an MN talks to its HA from
         the CoA (DESIGN-BRIEF §6), everyone else from its overlay address."""
         node = self.node
+        locator = node.locators.lookup(peer_address) if peer_address.version == 6 else None
+        if locator is not None and str(locator.framing) == "rfc3948":
+            # Plain IPsec peers: IKE between underlay addresses (RFC 3948 link).
+            for link in node.config.links:
+                if str(link.driver) == "rfc3948" and link.bind is not None \
+                        and link.bind.version == peer_address.version:
+                    return link.bind
+            raise KeyingError(f"IKE with {peer_address} needs an rfc3948 link with 'bind' set")
         if node.is_mobile and peer_address == node.mobility.home_agent:
             coa = node._link_coa(node.active_link)
             if coa is not None:
@@ -264,6 +275,12 @@ class IkeManager:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        for _driver, sock in self._rfc3948.values():
+            if sock is not None:
+                if self._loop is not None:
+                    self._loop.remove_reader(sock.fileno())
+                sock.close()
+        self._rfc3948.clear()
         self.node.bus.unsubscribe(self._subscription)
 
     def _install_bypass(self) -> None:
@@ -400,6 +417,58 @@ class IkeManager:
     def _sas_of(self, name: str) -> list[IkeSa]:
         return [sa for ep in self.endpoints.values() for sa in ep.sas if sa.config.name == name]
 
+    # -- transport (rfc3948 links: UDP 500 socket + the driver's port 4500) ----------
+
+    def rfc3948_handler(self, link_cfg, driver) -> Callable[[bytes, tuple[str, int]], None]:
+        """``on_ike`` for an rfc3948 driver; also opens UDP 500 on the link's address."""
+        local = str(link_cfg.bind) if link_cfg.bind is not None else None
+        sock = None
+        if local is not None and self.node._loop is not None:
+            family = socket.AF_INET6 if link_cfg.bind.version == 6 else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.bind((local, IKE_PORT))
+            self.node._loop.add_reader(sock.fileno(), self._on_udp500, sock, local, driver)
+        if local is not None:
+            self._rfc3948[local] = (driver, sock)
+
+        def on_ike(message: bytes, endpoint: tuple[str, int]) -> None:
+            # The driver strips the non-ESP marker; the core wants to know it came on 4500.
+            self._receive_underlay(local, NON_ESP_MARKER + message, endpoint, driver)
+        return on_ike
+
+    def _on_udp500(self, sock: socket.socket, local: str, driver) -> None:
+        for _ in range(64):   # bounded per wake-up
+            try:
+                data, address = sock.recvfrom(65535)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self.counters["rx_ike_socket_error"] += 1
+                return
+            self._receive_underlay(local, data, (address[0], address[1]), driver)
+
+    def _receive_underlay(self, local: str | None, data: bytes, endpoint: tuple[str, int],
+                          driver) -> None:
+        now = self.node.clock()
+        self.counters["rx_ike"] += 1
+        if local is None:
+            self.counters["rx_ike_no_local_address"] += 1
+            return
+        host = endpoint[0].split("%")[0]
+        try:
+            onwire = ipaddress.IPv6Address(host).packed
+        except ValueError:
+            onwire = b"\0" * 10 + b"\xff\xff" + ipaddress.IPv4Address(host).packed
+        self._last_rx[host] = (onwire, (host, endpoint[1]), driver.name)
+        try:
+            self._endpoint(ipaddress.ip_address(local)).receive_datagram(data, (host, endpoint[1]),
+                                                                          now)
+        except Exception:  # a core bug must cost one message, not the node
+            self.counters["rx_ike_internal_error"] += 1
+            log.exception("ike receive failed", source=host)
+        self._pump(now)
+
     # -- transport (overlay) -------------------------------------------------------
 
     def intercept(self, packet: bytes, onwire_source: bytes, endpoint: tuple[str, int],
@@ -432,6 +501,18 @@ class IkeManager:
         return True
 
     def _send(self, local: str, data: bytes, addr: tuple[str, int], now: float) -> None:
+        underlay = self._rfc3948.get(local)
+        if underlay is not None:
+            driver, sock = underlay
+            self.counters["tx_ike"] += 1
+            if data[:4] == NON_ESP_MARKER:
+                driver.send_ike(data[4:], (addr[0], addr[1]))
+            elif sock is not None:
+                try:
+                    sock.sendto(data, (addr[0], addr[1]))
+                except OSError:
+                    self.counters["tx_ike_socket_error"] += 1
+            return
         src = ipaddress.ip_address(local)
         dst = ipaddress.ip_address(addr[0].split("%")[0])
         if src.version != 6 or dst.version != 6:

@@ -147,9 +147,17 @@ class Node:
             self._local = {a.ip.packed for a in cfg.tun.addresses}
             # An MN's care-of addresses are ours on the wire too (tunnel from the HA).
             self._local |= {link.coa.packed for link in cfg.links if link.coa is not None}
+            # On an rfc3948 link the on-wire addresses are the underlay ones (ESP to us).
+            self._local |= {link.bind.packed for link in cfg.links if str(link.driver) == "rfc3948"
+                            and link.bind is not None and link.bind.version == 6}
             for link_cfg in sorted(cfg.links, key=lambda link: link.priority):
                 driver = make_driver(link_cfg)
-                await driver.start(self._loop, self._on_link_packet)
+                if self.keying is not None and str(link_cfg.driver) == "rfc3948":
+                    # IKE on port 4500 (non-ESP marker) and 500 go to the IKE manager.
+                    await driver.start(self._loop, self._on_link_packet,
+                                       on_ike=self.keying.rfc3948_handler(link_cfg, driver))
+                else:
+                    await driver.start(self._loop, self._on_link_packet)
                 self.links[link_cfg.name] = driver
                 self._framing_links.setdefault(str(link_cfg.driver), []).append(driver)
                 self._link_mtu[link_cfg.name] = self._underlay_payload_mtu(link_cfg)

@@ -1,0 +1,182 @@
+"""Interop through the runtime: a ``vmip run`` node (rfc3948 link, IKE over
+UDP 500/4500 on its underlay address, tunnel mode, TS = overlay addresses)
+against strongSwan charon with kernel-libipsec in the other namespace.
+
+Oracle: charon's own SA list and the kernel's ping through both ends
+(vmip's TUN on one side, libipsec's ipsec0 on the other).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ike"))
+from test_ike_strongswan import CHARON, SWANCTL, Charon, _run  # noqa: E402
+
+from pairlab import netns_exec  # noqa: E402
+from test_ike_overlay import wait_for  # noqa: E402
+from vmip.config.keyfile import write_key_file  # noqa: E402
+
+pytestmark = pytest.mark.root
+
+UNDER_A, UNDER_B = "2001:db8:ff::1", "2001:db8:ff::2"
+IN_A, IN_B = "2001:db8:a::1", "2001:db8:b::1"
+PSK = b"vmip-runtime-interop-psk-0123456"
+
+
+def vmip_config(workdir: Path) -> str:
+    return f"""
+[node]
+name = "a"
+roles = ["cn"]
+
+[tun]
+name = "vmip0"
+addresses = ["{IN_A}/64"]
+mtu = 1400
+routes = ["{IN_B}/128"]
+
+[[link]]
+name = "esp0"
+driver = "rfc3948"
+bind = "{UNDER_A}"
+port = 4500
+keepalive = 0
+
+[[peer]]
+name = "charon"
+prefixes = ["{UNDER_B}/128"]
+endpoint = "[{UNDER_B}]:4500"
+framing = "rfc3948"
+
+[keys]
+mode = "ike"
+
+[[policy]]
+name = "out"
+direction = "out"
+src = "{IN_A}/128"
+dst = "{IN_B}/128"
+action = "protect"
+
+[[policy]]
+name = "in"
+direction = "in"
+src = "{IN_B}/128"
+dst = "{IN_A}/128"
+action = "protect"
+
+[ike]
+psk_file = "{workdir}/ike.psk"
+proposals = ["aes128gcm16-prfsha256-ecp256"]
+esp_proposals = ["aes128gcm16"]
+
+[[ike.peer]]
+name = "charon"
+address = "{UNDER_B}"
+initiate = true
+"""
+
+
+SWANCTL_CONF = f"""
+connections {{
+  vmip {{
+    version = 2
+    local_addrs = {UNDER_B}
+    remote_addrs = {UNDER_A}
+    proposals = aes128gcm16-prfsha256-ecp256
+    local {{ auth = psk }}
+    remote {{ auth = psk }}
+    children {{
+      net {{
+        local_ts = {IN_B}/128
+        remote_ts = {IN_A}/128
+        esp_proposals = aes128gcm16
+        mode = tunnel
+      }}
+    }}
+  }}
+}}
+secrets {{
+  ike-vmip {{ secret = 0x{PSK.hex()} }}
+}}
+"""
+
+
+@pytest.fixture
+def interop(tmp_path):
+    if CHARON is None or SWANCTL is None:
+        pytest.skip("strongSwan missing: apt-get install strongswan-swanctl charon-systemd "
+                    "libcharon-extra-plugins")
+    pid = os.getpid()
+    ns_a, ns_b = f"vt{pid}-iks-a", f"vt{pid}-iks-b"
+    os.chmod(tmp_path, 0o755)
+    charon = None
+    node = None
+    created = []
+    try:
+        for ns in (ns_a, ns_b):
+            _run("ip", "netns", "add", ns)
+            created.append(ns)
+        _run("ip", "link", "add", "vtiks-a", "netns", ns_a, "type", "veth", "peer", "name",
+             "vtiks-b", "netns", ns_b)
+        for ns, dev, addr in ((ns_a, "vtiks-a", UNDER_A), (ns_b, "vtiks-b", UNDER_B)):
+            _run("ip", "-n", ns, "addr", "add", f"{addr}/64", "dev", dev, "nodad")
+            _run("ip", "-n", ns, "link", "set", dev, "up")
+            _run("ip", "-n", ns, "link", "set", "lo", "up")
+        _run("ip", "-n", ns_b, "addr", "add", f"{IN_B}/128", "dev", "lo")
+        charon = Charon(ns_b, tmp_path)
+        charon.load(SWANCTL_CONF)
+        write_key_file(tmp_path / "ike.psk", PSK)
+        (tmp_path / "a.toml").write_text(vmip_config(tmp_path))
+        sock = Path("/run/vmip") / f"{ns_a}.sock"
+        log = open(tmp_path / "a.log", "wb")
+        import subprocess
+        node = subprocess.Popen(["ip", "netns", "exec", ns_a, sys.executable, "-m", "vmip",
+                                 "--log-level", "debug", "run", "-c", str(tmp_path / "a.toml")],
+                                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        yield ns_a, ns_b, charon, tmp_path
+    finally:
+        if node is not None:
+            node.terminate()
+            try:
+                node.wait(10)
+            except Exception:
+                node.kill()
+        if charon is not None:
+            charon.stop()
+        for ns in created:
+            import subprocess
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+        try:
+            (Path("/run/vmip") / f"{ns_a}.sock").unlink()
+        except OSError:
+            pass
+
+
+def test_vmip_runtime_with_strongswan_ping_both_ways(interop):
+    ns_a, ns_b, charon, workdir = interop
+
+    def charon_installed():
+        listing = charon.list_sas()
+        return listing if "INSTALLED" in listing else None
+    try:
+        listing = wait_for(charon_installed, "charon's CHILD_SA", timeout=25, interval=0.2)
+    except AssertionError:
+        raise AssertionError(charon.log()[-3000:] + (workdir / "a.log").read_text()[-3000:])
+    import json
+    sas = json.loads(netns_exec(ns_a, sys.executable, "-m", "vmip", "sa", "list", "--json").stdout)
+    ours = {sa["direction"]: sa for sa in sas if sa["origin"] == "ike"}
+    assert ours["out"]["mode"] == "tunnel"
+    # charon lists SPIs in hex: ours out is its in and the other way round.
+    assert f"{ours['out']['spi']:08x}" in listing and f"{ours['in']['spi']:08x}" in listing
+    result = netns_exec(ns_a, "ping", "-c", "3", "-i", "0.2", "-W", "2", IN_B, timeout=30)
+    assert result.returncode == 0, result.stdout + (workdir / "a.log").read_text()[-3000:]
+    result = netns_exec(ns_b, "ping", "-c", "3", "-i", "0.2", "-W", "2", "-I", IN_B, IN_A,
+                        timeout=30)
+    assert result.returncode == 0, result.stdout + result.stderr
