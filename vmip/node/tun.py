@@ -509,8 +509,8 @@ def _local_route_destinations(data: bytes) -> Iterator[bytes]:
                 attr = body + _RTMSG.size
                 while attr + _RTATTR_HEADER.size <= offset + length:
                     attr_len, attr_type = _RTATTR_HEADER.unpack_from(data, attr)
-                    if attr_len < _RTATTR_HEADER.size:
-                        break
+                    if attr_len < _RTATTR_HEADER.size or attr + attr_len > offset + length:
+                        break   # malformed: an attribute may not run past its message
                     if attr_type == _RTA_DST and attr_len == _RTATTR_HEADER.size + 16:
                         yield data[attr + _RTATTR_HEADER.size:attr + attr_len]
                     attr += (attr_len + 3) & ~3  # attributes are 4-byte aligned
