@@ -1,0 +1,417 @@
+"""The orchestration behind ``vmip demo`` and ``tools/bench/handover.py``.
+
+Synchronous on purpose: the lab API (pyroute2's sync IPRoute) and the
+control client are blocking, and the only concurrency needed lives in
+other processes (the nodes, the traffic agents).  One loop, ticking every
+``TICK`` seconds, refreshes the dashboard and fires the scheduled link
+changes; everything is torn down in ``finally`` (and SIGTERM/SIGHUP are
+turned into the same path as Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vmip.control.client import ControlClient
+from vmip.demo import metrics
+from vmip.demo.dashboard import collect, render
+from vmip.errors import UsageError, VmipError
+from vmip.log import get_logger
+
+log = get_logger(__name__)
+
+TICK = 0.25
+#: Seconds between link changes: long enough for the hold-down (2 s) and
+#: for the streams to settle before the next change.
+DEFAULT_PERIOD = 5.0
+#: The emulated links (round-trip times as the issue asks: wifi ≈ 10 ms,
+#: lte ≈ 60 ms with 1% loss; each direction gets half the delay).
+WIFI_ONE_WAY_MS = 5.0
+LTE_ONE_WAY_MS = 30.0
+LTE_LOSS = 0.005          # per direction: ≈ 1% for a round trip
+PROBE_RATE = 100.0        # probes per second, each direction
+UDP_PORT, TCP_PORT = 5002, 5001
+REGISTRATION_TIMEOUT = 20.0
+
+
+class DemoError(VmipError):
+    """The demo could not run (the lab did not come up, traffic did not flow...)."""
+
+
+@dataclass
+class DemoOptions:
+    duration: float = 60.0
+    ui: bool = True
+    json_path: Path | None = None
+    pcap_dir: Path | None = None
+    keys: str = "static"
+    #: Run until this many link changes were made (the benchmark), not for a duration.
+    changes: int | None = None
+    period: float = DEFAULT_PERIOD
+    shape: bool = True
+
+
+@dataclass
+class _Run:
+    plan: Any
+    workdir: Path
+    agents: dict[str, subprocess.Popen] = field(default_factory=dict)
+    ping: subprocess.Popen | None = None
+    triggers: list[metrics.Trigger] = field(default_factory=list)
+    wifi_up: bool = True
+    lab_built: bool = False
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _check_environment() -> None:
+    if os.geteuid() != 0:
+        raise UsageError("vmip demo builds network namespaces: run it as root")
+    from vmip.lab.netns import list_netns
+    from vmip.lab.topology import NETNS_PREFIX
+
+    present = list_netns(NETNS_PREFIX)
+    if present:
+        raise UsageError(f"a lab already exists ({', '.join(present)}): the demo builds its own; "
+                         "remove it first with `vmip lab down`")
+
+
+def run_demo(options: DemoOptions, *, out: Callable[[str], None] = print) -> dict[str, Any]:
+    """Build the lab, run traffic and handovers, return (and print) the report."""
+    from vmip.lab import manage
+    from vmip.lab.topology import default_plan
+
+    _check_environment()
+    plan = default_plan()
+    run = _Run(plan, Path(tempfile.mkdtemp(prefix="vmip-demo-")))
+    old_handlers = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        try:
+            old_handlers[sig] = signal.signal(sig, _raise_stop)
+        except ValueError:
+            pass   # not the main thread
+    interrupted = False
+    try:
+        report = _run(run, options, out)
+    except KeyboardInterrupt:
+        interrupted = True
+        report = None
+    finally:
+        _stop_traffic(run)
+        if options.pcap_dir is not None and run.lab_built:
+            try:
+                _save_captures(run, options.pcap_dir)
+            except (OSError, VmipError) as exc:
+                out(f"warning: could not save the captures: {exc}")
+        if run.lab_built or _lab_present():
+            manage.lab_down(plan)
+        shutil.rmtree(run.workdir, ignore_errors=True)
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
+    if interrupted:
+        out("interrupted: the lab was removed")
+        raise KeyboardInterrupt
+    return report
+
+
+def _lab_present() -> bool:
+    from vmip.lab.netns import list_netns
+    from vmip.lab.topology import NETNS_PREFIX
+
+    return bool(list_netns(NETNS_PREFIX))
+
+
+def _run(run: _Run, options: DemoOptions, out: Callable[[str], None]) -> dict[str, Any]:
+    from vmip.lab import manage
+
+    plan = run.plan
+    out("building the lab and starting HA, CN, MN ...")
+    run.lab_built = True
+    manage.lab_start(plan, keys=options.keys)
+    if options.shape:
+        _shape(plan)
+    mn_client = ControlClient(_socket(plan, "mn"))
+    clients = {name: ControlClient(_socket(plan, name)) for name in ("mn", "cn", "ha")}
+    _wait_registered(mn_client)
+    hoa, cn_addr = str(plan.node("mn").overlay_addresses[0]), str(plan.node("cn").overlay_addresses[0])
+    coa_links = {str(addr): name for name, addr in plan.node("mn").care_of_addresses.items()}
+    _start_traffic(run, hoa, cn_addr)
+    _wait_traffic(run)
+    out("traffic flows: TCP stream, UDP probes and ping from the MN's HoA to the CN")
+
+    started = time.time()
+    settle = 2.0
+    tail = 3.0
+    if options.changes is not None:
+        changes = options.changes
+        end_at = started + settle + changes * options.period + tail
+    else:
+        changes = max(int((options.duration - settle - tail) // options.period), 0)
+        end_at = started + max(options.duration, settle + tail)
+    schedule = [started + settle + i * options.period for i in range(changes)]
+
+    live = None
+    console = None
+    if options.ui:
+        from rich.console import Console
+        from rich.live import Live
+
+        console = Console()
+        live = Live(console=console, screen=True, auto_refresh=False)
+        live.start()
+    previous = None
+    try:
+        while time.time() < end_at:
+            now = time.time()
+            if schedule and now >= schedule[0]:
+                schedule.pop(0)
+                _toggle_wifi(run)
+            if live is not None and console is not None:
+                snapshot = collect(mn_client)
+                extra = _status_lines(run, clients, started, end_at)
+                live.update(render(snapshot, previous, width=console.width,
+                                   height=console.height, extra=extra), refresh=True)
+                previous = snapshot
+            time.sleep(max(0.0, min(TICK, end_at - time.time())))
+    finally:
+        if live is not None:
+            live.stop()
+    end = time.time()
+    events = mn_client.call("events")
+    final = {name: _safe(lambda c=client: collect(c)) for name, client in clients.items()}
+    records = _stop_traffic(run)
+    ping = _ping_summary(run)
+    mn_rec, cn_rec = records.get("mn", {}), records.get("cn", {})
+    to_arrivals = lambda rec: [metrics.Arrival(*a) for a in rec.get("arrivals", [])]
+    tcp = cn_rec.get("tcp", {})
+    errors = [t for t in (tcp.get("error_at"), mn_rec.get("tcp", {}).get("error_at")) if t]
+    handovers = metrics.handover_reports(
+        triggers=run.triggers, events=events, coa_links=coa_links,
+        mn_to_cn=to_arrivals(cn_rec), cn_to_mn=to_arrivals(mn_rec),
+        interval=1.0 / PROBE_RATE, tcp_samples=[tuple(s) for s in tcp.get("samples", [])],
+        tcp_error_at=min(errors) if errors else None, end=end)
+    report = {
+        "handovers": handovers,
+        "summary": metrics.summary(handovers),
+        "links": {"wifi0": {"rtt_ms": 2 * WIFI_ONE_WAY_MS},
+                  "lte0": {"rtt_ms": 2 * LTE_ONE_WAY_MS, "loss_per_direction": LTE_LOSS,
+                           "nat": True}},
+        "probes": {"rate_per_s": PROBE_RATE,
+                   "mn_to_cn": {"sent": mn_rec.get("probes_sent"),
+                                "received": len(cn_rec.get("arrivals", []))},
+                   "cn_to_mn": {"sent": cn_rec.get("probes_sent"),
+                                "received": len(mn_rec.get("arrivals", []))}},
+        "tcp": {"bytes": tcp.get("bytes"), "error": tcp.get("error") or
+                mn_rec.get("tcp", {}).get("error")},
+        "ping": ping,
+        "triggers": [{"t": t.t, "link": t.link, "action": t.action} for t in run.triggers],
+        "duration_s": round(end - started, 1),
+        "keys": options.keys,
+        "final_snapshots": final,
+    }
+    if options.json_path is not None:
+        options.json_path.write_text(json.dumps(report, indent=2))
+    out(format_report(report))
+    return report
+
+
+def _safe(fn: Callable[[], Any]) -> Any:
+    try:
+        return fn()
+    except Exception as exc:
+        return {"error": str(exc)}
+
+
+def _socket(plan: Any, name: str) -> Path:
+    from vmip.lab.runner import node_files
+
+    return node_files(plan, name).control_socket
+
+
+def _shape(plan: Any) -> None:
+    from vmip.lab import manage
+    from vmip.lab.emulation import LinkProfile
+
+    manage.shape_link(plan, "mn", "wifi0", "both", LinkProfile(delay_ms=WIFI_ONE_WAY_MS))
+    manage.shape_link(plan, "mn", "lte0", "both",
+                      LinkProfile(delay_ms=LTE_ONE_WAY_MS, loss=LTE_LOSS))
+
+
+def _wait_registered(client: ControlClient) -> None:
+    """Until the MN's binding with the HA and with the CN is accepted."""
+    deadline = time.monotonic() + REGISTRATION_TIMEOUT
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            mobility = client.call("mobility")
+            entries = (mobility.get("mn") or {}).get("binding_update_list", [])
+            last = [(e.get("peer"), e.get("state")) for e in entries]
+            if entries and all(str(e.get("state")) == "bound" for e in entries):
+                return
+        except VmipError as exc:
+            last = str(exc)
+        time.sleep(0.1)
+    raise DemoError(f"the MN did not register within {REGISTRATION_TIMEOUT:.0f} s: {last}")
+
+
+def _start_traffic(run: _Run, hoa: str, cn: str) -> None:
+    from vmip.lab.netns import popen_in
+
+    for role, netns, local, peer in (("cn", "vmip-cn", cn, hoa), ("mn", "vmip-mn", hoa, cn)):
+        argv = [sys.executable, "-m", "vmip.demo.traffic", "--role", role, "--local", local,
+                "--peer", peer, "--rate", str(PROBE_RATE), "--udp-port", str(UDP_PORT),
+                "--tcp-port", str(TCP_PORT), "--out", str(run.workdir / f"{role}.json"),
+                "--status", str(run.workdir / f"{role}.status")]
+        log_file = open(run.workdir / f"{role}.log", "wb")
+        run.agents[role] = popen_in(netns, argv, stdout=log_file, stderr=subprocess.STDOUT,
+                                    env=_child_env())
+        log_file.close()
+        if role == "cn":
+            _wait_file(run.workdir / "cn.status", 5.0)
+    ping_log = open(run.workdir / "ping.log", "wb")
+    run.ping = popen_in("vmip-mn", ["ping", "-6", "-n", "-i", "0.2", "-I", hoa, cn],
+                        stdout=ping_log, stderr=subprocess.STDOUT)
+    ping_log.close()
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _wait_file(path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise DemoError(f"the traffic agent did not start ({path.name} missing)")
+        time.sleep(0.05)
+
+
+def _read_status(run: _Run, role: str) -> dict[str, Any]:
+    try:
+        return json.loads((run.workdir / f"{role}.status").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _wait_traffic(run: _Run, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        mn, cn = _read_status(run, "mn"), _read_status(run, "cn")
+        if mn.get("probes_received") and cn.get("probes_received") and cn.get("tcp_bytes"):
+            return
+        for role, proc in run.agents.items():
+            if proc.poll() is not None:
+                log_text = (run.workdir / f"{role}.log").read_text(errors="replace")[-400:]
+                raise DemoError(f"the {role} traffic agent exited: {log_text}")
+        time.sleep(0.1)
+    raise DemoError("no traffic between the MN's HoA and the CN within "
+                    f"{timeout:.0f} s (mn: {_read_status(run, 'mn')}, cn: {_read_status(run, 'cn')})")
+
+
+def _toggle_wifi(run: _Run) -> None:
+    from vmip.lab import manage
+
+    up = not run.wifi_up
+    run.triggers.append(metrics.Trigger(time.time(), "wifi0", "up" if up else "down"))
+    manage.set_link_state(run.plan, "mn", "wifi0", up)
+    run.wifi_up = up
+
+
+def _stop_traffic(run: _Run) -> dict[str, dict[str, Any]]:
+    procs = list(run.agents.items())
+    if run.ping is not None:
+        procs.append(("ping", run.ping))
+    for _, proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM if _ != "ping" else signal.SIGINT)
+    for _, proc in procs:
+        try:
+            proc.wait(timeout=5.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=2.0)
+    run.agents.clear()
+    run.ping = None
+    records = {}
+    for role in ("mn", "cn"):
+        try:
+            records[role] = json.loads((run.workdir / f"{role}.json").read_text())
+        except (OSError, ValueError):
+            pass
+    return records
+
+
+def _ping_summary(run: _Run) -> dict[str, Any]:
+    try:
+        text = (run.workdir / "ping.log").read_text(errors="replace")
+    except OSError:
+        return {}
+    match = re.search(r"(\d+) packets transmitted, (\d+) received", text)
+    rtts = [float(m) for m in re.findall(r"time=([\d.]+) ms", text)]
+    return {"transmitted": int(match.group(1)) if match else None,
+            "received": int(match.group(2)) if match else len(rtts),
+            "rtt_ms_median": sorted(rtts)[len(rtts) // 2] if rtts else None}
+
+
+def _status_lines(run: _Run, clients: dict[str, ControlClient], started: float,
+                  end_at: float) -> list[str]:
+    mn, cn = _read_status(run, "mn"), _read_status(run, "cn")
+    now = time.time()
+    last = run.triggers[-1] if run.triggers else None
+    change = f"last change: {last.link} {last.action} {now - last.t:.1f}s ago" if last else \
+        "no link change yet"
+    return [f"demo {now - started:.0f}/{end_at - started:.0f}s · wifi0 "
+            f"{'up' if run.wifi_up else 'DOWN'} · {change}",
+            f"probes mn→cn {cn.get('probes_received', 0)}/{mn.get('probes_sent', 0)} · cn→mn "
+            f"{mn.get('probes_received', 0)}/{cn.get('probes_sent', 0)} · TCP "
+            f"{cn.get('tcp_bytes', 0) / 1e6:.1f} MB{' ERROR' if cn.get('tcp_error') else ''}"]
+
+
+def _save_captures(run: _Run, pcap_dir: Path) -> None:
+    from vmip.lab.runner import node_files
+
+    pcap_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("mn", "cn", "ha"):
+        files = node_files(run.plan, name)
+        src = Path(files.pcap)
+        if src.exists():
+            shutil.copyfile(src, pcap_dir / f"{name}-wire.pcap")
+        try:
+            rows = ControlClient(files.control_socket).call("keys.wireshark")
+            (pcap_dir / f"{name}-esp_sa").write_text(json.dumps(rows, indent=2))
+        except VmipError:
+            pass
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The end-of-run table (plain text, fits 80 columns)."""
+    lines = [f"{'#':>2} {'from':6} {'to':6} {'mn→cn ms':>9} {'cn→mn ms':>9} {'lost':>5} "
+             f"{'BU→BA ms':>9} {'AOT':>4} {'TCP':>4}"]
+    fmt = lambda v: "-" if v is None else f"{v:.0f}"
+    for i, h in enumerate(report["handovers"], 1):
+        lines.append(f"{i:>2} {h['from']:6} {h['to']:6} {fmt(h['interruption_ms']['mn_to_cn']):>9} "
+                     f"{fmt(h['interruption_ms']['cn_to_mn']):>9} {h['lost_packets']:>5} "
+                     f"{fmt(h['bu_ba_ms']):>9} {'yes' if h['aot'] else 'no':>4} "
+                     f"{'ok' if h['tcp_survived'] else 'LOST':>4}")
+    s = report["summary"]
+    lines.append(f"{s['handovers']} handovers; interruption p50 {fmt(s['interruption_ms_p50'])} ms,"
+                 f" p90 {fmt(s['interruption_ms_p90'])} ms; TCP "
+                 f"{'survived every handover' if s['tcp_survived_all'] else 'was LOST'}")
+    return "\n".join(lines)

@@ -1,0 +1,230 @@
+"""The demo's traffic agent, one per namespace: UDP probes both ways and a TCP stream.
+
+Run as ``python -m vmip.demo.traffic --role mn|cn ...`` inside a namespace.
+Both roles send UDP probes to the peer at ``--rate`` per second, each
+carrying a sequence number and the wall-clock send time, and record every
+probe they receive with its arrival time.  The CN side accepts one TCP
+connection and counts the bytes it reads; the MN side connects and writes
+at a paced rate.  Every ``STATUS_INTERVAL`` the agent rewrites a small
+status file (atomic rename); on SIGTERM or after ``--duration`` it writes
+the full record (``--out``) and exits.  Every loop is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+#: Probe payload: magic, sequence number, send time (wall clock, seconds).
+PROBE = struct.Struct("!4sId")
+MAGIC = b"vmpr"
+STATUS_INTERVAL = 0.5
+#: The MN's TCP writes, paced: bytes per write and writes per second.
+TCP_CHUNK = 4096
+TCP_WRITES_PER_S = 50
+TCP_SAMPLE_INTERVAL = 0.05
+
+
+class Agent:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.stop = threading.Event()
+        self.started = time.time()
+        self.arrivals: list[tuple[int, float, float]] = []
+        self.sent = 0
+        self.tcp_samples: list[tuple[float, int]] = []
+        self.tcp_bytes = 0
+        self.tcp_error: str | None = None
+        self.tcp_error_at: float | None = None
+        self.tcp_connected_at: float | None = None
+        self._lock = threading.Lock()
+        family = socket.AF_INET6
+        self.udp = socket.socket(family, socket.SOCK_DGRAM)
+        self.udp.bind((args.local, args.udp_port))
+        self.udp.settimeout(0.2)
+
+    # -- UDP probes ----------------------------------------------------------------
+
+    def send_probes(self) -> None:
+        interval = 1.0 / self.args.rate
+        next_at = time.monotonic()
+        seq = 0
+        while not self.stop.is_set():
+            now = time.monotonic()
+            if now < next_at:
+                self.stop.wait(next_at - now)
+                continue
+            try:
+                self.udp.sendto(PROBE.pack(MAGIC, seq, time.time()),
+                                (self.args.peer, self.args.peer_udp_port or self.args.udp_port))
+                self.sent = seq + 1
+            except OSError:
+                pass  # no route for a moment during a handover: the probe counts as lost
+            seq += 1
+            next_at += interval
+            if next_at < now - 1.0:
+                next_at = now   # we were descheduled: do not burst to catch up
+
+    def receive_probes(self) -> None:
+        while not self.stop.is_set():
+            try:
+                data, _ = self.udp.recvfrom(2048)
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                continue
+            received = time.time()
+            if len(data) < PROBE.size:
+                continue
+            magic, seq, sent = PROBE.unpack_from(data)
+            if magic == MAGIC:
+                with self._lock:
+                    self.arrivals.append((seq, sent, received))
+
+    # -- TCP -----------------------------------------------------------------------
+
+    def _tcp_failed(self, exc: BaseException | str) -> None:
+        if self.tcp_error is None and not self.stop.is_set():
+            self.tcp_error, self.tcp_error_at = str(exc), time.time()
+
+    def tcp_server(self) -> None:
+        server = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind((self.args.local, self.args.tcp_port))
+        server.listen(1)
+        server.settimeout(0.2)
+        conn = None
+        while conn is None and not self.stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+        server.close()
+        if conn is None:
+            return
+        self.tcp_connected_at = time.time()
+        conn.settimeout(0.2)
+        last_sample = 0.0
+        try:
+            while not self.stop.is_set():
+                try:
+                    data = conn.recv(65536)
+                except (TimeoutError, socket.timeout):
+                    data = None
+                if data == b"":
+                    self._tcp_failed("connection closed by the MN")
+                    break
+                if data:
+                    self.tcp_bytes += len(data)
+                now = time.time()
+                if now - last_sample >= TCP_SAMPLE_INTERVAL:
+                    with self._lock:
+                        self.tcp_samples.append((now, self.tcp_bytes))
+                    last_sample = now
+        except OSError as exc:
+            self._tcp_failed(exc)
+        finally:
+            conn.close()
+
+    def tcp_client(self) -> None:
+        sock = None
+        deadline = time.monotonic() + 10.0
+        while sock is None and not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                sock = socket.create_connection((self.args.peer, self.args.tcp_port), timeout=2.0,
+                                                source_address=(self.args.local, 0))
+            except OSError:
+                self.stop.wait(0.2)
+        if sock is None:
+            self._tcp_failed("could not connect")
+            return
+        self.tcp_connected_at = time.time()
+        # A handover must not be mistaken for a dead peer: long user timeout.
+        sock.settimeout(30.0)
+        chunk = b"v" * TCP_CHUNK
+        interval = 1.0 / TCP_WRITES_PER_S
+        try:
+            while not self.stop.is_set():
+                sock.sendall(chunk)
+                self.tcp_bytes += len(chunk)
+                self.stop.wait(interval)
+        except OSError as exc:
+            self._tcp_failed(exc)
+        finally:
+            sock.close()
+
+    # -- records -------------------------------------------------------------------
+
+    def record(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "role": self.args.role, "local": self.args.local, "peer": self.args.peer,
+                "rate": self.args.rate, "started": self.started, "probes_sent": self.sent,
+                "arrivals": list(self.arrivals),
+                "tcp": {"bytes": self.tcp_bytes, "samples": list(self.tcp_samples),
+                        "error": self.tcp_error, "error_at": self.tcp_error_at,
+                        "connected_at": self.tcp_connected_at},
+            }
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            last = self.arrivals[-1][2] if self.arrivals else None
+            return {"t": time.time(), "role": self.args.role, "probes_sent": self.sent,
+                    "probes_received": len(self.arrivals), "last_arrival": last,
+                    "tcp_bytes": self.tcp_bytes, "tcp_connected": self.tcp_connected_at is not None,
+                    "tcp_error": self.tcp_error}
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m vmip.demo.traffic")
+    parser.add_argument("--role", choices=("mn", "cn"), required=True)
+    parser.add_argument("--local", required=True)
+    parser.add_argument("--peer", required=True)
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--udp-port", type=int, default=5002)
+    parser.add_argument("--peer-udp-port", type=int, default=None,
+                        help="the peer's probe port (default: --udp-port)")
+    parser.add_argument("--tcp-port", type=int, default=5001)
+    parser.add_argument("--duration", type=float, default=3600.0)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--status", type=Path, required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    agent = Agent(args)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
+    signal.signal(signal.SIGINT, lambda *_: agent.stop.set())
+    workers = [agent.receive_probes, agent.send_probes,
+               agent.tcp_server if args.role == "cn" else agent.tcp_client]
+    threads = [threading.Thread(target=w, daemon=True) for w in workers]
+    for thread in threads:
+        thread.start()
+    end = time.monotonic() + args.duration
+    while not agent.stop.is_set() and time.monotonic() < end:
+        _write_json(args.status, agent.status())
+        agent.stop.wait(STATUS_INTERVAL)
+    agent.stop.set()
+    for thread in threads:
+        thread.join(timeout=3.0)
+    _write_json(args.out, agent.record())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
