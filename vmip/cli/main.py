@@ -21,6 +21,8 @@ SUBCOMMANDS = [
     "vmip.cli.node",
     "vmip.cli.check",
     "vmip.cli.lab",
+    "vmip.cli.demo",
+    "vmip.cli.top",
     "vmip.cli.ike",
 ]
 
