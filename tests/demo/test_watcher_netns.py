@@ -1,0 +1,119 @@
+"""The movement watcher on real netlink, in a namespace of the test's own.
+
+A fake node (the few attributes the watcher uses) runs in a child process
+inside ``vt<pid>-mv``; the test takes veth links down and up with ``ip``
+and reads the moves the child prints.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+CHILD = textwrap.dedent("""
+    import asyncio, ipaddress, sys, time
+    from types import SimpleNamespace
+    from vmip.node.movement import MovementWatcher
+
+    class FakeNode:
+        def __init__(self):
+            self.clock = time.monotonic
+            self.config = SimpleNamespace(links=[
+                SimpleNamespace(name="wifi0", interface="w0", priority=10,
+                                bind=ipaddress.ip_address("192.0.2.34")),
+                SimpleNamespace(name="lte0", interface="l0", priority=20,
+                                bind=ipaddress.ip_address("198.51.100.2"))])
+            self.links = {"wifi0": object(), "lte0": object()}
+            self.active_link = "wifi0"
+            self._event_listeners = []
+            self.mobility = SimpleNamespace(mn=None)
+        def move(self, link):
+            old, self.active_link = self.active_link, link
+            print(f"MOVE {old} {link} {time.time():.3f}", flush=True)
+            return {}
+        def _link_coa(self, link):
+            return None
+
+    async def main():
+        node = FakeNode()
+        watcher = MovementWatcher(node, hold_down=0.5)
+        watcher.start(asyncio.get_running_loop())
+        print("READY", flush=True)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        finally:
+            watcher.close()
+        print("STATUS", watcher.status()["current"], watcher.status()["errors"], flush=True)
+
+    asyncio.run(main())
+""")
+
+
+def ip(netns: str, *args: str) -> None:
+    subprocess.run(["ip", "-n", netns, *args], check=True, timeout=10)
+
+
+@pytest.fixture
+def netns():
+    name = f"vt{os.getpid()}-mv"
+    subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+    try:
+        ip(name, "link", "add", "w0", "type", "veth", "peer", "name", "w1")
+        ip(name, "link", "add", "l0", "type", "veth", "peer", "name", "l1")
+        ip(name, "addr", "add", "192.0.2.34/28", "dev", "w0")
+        ip(name, "addr", "add", "198.51.100.2/28", "dev", "l0")
+        for dev in ("w0", "w1", "l0", "l1"):
+            ip(name, "link", "set", dev, "up")
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False, timeout=10)
+
+
+def _expect(proc: subprocess.Popen, prefix: str, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith(prefix):
+            return line.strip()
+    raise AssertionError(f"no {prefix!r} line within {timeout} s")
+
+
+@pytest.mark.root
+@pytest.mark.timeout(60)
+def test_watcher_moves_on_link_loss_and_back_after_hold_down(netns):
+    proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", CHILD],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        _expect(proc, "READY", 10)
+        down_at = time.time()
+        ip(netns, "link", "set", "w1", "down")        # the peer: w0 loses carrier
+        move = _expect(proc, "MOVE", 5).split()
+        assert move[1:3] == ["wifi0", "lte0"]
+        assert float(move[3]) - down_at < 1.0          # at once, not after a rescan
+        up_at = time.time()
+        ip(netns, "link", "set", "w1", "up")
+        move = _expect(proc, "MOVE", 5).split()
+        assert move[1:3] == ["lte0", "wifi0"]
+        assert float(move[3]) - up_at >= 0.5            # the hold-down was respected
+        ip(netns, "addr", "del", "192.0.2.34/28", "dev", "w0")   # address lost: unusable
+        move = _expect(proc, "MOVE", 5).split()
+        assert move[1:3] == ["wifi0", "lte0"]
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        status = _expect(proc, "STATUS", 10).split()
+        assert status[1:] == ["lte0", "0"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=5)
