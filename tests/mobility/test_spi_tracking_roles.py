@@ -222,7 +222,8 @@ def test_example_configs_are_classified_as_the_draft_needs(lab):
     kinds = {(sa.name, sa.kind) for sa in mn.tracker.sas()}
     assert kinds == {("mn-ha-mh-out", "mh"), ("mn-ha-mh-in", "mh"),
                      ("mn-ha-tunnel-out", "other"), ("mn-ha-tunnel-in", "other"),
-                     ("mn-cn-out", "mixed"), ("mn-cn-in", "mixed")}
+                     ("mn-cn-out", "mixed"), ("mn-cn-in", "mixed"),
+                     ("mn-mn2-out", "mixed"), ("mn-mn2-in", "mixed")}
 
 
 def test_home_registration_without_hao_or_rh2(lab):
