@@ -74,7 +74,16 @@ class _Run:
     lab_built: bool = False
 
 
+_MAIN_PID = os.getpid()
+
+
 def _raise_stop(signum: int, frame: Any) -> None:
+    # pyroute2's NetNS forks helpers that inherit this handler and are ended
+    # with SIGTERM: in them, die the default way instead of raising.
+    if os.getpid() != _MAIN_PID:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise KeyboardInterrupt
 
 
@@ -98,6 +107,8 @@ def run_demo(options: DemoOptions, *, out: Callable[[str], None] = print) -> dic
     _check_environment()
     plan = default_plan()
     run = _Run(plan, Path(tempfile.mkdtemp(prefix="vmip-demo-")))
+    global _MAIN_PID
+    _MAIN_PID = os.getpid()
     old_handlers = {}
     for sig in (signal.SIGTERM, signal.SIGHUP):
         try:
@@ -242,13 +253,35 @@ def _socket(plan: Any, name: str) -> Path:
     return node_files(plan, name).control_socket
 
 
-def _shape(plan: Any) -> None:
-    from vmip.lab import manage
-    from vmip.lab.emulation import LinkProfile
+def _netem_possible() -> bool:
+    """Whether the kernel may have netem, without creating anything to find out."""
+    if Path("/sys/module/sch_netem").exists():
+        return True
+    try:
+        return subprocess.run(["modinfo", "-n", "sch_netem"], capture_output=True,
+                              timeout=5).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
-    manage.shape_link(plan, "mn", "wifi0", "both", LinkProfile(delay_ms=WIFI_ONE_WAY_MS))
-    manage.shape_link(plan, "mn", "lte0", "both",
-                      LinkProfile(delay_ms=LTE_ONE_WAY_MS, loss=LTE_LOSS))
+
+def _shape(plan: Any) -> None:
+    """wifi ≈ 10 ms RTT, lte ≈ 60 ms RTT with loss, applied at the router.
+
+    Same as ``manage.shape_link`` but with the backend chosen here: the
+    emulation's own netem probe (a pyroute2 NetNS helper process) sometimes
+    hangs on kernels without netem, so on those we ask for nfqueue directly.
+    """
+    from vmip.lab.emulation import LinkProfile, apply_profile
+    from vmip.lab.manage import NODE_TO_ROUTER_DIRECTION
+
+    backend = "auto" if _netem_possible() else "nfqueue"
+    plan.emulation_dir.mkdir(parents=True, exist_ok=True)
+    mn = plan.node("mn")
+    for ifname, profile in (("wifi0", LinkProfile(delay_ms=WIFI_ONE_WAY_MS)),
+                            ("lte0", LinkProfile(delay_ms=LTE_ONE_WAY_MS, loss=LTE_LOSS))):
+        apply_profile(plan.router_netns, mn.link(ifname).router_ifname,
+                      NODE_TO_ROUTER_DIRECTION["both"], profile, plan.emulation_dir,
+                      backend=backend)
 
 
 def _wait_registered(client: ControlClient) -> None:
