@@ -225,8 +225,8 @@ def test_tun_names(fuzz_configs: Path, name: str) -> None:
 
 
 def _toml_literal(text: str) -> str:
-    from vmip.config.effective import _toml_string
-    return _toml_string(text)
+    from vmip.tomlwriter import toml_string
+    return toml_string(text)
 
 
 def test_tomllib_values_of_every_type_are_handled(fuzz_configs: Path) -> None:

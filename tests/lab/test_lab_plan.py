@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from vmip.cli.main import main
 from vmip.lab import configs
 from vmip.lab.errors import LabUsageError
-from vmip.lab.tomlwriter import dump_toml
+from vmip.tomlwriter import dump_toml
 from vmip.lab.topology import default_plan, describe
 
 # The addressing plan, restated independently of vmip.lab.topology.

@@ -36,6 +36,7 @@ from vmip.config.model import (
     PortRange,
     SaConfig,
 )
+from vmip.tomlwriter import toml_key, toml_string
 
 _PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
 
@@ -160,28 +161,7 @@ def to_dict(cfg: NodeConfig) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------
-# A small TOML writer for exactly the shapes to_dict produces.
-
-
-_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n",
-                 "\f": "\\f", "\r": "\\r"}
-
-
-def _toml_string(text: str) -> str:
-    """A TOML basic string: control characters (DEL included) must be escaped."""
-    out = []
-    for char in text:
-        if char in _TOML_ESCAPES:
-            out.append(_TOML_ESCAPES[char])
-        elif ord(char) < 0x20 or ord(char) == 0x7F:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(char)
-    return '"' + "".join(out) + '"'
-
-
-def _toml_key(key: str) -> str:
-    return key if key.replace("_", "").replace("-", "").isalnum() and key.isascii() else _toml_string(key)
+# The effective config's TOML layout (strings and keys: vmip.tomlwriter).
 
 
 def _toml_value(key: str, value: Any) -> str:
@@ -194,11 +174,11 @@ def _toml_value(key: str, value: Any) -> str:
             raise ValueError("TOML config values are finite")
         return repr(value)
     if isinstance(value, str):
-        return _toml_string(value)
+        return toml_string(value)
     if isinstance(value, list):
         return "[" + ", ".join(_toml_value(key, item) for item in value) + "]"
     if isinstance(value, Mapping):
-        entries = [f"{_toml_key(k)} = {_toml_value(k, v)}" for k, v in value.items() if v is not None]
+        entries = [f"{toml_key(k)} = {_toml_value(k, v)}" for k, v in value.items() if v is not None]
         return "{ " + ", ".join(entries) + " }" if entries else "{}"
     raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
@@ -217,9 +197,9 @@ def _write_table(lines: list[str], name: str, table: Mapping[str, Any], array: b
         elif value is None:
             lines.append(f"# {key}: not set: {_UNSET_MEANING.get(key, 'default')}")
         elif isinstance(value, Mapping) and not any(v is not None for v in value.values()):
-            lines.append(f"{_toml_key(key)} = {{}}  # no limit")
+            lines.append(f"{toml_key(key)} = {{}}  # no limit")
         else:
-            lines.append(f"{_toml_key(key)} = {_toml_value(key, value)}")
+            lines.append(f"{toml_key(key)} = {_toml_value(key, value)}")
     for key, items in nested:
         for item in items:
             _write_table(lines, f"{name}.{key}", item, array=True)

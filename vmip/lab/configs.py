@@ -53,7 +53,7 @@ from vmip.config.keyfile import read_key_file, write_key_file
 from vmip.control.paths import socket_path_for_netns
 from vmip.ipsec.suites import suite
 from vmip.lab.errors import LabError, LabUsageError
-from vmip.lab.tomlwriter import dump_toml
+from vmip.tomlwriter import dump_toml
 from vmip.lab.topology import AccessLink, LabNode, LabPlan
 
 TUN_NAME = "vmip0"

@@ -1,8 +1,11 @@
-"""A small TOML writer for the configs the lab generates.
+"""A small TOML writer: the lab's generated configs and ``vmip check``'s effective config.
 
-The standard library reads TOML (tomllib) but cannot write it, and the lab
+The standard library reads TOML (tomllib) but cannot write it, and vmip
 needs only tables, arrays of tables and plain values.  Tests check that
 ``tomllib.loads(dump_toml(doc)) == doc`` for arbitrary documents.
+:func:`toml_string` and :func:`toml_key` are shared with
+:mod:`vmip.config.effective`, which writes its own layout (comments for
+unset keys, SPIs in hex) around them.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ _ESCAPES = {'"': '\\"', "\\": "\\\\", "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f
             "\r": "\\r"}
 
 
-def _string(text: str) -> str:
+def toml_string(text: str) -> str:
+    """A TOML basic string; control characters (DEL included) escaped."""
     out = []
     for char in text:
         if char in _ESCAPES:
@@ -31,10 +35,11 @@ def _string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def _key(key: str) -> str:
+def toml_key(key: str) -> str:
+    """A bare key when TOML allows one, else a quoted one."""
     if not isinstance(key, str):
         raise TypeError(f"TOML keys are strings, not {type(key).__name__}")
-    return key if _BARE_KEY.fullmatch(key) else _string(key)
+    return key if _BARE_KEY.fullmatch(key) else toml_string(key)
 
 
 def _value(value: Any) -> str:
@@ -51,9 +56,9 @@ def _value(value: Any) -> str:
             return "inf" if value > 0 else "-inf"
         return repr(value)
     if isinstance(value, str):
-        return _string(value)
+        return toml_string(value)
     if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{_key(k)} = {_value(v)}" for k, v in value.items()) + " }" \
+        return "{ " + ", ".join(f"{toml_key(k)} = {_value(v)}" for k, v in value.items()) + " }" \
             if value else "{}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_value(item) for item in value) + "]"
@@ -72,9 +77,9 @@ def _emit_table(path: list[str], table: Mapping[str, Any], lines: list[str]) -> 
         if isinstance(value, Mapping) or _is_table_array(value):
             subtables.append((key, value))
         else:
-            lines.append(f"{_key(key)} = {_value(value)}")
+            lines.append(f"{toml_key(key)} = {_value(value)}")
     for key, value in subtables:
-        name = ".".join(_key(part) for part in [*path, key])
+        name = ".".join(toml_key(part) for part in [*path, key])
         if isinstance(value, Mapping):
             lines.append("")
             lines.append(f"[{name}]")
