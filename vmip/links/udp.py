@@ -15,8 +15,11 @@ serves IPv4 and IPv6 underlays (and NATed IPv4 peers) alike.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import socket
+import struct
+from collections.abc import Iterable
 
 from vmip.links.base import (
     MAX_DATAGRAM,
@@ -35,6 +38,22 @@ from vmip.links.keepalive import KeepaliveSchedule
 
 DEFAULT_PORT = 6275
 
+# UDP segmentation offload (Linux >= 4.18, udp(7)): one sendmsg carries a
+# run of equal-size datagrams (the last may be shorter) and the kernel cuts
+# them apart; the wire sees exactly the datagrams per-packet sends would give.
+# UDP_GRO (Linux >= 5.0) is the receive half: the kernel may hand us such a
+# run in one read, with the segment size in a cmsg.  Not in Python's socket.
+SOL_UDP = 17
+UDP_SEGMENT = 103
+UDP_GRO = 104
+#: The kernel refuses more segments per send (UDP_MAX_SEGMENTS, 64 before 6.x).
+GSO_MAX_SEGMENTS = 64
+#: Bytes per GSO send: below the 65507-octet UDP payload limit of IPv4.
+GSO_MAX_BYTES = 65000
+_GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
+_U16 = struct.Struct("=H")
+_INT = struct.Struct("=i")
+
 
 class UdpDriver(LinkDriver):
     """The overlay link (``driver = "udp"``)."""
@@ -52,6 +71,10 @@ class UdpDriver(LinkDriver):
         interval = getattr(config, "keepalive", 0) or 0
         self._keepalive = KeepaliveSchedule(interval) if interval > 0 else None
         self._keepalive_timer: asyncio.TimerHandle | None = None
+        # Offloads only where this class's own send/receive loops run: a
+        # subclass with its own framing (rfc3948) reads and sends per datagram.
+        self._gso = type(self).send is UdpDriver.send
+        self._gro = False
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -110,6 +133,8 @@ class UdpDriver(LinkDriver):
             if config.interface:
                 bind_to_device(sock, self.name, config.interface)
             self._configure(sock)
+            if type(self)._on_readable is UdpDriver._on_readable:
+                self._gro = _enable_udp_gro(sock)
             sock.bind((host, self._port()))
             sock.setblocking(False)
         except LinkError:
@@ -131,6 +156,9 @@ class UdpDriver(LinkDriver):
     # -- receive -----------------------------------------------------------
 
     def _on_readable(self) -> None:
+        if self._gro:
+            self._on_readable_gro()
+            return
         sock = self._sock
         if sock is None:
             return
@@ -168,7 +196,128 @@ class UdpDriver(LinkDriver):
         if received:
             counters["rx"] += received
 
+    def _on_readable_gro(self) -> None:
+        """As the per-datagram loop, but one read may carry a run of datagrams
+        the kernel coalesced (UDP_GRO); the cmsg gives the segment size."""
+        sock = self._sock
+        if sock is None:
+            return
+        recvmsg = sock.recvmsg
+        deliver = self._on_packet
+        counters = self.counters
+        dual_stack = self._dual_stack
+        received = 0
+        for _ in range(self._batch):
+            try:
+                data, ancdata, _flags, address = recvmsg(MAX_DATAGRAM, _GRO_CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                counters["rx_error"] += 1
+                break
+            segment = 0
+            for level, kind, value in ancdata:
+                if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:
+                    segment = _INT.unpack_from(value)[0]
+            if 0 < segment < len(data):
+                counters["rx_gro_batches"] += 1
+                datagrams = [data[i:i + segment] for i in range(0, len(data), segment)]
+            else:
+                datagrams = [data]
+            host = address[0]
+            if dual_stack and host.startswith("::ffff:") and "." in host:
+                host = host[7:]
+            elif len(address) == 4 and address[3]:
+                host = f"{host}%{address[3]}"
+            endpoint = (host, address[1])
+            for datagram in datagrams:
+                reason = overlay_drop_reason(datagram)
+                if reason is not None:
+                    if len(datagram) == 1 and datagram[0] == 0xFF:
+                        counters["rx_keepalive"] += 1
+                    else:
+                        counters["rx_drop_" + reason] += 1
+                    continue
+                received += 1
+                try:
+                    deliver(datagram, endpoint, self)  # type: ignore[misc]
+                except Exception:  # noqa: BLE001 - a node bug must not stall the link
+                    self._handler_failed()
+        if received:
+            counters["rx"] += received
+
     # -- send --------------------------------------------------------------
+
+    def send_many(self, items: Iterable[tuple[bytes, Endpoint]]) -> None:
+        """Send a batch; runs to one endpoint of equal-size packets (the last
+        may be shorter) leave in one ``sendmsg`` with UDP_SEGMENT."""
+        if not self._gso:
+            super().send_many(items)
+            return
+        run: list[bytes] = []
+        run_endpoint: Endpoint | None = None
+        segment = last = total = 0
+        for packet, endpoint in items:
+            size = len(packet)
+            if (run and endpoint == run_endpoint and last == segment and size <= segment
+                    and len(run) < GSO_MAX_SEGMENTS and total + size <= GSO_MAX_BYTES):
+                run.append(packet)
+                last = size
+                total += size
+                continue
+            if run:
+                self._send_run(run, run_endpoint, segment)  # type: ignore[arg-type]
+            run = [packet]
+            run_endpoint = endpoint
+            segment = last = total = size
+        if run:
+            self._send_run(run, run_endpoint, segment)  # type: ignore[arg-type]
+
+    def _send_run(self, run: list[bytes], endpoint: Endpoint, segment: int) -> None:
+        if len(run) == 1 or not self._gso:
+            for packet in run:
+                self.send(packet, endpoint)
+            return
+        sock = self._sock
+        if sock is None:
+            self.counters["tx_drop_closed"] += len(run)
+            return
+        host = endpoint[0]
+        if ":" in host:
+            if self._family == socket.AF_INET:
+                self.counters["tx_drop_family"] += len(run)
+                return
+        elif self._dual_stack:
+            host = "::ffff:" + host
+        try:
+            sock.sendmsg(run, [(SOL_UDP, UDP_SEGMENT, _U16.pack(segment))], 0,
+                         (host, endpoint[1]))
+        except (BlockingIOError, InterruptedError) as exc:
+            self._count_send_error(exc)
+            self.counters["tx_drop_full"] += len(run) - 1
+            return
+        except OSError as exc:
+            if exc.errno in _GSO_UNSUPPORTED:
+                # The route's device cannot segment (EIO) or the kernel is too
+                # old: per-packet sends from now on, this run included.
+                self._gso = False
+                log.info("udp gso off", link=self.name, error=exc.strerror)
+                self._send_run(run, endpoint, segment)
+                return
+            if exc.errno == errno.EINVAL:
+                # A segment larger than the path MTU allows: per-packet sends
+                # for this run (they may fragment, as they always did).
+                self.counters["tx_gso_refused"] += 1
+                for packet in run:
+                    self.send(packet, endpoint)
+                return
+            self._count_send_error(exc)
+            return
+        counters = self.counters
+        counters["tx"] += len(run)
+        counters["tx_gso_batches"] += 1
+        if self._keepalive is not None:
+            self._keepalive.note_sent(endpoint)
 
     def send(self, packet: bytes, endpoint: Endpoint) -> None:
         sock = self._sock
@@ -246,3 +395,15 @@ class UdpDriver(LinkDriver):
             return False
         self.counters[counter] += 1
         return True
+
+
+_GSO_UNSUPPORTED = frozenset({errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP})
+
+
+def _enable_udp_gro(sock: socket.socket) -> bool:
+    """Ask for coalesced reads (UDP_GRO); False where the kernel has none."""
+    try:
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+    except OSError:
+        return False
+    return True
