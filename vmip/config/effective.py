@@ -133,7 +133,7 @@ def _ike(ike: IkeConfig | None) -> dict[str, Any] | None:
            ("local_id", "psk_file", "certificate", "private_key", "ca", "proposals",
             "esp_proposals")}
     out["peer"] = [{key: _plain(getattr(peer, key)) for key in
-                    ("name", "address", "remote_id", "initiate")} for peer in ike.peers]
+                    ("name", "address", "remote_id", "initiate", "policies")} for peer in ike.peers]
     return out
 
 

@@ -91,7 +91,7 @@ POLICY_KEYS = ("name", "direction", "src", "dst", "protocol", "src_ports", "dst_
                "icmp_type", "icmp_code", "mh_type", "action", "sa", "priority")
 IKE_KEYS = ("local_id", "psk_file", "certificate", "private_key", "ca", "proposals",
             "esp_proposals", "peer")
-IKE_PEER_KEYS = ("name", "address", "remote_id", "initiate")
+IKE_PEER_KEYS = ("name", "address", "remote_id", "initiate", "policies")
 CONTROL_KEYS = ("socket",)
 LOGGING_KEYS = ("level", "format", "file")
 
@@ -1053,6 +1053,8 @@ def _parse_ike(ctx: _Context, data: Mapping[str, Any]) -> IkeConfig:
                              example='"2001:db8:100::1"'),
             remote_id=peer.get("remote_id", _string('"ha@example.net"'), None),
             initiate=peer.get("initiate", _boolean("true"), False),
+            policies=peer.get("policies", _list(_string('"mh-to-ha"'), '"mh-to-ha"',
+                                                what="policy name"), ()),
         ))
     _check_unique_names(ctx, "ike.peer", peers)
     return IkeConfig(local_id=local_id, psk_file=psk_file, certificate=certificate,
@@ -1200,6 +1202,15 @@ def _check_keys(ctx: _Context, keys: KeysConfig, ike: IkeConfig | None,
         ctx.fail("keys.sa[0]", 'static SAs need keys.mode = "static"',
                  'remove the [[keys.sa]] tables (IKE makes the SAs), or write mode = "static"')
     _check_unique_names(ctx, "keys.sa", keys.sa)
+    if ike is not None:
+        protect_out = {pc.name for pc in policies
+                       if str(pc.action) == "protect" and pc.direction is Direction.OUT}
+        for i, peer in enumerate(ike.peers):
+            for j, name in enumerate(peer.policies):
+                if name not in protect_out:
+                    ctx.fail(f"ike.peer[{i}].policies[{j}]",
+                             f"{_show(name)} is not an outbound protect policy",
+                             "name a [[policy]] with direction = \"out\" and action = \"protect\"")
     used: dict[tuple[Direction, Address, int], int] = {}
     for i, sa in enumerate(keys.sa):
         # RFC 4301 §4.1: an inbound SA is found by SPI (and destination).

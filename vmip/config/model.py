@@ -238,6 +238,9 @@ class IkePeerConfig:
     #: None: the peer's IP address is its identity.
     remote_id: str | None
     initiate: bool
+    #: Names of outbound ``protect`` policies whose selectors are proposed as
+    #: traffic selectors to this peer; empty: every outbound protect policy.
+    policies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
