@@ -1,0 +1,213 @@
+"""Issue 5 in the lab: the CN drops each bad IRO message the draft names, counts it, answers nothing.
+
+Every bad message is a real on-wire packet: a Mobility Header (``vmip.wire.mh``)
+in IPv6 from the MN's HoA to the CN, protected with the MN's own static key
+under the MN->CN SA (as the MN's node would: ESP transport, draft §5.1.2
+outbound rules after ESP), then its on-wire source replaced with the address
+the case needs and sent as the overlay's UDP datagram to the CN's port 6275
+from the MN's namespace, with the MN node's own IPv4 address and port (a raw
+socket, so the CN's locator for the MN keeps pointing at the MN's node).
+
+Each case then checks, on the CN's control socket: the counter of that drop
+reason went up by one and no other CN counter moved; the packet was
+authenticated (the inbound SA counted it) and reached the MH code (``rx_mh``);
+the binding cache and the event log did not change; nothing was sent back
+(the CN's outbound SAs to both MNs protected nothing: no BA, AOTC or AOTS).
+
+Sequence numbers: the forged packets use numbers 500 above what the MN's
+node has sent, inside the CN's 1024-wide replay window, so the MN's own
+later packets are neither replays nor too old and the lab stays healthy.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable, Iterator
+from ipaddress import IPv6Address
+from pathlib import Path
+from typing import Any
+
+import pytest
+from lab_support import assert_host_untouched, host_snapshot, remove_stale_lab, teardown_lab, \
+    vmip_cli
+
+from vmip.ipsec.esp import EspSA, transport_encap
+from vmip.ipsec.sa import Direction, Mode, SaParams
+from vmip.lab.netns import entered
+from vmip.wire.mh import AlternateCareOfAddress, AotOffer, AotResponse, BindingUpdate, \
+    build_mh_packet
+
+pytestmark = pytest.mark.root
+
+# The addressing plan (docs/lab.md) and SPI plan (configs/README.md), restated.
+HA, CN = "2001:db8:100::1", "2001:db8:20::2"
+CN_UNDERLAY, OVERLAY_PORT = "192.0.2.18", 6275
+HOA = {"mn": "2001:db8:100::10", "mn2": "2001:db8:100::20"}
+COA = {"mn": {"wifi0": "2001:db8:31::2", "lte0": "2001:db8:32::2"},
+       "mn2": {"wifi0": "2001:db8:41::2"}}
+UNDERLAY = {"mn": {"wifi0": "192.0.2.34", "lte0": "198.51.100.2"}, "mn2": {"wifi0": "192.0.2.50"}}
+# Our SA to the CN and the CN's SA back, per MN; the key file the lab wrote for ours.
+TO_CN = {"mn": (0x1301, "mn-to-cn.key"), "mn2": (0x2301, "mn2-to-cn.key")}
+FROM_CN = {"mn": 0x1302, "mn2": 0x2302}
+SEQ_LEAD = 500
+LAB_RUN = Path("/run/vmip-lab")
+#: Forged packets so far, per MN: each needs a sequence number of its own (replay window).
+FORGED: dict[str, int] = {"mn": 0, "mn2": 0}
+
+
+def vmip_json(node: str, *args: str) -> Any:
+    vmip = ["vmip"] if shutil.which("vmip") else [sys.executable, "-m", "vmip"]
+    result = vmip_cli("lab", "exec", node, "--", *vmip, *args, "--json", timeout=30)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
+    """Poll *check* (a control-socket read) until it is truthy; bounded."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}; last: {value!r}")
+
+
+def bound(node: str, peer: str, coa: str) -> bool:
+    entries = vmip_json(node, "bindings")["mn"]["binding_update_list"]
+    return any(e["peer"] == peer and e["state"] == "bound" and e["coa"] == coa for e in entries)
+
+
+def sa_row(node: str, spi: int) -> dict[str, Any]:
+    return next(sa for sa in vmip_json(node, "sa", "list") if sa["spi"] == spi)
+
+
+def cn_cache() -> dict[str, dict[str, Any]]:
+    return {entry["hoa"]: entry for entry in vmip_json("cn", "bindings")["cn"]["binding_cache"]}
+
+
+# --- forging -------------------------------------------------------------------------------
+
+class Forger:
+    """Protects MH with an MN's real MN->CN key, ahead of the MN node's sequence numbers."""
+
+    def __init__(self, node: str) -> None:
+        spi, key_file = TO_CN[node]
+        key = bytes.fromhex((LAB_RUN / node / "keys" / key_file).read_text().strip())
+        params = SaParams(spi=spi, direction=Direction.OUT, src=IPv6Address(HOA[node]),
+                          dst=IPv6Address(CN), suite="aes128gcm16", enc_key=key,
+                          mode=Mode.TRANSPORT, esn=False)
+        self.node = node
+        self.sa = EspSA(params, time.monotonic())
+        # EspSA.protect uses seq + 1: well past the MN's live counter, and past
+        # the numbers earlier forged packets used (the CN would drop a replay).
+        self.sa.seq = sa_row(node, spi)["packets"] + SEQ_LEAD + FORGED[node]
+
+    def packet(self, message: Any, *, onwire_src: str, checksum_src: str | None = None) -> bytes:
+        """The on-wire IPv6 packet: MH in ESP, then the IRO outbound remap of the source.
+
+        The MH checksum covers the SA-level addresses (HoA -> CN), what the CN
+        checks after its inbound rule restored the HoA (DESIGN-BRIEF §4).
+        """
+        inner = build_mh_packet(message, IPv6Address(checksum_src or HOA[self.node]),
+                                IPv6Address(CN))
+        protected = transport_encap(inner, self.sa, time.monotonic())
+        FORGED[self.node] += 1
+        assert protected is not None, self.sa.drops
+        return protected[:8] + IPv6Address(onwire_src).packed + protected[24:]
+
+
+def send_from(node: str, link: str, wire: bytes) -> None:
+    """The overlay datagram (UDP 6275 -> CN:6275) from *node*'s address on *link*.
+
+    A raw socket, because the node's own socket holds port 6275; the CN
+    replies (if it ever did) to that same port, i.e. to the MN's node.
+    """
+    udp = struct.pack("!HHHH", OVERLAY_PORT, OVERLAY_PORT, 8 + len(wire), 0) + wire
+    with entered(f"vmip-{node}"):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+    with sock:
+        sock.bind((UNDERLAY[node][link], 0))
+        sock.sendto(udp, (CN_UNDERLAY, 0))
+
+
+# --- the CN's view -------------------------------------------------------------------------
+
+def cn_snapshot() -> dict[str, Any]:
+    status = vmip_json("cn", "bindings")
+    sas = {sa["spi"]: sa["packets"] for sa in vmip_json("cn", "sa", "list")}
+    return {"cache": status["cn"]["binding_cache"], "counters": status["cn"]["counters"],
+            "rx_mh": status["counters"].get("rx_mh", 0), "events": vmip_json("cn", "events"),
+            "sas": sas}
+
+
+def assert_dropped_silently(before: dict[str, Any], reason: str, via_spi: int) -> None:
+    """The CN counted *reason* once and changed and sent nothing else."""
+    after = wait_for(f"the CN counting {reason}",
+                     lambda: (s := cn_snapshot())["counters"].get(reason, 0)
+                     > before["counters"].get(reason, 0) and s)
+    expected = dict(before["counters"])
+    expected[reason] = expected.get(reason, 0) + 1
+    assert after["counters"] == expected
+    # Authenticated by the SA and handed to the MH code: dropped there, not earlier.
+    assert after["sas"][via_spi] == before["sas"][via_spi] + 1
+    assert after["rx_mh"] == before["rx_mh"] + 1
+    assert after["cache"] == before["cache"]
+    assert after["events"] == before["events"]
+    # Nothing protected towards either MN: no BA, no AOTC, no AOTS (the reply,
+    # if any, is sent in the same call that counted the drop).
+    for spi in FROM_CN.values():
+        assert after["sas"][spi] == before["sas"][spi], f"the CN sent on {spi:#x}"
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[None]:
+    before = host_snapshot()
+    remove_stale_lab()
+    try:
+        result = vmip_cli("lab", "start", "--json", timeout=120)
+        assert result.returncode == 0, result.stderr
+        for node in ("mn", "mn2"):
+            coa = COA[node]["wifi0"]
+            wait_for(f"{node} bound with the CN", lambda: bound(node, CN, coa))
+        yield
+    finally:
+        teardown_lab()
+        assert_host_untouched(before, host_snapshot())
+
+
+def test_aotr_with_a_wrong_nonce_is_dropped(lab) -> None:
+    """Draft §4.4.3: the nonce stored for (HoA, on-wire source) must match the AOTR's."""
+    before = cn_snapshot()
+    forger = Forger("mn")
+    # The CN keeps the nonce it sent to the wifi CoA (docs/mobility.md): a wrong one.
+    wire = forger.packet(AotResponse(bytes(8)), onwire_src=COA["mn"]["wifi0"])
+    send_from("mn", "wifi0", wire)
+    assert_dropped_silently(before, "aotr_wrong_nonce", TO_CN["mn"][0])
+
+
+def test_aotr_from_an_address_that_was_not_challenged_is_dropped(lab) -> None:
+    """Draft §4.4.3: an AOTR must come from the address the AOTC went to."""
+    before = cn_snapshot()
+    forger = Forger("mn")
+    # The lte CoA was never challenged in this lab: no nonce for it.
+    wire = forger.packet(AotResponse(bytes(range(8))), onwire_src=COA["mn"]["lte0"])
+    send_from("mn", "lte0", wire)
+    assert_dropped_silently(before, "aotr_unknown_address", TO_CN["mn"][0])
+
+
+def test_bu_whose_altcoa_differs_from_the_on_wire_source_is_dropped(lab) -> None:
+    """Draft §3.3: the AltCoA of an IRO BU is the address it came from on the wire."""
+    before = cn_snapshot()
+    sequence = (cn_cache()[HOA["mn"]]["sequence"] + 1) % 65536  # in window: only AltCoA is wrong
+    forger = Forger("mn")
+    bu = BindingUpdate(sequence, 100, ack=True,
+                       options=(AlternateCareOfAddress(IPv6Address(COA["mn"]["lte0"])),))
+    send_from("mn", "wifi0", forger.packet(bu, onwire_src=COA["mn"]["wifi0"]))
+    assert_dropped_silently(before, "bu_altcoa_mismatch", TO_CN["mn"][0])
