@@ -22,6 +22,7 @@ later packets are neither replays nor too old and the lab stays healthy.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import struct
@@ -97,17 +98,23 @@ def cn_cache() -> dict[str, dict[str, Any]]:
 class Forger:
     """Protects MH with an MN's real MN->CN key, ahead of the MN node's sequence numbers."""
 
-    def __init__(self, node: str) -> None:
-        spi, key_file = TO_CN[node]
-        key = bytes.fromhex((LAB_RUN / node / "keys" / key_file).read_text().strip())
-        params = SaParams(spi=spi, direction=Direction.OUT, src=IPv6Address(HOA[node]),
+    def __init__(self, node: str, *, foreign_sa: tuple[int, str] | None = None) -> None:
+        """*node*'s SA to the CN; or, with *foreign_sa* (SPI, HoA), an SA the CN never had."""
+        if foreign_sa is None:
+            spi, key_file = TO_CN[node]
+            key = bytes.fromhex((LAB_RUN / node / "keys" / key_file).read_text().strip())
+            self.hoa = HOA[node]
+            # EspSA.protect uses seq + 1: well past the MN's live counter, and past
+            # the numbers earlier forged packets used (the CN would drop a replay).
+            first = sa_row(node, spi)["packets"] + SEQ_LEAD + FORGED[node]
+        else:
+            (spi, self.hoa), key, first = foreign_sa, os.urandom(20), 0
+        params = SaParams(spi=spi, direction=Direction.OUT, src=IPv6Address(self.hoa),
                           dst=IPv6Address(CN), suite="aes128gcm16", enc_key=key,
                           mode=Mode.TRANSPORT, esn=False)
         self.node = node
         self.sa = EspSA(params, time.monotonic())
-        # EspSA.protect uses seq + 1: well past the MN's live counter, and past
-        # the numbers earlier forged packets used (the CN would drop a replay).
-        self.sa.seq = sa_row(node, spi)["packets"] + SEQ_LEAD + FORGED[node]
+        self.sa.seq = first
 
     def packet(self, message: Any, *, onwire_src: str, checksum_src: str | None = None) -> bytes:
         """The on-wire IPv6 packet: MH in ESP, then the IRO outbound remap of the source.
@@ -115,7 +122,7 @@ class Forger:
         The MH checksum covers the SA-level addresses (HoA -> CN), what the CN
         checks after its inbound rule restored the HoA (DESIGN-BRIEF §4).
         """
-        inner = build_mh_packet(message, IPv6Address(checksum_src or HOA[self.node]),
+        inner = build_mh_packet(message, IPv6Address(checksum_src or self.hoa),
                                 IPv6Address(CN))
         protected = transport_encap(inner, self.sa, time.monotonic())
         FORGED[self.node] += 1
@@ -211,3 +218,66 @@ def test_bu_whose_altcoa_differs_from_the_on_wire_source_is_dropped(lab) -> None
                        options=(AlternateCareOfAddress(IPv6Address(COA["mn"]["lte0"])),))
     send_from("mn", "wifi0", forger.packet(bu, onwire_src=COA["mn"]["wifi0"]))
     assert_dropped_silently(before, "bu_altcoa_mismatch", TO_CN["mn"][0])
+
+
+def test_bu_from_a_hoa_the_cn_has_no_sa_with_is_dropped_before_mipv6(lab) -> None:
+    """Draft §9 / RFC 4303 §3.4.2: a HoA is served only under an SA shared with it.
+
+    ``bu_unknown_hoa`` (the core's check, unit-tested in
+    tests/mobility/test_cn_registration.py) cannot be reached on a vmip node:
+    the CN's inbound rule for an SPI restores *that SA's* HoA (draft §5.2)
+    and the SA's selectors are checked after ESP, so every MH that reaches
+    the core comes from a HoA the CN shares an SA with.  The closest real
+    case: a BU from a HoA the CN has no SA with (2001:db8:100::30, under an
+    SPI and key the CN never had).  The IPsec layer drops it (``unknown_spi``)
+    and the MH code never sees it.
+    """
+    before, ipsec_before = cn_snapshot(), vmip_json("cn", "counters")["ipsec"]
+    stranger = "2001:db8:100::30"
+    forger = Forger("mn", foreign_sa=(0x3301, stranger))
+    bu = BindingUpdate(1, 100, ack=True,
+                       options=(AlternateCareOfAddress(IPv6Address(COA["mn"]["wifi0"])),))
+    send_from("mn", "wifi0", forger.packet(bu, onwire_src=COA["mn"]["wifi0"]))
+    wait_for("the CN's IPsec layer counting an unknown SPI",
+             lambda: vmip_json("cn", "counters")["ipsec"].get("unknown_spi", 0)
+             > ipsec_before.get("unknown_spi", 0))
+    after = cn_snapshot()
+    assert after == before  # MH code, cache, events, SAs: untouched; nothing sent
+    assert stranger not in cn_cache()
+
+
+def test_bu_under_mn2s_sa_claiming_mns_hoa_never_touches_mns_binding(lab) -> None:
+    """Draft §5.2, §9: the SA names the HoA; a packet cannot claim another one.
+
+    MN2 protects a BU with its own SA but puts MN's HoA in the IPv6 header
+    and computes the MH checksum for MN's HoA, as a forger of MN's binding
+    would.  The CN's inbound rule for MN2's SPI restores MN2's HoA, so the
+    checksum no longer matches and the BU is dropped as ``bad_checksum``:
+    MN's binding (and MN2's) stay as they were.
+    """
+    before = cn_snapshot()
+    forger = Forger("mn2")
+    bu = BindingUpdate((cn_cache()[HOA["mn"]]["sequence"] + 1) % 65536, 100, ack=True,
+                       options=(AlternateCareOfAddress(IPv6Address(COA["mn2"]["wifi0"])),))
+    wire = forger.packet(bu, onwire_src=HOA["mn"], checksum_src=HOA["mn"])
+    send_from("mn2", "wifi0", wire)
+    assert_dropped_silently(before, "bad_checksum", TO_CN["mn2"][0])
+
+
+def test_aoto_from_an_mn_that_is_not_registered_is_dropped(lab) -> None:
+    """Draft §4.4.1: an AOTO from an MN without a binding here is dropped silently.
+
+    MN2 is registered with the CN when the lab starts; a deregistration BU
+    (lifetime 0, no ack, RFC 6275 §9.5.3) under MN2's SA removes that binding
+    first.  This is the last test of the module: MN2's node still thinks it
+    is bound.
+    """
+    forger = Forger("mn2")
+    sequence = (cn_cache()[HOA["mn2"]]["sequence"] + 1) % 65536
+    deregistration = BindingUpdate(
+        sequence, 0, options=(AlternateCareOfAddress(IPv6Address(COA["mn2"]["wifi0"])),))
+    send_from("mn2", "wifi0", forger.packet(deregistration, onwire_src=COA["mn2"]["wifi0"]))
+    wait_for("the CN dropping MN2's binding", lambda: HOA["mn2"] not in cn_cache())
+    before = cn_snapshot()
+    send_from("mn2", "wifi0", Forger("mn2").packet(AotOffer(), onwire_src=COA["mn2"]["wifi0"]))
+    assert_dropped_silently(before, "aoto_unregistered", TO_CN["mn2"][0])
