@@ -169,8 +169,13 @@ class MobileNode(MobilityCore):
         key_management_mobility: bool = False,
         initial_sequence: int | None = None,
         peer_coa: Callable[[IPv6Address], IPv6Address | None] | None = None,
+        correspondents_with_home: bool = False,
     ):
         super().__init__()
+        # True: on a move between foreign links whose HoA binding is still
+        # live at the HA, BUs to the CNs leave with the home BU instead of
+        # after the home BA (RFC 6275 §11.7.2 only asks that the HoA be valid).
+        self.correspondents_with_home = correspondents_with_home
         self._peer_coa = peer_coa or (lambda peer: None)
         self.hoa = IPv6Address(hoa)
         self.home_agent = IPv6Address(home_agent)
@@ -248,12 +253,21 @@ class MobileNode(MobilityCore):
         self._emit(CoaChanged(self.hoa, old, new))
         self._emit(TunnelEndpointChanged(self.hoa, new))
         log.info("care-of address changed", hoa=self.hoa, old=old, new=new)
+        # Whether the HA still holds a live binding for the HoA (sampled before
+        # the new home BU is sent): then the HoA is valid (RFC 6275 §11.7.2).
+        home_valid = self._home.expires_at is not None and self._home.expires_at > now
         if (
             new is not None
             or self._home.state is not EntryState.IDLE
             or self._home.expires_at is not None
         ):
             self._start_registration(self._home, now)
+            if new is not None and home_valid and self.correspondents_with_home:
+                # Moving between foreign links: an IRO BU goes straight to the
+                # CN from the CoA and its AOTC to the CoA (draft §4.5.1), so
+                # nothing in it waits for the HA.  Waiting for the home BA
+                # cost one extra RTT of CN->MN outage per handover.
+                self._register_correspondents(now)
         else:
             self._register_correspondents(now)
 
