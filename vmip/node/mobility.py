@@ -82,7 +82,9 @@ class MobilityAgent:
             # peer (docs/mobility.md "simultaneous movement").
             self.mn = MobileNode(self.hoa, self.home_agent, mob.correspondents,
                                  lifetime=mob.binding_lifetime, clock_now=now,
-                                 peer_coa=self._peer_coa)
+                                 peer_coa=self._peer_coa,
+                                 # CN BUs leave with the home BU on a move (issue 7).
+                                 correspondents_with_home=True)
         self.ha: HomeAgent | None = None
         self.ha_address: IPv6Address | None = None
         if cfg.has_role(ConfigRole.HA):
@@ -123,6 +125,10 @@ class MobilityAgent:
                 continue
             # As a CN (every node is one): BUs from the peer's CoA (rule 2), answers to it (rule 3).
             self.tracker.track_mh(local, remote, TrackRole.CN)
+
+    def refresh_intents(self) -> None:
+        """Register intents for transport SAs added after start (IKE-made SAs)."""
+        self._register_intents()
 
     def _peer_coa(self, peer: IPv6Address) -> IPv6Address | None:
         binding = self.cn.binding(peer)
@@ -287,7 +293,9 @@ class MobilityAgent:
             if remote is not None and remote.prefixlen == 128 and remote.network_address == hoa:
                 names[policy.direction].update(str(n) for n in policy.sa_bundle)
         for info in sad.dump(publish=False):
-            if info.mode is not Mode.TUNNEL or info.name not in names[info.direction]:
+            # Static policies name SAs; IKE-made ones name them by SPI (vmip.node.keying).
+            if info.mode is not Mode.TUNNEL or (info.name not in names[info.direction]
+                                                and str(info.spi) not in names[info.direction]):
                 continue
             if info.direction is Direction.OUT and info.dst != coa:
                 sad.migrate(info.spi, Direction.OUT, info.src, coa, now, dst=info.dst)
