@@ -258,11 +258,12 @@ class IkeSa:
 
     def create_child(self, now: float, name: str | None = None,
                      local_ts: tuple[TrafficSelector, ...] | None = None,
-                     remote_ts: tuple[TrafficSelector, ...] | None = None) -> None:
-        """A further CHILD_SA with CREATE_CHILD_SA (§1.3.1)."""
+                     remote_ts: tuple[TrafficSelector, ...] | None = None,
+                     mode: Mode | None = None) -> None:
+        """A further CHILD_SA with CREATE_CHILD_SA (§1.3.1); *mode* None: the config's."""
         self._need_established()
         self._ctx.queue.append(lambda t: self._start_create_child(
-            t, name=name, local_ts=local_ts, remote_ts=remote_ts))
+            t, name=name, local_ts=local_ts, remote_ts=remote_ts, mode=mode))
         self._kick(now)
 
     def rekey_ike(self, now: float) -> None:
@@ -835,7 +836,7 @@ class IkeSa:
 
     def _finish_child_initiator(self, msg: IkeMessage, spi_in: int, ni: bytes, nr: bytes,
                                 dh: DhKey | None, name: str, rekeyed: _Child | None,
-                                now: float) -> None:
+                                now: float, wanted_mode: Mode | None = None) -> None:
         """Process the SA/TS of a response that creates a child we asked for."""
         errors = [n for n in find(msg.payloads, NotifyPayload) if n.notify_type <= NOTIFY_ERROR_MAX]
         sas = find(msg.payloads, SaPayload)
@@ -867,7 +868,8 @@ class IkeSa:
         if not _subset(tsi[0].selectors, proposed_l) or not _subset(tsr[0].selectors, proposed_r):
             self._emit(ChildSaFailed(self.config.name, name, "responder widened the traffic selectors"))
             return
-        want_transport = (rekeyed.mode if rekeyed else self.config.mode) is Mode.TRANSPORT
+        want_transport = (rekeyed.mode if rekeyed else wanted_mode or self.config.mode) \
+            is Mode.TRANSPORT
         mode = Mode.TRANSPORT if want_transport and notifies(msg.payloads, Notify.USE_TRANSPORT_MODE) \
             else Mode.TUNNEL
         spi_out = int.from_bytes(picked[0].spi, "big")
@@ -1034,7 +1036,8 @@ class IkeSa:
 
     # ............................................ CREATE_CHILD_SA (initiator)
     def _start_create_child(self, now: float, rekey: _Child | None = None, name: str | None = None,
-                            local_ts: tuple | None = None, remote_ts: tuple | None = None) -> None:
+                            local_ts: tuple | None = None, remote_ts: tuple | None = None,
+                            mode: Mode | None = None) -> None:
         ctx = self._ctx
         if rekey is not None and rekey.spi_in not in self.children:
             self._kick(now)
@@ -1049,7 +1052,7 @@ class IkeSa:
             payloads.append(NotifyPayload(Notify.REKEY_SA, b"", ProtocolId.ESP,
                                           rekey.spi_in.to_bytes(4, "big")))
             mode = rekey.mode
-        else:
+        elif mode is None:
             mode = self.config.mode
         if mode is Mode.TRANSPORT:
             payloads.append(NotifyPayload(Notify.USE_TRANSPORT_MODE))
@@ -1070,7 +1073,8 @@ class IkeSa:
             if rekey is not None and not local_ts:
                 # keep the rekeyed child's selectors as "proposed"
                 pass
-            self._finish_child_initiator(msg, spi_in, ni, nonces[0].nonce, dh, child_name, rekey, t)
+            self._finish_child_initiator(msg, spi_in, ni, nonces[0].nonce, dh, child_name, rekey, t,
+                                         wanted_mode=mode)
             if rekey is not None and any(c.spi_in == spi_in for c in self.children.values()):
                 # §2.8: the initiator of the rekey deletes the old SA.
                 self._ctx.queue.appendleft(lambda t2: self._start_delete_child(t2, rekey))

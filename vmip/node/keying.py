@@ -58,13 +58,14 @@ from vmip.ike.events import (
     IkeSaRekeyed,
     PeerAlive,
 )
-from vmip.ike.ikesa import IkeSa, IkeSaConfig
+from vmip.ike.ikesa import IkeSa, IkeSaConfig, Role
 from vmip.ike.payloads import Identity, TrafficSelector
 from vmip.ipsec import static
 from vmip.ipsec.sa import Direction, Lifetime, Mode
 from vmip.ipsec.sad import SadError
 from vmip.ipsec.sadb import ExpireEvent, SadbEvent
 from vmip.ipsec.spd import Action, Policy, Selector, SpdError
+from vmip.links.base import coerce_endpoint
 from vmip.log import get_logger
 from vmip.wire.errors import WireError
 from vmip.wire.ipv6 import build_ipv6_header
@@ -141,6 +142,52 @@ def _ts_of_network(net, protocol: int | None, ports) -> TrafficSelector:
     return TrafficSelector(net.network_address, net.broadcast_address, protocol or 0, low, high)
 
 
+def _ts_within(inner: TrafficSelector, outer: TrafficSelector) -> bool:
+    """*inner* selects nothing *outer* does not (address range, protocol, ports)."""
+    if inner.start.version != outer.start.version:
+        return False
+    return (outer.start <= inner.start and inner.end <= outer.end
+            and (outer.protocol == 0 or outer.protocol == inner.protocol)
+            and outer.start_port <= inner.start_port and inner.end_port <= outer.end_port)
+
+
+def _is_host(ts: TrafficSelector) -> bool:
+    return ts.start == ts.end
+
+
+@dataclass(frozen=True)
+class PolicyTs:
+    """One outbound ``protect`` policy of the config, as a TS pair."""
+
+    name: str
+    local: TrafficSelector
+    remote: TrafficSelector
+    priority: int
+
+
+@dataclass(frozen=True)
+class ChildPlan:
+    """One CHILD_SA we want with a peer whose ``[[ike.peer]] policies`` are set.
+
+    Host-to-host policies whose remote end is the peer's address make a
+    transport child (MN-HA MH, MN-CN, MN-MN: SA-level addresses are home
+    addresses, IRO remaps them; draft §7.1); the others one tunnel child
+    (MN-HA payload tunnel, outer endpoints CoA and HA; draft appendix D).
+    """
+
+    name: str
+    mode: Mode
+    policies: tuple[PolicyTs, ...]
+
+    @property
+    def local_ts(self) -> tuple[TrafficSelector, ...]:
+        return tuple(dict.fromkeys(p.local for p in self.policies))
+
+    @property
+    def remote_ts(self) -> tuple[TrafficSelector, ...]:
+        return tuple(dict.fromkeys(p.remote for p in self.policies))
+
+
 @dataclass
 class ChildRecord:
     """What the manager installed for one CHILD_SA (by inbound SPI)."""
@@ -149,6 +196,9 @@ class ChildRecord:
     event: ChildSaCreated
     policies: list[str] = field(default_factory=list)
     rekeying: bool = False
+    #: Destination addresses the SAD holds the SAs under (inbound, outbound).
+    sa_dst_in: Any = None
+    sa_dst_out: Any = None
 
 
 class IkeManager:
@@ -170,6 +220,7 @@ class IkeManager:
         self.peers = {peer.name: peer for peer in self.ike_config.peers}
         self._auth = self._load_auth()
         self._proposed_ts = self._policy_ts(config)
+        self._policy_entries = self._policy_entries_of(config)
         self._last_rx: dict[str, tuple[bytes, tuple[str, int], str]] = {}
         self._policy_seq = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
@@ -213,6 +264,39 @@ class IkeManager:
             remote.append(_ts_of_network(pc.dst, pc.protocol, pc.dst_ports))
         return tuple(dict.fromkeys(local)), tuple(dict.fromkeys(remote))
 
+    @staticmethod
+    def _policy_entries_of(config) -> dict[str, PolicyTs]:
+        entries = {}
+        for pc in config.policies:
+            if str(pc.action) != "protect" or pc.direction is not Direction.OUT:
+                continue
+            entries[pc.name] = PolicyTs(pc.name, _ts_of_network(pc.src, pc.protocol, pc.src_ports),
+                                        _ts_of_network(pc.dst, pc.protocol, pc.dst_ports),
+                                        pc.priority)
+        return entries
+
+    def child_plans(self, peer) -> list[ChildPlan]:
+        """The CHILD_SAs wanted with *peer* (empty: the peer names no policies,
+        one child with every protect policy, the older behaviour)."""
+        names = getattr(peer, "policies", ())
+        if not names:
+            return []
+        entries = [self._policy_entries[name] for name in names if name in self._policy_entries]
+        transport = [e for e in entries if _is_host(e.local) and _is_host(e.remote)
+                     and e.remote.start == peer.address]
+        tunnel = [e for e in entries if e not in transport]
+        plans = []
+        by_local: dict[Any, list[PolicyTs]] = {}
+        for entry in transport:
+            by_local.setdefault(entry.local.start, []).append(entry)
+        for index, group in enumerate(by_local.values()):
+            plans.append(ChildPlan(peer.name if index == 0 else f"{peer.name}-{index}",
+                                   Mode.TRANSPORT, tuple(group)))
+        if tunnel:
+            plans.append(ChildPlan(f"{peer.name}-tunnel" if plans else peer.name, Mode.TUNNEL,
+                                   tuple(tunnel)))
+        return plans
+
     def local_address_for(self, peer_address) -> ipaddress.IPv6Address | ipaddress.IPv4Address:
         """Our IKE address towards *peer_address*: an MN talks to its HA from
         the CoA (DESIGN-BRIEF §6), everyone else from its overlay address."""
@@ -235,14 +319,32 @@ class IkeManager:
         raise KeyingError(f"no {peer_address.version == 6 and 'IPv6' or 'IPv4'} overlay "
                           f"address to run IKE with {peer_address} from")
 
-    def sa_config(self, peer, local_address) -> IkeSaConfig:
+    def sa_config(self, peer, local_address, *, responder: bool = False) -> IkeSaConfig:
+        remote_id = Identity.from_text(peer.remote_id) if peer.remote_id else None
+        plans = self.child_plans(peer)
+        if plans:
+            # Initiator: the first plan goes in IKE_AUTH, the others follow with
+            # CREATE_CHILD_SA.  Responder: everything the plans allow, and
+            # transport allowed when a plan wants it (RFC 7296 §1.3.1, §2.9).
+            first = plans[0]
+            if responder:
+                local_ts = tuple(dict.fromkeys(t for plan in plans for t in plan.local_ts))
+                remote_ts = tuple(dict.fromkeys(t for plan in plans for t in plan.remote_ts))
+                mode = Mode.TRANSPORT if any(p.mode is Mode.TRANSPORT for p in plans) \
+                    else Mode.TUNNEL
+            else:
+                local_ts, remote_ts, mode = first.local_ts, first.remote_ts, first.mode
+            return IkeSaConfig(
+                name=peer.name, remote_id=remote_id,
+                ike_proposals=tuple(self.ike_config.proposals),
+                esp_proposals=tuple(self.ike_config.esp_proposals), child_name=first.name,
+                local_ts=local_ts, remote_ts=remote_ts, mode=mode, **self._auth)
         local_ts, remote_ts = self._proposed_ts
         host_to_host = (
             not local_ts
             or (len(local_ts) == 1 and len(remote_ts) == 1
                 and local_ts[0] == TrafficSelector(local_address, local_address)
                 and remote_ts[0] == TrafficSelector(peer.address, peer.address)))
-        remote_id = Identity.from_text(peer.remote_id) if peer.remote_id else None
         return IkeSaConfig(
             name=peer.name, remote_id=remote_id, ike_proposals=tuple(self.ike_config.proposals),
             esp_proposals=tuple(self.ike_config.esp_proposals), child_name=peer.name,
@@ -311,7 +413,51 @@ class IkeManager:
         if peer is None:
             self.counters["ike_refused_unknown_peer"] += 1
             return None
-        return self.sa_config(peer, self.local_address_for(peer.address))
+        refusal = self._arrival_refusal(addr[0])
+        if refusal is not None:
+            self.counters["ike_refused_wrong_arrival"] += 1
+            log.warning("ike refused", peer=peer.name, address=addr[0], reason=refusal)
+            return None
+        return self.sa_config(peer, self.local_address_for(peer.address), responder=True)
+
+    def _arrival_refusal(self, address: str) -> str | None:
+        """Why an IKE_SA_INIT naming *address* must be refused, or None.
+
+        IRO draft §9.1.2: an MN-CN negotiation for a HoA proves the HoA only
+        if the HoA is where it came from.  So the on-wire source must be the
+        IKE address itself (a CN gets MN-CN IKE in clear through the HA, with
+        the HoA as on-wire source; draft appendix B), or our own HA when we
+        are an MN (IKE from a correspondent reaches us through the HA tunnel),
+        and the underlay endpoint must be the one our static locator names
+        for that on-wire source (a HoA's packets come from the HA's endpoint,
+        not straight from a CoA).
+        """
+        seen = self._last_rx.get(address)
+        if seen is None:
+            return None
+        onwire, endpoint, _link = seen
+        node = self.node
+        try:
+            claimed = ipaddress.ip_address(address).packed
+        except ValueError:
+            return "unparsable source address"
+        if len(onwire) == 16 and len(claimed) == 16 and onwire != claimed:
+            home_agent = node.mobility.home_agent if node.is_mobile else None
+            if home_agent is None or onwire != home_agent.packed:
+                return (f"on-wire source {ipaddress.IPv6Address(onwire)} is not the IKE "
+                        f"address {address}")
+        if len(onwire) == 16:
+            locator = node.locators.lookup(onwire)
+            if locator is not None and locator.source == "static" and \
+                    locator.endpoint is not None and str(locator.framing) == "udp":
+                try:
+                    arrived = coerce_endpoint(endpoint)
+                except Exception:  # an endpoint of unknown shape proves nothing
+                    return "unknown underlay endpoint"
+                if arrived != locator.endpoint:
+                    return (f"arrived from {arrived} but {ipaddress.IPv6Address(onwire)} "
+                            f"is reached at {locator.endpoint}")
+        return None
 
     def _spi_allocator_for(self, local, remote) -> Callable[[float], int]:
         src = ipaddress.ip_address(remote[0].split("%")[0])
@@ -600,6 +746,11 @@ class IkeManager:
             log.info("ike sa established", peer=event.name, remote=event.remote_addr[0],
                      suite=event.suite, initiator=event.initiator, nat=event.nat_detected)
             self._learn_locator(event.remote_addr[0], now)
+            if sa.role is Role.INITIATOR:
+                # Further CHILD_SAs of the plan (e.g. the MN-HA tunnel after the MH pair).
+                for plan in self.child_plans(self.peers.get(sa.config.name))[1:] \
+                        if sa.config.name in self.peers else []:
+                    sa.create_child(now, plan.name, plan.local_ts, plan.remote_ts, plan.mode)
         elif isinstance(event, IkeSaRekeyed):
             self.counters["ike_sa_rekeyed"] += 1
             log.info("ike sa rekeyed", peer=event.name)
@@ -622,8 +773,44 @@ class IkeManager:
                        rekey_of: int | None = None) -> None:
         node = self.node
         pairs = [(lts, rts) for lts in event.local_ts for rts in event.remote_ts]
-        selectors = [sel for lts, rts in pairs for sel in ts_to_selectors(lts, rts)]
+        priorities: dict[Selector, int] = {}
+        peer = self.peers.get(sa.config.name)
+        plans = self.child_plans(peer) if peer is not None else []
+        if plans:
+            # Keep the pairs one of our policies of this child's kind covers, at
+            # that policy's priority (the clear-text class before protect-all,
+            # MH before the tunnel); narrowing across policies (§2.9) makes
+            # cross pairs that no policy asked for.
+            candidates = [entry for plan in plans if plan.mode is event.mode
+                          for entry in plan.policies]
+            kept = []
+            for lts, rts in pairs:
+                covering = [entry.priority for entry in candidates
+                            if _ts_within(lts, entry.local) and _ts_within(rts, entry.remote)]
+                if covering:
+                    kept.append((lts, rts, min(covering)))
+            selectors = []
+            for lts, rts, priority in kept:
+                for selector in ts_to_selectors(lts, rts):
+                    if selector not in priorities:
+                        selectors.append(selector)
+                        priorities[selector] = priority
+        else:
+            selectors = [sel for lts, rts in pairs for sel in ts_to_selectors(lts, rts)]
         inbound, outbound = event.sa_params(tuple(selectors), tuple(selectors))
+        if event.mode is Mode.TRANSPORT and len(event.local_ts) == 1 and \
+                len(event.remote_ts) == 1 and _is_host(event.local_ts[0]) and \
+                _is_host(event.remote_ts[0]):
+            # Transport SAs carry SA-level addresses: the HoA, not the CoA the
+            # IKE SA runs from (MN-HA MH pair, draft §7.1; IRO remaps on the wire).
+            local_host, remote_host = event.local_ts[0].start, event.remote_ts[0].start
+            if (local_host, remote_host) != (inbound.dst, inbound.src):
+                larval = node.sad.get(event.spi_in, Direction.IN, inbound.dst)
+                if larval is not None:
+                    node.sad.delete(event.spi_in, Direction.IN, inbound.dst,
+                                    reason="ike: transport SA at the home address")
+                inbound = replace(inbound, src=remote_host, dst=local_host)
+                outbound = replace(outbound, src=local_host, dst=remote_host)
         lifetimes = dict(soft=Lifetime(seconds=self.child_soft),
                          hard=Lifetime(seconds=self.child_hard),
                          backend=node.config.keys.backend,
@@ -636,7 +823,7 @@ class IkeManager:
             # The larval reservation is gone (timed out): a fresh ADD keeps the SA usable.
             node.sad.add(inbound, now)
         node.sad.add(outbound, now)
-        record = ChildRecord(sa, event)
+        record = ChildRecord(sa, event, sa_dst_in=inbound.dst, sa_dst_out=outbound.dst)
         if rekey_of is not None:
             old = self.children.get(rekey_of)
             if old is not None:
@@ -650,7 +837,7 @@ class IkeManager:
                 name = f"ike-{event.name}-{seq}.{index}-{direction.value}"
                 try:
                     node.spd.add(Policy(name, direction, selector, Action.PROTECT, (spi,),
-                                        CHILD_POLICY_PRIORITY))
+                                        priorities.get(selector, CHILD_POLICY_PRIORITY)))
                 except SpdError as exc:
                     log.error("ike policy refused", policy=name, error=str(exc))
                     continue
@@ -662,6 +849,9 @@ class IkeManager:
                  suite=event.suite, mode=event.mode.value, policies=len(record.policies),
                  rekey_of=f"{rekey_of:#010x}" if rekey_of is not None else "-")
         node.tunnel_changed()
+        if event.mode is Mode.TRANSPORT and getattr(node, "mobility", None) is not None:
+            # A new transport pair may be one IRO must track (MH rules, draft §6.2.2).
+            node.mobility.refresh_intents()
 
     def _remove_policy(self, name: str) -> None:
         if name in self.node.spd:
@@ -675,11 +865,13 @@ class IkeManager:
         event = record.event
         for name in record.policies:
             self._remove_policy(name)
-        local = ipaddress.ip_address(event.local_addr[0])
-        remote = ipaddress.ip_address(event.remote_addr[0])
-        for spi, direction, dst in ((event.spi_in, Direction.IN, local),
-                                    (event.spi_out, Direction.OUT, remote)):
-            if node.sad.get(spi, direction, dst) is not None:
+        for spi, direction, dst in ((event.spi_in, Direction.IN, record.sa_dst_in),
+                                    (event.spi_out, Direction.OUT, record.sa_dst_out)):
+            if node.sad.get(spi, direction, dst) is None:
+                # A tunnel SA may have moved with the CoA (MIGRATE): find it by SPI.
+                dst = next((info.dst for info in node.sad.dump(publish=False)
+                            if info.spi == spi and info.direction is direction), None)
+            if dst is not None:
                 node.sad.delete(spi, direction, dst, reason=reason)
         self.counters["child_sa_removed"] += 1
         log.info("ike child sa removed", child=event.name, spi_in=f"{event.spi_in:#010x}",
