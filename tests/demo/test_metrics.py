@@ -137,3 +137,26 @@ def test_percentile_is_nearest_rank():
     assert percentile([5, 1, 4, 2, 3], 0.5) == 3
     assert percentile(list(range(1, 21)), 0.9) == 18
     assert percentile([], 0.5) is None
+
+
+def test_timeline_counts_from_the_end_of_the_link_change():
+    # The lab took 12 ms to take wifi down; the MN moved 8 ms later; the CN
+    # switched its outbound rule 40 ms after that (values chosen here).
+    trigger = Trigger(200.0, "wifi0", "down", done=200.012)
+    mn_events = [{"t": 200.020, "event": "CoaChanged", "old": "2001:db8:31::2",
+                  "new": "2001:db8:32::2"}]
+    cn_events = [{"t": 199.0, "event": "SendTo", "coa": "2001:db8:32::2"},   # an older switch
+                 {"t": 200.060, "event": "SendTo", "coa": "2001:db8:32::2"},
+                 {"t": 200.070, "event": "SendTo", "coa": "2001:db8:31::2"}]
+    arrivals = stream(199.0, 400, delay=0.005)
+    (report,) = handover_reports(triggers=[trigger], events=mn_events, coa_links={},
+                                 mn_to_cn=arrivals, cn_to_mn=arrivals, interval=INTERVAL,
+                                 end=203.0, cn_events=cn_events)
+    assert report["timeline_ms"] == pytest.approx({"link_change": 12.0, "moved": 8.0,
+                                                   "cn_sends": 48.0})
+    # Without CN events or a completion time: the trigger is the origin, no CN time.
+    (plain,) = handover_reports(triggers=[Trigger(200.0, "wifi0", "down")], events=mn_events,
+                                coa_links={}, mn_to_cn=arrivals, cn_to_mn=arrivals,
+                                interval=INTERVAL, end=203.0)
+    assert plain["timeline_ms"] == pytest.approx({"link_change": 0.0, "moved": 20.0,
+                                                  "cn_sends": None})

@@ -37,13 +37,22 @@ def analyse(report: dict) -> dict:
         rtt = rtts[to]
         target = (2.5 if aot else 1.5) * rtt + 20
         p50 = metrics.percentile(values, 0.5)
+        timelines = [h.get("timeline_ms", {}) for h in report["handovers"]
+                     if h["to"] == to and h["aot"] == aot]
+        moved = metrics.percentile([t.get("moved") for t in timelines], 0.5)
+        cn_sends = metrics.percentile([t.get("cn_sends") for t in timelines], 0.5)
         rows.append({"to": to, "aot": aot, "count": len(values), "rtt_ms": rtt,
+                     "moved_ms_p50": moved, "cn_sends_ms_p50": cn_sends,
                      "p50_ms": p50, "p90_ms": metrics.percentile(values, 0.9),
                      "target_p50_ms": target, "met": p50 is not None and p50 <= target})
     return {"groups": rows, "handovers": len(report["handovers"]),
             "tcp_survived_all": report["summary"]["tcp_survived_all"],
             "bu_ba_ms_p50": metrics.percentile([h["bu_ba_ms"] for h in report["handovers"]
                                                 if h["bu_ba_ms"] is not None], 0.5)}
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,11 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     report = run_demo(DemoOptions(ui=False, changes=args.handovers, period=args.period),
                       out=lambda line: print(line, flush=True))
     result = analyse(report)
-    print(f"\n{'to':6} {'AOT':4} {'n':>3} {'RTT':>5} {'p50':>6} {'p90':>6} {'target':>7}  met")
+    print(f"\n{'to':6} {'AOT':4} {'n':>3} {'RTT':>5} {'p50':>6} {'p90':>6} {'target':>7}  met"
+          f"  {'move':>5} {'CN':>5}")
     for row in result["groups"]:
         print(f"{row['to']:6} {'yes' if row['aot'] else 'no':4} {row['count']:>3} "
               f"{row['rtt_ms']:>5.0f} {row['p50_ms']:>6.0f} {row['p90_ms']:>6.0f} "
-              f"{row['target_p50_ms']:>7.0f}  {'yes' if row['met'] else 'NO'}")
+              f"{row['target_p50_ms']:>7.0f}  {'yes' if row['met'] else 'NO ':3}"
+              f"  {_ms(row['moved_ms_p50']):>5} {_ms(row['cn_sends_ms_p50']):>5}")
+    print("move / CN: p50 ms from the link change being in place to the MN's CoA change / "
+          "to the CN sending to the new CoA")
     print(f"{result['handovers']} handovers; BU->BA p50 {result['bu_ba_ms_p50']} ms; TCP "
           f"{'survived all' if result['tcp_survived_all'] else 'LOST'}")
     if args.json:

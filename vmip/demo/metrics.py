@@ -49,6 +49,8 @@ class Trigger:
     t: float
     link: str
     action: str
+    #: When the change was in place (the lab's netlink calls returned).
+    done: float | None = None
 
 
 def _sorted(arrivals: Iterable[Arrival]) -> list[Arrival]:
@@ -131,8 +133,15 @@ def handover_reports(*, triggers: Sequence[Trigger], events: Sequence[Mapping[st
                      coa_links: Mapping[str, str], mn_to_cn: Sequence[Arrival],
                      cn_to_mn: Sequence[Arrival], interval: float,
                      tcp_samples: Sequence[tuple[float, int]] = (),
-                     tcp_error_at: float | None = None, end: float) -> list[dict[str, Any]]:
-    """One record per ``CoaChanged`` event that follows a trigger."""
+                     tcp_error_at: float | None = None, end: float,
+                     cn_events: Sequence[Mapping[str, Any]] = ()) -> list[dict[str, Any]]:
+    """One record per ``CoaChanged`` event that follows a trigger.
+
+    The timeline of each (``timeline_ms``, from the moment the link change
+    was in place): ``moved`` when the MN's CoA changed (movement detection),
+    ``cn_sends`` when the CN's outbound rule switched to the new CoA (its
+    ``SendTo``; needs *cn_events*).
+    """
     ordered = sorted(triggers, key=lambda tr: tr.t)
     starts = [tr.t for tr in ordered]
     reports = []
@@ -148,6 +157,14 @@ def handover_reports(*, triggers: Sequence[Trigger], events: Sequence[Mapping[st
         bu_ba, aot = registration_times(events, new_coa, t, window_end)
         lost = (lost_sequences(mn_to_cn, window_start, window_end),
                 lost_sequences(cn_to_mn, window_start, window_end))
+        trigger = ordered[index]
+        origin = trigger.done if trigger.done is not None else trigger.t
+        switch = next((e["t"] for e in sorted(cn_events, key=lambda e: e.get("t", 0.0))
+                       if e.get("event") == "SendTo" and e.get("coa") == new_coa
+                       and t <= e.get("t", 0.0) < window_end), None)
+        timeline = {"link_change": round((origin - trigger.t) * 1000.0, 1),
+                    "moved": round((t - origin) * 1000.0, 1),
+                    "cn_sends": None if switch is None else round((switch - origin) * 1000.0, 1)}
         reports.append({
             "from": coa_links.get(str(event.get("old")), str(event.get("old"))),
             "to": coa_links.get(str(new_coa), str(new_coa)),
@@ -164,6 +181,7 @@ def handover_reports(*, triggers: Sequence[Trigger], events: Sequence[Mapping[st
             "bu_ba_ms_by_peer": bu_ba,
             "aot": aot,
             "tcp_survived": tcp_survived(tcp_samples, tcp_error_at, t, window_end),
+            "timeline_ms": timeline,
         })
     return reports
 

@@ -203,6 +203,8 @@ def _run(run: _Run, options: DemoOptions, out: Callable[[str], None]) -> dict[st
             live.stop()
     end = time.time()
     events = mn_client.call("events")
+    cn_events = _safe(lambda: clients["cn"].call("events"))
+    cn_events = cn_events if isinstance(cn_events, list) else []
     final = {name: _safe(lambda c=client: collect(c)) for name, client in clients.items()}
     records = _stop_traffic(run)
     ping = _ping_summary(run)
@@ -214,7 +216,7 @@ def _run(run: _Run, options: DemoOptions, out: Callable[[str], None]) -> dict[st
         triggers=run.triggers, events=events, coa_links=coa_links,
         mn_to_cn=to_arrivals(cn_rec), cn_to_mn=to_arrivals(mn_rec),
         interval=1.0 / PROBE_RATE, tcp_samples=[tuple(s) for s in tcp.get("samples", [])],
-        tcp_error_at=min(errors) if errors else None, end=end)
+        tcp_error_at=min(errors) if errors else None, end=end, cn_events=cn_events)
     report = {
         "handovers": handovers,
         "summary": metrics.summary(handovers),
@@ -229,7 +231,8 @@ def _run(run: _Run, options: DemoOptions, out: Callable[[str], None]) -> dict[st
         "tcp": {"bytes": tcp.get("bytes"), "error": tcp.get("error") or
                 mn_rec.get("tcp", {}).get("error")},
         "ping": ping,
-        "triggers": [{"t": t.t, "link": t.link, "action": t.action} for t in run.triggers],
+        "triggers": [{"t": t.t, "done": t.done, "link": t.link, "action": t.action}
+                     for t in run.triggers],
         "duration_s": round(end - started, 1),
         "keys": options.keys,
         "final_snapshots": final,
@@ -362,8 +365,10 @@ def _toggle_wifi(run: _Run) -> None:
     from vmip.lab import manage
 
     up = not run.wifi_up
-    run.triggers.append(metrics.Trigger(time.time(), "wifi0", "up" if up else "down"))
+    asked = time.time()
     manage.set_link_state(run.plan, "mn", "wifi0", up)
+    # Both ends: the lab's netlink calls take a while; detection counts from their end.
+    run.triggers.append(metrics.Trigger(asked, "wifi0", "up" if up else "down", done=time.time()))
     run.wifi_up = up
 
 
@@ -436,15 +441,19 @@ def _save_captures(run: _Run, pcap_dir: Path) -> None:
 def format_report(report: dict[str, Any]) -> str:
     """The end-of-run table (plain text, fits 80 columns)."""
     lines = [f"{'#':>2} {'from':6} {'to':6} {'mn→cn ms':>9} {'cn→mn ms':>9} {'lost':>5} "
-             f"{'BU→BA ms':>9} {'AOT':>4} {'TCP':>4}"]
+             f"{'BU→BA ms':>9} {'AOT':>4} {'TCP':>4} {'move':>5} {'CN':>5}"]
     fmt = lambda v: "-" if v is None else f"{v:.0f}"
     for i, h in enumerate(report["handovers"], 1):
         lines.append(f"{i:>2} {h['from']:6} {h['to']:6} {fmt(h['interruption_ms']['mn_to_cn']):>9} "
                      f"{fmt(h['interruption_ms']['cn_to_mn']):>9} {h['lost_packets']:>5} "
                      f"{fmt(h['bu_ba_ms']):>9} {'yes' if h['aot'] else 'no':>4} "
-                     f"{'ok' if h['tcp_survived'] else 'LOST':>4}")
+                     f"{'ok' if h['tcp_survived'] else 'LOST':>4} "
+                     f"{fmt(h.get('timeline_ms', {}).get('moved')):>5} "
+                     f"{fmt(h.get('timeline_ms', {}).get('cn_sends')):>5}")
     s = report["summary"]
     lines.append(f"{s['handovers']} handovers; interruption p50 {fmt(s['interruption_ms_p50'])} ms,"
                  f" p90 {fmt(s['interruption_ms_p90'])} ms; TCP "
                  f"{'survived every handover' if s['tcp_survived_all'] else 'was LOST'}")
+    lines.append("move: link change in place -> MN's CoA changed; CN: -> CN sends to the new "
+                 "CoA (ms)")
     return "\n".join(lines)
