@@ -450,7 +450,8 @@ class Node:
         if result.sas and self.mobility.receive_mh(inner, onwire, now):
             return
         if self.tun is not None:
-            self.tun.write(inner)
+            # Queued: the TUN writes once per loop round, coalescing TCP (GRO).
+            self.tun.write_soon(inner)
         self.counters["rx_delivered"] += 1
 
     def _decap_then_remap(self, packet, esp_offset: int, sa, now: float) -> bytes | None:
