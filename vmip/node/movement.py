@@ -238,6 +238,58 @@ class WatchedLink:
     bind: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
 
 
+#: Seconds the MN still takes IPsec packets addressed to the CoA it left.
+#: Peers keep sending there until our BU reaches them, and what is already in
+#: flight on the old link (one-way lte ≈ 30 ms in the lab) still arrives.
+DEFAULT_PREVIOUS_COA_GRACE = 1.0
+
+
+class PreviousCoas:
+    """CoAs the MN left moments ago, and the packets still arriving at them (sans-IO).
+
+    After a move the MN's inbound remap rules name only the new CoA, so a
+    packet a CN sent to the old one before our BU reached it failed the
+    expected-address check and was dropped: 3-17 probes per lte->wifi
+    handover in the lab (issue 7).  The docs promise make-before-break (the
+    old link's socket stays open); this is the other half: for ``grace``
+    seconds such a packet is taken as if it had reached the current CoA.
+    Nothing is trusted by this: ESP (ICV, anti-replay) and the inbound policy
+    check still run on it, and the MN did own the old address.
+    """
+
+    def __init__(self, grace: float = DEFAULT_PREVIOUS_COA_GRACE) -> None:
+        self.grace = grace
+        self._until: dict[bytes, float] = {}
+        self._current: bytes | None = None
+        self.redirected = 0
+
+    def moved(self, old: ipaddress.IPv6Address | None, new: ipaddress.IPv6Address | None,
+              now: float) -> None:
+        self._current = None if new is None else new.packed
+        if new is not None:
+            self._until.pop(new.packed, None)    # back on it: it is current again
+        if old is not None and new is not None:
+            self._until[old.packed] = now + self.grace
+        else:
+            self._until.clear()                  # home (or first CoA): nothing to carry over
+        for address in [a for a, until in self._until.items() if until <= now]:
+            del self._until[address]
+
+    def redirect(self, wire: bytes, now: float) -> bytes | None:
+        """*wire* with its destination set to the current CoA, if it was sent to a CoA
+        left less than ``grace`` seconds ago; else ``None``."""
+        if self._current is None or len(wire) < 40 or not self._until:
+            return None
+        until = self._until.get(bytes(wire[24:40]))
+        if until is None:
+            return None
+        if until <= now:
+            del self._until[bytes(wire[24:40])]
+            return None
+        self.redirected += 1
+        return b"".join((wire[:24], self._current, wire[40:]))
+
+
 def usable_links(watched: Iterable[WatchedLink], links: Iterable[dict],
                  addresses: Iterable[dict]) -> dict[str, bool]:
     """Which watched links are usable, from plain summaries of a netlink dump.
