@@ -41,6 +41,7 @@ from vmip.mobility.mn import MobileNode
 from vmip.mobility.remap import RemapEngine
 from vmip.mobility.spi_tracking import Role as TrackRole
 from vmip.mobility.spi_tracking import SpiTracker
+from vmip.node.movement import PreviousCoas
 from vmip.wire.ipv6 import parse_ipv6
 from vmip.wire.errors import WireError
 
@@ -71,6 +72,8 @@ class MobilityAgent:
         self.local_addresses = {a.ip for a in cfg.tun.addresses if a.version == 6}
 
         self.mn: MobileNode | None = None
+        # Packets still arriving at the CoA the MN just left (issue 7).
+        self.previous_coas = PreviousCoas()
         self.hoa: IPv6Address | None = None
         self.hoa_packed = b""
         self.home_agent: IPv6Address | None = None
@@ -164,6 +167,12 @@ class MobilityAgent:
 
     def inbound(self, wire: bytes) -> tuple[bytes, Ancillary] | None:
         result = self.remap.inbound_ancillary(wire)
+        if result is None and self.mn is not None:
+            redirected = self.previous_coas.redirect(wire, self.node.clock())
+            if redirected is not None:
+                result = self.remap.inbound_ancillary(redirected)
+                if result is not None:
+                    self.counters["rx_previous_coa"] += 1
         if result is None:
             self.counters["rx_drop_remap"] += 1
         return result
@@ -239,6 +248,10 @@ class MobilityAgent:
         tracker = self.tracker
         if isinstance(event, ev.CoaChanged):
             tracker.move(event.old, event.new)
+            self.previous_coas.moved(event.old, event.new, now)
+            if getattr(self.node, "keying", None) is not None:
+                # The MN-HA IKE SA runs from the CoA and follows it (DESIGN-BRIEF §6).
+                self.node.keying.coa_changed(event.old, event.new)
         elif isinstance(event, ev.TunnelEndpointChanged):
             if event.coa is not None:
                 if core is self.mn:
