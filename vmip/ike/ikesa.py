@@ -836,7 +836,8 @@ class IkeSa:
 
     def _finish_child_initiator(self, msg: IkeMessage, spi_in: int, ni: bytes, nr: bytes,
                                 dh: DhKey | None, name: str, rekeyed: _Child | None,
-                                now: float, wanted_mode: Mode | None = None) -> None:
+                                now: float, wanted_mode: Mode | None = None,
+                                proposed: tuple | None = None) -> None:
         """Process the SA/TS of a response that creates a child we asked for."""
         errors = [n for n in find(msg.payloads, NotifyPayload) if n.notify_type <= NOTIFY_ERROR_MAX]
         sas = find(msg.payloads, SaPayload)
@@ -862,8 +863,11 @@ class IkeSa:
             except IkeCryptoError as exc:
                 self._emit(ChildSaFailed(self.config.name, name, str(exc)))
                 return
-        proposed_l = rekeyed.local_ts if rekeyed else self._default_local_ts()
-        proposed_r = rekeyed.remote_ts if rekeyed else self._default_remote_ts()
+        if proposed is not None:  # a CREATE_CHILD_SA with selectors of its own
+            proposed_l, proposed_r = proposed
+        else:
+            proposed_l = rekeyed.local_ts if rekeyed else self._default_local_ts()
+            proposed_r = rekeyed.remote_ts if rekeyed else self._default_remote_ts()
         # §2.9: the responder may only narrow what we proposed.
         if not _subset(tsi[0].selectors, proposed_l) or not _subset(tsr[0].selectors, proposed_r):
             self._emit(ChildSaFailed(self.config.name, name, "responder widened the traffic selectors"))
@@ -1074,7 +1078,7 @@ class IkeSa:
                 # keep the rekeyed child's selectors as "proposed"
                 pass
             self._finish_child_initiator(msg, spi_in, ni, nonces[0].nonce, dh, child_name, rekey, t,
-                                         wanted_mode=mode)
+                                         wanted_mode=mode, proposed=(lts, rts))
             if rekey is not None and any(c.spi_in == spi_in for c in self.children.values()):
                 # §2.8: the initiator of the rekey deletes the old SA.
                 self._ctx.queue.appendleft(lambda t2: self._start_delete_child(t2, rekey))

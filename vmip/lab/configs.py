@@ -19,8 +19,15 @@ Decisions (docs/lab.md):
   MN-HA ESP tunnel, MN-CN transport, MN-MN2 transport), with fresh random
   keys written by
   :func:`write_static_keys`, never the published example keys.  The MN-HA
-  payload tunnel is ESP (``mobility.tunnel = "esp"``).  ``keys = "ike"``
-  is refused until IKEv2 exists (issue 6).
+  payload tunnel is ESP (``mobility.tunnel = "esp"``).
+- ``keys = "ike"``: the same policies without SA names, an ``[ike]``
+  section and ``[[ike.peer]]`` entries whose ``policies`` become the
+  proposed traffic selectors (docs/ike.md "The lab on IKE").  The MN
+  initiates to the HA (from its CoA), to the CN (from its HoA, through the
+  HA tunnel: draft appendix B) and to every MN after it in the plan; the HA
+  knows each MN by each of its CoAs, the CN by its HoA.  One lab PSK
+  (``keys/ike.psk``, 0600, fresh at each ``lab up``): the config has one
+  ``psk_file`` per node, so per-pair keys would need a per-peer key file.
 - Static SAs protect *all* traffic between each MN's HoA and the CN, and
   between the two MNs' HoAs, so IRO takes that traffic direct once bound
   (draft §3.6: only IPsec traffic is rerouted).  Each MN lists the CN and
@@ -94,11 +101,18 @@ SPIs follow configs/README.md, 0x<m><p>0<d>, written in decimal here
 (4353 = 0x1101: mn, MH with the HA, sent by the MN)."""
 
 
+#: The lab's IKE key file (one PSK for the lab, see the module notes) and suites.
+IKE_PSK_FILE = "ike.psk"
+IKE_PSK_BYTES = 32
+IKE_PROPOSALS = ["aes128gcm16-prfsha256-ecp256"]
+IKE_ESP_PROPOSALS = [PAYLOAD_SUITE, MH_SUITE]
+IKE_KEYS_HEADER = """
+SAs negotiated by IKEv2 (vmip's own): [[ike.peer]] policies name the
+protect policies proposed as traffic selectors; keys/ike.psk is the lab PSK."""
+
+
 def check_key_mode(keys: str) -> None:
-    """Refuse key modes the lab cannot build yet (exit status 2)."""
-    if keys == "ike":
-        raise LabUsageError("--keys ike: not implemented yet: IKEv2 comes with issue 6. "
-                            "Hint: use --keys static (the default)")
+    """Refuse key modes the lab cannot build (exit status 2)."""
     if keys not in KEY_MODES:
         raise LabUsageError(f"--keys must be one of {', '.join(KEY_MODES)}, not {keys!r}")
 
@@ -408,10 +422,54 @@ def _mobile_peer(plan: LabPlan, other: LabNode) -> dict[str, Any]:
     }
 
 
+def _ike_peers(plan: LabPlan, name: str) -> list[dict[str, Any]]:
+    """``[[ike.peer]]`` of one node; ``policies`` name its outbound protect policies."""
+    mobiles = [node for node in plan.nodes if node.is_mobile]
+    if name == "ha":
+        # The MN's IKE comes from its CoA (DESIGN-BRIEF §6): one peer per CoA.
+        return [{"name": f"{node.name}-{link.name}", "address": str(link.node_ipv6.ip),
+                 "policies": [f"mh-to-{node.name}", f"tunnel-to-{node.name}"]}
+                for node in mobiles for link in node.links]
+    if name == "cn":
+        return [{"name": node.name, "address": str(node.overlay_addresses[0]),
+                 "policies": [f"to-{node.name}"]} for node in mobiles]
+    ha, cn = plan.node("ha"), plan.node("cn")
+    names = [node.name for node in mobiles]
+    peers = [
+        {"name": "ha", "address": str(ha.overlay_addresses[0]), "initiate": True,
+         "policies": ["mh-to-ha", "echo-to-cn", "via-ha-out"]},
+        # From the HoA: reverse-tunnelled through the HA (draft appendix B).
+        {"name": "cn", "address": str(cn.overlay_addresses[0]), "initiate": True,
+         "policies": ["to-cn"]},
+    ]
+    for other in mobiles:
+        if other.name == name:
+            continue
+        # MN-MN: the MN first in the plan initiates, the other waits.
+        peers.append({"name": other.name, "address": str(other.overlay_addresses[0]),
+                      "initiate": names.index(name) < names.index(other.name),
+                      "policies": [f"to-{other.name}"]})
+    return peers
+
+
+def _without_sa_names(policies: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # With IKE, protect policies name no SA: IKE makes them (docs/ike.md).
+    return [{k: v for k, v in policy.items() if k != "sa"} for policy in policies]
+
+
 def _with_keys(config: dict[str, Any], plan: LabPlan, name: str, keys: str,
                policies: list[dict[str, Any]]) -> dict[str, Any]:
     check_key_mode(keys)
     control_and_logging = {k: config.pop(k) for k in ("control", "logging")}
+    if keys == "ike":
+        config["keys"] = {"mode": "ike", "backend": "cryptography",
+                          "replay_window": REPLAY_WINDOW}
+        config["policy"] = _without_sa_names(policies)
+        config["ike"] = {"psk_file": f"keys/{IKE_PSK_FILE}", "proposals": list(IKE_PROPOSALS),
+                         "esp_proposals": list(IKE_ESP_PROPOSALS),
+                         "peer": _ike_peers(plan, name)}
+        config.update(control_and_logging)
+        return config
     config["keys"] = _keys_section(plan, name)
     config["policy"] = policies
     config.update(control_and_logging)  # keep [control] and [logging] last, as the examples
@@ -507,6 +565,8 @@ def node_config_text(plan: LabPlan, name: str, keys: str = DEFAULT_KEY_MODE) -> 
     header = HEADER.format(node=name, netns=node.netns)
     if keys == "static":
         header += STATIC_KEYS_HEADER
+    else:
+        header += IKE_KEYS_HEADER
     return dump_toml(CONFIG_BUILDERS[name](plan, keys), header)
 
 
@@ -576,6 +636,19 @@ def write_static_keys(plan: LabPlan, *, fresh: bool = True) -> dict[str, list[Pa
     return written
 
 
+def write_ike_psk(plan: LabPlan, *, fresh: bool = True) -> list[Path]:
+    """The lab PSK at every node (0600); ``fresh=False`` keeps one all nodes hold."""
+    paths = [key_path(plan, node.name, IKE_PSK_FILE) for node in plan.nodes]
+    if fresh or _existing_pair(paths, IKE_PSK_BYTES) is None:
+        material = secrets.token_bytes(IKE_PSK_BYTES)
+        for path in paths:
+            try:
+                write_key_file(path, material)
+            except ConfigError as exc:
+                raise LabError(f"cannot write lab key {path}: {exc}") from exc
+    return paths
+
+
 def write_node_configs(plan: LabPlan, keys: str = DEFAULT_KEY_MODE, *,
                        fresh_keys: bool = True) -> dict[str, Path]:
     """Write every node's config (0600) and, for static keys, the key files it names."""
@@ -585,6 +658,8 @@ def write_node_configs(plan: LabPlan, keys: str = DEFAULT_KEY_MODE, *,
         prepare_node_dir(plan, node.name)
     if keys == "static":
         write_static_keys(plan, fresh=fresh_keys)
+    else:
+        write_ike_psk(plan, fresh=fresh_keys)
     for node in plan.nodes:
         path = plan.config_path(node.name)
         write_private_file(path, node_config_text(plan, node.name, keys))

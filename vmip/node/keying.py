@@ -91,6 +91,9 @@ CHILD_HARD_SECONDS = 3960.0
 #: the policies made from negotiated traffic selectors.
 BYPASS_PRIORITY = 0
 CHILD_POLICY_PRIORITY = 50
+#: Seconds before an ``initiate`` peer whose IKE SA failed is tried again
+#: (MN-CN IKE needs the HA tunnel first: its first tries may go nowhere).
+INITIATE_RETRY_SECONDS = 3.0
 
 
 class KeyingError(VmipError):
@@ -282,8 +285,10 @@ class IkeManager:
         if not names:
             return []
         entries = [self._policy_entries[name] for name in names if name in self._policy_entries]
+        # MH with the HA is always transport (RFC 3776 §5.2.1, draft §7.1),
+        # also on the HA, whose IKE peer address is the CoA, not the HoA.
         transport = [e for e in entries if _is_host(e.local) and _is_host(e.remote)
-                     and e.remote.start == peer.address]
+                     and (e.remote.start == peer.address or e.remote.protocol == _MH)]
         tunnel = [e for e in entries if e not in transport]
         plans = []
         by_local: dict[Any, list[PolicyTs]] = {}
@@ -385,16 +390,33 @@ class IkeManager:
         self._rfc3948.clear()
         self.node.bus.unsubscribe(self._subscription)
 
+    def _own_addresses(self) -> list:
+        """Addresses our IKE may run from: overlay (TUN) addresses, CoAs, rfc3948 binds."""
+        config = self.node.config
+        found = [iface.ip for iface in config.tun.addresses]
+        for link in config.links:
+            for address in (getattr(link, "coa", None), link.bind if str(link.driver) == "rfc3948"
+                            else None):
+                if address is not None and not address.is_unspecified:
+                    found.append(address)
+        return list(dict.fromkeys(found))
+
     def _install_bypass(self) -> None:
-        """Clear-text IKE must pass the SPD (RFC 4301 §5.1: IKE is BYPASS)."""
+        """Clear-text IKE must pass the SPD (RFC 4301 §5.1: IKE is BYPASS).
+
+        Only IKE of our own addresses: an HA forwarding a CN's IKE to a HoA
+        must still put it in the MN's tunnel (draft appendix B).
+        """
         for direction in Direction:
             for port in (IKE_PORT, NAT_T_PORT):
-                name = f"ike-bypass-{direction.value}-{port}"
-                # Our port is the local one: both directions (RFC 7296 §2.11).
-                selector = Selector(proto=_UDP, local_ports=(port, port))
-                self.node.spd.add(Policy(name, direction, selector, Action.BYPASS, (),
-                                         BYPASS_PRIORITY))
-                self._bypass_installed.append(name)
+                for index, address in enumerate(self._own_addresses()):
+                    name = f"ike-bypass-{direction.value}-{port}-{index}"
+                    host = ipaddress.ip_network(address)
+                    # Our port is the local one: both directions (RFC 7296 §2.11).
+                    selector = Selector(local=host, proto=_UDP, local_ports=(port, port))
+                    self.node.spd.add(Policy(name, direction, selector, Action.BYPASS, (),
+                                             BYPASS_PRIORITY))
+                    self._bypass_installed.append(name)
 
     # -- endpoints ---------------------------------------------------------------
 
@@ -467,6 +489,56 @@ class IkeManager:
             # GETSPI while the SA payload is built (IRO draft §6.2.1).
             return self.node.sad.getspi(src, dst, now, name="ike")
         return allocate
+
+    def _retry_initiate(self, name: str) -> None:
+        self.counters["initiate_retries"] += 1
+        try:
+            self.initiate(name)
+        except VmipError as exc:
+            log.warning("ike initiate retry failed", peer=name, error=str(exc))
+
+    # -- the MN-HA IKE SA follows the CoA -------------------------------------------
+
+    def coa_changed(self, old, new) -> None:
+        """Move our IKE SAs that run from *old* to *new* (a CoA change).
+
+        What MOBIKE's UPDATE_SA_ADDRESSES achieves (RFC 4555 §3.5), without
+        its notifications: the IKE SA keeps its SPIs and keys, we send from
+        the new CoA from now on, and an authenticated liveness check from
+        there makes the HA follow at once (it takes the address of the last
+        authenticated request, RFC 7296 §2.23).  The CHILD_SAs need nothing:
+        the MH pair is at the HoA (IRO remaps it), the tunnel pair MIGRATEs
+        with the CoA (the runtime).  Called from the loop, never from the bus.
+        """
+        if old is None or new is None or old == new or self._loop is None:
+            return
+        self._loop.call_soon(self._follow_coa, str(old), new)
+
+    def _follow_coa(self, old: str, new) -> None:
+        source = self.endpoints.get(old)
+        if source is None:
+            return
+        now = self.node.clock()
+        target = self._endpoint(new)
+        moved = 0
+        for sa in list(source.sas):
+            if sa.is_finished:
+                continue
+            source.sas.remove(sa)
+            for spi in [s for s, owner in source._by_spi.items() if owner is sa]:
+                del source._by_spi[spi]
+            sa.local_addr = (str(new), sa.local_addr[1])
+            # Future CHILD_SAs (rekeys) reserve their inbound SPI at the new CoA.
+            sa._spi_allocator = self._spi_allocator_for(sa.local_addr, sa.remote_addr)
+            target._add(sa)
+            moved += 1
+            if sa.is_established:
+                sa.send_liveness_check(now)
+        if moved:
+            self.counters["ike_sa_moved"] += moved
+            log.info("ike sa follows coa", old=old, new=str(new), sas=moved)
+        self._collect_all()
+        self._pump(now)
 
     # -- control -----------------------------------------------------------------
 
@@ -669,7 +741,21 @@ class IkeManager:
         udp = build_udp(sport, int(addr[1]), data, src.packed, dst.packed)
         packet = build_ipv6_header(src.packed, dst.packed, _UDP, len(udp)) + udp
         self.counters["tx_ike"] += 1
-        self.node.send_inner(packet, None, now)
+        node = self.node
+        seen = self._last_rx.get(str(dst))
+        if seen is not None and node.locators.lookup(dst.packed) is None:
+            # No locator yet (an HA before the MN's first authenticated packet):
+            # answer where the request came from (RFC 7296 §2.11) without
+            # learning anything from it (DESIGN-BRIEF §3).
+            _onwire, endpoint, link_name = seen
+            driver = node.links.get(link_name)
+            if driver is not None:
+                self.counters["tx_ike_to_request_endpoint"] += 1
+                if node._pcap_wire is not None:
+                    node._pcap_wire.write(packet)
+                driver.send_many([(packet, endpoint)])
+                return
+        node.send_inner(packet, None, now)
 
     # -- the pump: datagrams, events, timer ---------------------------------------
 
@@ -741,6 +827,10 @@ class IkeManager:
                                       else {"by_peer": event.by_peer}))
             self.counters["ike_sa_deleted" if isinstance(event, IkeSaDeleted) else
                           "ike_sa_failed"] += 1
+            peer = self.peers.get(event.name)
+            if isinstance(event, IkeSaFailed) and peer is not None and peer.initiate \
+                    and sa.role is Role.INITIATOR and self._loop is not None:
+                self._loop.call_later(INITIATE_RETRY_SECONDS, self._retry_initiate, peer.name)
         elif isinstance(event, IkeSaEstablished):
             self.counters["ike_sa_established"] += 1
             log.info("ike sa established", peer=event.name, remote=event.remote_addr[0],
