@@ -67,6 +67,9 @@ DEFAULT_UNDERLAY_MTU = 1500
 
 #: ICMPv6 destination unreachable, code 0 "no route to destination" (RFC 4443 §3.1).
 _ICMP_DEST_UNREACH = 1
+#: Upper-layer protocols: a packet whose first next header is one of them
+#: carries no Mobility Header (RFC 8200 §4: the header chain ends there).
+_NOT_MH = frozenset({6, 17, 58})
 
 
 class NodeError(VmipError):
@@ -447,7 +450,10 @@ class Node:
         if self.keying is not None and self.keying.intercept(inner, wire[8:24], endpoint,
                                                              link.name, now):
             return   # IKE (UDP 500/4500) for one of our addresses
-        if result.sas and self.mobility.receive_mh(inner, onwire, now):
+        # TCP, UDP and ICMPv6 right after the IPv6 header cannot be MH: skip
+        # the header walk receive_mh would do for every data packet.
+        if result.sas and len(inner) > 40 and inner[6] not in _NOT_MH \
+                and self.mobility.receive_mh(inner, onwire, now):
             return
         if self.tun is not None:
             # Queued: the TUN writes once per loop round, coalescing TCP (GRO).
