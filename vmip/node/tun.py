@@ -214,12 +214,14 @@ class _Run:
 
     __slots__ = ("first", "header_end", "segment", "payloads", "next_seq", "size",
                  "push", "open", "header_sums")
+    payloads: list[memoryview]
 
     def __init__(self, packet: bytes, header_end: int, flags: int) -> None:
         self.first = packet
         self.header_end = header_end
         self.segment = len(packet) - header_end
-        self.payloads = [packet[header_end:]]
+        # Views, not copies: the join in frame() is the only copy.
+        self.payloads = [memoryview(packet)[header_end:]]
         self.next_seq = (int.from_bytes(packet[44:48], "big") + self.segment) & 0xFFFFFFFF
         self.size = len(packet)
         self.push = bool(flags & _TCP_PSH)
@@ -235,7 +237,7 @@ class _Run:
                 or int.from_bytes(packet[44:48], "big") != self.next_seq \
                 or self.size + payload > GRO_MAX_PACKET:
             return False
-        self.payloads.append(packet[header_end:])
+        self.payloads.append(memoryview(packet)[header_end:])
         self.header_sums += len(packet) - 40 + int.from_bytes(packet[40:header_end], "big")
         self.next_seq = (self.next_seq + payload) & 0xFFFFFFFF
         self.size += payload
