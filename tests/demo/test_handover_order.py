@@ -17,9 +17,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "mobility"))
 
-from test_mipv6_pair_harness import CN_ADDR, HA_ADDR, HOA, LTE, WIFI, build_world  # noqa: E402
+from test_mipv6_pair_harness import CN_ADDR, HA_ADDR, HOA, LTE, WIFI, build_world
 
-from vmip.mobility.events import BindingAccepted, SendTo  # noqa: E402
+from vmip.mobility.events import BindingAccepted, SendTo
 
 BU, BA, AOTC = 5, 6, 31
 ONE_WAY = 0.03

@@ -40,6 +40,7 @@ these are vmip's choices, documented in docs/operations.md):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import select
 import threading
@@ -367,11 +368,9 @@ class _PersistentDump:
 
     def close(self) -> None:
         if self._ipr is not None:
-            try:
-                self._ipr.close()
-            except Exception:
-                pass
-            self._ipr = None
+            ipr, self._ipr = self._ipr, None
+            with contextlib.suppress(OSError, ValueError):   # already broken: nothing to free
+                ipr.close()
 
 
 # ---------------------------------------------------------------------------
