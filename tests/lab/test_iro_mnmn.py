@@ -19,10 +19,10 @@ up after the move (only the CoA changes).  Depending on which MN moved first:
   packets go to the peer's HA and through the HA's tunnel SA to the peer,
   which works behind the NAT (the tunnel follows the peer's NAT binding).
 
-So part of the MN->MN2 traffic is lost while both are on lte (in the runs made while writing this test: 24
-to 35 of the pings sent during a 1.7-3 s window), some of it takes MN2's HA,
-and none of it is ever reverse-tunnelled by MN (its IRO packets carry the
-CoA, never the HoA, on the wire).  Once both are back on wifi the MN-MN
+So part of the MN->MN2 traffic is lost while both are on lte (in the runs
+made while writing this test: 24 to 35 of the pings sent during a 1.7-3 s
+window), some of it takes MN2's HA, and none of it is ever reverse-tunnelled
+by MN (its IRO packets carry the CoA, never the HoA, on the wire).  Once both are back on wifi the MN-MN
 registrations complete (within BU retransmissions) and the traffic is direct
 again, with no loss.
 """
