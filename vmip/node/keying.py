@@ -469,9 +469,8 @@ class IkeManager:
                 return (f"on-wire source {ipaddress.IPv6Address(onwire)} is not the IKE "
                         f"address {address}")
         if len(onwire) == 16:
-            locator = node.locators.lookup(onwire)
-            if locator is not None and locator.source == "static" and \
-                    locator.endpoint is not None and str(locator.framing) == "udp":
+            locator = self._static_locator(onwire)
+            if locator is not None and str(locator.framing) == "udp":
                 try:
                     arrived = coerce_endpoint(endpoint)
                 except Exception:  # an endpoint of unknown shape proves nothing
@@ -775,7 +774,7 @@ class IkeManager:
                     self._on_event(item[0], item[1], now)
                 except VmipError as exc:
                     self.counters["event_failed"] += 1
-                    log.error("ike event not applied", event=type(item[1]).__name__,
+                    log.error("ike event not applied", ike_event=type(item[1]).__name__,
                               error=str(exc))
                 endpoint.collect()
         self._arm_timer()
@@ -851,12 +850,29 @@ class IkeManager:
             log.warning("ike " + type(event).__name__, peer=getattr(event, "ike_name", None)
                         or event.name, reason=event.reason)
 
+    def _static_locator(self, onwire: bytes):
+        """The config's own locator for an on-wire address (longest prefix, with an
+        endpoint), ignoring what was learned and the default peer."""
+        address = ipaddress.IPv6Address(onwire)
+        best = None
+        for entry in self.node.locators.entries():
+            if entry.source != "static" or entry.endpoint is None or address not in entry.prefix \
+                    or entry.prefix.prefixlen == 0:
+                continue
+            if best is None or entry.prefix.prefixlen > best.prefix.prefixlen:
+                best = entry
+        return best
+
     def _learn_locator(self, remote: str, now: float) -> None:
         """An authenticated IKE message: the sender's locator may move (DESIGN-BRIEF §3)."""
         seen = self._last_rx.get(remote)
         if seen is None:
             return
         onwire_source, endpoint, link_name = seen
+        if len(onwire_source) == 16 and self._static_locator(onwire_source) is not None:
+            # The config says where this address is (a HoA behind its HA, a
+            # fixed peer): a learned copy would only shadow it.
+            return
         self.node.locators.confirm(onwire_source, endpoint, now, link=link_name)
 
     def _install_child(self, sa: IkeSa, event: ChildSaCreated, now: float,
@@ -910,7 +926,11 @@ class IkeManager:
         try:
             node.sad.update(inbound, now)
         except SadError:
-            # The larval reservation is gone (timed out): a fresh ADD keeps the SA usable.
+            # The larval reservation is gone (timed out), or it names addresses
+            # the IKE SA has since left (the MN's CoA moved): drop it, ADD afresh.
+            if node.sad.get(inbound.spi, Direction.IN, inbound.dst) is not None:
+                node.sad.delete(inbound.spi, Direction.IN, inbound.dst,
+                                reason="ike: reservation at a former address")
             node.sad.add(inbound, now)
         node.sad.add(outbound, now)
         record = ChildRecord(sa, event, sa_dst_in=inbound.dst, sa_dst_out=outbound.dst)
