@@ -34,14 +34,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab_support import assert_host_untouched, host_snapshot, remove_stale_lab, teardown_lab, \
-    vmip_cli
+from lab_support import (
+    assert_host_untouched,
+    host_snapshot,
+    remove_stale_lab,
+    teardown_lab,
+    vmip_cli,
+)
 
 from vmip.ipsec.esp import EspSA, transport_encap
 from vmip.ipsec.sa import Direction, Mode, SaParams
 from vmip.lab.netns import entered
-from vmip.wire.mh import AlternateCareOfAddress, AotOffer, AotResponse, BindingUpdate, \
-    build_mh_packet
+from vmip.wire.mh import (
+    AlternateCareOfAddress,
+    AotOffer,
+    AotResponse,
+    BindingUpdate,
+    build_mh_packet,
+)
 
 pytestmark = pytest.mark.root
 
@@ -182,7 +192,8 @@ def lab() -> Iterator[None]:
         assert result.returncode == 0, result.stderr
         for node in ("mn", "mn2"):
             coa = COA[node]["wifi0"]
-            wait_for(f"{node} bound with the CN", lambda: bound(node, CN, coa))
+            wait_for(f"{node} bound with the CN",
+                     lambda node=node, coa=coa: bound(node, CN, coa))
         yield
     finally:
         teardown_lab()
