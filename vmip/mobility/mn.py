@@ -378,8 +378,13 @@ class MobileNode(MobilityCore):
 
     def _towards(self, peer: IPv6Address, first: bool) -> IPv6Address | None:
         # MN-MN: straight to the peer's CoA the first time; a retransmission
-        # goes to its HoA (through its HA) in case it moved as well.
-        return self._peer_coa(peer) if first else None
+        # goes to its HoA (through its HA) in case it moved as well.  The HoA
+        # is named explicitly: with no ancillary destination, a coarse SA's
+        # "ancillary or CoA" rule would send it to the stale CoA again.
+        coa = self._peer_coa(peer)
+        if coa is None:
+            return None
+        return coa if first else peer
 
     def _send_aotr(
         self, peer: IPv6Address, address: IPv6Address, nonce: bytes, first: bool = True
