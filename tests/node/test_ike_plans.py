@@ -206,3 +206,29 @@ def test_an_mn_accepts_a_correspondent_s_ike_through_its_own_ha_only() -> None:
 def test_an_address_no_static_locator_names_is_judged_by_its_on_wire_source_only() -> None:
     cn = manager()
     assert refusal(cn, LTE_COA, LTE_COA, ("203.0.113.1", 40000)) is None
+
+
+# --- the MN-HA IKE SA follows the CoA ------------------------------------------------------------
+
+def test_ike_sa_moved_to_a_new_address_is_followed_by_the_responder() -> None:
+    psk = b"k" * 32
+    wire = make_pair(IkeSaConfig(psk=psk), IkeSaConfig(psk=psk))
+    wire.initiator.initiate(wire.now)
+    wire.pump()
+    responder = wire.responder_sa
+    old_remote = responder.remote_addr
+    reserved: list[float] = []
+
+    def allocator(now: float) -> int:
+        reserved.append(now)
+        return 0x7777
+    new = ("2001:db8::c", 500)
+    wire.initiator.change_local_address(new, allocator)
+    wire.initiator.send_liveness_check(wire.now)
+    wire.pump()
+    # Authenticated request from the new address: the responder follows (RFC 7296 §2.23).
+    assert old_remote[0] != new[0] and responder.remote_addr == new
+    # Later CHILD_SAs reserve their SPI through the new allocator.
+    wire.initiator.create_child(wire.now, "again")
+    wire.pump()
+    assert reserved and any(c.spi_in == 0x7777 for c in wire.of("i", ChildSaCreated))

@@ -61,6 +61,17 @@ class IkeEndpoint:
         self._add(sa)
         return sa
 
+    def detach(self, sa: IkeSa) -> None:
+        """Stop serving *sa*: it moves to the endpoint of another local address."""
+        if sa in self.sas:
+            self.sas.remove(sa)
+        for spi in [s for s, owner in self._by_spi.items() if owner is sa]:
+            del self._by_spi[spi]
+
+    def attach(self, sa: IkeSa) -> None:
+        """Serve an IKE SA made elsewhere (see :meth:`detach`)."""
+        self._add(sa)
+
     @property
     def half_open_count(self) -> int:
         return sum(1 for sa in self.sas if sa.half_open and sa.role is Role.RESPONDER)

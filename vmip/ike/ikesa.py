@@ -266,6 +266,19 @@ class IkeSa:
             t, name=name, local_ts=local_ts, remote_ts=remote_ts, mode=mode))
         self._kick(now)
 
+    def change_local_address(self, addr: Addr,
+                             spi_allocator: SpiAllocator | None = None) -> None:
+        """Our address changed (an MN's new CoA): send from *addr* from now on.
+
+        What MOBIKE's UPDATE_SA_ADDRESSES does for the sender (RFC 4555
+        §3.5), without the notification: the peer follows the source of
+        our next authenticated request (§2.23).  *spi_allocator* reserves
+        the inbound SPIs of later CHILD_SAs at the new address.
+        """
+        self.local_addr = (str(addr[0]), int(addr[1]))
+        if spi_allocator is not None:
+            self._spi_allocator = spi_allocator
+
     def rekey_ike(self, now: float) -> None:
         """Rekey the IKE SA itself with CREATE_CHILD_SA (§1.3.2)."""
         self._need_established()

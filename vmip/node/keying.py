@@ -523,13 +523,11 @@ class IkeManager:
         for sa in list(source.sas):
             if sa.is_finished:
                 continue
-            source.sas.remove(sa)
-            for spi in [s for s, owner in source._by_spi.items() if owner is sa]:
-                del source._by_spi[spi]
-            sa.local_addr = (str(new), sa.local_addr[1])
+            source.detach(sa)
+            local = (str(new), sa.local_addr[1])
             # Future CHILD_SAs (rekeys) reserve their inbound SPI at the new CoA.
-            sa._spi_allocator = self._spi_allocator_for(sa.local_addr, sa.remote_addr)
-            target._add(sa)
+            sa.change_local_address(local, self._spi_allocator_for(local, sa.remote_addr))
+            target.attach(sa)
             moved += 1
             if sa.is_established:
                 sa.send_liveness_check(now)
