@@ -29,6 +29,12 @@ Decisions the config leaves open (docs/ike.md "Integration"):
   addresses (host to host), tunnel mode otherwise.
 - CHILD_SA lifetime: soft 3600 s (rekey), hard 3960 s, as strongSwan's
   ``rekey_time``/``life_time`` defaults.
+- A peer with ``[[ike.peer]] policies`` gets one CHILD_SA per plan
+  (:meth:`IkeManager.child_plans`): transport pairs at their SA-level
+  (home) addresses, one tunnel child; the MN-HA IKE SA follows the CoA
+  (:meth:`IkeManager.coa_changed`); a responder refuses an IKE_SA_INIT that
+  did not arrive the way its address says (IRO draft §9.1.2).  docs/ike.md
+  "The lab on IKE, and mobility".
 """
 
 from __future__ import annotations
