@@ -232,3 +232,16 @@ def test_ike_sa_moved_to_a_new_address_is_followed_by_the_responder() -> None:
     wire.initiator.create_child(wire.now, "again")
     wire.pump()
     assert reserved and any(c.spi_in == 0x7777 for c in wire.of("i", ChildSaCreated))
+
+
+@pytest.mark.parametrize("wrong", ["no-such-policy", "mh-from-ha"])
+def test_peer_policies_must_name_outbound_protect_policies(tmp_path_factory, wrong) -> None:
+    from vmip.config.errors import ConfigError
+    from vmip.config.loader import parse_config
+
+    plan = default_plan(tmp_path_factory.mktemp("lab"))
+    path = configs.write_node_configs(plan, "ike")["mn"]
+    text = path.read_text().replace('policies = ["to-cn"]', f'policies = ["{wrong}"]')
+    assert wrong in text
+    with pytest.raises(ConfigError, match=r"ike\.peer\[1\]\.policies\[0\]"):
+        parse_config(text, path)
