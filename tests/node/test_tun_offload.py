@@ -7,6 +7,7 @@ is what it would send), and must give back exactly the original segments.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import socket
@@ -19,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scapy.layers.inet import TCP
 from scapy.layers.inet6 import IPv6
-
 from test_tun import netns  # noqa: F401 - the namespace fixture
+
 from vmip.node.tun import (
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_TCPV6,
@@ -265,8 +266,6 @@ def test_the_kernel_segments_a_super_packet_into_the_original_segments(forwardin
 
 @pytest.mark.root
 def test_queued_writes_reach_the_kernel_coalesced(forwarding_pair):
-    import asyncio
-
     inbound, outbound = forwarding_pair
     packets = stream(6, 1000, last_size=10) + [segment(1, b"other flow", sport=9)]
 

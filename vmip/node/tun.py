@@ -212,8 +212,8 @@ class _Run:
     a bad checksum makes its whole super-packet fail, and TCP retransmits.
     """
 
-    __slots__ = ("first", "header_end", "segment", "payloads", "next_seq", "size",
-                 "push", "open", "header_sums")
+    __slots__ = ("first", "header_end", "header_sums", "next_seq", "open", "payloads",
+                 "push", "segment", "size")
     payloads: list[memoryview]
 
     def __init__(self, packet: bytes, header_end: int, flags: int) -> None:
@@ -521,9 +521,10 @@ class TunDevice:
                 raise TunError(f"reading from {self.name}: {exc.strerror}") from None
             if offload:
                 if packet[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM or packet[1]:
-                    packet = self._plain_from_offload(packet)
-                    if packet is None:
+                    plain = self._plain_from_offload(packet)
+                    if plain is None:
                         continue
+                    packet = plain
                 else:
                     packet = packet[VNET_HDR_LEN:]
             packets.append(packet)
