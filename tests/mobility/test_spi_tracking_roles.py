@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from ipaddress import IPv6Address
+import shutil
 from pathlib import Path
 
 import pytest
@@ -143,8 +144,8 @@ def test_mn_with_another_mn_gets_example_4_for_mh():
 class ConfigNode:
     """One lab node from configs/NAME.toml: static keys, IPsec engine, remap, tracking."""
 
-    def __init__(self, name: str) -> None:
-        keys = from_config(load_config(CONFIGS / f"{name}.toml"))
+    def __init__(self, name: str, configs: Path = CONFIGS) -> None:
+        keys = from_config(load_config(configs / f"{name}.toml"))
         self.bus = SadbBus()
         self.sad = SAD(self.bus)
         self.spd = SPD()
@@ -155,8 +156,14 @@ class ConfigNode:
 
 
 @pytest.fixture
-def lab():
-    mn, ha, cn = ConfigNode("mn"), ConfigNode("ha"), ConfigNode("cn")
+def lab(tmp_path):
+    # A copy with the key files at 0600: git does not keep modes, and a fresh
+    # clone's 0644 keys are (rightly) refused by the config loader.
+    configs = tmp_path / "configs"
+    shutil.copytree(CONFIGS, configs)
+    for key in (configs / "keys").iterdir():
+        key.chmod(0o600)
+    mn, ha, cn = (ConfigNode(name, configs) for name in ("mn", "ha", "cn"))
     hoa, ha_address, cn_address = HOA1, IPv6Address("2001:db8:100::1"), A
     mn.tracker.track_mh(hoa, ha_address, Role.MN, coa=COA1)
     mn.tracker.track_mh(hoa, cn_address, Role.MN, coa=COA1)
