@@ -158,20 +158,23 @@ def test_a_broken_pair_is_renewed_at_both_ends(plan, written) -> None:
     assert read_key_file(untouched) == before
 
 
-def test_ike_keys_are_not_implemented_yet(plan) -> None:
-    with pytest.raises(LabUsageError, match="not implemented yet: IKEv2 comes with issue 6") as e:
-        configs.write_node_configs(plan, "ike")
-    assert e.value.exit_status == 2
-    assert not plan.lab_dir.exists() or not any(plan.lab_dir.iterdir())
-    with pytest.raises(LabUsageError):
+def test_ike_configs_load_with_a_private_psk_and_no_static_keys(plan) -> None:
+    written = configs.write_node_configs(plan, "ike")
+    for name, path in written.items():
+        cfg = load_config(path)
+        assert cfg.keys.mode.value == "ike" and not cfg.keys.sa, name
+        assert cfg.ike is not None and cfg.ike.peers, name
+        assert cfg.ike.psk_file.stat().st_mode & 0o077 == 0, name
+    with pytest.raises(LabUsageError) as e:
         configs.check_key_mode("psk")
+    assert e.value.exit_status == 2
 
 
 @pytest.mark.parametrize("command", ["start", "up"])
-def test_cli_refuses_keys_ike_with_exit_2(command: str) -> None:
-    result = vmip_cli("lab", command, "--keys", "ike")
+def test_cli_refuses_an_unknown_key_mode_with_exit_2(command: str) -> None:
+    result = vmip_cli("lab", command, "--keys", "psk")
     assert result.returncode == 2, result.stderr
-    assert "not implemented yet: IKEv2 comes with issue 6" in result.stderr
+    assert "invalid choice" in result.stderr and "ike" in result.stderr
 
 
 def test_generated_sa_addresses_are_documentation_prefixes(written) -> None:

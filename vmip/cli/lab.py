@@ -282,7 +282,8 @@ def _cmd_shape(args: argparse.Namespace) -> int:
 def _add_keys_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keys", choices=("static", "ike"), default="static",
                         help="how the nodes' SAs are keyed: static (default; fresh random "
-                             "keys in <node>/keys/) or ike (not implemented yet)")
+                             "keys in <node>/keys/) or ike (IKEv2 with a fresh PSK; every "
+                             "SA negotiated, see docs/ike.md)")
 
 
 def register(subparsers: Any) -> None:
