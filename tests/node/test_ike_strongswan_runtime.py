@@ -180,3 +180,49 @@ def test_vmip_runtime_with_strongswan_ping_both_ways(interop):
     result = netns_exec(ns_b, "ping", "-c", "3", "-i", "0.2", "-W", "2", "-I", IN_B, IN_A,
                         timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _our_ike_sas(ns: str) -> list[dict]:
+    import json
+    result = netns_exec(ns, sys.executable, "-m", "vmip", "sa", "list", "--json")
+    return [sa for sa in json.loads(result.stdout) if sa["origin"] == "ike"]
+
+
+def test_tcp_rekeys_and_delete_through_the_runtime(interop):
+    """TCP through the tunnel; CHILD_SA rekeys started by either side keep
+    traffic flowing; charon's DELETE removes vmip's SAs."""
+    import json
+    import subprocess
+    ns_a, ns_b, charon, workdir = interop
+    wait_for(lambda: "INSTALLED" in charon.list_sas() or None, "charon's CHILD_SA",
+             timeout=25, interval=0.2)
+    server = subprocess.Popen(["ip", "netns", "exec", ns_b, "iperf3", "-s", "-1", "-B", IN_B],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        client = None
+        for _ in range(50):   # until the server listens
+            client = netns_exec(ns_a, "iperf3", "-c", IN_B, "-t", "2", "-J", timeout=30)
+            if client.returncode == 0:
+                break
+            time.sleep(0.1)
+        report = json.loads(client.stdout)
+        assert "error" not in report, report.get("error")
+        assert report["end"]["sum_received"]["bytes"] > 1_000_000
+    finally:
+        server.kill()
+        server.wait(5)
+    before = {sa["spi"] for sa in _our_ike_sas(ns_a)}
+    # Rekey started by vmip, then by charon: new SPIs each time, ping all along.
+    netns_exec(ns_a, sys.executable, "-m", "vmip", "ike", "rekey", "charon", check=True)
+    wait_for(lambda: ({sa["spi"] for sa in _our_ike_sas(ns_a)} - before) or None,
+             "vmip's rekeyed CHILD_SA", timeout=15, interval=0.1)
+    assert netns_exec(ns_a, "ping", "-c", "2", "-i", "0.2", "-W", "2", IN_B).returncode == 0
+    middle = {sa["spi"] for sa in _our_ike_sas(ns_a)}
+    charon.swanctl("--rekey", "--child", "net")
+    wait_for(lambda: ({sa["spi"] for sa in _our_ike_sas(ns_a)} - middle) or None,
+             "charon's rekeyed CHILD_SA", timeout=15, interval=0.1)
+    assert netns_exec(ns_a, "ping", "-c", "2", "-i", "0.2", "-W", "2", IN_B).returncode == 0
+    # DELETE from charon: vmip removes the CHILD_SA and its policies.
+    charon.swanctl("--terminate", "--ike", "vmip")
+    wait_for(lambda: (not _our_ike_sas(ns_a)) or None, "vmip dropping the deleted SAs",
+             timeout=15, interval=0.1)
