@@ -35,8 +35,8 @@ def netns_exec(netns: str, *cmd: str, timeout: float = 30, check: bool = False):
                           text=True, timeout=timeout, check=check)
 
 
-def node_config(me: str, peer: str, keydir: Path, *, extra: str = "", user: str = "",
-                esn: bool = True) -> str:
+def node_sections(me: str, peer: str, *, user: str = "") -> str:
+    """[node], [tun], the udp [[link]] on the veth and the [[peer]]: what every pair config shares."""
     user_line = f'user = "{user}"\n' if user else ""
     return f"""
 [node]
@@ -62,7 +62,34 @@ name = "{peer}"
 prefixes = ["{OVERLAY[peer]}/128"]
 endpoint = "{UNDERLAY4[peer]}:6275"
 framing = "udp"
+"""
 
+
+def protect_policies(me: str, peer: str, *, out_sa: str = "", in_sa: str = "") -> str:
+    """Protect everything between the two overlay addresses, each way (on the named SA, if any)."""
+    out_line = f'sa = ["{out_sa}"]\n' if out_sa else ""
+    in_line = f'sa = ["{in_sa}"]\n' if in_sa else ""
+    return f"""
+[[policy]]
+name = "out"
+direction = "out"
+src = "{OVERLAY[me]}/128"
+dst = "{OVERLAY[peer]}/128"
+action = "protect"
+{out_line}
+[[policy]]
+name = "in"
+direction = "in"
+src = "{OVERLAY[peer]}/128"
+dst = "{OVERLAY[me]}/128"
+action = "protect"
+{in_line}"""
+
+
+def node_config(me: str, peer: str, keydir: Path, *, extra: str = "", user: str = "",
+                esn: bool = True) -> str:
+    """A node of the pair on static transport SAs (one each way) from *keydir*."""
+    return node_sections(me, peer, user=user) + f"""
 [keys]
 mode = "static"
 
@@ -87,31 +114,15 @@ mode = "transport"
 suite = "aes128gcm16"
 key_file = "{keydir}/{peer}.key"
 esn = {str(esn).lower()}
-
-[[policy]]
-name = "out"
-direction = "out"
-src = "{OVERLAY[me]}/128"
-dst = "{OVERLAY[peer]}/128"
-action = "protect"
-sa = ["out"]
-
-[[policy]]
-name = "in"
-direction = "in"
-src = "{OVERLAY[peer]}/128"
-dst = "{OVERLAY[me]}/128"
-action = "protect"
-sa = ["in"]
-{extra}
+""" + protect_policies(me, peer, out_sa="out", in_sa="in") + f"""{extra}
 """
 
 
 class PairLab:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, netns_tag: str = "rt") -> None:
         self.workdir = workdir
         pid = os.getpid()
-        self.netns = {"a": f"vt{pid}-rt-a", "b": f"vt{pid}-rt-b"}
+        self.netns = {side: f"vt{pid}-{netns_tag}-{side}" for side in ("a", "b")}
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
         self.configs: dict[str, Path] = {}

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pairlab import OVERLAY, UNDERLAY4, PairLab, netns_exec
+from pairlab import OVERLAY, UNDERLAY4, PairLab, netns_exec, node_sections, protect_policies
 
 from vmip.config.keyfile import write_key_file
 
@@ -25,48 +25,11 @@ pytestmark = pytest.mark.root
 
 
 def ike_config(me: str, peer: str, workdir: Path, *, initiate: bool) -> str:
-    return f"""
-[node]
-name = "{me}"
-roles = ["cn"]
-
-[tun]
-name = "vmip0"
-addresses = ["{OVERLAY[me]}/64"]
-mtu = 1400
-routes = ["{OVERLAY[peer]}/128"]
-
-[[link]]
-name = "eth0"
-driver = "udp"
-interface = "veth-{me}"
-bind = "{UNDERLAY4[me]}"
-port = 6275
-keepalive = 0
-
-[[peer]]
-name = "{peer}"
-prefixes = ["{OVERLAY[peer]}/128"]
-endpoint = "{UNDERLAY4[peer]}:6275"
-framing = "udp"
-
+    """The pair's node, link and peer sections (pairlab's), with IKE-made SAs under the policies."""
+    return node_sections(me, peer) + """
 [keys]
 mode = "ike"
-
-[[policy]]
-name = "out"
-direction = "out"
-src = "{OVERLAY[me]}/128"
-dst = "{OVERLAY[peer]}/128"
-action = "protect"
-
-[[policy]]
-name = "in"
-direction = "in"
-src = "{OVERLAY[peer]}/128"
-dst = "{OVERLAY[me]}/128"
-action = "protect"
-
+""" + protect_policies(me, peer) + f"""
 [ike]
 psk_file = "{workdir}/keys/ike.psk"
 esp_proposals = ["aes128gcm16"]
@@ -82,10 +45,7 @@ class IkePair(PairLab):
     """PairLab with IKE configs and its own namespace names."""
 
     def __init__(self, workdir: Path) -> None:
-        super().__init__(workdir)
-        import os
-        pid = os.getpid()
-        self.netns = {"a": f"vt{pid}-ik-a", "b": f"vt{pid}-ik-b"}
+        super().__init__(workdir, netns_tag="ik")
 
     def write_configs(self, **options) -> None:
         psk = self.workdir / "keys" / "ike.psk"
