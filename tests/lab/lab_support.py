@@ -1,4 +1,5 @@
-"""Helpers of the lab tests: the real CLI, ping, host snapshots, teardown checks.
+"""Helpers of the lab tests: the real CLI, ping, host snapshots, teardown checks,
+the lab's addressing plan and the node reads, waits and processes the scenarios share.
 
 The lab's namespace names are fixed (``vmip-*``), so only one lab can exist
 on a machine; a lab found up before the tests is removed (with a warning)
@@ -7,19 +8,25 @@ rather than shared, since its state is unknown.
 
 from __future__ import annotations
 
+import json
 import os
+import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from ipaddress import ip_address, ip_network
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
-from vmip.lab.netns import list_netns, pids_in_netns, run_in
+from vmip.lab.netns import list_netns, pids_in_netns, popen_in, run_in
 
 LAB_NETNS = ("vmip-net", "vmip-ha", "vmip-cn", "vmip-mn", "vmip-mn2")
 #: Every interface name the lab uses; none may ever appear in the host namespace.
@@ -143,3 +150,191 @@ def remove_stale_lab() -> None:
     if list_netns("vmip-") or pids_in_netns(LAB_NETNS):
         warnings.warn("a vmip lab was up before the tests; it was removed", stacklevel=2)
         teardown_lab()
+
+
+# --- the scenarios (test_iro_lab, test_ike_lab, test_iro_negative, test_iro_mnmn) ---------------
+
+# The addressing plan (docs/lab.md), restated.
+HA, CN = "2001:db8:100::1", "2001:db8:20::2"
+HOA = {"mn": "2001:db8:100::10", "mn2": "2001:db8:100::20"}
+COA = {"mn": {"wifi0": "2001:db8:31::2", "lte0": "2001:db8:32::2"},
+       "mn2": {"wifi0": "2001:db8:41::2", "lte0": "2001:db8:42::2"}}
+MN_COA = COA["mn"]
+MN2_WIFI_COA = COA["mn2"]["wifi0"]
+# RFC 8200 §4.2 / RFC 6275 §6.3, §6.4: the Home Address option and the type 2 routing header.
+HAO_OPTION, RH2 = 201, 2
+
+#: A UDP echo server (port 7, the lab's clear-text class): argv = address, datagrams to answer.
+ECHO_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 7)); s.settimeout(20)
+print("ready", flush=True)
+for _ in range(int(sys.argv[2])):
+    data, peer = s.recvfrom(2048)
+    s.sendto(data, peer)
+"""
+#: Its client: argv = server address, datagrams to send; prints how many came back intact.
+ECHO_CLIENT = """
+import socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(2)
+got = 0
+for i in range(int(sys.argv[2])):
+    s.sendto(b"vmip-echo-%d" % i, (sys.argv[1], 7))
+    try:
+        got += s.recvfrom(2048)[0] == b"vmip-echo-%d" % i
+    except TimeoutError:
+        pass
+print(got)
+"""
+
+
+def require(*tools: str) -> None:
+    for tool in tools:
+        if shutil.which(tool) is None:
+            pytest.skip(f"'{tool}' is missing (Debian package: apt-get install {tool})")
+
+
+@contextmanager
+def lab_started(*start_args: str) -> Iterator[None]:
+    """``vmip lab start`` (the real CLI); always torn down, and the host checked untouched."""
+    before = host_snapshot()
+    remove_stale_lab()
+    try:
+        result = vmip_cli("lab", "start", *start_args, "--json", timeout=120)
+        assert result.returncode == 0, result.stderr
+        yield
+    finally:
+        teardown_lab()
+        assert_host_untouched(before, host_snapshot())
+
+
+def vmip_json(node: str, *args: str) -> Any:
+    """``vmip <args> --json`` run at the lab's *node*, parsed."""
+    vmip = ["vmip"] if shutil.which("vmip") else [sys.executable, "-m", "vmip"]
+    result = vmip_cli("lab", "exec", node, "--", *vmip, *args, "--json", timeout=30)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0,
+             interval: float = 0.1) -> Any:
+    """Poll *check* (a control-socket read) until it is truthy; bounded."""
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last: {value!r}")
+
+
+def bound_in(update_list: list[dict[str, Any]], peer: str, coa: str) -> bool:
+    """The MN's binding update list holds *peer* bound on *coa*."""
+    return any(e["peer"] == peer and e["state"] == "bound" and e["coa"] == coa
+               for e in update_list)
+
+
+def bound(node: str, peer: str, coa: str) -> bool:
+    return bound_in(vmip_json(node, "bindings")["mn"]["binding_update_list"], peer, coa)
+
+
+def events(node: str, name: str) -> list[dict[str, Any]]:
+    return [e for e in vmip_json(node, "events") if e.get("event") == name]
+
+
+def ping_at(destination: str, count: int = 3, node: str = "mn") -> subprocess.CompletedProcess:
+    """``ping`` run at the lab's *node* (from whatever source its routes pick)."""
+    return run_in(f"vmip-{node}", ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "2",
+                                   destination], timeout=count * 2 + 10)
+
+
+def move(link: str, timeout: float = 15.0) -> None:
+    """``vmip mn move`` at the MN, until it is bound with the HA and the CN on *link*."""
+    vmip_json("mn", "mn", "move", link)
+    wait_for(f"the MN bound with the HA and the CN on {link}",
+             lambda: bound("mn", HA, MN_COA[link]) and bound("mn", CN, MN_COA[link]),
+             timeout=timeout)
+
+
+def wait_for_output(process: subprocess.Popen, stream: IO[bytes], needle: str,
+                    timeout: float) -> None:
+    """Read *stream* until *needle* appears; the process is killed if it never does."""
+    deadline = time.monotonic() + timeout
+    seen = b""
+    while needle.encode() not in seen:
+        ready, _, _ = select.select([stream.fileno()], [], [],
+                                    max(0.0, deadline - time.monotonic()))
+        chunk = os.read(stream.fileno(), 4096) if ready else b""
+        if not chunk:
+            process.kill()
+            process.wait(5)
+            raise AssertionError(f"{process.args[0]} never printed {needle!r}: {seen!r}")
+        seen += chunk
+
+
+def stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def udp_echo_mn_to_cn(count: int) -> None:
+    """*count* clear-text UDP echoes from the MN to the CN; every one must come back."""
+    server = popen_in("vmip-cn", [sys.executable, "-c", ECHO_SERVER, CN, str(count)],
+                      private_sysfs=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_output(server, server.stdout, "ready", timeout=10)
+        client = run_in("vmip-mn", [sys.executable, "-c", ECHO_CLIENT, CN, str(count)],
+                        timeout=30)
+        assert client.returncode == 0, client.stderr
+        assert int(client.stdout.strip()) == count
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait(5)
+
+
+@contextmanager
+def access_links_captured(directory: Path) -> Iterator[dict[str, Path]]:
+    """tcpdump of the overlay (UDP 6275) on the MN's two access links, in *directory*."""
+    captures = {name: directory / f"{name}.pcap" for name in ("mn-wifi", "mn-lte")}
+    dumps = []
+    try:
+        for name, path in captures.items():
+            dump = popen_in("vmip-net", ["timeout", "60", "tcpdump", "-n", "-U", "-i", name,
+                                         "-w", str(path), "udp", "port", "6275"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            dumps.append(dump)
+            wait_for_output(dump, dump.stderr, "listening on", timeout=10)
+        yield captures
+    finally:
+        for dump in dumps:
+            stop(dump)
+
+
+def tshark(capture: Path, fields: list[str], rows: list[str] = (),
+           display_filter: str | None = None) -> list[list[str]]:
+    """*fields* of each packet of *capture* (the overlay's UDP 6275 decoded as IPv6).
+
+    With *rows* (``vmip keys --wireshark`` lines) ESP is decrypted and its ICV checked.
+    """
+    args = ["tshark", "-r", str(capture), "-d", "udp.port==6275,ipv6", "-T", "fields",
+            "-E", "occurrence=a", "-E", "aggregator=,"]
+    if rows:
+        args += ["-o", "esp.enable_encryption_decode:TRUE",
+                 "-o", "esp.enable_authentication_check:TRUE"]
+        for row in rows:
+            args += ["-o", f"uat:esp_sa:{row}"]
+    if display_filter:
+        args += ["-Y", display_filter]
+    for field in fields:
+        args += ["-e", field]
+    result = subprocess.run(args, check=False, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return [line.split("\t") for line in result.stdout.splitlines() if line.strip()]

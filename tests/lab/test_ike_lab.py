@@ -9,37 +9,37 @@ from elsewhere (draft §9.1.2).
 
 SPIs are random here: the tests read them from ``vmip ike list`` at the
 node that holds the SA.  Oracles: ping, iperf3's JSON report, the UDP echo
-client/server of test_iro_lab.py, tcpdump captures dissected by tshark.
+client/server of lab_support.py, tcpdump captures dissected by tshark.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from lab_support import assert_host_untouched, host_snapshot, remove_stale_lab, teardown_lab, vmip_cli
-from test_iro_lab import (
+from lab_support import (
     CN,
-    COA,
-    ECHO_CLIENT,
-    ECHO_SERVER,
     HA,
     HAO_OPTION,
     HOA,
     MN2_WIFI_COA,
+    MN_COA,
     RH2,
+    access_links_captured,
     bound,
     events,
-    ping,
+    lab_started,
+    move,
+    ping_at,
     require,
-    stop,
     tshark,
+    udp_echo_mn_to_cn,
+    vmip_cli,
     vmip_json,
     wait_for,
     wait_for_output,
@@ -86,24 +86,11 @@ def mn_tunnel_out_spi() -> int:
     return child("mn", "ha", "tunnel")["spi_out"]
 
 
-def move(link: str) -> None:
-    vmip_json("mn", "mn", "move", link)
-    wait_for(f"the MN bound with the HA and the CN on {link}",
-             lambda: bound("mn", HA, COA[link]) and bound("mn", CN, COA[link]), timeout=20)
-
-
 @pytest.fixture(scope="module")
-def lab():
+def lab() -> Iterator[None]:
     require("ping", "tcpdump", "tshark", "iperf3")
-    before = host_snapshot()
-    remove_stale_lab()
-    try:
-        result = vmip_cli("lab", "start", "--keys", "ike", "--json", timeout=120)
-        assert result.returncode == 0, result.stderr
+    with lab_started("--keys", "ike"):
         yield
-    finally:
-        teardown_lab()
-        assert_host_untouched(before, host_snapshot())
 
 
 # --- negotiation and registration ------------------------------------------------------------
@@ -119,7 +106,7 @@ def test_every_sa_of_the_lab_is_negotiated_by_ike(lab) -> None:
         assert child(node, "cn", "transport") is not None
     mn_ha = ike_sa("mn", "ha")
     # MN-HA IKE runs between the CoA and the HA (DESIGN-BRIEF §6) ...
-    assert mn_ha["local"].startswith(COA["wifi0"] + "[")
+    assert mn_ha["local"].startswith(MN_COA["wifi0"] + "[")
     assert mn_ha["remote"].startswith(HA + "[")
     # ... MN-CN IKE from the HoA: the CN sees it come from the HoA (through the HA).
     assert ike_sa("mn", "cn")["local"].startswith(HOA["mn"] + "[")
@@ -139,31 +126,31 @@ def test_every_sa_of_the_lab_is_negotiated_by_ike(lab) -> None:
 
 
 def test_mn_registers_with_the_ha_and_the_cn_with_aot(lab) -> None:
-    for node, coa in (("mn", COA["wifi0"]), ("mn2", MN2_WIFI_COA)):
+    for node, coa in (("mn", MN_COA["wifi0"]), ("mn2", MN2_WIFI_COA)):
         wait_for(f"{node} bound with its HA", lambda: bound(node, HA, coa), timeout=20)
         wait_for(f"{node} bound with the CN", lambda: bound(node, CN, coa), timeout=20)
-    assert any(e["address"] == COA["wifi0"] for e in events("mn", "AotResponseSent"))
+    assert any(e["address"] == MN_COA["wifi0"] for e in events("mn", "AotResponseSent"))
     cache = vmip_json("cn", "bindings")["cn"]
     assert {(b["hoa"], b["coa"]) for b in cache["binding_cache"]} >= {
-        (HOA["mn"], COA["wifi0"]), (HOA["mn2"], MN2_WIFI_COA)}
+        (HOA["mn"], MN_COA["wifi0"]), (HOA["mn2"], MN2_WIFI_COA)}
     ha_cache = vmip_json("ha", "bindings")["ha"]["binding_cache"]
     assert {(b["hoa"], b["coa"]) for b in ha_cache} == {
-        (HOA["mn"], COA["wifi0"]), (HOA["mn2"], MN2_WIFI_COA)}
+        (HOA["mn"], MN_COA["wifi0"]), (HOA["mn2"], MN2_WIFI_COA)}
 
 
 def test_ipsec_data_goes_direct_not_through_the_ha(lab) -> None:
     cn_in = child("cn", "mn", "transport")["spi_in"]
     tunnel = ha_tunnel_out_spi()
     tunnel_before, direct_before = sa_packets("ha", tunnel), sa_packets("cn", cn_in)
-    assert ping(CN, count=5).returncode == 0
+    assert ping_at(CN, count=5).returncode == 0
     assert sa_packets("cn", cn_in) - direct_before >= 5
     assert sa_packets("ha", tunnel) == tunnel_before
     locators = {row["address"]: row for row in vmip_json("cn", "locators")}
-    assert COA["wifi0"] in locators and HOA["mn"] not in locators
+    assert MN_COA["wifi0"] in locators and HOA["mn"] not in locators
 
 
 def test_cn_reaches_the_hoa_from_its_side(lab) -> None:
-    assert ping(HOA["mn"], count=3, node="cn").returncode == 0
+    assert ping_at(HOA["mn"], count=3, node="cn").returncode == 0
 
 
 def test_clear_text_udp_echo_stays_on_the_ha_path(lab) -> None:
@@ -171,18 +158,7 @@ def test_clear_text_udp_echo_stays_on_the_ha_path(lab) -> None:
     cn_in = child("cn", "mn", "transport")["spi_in"]
     mn_tunnel = mn_tunnel_out_spi()
     tunnel_before, direct_before = sa_packets("mn", mn_tunnel), sa_packets("cn", cn_in)
-    server = popen_in("vmip-cn", [sys.executable, "-c", ECHO_SERVER, CN, str(count)],
-                      private_sysfs=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_for_output(server, server.stdout, "ready", timeout=10)
-        client = run_in("vmip-mn", [sys.executable, "-c", ECHO_CLIENT, CN, str(count)],
-                        timeout=30)
-        assert client.returncode == 0, client.stderr
-        assert int(client.stdout.strip()) == count
-    finally:
-        if server.poll() is None:
-            server.kill()
-        server.wait(5)
+    udp_echo_mn_to_cn(count)
     # Into the IKE-made tunnel child at its configured priority (15, before the
     # protect-all MN-CN policy at 20), never the MN-CN child.
     assert sa_packets("mn", mn_tunnel) - tunnel_before >= count
@@ -190,12 +166,12 @@ def test_clear_text_udp_echo_stays_on_the_ha_path(lab) -> None:
 
 
 def test_mn_and_mn2_register_with_each_other_and_talk_direct(lab) -> None:
-    wait_for("mn bound with mn2", lambda: bound("mn", HOA["mn2"], COA["wifi0"]), timeout=20)
+    wait_for("mn bound with mn2", lambda: bound("mn", HOA["mn2"], MN_COA["wifi0"]), timeout=20)
     wait_for("mn2 bound with mn", lambda: bound("mn2", HOA["mn"], MN2_WIFI_COA), timeout=20)
     mn2_in = child("mn2", "mn", "transport")["spi_in"]
     tunnel = ha_tunnel_out_spi()
     tunnel_before, direct_before = sa_packets("ha", tunnel), sa_packets("mn2", mn2_in)
-    assert ping(HOA["mn2"], count=5).returncode == 0
+    assert ping_at(HOA["mn2"], count=5).returncode == 0
     assert sa_packets("mn2", mn2_in) - direct_before >= 5
     assert sa_packets("ha", tunnel) == tunnel_before
 
@@ -234,7 +210,7 @@ def test_cn_refuses_mn_cn_ike_for_a_hoa_that_does_not_come_through_the_ha(lab) -
     sas_before = {(row["spi_i"], row["name"]) for row in before["sas"]}
     # The HoA sent straight from the MN's access link (not through the HA),
     # and the CoA naming itself: neither may start an IKE SA with the CN.
-    for source in (HOA["mn"], COA["wifi0"]):
+    for source in (HOA["mn"], MN_COA["wifi0"]):
         result = run_in("vmip-mn", [sys.executable, "-c", PROBE, source, CN, host, str(port)],
                         timeout=30)
         assert result.returncode == 0, result.stderr
@@ -257,19 +233,11 @@ def test_cn_refuses_mn_cn_ike_for_a_hoa_that_does_not_come_through_the_ha(lab) -
 def handover(lab, tmp_path_factory) -> dict[str, Any]:
     """wifi -> lte (CHILD_SA rekeys there) -> wifi under ping and iperf3, links captured."""
     directory = tmp_path_factory.mktemp("ike-captures")
-    captures = {name: directory / f"{name}.pcap" for name in ("mn-wifi", "mn-lte")}
-    dumps = []
     before = {"ha": (child("mn", "ha", "transport"), child("mn", "ha", "tunnel")),
               "cn": child("mn", "cn", "transport")}
     rekeyed_before = ike_list("mn")["counters"].get("child_sa_rekeyed", 0)
     followed = None
-    try:
-        for name, path in captures.items():
-            dump = popen_in("vmip-net", ["timeout", "60", "tcpdump", "-n", "-U", "-i", name,
-                                         "-w", str(path), "udp", "port", "6275"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            dumps.append(dump)
-            wait_for_output(dump, dump.stderr, "listening on", timeout=10)
+    with access_links_captured(directory) as captures:
         server = popen_in("vmip-cn", ["iperf3", "-s", "-1", "-p", "5312", "-B", CN,
                                       "--forceflush"], private_sysfs=False,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -283,11 +251,11 @@ def handover(lab, tmp_path_factory) -> dict[str, Any]:
                               private_sysfs=False, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
             time.sleep(1.5)  # the stream runs on wifi first
-            move("lte0")
+            move("lte0", timeout=20)
             # The MN-HA IKE SA follows the CoA: the HA now talks to the lte CoA.
             followed = wait_for("the HA's IKE SA to follow the CoA", lambda: next(
                 (row for row in ike_list("ha")["sas"] if row["state"] == "established"
-                 and row["remote"].startswith(COA["lte0"] + "[")), None))
+                 and row["remote"].startswith(MN_COA["lte0"] + "[")), None))
             # CHILD_SA rekeys (RFC 7296 §2.8) while on lte, under load.
             for peer in ("ha", "cn"):
                 result = vmip_cli("lab", "exec", "mn", "--", sys.executable, "-m", "vmip",
@@ -296,7 +264,7 @@ def handover(lab, tmp_path_factory) -> dict[str, Any]:
             wait_for("three CHILD_SAs rekeyed", lambda: ike_list("mn")["counters"].get(
                 "child_sa_rekeyed", 0) - rekeyed_before >= 3)
             time.sleep(1.0)  # traffic on lte with the new SAs
-            move("wifi0")
+            move("wifi0", timeout=20)
             iperf_out, _ = client.communicate(timeout=30)
             ping_out, _ = pinger.communicate(timeout=30)
             server.wait(10)
@@ -305,9 +273,6 @@ def handover(lab, tmp_path_factory) -> dict[str, Any]:
                 server.kill()
                 server.wait(5)
         time.sleep(0.5)
-    finally:
-        for dump in dumps:
-            stop(dump)
     after = {"ha": (child("mn", "ha", "transport"), child("mn", "ha", "tunnel")),
              "cn": child("mn", "cn", "transport")}
     return {"captures": captures, "iperf": json.loads(iperf_out), "ping": ping_out,
@@ -336,14 +301,14 @@ def test_rekey_replaced_every_child_and_the_old_sas_are_gone(handover) -> None:
     for node in ("mn", "ha", "cn"):
         assert not old_spis & {sa["spi"] for sa in vmip_json(node, "sa", "list")}, node
     # Back on wifi, bound everywhere, and data still direct on the new SAs.
-    assert bound("mn", HA, COA["wifi0"]) and bound("mn", CN, COA["wifi0"])
-    assert ping(CN, count=3).returncode == 0
+    assert bound("mn", HA, MN_COA["wifi0"]) and bound("mn", CN, MN_COA["wifi0"])
+    assert ping_at(CN, count=3).returncode == 0
 
 
 def test_mn_ha_ike_followed_the_coa_and_came_back(handover) -> None:
     assert handover["followed"] is not None
     wait_for("the HA's IKE SA back on the wifi CoA", lambda: any(
-        row["state"] == "established" and row["remote"].startswith(COA["wifi0"] + "[")
+        row["state"] == "established" and row["remote"].startswith(MN_COA["wifi0"] + "[")
         for row in ike_list("ha")["sas"]))
     # One IKE SA per MN at the HA: it moved, nothing was re-established.
     established = [row for row in ike_list("ha")["sas"] if row["state"] == "established"]
@@ -367,9 +332,9 @@ def test_capture_on_the_foreign_links_shows_iro_only_and_ike_only_from_the_coa(h
     assert lte, "the rekeys on lte sent no IKE there"
     for src, dst, _ports in lte:
         pair = {src.split(",")[0], dst.split(",")[0]}
-        assert pair == {COA["lte0"], HA}, pair
+        assert pair == {MN_COA["lte0"], HA}, pair
 
 
 def test_new_lte_coa_was_proven_with_aot(handover) -> None:
     # The lte CoA was new to the CN: it challenged it and the MN answered (draft §3.3).
-    assert any(e["address"] == COA["lte0"] for e in events("mn", "AotResponseSent"))
+    assert any(e["address"] == MN_COA["lte0"] for e in events("mn", "AotResponseSent"))

@@ -5,196 +5,97 @@ which also proves nothing is left).  Tests run in file order on the same
 nodes.  State is read from the nodes' control sockets (``vmip bindings``,
 ``vmip counters``, ``vmip sa list``, ``vmip events``), polled with a bound.
 
-Oracles: ping, iperf3's JSON report, a tiny UDP echo client/server written
-here, and tcpdump captures of the MN's access links dissected by tshark with
-the keys ``vmip keys --wireshark`` exports (draft appendix I: no HAO, no
-type 2 routing header, no HoA on the foreign link).
+Oracles: ping, iperf3's JSON report, a tiny UDP echo client/server (in
+lab_support.py), and tcpdump captures of the MN's access links dissected
+by tshark with the keys ``vmip keys --wireshark`` exports (draft appendix
+I: no HAO, no type 2 routing header, no HoA on the foreign link).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import select
-import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from lab_support import (
-    assert_host_untouched,
-    host_snapshot,
-    remove_stale_lab,
-    teardown_lab,
+    CN,
+    HA,
+    HAO_OPTION,
+    HOA,
+    MN2_WIFI_COA,
+    MN_COA,
+    RH2,
+    access_links_captured,
+    bound,
+    events,
+    lab_started,
+    move,
+    ping_at,
+    require,
+    tshark,
+    udp_echo_mn_to_cn,
     vmip_cli,
+    vmip_json,
+    wait_for,
+    wait_for_output,
 )
 
-from vmip.lab.netns import popen_in, run_in
+from vmip.lab.netns import popen_in
 
 pytestmark = pytest.mark.root
 
-# The addressing plan (docs/lab.md) and SPI plan (configs/README.md), restated.
-HA, CN = "2001:db8:100::1", "2001:db8:20::2"
-HOA = {"mn": "2001:db8:100::10", "mn2": "2001:db8:100::20"}
-COA = {"wifi0": "2001:db8:31::2", "lte0": "2001:db8:32::2"}
-MN2_WIFI_COA = "2001:db8:41::2"
+# The SPI plan (configs/README.md), restated.
 MN_CN_OUT, MN_CN_IN, MN_TUNNEL_OUT, MN_MN2 = 0x1301, 0x1302, 0x1201, 0x1401
 # RFC 6275 / draft §4.1: MH types.
 BU, BA, AOTC, AOTR = 5, 6, 31, 32
-HAO_OPTION, RH2 = 201, 2
-
-
-def require(*tools: str) -> None:
-    for tool in tools:
-        if shutil.which(tool) is None:
-            pytest.skip(f"'{tool}' is missing (Debian package: apt-get install {tool})")
-
-
-def vmip_json(node: str, *args: str) -> Any:
-    vmip = ["vmip"] if shutil.which("vmip") else [sys.executable, "-m", "vmip"]
-    result = vmip_cli("lab", "exec", node, "--", *vmip, *args, "--json", timeout=30)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """Poll *check* (a control-socket read) until it is truthy; bounded."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last: {value!r}")
-
-
-def binding(node: str, peer: str) -> dict[str, Any] | None:
-    entries = vmip_json(node, "bindings")["mn"]["binding_update_list"]
-    return next((e for e in entries if e["peer"] == peer), None)
-
-
-def bound(node: str, peer: str, coa: str) -> bool:
-    entry = binding(node, peer)
-    return entry is not None and entry["state"] == "bound" and entry["coa"] == coa
 
 
 def sa_packets(node: str, spi: int) -> int:
     return next(sa["packets"] for sa in vmip_json(node, "sa", "list") if sa["spi"] == spi)
 
 
-def events(node: str, name: str) -> list[dict[str, Any]]:
-    return [e for e in vmip_json(node, "events") if e.get("event") == name]
-
-
-def ping(destination: str, count: int = 3, node: str = "mn") -> subprocess.CompletedProcess:
-    return run_in(f"vmip-{node}", ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "2",
-                                   destination], timeout=count * 2 + 10)
-
-
-def wait_for_output(process: subprocess.Popen, stream, needle: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    seen = b""
-    while needle.encode() not in seen:
-        ready, _, _ = select.select([stream.fileno()], [], [],
-                                    max(0.0, deadline - time.monotonic()))
-        chunk = os.read(stream.fileno(), 4096) if ready else b""
-        if not chunk:
-            process.kill()
-            process.wait(5)
-            raise AssertionError(f"{process.args[0]} never printed {needle!r}: {seen!r}")
-        seen += chunk
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-def move(link: str) -> None:
-    vmip_json("mn", "mn", "move", link)
-    wait_for(f"the MN bound with the HA and the CN on {link}",
-             lambda: bound("mn", HA, COA[link]) and bound("mn", CN, COA[link]))
-
-
 @pytest.fixture(scope="module")
 def lab() -> Iterator[None]:
     require("ping", "tcpdump", "tshark", "iperf3")
-    before = host_snapshot()
-    remove_stale_lab()
-    try:
-        result = vmip_cli("lab", "start", "--json", timeout=120)
-        assert result.returncode == 0, result.stderr
+    with lab_started():
         yield
-    finally:
-        teardown_lab()
-        assert_host_untouched(before, host_snapshot())
 
 
 # --- registration --------------------------------------------------------------------------
 
 def test_mn_registers_with_the_ha_and_the_cn_with_aot(lab) -> None:
-    for node, coa in (("mn", COA["wifi0"]), ("mn2", MN2_WIFI_COA)):
+    for node, coa in (("mn", MN_COA["wifi0"]), ("mn2", MN2_WIFI_COA)):
         wait_for(f"{node} bound with its HA", lambda: bound(node, HA, coa))
         wait_for(f"{node} bound with the CN", lambda: bound(node, CN, coa))
     # MN-CN with AOT (draft §3.3): the CN challenged the CoA, the MN answered.
-    assert any(e["address"] == COA["wifi0"] for e in events("mn", "AotResponseSent"))
+    assert any(e["address"] == MN_COA["wifi0"] for e in events("mn", "AotResponseSent"))
     cache = vmip_json("cn", "bindings")["cn"]
     assert {(b["hoa"], b["coa"]) for b in cache["binding_cache"]} >= {
-        (HOA["mn"], COA["wifi0"]), (HOA["mn2"], MN2_WIFI_COA)}
+        (HOA["mn"], MN_COA["wifi0"]), (HOA["mn2"], MN2_WIFI_COA)}
     assert cache["proofs"] >= 2
     # The HA's binding cache holds both MNs (RFC 6275 §10.3.1).
     ha_cache = vmip_json("ha", "bindings")["ha"]["binding_cache"]
     assert {(b["hoa"], b["coa"]) for b in ha_cache} == {
-        (HOA["mn"], COA["wifi0"]), (HOA["mn2"], MN2_WIFI_COA)}
+        (HOA["mn"], MN_COA["wifi0"]), (HOA["mn2"], MN2_WIFI_COA)}
 
 
 def test_ipsec_data_goes_direct_not_through_the_ha(lab) -> None:
     tunnel_before = sa_packets("ha", MN_TUNNEL_OUT)
     direct_before = sa_packets("cn", MN_CN_OUT)
-    assert ping(CN, count=5).returncode == 0
+    assert ping_at(CN, count=5).returncode == 0
     assert sa_packets("cn", MN_CN_OUT) - direct_before >= 5
     # Nothing of it went through the HA's tunnel (ESP MN-CN is direct, §3.6).
     assert sa_packets("ha", MN_TUNNEL_OUT) == tunnel_before
     locators = {row["address"]: row for row in vmip_json("cn", "locators")}
-    assert COA["wifi0"] in locators and HOA["mn"] not in locators
+    assert MN_COA["wifi0"] in locators and HOA["mn"] not in locators
 
 
 def test_cn_reaches_the_hoa_from_its_side(lab) -> None:
-    assert ping(HOA["mn"], count=3, node="cn").returncode == 0
-
-
-ECHO_SERVER = """
-import socket, sys
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
-s.bind((sys.argv[1], 7)); s.settimeout(20)
-print("ready", flush=True)
-for _ in range(int(sys.argv[2])):
-    data, peer = s.recvfrom(2048)
-    s.sendto(data, peer)
-"""
-ECHO_CLIENT = """
-import socket, sys
-s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.settimeout(2)
-got = 0
-for i in range(int(sys.argv[2])):
-    s.sendto(b"vmip-echo-%d" % i, (sys.argv[1], 7))
-    try:
-        got += s.recvfrom(2048)[0] == b"vmip-echo-%d" % i
-    except TimeoutError:
-        pass
-print(got)
-"""
+    assert ping_at(HOA["mn"], count=3, node="cn").returncode == 0
 
 
 def test_clear_text_udp_echo_stays_on_the_ha_path(lab) -> None:
@@ -203,18 +104,7 @@ def test_clear_text_udp_echo_stays_on_the_ha_path(lab) -> None:
     tunnel_before = sa_packets("ha", MN_TUNNEL_OUT)
     direct_before = sa_packets("cn", MN_CN_OUT)
     forwarded_before = vmip_json("ha", "counters")["node"].get("forwarded", 0)
-    server = popen_in("vmip-cn", [sys.executable, "-c", ECHO_SERVER, CN, str(count)],
-                      private_sysfs=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        wait_for_output(server, server.stdout, "ready", timeout=10)
-        client = run_in("vmip-mn", [sys.executable, "-c", ECHO_CLIENT, CN, str(count)],
-                        timeout=30)
-        assert client.returncode == 0, client.stderr
-        assert int(client.stdout.strip()) == count
-    finally:
-        if server.poll() is None:
-            server.kill()
-        server.wait(5)
+    udp_echo_mn_to_cn(count)
     # Through the HA tunnel both ways, forwarded in clear by the HA; never the MN-CN SA.
     assert sa_packets("ha", MN_TUNNEL_OUT) - tunnel_before >= count
     assert vmip_json("ha", "counters")["node"]["forwarded"] - forwarded_before >= 2 * count
@@ -222,48 +112,21 @@ def test_clear_text_udp_echo_stays_on_the_ha_path(lab) -> None:
 
 
 def test_mn_and_mn2_register_with_each_other_and_talk_direct(lab) -> None:
-    wait_for("mn bound with mn2", lambda: bound("mn", HOA["mn2"], COA["wifi0"]))
+    wait_for("mn bound with mn2", lambda: bound("mn", HOA["mn2"], MN_COA["wifi0"]))
     wait_for("mn2 bound with mn", lambda: bound("mn2", HOA["mn"], MN2_WIFI_COA))
     tunnel_before = sa_packets("ha", MN_TUNNEL_OUT)
     direct_before = sa_packets("mn2", MN_MN2)
-    assert ping(HOA["mn2"], count=5).returncode == 0
+    assert ping_at(HOA["mn2"], count=5).returncode == 0
     assert sa_packets("mn2", MN_MN2) - direct_before >= 5
     assert sa_packets("ha", MN_TUNNEL_OUT) == tunnel_before  # not via the HA
 
 
 # --- movement and the captures --------------------------------------------------------------
 
-def tshark(capture: Path, fields: list[str], rows: list[str] = (),
-           display_filter: str | None = None) -> list[list[str]]:
-    args = ["tshark", "-r", str(capture), "-d", "udp.port==6275,ipv6", "-T", "fields",
-            "-E", "occurrence=a", "-E", "aggregator=,"]
-    if rows:
-        args += ["-o", "esp.enable_encryption_decode:TRUE",
-                 "-o", "esp.enable_authentication_check:TRUE"]
-        for row in rows:
-            args += ["-o", f"uat:esp_sa:{row}"]
-    if display_filter:
-        args += ["-Y", display_filter]
-    for field in fields:
-        args += ["-e", field]
-    result = subprocess.run(args, check=False, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return [line.split("\t") for line in result.stdout.splitlines() if line.strip()]
-
-
 @pytest.fixture(scope="module")
 def handover(lab, tmp_path_factory) -> dict[str, Any]:
     """wifi -> lte -> wifi under ping and iperf3, with both access links captured."""
-    directory = tmp_path_factory.mktemp("iro-captures")
-    captures = {name: directory / f"{name}.pcap" for name in ("mn-wifi", "mn-lte")}
-    dumps = []
-    try:
-        for name, path in captures.items():
-            dump = popen_in("vmip-net", ["timeout", "60", "tcpdump", "-n", "-U", "-i", name,
-                                         "-w", str(path), "udp", "port", "6275"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            dumps.append(dump)
-            wait_for_output(dump, dump.stderr, "listening on", timeout=10)
+    with access_links_captured(tmp_path_factory.mktemp("iro-captures")) as captures:
         aotc_before = len(events("cn", "AotChallengeSent"))
         server = popen_in("vmip-cn", ["iperf3", "-s", "-1", "-p", "5311", "-B", CN,
                                       "--forceflush"], private_sysfs=False,
@@ -295,9 +158,6 @@ def handover(lab, tmp_path_factory) -> dict[str, Any]:
                     process.wait(5)
         # Let the last BA leave before the captures close.
         time.sleep(0.5)
-    finally:
-        for dump in dumps:
-            stop(dump)
     return {"captures": captures, "iperf": json.loads(iperf_out), "ping": ping_out,
             "aotc": (aotc_before, aotc_after_lte, aotc_after_wifi),
             "rows": [line for line in vmip_cli(

@@ -33,17 +33,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from lab_support import (
-    assert_host_untouched,
-    host_snapshot,
-    remove_stale_lab,
-    teardown_lab,
-    vmip_cli,
-)
+from lab_support import CN, COA, HA, HOA, bound_in, lab_started, wait_for
 
 from vmip.control.client import ControlClient
 from vmip.control.paths import socket_path_for_netns
@@ -51,11 +45,7 @@ from vmip.lab.netns import popen_in, run_in
 
 pytestmark = pytest.mark.root
 
-# The addressing plan (docs/lab.md) and SPI plan (configs/README.md), restated.
-HA, CN = "2001:db8:100::1", "2001:db8:20::2"
-HOA = {"mn": "2001:db8:100::10", "mn2": "2001:db8:100::20"}
-COA = {"mn": {"wifi0": "2001:db8:31::2", "lte0": "2001:db8:32::2"},
-       "mn2": {"wifi0": "2001:db8:41::2", "lte0": "2001:db8:42::2"}}
+# The SPI plan (configs/README.md), restated.
 PEER = {"mn": "mn2", "mn2": "mn"}
 MN_MN2 = 0x1401                   # MN -> MN2 ESP transport, counted at MN (out) and MN2 (in)
 # The HA's tunnel SAs: from MN (in at the HA) and towards MN2 (out at the HA).
@@ -76,21 +66,12 @@ def control(node: str, command: str) -> Any:
     return ControlClient(socket_path_for_netns(f"vmip-{node}"), timeout=5).call(command)
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """Poll *check* (a control-socket read) until it is truthy; bounded."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}; last: {value!r}")
+#: Poll faster than a ``vmip lab exec`` would allow: the movement's timing is measured.
+POLL_S = 0.05
 
 
 def bound(node: str, peer: str, coa: str) -> bool:
-    entries = control(node, "mobility")["mn"]["binding_update_list"]
-    return any(e["peer"] == peer and e["state"] == "bound" and e["coa"] == coa for e in entries)
+    return bound_in(control(node, "mobility")["mn"]["binding_update_list"], peer, coa)
 
 
 def cached(node: str, hoa: str, coa: str) -> bool:
@@ -126,7 +107,7 @@ def move_both(link: str) -> None:
         # The HA and the CN are not behind the NAT: these registrations always complete.
         wait_for(f"{node} bound with its HA and the CN on {link}",
                  lambda node=node: bound(node, HA, COA[node][link])
-                 and bound(node, CN, COA[node][link]))
+                 and bound(node, CN, COA[node][link]), interval=POLL_S)
 
 
 def ping_summary(output: str) -> tuple[int, int]:
@@ -139,17 +120,10 @@ def ping_summary(output: str) -> tuple[int, int]:
 def lab() -> Iterator[None]:
     if shutil.which("ping") is None:
         pytest.skip("'ping' is missing (Debian package: apt-get install iputils-ping)")
-    before = host_snapshot()
-    remove_stale_lab()
-    try:
-        result = vmip_cli("lab", "start", "--json", timeout=120)
-        assert result.returncode == 0, result.stderr
+    with lab_started():
         wait_for("MN and MN2 registered with each other on wifi",
-                 lambda: mn_mn_registered("wifi0"))
+                 lambda: mn_mn_registered("wifi0"), interval=POLL_S)
         yield
-    finally:
-        teardown_lab()
-        assert_host_untouched(before, host_snapshot())
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +142,7 @@ def both_moving(lab) -> dict[str, Any]:
         move_both("wifi0")
         lte_until = time.monotonic()
         wait_for("MN and MN2 registered with each other on wifi again",
-                 lambda: mn_mn_registered("wifi0"), timeout=10)
+                 lambda: mn_mn_registered("wifi0"), timeout=10, interval=POLL_S)
         recovered_after = time.monotonic() - lte_until
         output, _ = pinger.communicate(timeout=30)
     finally:

@@ -21,26 +21,17 @@ later packets are neither replays nor too old and the lab stays healthy.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import socket
 import struct
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from ipaddress import IPv6Address
 from pathlib import Path
 from typing import Any
 
 import pytest
-from lab_support import (
-    assert_host_untouched,
-    host_snapshot,
-    remove_stale_lab,
-    teardown_lab,
-    vmip_cli,
-)
+from lab_support import CN, COA, HOA, bound, lab_started, vmip_json, wait_for
 
 from vmip.ipsec.esp import EspSA, transport_encap
 from vmip.ipsec.sa import Direction, Mode, SaParams
@@ -55,12 +46,8 @@ from vmip.wire.mh import (
 
 pytestmark = pytest.mark.root
 
-# The addressing plan (docs/lab.md) and SPI plan (configs/README.md), restated.
-HA, CN = "2001:db8:100::1", "2001:db8:20::2"
+# The lab's underlay (docs/lab.md) and SPI plan (configs/README.md), restated.
 CN_UNDERLAY, OVERLAY_PORT = "192.0.2.18", 6275
-HOA = {"mn": "2001:db8:100::10", "mn2": "2001:db8:100::20"}
-COA = {"mn": {"wifi0": "2001:db8:31::2", "lte0": "2001:db8:32::2"},
-       "mn2": {"wifi0": "2001:db8:41::2"}}
 UNDERLAY = {"mn": {"wifi0": "192.0.2.34", "lte0": "198.51.100.2"}, "mn2": {"wifi0": "192.0.2.50"}}
 # Our SA to the CN and the CN's SA back, per MN; the key file the lab wrote for ours.
 TO_CN = {"mn": (0x1301, "mn-to-cn.key"), "mn2": (0x2301, "mn2-to-cn.key")}
@@ -69,30 +56,6 @@ SEQ_LEAD = 500
 LAB_RUN = Path("/run/vmip-lab")
 #: Forged packets so far, per MN: each needs a sequence number of its own (replay window).
 FORGED: dict[str, int] = {"mn": 0, "mn2": 0}
-
-
-def vmip_json(node: str, *args: str) -> Any:
-    vmip = ["vmip"] if shutil.which("vmip") else [sys.executable, "-m", "vmip"]
-    result = vmip_cli("lab", "exec", node, "--", *vmip, *args, "--json", timeout=30)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
-    """Poll *check* (a control-socket read) until it is truthy; bounded."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}; last: {value!r}")
-
-
-def bound(node: str, peer: str, coa: str) -> bool:
-    entries = vmip_json(node, "bindings")["mn"]["binding_update_list"]
-    return any(e["peer"] == peer and e["state"] == "bound" and e["coa"] == coa for e in entries)
 
 
 def sa_row(node: str, spi: int) -> dict[str, Any]:
@@ -185,19 +148,12 @@ def assert_dropped_silently(before: dict[str, Any], reason: str, via_spi: int) -
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[None]:
-    before = host_snapshot()
-    remove_stale_lab()
-    try:
-        result = vmip_cli("lab", "start", "--json", timeout=120)
-        assert result.returncode == 0, result.stderr
+    with lab_started():
         for node in ("mn", "mn2"):
             coa = COA[node]["wifi0"]
             wait_for(f"{node} bound with the CN",
                      lambda node=node, coa=coa: bound(node, CN, coa))
         yield
-    finally:
-        teardown_lab()
-        assert_host_untouched(before, host_snapshot())
 
 
 def test_aotr_with_a_wrong_nonce_is_dropped(lab) -> None:
