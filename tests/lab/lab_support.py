@@ -338,3 +338,59 @@ def tshark(capture: Path, fields: list[str], rows: list[str] = (),
     result = subprocess.run(args, check=False, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return [line.split("\t") for line in result.stdout.splitlines() if line.strip()]
+
+
+@contextmanager
+def ping_and_tcp_mn_to_cn(iperf_port: int) -> Iterator[dict[str, str]]:
+    """150 pings (20/s) and a 6 s iperf3 TCP stream (100 Mbit/s) from the MN to the CN.
+
+    Both run while the block does; when it ends normally, the yielded dict
+    gets their outputs: ``"iperf"`` (iperf3's JSON report) and ``"ping"``.
+    """
+    server = popen_in("vmip-cn", ["iperf3", "-s", "-1", "-p", str(iperf_port), "-B", CN,
+                                  "--forceflush"], private_sysfs=False,
+                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        wait_for_output(server, server.stdout, "Server listening", timeout=10)
+        pinger = popen_in("vmip-mn", ["ping", "-n", "-q", "-i", "0.05", "-c", "150",
+                                      "-W", "1", CN], private_sysfs=False,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # 100 Mbit/s: a real TCP stream, and captures tshark reads in seconds.
+        client = popen_in("vmip-mn", ["iperf3", "-c", CN, "-p", str(iperf_port), "-t", "6",
+                                      "-J", "-b", "100M"],
+                          private_sysfs=False, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+        outputs: dict[str, str] = {}
+        yield outputs
+        outputs["iperf"], _ = client.communicate(timeout=30)
+        outputs["ping"], _ = pinger.communicate(timeout=30)
+        server.wait(10)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(5)
+
+
+def assert_tcp_and_ping_survived(handover: dict[str, Any]) -> None:
+    """The handover fixture's iperf3 report and ping output: the stream and the pings went on."""
+    report = handover["iperf"]
+    assert "error" not in report, report.get("error")
+    assert report["end"]["sum_received"]["bytes"] > 1_000_000
+    assert report["start"]["connected"][0]["local_host"] == HOA["mn"]
+    summary = [line for line in handover["ping"].splitlines() if "packets transmitted" in line]
+    transmitted, received = (int(summary[0].split()[i]) for i in (0, 3))
+    assert transmitted >= 100 and transmitted - received <= 10, summary
+
+
+def assert_no_hao_rh2_or_hoa_on_the_wire(link: str, capture: Path) -> None:
+    """Every packet of *capture*, undecrypted: HAO and RH2 would be in the outer header."""
+    outer_rows = tshark(capture, ["ipv6.src", "ipv6.dst", "ipv6.opt.type",
+                                  "ipv6.routing.type"])
+    assert outer_rows, f"nothing captured on {link}"
+    for src, dst, options, routing in outer_rows:
+        # Draft appendix I: no HAO, no type 2 routing header on the foreign link.
+        assert str(HAO_OPTION) not in options.split(","), (link, options)
+        assert str(RH2) not in routing.split(","), (link, routing)
+        # The HoA in no outer IPv6 header (the first, on-wire one).
+        outer = (src.split(",")[0], dst.split(",")[0])
+        assert HOA["mn"] not in outer, (link, outer)

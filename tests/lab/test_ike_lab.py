@@ -15,7 +15,6 @@ client/server of lab_support.py, tcpdump captures dissected by tshark.
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,16 +24,17 @@ import pytest
 from lab_support import (
     CN,
     HA,
-    HAO_OPTION,
     HOA,
     MN2_WIFI_COA,
     MN_COA,
-    RH2,
     access_links_captured,
+    assert_no_hao_rh2_or_hoa_on_the_wire,
+    assert_tcp_and_ping_survived,
     bound,
     events,
     lab_started,
     move,
+    ping_and_tcp_mn_to_cn,
     ping_at,
     require,
     tshark,
@@ -42,10 +42,9 @@ from lab_support import (
     vmip_cli,
     vmip_json,
     wait_for,
-    wait_for_output,
 )
 
-from vmip.lab.netns import popen_in, run_in
+from vmip.lab.netns import run_in
 
 pytestmark = pytest.mark.root
 
@@ -238,18 +237,7 @@ def handover(lab, tmp_path_factory) -> dict[str, Any]:
     rekeyed_before = ike_list("mn")["counters"].get("child_sa_rekeyed", 0)
     followed = None
     with access_links_captured(directory) as captures:
-        server = popen_in("vmip-cn", ["iperf3", "-s", "-1", "-p", "5312", "-B", CN,
-                                      "--forceflush"], private_sysfs=False,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            wait_for_output(server, server.stdout, "Server listening", timeout=10)
-            pinger = popen_in("vmip-mn", ["ping", "-n", "-q", "-i", "0.05", "-c", "150",
-                                          "-W", "1", CN], private_sysfs=False,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            client = popen_in("vmip-mn", ["iperf3", "-c", CN, "-p", "5312", "-t", "6", "-J",
-                                          "-b", "100M"],
-                              private_sysfs=False, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+        with ping_and_tcp_mn_to_cn(iperf_port=5312) as traffic:
             time.sleep(1.5)  # the stream runs on wifi first
             move("lte0", timeout=20)
             # The MN-HA IKE SA follows the CoA: the HA now talks to the lte CoA.
@@ -265,28 +253,15 @@ def handover(lab, tmp_path_factory) -> dict[str, Any]:
                 "child_sa_rekeyed", 0) - rekeyed_before >= 3)
             time.sleep(1.0)  # traffic on lte with the new SAs
             move("wifi0", timeout=20)
-            iperf_out, _ = client.communicate(timeout=30)
-            ping_out, _ = pinger.communicate(timeout=30)
-            server.wait(10)
-        finally:
-            if server.poll() is None:
-                server.kill()
-                server.wait(5)
         time.sleep(0.5)
     after = {"ha": (child("mn", "ha", "transport"), child("mn", "ha", "tunnel")),
              "cn": child("mn", "cn", "transport")}
-    return {"captures": captures, "iperf": json.loads(iperf_out), "ping": ping_out,
+    return {"captures": captures, "iperf": json.loads(traffic["iperf"]), "ping": traffic["ping"],
             "before": before, "after": after, "followed": followed}
 
 
 def test_handover_wifi_lte_wifi_with_a_rekey_keeps_tcp_and_ping(handover) -> None:
-    report = handover["iperf"]
-    assert "error" not in report, report.get("error")
-    assert report["end"]["sum_received"]["bytes"] > 1_000_000
-    assert report["start"]["connected"][0]["local_host"] == HOA["mn"]
-    summary = [line for line in handover["ping"].splitlines() if "packets transmitted" in line]
-    transmitted, received = (int(summary[0].split()[i]) for i in (0, 3))
-    assert transmitted >= 100 and transmitted - received <= 10, summary
+    assert_tcp_and_ping_survived(handover)
 
 
 def test_rekey_replaced_every_child_and_the_old_sas_are_gone(handover) -> None:
@@ -317,14 +292,7 @@ def test_mn_ha_ike_followed_the_coa_and_came_back(handover) -> None:
 
 def test_capture_on_the_foreign_links_shows_iro_only_and_ike_only_from_the_coa(handover) -> None:
     for link, capture in handover["captures"].items():
-        outer_rows = tshark(capture, ["ipv6.src", "ipv6.dst", "ipv6.opt.type",
-                                      "ipv6.routing.type"])
-        assert outer_rows, f"nothing captured on {link}"
-        for src, dst, options, routing in outer_rows:
-            assert str(HAO_OPTION) not in options.split(","), (link, options)
-            assert str(RH2) not in routing.split(","), (link, routing)
-            outer = (src.split(",")[0], dst.split(",")[0])
-            assert HOA["mn"] not in outer, (link, outer)
+        assert_no_hao_rh2_or_hoa_on_the_wire(link, capture)
     # IKE in clear on the foreign links is MN-HA only, between a CoA and the HA;
     # MN-CN IKE travels inside the ESP tunnel (draft appendix B).
     lte = tshark(handover["captures"]["mn-lte"], ["ipv6.src", "ipv6.dst", "udp.dstport"],

@@ -24,16 +24,17 @@ import pytest
 from lab_support import (
     CN,
     HA,
-    HAO_OPTION,
     HOA,
     MN2_WIFI_COA,
     MN_COA,
-    RH2,
     access_links_captured,
+    assert_no_hao_rh2_or_hoa_on_the_wire,
+    assert_tcp_and_ping_survived,
     bound,
     events,
     lab_started,
     move,
+    ping_and_tcp_mn_to_cn,
     ping_at,
     require,
     tshark,
@@ -41,10 +42,7 @@ from lab_support import (
     vmip_cli,
     vmip_json,
     wait_for,
-    wait_for_output,
 )
-
-from vmip.lab.netns import popen_in
 
 pytestmark = pytest.mark.root
 
@@ -128,19 +126,7 @@ def handover(lab, tmp_path_factory) -> dict[str, Any]:
     """wifi -> lte -> wifi under ping and iperf3, with both access links captured."""
     with access_links_captured(tmp_path_factory.mktemp("iro-captures")) as captures:
         aotc_before = len(events("cn", "AotChallengeSent"))
-        server = popen_in("vmip-cn", ["iperf3", "-s", "-1", "-p", "5311", "-B", CN,
-                                      "--forceflush"], private_sysfs=False,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:
-            wait_for_output(server, server.stdout, "Server listening", timeout=10)
-            pinger = popen_in("vmip-mn", ["ping", "-n", "-q", "-i", "0.05", "-c", "150",
-                                          "-W", "1", CN], private_sysfs=False,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            # 100 Mbit/s: a real TCP stream, and captures tshark reads in seconds.
-            client = popen_in("vmip-mn", ["iperf3", "-c", CN, "-p", "5311", "-t", "6", "-J",
-                                          "-b", "100M"],
-                              private_sysfs=False, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+        with ping_and_tcp_mn_to_cn(iperf_port=5311) as traffic:
             time.sleep(1.5)  # let the stream run on wifi before the first forced move
             move("lte0")
             lte_at = time.monotonic()
@@ -148,17 +134,9 @@ def handover(lab, tmp_path_factory) -> dict[str, Any]:
             time.sleep(max(0.0, 2.0 - (time.monotonic() - lte_at)))  # traffic on lte
             move("wifi0")
             aotc_after_wifi = len(events("cn", "AotChallengeSent"))
-            iperf_out, _ = client.communicate(timeout=30)
-            ping_out, _ = pinger.communicate(timeout=30)
-            server.wait(10)
-        finally:
-            for process in (server,):
-                if process.poll() is None:
-                    process.kill()
-                    process.wait(5)
         # Let the last BA leave before the captures close.
         time.sleep(0.5)
-    return {"captures": captures, "iperf": json.loads(iperf_out), "ping": ping_out,
+    return {"captures": captures, "iperf": json.loads(traffic["iperf"]), "ping": traffic["ping"],
             "aotc": (aotc_before, aotc_after_lte, aotc_after_wifi),
             "rows": [line for line in vmip_cli(
                 "lab", "exec", "mn", "--", sys.executable, "-m", "vmip", "keys",
@@ -166,13 +144,7 @@ def handover(lab, tmp_path_factory) -> dict[str, Any]:
 
 
 def test_handover_wifi_lte_wifi_keeps_tcp_and_ping(handover) -> None:
-    report = handover["iperf"]
-    assert "error" not in report, report.get("error")
-    assert report["end"]["sum_received"]["bytes"] > 1_000_000
-    assert report["start"]["connected"][0]["local_host"] == HOA["mn"]
-    summary = [line for line in handover["ping"].splitlines() if "packets transmitted" in line]
-    transmitted, received = (int(summary[0].split()[i]) for i in (0, 3))
-    assert transmitted >= 100 and transmitted - received <= 10, summary
+    assert_tcp_and_ping_survived(handover)
 
 
 def test_new_coa_is_proven_with_aot_and_a_proven_coa_needs_bu_ba_alone(handover) -> None:
@@ -187,17 +159,7 @@ def test_capture_on_the_foreign_links_shows_iro_only(handover) -> None:
     assert rows
     seen: dict[str, set[int]] = {}
     for link, capture in handover["captures"].items():
-        # Every packet, undecrypted: HAO and RH2 would be in the outer header.
-        outer_rows = tshark(capture, ["ipv6.src", "ipv6.dst", "ipv6.opt.type",
-                                      "ipv6.routing.type"])
-        assert outer_rows, f"nothing captured on {link}"
-        for src, dst, options, routing in outer_rows:
-            # Appendix I: no HAO, no type 2 routing header on the foreign link.
-            assert str(HAO_OPTION) not in options.split(","), (link, options)
-            assert str(RH2) not in routing.split(","), (link, routing)
-            # The HoA in no outer IPv6 header (the first, on-wire one).
-            outer = (src.split(",")[0], dst.split(",")[0])
-            assert HOA["mn"] not in outer, (link, outer)
+        assert_no_hao_rh2_or_hoa_on_the_wire(link, capture)
         # Signalling is small: decrypt the packets under 600 bytes only (the
         # bulk TCP data would take tshark minutes to decrypt).
         small = capture.with_suffix(".small.pcap")
