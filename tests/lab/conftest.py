@@ -6,7 +6,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from lab_support import host_snapshot, remove_stale_lab, teardown_lab
+
+# Full assertion detail for the checks that live in the shared helpers.
+pytest.register_assert_rewrite("lab_support")
+
+from lab_support import host_snapshot, remove_stale_lab, teardown_lab  # noqa: E402
 
 
 @pytest.fixture(scope="module")
