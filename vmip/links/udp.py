@@ -55,6 +55,17 @@ _U16 = struct.Struct("=H")
 _INT = struct.Struct("=i")
 
 
+
+def _endpoint(address: tuple, dual_stack: bool) -> Endpoint:
+    """The sender as an Endpoint: IPv4 plain (not ``::ffff:``-mapped) on a
+    dual-stack socket, link-local IPv6 with its scope."""
+    host = address[0]
+    if dual_stack and host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    elif len(address) == 4 and address[3]:
+        host = f"{host}%{address[3]}"
+    return (host, address[1])
+
 class UdpDriver(LinkDriver):
     """The overlay link (``driver = "udp"``)."""
 
@@ -183,14 +194,9 @@ class UdpDriver(LinkDriver):
                 else:
                     counters["rx_drop_" + reason] += 1
                 continue
-            host = address[0]
-            if dual_stack and host.startswith("::ffff:") and "." in host:
-                host = host[7:]
-            elif len(address) == 4 and address[3]:
-                host = f"{host}%{address[3]}"  # link-local: keep the scope
             received += 1
             try:
-                deliver(datagram, (host, address[1]), self)  # type: ignore[misc]
+                deliver(datagram, _endpoint(address, dual_stack), self)  # type: ignore[misc]
             except Exception:  # noqa: BLE001 - a node bug must not stall the link
                 self._handler_failed()
         if received:
@@ -224,12 +230,7 @@ class UdpDriver(LinkDriver):
                 datagrams = [data[i:i + segment] for i in range(0, len(data), segment)]
             else:
                 datagrams = [data]
-            host = address[0]
-            if dual_stack and host.startswith("::ffff:") and "." in host:
-                host = host[7:]
-            elif len(address) == 4 and address[3]:
-                host = f"{host}%{address[3]}"
-            endpoint = (host, address[1])
+            endpoint = _endpoint(address, dual_stack)
             for datagram in datagrams:
                 reason = overlay_drop_reason(datagram)
                 if reason is not None:

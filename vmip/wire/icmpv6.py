@@ -74,14 +74,13 @@ def _check_range(value: int, bits: int, what: str) -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class EchoRequest:
-    """Echo Request (RFC 4443 §4.1)."""
+class _Echo:
+    """Echo Request and Reply share one body: identifier, sequence, data (RFC 4443 §4)."""
 
     identifier: int
     sequence: int
     data: bytes = b""
 
-    icmp_type: ClassVar[int] = ECHO_REQUEST
     code: ClassVar[int] = 0
 
     def __post_init__(self) -> None:
@@ -93,22 +92,17 @@ class EchoRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class EchoReply:
+class EchoRequest(_Echo):
+    """Echo Request (RFC 4443 §4.1)."""
+
+    icmp_type: ClassVar[int] = ECHO_REQUEST
+
+
+@dataclass(frozen=True, slots=True)
+class EchoReply(_Echo):
     """Echo Reply (RFC 4443 §4.2)."""
 
-    identifier: int
-    sequence: int
-    data: bytes = b""
-
     icmp_type: ClassVar[int] = ECHO_REPLY
-    code: ClassVar[int] = 0
-
-    def __post_init__(self) -> None:
-        _check_range(self.identifier, 16, "identifier")
-        _check_range(self.sequence, 16, "sequence")
-
-    def body(self) -> bytes:
-        return _WORDS.pack(self.identifier, self.sequence) + self.data
 
 
 @dataclass(frozen=True, slots=True)

@@ -355,16 +355,12 @@ class AotOffer:
 
 
 @dataclass(frozen=True, slots=True)
-class AotChallenge:
-    """AOTC: the CN's nonce to the address under test.
-
-    ``nonce`` is the mandatory Nonce option; ``options`` any further ones.
-    """
+class _NonceMessage:
+    """AOTC and AOTR share one format (draft §4.3, §4.4): 2 reserved octets,
+    the mandatory Nonce option, then any further options."""
 
     nonce: bytes
     options: tuple[MobilityOption, ...] = ()
-
-    mh_type: ClassVar[int] = MHType.AOTC
 
     def __post_init__(self) -> None:
         if not isinstance(self.nonce, bytes) or len(self.nonce) != NONCE_LENGTH:
@@ -378,23 +374,17 @@ class AotChallenge:
 
 
 @dataclass(frozen=True, slots=True)
-class AotResponse:
-    """AOTR: the MN returns the AOTC's nonce from the tested address.  Same format as AOTC."""
+class AotChallenge(_NonceMessage):
+    """AOTC: the CN's nonce to the address under test."""
 
-    nonce: bytes
-    options: tuple[MobilityOption, ...] = ()
+    mh_type: ClassVar[int] = MHType.AOTC
+
+
+@dataclass(frozen=True, slots=True)
+class AotResponse(_NonceMessage):
+    """AOTR: the MN returns the AOTC's nonce from the tested address."""
 
     mh_type: ClassVar[int] = MHType.AOTR
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.nonce, bytes) or len(self.nonce) != NONCE_LENGTH:
-            raise FieldValueError(f"a nonce is {NONCE_LENGTH} bytes")
-
-    def fixed(self) -> bytes:
-        return bytes(2)
-
-    def all_options(self) -> tuple[MobilityOption, ...]:
-        return (NonceOption(self.nonce), *self.options)
 
 
 @dataclass(frozen=True, slots=True)
