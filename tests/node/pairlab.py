@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +25,11 @@ OVERLAY = {"a": "2001:db8:a::1", "b": "2001:db8:b::1"}
 UNDERLAY4 = {"a": "192.0.2.1", "b": "192.0.2.2"}
 UNDERLAY6 = {"a": "2001:db8:ff::1", "b": "2001:db8:ff::2"}
 SPI = {"a": 0x0A01, "b": 0x0B01}  # SPI of the SA each node sends on
+#: The attacker's namespace ``x`` (``PairLab(attacker=True)``) hangs off node b
+#: through its own veth: it can reach b, and a through b's routing, from
+#: addresses of its own; it is never on the a-b link.
+ATTACKER4 = {"x": "203.0.113.66", "b": "203.0.113.2"}
+ATTACKER6 = {"x": "2001:db8:fe::66", "b": "2001:db8:fe::2"}
 
 
 def ip(*args: str) -> None:
@@ -119,10 +125,13 @@ esn = {str(esn).lower()}
 
 
 class PairLab:
-    def __init__(self, workdir: Path, *, netns_tag: str = "rt") -> None:
+    def __init__(self, workdir: Path, *, netns_tag: str = "rt", attacker: bool = False) -> None:
         self.workdir = workdir
         pid = os.getpid()
         self.netns = {side: f"vt{pid}-{netns_tag}-{side}" for side in ("a", "b")}
+        self.attacker = attacker
+        if attacker:
+            self.netns["x"] = f"vt{pid}-{netns_tag}-x"
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs: dict[str, Path] = {}
         self.configs: dict[str, Path] = {}
@@ -149,12 +158,43 @@ class PairLab:
             ip("-n", ns, "addr", "add", f"{UNDERLAY4[side]}/24", "dev", f"veth-{side}")
             ip("-n", ns, "addr", "add", f"{UNDERLAY6[side]}/64", "dev", f"veth-{side}", "nodad")
             ip("-n", ns, "link", "set", f"veth-{side}", "up")
+        if self.attacker:
+            self._build_attacker()
         keydir = self.workdir / "keys"
         keydir.mkdir(mode=0o700)
         for side in ("a", "b"):
             write_key_file(keydir / f"{side}.key", secrets.token_bytes(20))
         self.write_configs()
         return self
+
+    def _build_attacker(self) -> None:
+        """Namespace x: a host of the attacker's, one veth away from b (``veth-bx``)."""
+        ns_x, ns_b = self.netns["x"], self.netns["b"]
+        ip("netns", "add", ns_x)
+        self._created.append(ns_x)
+        ip("-n", ns_b, "link", "add", "veth-bx", "type", "veth", "peer", "name", "veth-x",
+           "netns", ns_x)
+        for ns, dev, side in ((ns_b, "veth-bx", "b"), (ns_x, "veth-x", "x")):
+            ip("-n", ns, "link", "set", "lo", "up")
+            ip("-n", ns, "addr", "add", f"{ATTACKER4[side]}/24", "dev", dev)
+            ip("-n", ns, "addr", "add", f"{ATTACKER6[side]}/64", "dev", dev, "nodad")
+            ip("-n", ns, "link", "set", dev, "up")
+        # x reaches a's underlay through b (b routes; a answers x through b).
+        ip("-n", ns_x, "route", "add", "192.0.2.0/24", "via", ATTACKER4["b"])
+        ip("-n", ns_x, "-6", "route", "add", "2001:db8:ff::/64", "via", ATTACKER6["b"])
+        ip("-n", self.netns["a"], "route", "add", "203.0.113.0/24", "via", UNDERLAY4["b"])
+        ip("-n", self.netns["a"], "-6", "route", "add", "2001:db8:fe::/64", "via", UNDERLAY6["b"])
+        subprocess.run(["ip", "netns", "exec", ns_b, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+                        "net.ipv6.conf.all.forwarding=1"], check=True, capture_output=True,
+                       timeout=10)
+
+    def attacker_socket(self, family: int = socket.AF_INET,
+                        kind: int = socket.SOCK_DGRAM, proto: int = 0) -> socket.socket:
+        """A socket opened in the attacker's namespace x (the caller closes it)."""
+        from vmip.lab.netns import entered
+
+        with entered(self.netns["x"]):
+            return socket.socket(family, kind, proto)
 
     # -- nodes ---------------------------------------------------------------
 
@@ -217,7 +257,7 @@ class PairLab:
                 pass
         for ns in self._created:
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
-        for side in ("a", "b"):
+        for side in self.netns:
             try:
                 self.socket(side).unlink()
             except OSError:

@@ -118,7 +118,7 @@ def register(subparsers) -> None:
 def _run(args) -> int:
     from vmip import log
     from vmip.config import load_config
-    from vmip.node.runtime import run_node
+    from vmip.node.launch import run_node
 
     config = load_config(args.config)
     logging_cfg = config.logging
