@@ -175,3 +175,81 @@ def test_every_documented_encoding_decodes_to_the_key(key: bytes, encoding: str)
         "base64": "base64:" + base64.b64encode(key).decode(),
     }[encoding]
     assert parse_key_text(text, "k.key") == key
+
+
+# -- what the file is and who owns it ------------------------------------------------------
+
+def _write_private(path: Path) -> Path:
+    return private_file(path, KEY.hex())
+
+
+def test_fifo_is_refused_without_hanging(tmp_path: Path) -> None:
+    import threading
+
+    fifo = tmp_path / "key.fifo"
+    os.mkfifo(fifo, 0o600)
+    outcome: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            read_key_file(fifo)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            outcome.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(timeout=5)
+    if reader.is_alive():
+        # The open() waits for a writer: be one, so the thread ends, then fail.
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        reader.join(timeout=5)
+        pytest.fail("reading a FIFO as a key file hung")
+    assert isinstance(outcome[0], ConfigError)
+    assert "not a regular file" in outcome[0].problem
+
+
+def test_symlink_is_refused(tmp_path: Path) -> None:
+    target = _write_private(tmp_path / "real.key")
+    link = tmp_path / "link.key"
+    link.symlink_to(target)
+    with pytest.raises(ConfigError) as excinfo:
+        read_key_file(link)
+    message = str(excinfo.value)
+    assert "symbolic link" in message and str(target) in message
+    assert KEY.hex() not in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_key_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    path = _write_private(tmp_path / "other.key")
+    os.chown(path, 65534, 65534)
+    with pytest.raises(ConfigError) as excinfo:
+        read_key_file(path)
+    message = str(excinfo.value)
+    assert "owned by" in message and "chown root" in message
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_key_file_owned_by_the_node_user_is_accepted(tmp_path: Path, monkeypatch) -> None:
+    from vmip.config import keyfile
+
+    monkeypatch.setattr(keyfile, "_trusted_owners", set())
+    path = _write_private(tmp_path / "node.key")
+    os.chown(path, 65534, 65534)
+    keyfile.trust_key_file_owner(65534)
+    assert read_key_file(path) == KEY
+
+
+def test_unreadable_key_file_names_the_fix(tmp_path: Path, monkeypatch) -> None:
+    path = _write_private(tmp_path / "k.key")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "open", denied)
+    monkeypatch.setattr(os, "geteuid", lambda: 65534)
+    with pytest.raises(ConfigError) as excinfo:
+        read_key_file(path)
+    message = str(excinfo.value)
+    assert str(path) in message and "permission denied" in message
+    assert f"chown nobody {path}" in message

@@ -8,7 +8,11 @@ RFC 7634 §2).
 
 A key file readable or writable by group or others is refused, as ssh does
 with private keys: a key others can read is no longer a secret, and one
-others can write lets them choose our keys.
+others can write lets them choose our keys.  For the same reason the file
+must belong to root or to the user the node runs as (see
+:func:`trust_key_file_owner`): a file another user owns is theirs to rewrite.
+It is opened without following a symbolic link and without blocking (a FIFO
+would otherwise hang the loader until someone writes to it).
 
 Errors never quote the file's content, only its path and what is wrong.
 """
@@ -17,7 +21,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import os
+import pwd
 import re
 import stat
 from pathlib import Path
@@ -31,8 +37,37 @@ BASE64_PREFIX = "base64:"
 _IGNORED_IN_HEX = re.compile(r"[\s:]+")
 
 
+#: Owners accepted besides root and the effective uid: the node's user
+#: (``node.user``), registered before the config is loaded as root, so the
+#: key files the node can still read after it switched user pass at start too.
+_trusted_owners: set[int] = set()
+
+
+def trust_key_file_owner(uid: int) -> None:
+    """Accept key files owned by *uid* (the node's ``node.user``) as well as root's."""
+    _trusted_owners.add(uid)
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
 def _chmod_hint(path: str) -> str:
     return f"run chmod 600 {path}"
+
+
+def _unreadable_hint(path: str) -> str:
+    euid = os.geteuid()
+    if euid != 0:
+        # After the node switched to node.user: only that user's files stay readable.
+        name = _user_name(euid)
+        return (f"the node runs as user {name}: run chown {name} {path} "
+                f"(keeping mode 600), or run vmip as the file's owner")
+    return ("the node holds no CAP_DAC_OVERRIDE after start-up: run chown root "
+            f"{path} (mode 600), or run vmip as the file's owner")
 
 
 def parse_key_text(text: str, file: str) -> bytes:
@@ -80,16 +115,25 @@ def read_key_file(path: str | os.PathLike[str]) -> bytes:
     if "\0" in shown:
         raise ConfigError(shown, None, "key file path contains a NUL byte", "fix the path")
     try:
-        fd = os.open(shown, os.O_RDONLY | os.O_NOCTTY | os.O_CLOEXEC)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; O_NOFOLLOW: the
+        # file we check is the file named, not wherever a link points.
+        fd = os.open(shown, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY
+                     | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         raise ConfigError(shown, None, "key file does not exist",
                           "create it (hex key, mode 600) or fix the path") from None
     except PermissionError:
         raise ConfigError(shown, None, "key file cannot be read (permission denied)",
-                          "run vmip as the file's owner or as root") from None
-    except (OSError, ValueError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "invalid path"
-        raise ConfigError(shown, None, f"key file cannot be opened ({reason})",
+                          _unreadable_hint(shown)) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ConfigError(shown, None, "key file is a symbolic link",
+                              f"point key_file at the file itself ({shown} resolves to "
+                              f"{os.path.realpath(shown)})") from None
+        raise ConfigError(shown, None, f"key file cannot be opened ({exc.strerror})",
+                          "fix the path") from None
+    except ValueError:
+        raise ConfigError(shown, None, "key file cannot be opened (invalid path)",
                           "fix the path") from None
     try:
         # fstat on the open descriptor: the mode we check is the file we read.
@@ -97,6 +141,15 @@ def read_key_file(path: str | os.PathLike[str]) -> bytes:
         if not stat.S_ISREG(info.st_mode):
             raise ConfigError(shown, None, "key file is not a regular file",
                               "point to a file holding the key")
+        owners = {0, os.geteuid()} | _trusted_owners
+        if info.st_uid not in owners:
+            allowed = " or ".join(sorted({_user_name(uid) for uid in owners}))
+            raise ConfigError(shown, None,
+                              f"key file is owned by {_user_name(info.st_uid)}, who could "
+                              f"change the key",
+                              # max(): the node's user if it has one, else root.
+                              f"run chown {_user_name(max(owners))} {shown} "
+                              f"(allowed owners: {allowed})")
         mode = stat.S_IMODE(info.st_mode)
         if mode & 0o077:
             raise ConfigError(shown, None,
@@ -107,6 +160,9 @@ def read_key_file(path: str | os.PathLike[str]) -> bytes:
                               f"key file is {info.st_size} bytes, too big for a key",
                               f"keep one key per file (at most {MAX_KEY_FILE_SIZE} bytes)")
         raw = os.read(fd, MAX_KEY_FILE_SIZE + 1)
+        if len(raw) > MAX_KEY_FILE_SIZE:   # grew after the fstat
+            raise ConfigError(shown, None, "key file is too big for a key",
+                              f"keep one key per file (at most {MAX_KEY_FILE_SIZE} bytes)")
     except OSError as exc:
         raise ConfigError(shown, None, f"key file cannot be read ({exc.strerror})",
                           "fix the file") from None
