@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from vmip.links import LinkError, LocatorTable
-from vmip.links.locators import LEARNED, STATIC, address_key
+from vmip.links.locators import BINDING, LEARNED, PEER, STATIC, address_key
 
 HA = ("192.0.2.2", 6275)
 CN = ("2001:db8:20::2", 6275)
@@ -40,7 +40,9 @@ def lab_table(**kwargs) -> LocatorTable:
              (ipaddress.ip_address("192.0.2.2"), 6275)),
         Peer("ha-home", (ipaddress.ip_network("2001:db8:100::1/128"),), HA),
         Peer("cn", (ipaddress.ip_network("2001:db8:20::/48"),), CN),
-        Peer("gw", (ipaddress.ip_network("2001:db8::/32"),), GATEWAY, default=True),
+        # The default peer catches what no prefix covers; it claims no prefix of
+        # its own, so addresses outside the others can be learned.
+        Peer("gw", (), GATEWAY, default=True),
     ]
     return LocatorTable.from_peers(peers, **kwargs)
 
@@ -189,11 +191,11 @@ def test_rows_show_every_column_for_vmip_locators():
     learned = rows[MN_COA]
     assert learned == {
         "address": MN_COA, "endpoint": "203.0.113.1:40123", "link": "lte0",
-        "framing": "udp", "source": "learned", "peer": "gw", "last_confirmed": 100.0,
+        "framing": "udp", "source": "learned", "peer": "-", "last_confirmed": 100.0,
         "confirmed_ago": 2.5, "default": False,
     }
     assert rows["2001:db8:20::/48"]["endpoint"] == "[2001:db8:20::2]:6275"
-    assert rows["2001:db8::/32"]["default"] is True
+    assert rows["::/0"]["default"] is True
     assert rows["2001:db8:100::1"]["source"] == "static"
     text = table.render(now=102.5)
     assert "2.5s ago" in text and "(default)" in text and "[2001:db8:20::2]:6275" in text
@@ -262,3 +264,53 @@ def test_arbitrary_input_raises_only_link_error(address, endpoint):
             call()
         except LinkError:
             pass
+
+
+# -- what an authenticating SA may vouch for (docs/security.md, "Locators") -----------
+
+
+def test_nothing_is_learned_inside_a_gateway_prefix():
+    """A home address sits behind its HA's static /64: an SA of the MN
+    authenticates the MN, not where the HoA is; the HA's entry stays."""
+    table = lab_table()
+    assert table.confirm("2001:db8:100::10", ATTACKER, now=1.0) is False
+    assert table.lookup("2001:db8:100::10").endpoint == ("192.0.2.2", 6275)
+    assert table.counters["refused_gateway"] == 1
+    assert table.learned_count() == 0
+
+
+def test_a_binding_never_shadows_a_static_host_entry():
+    """A CoA that a binding names may not take over an address the config
+    gives to another host (a CN's /128 claimed as a CoA)."""
+    table = lab_table()
+    assert table.confirm("2001:db8:100::1", ATTACKER, now=1.0, vouched_by=BINDING) is False
+    assert table.lookup("2001:db8:100::1").endpoint == HA
+    assert table.counters["refused_static"] == 1
+    # The host itself (its own SA's peer address) may move: NAT rebinding.
+    assert table.confirm("2001:db8:100::1", ("192.0.2.99", 6275), now=2.0, vouched_by=PEER)
+
+
+def test_a_binding_may_name_an_address_nobody_configured():
+    table = lab_table()
+    assert table.confirm(MN_COA, MN_LTE_NAT, now=1.0, vouched_by=BINDING) is True
+    assert table.lookup(MN_COA).endpoint == MN_LTE_NAT
+
+
+@pytest.mark.parametrize("address", ["::", "::1", "fe80::1", "ff02::1", "::ffff:127.0.0.1",
+                                     "::ffff:224.0.0.9"])
+def test_addresses_that_cannot_be_a_unicast_source_are_never_learned(address):
+    table = LocatorTable()
+    assert table.confirm(address, ATTACKER, now=1.0) is False
+    assert table.lookup(address) is None
+    assert table.counters["refused_scope"] == 1
+
+
+def test_refresh_is_true_only_for_an_unchanged_learned_entry():
+    table = lab_table()
+    key = ipaddress.ip_address(MN_COA).packed
+    assert table.refresh(key, MN_WIFI, now=1.0, link="wifi") is False
+    table.confirm(MN_COA, MN_WIFI, now=1.0, link="wifi")
+    assert table.refresh(key, MN_WIFI, now=5.0, link="wifi") is True
+    assert table.lookup(MN_COA).last_confirmed == 5.0
+    assert table.refresh(key, MN_LTE_NAT, now=6.0, link="wifi") is False
+    assert table.lookup(MN_COA).endpoint == MN_WIFI

@@ -14,10 +14,29 @@ Two kinds of entries (shown by ``vmip locators``):
   nobody can redirect a peer's traffic without its keys.  :meth:`observe`
   only reports whether a packet came from somewhere else.
 
-A learned entry wins over any static prefix covering the same address (it
-is the most specific and the most recent, authenticated knowledge).  Learned
-entries are bounded: beyond ``max_learned`` the least recently confirmed one
-is forgotten (it falls back to its static entry, if any).
+An ESP ICV proves who sent a payload, never from where: the on-wire source
+is outside it.  So the caller says *why* the authenticating SA vouches for
+the address it confirms (docs/security.md, "Locators"):
+
+- ``PEER``: the address is the SA's own peer (a transport SA's remote
+  address, a tunnel SA's outer source, an IKE SA's peer after AUTH);
+- ``BINDING``: the address is the care-of address that the binding of the
+  SA's peer (its home address) names.
+
+and the table refuses what that does not cover.  Configuration outranks
+what a binding claims: a learned entry may stand in front of a static one
+only for the host that static entry names (a ``/128``), and only when the
+SA's own peer is that host.  Inside a static prefix shorter than /128 (a
+gateway's prefix: the home prefix behind the home agent) nothing is ever
+learned, and neither are addresses that cannot be a unicast source
+(loopback, multicast, link-local, unspecified).  Refusals
+are counted (``refused_gateway``, ``refused_static``, ``refused_scope``).
+
+A learned entry otherwise wins over a static prefix covering the same
+address (it is the most specific and the most recent, authenticated
+knowledge).  Learned entries are bounded: beyond ``max_learned`` the least
+recently confirmed one is forgotten (it falls back to its static entry, if
+any).
 
 Addresses may be given as 16 raw octets (the data path reads them straight
 from the packet), :class:`ipaddress.IPv6Address` or text; IPv4 addresses and
@@ -38,6 +57,10 @@ from vmip.links.errors import LinkError
 STATIC = "static"
 LEARNED = "learned"
 
+#: Why an authenticated packet vouches for its on-wire source (see the module doc).
+PEER = "peer"
+BINDING = "binding"
+
 #: Default bound on learned entries (one per mobile node CoA or peer).
 DEFAULT_MAX_LEARNED = 4096
 
@@ -46,6 +69,17 @@ _CACHE_LIMIT = 8192
 _MISSING = object()
 
 _IPV4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+#: A static entry for every IPv4 address (an rfc3948 catch-all) is no gateway prefix.
+_IPV4_MAPPED_ALL = _IPV4_MAPPED
+
+
+def unicast_locator(address: ipaddress.IPv6Address) -> bool:
+    """Can *address* (IPv4-mapped for IPv4) be a peer's on-wire address at all?
+    Not unspecified, loopback, multicast, link-local or reserved: such a source
+    is spoofed or broken, and a locator for it would only ever be wrong."""
+    candidate: ipaddress.IPv4Address | ipaddress.IPv6Address = address.ipv4_mapped or address
+    return not (candidate.is_unspecified or candidate.is_loopback or candidate.is_multicast
+                or candidate.is_link_local or candidate.is_reserved)
 
 
 class Locator:
@@ -238,11 +272,41 @@ class LocatorTable:
 
     # -- learning ----------------------------------------------------------
 
-    def confirm(self, on_wire_source: Any, endpoint: Endpoint, now: float,
+    def refresh(self, on_wire_source: bytes, endpoint: Endpoint, now: float,
                 link: str | None = None) -> bool:
+        """The per-packet fast path: ``True`` when a learned entry already
+        points *on_wire_source* at *endpoint* on *link* (its time is updated);
+        ``False`` when :meth:`confirm` would have to create or move one."""
+        entry = self._learned.get(on_wire_source)
+        if entry is not None and entry.endpoint == endpoint and entry.link == link:
+            entry.last_confirmed = now
+            self._learned.move_to_end(on_wire_source)
+            self.counters["confirmed"] += 1
+            return True
+        return False
+
+    def refusal(self, on_wire_source: Any, vouched_by: str = PEER) -> str | None:
+        """Why a learned entry for *on_wire_source* may not be made on the
+        strength of *vouched_by* (a counter name), or ``None`` if it may."""
+        key = address_key(on_wire_source)
+        if not unicast_locator(ipaddress.IPv6Address(key)):
+            return "refused_scope"
+        covering = self._longest_static_match(key)
+        if covering is None:
+            return None
+        if covering.prefix.prefixlen < 128 and covering.prefix != _IPV4_MAPPED_ALL:
+            return "refused_gateway"     # reached through that peer, never directly
+        if vouched_by != PEER:
+            return "refused_static"      # the config names another host here
+        return None
+
+    def confirm(self, on_wire_source: Any, endpoint: Endpoint, now: float,
+                link: str | None = None, *, vouched_by: str = PEER) -> bool:
         """A packet from *on_wire_source* arriving from *endpoint* on *link*
-        was authenticated: point the address there.  Returns ``True`` when
-        the locator was created or moved.
+        was authenticated by an SA that vouches for that address as
+        *vouched_by* says (``PEER`` or ``BINDING``): point the address there.
+        Returns ``True`` when the locator was created or moved; ``False``
+        when it was already there or the table refused (see :meth:`refusal`).
 
         Call only after the ICV *and* the anti-replay check passed: a
         replayed authentic packet from an attacker's address must not move
@@ -254,6 +318,10 @@ class LocatorTable:
         if entry is not None and entry.endpoint == endpoint and entry.link == link:
             entry.last_confirmed = now
             self._learned.move_to_end(key)
+            return False
+        refused = self.refusal(key, vouched_by)
+        if refused is not None:
+            self.counters[refused] += 1
             return False
         endpoint = coerce_endpoint(endpoint)
         if entry is not None:
