@@ -23,6 +23,10 @@ examples:
 signals: SIGTERM or SIGINT stop the node cleanly (TUN removed, sockets
 closed); SIGHUP re-reads the config and changes only the SAs, policies and
 peers that changed.
+
+privileges: after start-up the node keeps only CAP_NET_ADMIN (plus CAP_NET_RAW
+for the raw driver) with no_new_privs set, as root or as node.user/--user;
+key files must then be readable by that identity for SIGHUP to reload them.
 """
 
 
@@ -37,9 +41,14 @@ def register(subparsers) -> None:
                      help="write every on-wire IPv6 packet to FILE (pcap, LINKTYPE_IPV6)")
     run.add_argument("--pcap-inner", metavar="FILE",
                      help="write every inner packet (as the TUN sees it) to FILE")
-    run.add_argument("--user", metavar="USER",
-                     help="after start-up, become USER keeping only CAP_NET_ADMIN "
-                          "(and CAP_NET_RAW for the raw driver); default: node.user of the config")
+    drop = run.add_mutually_exclusive_group()
+    drop.add_argument("--user", metavar="USER",
+                      help="after start-up, become USER keeping only CAP_NET_ADMIN "
+                           "(and CAP_NET_RAW for the raw driver); default: node.user of the "
+                           "config, else stay root with only those capabilities")
+    drop.add_argument("--no-drop", action="store_true",
+                      help="keep every privilege after start-up (debugging only; "
+                           "ignores node.user)")
     run.add_argument("--control-socket", type=Path, metavar="PATH",
                      help="control socket path (default: control.socket, else /run/vmip/<netns>.sock)")
     run.set_defaults(func=_run)
@@ -120,12 +129,26 @@ def _run(args) -> int:
     from vmip.config import load_config
     from vmip.node.launch import run_node
 
+    user = None
+    if not args.no_drop:
+        user = args.user or getattr(load_config(args.config, check_key_files=False).node,
+                                    "user", None)
+    if user:
+        import pwd
+
+        from vmip.config.keyfile import trust_key_file_owner
+
+        # Key files the node's user owns stay readable after the switch
+        # (SIGHUP reloads them): accept them at start too.
+        try:
+            trust_key_file_owner(pwd.getpwnam(user).pw_uid)
+        except KeyError:
+            pass  # drop_privileges explains a missing user
     config = load_config(args.config)
     logging_cfg = config.logging
     log.setup(args.log_level if args.log_level != "info" else str(logging_cfg.level),
               args.log_format if args.log_format != "text" else str(logging_cfg.format),
               file=str(logging_cfg.file) if logging_cfg.file else None)
-    user = args.user or getattr(config.node, "user", None)
     try:
         import uvloop
         runner = uvloop.run
@@ -136,7 +159,8 @@ def _run(args) -> int:
         config = dataclasses.replace(config, control=dataclasses.replace(
             config.control, socket=args.control_socket))
     return runner(run_node(config, config_path=args.config, pcap_wire=args.pcap_wire,
-                           pcap_inner=args.pcap_inner, drop_to=user))
+                           pcap_inner=args.pcap_inner, drop_to=user,
+                           drop=not args.no_drop))
 
 
 def _client(args) -> ControlClient:
@@ -153,8 +177,14 @@ def _status(args) -> int:
     record["roles"] = ", ".join(status.get("roles", []))
     record["tun"] = f"{tun.get('name')} mtu {tun.get('mtu')} " + " ".join(tun.get("addresses", []))
     record["links"] = ", ".join(f"{link['name']} ({link['driver']})" for link in status["links"])
+    privileges = status.get("privileges") or {}
+    record["privileges"] = (f"{privileges.get('user')}, capabilities "
+                            f"{','.join(privileges.get('capabilities', [])) or 'none'}"
+                            f"{', no_new_privs' if privileges.get('no_new_privs') else ''}"
+                            if privileges else None)
     print_record(record, ["name", "version", "roles", "pid", Column("uptime_s", "uptime",
-                 kind="duration"), "tun", "links", "sas", "policies", "locators", "control"],
+                 kind="duration"), "tun", "links", "sas", "policies", "locators", "control",
+                 "privileges"],
                  title=f"vmip node {status.get('name')}")
     return 0
 

@@ -9,6 +9,7 @@ See docs/control.md.
 """
 
 from vmip.control.client import ControlClient
+from vmip.control.commands import COMMAND_ARGS, Arg, check_args, require_specs
 from vmip.control.errors import (
     BadArgs,
     ControlError,
@@ -23,6 +24,8 @@ from vmip.control.protocol import get_arg, reject_unknown_args
 from vmip.control.server import ControlServer
 
 __all__ = [
+    "COMMAND_ARGS",
+    "Arg",
     "BadArgs",
     "ControlClient",
     "ControlError",
@@ -32,8 +35,10 @@ __all__ = [
     "NodeNotRunning",
     "ProtocolError",
     "RemoteError",
+    "check_args",
     "default_socket_path",
     "get_arg",
     "reject_unknown_args",
+    "require_specs",
     "socket_path_for_netns",
 ]

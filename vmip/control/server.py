@@ -16,9 +16,10 @@ import socket
 import stat
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from vmip import __version__
+from vmip.control.commands import CommandArgs, check_args
 from vmip.control.errors import BadArgs, ControlError, ErrorCode, ProtocolError
 from vmip.control.paths import default_socket_path
 from vmip.control.protocol import (
@@ -53,6 +54,7 @@ class ControlServer:
 
     def __init__(self, path: Path | str | None = None,
                  handlers: Mapping[str, Handler] | None = None, *,
+                 arg_specs: Mapping[str, CommandArgs] | None = None,
                  max_request_bytes: int = MAX_REQUEST_BYTES,
                  max_clients: int = _DEFAULT_MAX_CLIENTS):
         self.path = Path(path) if path is not None else default_socket_path()
@@ -61,10 +63,16 @@ class ControlServer:
             "commands": self._commands,
         }
         self.handlers.update(handlers or {})
+        #: Per command, the arguments it takes (vmip.control.commands); a command
+        #: listed here gets ``bad_args`` for anything else before its handler runs.
+        self.arg_specs: dict[str, CommandArgs] = {"ping": {}, "commands": {}}
+        self.arg_specs.update(arg_specs or {})
         self.max_request_bytes = max_request_bytes
         self.max_clients = max_clients
         self._server: asyncio.AbstractServer | None = None
         self._bound_inode: int | None = None
+        #: (pid, pipe) of the helper that removes the socket (:meth:`keep_removable`).
+        self._remover: tuple[int, int] | None = None
         self._client_tasks: set[asyncio.Task[None]] = set()
 
     # -- lifecycle ---------------------------------------------------------
@@ -94,7 +102,7 @@ class ControlServer:
         self._unlink_own_socket()
         log.info("control socket closed", path=str(self.path))
 
-    async def __aenter__(self) -> ControlServer:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -105,8 +113,11 @@ class ControlServer:
     def client_count(self) -> int:
         return len(self._client_tasks)
 
-    def register(self, cmd: str, handler: Handler) -> None:
+    def register(self, cmd: str, handler: Handler, args: CommandArgs | None = None) -> None:
+        """Add a command; *args* (name → :class:`~vmip.control.commands.Arg`) is checked first."""
         self.handlers[cmd] = handler
+        if args is not None:
+            self.arg_specs[cmd] = args
 
     # -- the socket file ---------------------------------------------------
 
@@ -163,12 +174,61 @@ class ControlServer:
         # Only our own socket: a node started after us may have replaced it.
         if self._bound_inode is None:
             return
+        if self._remover is not None:
+            self._finish_remover()
+            self._bound_inode = None
+            return
         try:
             if os.lstat(self.path).st_ino == self._bound_inode:
                 self.path.unlink()
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            # The next node removes a socket nobody listens on; say why it stayed.
+            log.warning("control socket left behind", path=str(self.path),
+                        error=exc.strerror or str(exc),
+                        fix="the next vmip run removes it; or remove it by hand as root")
         self._bound_inode = None
+
+    def keep_removable(self) -> None:
+        """Before the node gives up root: leave the socket's removal to a helper that keeps uid 0.
+
+        Removing a name needs write permission on its directory, checked at
+        unlink time: a directory descriptor opened earlier does not help, and
+        ``/run/vmip`` must stay root's (other nodes' sockets live there).  So
+        a forked helper keeps uid 0 (without any capability: the directory's
+        owner bits suffice), ignores the stop signals sent to the node's
+        process group, and waits on a pipe.  When the node closes the pipe,
+        or dies and the kernel closes it, the helper removes the socket if it
+        is still this server's, and exits.
+        """
+        if self._bound_inode is None or self._remover is not None:
+            return
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the helper; observed through the socket file
+            code = 1
+            try:
+                _run_remover(read_end, self.path, self._bound_inode)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(read_end)
+        self._remover = (pid, write_end)
+        log.debug("control socket removal handed to a helper", pid=pid)
+
+    def _finish_remover(self) -> None:
+        assert self._remover is not None
+        pid, write_end = self._remover
+        self._remover = None
+        os.close(write_end)   # end of file: the helper removes the socket and exits
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            return
+        if os.waitstatus_to_exitcode(status) != 0:
+            log.warning("control socket helper failed; the next vmip run removes the socket",
+                        path=str(self.path))
 
     # -- clients -----------------------------------------------------------
 
@@ -234,10 +294,15 @@ class ControlServer:
                                 f"unknown command {request.cmd!r}; "
                                 f"known: {', '.join(sorted(self.handlers))}")
         try:
+            spec = self.arg_specs.get(request.cmd)
+            if spec is not None:
+                check_args(request.cmd, request.args, spec)
             result = handler(request.args)
             if inspect.isawaitable(result):
                 result = await result
         except BadArgs as exc:
+            # The client's mistake, not the node's: no traceback in the log.
+            log.debug("control bad arguments", cmd=request.cmd, error=str(exc))
             return encode_error(request.id, ErrorCode.BAD_ARGS, f"{request.cmd}: {exc}")
         except Exception as exc:
             log.exception("control command failed", cmd=request.cmd,
@@ -262,3 +327,28 @@ class ControlServer:
         if args:
             raise BadArgs("commands takes no arguments")
         return sorted(self.handlers)
+
+
+def _run_remover(read_end: int, path: Path, inode: int) -> None:
+    """The helper of :meth:`ControlServer.keep_removable`, in the forked child."""
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    # Nothing of the node's: not its listening socket, TUN or link sockets.
+    os.closerange(0, read_end)
+    os.closerange(read_end + 1, os.sysconf("SC_OPEN_MAX"))
+    from vmip.node.privileges import drop_capabilities
+
+    drop_capabilities([], quiet=True)   # stderr is closed: nothing to log to
+    while True:
+        try:
+            if not os.read(read_end, 64):
+                break
+        except InterruptedError:
+            continue
+    try:
+        if os.lstat(path).st_ino == inode:
+            os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -239,6 +239,9 @@ def _launch(plan: LabPlan, name: str) -> _Starting:
     node = plan.node(name)
     files = node_files(plan, name)
     command = node_command(files)
+    # The node creates its capture exclusively (never through an existing
+    # name); each start begins a new one, as it always did.
+    files.pcap.unlink(missing_ok=True)
     with open(files.log, "ab") as log_file:
         os.fchmod(log_file.fileno(), 0o600)
         log_file.write(f"=== vmip lab start {time.strftime('%Y-%m-%dT%H:%M:%S')}: "

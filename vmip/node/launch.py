@@ -2,37 +2,64 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from vmip.node.runtime import Node
 
 
 async def run_node(config, *, config_path: Path | None = None, pcap_wire: str | None = None,
                    pcap_inner: str | None = None, drop_to: str | None = None,
-                   ready: Callable[[Node], None] | None = None) -> int:
-    """Start a node, drop privileges, serve until SIGTERM/SIGINT, clean up."""
+                   drop: bool = True, ready: Callable[[Node], None] | None = None) -> int:
+    """Start a node, drop privileges, serve until SIGTERM/SIGINT, clean up.
+
+    After start-up the node keeps only CAP_NET_ADMIN (and CAP_NET_RAW for the
+    ``raw`` driver), sealed by no_new_privs and a matching bounding set: as
+    root by default, as *drop_to* (``node.user``) when given.  ``drop=False``
+    (``vmip run --no-drop``) keeps everything, for debugging.
+    """
     node = Node(config, config_path=config_path, pcap_wire=pcap_wire, pcap_inner=pcap_inner)
     await node.start()
     try:
-        if drop_to:
-            from vmip.node.privileges import CAP_NET_ADMIN, CAP_NET_RAW, drop_privileges
+        if drop:
+            _drop(node, config, drop_to)
+        else:
+            from vmip.node.privileges import drop_nothing
 
-            # Everything the node may import later must be loaded now: the
-            # new user may not be able to read the Python installation
-            # (/root/.pyenv under a 0700 /root, for instance).
-            _preload_modules()
-
-            keep = [CAP_NET_ADMIN]
-            if any(str(link.driver) == "raw" for link in config.links):
-                keep.append(CAP_NET_RAW)
-            drop_privileges(drop_to, keep)
+            drop_nothing()
         if ready is not None:
             ready(node)
         await node.wait_stopped()
     finally:
         await node.close()
     return 0
+
+
+def kept_capabilities(config) -> list[int]:
+    """What the node keeps after start-up: CAP_NET_ADMIN, plus CAP_NET_RAW for a raw link."""
+    from vmip.node.privileges import CAP_NET_ADMIN, CAP_NET_RAW
+
+    keep = [CAP_NET_ADMIN]
+    if any(str(link.driver) == "raw" for link in config.links):
+        keep.append(CAP_NET_RAW)
+    return keep
+
+
+def _drop(node: Node, config, drop_to: str | None) -> None:
+    from vmip.node.privileges import drop_capabilities, drop_privileges
+
+    keep = kept_capabilities(config)
+    if not drop_to:
+        drop_capabilities(keep)
+        return
+    # Everything the node may import later must be loaded now: the
+    # new user may not be able to read the Python installation
+    # (/root/.pyenv under a 0700 /root, for instance).
+    _preload_modules()
+    if node.control is not None:
+        # /run/vmip stays root's: a helper that keeps uid 0 removes the socket.
+        node.control.keep_removable()
+    drop_privileges(drop_to, keep)
 
 
 def _preload_modules() -> None:

@@ -16,6 +16,8 @@ import struct
 import time
 from pathlib import Path
 
+from vmip.errors import VmipError
+
 #: LINKTYPE_IPV6: every record starts with an IPv6 header.
 LINKTYPE_IPV6 = 229
 #: LINKTYPE_RAW: IPv4 or IPv6, told apart by the version nibble.
@@ -26,13 +28,37 @@ _RECORD_HEADER = struct.Struct("<IIII")
 _MAGIC_USEC = 0xA1B2C3D4
 
 
+class CaptureError(VmipError):
+    """A capture file that cannot be created; the message says what to do."""
+
+
+def _create_capture(path: Path) -> int:
+    # O_EXCL|O_NOFOLLOW: never truncate or follow an existing name.  A root
+    # node writing wherever a user's symlink points would clobber any file.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise CaptureError(f"capture file {path} already exists (a file or a symbolic link); "
+                           "remove it or choose another name") from None
+    except OSError as exc:
+        raise CaptureError(f"cannot create capture file {path}: {exc.strerror}; "
+                           "check that the directory exists and is writable") from None
+    except ValueError:   # a NUL in the path
+        raise CaptureError(f"capture file name {str(path)!r} is not a valid path; "
+                           "choose another name") from None
+
+
 class PcapWriter:
-    """Append packets to a pcap file (created 0600: captures hold addresses)."""
+    """Write packets to a new pcap file (created 0600: captures hold addresses).
+
+    The file must not exist yet: :class:`CaptureError` otherwise.
+    """
 
     def __init__(self, path: str | Path, linktype: int = LINKTYPE_IPV6,
                  snaplen: int = 65535, flush_interval: float = 0.5) -> None:
         self.path = Path(path)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = _create_capture(self.path)
         self._file = os.fdopen(fd, "wb")
         self._file.write(_GLOBAL_HEADER.pack(_MAGIC_USEC, 2, 4, 0, 0, snaplen, linktype))
         self._snaplen = snaplen

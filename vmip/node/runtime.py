@@ -200,6 +200,7 @@ class Node:
         await self._stopped.wait()
 
     async def close(self) -> None:
+        """Release everything; every step runs even if an earlier one failed (logged)."""
         if self._loop is not None:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 try:
@@ -212,37 +213,64 @@ class Node:
         if self._mobility_timer is not None:
             self._mobility_timer.cancel()
             self._mobility_timer = None
+        # After the privilege drop some steps may fail (EPERM): one failure
+        # must not leave the TUN, the links or a capture open.
         if self.movement is not None:
-            self.movement.close()
+            self._close_step("movement watcher", self.movement.close)
             self.movement = None
         if self.keying is not None:
-            self.keying.close()
+            self._close_step("IKE", self.keying.close)
         if self.control is not None:
-            await self.control.close()
+            await self._close_step_async("control socket", self.control.close)
             self.control = None
-        for driver in list(self.links.values()):
-            await driver.close()
+        for name, driver in list(self.links.items()):
+            await self._close_step_async(f"link {name}", driver.close)
         self.links.clear()
         if self.tun is not None:
-            self.tun.close()
+            self._close_step("TUN", self.tun.close)
             self.tun = None
-        for writer in (self._pcap_wire, self._pcap_inner):
+        for what, writer in (("wire capture", self._pcap_wire),
+                             ("inner capture", self._pcap_inner)):
             if writer is not None:
-                writer.close()
+                self._close_step(what, writer.close)
         log.info("node stopped", name=self.config.node.name)
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the config; change only the SAs, policies and peers that changed."""
+    def _close_step(self, what: str, close: Callable[[], Any]) -> None:
+        try:
+            close()
+        except Exception as exc:
+            log.error("close step failed; going on", step=what,
+                      error=f"{type(exc).__name__}: {exc}")
+
+    async def _close_step_async(self, what: str, close: Callable[[], Any]) -> None:
+        try:
+            await close()
+        except Exception as exc:
+            log.error("close step failed; going on", step=what,
+                      error=f"{type(exc).__name__}: {exc}")
+
+    def reload(self) -> str | None:
+        """SIGHUP: re-read the config; change only the SAs, policies and peers that changed.
+
+        Returns None when reloaded, else why not (also logged and counted):
+        the running config stays.  After the privilege drop a file the node
+        can no longer read is refused here with the file and the fix.
+        """
         if self.config_path is None:
             log.warning("reload ignored: the node was not started from a config file")
-            return
+            return "the node was not started from a config file"
         try:
             new_config = load_config(self.config_path)
             new_keys = static_keys(new_config)
         except VmipError as exc:
             log.error("reload refused; keeping the running config", error=str(exc))
             self.counters["reload_failed"] += 1
-            return
+            return str(exc)
+        except Exception as exc:   # a bug, not bad input: keep running, keep the traceback
+            log.exception("reload failed; keeping the running config",
+                          error=f"{type(exc).__name__}: {exc}")
+            self.counters["reload_failed"] += 1
+            return f"{type(exc).__name__}: {exc}"
         plan = static.reload_diff(self.keys, new_keys)
         static.apply_reload(plan, self.sad, self.spd, self.clock())
         self.keys = plan.result
@@ -253,6 +281,7 @@ class Node:
         log.info("config reloaded", added_sas=len(plan.add_sas), removed_sas=len(plan.remove_sas),
                  kept_sas=len(plan.keep_sas), added_policies=len(plan.add_policies),
                  removed_policies=len(plan.remove_policies))
+        return None
 
     def _add_keepalive_targets(self, driver: LinkDriver) -> None:
         """NAT keepalives (RFC 3948 §4) towards every static peer this link can reach."""
@@ -564,7 +593,11 @@ class Node:
     # -- control socket --------------------------------------------------------
 
     def _handlers(self) -> dict[str, Callable[[dict], Any]]:
-        return {
+        from vmip.control.commands import require_specs
+
+        # Every command's arguments are checked against vmip/control/commands.py
+        # first (bad_args, no traceback); a command not declared there takes none.
+        return require_specs({
             "status": self._status,
             "sa.list": self._sa_list,
             "spd.list": self._spd_list,
@@ -573,32 +606,38 @@ class Node:
             "keys.wireshark": self._keys_wireshark,
             "pcap.start": self._pcap_start,
             "pcap.stop": self._pcap_stop,
-            "reload": lambda args: (self.reload(), {"reloads": self.counters["reloads"]})[1],
+            "reload": self._reload_command,
             "mn.move": self._mn_move,
             "remap.list": self._remap_list,
             "mobility": lambda args: {**self.mobility.status(), "movement": (
                 self.movement.status() if self.movement is not None else None)},
             "events": self._events,
             **(self.keying.handlers() if self.keying is not None else {}),
-        }
+        })
+
+    def _reload_command(self, args: dict) -> dict:
+        error = self.reload()
+        return {"reloaded": error is None, "error": error, "reloads": self.counters["reloads"]}
 
     def _mn_move(self, args: dict) -> dict:
-        link = args.get("link")
-        if not isinstance(link, str) or not link:
-            raise NodeError("mn.move needs 'link': the name of one of the node's links")
-        return self.move(link)
+        from vmip.control.errors import BadArgs
+
+        try:
+            return self.move(args["link"])
+        except NodeError as exc:   # not an MN, no such link, a link without a CoA
+            raise BadArgs(str(exc)) from None
 
     def _remap_list(self, args: dict) -> dict:
         return {"rules": self.mobility.remap.format_rules(),
                 "counters": dict(self.mobility.remap.counters)}
 
     def _events(self, args: dict) -> list:
-        since = args.get("since", 0)
-        if not isinstance(since, (int, float)):
-            raise NodeError("events: 'since' must be a UNIX time")
+        since = args.get("since") or 0   # type-checked by vmip/control/commands.py
         return [e for e in self.mobility.timeline if e["t"] > since]
 
     def _status(self, args: dict) -> dict:
+        from vmip.node.privileges import privilege_summary
+
         cfg = self.config
         now = self.clock()
         return {
@@ -622,6 +661,7 @@ class Node:
                 "wire": str(self._pcap_wire.path) if self._pcap_wire else None,
                 "inner": str(self._pcap_inner.path) if self._pcap_inner else None,
             },
+            "privileges": privilege_summary(),
         }
 
     def _sa_list(self, args: dict) -> list[dict]:
@@ -685,18 +725,28 @@ class Node:
         return {"rows": wireshark_rows(params)}
 
     def _pcap_start(self, args: dict) -> dict:
-        wire, inner = args.get("wire"), args.get("inner")
+        from vmip.control.errors import BadArgs
+        from vmip.node.pcap import CaptureError
+
+        wire, inner = args.get("wire"), args.get("inner")   # checked: absolute paths
         if not wire and not inner:
-            raise NodeError("pcap.start needs 'wire' and/or 'inner' file paths")
-        for name in ("wire", "inner"):
-            value = args.get(name)
-            if value is not None and not isinstance(value, str):
-                raise NodeError(f"pcap.start: '{name}' must be a file path")
+            raise BadArgs("give 'wire' and/or 'inner': absolute paths of new pcap files")
+        if wire is not None and wire == inner:
+            raise BadArgs("'wire' and 'inner' must be two different files")
+        # Open both before stopping the running capture: a refused path
+        # (it exists, or is a symlink) leaves the current capture as it was.
+        opened: list[PcapWriter | None] = []
+        try:
+            for path in (wire, inner):
+                opened.append(PcapWriter(path) if path else None)
+        except CaptureError as exc:
+            for writer in opened:
+                if writer is not None:
+                    writer.close()
+                    writer.path.unlink(missing_ok=True)   # ours, created an instant ago
+            raise BadArgs(str(exc)) from None
         self._pcap_stop({})
-        if wire:
-            self._pcap_wire = PcapWriter(wire)
-        if inner:
-            self._pcap_inner = PcapWriter(inner)
+        self._pcap_wire, self._pcap_inner = opened
         log.info("capture started", wire=wire or "-", inner=inner or "-")
         return {"wire": wire, "inner": inner}
 
