@@ -41,7 +41,7 @@ from dataclasses import replace
 
 from vmip.ipsec.crypto import ESP_HEADER_LEN, EspSetupError, make_transform
 from vmip.ipsec.replay import MAX_WINDOW, ReplayWindow
-from vmip.ipsec.sa import Mode, SaParams
+from vmip.ipsec.sa import Direction, Mode, SaParams
 from vmip.ipsec.suites import SUITES
 from vmip.log import get_logger
 
@@ -88,6 +88,13 @@ def _trailer(pad_len: int, next_header: int) -> bytes:
     return trailer
 
 
+class _RefusingGuard:
+    """The sequence guard of an SA that must not send (its state is unusable)."""
+
+    def reserve(self, esp: EspSA, seq: int) -> int:
+        return 0
+
+
 class EspSA:
     """Runtime state of one ESP SA, one direction (RFC 4301 §4.4.2.1).
 
@@ -132,6 +139,14 @@ class EspSA:
 
         self._esn = params.esn
         self._seq_limit = (1 << 64) - 1 if params.esn else _LOW32
+        #: Numbers up to this are used without asking ``seq_guard`` (the
+        #: persisted reservation of static SAs, vmip.ipsec.seqstate).
+        self._seq_ceiling = self._seq_limit
+        self.seq_guard = None
+        #: Inbound: call ``replay_guard.replay_advanced(self)`` after an accept.
+        self._replay_notify = False
+        self.replay_guard = None
+        self._unusable_reason = "unusable"
         self._seq_soft_mark = self._seq_limit - SEQ_SOFT_MARGIN
         self._block = info.block
         self._iv_len = info.iv_len
@@ -219,19 +234,65 @@ class EspSA:
         self.drops[reason] += 1
         DROPS[reason] += 1
 
+    # -- persisted sequence state (static keys, vmip.ipsec.seqstate) -------------
+
+    @property
+    def seq_limit(self) -> int:
+        """The last sequence number this SA may ever send (RFC 4303 §3.3.3)."""
+        return self._seq_limit
+
+    def guard_sequence(self, guard, mark: int) -> None:
+        """Outbound: numbers up to *mark* may have been sent before; resume after them.
+
+        Every number past the ceiling is first reserved with
+        ``guard.reserve(self, seq)``, which returns the new ceiling (0: refused).
+        """
+        self.seq = max(self.seq, min(mark, self._seq_limit))
+        self.seq_guard = guard
+        self._seq_ceiling = self.seq
+
+    def guard_replay(self, guard, mark: int) -> None:
+        """Inbound: every number up to *mark* was received before (RFC 4303 §3.4.3)."""
+        self.replay.resume(mark)
+        self.replay_guard = guard
+        self._replay_notify = True
+
+    def refuse_for(self, reason: str) -> None:
+        """Never send or accept again; every attempt is dropped as *reason*."""
+        self._unusable_reason = reason
+        if self.params.direction is Direction.OUT:
+            # Stays selectable, so every refused packet is counted on this SA.
+            self.seq_guard = _RefusingGuard()
+            self._seq_ceiling = 0
+        else:
+            self.usable = False
+
+    def _extend(self, seq: int) -> bool:
+        """Slow path of protect: *seq* is past the ceiling."""
+        if seq > self._seq_limit:
+            # RFC 4303 §3.3.3: never let the counter cycle.
+            self._drop("seq_overflow")
+            self._fire("hard")
+            return False
+        guard = self.seq_guard
+        ceiling = self._seq_limit if guard is None else guard.reserve(self, seq)
+        if ceiling < seq:
+            # The reservation is not on disk: sending could repeat a nonce.
+            self._drop("seq_state")
+            return False
+        self._seq_ceiling = ceiling
+        return True
+
     # -- outbound ------------------------------------------------------------
 
     def protect(self, payload: bytes | bytearray | memoryview, next_header: int,
                 now: float) -> bytes | None:
         """The ESP part (SPI .. ICV) carrying ``payload``; ``None`` if the SA cannot send."""
         if not self.usable:
-            self._drop("unusable")
+            self._drop(self._unusable_reason)
             return None
         seq = self.seq + 1
-        if seq > self._seq_limit:
-            # RFC 4303 §3.3.3: never let the counter cycle.
-            self._drop("seq_overflow")
-            self._fire("hard")
+        if seq > self._seq_ceiling and not self._extend(seq):
             return None
         self.seq = seq
         if seq >= self._seq_soft_mark:
@@ -278,7 +339,7 @@ class EspSA:
         """
         try:
             if not self.usable:
-                self._drop("unusable")
+                self._drop(self._unusable_reason)
                 return None
             size = len(esp)
             if size < self._min_len:
@@ -308,6 +369,8 @@ class EspSA:
                 return None
             # Authenticated: now, and only now, the window may move (§3.4.3).
             replay.accept(seq)
+            if self._replay_notify:
+                self.replay_guard.replay_advanced(self)
             self.packets += 1
             self.bytes += len(plaintext)
             self.last_used_at = now

@@ -108,6 +108,17 @@ class ReplayWindow:
         elif self.size:
             self.bitmap |= 1 << (top - seq)
 
+    def resume(self, mark: int) -> None:
+        """After a restart: treat every number up to *mark* as received.
+
+        The window's top becomes *mark* with every bit set, so anything at or
+        below it is a replay, anything above is new, and ESN inference starts
+        from the right 2^32 subspace (RFC 4303 appendix A2).
+        """
+        if mark > self.top:
+            self.top = mark
+            self.bitmap = self._mask
+
     def seen(self, seq: int) -> bool:
         """Whether ``seq`` is marked as received (for tests and diagnostics)."""
         behind = self.top - seq

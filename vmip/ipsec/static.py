@@ -12,6 +12,12 @@ freshly built set, by name.  An SA whose parameters (keys included) are
 unchanged is kept untouched, so its sequence numbers, replay window and
 lifetime counters carry on; a changed SA is deleted and added again (new
 keys are a new SA, RFC 4301 §4.4.2).  :func:`apply_reload` does it.
+
+Restarts: a static key outlives the process, so its sequence numbers must
+too (RFC 4303 §3.3.3; the AEAD IV is the sequence number, RFC 4106 §3.1).
+:func:`open_state` opens the node's :class:`~vmip.ipsec.seqstate.SeqState`
+(before privileges are dropped); :func:`install` and :func:`apply_reload`
+attach every SA they add to it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from vmip.config.errors import ConfigError
 from vmip.config.keyfile import read_key_file
 from vmip.ipsec.sa import Direction, SaParams
 from vmip.ipsec.sad import SAD
+from vmip.ipsec.seqstate import DEFAULT_STATE_ROOT, SeqState
 from vmip.ipsec.spd import SPD, Policy, Selector, SpdError
 from vmip.ipsec.suites import SUITES
 from vmip.log import get_logger
@@ -138,10 +145,29 @@ def from_config(cfg, *, read_key: KeyReader = read_key_file) -> StaticKeys:
                         source=str(cfg.source), read_key=read_key)
 
 
-def install(keys: StaticKeys, sad: SAD, spd: SPD, now: float) -> None:
-    """Add every SA to *sad* and every policy to *spd* (file order)."""
+def open_state(cfg) -> SeqState | None:
+    """The sequence-number state of a static-keys node (``None`` with IKE keys).
+
+    Call it before dropping privileges: the file stays open for the node's
+    life and is never opened by path again.
+    """
+    if str(cfg.keys.mode) != "static":
+        return None
+    state_dir = getattr(cfg.keys, "state_dir", None) or DEFAULT_STATE_ROOT / cfg.node.name
+    return SeqState.open(state_dir, cfg.node.name)
+
+
+def install(keys: StaticKeys, sad: SAD, spd: SPD, now: float, *,
+            state: SeqState | None = None) -> None:
+    """Add every SA to *sad* and every policy to *spd* (file order).
+
+    With *state*, each SA resumes its persisted sequence numbers (and refuses
+    to work if the state is unusable); without, SAs start at 1 (tests).
+    """
     for params in keys.sas.values():
-        sad.add(params, now)
+        esp = sad.add(params, now)
+        if state is not None:
+            state.attach(esp)
     for pol in keys.policies.values():
         spd.add(pol)
     log.info("static keys installed", sas=len(keys.sas), policies=len(keys.policies))
@@ -161,16 +187,22 @@ def _diff(old: dict, new: dict) -> tuple[tuple, tuple, tuple[str, ...]]:
     return remove, add, keep
 
 
-def apply_reload(plan: ReloadPlan, sad: SAD, spd: SPD, now: float) -> None:
-    """Carry out *plan*; SAs it keeps are not touched."""
+def apply_reload(plan: ReloadPlan, sad: SAD, spd: SPD, now: float, *,
+                 state: SeqState | None = None) -> None:
+    """Carry out *plan*; SAs it keeps are not touched (nor is their state)."""
     for pol in plan.remove_policies:
         if pol.name in spd:
             spd.remove(pol.name)
     for params in plan.remove_sas:
         if sad.get(params.spi, params.direction, params.dst) is not None:
+            esp = sad.esp(params.spi, params.direction, params.dst)
+            if state is not None and esp is not None:
+                state.detach(esp)
             sad.delete(params.spi, params.direction, params.dst, reason="reload")
     for params in plan.add_sas:
-        sad.add(params, now)
+        esp = sad.add(params, now)
+        if state is not None:
+            state.attach(esp)
     for pol in plan.add_policies:
         spd.add(pol)
     _restore_file_order(plan.result, spd)

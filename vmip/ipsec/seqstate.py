@@ -1,0 +1,407 @@
+"""Sequence-number state of static SAs, kept across restarts and crashes.
+
+With static keys an SA's key outlives the process, but its counters do not.
+The AEAD suites use the 64-bit sequence number as IV (RFC 4106 §3.1,
+RFC 7634 §2), so a sender that began again at 1 would repeat (key, nonce)
+pairs, and a receiver with a fresh window (RFC 4303 §3.4.3) would accept
+replays of old packets.  This module keeps one small file per node,
+``<state_dir>/esp-seq.state``, with one record per static SA key:
+
+* **outbound**: a *reserved* high-water mark.  Before the sender uses a
+  number above the mark it writes ``mark + OUT_BLOCK`` and fsyncs; at start
+  it skips to the mark, so a number is never sent twice under one key
+  (RFC 4303 §3.3.3), whatever the moment of a crash.  The data path only
+  compares the next number with the cached mark.
+* **inbound**: the highest authenticated number, written after the fact
+  (at once when the SA was idle, then at most every ``IN_FLUSH_INTERVAL``
+  seconds, and at exit).  After a restart every number at or below it is a
+  replay.  It never exceeds what the sender has sent, so a sender that did
+  not restart is accepted at once, and one that did restart skips past its
+  own reserved mark, which is at least as high.  docs/ipsec.md explains the
+  rule and its one gap (packets accepted in the last ``IN_FLUSH_INTERVAL``
+  before a crash).
+
+Records are bound to the SA's direction, SPI and a fingerprint of its keys,
+so new keys start from 1 and an old key, put back, finds its old mark.  A
+state file that is missing (in a state directory that was in use),
+corrupt, unreadable, or in use by another process makes every static SA
+refuse to send and receive (drop reason ``seq_state``) until the operator
+acts; the log line says what to do.  The file is opened once, before the
+node drops privileges, and only ever written through that descriptor.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import fcntl
+import hashlib
+import os
+import re
+import stat
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vmip.errors import VmipError
+from vmip.log import get_logger
+
+if TYPE_CHECKING:
+    from vmip.ipsec.esp import EspSA
+
+log = get_logger(__name__)
+
+FILE_NAME = "esp-seq.state"
+#: Written next to the state file; its presence tells "deleted" from "never made".
+WITNESS_NAME = "README"
+DEFAULT_STATE_ROOT = Path("/var/lib/vmip")
+#: Every record, the header included, is one 64-byte line: aligned writes of
+#: 64 bytes never straddle a disk sector, so a crash cannot tear one.
+RECORD = 64
+HEADER = b"vmip esp-seq state 1".ljust(RECORD - 1) + b"\n"
+#: Outbound numbers reserved per write (one fsync per OUT_BLOCK packets).
+OUT_BLOCK = 1 << 16
+#: Inbound: at most one write per SA per this many seconds under load.
+IN_FLUSH_INTERVAL = 0.1
+#: Largest state file read (a node has a few SAs; each key ever used is a line).
+MAX_FILE = 1 << 20
+
+_RECORD_RE = re.compile(rb"(in |out) ([0-9a-f]{8}) ([0-9a-f]{16}) ([0-9a-f]{16}) ([0-9a-f]{8}) *\n")
+_WITNESS_TEXT = """\
+This directory holds the ESP sequence-number state of vmip node {node}
+({file}).  Do not delete or edit it: with static keys that would let the
+node send AEAD nonces it already used (RFC 4106 §3.1).  To start afresh,
+write new keys for every static SA on both nodes, then remove the whole
+directory.  See docs/ipsec.md, "Static keys across restarts".
+"""
+
+Scheduler = Callable[[float, Callable[[], None]], object]
+RecordKey = tuple[str, int, str]
+
+
+class StateFileError(VmipError):
+    """The state file cannot be trusted; the message says why, ``fix`` what to do (if known)."""
+
+    def __init__(self, problem: str, fix: str | None = None) -> None:
+        super().__init__(problem)
+        self.fix = fix
+
+
+def fingerprint(params) -> str:
+    """16 hex digits naming an SA's keys (a one-way hash: nothing of the key shows)."""
+    digest = hashlib.sha256(b"vmip esp-seq fingerprint\0" + params.suite.encode() + b"\0"
+                            + bytes(params.enc_key) + b"\0" + bytes(params.auth_key))
+    return digest.hexdigest()[:16]
+
+
+def format_record(direction: str, spi: int, print_: str, mark: int) -> bytes:
+    """One 64-byte record line; the CRC-32 catches a line damaged on disk."""
+    body = f"{direction:<3} {spi:08x} {print_} {mark:016x}".encode()
+    line = body + b" %08x" % zlib.crc32(body)
+    return line.ljust(RECORD - 1) + b"\n"
+
+
+def parse_state(data: bytes) -> dict[RecordKey, tuple[int, int]]:
+    """``(direction, spi, fingerprint) -> (slot, mark)``; :class:`StateFileError` if bad."""
+    if not data:
+        raise StateFileError("the file is empty (truncated, or not written by vmip)")
+    if len(data) % RECORD:
+        raise StateFileError(f"its length, {len(data)} bytes, is not a multiple of {RECORD}")
+    if data[:RECORD] != HEADER:
+        raise StateFileError("its first line is not the vmip esp-seq header")
+    records: dict[RecordKey, tuple[int, int]] = {}
+    for slot in range(1, len(data) // RECORD):
+        line = data[slot * RECORD:(slot + 1) * RECORD]
+        match = _RECORD_RE.fullmatch(line)
+        if match is None:
+            raise StateFileError(f"line {slot + 1} is not a record")
+        direction, spi, print_, mark, crc = match.groups()
+        body = line[:len(direction) + 43]  # "dir spi fingerprint mark", without the CRC
+        if zlib.crc32(body) != int(crc, 16):
+            raise StateFileError(f"line {slot + 1} fails its checksum")
+        key = (direction.decode().strip(), int(spi, 16), print_.decode())
+        if key in records:
+            raise StateFileError(f"line {slot + 1} repeats line {records[key][0] + 1}")
+        records[key] = (slot, int(mark, 16))
+    return records
+
+
+def _record_key(esp: EspSA) -> RecordKey:
+    return (esp.params.direction.value, esp.spi, fingerprint(esp.params))
+
+
+class SeqState:
+    """The open state file of one node, and the SAs it guards.
+
+    Use :meth:`open` (it never raises).  A state that could not be opened
+    has ``problem`` and ``fix`` set and refuses every SA attached to it.
+    *call_later(delay, fn)* schedules the inbound trailing writes (default:
+    the running asyncio loop; without one every accepted packet above the
+    mark is written at once).
+    """
+
+    def __init__(self, path: Path, fd: int | None, records: dict[RecordKey, tuple[int, int]],
+                 *, problem: str | None = None, fix: str | None = None,
+                 call_later: Scheduler | None = None) -> None:
+        self.path = path
+        self.fd = fd
+        self.problem = problem
+        self.fix = fix
+        self._slots = {key: slot for key, (slot, _mark) in records.items()}
+        self._marks = {key: mark for key, (_slot, mark) in records.items()}
+        self._next_slot = max(self._slots.values(), default=0) + 1
+        self._call_later = call_later
+        self._inbound: dict[int, tuple[EspSA, RecordKey]] = {}
+        self._failing: set[RecordKey] = set()
+        if fd is not None:
+            atexit.register(self.flush)
+
+    # -- opening ---------------------------------------------------------------
+
+    @classmethod
+    def open(cls, state_dir: str | os.PathLike[str], node: str = "vmip", *,
+             call_later: Scheduler | None = None) -> SeqState:
+        """Open (first start: create) ``state_dir/esp-seq.state`` and lock it."""
+        directory = Path(state_dir)
+        path = directory / FILE_NAME
+        try:
+            fd, records, created = _open_file(directory, node)
+        except StateFileError as exc:
+            fix = (f"write new keys for every static SA on both nodes, then remove {directory} "
+                   "(vmip makes it afresh); until then these SAs stay unused")
+            return cls._broken(path, str(exc), exc.fix or fix, call_later)
+        except OSError as exc:
+            problem = f"cannot open it: {os.strerror(exc.errno or 0) or exc}"
+            fix = (f"make {directory} a directory the node can write (mode 0700, owned by the "
+                   "user that starts vmip), or set keys.state_dir")
+            return cls._broken(path, problem, fix, call_later)
+        log.info("sequence-number state created" if created else "sequence-number state opened",
+                 path=str(path), records=len(records))
+        return cls(path, fd, records, call_later=call_later)
+
+    @classmethod
+    def _broken(cls, path: Path, problem: str, fix: str,
+                call_later: Scheduler | None) -> SeqState:
+        log.error("static SAs refuse to send: sequence-number state unusable", path=str(path),
+                  problem=problem, fix=fix)
+        return cls(path, None, {}, problem=problem, fix=fix, call_later=call_later)
+
+    def close(self) -> None:
+        """Write the inbound marks and close the file (also done at exit)."""
+        self.flush()
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            atexit.unregister(self.flush)
+            os.close(fd)
+
+    # -- SAs -------------------------------------------------------------------
+
+    def attach(self, esp: EspSA) -> None:
+        """Guard *esp*: skip to its recorded mark, and keep the mark on disk from now on."""
+        key = _record_key(esp)
+        if self.fd is None:
+            esp.refuse_for("seq_state")
+            log.error("static SA refused: no sequence-number state", sa=esp.params.name,
+                      spi=f"{esp.spi:#010x}", path=str(self.path), problem=self.problem,
+                      fix=self.fix)
+            return
+        mark = self._marks.get(key, 0)
+        if key[0] == "out":
+            # RFC 4303 §3.3.3: every number up to the mark may have been sent.
+            esp.guard_sequence(self, mark)
+        else:
+            # RFC 4303 §3.4.3: everything up to the mark was received before.
+            esp.guard_replay(self, mark)
+            self._inbound[id(esp)] = (esp, key)
+        if mark:
+            log.info("sequence numbers resumed", sa=esp.params.name, spi=f"{esp.spi:#010x}",
+                     direction=key[0], mark=mark)
+
+    def detach(self, esp: EspSA) -> None:
+        """Stop guarding *esp* (deleted or replaced), writing its inbound mark first."""
+        entry = self._inbound.pop(id(esp), None)
+        if entry is not None:
+            self._write_inbound(*entry)
+
+    def reserve(self, esp: EspSA, seq: int) -> int:
+        """Outbound slow path: the new ceiling (>= *seq*), or 0 if it could not be written."""
+        key = _record_key(esp)
+        mark = min(seq - 1 + OUT_BLOCK, esp.seq_limit)
+        if self.fd is None or not self._write(key, mark, esp):
+            return 0
+        return mark
+
+    def replay_advanced(self, esp: EspSA) -> None:
+        """Inbound: *esp* authenticated a packet while idle; write now, then trail."""
+        entry = self._inbound.get(id(esp))
+        if entry is None:
+            return
+        self._write_inbound(*entry)
+        self._arm(esp)
+
+    def flush(self) -> None:
+        """Write every inbound mark that moved (at exit, on detach)."""
+        for esp, key in list(self._inbound.values()):
+            self._write_inbound(esp, key)
+
+    # -- internals -------------------------------------------------------------
+
+    def _arm(self, esp: EspSA) -> None:
+        call_later = self._call_later or _loop_call_later()
+        if call_later is None:
+            return  # no loop: esp keeps notifying, each new top is written at once
+        esp._replay_notify = False
+        call_later(IN_FLUSH_INTERVAL, lambda: self._trail(esp))
+
+    def _trail(self, esp: EspSA) -> None:
+        entry = self._inbound.get(id(esp))
+        if entry is None:
+            return
+        if self._write_inbound(*entry):
+            self._arm(esp)           # still moving: look again later
+        else:
+            esp._replay_notify = True  # idle: the next packet writes at once
+
+    def _write_inbound(self, esp: EspSA, key: RecordKey) -> bool:
+        """Write the SA's replay top if it moved; True if something was written."""
+        top = esp.replay.top
+        if self.fd is None or top <= self._marks.get(key, 0):
+            return False
+        return self._write(key, top, esp)
+
+    def _write(self, key: RecordKey, mark: int, esp: EspSA) -> bool:
+        slot = self._slots.get(key)
+        new_slot = slot is None
+        if new_slot:
+            slot = self._next_slot
+        try:
+            written = os.pwrite(self.fd, format_record(*key, mark), slot * RECORD)
+            if written != RECORD:
+                raise OSError(errno.EIO, "short write")
+            os.fsync(self.fd)
+        except OSError as exc:
+            if key not in self._failing:
+                self._failing.add(key)
+                log.error("sequence-number state not written", path=str(self.path),
+                          sa=esp.params.name, spi=f"{esp.spi:#010x}", direction=key[0],
+                          problem=os.strerror(exc.errno or 0) or str(exc),
+                          fix="free space or repair the disk; sending stays refused until then"
+                          if key[0] == "out" else "free space or repair the disk")
+            return False
+        self._failing.discard(key)
+        if new_slot:
+            self._slots[key] = slot
+            self._next_slot += 1
+        self._marks[key] = mark
+        return True
+
+
+def _loop_call_later() -> Scheduler | None:
+    import asyncio
+
+    try:
+        return asyncio.get_running_loop().call_later
+    except RuntimeError:
+        return None
+
+
+def _open_file(directory: Path, node: str) -> tuple[int, dict[RecordKey, tuple[int, int]], bool]:
+    """``(fd, records, created)``; :class:`StateFileError` or :class:`OSError` if not."""
+    created_dir = False
+    if not directory.exists() and not directory.is_symlink():
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700)
+        created_dir = True
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        dir_stat = os.fstat(dir_fd)
+        if dir_stat.st_mode & 0o022:
+            raise StateFileError(f"{directory} is writable by group or others "
+                                 f"(mode {stat.S_IMODE(dir_stat.st_mode):04o})",
+                                 f"run chmod 700 {directory}")
+        try:
+            fd = os.open(FILE_NAME, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+            created = False
+        except FileNotFoundError:
+            names = [n for n in os.listdir(dir_fd) if not n.startswith(f".{FILE_NAME}.")]
+            if names and not created_dir:
+                # The directory was in use (our README is there): the file was deleted.
+                raise StateFileError(f"{FILE_NAME} is missing from {directory}, which holds "
+                                     f"{', '.join(sorted(names)[:3])}: it was deleted or "
+                                     "moved") from None
+            fd = _create(dir_fd)
+            created = True
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StateFileError(f"{directory / FILE_NAME} is a symbolic link") from None
+            raise
+        try:
+            records = _load(fd, directory / FILE_NAME)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StateFileError("another vmip process has it open (two nodes with one "
+                                     "state_dir)") from None
+            _write_witness(dir_fd, node)
+        except BaseException:
+            os.close(fd)
+            raise
+    finally:
+        os.close(dir_fd)
+    return fd, records, created
+
+
+def _create(dir_fd: int) -> int:
+    """A new state file holding the header: written and synced under a temporary name first."""
+    temporary = f".{FILE_NAME}.new"
+    try:
+        os.unlink(temporary, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600, dir_fd=dir_fd)
+    try:
+        os.pwrite(fd, HEADER, 0)
+        os.fsync(fd)
+        os.rename(temporary, FILE_NAME, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        os.fsync(dir_fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _load(fd: int, path: Path) -> dict[RecordKey, tuple[int, int]]:
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        raise StateFileError(f"{path} is not a regular file")
+    if info.st_mode & 0o022:
+        raise StateFileError(f"{path} is writable by group or others "
+                             f"(mode {stat.S_IMODE(info.st_mode):04o})", f"run chmod 600 {path}")
+    if info.st_size > MAX_FILE:
+        raise StateFileError(f"{path} is larger than {MAX_FILE} bytes")
+    data = bytearray()
+    while len(data) < info.st_size:
+        chunk = os.pread(fd, info.st_size - len(data), len(data))
+        if not chunk:
+            break
+        data += chunk
+    try:
+        return parse_state(bytes(data))
+    except StateFileError as exc:
+        raise StateFileError(f"{path} is corrupt: {exc}") from None
+
+
+def _write_witness(dir_fd: int, node: str) -> None:
+    try:
+        fd = os.open(WITNESS_NAME, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    except FileExistsError:
+        return
+    try:
+        os.write(fd, _WITNESS_TEXT.format(node=node, file=FILE_NAME).encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.fsync(dir_fd)
