@@ -170,6 +170,15 @@ class Correspondent(MobilityCore):
     def bindings(self) -> list[BindingCacheEntry]:
         return [replace(peer.binding) for peer in self._peers.values() if peer.binding.bound]
 
+    def accepting_from(self, hoa: IPv6Address) -> IPv6Address | None:
+        """The CoA whose IPsec data is accepted for ``hoa`` (draft §4.5.1), if any."""
+        peer = self._peers.get(hoa)
+        return peer.accept_from if peer is not None else None
+
+    def knows_mobile(self, hoa: IPv6Address) -> bool:
+        """Has ``hoa`` registered (or tried to) with this CN: is it a home address?"""
+        return hoa in self._peers
+
     def pending_coa(self, hoa: IPv6Address) -> IPv6Address | None:
         """The CoA of a BU waiting for its AOTR, if any."""
         peer = self._peers.get(hoa)

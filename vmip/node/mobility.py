@@ -145,6 +145,41 @@ class MobilityAgent:
         """A CN serves a HoA it shares an SA with (draft §9.1.2: proof of HoA ownership)."""
         return any(remote == hoa for _local, remote in self._transport_peers())
 
+    # -- what a binding vouches for (locators, forwarding: docs/security.md) ---------
+
+    def binds(self, peer: IPv6Address, address: bytes, *, home_only: bool = False) -> bool:
+        """Does a binding of *peer* (a home address) name *address* as its
+        care-of address?  The home registration at our HA role; with
+        ``home_only`` false also our CN role's binding, the CoA it accepts
+        traffic from (draft §4.5.1) and the one whose proof is pending (the
+        AOTC goes there, draft §4.3)."""
+        ha = self.ha
+        if ha is not None:
+            entry = ha.binding(peer)
+            if entry is not None and entry.coa is not None and entry.coa.packed == address:
+                return True
+        if home_only:
+            return False
+        cn = self.cn
+        entry = cn.binding(peer)
+        if entry is not None and entry.coa is not None and entry.coa.packed == address:
+            return True
+        for coa in (cn.accepting_from(peer), cn.pending_coa(peer)):
+            if coa is not None and coa.packed == address:
+                return True
+        return False
+
+    def is_home_address(self, address: bytes) -> bool:
+        """Is *address* a home address this node knows of: inside the prefix
+        our HA role serves (not the HA's own address), or the HoA of a mobile
+        node registered with our CN role?  A home address is reached through
+        its HA, never at a locator of its own (draft appendix I)."""
+        if self.ha is not None:
+            candidate = IPv6Address(address)
+            if candidate in self.ha.home_prefix and candidate != self.ha_address:
+                return True
+        return self.cn.knows_mobile(IPv6Address(address)) if len(address) == 16 else False
+
     def start(self, coa: IPv6Address | None, now: float) -> None:
         """An MN starts away from home on *coa*: register with the HA and the CNs."""
         if self.mn is not None and coa is not None:
