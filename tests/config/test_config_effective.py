@@ -93,7 +93,9 @@ def test_defaults_are_filled_in(tmp_path: Path) -> None:
         "correspondents": [], "binding_lifetime": 420, "tunnel": "esp", "proof_cache_size": 1024,
     }
     assert effective["keys"] == {"mode": "static", "backend": "cryptography",
-                                 "replay_window": 1024, "sa": []}
+                                 "replay_window": 1024,
+                                 "state_dir": "/var/lib/vmip/laptop",  # /var/lib/vmip/<name>
+                                 "sa": []}
     assert effective["policy"] == []
     assert "ike" not in effective and "socket" not in effective["control"]
     assert effective["logging"] == {"level": "info", "format": "text"}
@@ -218,3 +220,14 @@ framing = "rfc3948"
     assert str(gw6.endpoint) == "[2001:db8:10::2]:4501"
     assert parse_config(dump_effective(cfg), path) == cfg
     assert cfg.has_role(Role.MN) and not cfg.has_role("ha")
+
+
+def test_state_dir_defaults_to_var_lib_and_resolves_relative_paths(tmp_path: Path) -> None:
+    """keys.state_dir: /var/lib/vmip/<node name> by default; relative to the config's directory."""
+    default = parse_config(MINIMAL_MN, tmp_path / "mn.toml", check_key_files=False)
+    assert default.keys.state_dir == Path("/var/lib/vmip/mn")
+    text = MINIMAL_MN + '\n[keys]\nstate_dir = "state/here"\n'
+    relative = parse_config(text, tmp_path / "mn.toml", check_key_files=False)
+    assert relative.keys.state_dir == tmp_path / "state" / "here"
+    dumped = tomllib.loads(dump_effective(relative))
+    assert dumped["keys"]["state_dir"] == str(tmp_path / "state" / "here")

@@ -76,6 +76,9 @@ MISTAKES = {
     "wrong type": Mistake(
         "mn", replace("mtu = 1400", 'mtu = "1400"'), "tun.mtu",
         'expected an integer, got a string "1400"', "write mtu = 1400"),
+    "state_dir not a path": Mistake(
+        "mn", replace('mode = "static"', 'mode = "static"\nstate_dir = 7'), "keys.state_dir",
+        "expected a string, got an integer 7", 'write state_dir = "/var/lib/vmip/mn"'),
     "wrong type boolean": Mistake(
         "ha", replace("mtu = 1400", "mtu = true"), "tun.mtu", "expected an integer, got a boolean", "write mtu = 1400"),
     "bad address": Mistake(

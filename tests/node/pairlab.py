@@ -95,9 +95,12 @@ action = "protect"
 def node_config(me: str, peer: str, keydir: Path, *, extra: str = "", user: str = "",
                 esn: bool = True) -> str:
     """A node of the pair on static transport SAs (one each way) from *keydir*."""
+    # Each node's sequence-number state in the test's own directory: the default,
+    # /var/lib/vmip/<name>, is shared by every pair named a/b on the machine.
     return node_sections(me, peer, user=user) + f"""
 [keys]
 mode = "static"
+state_dir = "{keydir.parent}/state-{me}"
 
 [[keys.sa]]
 name = "out"

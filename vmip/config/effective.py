@@ -59,6 +59,7 @@ _UNSET_MEANING = {
     "private_key": "none (PSK)",
     "socket": "/run/vmip/<network namespace>.sock, chosen at start",
     "file": "standard error",
+    "state_dir": "/var/lib/vmip/<node name>",
     "ike": 'not used (keys.mode = "static")',
 }
 
@@ -151,6 +152,7 @@ def to_dict(cfg: NodeConfig) -> dict[str, Any]:
                       "binding_lifetime", "tunnel", "proof_cache_size")},
         "keys": {"mode": cfg.keys.mode.value, "backend": cfg.keys.backend,
                  "replay_window": cfg.keys.replay_window,
+                 "state_dir": _plain(cfg.keys.state_dir),
                  "sa": [_sa(sa) for sa in cfg.keys.sa]},
         "policy": [_policy(policy) for policy in cfg.policies],
         "ike": _ike(cfg.ike),

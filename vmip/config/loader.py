@@ -65,6 +65,7 @@ from vmip.config.model import (
     TunConfig,
     TunnelKind,
 )
+from vmip.ipsec.seqstate import DEFAULT_STATE_ROOT
 from vmip.ipsec.suites import BACKENDS, SUITES
 
 _log = log.get_logger(__name__)
@@ -82,7 +83,7 @@ LINK_KEYS = ("name", "driver", "interface", "bind", "port", "coa", "priority", "
 PEER_KEYS = ("name", "prefixes", "endpoint", "framing", "default")
 MOBILITY_KEYS = ("home_prefix", "home_address", "home_agent", "correspondents",
                  "binding_lifetime", "tunnel", "proof_cache_size")
-KEYS_KEYS = ("mode", "backend", "replay_window", "sa")
+KEYS_KEYS = ("mode", "backend", "replay_window", "state_dir", "sa")
 SA_KEYS = ("name", "spi", "direction", "src", "dst", "mode", "suite", "key_file",
            "auth_key_file", "esn", "replay_window", "lifetime")
 LIFETIME_KEYS = ("soft_seconds", "hard_seconds", "soft_bytes", "hard_bytes",
@@ -197,7 +198,7 @@ def build_config(data: Mapping[str, Any], path: str | os.PathLike[str], *,
     links = tuple(_parse_link(ctx, table, i) for i, table in enumerate(root.tables("link")))
     peers = tuple(_parse_peer(ctx, table, i) for i, table in enumerate(root.tables("peer")))
     mobility = _parse_mobility(ctx, root)
-    keys = _parse_keys(ctx, root)
+    keys = _parse_keys(ctx, root, node)
     policies = tuple(_parse_policy(ctx, table, i)
                      for i, table in enumerate(root.tables("policy")))
     ike_table = root.table("ike")
@@ -907,7 +908,7 @@ def _replay_window(ctx: _Context, path: str, value: Any) -> int:
     return window
 
 
-def _parse_keys(ctx: _Context, root: _Table) -> KeysConfig:
+def _parse_keys(ctx: _Context, root: _Table, node: NodeSection) -> KeysConfig:
     table = _Table(ctx, root.table("keys") or {}, "keys", KEYS_KEYS, "[keys]")
     window = table.get("replay_window", _replay_window, DEFAULT_REPLAY_WINDOW)
     return KeysConfig(
@@ -915,6 +916,9 @@ def _parse_keys(ctx: _Context, root: _Table) -> KeysConfig:
         backend=table.get("backend", _choice(BACKENDS), BACKENDS[0]),
         replay_window=window,
         sa=tuple(_parse_sa(ctx, entry, window) for entry in table.tables("sa")),
+        # Static keys resume their sequence numbers from here (vmip.ipsec.seqstate).
+        state_dir=table.get("state_dir", _path(f'"/var/lib/vmip/{node.name}"'),
+                            DEFAULT_STATE_ROOT / node.name),
     )
 
 

@@ -208,6 +208,9 @@ class KeysConfig:
     #: Default replay window of the SAs that do not set one.
     replay_window: int
     sa: tuple[SaConfig, ...]
+    #: Where static SAs keep their sequence numbers across restarts
+    #: (vmip.ipsec.seqstate); None: /var/lib/vmip/<node name>.
+    state_dir: Path | None = None
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,8 @@ Decisions (docs/lab.md):
 - The lab's SAs use 32-bit sequence numbers (``esn = false``): Wireshark
   4.0 cannot check ICVs over ESN SAs, and a lab capture should verify
   completely in tshark (docs/ipsec.md, "Limits of Wireshark 4.0").
+- Static keys keep their sequence-number state in ``<lab_dir>/<node>/state``
+  (``keys.state_dir``; docs/ipsec.md, "Static keys across restarts").
 - The control socket is ``/run/vmip/<netns>.sock``, where ``vmip`` client
   commands run inside the namespace look by default, so ``vmip lab exec mn
   -- vmip status`` needs no flag.  Logs go to standard error, which
@@ -60,8 +62,8 @@ from vmip.config.keyfile import read_key_file, write_key_file
 from vmip.control.paths import socket_path_for_netns
 from vmip.ipsec.suites import suite
 from vmip.lab.errors import LabError, LabUsageError
-from vmip.tomlwriter import dump_toml
 from vmip.lab.topology import AccessLink, LabNode, LabPlan
+from vmip.tomlwriter import dump_toml
 
 TUN_NAME = "vmip0"
 TUN_MTU = 1400
@@ -236,7 +238,10 @@ def _sas_of(plan: LabPlan, name: str) -> list[LabSa]:
 
 
 def _keys_section(plan: LabPlan, name: str) -> dict[str, Any]:
+    # Sequence-number state (docs/ipsec.md) lives with the node's keys in the
+    # lab directory, so a fresh lab with fresh keys starts a fresh state.
     return {"mode": "static", "backend": "cryptography", "replay_window": REPLAY_WINDOW,
+            "state_dir": str(plan.node_dir(name) / "state"),
             "sa": [sa.config_at(name) for sa in _sas_of(plan, name)]}
 
 
