@@ -43,16 +43,18 @@ from vmip.ipsec.engine import IpsecEngine
 from vmip.ipsec.sa import Direction, Mode
 from vmip.ipsec.sad import SAD
 from vmip.ipsec.sadb import SadbBus
-from vmip.ipsec.spd import SPD
+from vmip.ipsec.spd import SPD, Action
 from vmip.ipsec.wireshark import wireshark_rows
 from vmip.links import make_driver
 from vmip.links.base import LinkDriver
-from vmip.links.locators import LocatorTable
+from vmip.links.locators import BINDING, PEER, LocatorTable
 from vmip.log import get_logger
 from vmip.node.keying import IkeManager, static_keys
 from vmip.node.mobility import MobilityAgent
 from vmip.node.pcap import PcapWriter
 from vmip.node.tun import TunDevice
+from vmip.wire.errors import WireError
+from vmip.wire.flow import flow_key
 from vmip.wire.icmpv6 import DestinationUnreachable, build_icmpv6_packet, may_send_error
 
 log = get_logger(__name__)
@@ -106,6 +108,8 @@ class Node:
         # Tunnel decap goes through _decap_then_remap, so IRO rules also see ESP
         # that arrives inside the HA tunnel (MN-MN, draft §5.2.2 examples 3/4).
         self._tunnelled_onwire = None
+        #: Packets this node makes while one inbound packet is handled (see send_inner).
+        self._held: list[tuple[bytes, Any]] | None = None
         self.engine = IpsecEngine(self.spd, self.sad, now, bus=self.bus, esp=types.SimpleNamespace(
             transport_encap=esp_mod.transport_encap, tunnel_encap=esp_mod.tunnel_encap,
             esp_spi=esp_mod.esp_spi, decap=self._decap_then_remap))
@@ -357,6 +361,12 @@ class Node:
 
     def send_inner(self, inner: bytes, ancillary, now: float) -> None:
         """Send a packet this node made itself (MH from the mobility cores)."""
+        held = self._held
+        if held is not None:
+            # Made while an inbound packet is handled: it leaves once that
+            # packet's locator decision is taken (a BA or AOTC to a new CoA).
+            held.append((inner, ancillary))
+            return
         sends: dict = {}
         self._send(inner, ancillary, now, sends)
         self._flush(sends)
@@ -449,15 +459,17 @@ class Node:
         now = self.clock()
         if self._pcap_wire is not None:
             self._pcap_wire.write(wire)
-        # IRO inbound rules come before ESP (draft §5.1.2, DESIGN-BRIEF §4).
+        # IRO inbound rules come before ESP (draft §5.1.2, docs/architecture.md).
         remapped = self.mobility.inbound(wire)
         if remapped is None:
             return
         packet, onwire = remapped
         if packet[24:40] not in self._local:
-            if self.forwarding:
+            # Not addressed to us and not decapsulated by us: the inbound SPD
+            # judges it before anything is forwarded (RFC 4301 §5.2).
+            if self.forwarding and self._may_forward_transit(packet):
                 self._forward(packet, now)
-            else:
+            elif not self.forwarding:
                 self.counters["rx_drop_not_for_us"] += 1
             return
         self._tunnelled_onwire = None
@@ -467,14 +479,31 @@ class Node:
             return
         if self._tunnelled_onwire is not None:
             onwire = self._tunnelled_onwire
-        if result.sas:
-            # Authenticated: only now may the sender's locator move (DESIGN-BRIEF §3).
-            self.locators.confirm(wire[8:24], endpoint, now, link=link.name)
+        source = wire[8:24]
+        # Authenticated (ICV and anti-replay passed): the sender's locator may
+        # move, but only for what the SA vouches for (docs/security.md), and
+        # only once the MH it carries is processed: a BU is what binds a CoA.
+        relocate = bool(result.sas) and not self.locators.refresh(source, endpoint, now,
+                                                                  link.name)
+        if relocate:
+            self._held = []
+        try:
+            self._deliver(inner, result, onwire, wire, endpoint, link, now)
+        finally:
+            if relocate:
+                held, self._held = self._held, None
+                self._relocate(source, result.sas[0], endpoint, link.name, now)
+                for made, ancillary in held or ():
+                    self.send_inner(made, ancillary, now)
+
+    def _deliver(self, inner: bytes, result, onwire, wire: bytes, endpoint: tuple[str, int],
+                 link: LinkDriver, now: float) -> None:
+        """An inbound packet that passed IPsec: forward, IKE, MH or the TUN."""
         if inner[24:40] not in self._local:
             # The HA after its tunnel: the MN's packet goes on to its destination.
-            if self.forwarding:
+            if self.forwarding and self._may_forward_decapsulated(inner, result.sas):
                 self._forward(inner, now)
-            else:
+            elif not self.forwarding:
                 self.counters["rx_drop_not_for_us"] += 1
             return
         if self._pcap_inner is not None:
@@ -491,6 +520,68 @@ class Node:
             # Queued: the TUN writes once per loop round, coalescing TCP (GRO).
             self.tun.write_soon(inner)
         self.counters["rx_delivered"] += 1
+
+    def _relocate(self, source: bytes, sa, endpoint: tuple[str, int], link: str,
+                  now: float) -> None:
+        """Move *source*'s locator to *endpoint* if the SA that authenticated
+        the packet vouches for that address: it is the SA's own peer (a
+        tunnel SA's outer source, a transport SA's remote address), or the
+        care-of address the binding of that peer names.  An ICV covers
+        neither the on-wire addresses nor the underlay endpoint (RFC 4303
+        §2), so any other address in a held-back and re-sent datagram is the
+        attacker's choice."""
+        peer = sa.params.src
+        if source == peer.packed:
+            vouched_by = PEER
+        elif self.mobility.binds(peer, source):
+            vouched_by = BINDING
+        else:
+            self.counters["locator_not_vouched"] += 1
+            return
+        if source in self._local or self.mobility.is_home_address(source):
+            self.counters["locator_not_vouched"] += 1
+            return
+        refused = self.locators.refusal(source, vouched_by)
+        if refused is not None:
+            self.counters["locator_" + refused] += 1
+            return
+        self.locators.confirm(source, endpoint, now, link=link, vouched_by=vouched_by)
+
+    def _may_forward_transit(self, packet: bytes) -> bool:
+        """A packet that reached us on the wire for another node, without an
+        SA of ours around it (a CN's ESP to a HoA): the HA forwards it only
+        if an inbound BYPASS policy lets it through (RFC 4301 §5.2), and never
+        when its source is a home address: those come only out of the MN's
+        tunnel SA (RFC 6275 §10.4.5)."""
+        if self.mobility.is_home_address(packet[8:24]):
+            self.counters["fwd_drop_home_source"] += 1
+            return False
+        try:
+            key = flow_key(packet)
+        except WireError:
+            self.counters["fwd_drop_malformed"] += 1
+            return False
+        policy = self.spd.lookup(Direction.IN, key)
+        if policy is None or policy.action is not Action.BYPASS:
+            self.counters["fwd_drop_policy"] += 1
+            return False
+        return True
+
+    def _may_forward_decapsulated(self, inner: bytes, sas: tuple) -> bool:
+        """What came out of a tunnel SA (the engine checked it against that
+        SA's selectors).  A home address as source must have come out of that
+        MN's own tunnel: the SA whose outer source is the CoA its binding
+        names (RFC 6275 §10.4.5), whatever the policies' granularity."""
+        source = inner[8:24]
+        if not self.mobility.is_home_address(source):
+            return True
+        outer = sas[0] if sas else None
+        if outer is None or outer.params.mode is not Mode.TUNNEL \
+                or not self.mobility.binds(ipaddress.IPv6Address(source), outer.params.src.packed,
+                                           home_only=True):
+            self.counters["fwd_drop_home_source"] += 1
+            return False
+        return True
 
     def _decap_then_remap(self, packet, esp_offset: int, sa, now: float) -> bytes | None:
         """ESP decap; an ESP packet that comes out of a tunnel SA meets the IRO
