@@ -219,3 +219,41 @@ def test_lab_nodes_are_started_to_drop_privileges():
     argv = node_command(files)
     assert argv[:4] == [sys.executable, "-m", "vmip", "run"]
     assert "--no-drop" not in argv
+
+
+def test_close_runs_every_step_when_one_fails(caplog):
+    """A step that fails after the drop (EPERM) is logged; the TUN, links and captures still close."""
+    import asyncio
+    import functools
+    import logging
+    import types
+
+    from vmip.node.runtime import Node
+
+    closed: list[str] = []
+
+    def failing() -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    async def failing_async() -> None:
+        failing()
+
+    async def link_close() -> None:
+        closed.append("link")
+
+    node = types.SimpleNamespace(
+        _loop=None, _timer=None, _mobility_timer=None, movement=None,
+        keying=types.SimpleNamespace(close=failing),
+        control=types.SimpleNamespace(close=failing_async),
+        links={"eth0": types.SimpleNamespace(close=link_close)},
+        tun=types.SimpleNamespace(close=lambda: closed.append("tun")),
+        _pcap_wire=types.SimpleNamespace(close=lambda: closed.append("pcap")), _pcap_inner=None,
+        config=types.SimpleNamespace(node=types.SimpleNamespace(name="t")))
+    node._close_step = functools.partial(Node._close_step, node)
+    node._close_step_async = functools.partial(Node._close_step_async, node)
+    with caplog.at_level(logging.INFO):
+        asyncio.run(Node.close(node))
+    assert closed == ["link", "tun", "pcap"]
+    assert node.tun is None and node.control is None and node.links == {}
+    failed = [r.vmip_fields["step"] for r in caplog.records if r.getMessage().startswith("close step")]
+    assert failed == ["IKE", "control socket"]
