@@ -331,6 +331,7 @@ class ControlServer:
 
 def _run_remover(read_end: int, path: Path, inode: int) -> None:
     """The helper of :meth:`ControlServer.keep_removable`, in the forked child."""
+    import contextlib
     import signal
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -340,7 +341,9 @@ def _run_remover(read_end: int, path: Path, inode: int) -> None:
     os.closerange(read_end + 1, os.sysconf("SC_OPEN_MAX"))
     from vmip.node.privileges import drop_capabilities
 
-    drop_capabilities([], quiet=True)   # stderr is closed: nothing to log to
+    # Removing the socket matters more than the seal; stderr is closed: no log.
+    with contextlib.suppress(Exception):
+        drop_capabilities([], quiet=True)
     while True:
         try:
             if not os.read(read_end, 64):
