@@ -137,3 +137,34 @@ def test_arbitrary_requests_get_a_clear_error_never_internal(pair, conn, line):
 def test_after_the_fuzz_the_node_answers_and_logged_no_traceback(pair, conn):
     assert _call(conn, "status")["ok"]
     _assert_clean_log(pair)
+
+
+def test_ike_refusals_are_bad_args_through_the_node_table():
+    """The IKE manager's handlers sit behind the same checks, and its KeyingError is bad_args."""
+    import asyncio
+    import types
+
+    from vmip.control.server import ControlServer
+    from vmip.node.keying import KeyingError
+    from vmip.node.runtime import Node
+
+    def initiate(args):
+        raise KeyingError(f"no IKE peer {args['name']!r}; peers: ha")
+
+    node = Node.__new__(Node)   # only the handler table is needed, not a started node
+    node.keying = types.SimpleNamespace(handlers=lambda: {
+        "ike.initiate": initiate, "ike.list": lambda args: {"sas": []}})
+    node.movement = None
+    server = ControlServer("/nonexistent/unused.sock", node._handlers())
+
+    def ask(cmd: str, args: dict) -> dict:
+        line = json.dumps({"cmd": cmd, "args": args, "id": 1}).encode()
+        return json.loads(asyncio.run(server.reply_to(line)))
+
+    reply = ask("ike.initiate", {"name": "nope"})
+    assert reply["error"] == {"code": "bad_args",
+                              "message": "ike.initiate: no IKE peer 'nope'; peers: ha"}
+    assert ask("ike.initiate", {})["error"]["code"] == "bad_args"
+    assert ask("ike.initiate", {"name": "ha", "force": True})["error"]["code"] == "bad_args"
+    assert ask("ike.list", {"x": 1})["error"]["code"] == "bad_args"
+    assert ask("ike.list", {})["result"] == {"sas": []}

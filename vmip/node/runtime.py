@@ -706,8 +706,24 @@ class Node:
             "mobility": lambda args: {**self.mobility.status(), "movement": (
                 self.movement.status() if self.movement is not None else None)},
             "events": self._events,
-            **(self.keying.handlers() if self.keying is not None else {}),
+            **(self._ike_handlers() if self.keying is not None else {}),
         })
+
+    def _ike_handlers(self) -> dict[str, Callable[[dict], Any]]:
+        from vmip.control.errors import BadArgs
+        from vmip.node.keying import KeyingError
+
+        # The IKE manager refuses with KeyingError ("no IKE peer 'x'; peers:
+        # ..."): the client's mistake, so bad_args rather than a traceback.
+        def refusing(handler: Callable[[dict], Any]) -> Callable[[dict], Any]:
+            def handle(args: dict) -> Any:
+                try:
+                    return handler(args)
+                except KeyingError as exc:
+                    raise BadArgs(str(exc)) from None
+            return handle
+
+        return {cmd: refusing(handler) for cmd, handler in self.keying.handlers().items()}
 
     def _reload_command(self, args: dict) -> dict:
         error = self.reload()
