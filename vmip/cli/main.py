@@ -22,6 +22,7 @@ SUBCOMMANDS = [
     "vmip.cli.check",
     "vmip.cli.lab",
     "vmip.cli.demo",
+    "vmip.cli.sim",
     "vmip.cli.top",
     "vmip.cli.ike",
 ]

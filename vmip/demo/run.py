@@ -438,6 +438,11 @@ def _save_captures(run: _Run, pcap_dir: Path) -> None:
             pass
 
 
+def _tcp_cell(survived: bool | None) -> str:
+    """``ok``, ``LOST``, or ``-`` where no TCP ran (the simulator)."""
+    return "-" if survived is None else "ok" if survived else "LOST"
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The end-of-run table (plain text, fits 80 columns)."""
     lines = [f"{'#':>2} {'from':6} {'to':6} {'mn→cn ms':>9} {'cn→mn ms':>9} {'lost':>5} "
@@ -447,13 +452,13 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"{i:>2} {h['from']:6} {h['to']:6} {fmt(h['interruption_ms']['mn_to_cn']):>9} "
                      f"{fmt(h['interruption_ms']['cn_to_mn']):>9} {h['lost_packets']:>5} "
                      f"{fmt(h['bu_ba_ms']):>9} {'yes' if h['aot'] else 'no':>4} "
-                     f"{'ok' if h['tcp_survived'] else 'LOST':>4} "
+                     f"{_tcp_cell(h['tcp_survived']):>4} "
                      f"{fmt(h.get('timeline_ms', {}).get('moved')):>5} "
                      f"{fmt(h.get('timeline_ms', {}).get('cn_sends')):>5}")
     s = report["summary"]
+    tcp = {None: "", True: "; TCP survived every handover", False: "; TCP was LOST"}
     lines.append(f"{s['handovers']} handovers; interruption p50 {fmt(s['interruption_ms_p50'])} ms,"
-                 f" p90 {fmt(s['interruption_ms_p90'])} ms; TCP "
-                 f"{'survived every handover' if s['tcp_survived_all'] else 'was LOST'}")
+                 f" p90 {fmt(s['interruption_ms_p90'])} ms{tcp[s.get('tcp_survived_all')]}")
     lines.append("move: link change in place -> MN's CoA changed; CN: -> CN sends to the new "
                  "CoA (ms)")
     return "\n".join(lines)

@@ -274,7 +274,7 @@ class MobilityAgent:
         self.pump(now)
 
     def _on_event(self, core: Any, event: ev.MobilityEvent, now: float) -> None:
-        record = {"t": time.time(), "event": type(event).__name__,
+        record = {"t": self.node.ports.wall_clock(), "event": type(event).__name__,
                   **{k: _jsonable(v) for k, v in _fields(event).items()}}
         self.timeline.append(record)
         self.node.publish_event(record)

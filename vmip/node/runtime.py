@@ -45,14 +45,13 @@ from vmip.ipsec.sad import SAD
 from vmip.ipsec.sadb import SadbBus
 from vmip.ipsec.spd import SPD, Action
 from vmip.ipsec.wireshark import wireshark_rows
-from vmip.links import make_driver
 from vmip.links.base import LinkDriver
 from vmip.links.locators import BINDING, PEER, LocatorTable
 from vmip.log import get_logger
 from vmip.node.keying import IkeManager, static_keys
 from vmip.node.mobility import MobilityAgent
 from vmip.node.pcap import PcapWriter
-from vmip.node.tun import TunDevice
+from vmip.node.ports import REAL_PORTS, NodePorts, TunPort
 from vmip.wire.errors import WireError
 from vmip.wire.flow import flow_key
 from vmip.wire.icmpv6 import DestinationUnreachable, build_icmpv6_packet, may_send_error
@@ -90,8 +89,10 @@ class Node:
     def __init__(self, config, *, config_path: Path | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  pcap_wire: str | None = None, pcap_inner: str | None = None,
-                 control_socket: Path | None = None, batch: int = 64) -> None:
+                 control_socket: Path | None = None, batch: int = 64,
+                 ports: NodePorts = REAL_PORTS) -> None:
         self.config = config
+        self.ports = ports
         self.config_path = config_path
         self.clock = clock
         self.batch = batch
@@ -115,7 +116,7 @@ class Node:
             esp_spi=esp_mod.esp_spi, decap=self._decap_then_remap))
         self.locators = LocatorTable.from_peers(config.peers)
         self.links: dict[str, LinkDriver] = {}
-        self.tun: TunDevice | None = None
+        self.tun: TunPort | None = None
         self.control: ControlServer | None = None
         self.control_path = control_socket or (config.control.socket or default_socket_path())
         self.counters: Counter[str] = Counter()
@@ -152,8 +153,8 @@ class Node:
         self._loop = asyncio.get_running_loop()
         cfg = self.config
         try:
-            self.tun = TunDevice.open(cfg.tun.name, [str(a) for a in cfg.tun.addresses],
-                                      cfg.tun.mtu, [str(r) for r in cfg.tun.routes])
+            self.tun = self.ports.open_tun(cfg.tun.name, [str(a) for a in cfg.tun.addresses],
+                                           cfg.tun.mtu, [str(r) for r in cfg.tun.routes])
             self._local = {a.ip.packed for a in cfg.tun.addresses}
             # An MN's care-of addresses are ours on the wire too (tunnel from the HA).
             self._local |= {link.coa.packed for link in cfg.links if link.coa is not None}
@@ -161,7 +162,7 @@ class Node:
             self._local |= {link.bind.packed for link in cfg.links if str(link.driver) == "rfc3948"
                             and link.bind is not None and link.bind.version == 6}
             for link_cfg in sorted(cfg.links, key=lambda link: link.priority):
-                driver = make_driver(link_cfg)
+                driver = self.ports.make_link(link_cfg)
                 if self.keying is not None and str(link_cfg.driver) == "rfc3948":
                     # IKE on port 4500 (non-ESP marker) and 500 go to the IKE manager.
                     await driver.start(self._loop, self._on_link_packet,
@@ -172,8 +173,9 @@ class Node:
                 self._framing_links.setdefault(str(link_cfg.driver), []).append(driver)
                 self._link_mtu[link_cfg.name] = self._underlay_payload_mtu(link_cfg)
                 self._add_keepalive_targets(driver)
-            self.control = ControlServer(self.control_path, self._handlers())
-            await self.control.start()
+            if self.ports.control:
+                self.control = ControlServer(self.control_path, self._handlers())
+                await self.control.start()
         except BaseException:
             await self.close()
             raise
@@ -185,12 +187,12 @@ class Node:
         if self.keying is not None:
             self.keying.start(self._loop)
         if self.is_mobile:
-            from vmip.node.movement import MovementWatcher
-
-            self.movement = MovementWatcher(self)
+            self.movement = self.ports.movement(self)
             self.movement.start(self._loop)
         for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
                              (signal.SIGHUP, self.reload)):
+            if not self.ports.signals:
+                break
             try:
                 self._loop.add_signal_handler(sig, handler)
             except (NotImplementedError, RuntimeError):
@@ -240,6 +242,10 @@ class Node:
                              ("inner capture", self._pcap_inner)):
             if writer is not None:
                 self._close_step(what, writer.close)
+        if self.seq_state is not None:
+            # The inbound marks on disk and the lock released: the same
+            # process may start this node again (the simulator does).
+            self._close_step("sequence-number state", self.seq_state.close)
         log.info("node stopped", name=self.config.node.name)
 
     def _close_step(self, what: str, close: Callable[[], Any]) -> None:
