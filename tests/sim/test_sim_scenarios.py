@@ -144,3 +144,82 @@ def test_the_roaming_report_is_the_same_for_the_same_seed(tmp_path: Path) -> Non
     other = tmp_path / "other.json"
     run_sim(SimOptions(duration=16, seed=6, json_path=other), out=lambda _: None)
     assert other.read_bytes() != reports[0]    # the seed matters (loss on lte)
+
+
+def test_the_mn_recovers_after_the_home_agent_restarts(world) -> None:
+    """The HA loses its binding cache; static keys resume their sequence numbers
+    (docs/ipsec.md), and the MN's next registration restores the tunnel."""
+    async def scenario():
+        await world.start_all()
+        await until(world, "registered", lambda: bound_on(world, "mn", COA["mn"]["wifi0"]), 5)
+        await world.stop("ha")
+        await world.start("ha")
+        assert world.nodes["ha"].mobility.ha.bindings() == []
+        # The MN's refresh comes before its lifetime ends (RFC 6275 §11.7.1).
+        await until(world, "the HA holds the MN's binding again",
+                    lambda: IPv6Address(HOA["mn"]) in [
+                        b.hoa for b in world.nodes["ha"].mobility.ha.bindings()], 420)
+        hoa = IPv6Address(HOA["mn"])
+        # Traffic through the tunnel again: the MN's clear-text class via the HA.
+        echo = ProbeStream(world, "mn", hoa, IPv6Address(CN), 20)
+        world.tun_sinks["cn"] = echo.received
+        echo.start()
+        await until(world, "probes through", lambda: len(echo.arrivals) >= 10, 5)
+        echo.stop()
+    world.run(scenario())
+
+
+def test_the_mn_recovers_after_the_correspondent_restarts(world) -> None:
+    async def scenario():
+        await world.start_all()
+        await until(world, "registered", lambda: bound_on(world, "mn", COA["mn"]["wifi0"]), 5)
+        await world.stop("cn")
+        await world.start("cn")
+        hoa, cn = IPv6Address(HOA["mn"]), IPv6Address(CN)
+        out = ProbeStream(world, "mn", hoa, cn, 20)
+        world.tun_sinks["cn"] = out.received
+        out.start()
+        took = await until(world, "the CN accepts the MN's traffic again",
+                           lambda: len(out.arrivals) >= 10, 420)
+        out.stop()
+        return took
+    world.run(scenario())
+
+
+def test_a_held_back_datagram_resent_by_an_on_path_attacker_moves_no_locator(world) -> None:
+    """The attacker sits on the MN's wifi path: it takes one MN->HA tunnel
+    datagram off the wire and re-sends it later from its own endpoint, with
+    the CN's address as on-wire source.  The HA authenticates it (the ICV
+    covers neither) but its locator for the CN stays the CN's."""
+    held: list[bytes] = []
+
+    def hold_back(src_access, packet: bytes, destination) -> bool:
+        # ESP (next header 50) from the MN's wifi CoA to the HA, on the tunnel SA.
+        if (not held and src_access.node == "mn" and len(packet) > 48 and packet[6] == 50
+                and packet[40:44] == (0x1201).to_bytes(4, "big")):
+            held.append(packet)
+            return True
+        return False
+
+    async def scenario():
+        await world.start_all()
+        await until(world, "registered", lambda: bound_on(world, "mn", COA["mn"]["wifi0"]), 5)
+        ha = world.nodes["ha"]
+        before = ha.locators.lookup(IPv6Address(CN))
+        world.network.interceptors.append(hold_back)
+        hoa = IPv6Address(HOA["mn"])
+        # Clear-text class (UDP port 7) goes through the MN's tunnel to the HA.
+        from vmip.sim.scenario import udp_probe
+        world.tuns["mn"].inject(udp_probe(hoa, IPv6Address(CN), 1, 0.0)[:42]
+                                + (7).to_bytes(2, "big") + udp_probe(hoa, IPv6Address(CN),
+                                                                     1, 0.0)[44:])
+        await until(world, "a tunnel datagram held back", lambda: held, 2)
+        attacker = world.add_host("evil", "203.0.113.66", 40066)
+        forged = held[0][:8] + IPv6Address(CN).packed + held[0][24:]
+        counted = ha.counters["locator_not_vouched"]
+        attacker.send(forged, ("192.0.2.2", 6275))
+        await until(world, "the HA refusing to move a locator",
+                    lambda: ha.counters["locator_not_vouched"] > counted, 2)
+        after = ha.locators.lookup(IPv6Address(CN))
+        assert after.endpoint == before.endpoint == ("192.0.2.18", 6275)
+    world.run(scenario())
