@@ -223,3 +223,33 @@ def test_a_held_back_datagram_resent_by_an_on_path_attacker_moves_no_locator(wor
         after = ha.locators.lookup(IPv6Address(CN))
         assert after.endpoint == before.endpoint == ("192.0.2.18", 6275)
     world.run(scenario())
+
+
+def test_ike_rekeys_during_a_move() -> None:
+    """IKE keys: the MN's CHILD_SAs with its HA and the CN are rekeyed (RFC 7296
+    §2.8) while it hands over to lte; the new SAs carry the traffic there."""
+    with SimWorld(seed=4, profiles=demo_profiles(), keys="ike") as world:
+        async def scenario():
+            await world.start_all()
+            mn = world.nodes["mn"]
+            await until(world, "registered on IKE SAs", lambda: bound_on(
+                world, "mn", COA["mn"]["wifi0"]), 15)
+            children = {sa["name"]: {c["spi_in"] for c in sa["children"]}
+                        for sa in mn.keying.list()["sas"]}
+            hoa, cn = IPv6Address(HOA["mn"]), IPv6Address(CN)
+            out = ProbeStream(world, "mn", hoa, cn, 50)
+            world.tun_sinks["cn"] = out.received
+            out.start()
+            world.set_link("mn", "wifi0", False)
+            mn.keying.rekey("ha")
+            mn.keying.rekey("cn")
+            await until(world, "bound on lte", lambda: bound_on(world, "mn", COA["mn"]["lte0"]),
+                        15)
+            await until(world, "rekeyed", lambda: all(
+                {c["spi_in"] for c in sa["children"]} - children.get(sa["name"], set())
+                for sa in mn.keying.list()["sas"] if sa["name"] in ("ha", "cn")), 15)
+            arrived = len(out.arrivals)
+            await asyncio.sleep(2.0)
+            out.stop()
+            assert len(out.arrivals) >= arrived + 90   # 2 s at 50/s, on the new SAs
+        world.run(scenario())
