@@ -20,11 +20,13 @@ from vmip.errors import VmipError
 SUBCOMMANDS = [
     "vmip.cli.node",
     "vmip.cli.check",
+    "vmip.cli.init",
     "vmip.cli.lab",
     "vmip.cli.demo",
     "vmip.cli.sim",
     "vmip.cli.top",
     "vmip.cli.ike",
+    "vmip.cli.completion",
 ]
 
 DESCRIPTION = """\
