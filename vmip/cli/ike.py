@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from vmip.cli.render import add_json_flag, print_json, print_rows
+from vmip.cli.render import Column, add_json_flag, print_json, print_rows
 from vmip.control.client import ControlClient
 from vmip.errors import UsageError
 
@@ -83,13 +83,15 @@ def _list(args) -> int:
                 "peer": sa["name"], "state": sa["state"], "role": sa["role"],
                 "local": sa["local"], "remote": sa["remote"],
                 "ike_spis": f"{sa['spi_i']}:{sa['spi_r']}",
-                "child": child.get("name", "-"),
-                "spi_in": f"{child['spi_in']:08x}" if "spi_in" in child else "-",
-                "spi_out": f"{child['spi_out']:08x}" if "spi_out" in child else "-",
-                "suite": child.get("suite", "-"), "mode": child.get("mode", "-"),
+                "child": child.get("name"), "spi_in": child.get("spi_in"),
+                "spi_out": child.get("spi_out"), "suite": child.get("suite"),
+                "mode": child.get("mode"), "age_s": sa.get("age_s"),
             })
-    print_rows(rows, ["peer", "state", "role", "local", "remote", "ike_spis", "child", "spi_in",
-                      "spi_out", "suite", "mode"], as_json=False, title="IKE SAs")
+    # SPIs of CHILD_SAs in hex, as 'vmip sa list' shows them (0x00001234).
+    print_rows(rows, ["peer", "state", "role", "local", "remote", Column("ike_spis", "IKE SPIS"),
+                      "child", Column("spi_in", "SPI IN", kind="hex"),
+                      Column("spi_out", "SPI OUT", kind="hex"), "suite", "mode", "age_s"],
+               as_json=False, title="IKE SAs", empty="no IKE SA")
     return 0
 
 

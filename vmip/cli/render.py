@@ -11,15 +11,25 @@ their order::
 
 With ``--json`` the rows are printed whole (every key, raw values) so that
 scripts never parse a table; in a table each value goes through the
-formatter of its column's *kind*.
+formatter of its column's *kind*.  A column given by its key alone gets the
+kind that key always has (:data:`KEY_KINDS`: ``spi`` is hex, ``selector``
+is spelled out, ``confirmed_ago`` reads "2.3 s ago", a monotonic
+``last_confirmed`` is left out of tables).
+
+Tables never cut a cell short: columns get their natural width when the
+terminal (80 columns for a pipe) allows, else text wraps between words; a
+table whose words alone do not fit becomes one block of ``field value``
+lines per row.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import ipaddress
 import json
 import math
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,7 +52,7 @@ Justify = Literal["left", "center", "right"]
 _BINARY_UNITS: Final = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
 
-def format_bytes(count: int | float) -> str:
+def format_bytes(count: float) -> str:
     """Byte counts in binary units: ``512 B``, ``1.5 KiB``, ``12 MiB``."""
     value = float(count)
     sign = "-" if value < 0 else ""
@@ -57,7 +67,7 @@ def format_bytes(count: int | float) -> str:
         f"{sign}{value:.0f} {_BINARY_UNITS[unit]}"
 
 
-def format_bitrate(bits_per_second: int | float) -> str:
+def format_bitrate(bits_per_second: float) -> str:
     """Rates in decimal units, as networks count them: ``950 bit/s``, ``1.2 Mbit/s``."""
     value = float(bits_per_second)
     units = ("bit/s", "kbit/s", "Mbit/s", "Gbit/s", "Tbit/s")
@@ -70,7 +80,7 @@ def format_bitrate(bits_per_second: int | float) -> str:
     return f"{value:.1f} {units[unit]}"
 
 
-def format_duration(seconds: int | float) -> str:
+def format_duration(seconds: float) -> str:
     """Durations the way people read them: ``250 µs``, ``35 ms``, ``4.2 s``, ``5m 03s``, ``2h 05m``, ``3d 04h``."""
     value = float(seconds)
     if math.isnan(value):
@@ -120,7 +130,7 @@ def format_address(value: Any) -> str:
     return str(value)
 
 
-def format_count(value: int | float) -> str:
+def format_count(value: float) -> str:
     """Packet and event counts with thousands separators: ``1,234,567``."""
     return f"{value:,}"
 
@@ -134,6 +144,83 @@ def format_bool(value: Any) -> str:
     return "yes" if value else "no"
 
 
+def format_ago(seconds: float) -> str:
+    """How long ago something happened: ``350 ms ago``, ``2.3 s ago``, ``5m 03s ago``."""
+    return f"{format_duration(seconds)} ago"
+
+
+#: Protocol numbers people know by name (IANA "Protocol Numbers").
+PROTOCOL_NAMES: Final = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 135: "mh"}
+_OPAQUE_REPR = re.compile(r"<Opaque\.OPAQUE: 'opaque'>")
+
+
+def _selector_fields(value: Any) -> dict[str, Any]:
+    """The fields of a selector: a mapping, or the text a node sends
+    (``Selector(local=IPv6Network('2001:db8::1/128'), ...)``), read without eval."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if not isinstance(value, str):
+        raise TypeError(value)
+    tree = ast.parse(_OPAQUE_REPR.sub("'opaque'", value.strip()), mode="eval").body
+    if not isinstance(tree, ast.Call) or tree.args:
+        raise ValueError(value)
+    fields = {}
+    for keyword in tree.keywords:
+        node = keyword.value
+        if isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords \
+                and isinstance(node.func, ast.Name) and node.func.id.endswith("Network"):
+            fields[keyword.arg] = ast.literal_eval(node.args[0])
+        else:
+            fields[keyword.arg] = ast.literal_eval(node)
+    return fields
+
+
+def _range(value: Any) -> str:
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        low, high = value
+        return str(low) if low == high else f"{low}-{high}"
+    return str(value)
+
+
+def format_selector(value: Any, direction: str | None = None) -> str:
+    """An SPD selector as people write it: ``2001:db8::1/128 → ::/0 proto udp dport 7``.
+
+    The arrow follows the packets: local → remote for outbound policies,
+    remote → local for inbound ones; ``sport``/``dport`` follow the arrow.
+    """
+    fields = _selector_fields(value)
+    local = str(fields.get("local") or "any")
+    remote = str(fields.get("remote") or "any")
+    local_ports, remote_ports = fields.get("local_ports"), fields.get("remote_ports")
+    if direction == "in":
+        parts = [f"{remote} → {local}"]
+        sport, dport = remote_ports, local_ports
+    else:
+        parts = [f"{local} → {remote}"]
+        sport, dport = local_ports, remote_ports
+    proto = fields.get("proto")
+    if proto is not None:
+        parts.append(f"proto {PROTOCOL_NAMES.get(proto, proto)}")
+    for name, ports in (("sport", sport), ("dport", dport)):
+        if ports is not None:
+            parts.append(f"{name} {_range(ports)}")
+    for key, name in (("icmp_type", "type"), ("icmp_code", "code"), ("mh_type", "mh type")):
+        if fields.get(key) is not None:
+            parts.append(f"{name} {_range(fields[key])}")
+    return " ".join(parts)
+
+
+def format_sa_bundle(value: Any) -> str:
+    """SA names as they are, SPIs (numbers) in hex."""
+    items = value if isinstance(value, (list, tuple)) else \
+        [item for item in str(value).split(", ") if item]
+    out = []
+    for item in items:
+        text = str(item)
+        out.append(format_hex(int(text)) if text.isascii() and text.isdigit() else text)
+    return ", ".join(out) if out else MISSING
+
+
 FORMATTERS: Final[dict[str, Callable[[Any], str]]] = {
     "text": str,
     "bytes": format_bytes,
@@ -143,10 +230,27 @@ FORMATTERS: Final[dict[str, Callable[[Any], str]]] = {
     "count": format_count,
     "hex": format_hex,
     "bool": format_bool,
+    "ago": format_ago,
+    "selector": format_selector,
+    "sa_bundle": format_sa_bundle,
+    # Left out of tables (JSON keeps it): a monotonic clock reading means nothing to people.
+    "hidden": str,
 }
 
+#: The kind of a column named by its key alone: keys mean the same in every listing.
+KEY_KINDS: Final[dict[str, str]] = {
+    "spi": "hex", "spi_in": "hex", "spi_out": "hex",
+    "selector": "selector", "sa": "sa_bundle",
+    "confirmed_ago": "ago", "last_confirmed": "hidden",
+    "packets": "count", "bytes": "bytes", "uptime_s": "duration", "age_s": "duration",
+    "default": "bool", "priority": "count",
+}
+#: Headers for keys whose name says less than it could in a table.
+KEY_HEADERS: Final[dict[str, str]] = {"confirmed_ago": "CONFIRMED", "uptime_s": "UPTIME",
+                                      "age_s": "AGE", "direction": "DIR", "priority": "PRIO"}
+
 # Numbers line up on the right, like in every `ip -s` or `ss` listing.
-_RIGHT_ALIGNED: Final = frozenset({"bytes", "bitrate", "duration", "count"})
+_RIGHT_ALIGNED: Final = frozenset({"bytes", "bitrate", "duration", "count", "ago"})
 
 
 # -- columns ------------------------------------------------------------------
@@ -186,10 +290,12 @@ class Column:
         value = row.get(self.key)
         if value is None:
             return MISSING
-        format_value = self.formatter or FORMATTERS[self.kind]
         try:
-            return format_value(value)
-        except (TypeError, ValueError, OverflowError):
+            if self.formatter is None and self.kind == "selector":
+                # Which way the arrow points depends on the policy's direction.
+                return format_selector(value, row.get("direction"))
+            return (self.formatter or FORMATTERS[self.kind])(value)
+        except (TypeError, ValueError, OverflowError, SyntaxError):
             return str(value)
 
 
@@ -197,7 +303,8 @@ ColumnSpec = Column | str
 
 
 def _as_columns(columns: Sequence[ColumnSpec]) -> list[Column]:
-    return [c if isinstance(c, Column) else Column(c) for c in columns]
+    return [c if isinstance(c, Column)
+            else Column(c, KEY_HEADERS.get(c), kind=KEY_KINDS.get(c, "text")) for c in columns]
 
 
 # -- output -------------------------------------------------------------------
@@ -218,15 +325,89 @@ def print_json(data: Any, file: IO[str] | None = None) -> None:
     out.write(dumps_json(data) + "\n")
 
 
+#: Between two columns of a table: one space of padding each side, no divider
+#: (like ``ps`` or ``ss``: uppercase headers are enough to read by).
+_GAP: Final = 2
+_WORD = re.compile(r"\S+")
+
+
+def _longest_word(text: str) -> int:
+    return max((len(word) for word in _WORD.findall(text)), default=0)
+
+
+def column_widths(titles: Sequence[str], cells: Sequence[Sequence[str]],
+                  width: int) -> list[int] | None:
+    """Widths that fit *width* without breaking a word, or ``None`` if none do.
+
+    Every column starts at its longest word (or its title); the room left is
+    shared in proportion to what each column would need to show its cells on
+    one line.
+    """
+    natural = [max([len(title), *(len(row[i]) for row in cells)]) for i, title in
+               enumerate(titles)]
+    minimum = [max([len(title), *(_longest_word(row[i]) for row in cells)]) for i, title in
+               enumerate(titles)]
+    room = width - _GAP * (len(titles) - 1)
+    if sum(natural) <= room:
+        return natural
+    if sum(minimum) > room:
+        return None
+    widths = list(minimum)
+    spare = room - sum(minimum)
+    wants = [n - m for n, m in zip(natural, minimum, strict=True)]
+    total = sum(wants)
+    for i, want in enumerate(wants):
+        widths[i] += want * spare // total
+    # Hand out what integer division left, to the columns still short.
+    left = room - sum(widths)
+    for i in sorted(range(len(widths)), key=lambda i: natural[i] - widths[i], reverse=True):
+        if left <= 0:
+            break
+        if widths[i] < natural[i]:
+            widths[i] += 1
+            left -= 1
+    return widths
+
+
 def build_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[ColumnSpec], *,
-                title: str | None = None) -> Table:
-    cols = _as_columns(columns)
-    table = Table(title=title, title_justify="left", header_style="bold")
-    for column in cols:
-        table.add_column(column.title, justify=column.alignment, no_wrap=column.kind != "text")
-    for row in rows:
+                title: str | None = None, width: int | None = None) -> Table:
+    """A table of *rows*; with *width*, one whose cells wrap between words to fit it.
+
+    Raises ``ValueError`` when the words alone do not fit *width*
+    (:func:`print_rows` then prints one block per row instead).
+    """
+    cols = [c for c in _as_columns(columns) if c.kind != "hidden"]
+    cells = [[column.cell(row) for column in cols] for row in rows]
+    widths = None
+    if width is not None:
+        widths = column_widths([c.title for c in cols], cells, width)
+        if widths is None:
+            raise ValueError(f"the table needs more than {width} columns")
+    table = Table(title=title, title_justify="left", header_style="bold", box=None,
+                  pad_edge=False)
+    for i, column in enumerate(cols):
+        table.add_column(column.title, justify=column.alignment, overflow="fold",
+                         width=widths[i] if widths else None)
+    for row in cells:
         # Text, not str: rich would otherwise read "[...]" in values as markup.
-        table.add_row(*(Text(column.cell(row)) for column in cols))
+        table.add_row(*(Text(cell) for cell in row))
+    return table
+
+
+def build_records(rows: Sequence[Mapping[str, Any]], columns: Sequence[ColumnSpec], *,
+                  title: str | None = None) -> Table:
+    """One ``field value`` block per row: for tables too wide for the terminal."""
+    cols = [c for c in _as_columns(columns) if c.kind != "hidden"]
+    table = Table(title=title, title_justify="left", show_header=False, box=None,
+                  pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for index, row in enumerate(rows):
+        if index:
+            table.add_row("", "")
+        for column in cols:
+            label = (column.header or column.key.replace("_", " ")).lower()
+            table.add_row(Text(label), Text(column.cell(row)))
     return table
 
 
@@ -242,7 +423,11 @@ def print_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[ColumnSpec],
     if not rows:
         console.print(Text(f"{title}: {empty}" if title else empty))
         return
-    console.print(build_table(rows, columns, title=title))
+    try:
+        table = build_table(rows, columns, title=title, width=console.width)
+    except ValueError:
+        table = build_records(rows, columns, title=title)
+    console.print(table)
 
 
 def print_record(record: Mapping[str, Any], fields: Sequence[ColumnSpec], *,
@@ -254,8 +439,8 @@ def print_record(record: Mapping[str, Any], fields: Sequence[ColumnSpec], *,
         return
     console = console or Console(file=file)
     table = Table(title=title, title_justify="left", show_header=False, box=None)
-    table.add_column(style="bold")
-    table.add_column()
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
     for column in _as_columns(fields):
         table.add_row(Text(column.header or column.key.replace("_", " ")),
                       Text(column.cell(record)))

@@ -382,12 +382,23 @@ class LocatorTable:
         return out
 
     def render(self, now: float | None = None) -> str:
-        """A plain-text table of :meth:`rows` for people."""
+        """A plain-text table of :meth:`rows` for people (ages as "2.5s ago", "5m 03s ago")."""
+        def ago(seconds: float) -> str:
+            # Whole units past a minute: a monotonic age to 0.1 s says nothing there.
+            if seconds < 60:
+                return f"{seconds:.1f}s ago"
+            whole = int(seconds)
+            if whole < 3600:
+                return f"{whole // 60}m {whole % 60:02d}s ago"
+            if whole < 86400:
+                return f"{whole // 3600}h {whole % 3600 // 60:02d}m ago"
+            return f"{whole // 86400}d {whole % 86400 // 3600:02d}h ago"
+
         header = ("ADDRESS", "ENDPOINT", "LINK", "FRAMING", "SOURCE", "PEER", "CONFIRMED")
         lines = [header]
         for row in self.rows(now):
-            ago = row["confirmed_ago"]
-            confirmed = "-" if ago is None else f"{ago:.1f}s ago"
+            age = row["confirmed_ago"]
+            confirmed = "-" if age is None else ago(age)
             address = row["address"] + (" (default)" if row["default"] else "")
             lines.append((address, row["endpoint"], row["link"], row["framing"],
                           row["source"], row["peer"], confirmed))
