@@ -219,6 +219,11 @@ def _node_readme(net: Network, name: str, directory: Path) -> str:
     overlay = {"ha": net.ha.address, "mn": None, "cn": None}[role]
     if role == "mn":
         overlay = net.mn(name).home_address
+        interfaces = [link.interface for link in net.mn(name).links if link.interface]
+        if interfaces:
+            port_note = (f"\nIts links are bound to {', '.join(interfaces)}: change "
+                         f"`interface` in {name}.toml if this host names them otherwise "
+                         "(`ip -br link`).\n")
     elif role == "cn":
         overlay = next(cn for cn in net.cns if cn.name == name).address
     return f"""\
