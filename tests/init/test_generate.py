@@ -153,7 +153,9 @@ def test_add_mn_keeps_keys_certificates_and_addresses(tmp_path, capsys):
         ha_policies = {p.name for p in configs["ha"].policies}
         assert {"mh-from-phone", "tunnel-to-phone"} <= ha_policies
         assert any(p.name == "to-phone" for p in configs["web"].policies)
-        assert after_net.mns[1].home_address in configs["laptop"].mobility.correspondents
+        # MN-MN: end-to-end ESP both ways, no registration unless the description asks.
+        assert {"to-phone", "from-phone"} <= {p.name for p in configs["laptop"].policies}
+        assert after_net.mns[1].home_address not in configs["laptop"].mobility.correspondents
         assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 

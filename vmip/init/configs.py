@@ -19,6 +19,12 @@ What differs from the lab, and why:
   lifetime: the lab turns ESN off for Wireshark 4.0 and gives tunnel SAs a
   day, but static keys cannot rekey, so an expiry would cut the network.
 - No clear-text class (UDP echo stays on the HA path in the lab's demo).
+- MNs have ESP transport SAs with each other (HoA <-> HoA) but register
+  with each other only when the description lists the other MN: the lab
+  gives each MN a static locator for the other's wifi CoA, a generated
+  network cannot (laptops move and sit behind NAT), and without one the
+  address test to the other's CoA never arrives.  Their traffic then goes
+  through the HA, still end-to-end ESP.
 - Links bind no address: the underlay addresses of laptops and servers are
   not known here; an HA or CN listens on its port on every address.
 - The control socket and the state directory keep their defaults
@@ -329,9 +335,12 @@ def mn_config(net: Network, mn: MobileNode) -> dict[str, Any]:
             "home_prefix": str(net.home_prefix),
             "home_address": str(mn.home_address),
             "home_agent": str(net.ha.address),
-            # Each MN is the other's CN (draft §5.2.2 examples 3 and 4).
+            # Another MN only when the description names it: registering with it
+            # (draft §5.2.2) needs its CoA's underlay endpoint, which laptops
+            # behind NAT do not have; MN-MN traffic still flows, through the HA.
             "correspondents": [str(cn.address) for cn in cns]
-            + [str(other.home_address) for other in mns],
+            + [str(other.home_address) for other in mns
+               if mn.correspondents is not None and other.name in mn.correspondents],
             "binding_lifetime": BINDING_LIFETIME,
             "tunnel": "esp",
         },
