@@ -209,3 +209,25 @@ def test_adding_a_mobile_node_moves_nothing_already_there(names, new):
     assert added.name == new and added.home_address in net.home_prefix
     taken = {mn.home_address for mn in net.mns} | {net.ha.address}
     assert added.home_address not in taken
+
+
+toml_scalars = st.one_of(st.text(max_size=30), st.integers(-5, 70000), st.booleans(),
+                         st.sampled_from(["192.0.2.1:6275", "[2001:db8::1]:1", "fd00::/64",
+                                          "fd00::10", "ike", "static", "laptop"]))
+toml_values = st.recursive(toml_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=3),
+    st.dictionaries(st.sampled_from(["name", "endpoint", "address", "home_address", "coa",
+                                     "interface", "link", "correspondents", "x"]),
+                    inner, max_size=4)), max_leaves=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["keys", "domain", "home_prefix", "site_prefix", "ha",
+                                        "mn", "cn", "bogus"]), toml_values, max_size=6))
+def test_any_description_file_gives_a_network_or_one_description_error(doc):
+    try:
+        net = from_document(doc)
+    except DescriptionError as exc:
+        assert exc.exit_status == 2 and str(exc)
+        return
+    assert net.mns and net.ha.address == net.home_prefix.network_address + 1
