@@ -427,7 +427,18 @@ def print_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[ColumnSpec],
         table = build_table(rows, columns, title=title, width=console.width)
     except ValueError:
         table = build_records(rows, columns, title=title)
-    console.print(table)
+    _print(console, table)
+
+
+def _print(console: Console, renderable: Any) -> None:
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    # A pipe or a file: no padding at the ends of lines for grep, diff and cut.
+    with console.capture() as capture:
+        console.print(renderable)
+    console.file.write("".join(line.rstrip() + "\n" for line in
+                               capture.get().splitlines()))
 
 
 def print_record(record: Mapping[str, Any], fields: Sequence[ColumnSpec], *,
@@ -444,4 +455,4 @@ def print_record(record: Mapping[str, Any], fields: Sequence[ColumnSpec], *,
     for column in _as_columns(fields):
         table.add_row(Text(column.header or column.key.replace("_", " ")),
                       Text(column.cell(record)))
-    console.print(table)
+    _print(console, table)
