@@ -1,6 +1,6 @@
 """The movement watcher on real netlink, in a namespace of the test's own.
 
-A fake node (the few attributes the watcher uses) runs in a child process
+Stand-in node services (the few the watcher uses) run in a child process
 inside ``vt<pid>-mv``; the test takes veth links down and up with ``ip``
 and reads the moves the child prints.
 """
@@ -19,32 +19,39 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 CHILD = textwrap.dedent("""
-    import asyncio, ipaddress, sys, time
+    import asyncio, collections, ipaddress, sys, time
     from types import SimpleNamespace
+    from vmip.node.events import EventHub
     from vmip.node.movement import MovementWatcher
+    from vmip.node.pump import Pump
 
-    class FakeNode:
+    class FakeServices:
+        # The NodeServices the watcher uses: clocks, config, links, move, events, pump.
         def __init__(self):
             self.clock = time.monotonic
+            self.wall_clock = time.time
             self.config = SimpleNamespace(links=[
                 SimpleNamespace(name="wifi0", interface="w0", priority=10,
                                 bind=ipaddress.ip_address("192.0.2.34")),
                 SimpleNamespace(name="lte0", interface="l0", priority=20,
-                                bind=ipaddress.ip_address("198.51.100.2"))])
-            self.links = {"wifi0": object(), "lte0": object()}
+                                bind=ipaddress.ip_address("198.51.100.2"))],
+                mobility=SimpleNamespace(home_agent=None))
             self.active_link = "wifi0"
-            self._event_listeners = []
-            self.mobility = SimpleNamespace(mn=None)
+            self.events = EventHub(time.time)
+            self.pump = Pump(time.monotonic, collections.Counter())
+        def link_names(self):
+            return ["wifi0", "lte0"]
         def move(self, link):
             old, self.active_link = self.active_link, link
             print(f"MOVE {old} {link} {time.time():.3f}", flush=True)
             return {}
-        def _link_coa(self, link):
+        def link_coa(self, link):
             return None
 
     async def main():
-        node = FakeNode()
-        watcher = MovementWatcher(node, hold_down=0.5)
+        services = FakeServices()
+        services.pump.attach(asyncio.get_running_loop())
+        watcher = MovementWatcher(services, hold_down=0.5)
         watcher.start(asyncio.get_running_loop())
         print("READY", flush=True)
         try:

@@ -146,6 +146,7 @@ def test_ike_refusals_are_bad_args_through_the_node_table():
 
     from vmip.control.server import ControlServer
     from vmip.node.keying import KeyingError
+    from vmip.node.control import NodeControl
     from vmip.node.runtime import Node
 
     def initiate(args):
@@ -155,7 +156,7 @@ def test_ike_refusals_are_bad_args_through_the_node_table():
     node.keying = types.SimpleNamespace(handlers=lambda: {
         "ike.initiate": initiate, "ike.list": lambda args: {"sas": []}})
     node.movement = None
-    server = ControlServer("/nonexistent/unused.sock", node._handlers())
+    server = ControlServer("/nonexistent/unused.sock", NodeControl(node).handlers())
 
     def ask(cmd: str, args: dict) -> dict:
         line = json.dumps({"cmd": cmd, "args": args, "id": 1}).encode()

@@ -242,13 +242,14 @@ def test_close_runs_every_step_when_one_fails(caplog):
         closed.append("link")
 
     node = types.SimpleNamespace(
-        _loop=None, _timer=None, _mobility_timer=None, movement=None,
+        loop=None, ports=types.SimpleNamespace(signals=False),
+        pump=types.SimpleNamespace(close=lambda: None), movement=None,
         keying=types.SimpleNamespace(close=failing),
         control=types.SimpleNamespace(close=failing_async),
         links={"eth0": types.SimpleNamespace(close=link_close)},
         tun=types.SimpleNamespace(close=lambda: closed.append("tun")),
-        _pcap_wire=types.SimpleNamespace(close=lambda: closed.append("pcap")), _pcap_inner=None,
-        config=types.SimpleNamespace(node=types.SimpleNamespace(name="t")))
+        pcap_wire=types.SimpleNamespace(close=lambda: closed.append("pcap")), pcap_inner=None,
+        seq_state=None, config=types.SimpleNamespace(node=types.SimpleNamespace(name="t")))
     node._close_step = functools.partial(Node._close_step, node)
     node._close_step_async = functools.partial(Node._close_step_async, node)
     with caplog.at_level(logging.INFO):

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from vmip.lab.emulation import LinkProfile
+from vmip.mobility.events import BindingUpdateSent
 from vmip.sim.scenario import ProbeStream, SimOptions, demo_profiles, run_sim
 from vmip.sim.world import SimWorld
 
@@ -83,7 +84,7 @@ def test_wifi_lte_wifi_with_address_tests_keeps_probes_flowing(world) -> None:
             assert len(out.arrivals) > before[0] + 40 and len(back.arrivals) > before[1] + 40
         out.stop()
         back.stop()
-        events = [e["event"] for e in world.nodes["mn"].mobility.timeline]
+        events = [type(e.event).__name__ for e in world.nodes["mn"].events.timeline]
         assert "AotResponseSent" in events
     world.run(scenario())
 
@@ -120,8 +121,8 @@ def test_registration_converges_through_30_percent_loss() -> None:
                 world, "mn", COA["mn"]["wifi0"]) and bound_on(world, "mn2", COA["mn2"]["wifi0"]),
                 60)
             # Retransmissions did the work (RFC 6275 §11.8 back-off).
-            sent = [e for e in world.nodes["mn"].mobility.timeline
-                    if e["event"] == "BindingUpdateSent" and e.get("attempt", 1) > 1]
+            sent = [e for e in world.nodes["mn"].events.timeline
+                    if isinstance(e.event, BindingUpdateSent) and e.event.attempt > 1]
             return took, sent
         took, retransmitted = world.run(scenario())
     assert retransmitted, "30% loss and no BU retransmission: was the loss applied?"

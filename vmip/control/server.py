@@ -339,7 +339,7 @@ def _run_remover(read_end: int, path: Path, inode: int) -> None:
     # Nothing of the node's: not its listening socket, TUN or link sockets.
     os.closerange(0, read_end)
     os.closerange(read_end + 1, os.sysconf("SC_OPEN_MAX"))
-    from vmip.node.privileges import drop_capabilities
+    from vmip.privileges import drop_capabilities
 
     # Removing the socket matters more than the seal; stderr is closed: no log.
     with contextlib.suppress(Exception):

@@ -24,7 +24,7 @@ async def run_node(config, *, config_path: Path | None = None, pcap_wire: str | 
         if drop:
             _drop(node, config, drop_to)
         else:
-            from vmip.node.privileges import drop_nothing
+            from vmip.privileges import drop_nothing
 
             drop_nothing()
         if ready is not None:
@@ -37,7 +37,7 @@ async def run_node(config, *, config_path: Path | None = None, pcap_wire: str | 
 
 def kept_capabilities(config) -> list[int]:
     """What the node keeps after start-up: CAP_NET_ADMIN, plus CAP_NET_RAW for a raw link."""
-    from vmip.node.privileges import CAP_NET_ADMIN, CAP_NET_RAW
+    from vmip.privileges import CAP_NET_ADMIN, CAP_NET_RAW
 
     keep = [CAP_NET_ADMIN]
     if any(str(link.driver) == "raw" for link in config.links):
@@ -46,7 +46,7 @@ def kept_capabilities(config) -> list[int]:
 
 
 def _drop(node: Node, config, drop_to: str | None) -> None:
-    from vmip.node.privileges import drop_capabilities, drop_privileges
+    from vmip.privileges import drop_capabilities, drop_privileges
 
     keep = kept_capabilities(config)
     if not drop_to:

@@ -23,12 +23,11 @@ Every decision the draft leaves open is in docs/iro.md.
 from __future__ import annotations
 
 import collections
-import enum
-import time
 from ipaddress import IPv6Address, IPv6Network
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vmip.config.model import Role as ConfigRole
+from vmip.ipsec import esp as esp_mod
 from vmip.ipsec.sa import Direction, Mode
 from vmip.ipsec.spd import Action as SpdAction
 from vmip.log import get_logger
@@ -41,38 +40,36 @@ from vmip.mobility.mn import MobileNode
 from vmip.mobility.remap import RemapEngine
 from vmip.mobility.spi_tracking import Role as TrackRole
 from vmip.mobility.spi_tracking import SpiTracker
+from vmip.node.events import event_fields, jsonable
 from vmip.node.movement import PreviousCoas
-from vmip.wire.ipv6 import parse_ipv6
+from vmip.node.services import NodeServices
 from vmip.wire.errors import WireError
-
-if TYPE_CHECKING:
-    from vmip.node.runtime import Node
+from vmip.wire.ipv6 import parse_ipv6
 
 log = get_logger(__name__)
 
 _MH = 135
 #: MH types handled by the MN core; the rest (BU 5, AOTO 30, AOTR 32) by the HA/CN cores.
 _TO_MOBILE_NODE = {0, 6, 7, 31, 33}   # BRR, BA, BE, AOTC, AOTS
-#: How many mobility events `vmip events` and the dashboard can look back on.
-TIMELINE = 500
-
 
 class MobilityAgent:
     """Roles, rules and the per-packet hooks of one node."""
 
-    def __init__(self, node: "Node", now: float) -> None:
-        self.node = node
-        cfg = node.config
+    def __init__(self, services: NodeServices, now: float) -> None:
+        self.services = services
+        cfg = services.config
         mob = cfg.mobility
         self.remap = RemapEngine()
-        self.tracker = SpiTracker(node.bus, self.remap, spd=node.spd, sad=node.sad)
-        self.tracker.initial_collect(node.sad.dump(publish=False))
-        self.timeline: collections.deque[dict[str, Any]] = collections.deque(maxlen=TIMELINE)
+        self.tracker = SpiTracker(services.bus, self.remap, spd=services.spd, sad=services.sad)
+        self.tracker.initial_collect(services.sad.dump(publish=False))
         self.counters: collections.Counter[str] = collections.Counter()
+        # The MN's reverse tunnel SA, looked up again after any SADB change.
+        self._reverse_tunnel_sa: Any = None
+        self._reverse_tunnel_valid = False
         self.local_addresses = {a.ip for a in cfg.tun.addresses if a.version == 6}
 
         self.mn: MobileNode | None = None
-        # Packets still arriving at the CoA the MN just left (issue 7).
+        # Packets still arriving at the CoA the MN just left (docs/demo.md, rx_previous_coa).
         self.previous_coas = PreviousCoas()
         self.hoa: IPv6Address | None = None
         self.hoa_packed = b""
@@ -86,7 +83,7 @@ class MobilityAgent:
             self.mn = MobileNode(self.hoa, self.home_agent, mob.correspondents,
                                  lifetime=mob.binding_lifetime, clock_now=now,
                                  peer_coa=self._peer_coa,
-                                 # CN BUs leave with the home BU on a move (issue 7).
+                                 # CN BUs leave with the home BU on a move (docs/mobility.md).
                                  correspondents_with_home=True)
         self.ha: HomeAgent | None = None
         self.ha_address: IPv6Address | None = None
@@ -106,7 +103,7 @@ class MobilityAgent:
     def _transport_peers(self) -> set[tuple[IPv6Address, IPv6Address]]:
         """(local, remote) address pairs of our inbound transport SAs."""
         pairs = set()
-        for info in self.node.sad.dump(publish=False):
+        for info in self.services.sad.dump(publish=False):
             if info.direction is Direction.IN and info.mode is Mode.TRANSPORT \
                     and info.dst.version == 6:
                 pairs.add((info.dst, info.src))
@@ -197,13 +194,39 @@ class MobilityAgent:
         if self.hoa_packed and wire[8:24] == self.hoa_packed:
             # Not remapped: it would show the HoA on the foreign link.  Send it
             # through the HA instead (RFC 6275 §11.3.1 reverse tunnelling).
-            return self.node.reverse_tunnel(wire, now)
+            return self._reverse_tunnel(wire, now)
         return wire
+
+    def _reverse_tunnel(self, packet: bytes, now: float) -> bytes | None:
+        sa = self._tunnel_sa()
+        if sa is None:
+            self.counters["tx_drop_no_tunnel"] += 1
+            return None
+        wrapped = esp_mod.tunnel_encap(packet, sa, now)
+        if wrapped is None:
+            self.counters["tx_drop_tunnel_sa"] += 1
+        return wrapped
+
+    def tunnel_changed(self) -> None:
+        """An SA changed: look the reverse tunnel SA up again when next needed."""
+        self._reverse_tunnel_valid = False
+
+    def _tunnel_sa(self) -> Any:
+        if not self._reverse_tunnel_valid:
+            self._reverse_tunnel_sa = None
+            sad = self.services.sad
+            for info in sad.dump(publish=False):
+                if info.mode is Mode.TUNNEL and info.direction is Direction.OUT \
+                        and info.dst == self.home_agent and info.state != "larval":
+                    self._reverse_tunnel_sa = sad.esp(info.spi, Direction.OUT, info.dst)
+                    break
+            self._reverse_tunnel_valid = True
+        return self._reverse_tunnel_sa
 
     def inbound(self, wire: bytes) -> tuple[bytes, Ancillary] | None:
         result = self.remap.inbound_ancillary(wire)
         if result is None and self.mn is not None:
-            redirected = self.previous_coas.redirect(wire, self.node.clock())
+            redirected = self.previous_coas.redirect(wire, self.services.clock())
             if redirected is not None:
                 result = self.remap.inbound_ancillary(redirected)
                 if result is not None:
@@ -256,11 +279,11 @@ class MobilityAgent:
                     self._on_event(core, event, now)
                 for out in core.datagrams_to_send(now):
                     busy = True
-                    self.node.send_inner(out.packet, Ancillary.of(out.onwire_src, out.onwire_dst),
-                                         now)
+                    self.services.send_inner(out.packet,
+                                             Ancillary.of(out.onwire_src, out.onwire_dst), now)
             if not busy:
                 break
-        self.node.arm_mobility_timer()
+        self.services.pump.arm()
 
     def get_timer(self) -> float | None:
         timers = [t for t in (core.get_timer() for core in self.cores()) if t is not None]
@@ -274,19 +297,13 @@ class MobilityAgent:
         self.pump(now)
 
     def _on_event(self, core: Any, event: ev.MobilityEvent, now: float) -> None:
-        record = {"t": self.node.ports.wall_clock(), "event": type(event).__name__,
-                  **{k: _jsonable(v) for k, v in _fields(event).items()}}
-        self.timeline.append(record)
-        self.node.publish_event(record)
-        log.info("mobility " + type(event).__name__, **{k: v for k, v in record.items()
-                                                        if k not in ("t", "event")})
+        log.info("mobility " + type(event).__name__,
+                 **{k: jsonable(v) for k, v in event_fields(event).items()})
         tracker = self.tracker
+        # Rules first (draft §6.1), then whoever listens (the IKE SA follows the CoA).
         if isinstance(event, ev.CoaChanged):
             tracker.move(event.old, event.new)
             self.previous_coas.moved(event.old, event.new, now)
-            if getattr(self.node, "keying", None) is not None:
-                # The MN-HA IKE SA runs from the CoA and follows it (DESIGN-BRIEF §6).
-                self.node.keying.coa_changed(event.old, event.new)
         elif isinstance(event, ev.TunnelEndpointChanged):
             if event.coa is not None:
                 if core is self.mn:
@@ -314,11 +331,12 @@ class MobilityAgent:
                                       outbound=False)
                 else:
                     tracker.unbind(event.local, event.hoa, TrackRole.CN)
+        self.services.events.publish(event)
 
-    # -- the tunnel follows the CoA (the MIGRATE equivalent, DESIGN-BRIEF §5) -----
+    # -- the tunnel follows the CoA (the MIGRATE equivalent, docs/mobility.md) -----
 
     def _migrate_own_tunnel(self, coa: IPv6Address, now: float) -> None:
-        sad = self.node.sad
+        sad = self.services.sad
         for info in sad.dump(publish=False):
             if info.mode is not Mode.TUNNEL:
                 continue
@@ -327,12 +345,11 @@ class MobilityAgent:
             elif info.direction is Direction.IN and info.src == self.home_agent \
                     and info.dst != coa:
                 sad.migrate(info.spi, Direction.IN, info.src, coa, now, dst=info.dst)
-        self.node.tunnel_changed()
+        self.tunnel_changed()
 
     def _migrate_mn_tunnel(self, hoa: IPv6Address, coa: IPv6Address, now: float) -> None:
         """The HA's tunnel SAs for *hoa*: found through the policies that name them."""
-        node = self.node
-        sad, spd = node.sad, node.spd
+        sad, spd = self.services.sad, self.services.spd
         names: dict[Direction, set[str]] = {Direction.OUT: set(), Direction.IN: set()}
         for policy in spd.list():
             if policy.action is not SpdAction.PROTECT:
@@ -349,7 +366,7 @@ class MobilityAgent:
                 sad.migrate(info.spi, Direction.OUT, info.src, coa, now, dst=info.dst)
             elif info.direction is Direction.IN and info.src != coa:
                 sad.migrate(info.spi, Direction.IN, coa, info.dst, now, dst=info.dst)
-        node.tunnel_changed()
+        self.tunnel_changed()
 
     # -- movement --------------------------------------------------------------------
 
@@ -386,23 +403,6 @@ def mn_correspondents(mn: MobileNode) -> set[IPv6Address]:
     return {entry.peer for entry in mn.entries() if entry.peer != mn.home_agent}
 
 
-def _fields(obj: Any) -> dict[str, Any]:
-    slots = getattr(type(obj), "__dataclass_fields__", {})
-    return {name: getattr(obj, name) for name in slots}
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, enum.Enum):
-        return value.name.lower()
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return str(value)
-
-
 def _entry_dict(entry: Any) -> dict[str, Any]:
-    return {k: _jsonable(v) for k, v in _fields(entry).items()
+    return {k: jsonable(v) for k, v in event_fields(entry).items()
             if not k.startswith("_") and k not in ("nonce",)}

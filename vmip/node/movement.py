@@ -11,7 +11,8 @@ Two layers, as everywhere in vmip:
   (pyroute2 0.9's synchronous API runs an event loop of its own and cannot
   run on the node loop's thread, see :mod:`vmip.node.tun`).  Each burst of
   notifications leads to a fresh dump of links and addresses, whose summary
-  is handed to the node's loop; the policy decides, ``node.move()`` acts.
+  is handed to the node's loop; the policy decides, ``services.move()``
+  acts.  Its timer is the policy's, kept by the node's pump.
 
 The rules (RFC 6275 §11.5.1 leaves movement detection to the implementation;
 these are vmip's choices, documented in docs/operations.md):
@@ -44,13 +45,14 @@ import contextlib
 import ipaddress
 import select
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from vmip.log import get_logger
+from vmip.mobility.events import RegistrationTimeout
+from vmip.node.events import TimedEvent
 
 log = get_logger(__name__)
 
@@ -385,20 +387,22 @@ class _History:
 class MovementWatcher:
     """Watches the MN's access links through netlink and moves the CoA.
 
-    Created by the runtime on an MN; ``start(loop)`` on the node's loop,
-    ``close()`` when the node stops, ``status()`` for ``vmip bindings`` and
-    the dashboard.
+    Created by the runtime on an MN with the node's
+    :class:`~vmip.node.services.NodeServices`; ``start(loop)`` on the node's
+    loop, ``close()`` when the node stops, ``status()`` for ``vmip bindings``
+    and the dashboard.  The pump calls ``get_timer``/``handle_timer``.
     """
 
-    def __init__(self, node: Any, *, hold_down: float = DEFAULT_HOLD_DOWN,
+    def __init__(self, services: Any, *, hold_down: float = DEFAULT_HOLD_DOWN,
                  unreachable_penalty: float = DEFAULT_UNREACHABLE_PENALTY,
                  dump: Callable[[], tuple[list[dict], list[dict]]] | None = None) -> None:
-        self.node = node
+        self.services = services
+        names = set(services.link_names())
         self.watched = [WatchedLink(link.name, link.interface or link.name, link.priority,
                                     link.bind)
-                        for link in node.config.links if link.name in node.links]
+                        for link in services.config.links if link.name in names]
         self.policy = MovementPolicy({w.name: w.priority for w in self.watched},
-                                     node.active_link, hold_down=hold_down,
+                                     services.active_link, hold_down=hold_down,
                                      unreachable_penalty=unreachable_penalty)
         self._own_dump = _PersistentDump() if dump is None else None
         self._dump = dump if dump is not None else self._own_dump
@@ -407,7 +411,6 @@ class MovementWatcher:
         self._stop = threading.Event()
         self._wake_r: int | None = None
         self._wake_w: int | None = None
-        self._timer: asyncio.TimerHandle | None = None
         self._history = _History()
         self.scans = 0
         self.errors = 0
@@ -421,7 +424,8 @@ class MovementWatcher:
             return
         self._loop = loop
         self._wake_r, self._wake_w = os.pipe()
-        self.node._event_listeners.append(self._on_mobility_event)
+        self.services.events.subscribe(self._on_mobility_event)
+        self.services.pump.add("movement", self)
         self._thread = threading.Thread(target=self._run, name="vmip-movement", daemon=True)
         self._thread.start()
 
@@ -444,16 +448,15 @@ class MovementWatcher:
                 except OSError:
                     pass
         self._wake_r = self._wake_w = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        try:
-            self.node._event_listeners.remove(self._on_mobility_event)
-        except ValueError:
-            pass
+        self.detach()
+
+    def detach(self) -> None:
+        """Stop listening to the node (events, timer)."""
+        self.services.events.unsubscribe(self._on_mobility_event)
+        self.services.pump.remove(self)
 
     def status(self) -> dict:
-        now = self.node.clock()
+        now = self.services.clock()
         return {"automatic": self._thread is not None, **self.policy.status(now),
                 "scans": self.scans, "errors": self.errors,
                 "decisions": list(self._history.entries)}
@@ -520,61 +523,56 @@ class MovementWatcher:
         if self._stop.is_set():
             return
         self._sync_forced()
-        self.policy.observe_all(usable, self.node.clock())
+        self.policy.observe_all(usable, self.services.clock())
         self._act()
 
-    def _on_mobility_event(self, record: dict) -> None:
+    def _on_mobility_event(self, timed: TimedEvent) -> None:
+        event = timed.event
         # Only the HA's silence counts: a CN may simply not implement IRO.
-        if record.get("event") != "RegistrationTimeout":
+        if not isinstance(event, RegistrationTimeout):
             return
-        mn = getattr(self.node.mobility, "mn", None)
-        if mn is None or record.get("peer") != str(getattr(mn, "home_agent", "")):
+        if event.peer != self.services.config.mobility.home_agent:
             return
-        current = self.node.active_link
-        if current is None or record.get("coa") != str(self.node._link_coa(current)):
+        current = self.services.active_link
+        if current is None or event.coa != self.services.link_coa(current):
             return
-        self.policy.reachability_lost(current, self.node.clock())
+        self.policy.reachability_lost(current, self.services.clock())
         self._act()
 
     def _sync_forced(self) -> None:
         """``vmip mn move`` changed the link behind the policy's back: adopt it."""
-        active = self.node.active_link
-        if active is not None and active != self.policy.current and active in self.node.links:
-            self.policy.forced(active, self.node.clock())
+        active = self.services.active_link
+        if active is not None and active != self.policy.current \
+                and active in self.services.link_names():
+            self.policy.forced(active, self.services.clock())
 
     def _act(self) -> None:
         self._drain()
-        self._arm()
+        self.services.pump.arm()
 
     def _drain(self) -> None:
         last = None
         while (decision := self.policy.next_decision()) is not None:
             last = decision   # only where the policy ended up matters
-        if last is not None and last.link != self.node.active_link:
-            decision, previous = last, self.node.active_link
+        if last is not None and last.link != self.services.active_link:
+            decision, previous = last, self.services.active_link
             try:
-                self.node.move(decision.link)
+                self.services.move(decision.link)
             except Exception as exc:
                 self.errors += 1
                 log.warning("automatic move failed", link=decision.link, error=str(exc))
                 return
-            entry = {"t": time.time(), "from": previous, "to": decision.link,
+            entry = {"t": self.services.wall_clock(), "from": previous, "to": decision.link,
                      "reason": decision.reason}
             self._history.entries.append(entry)
             log.info("automatic move", **{k: v or "-" for k, v in entry.items() if k != "t"})
 
-    def _arm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        deadline = self.policy.get_timer()
-        if deadline is None or self._loop is None:
-            return
-        delay = max(0.0, deadline - self.node.clock())
-        self._timer = self._loop.call_later(delay, self._on_timer)
+    # -- the pump's side ----------------------------------------------------------
 
-    def _on_timer(self) -> None:
-        self._timer = None
+    def get_timer(self) -> float | None:
+        return self.policy.get_timer()
+
+    def handle_timer(self, now: float) -> None:
         self._sync_forced()
-        self.policy.handle_timer(self.node.clock())
-        self._act()
+        self.policy.handle_timer(now)
+        self._drain()

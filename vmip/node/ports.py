@@ -65,10 +65,10 @@ def make_socket_link(link_config: Any) -> LinkDriver:
     return make_driver(link_config)
 
 
-def netlink_movement(node: Any) -> MovementPort:
+def netlink_movement(services: Any) -> MovementPort:
     from vmip.node.movement import MovementWatcher
 
-    return MovementWatcher(node)
+    return MovementWatcher(services)
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class NodePorts:
     open_tun: Callable[[str, Iterable[str], int, Iterable[str]], TunPort] = open_kernel_tun
     #: ``(link config) -> LinkDriver``.
     make_link: Callable[[Any], LinkDriver] = make_socket_link
-    #: ``(node) -> MovementPort`` on a mobile node.
+    #: ``(NodeServices) -> MovementPort`` on a mobile node.
     movement: Callable[[Any], MovementPort] = netlink_movement
     #: Serve the control socket (the simulator talks to its nodes directly).
     control: bool = True

@@ -1,20 +1,25 @@
 """The node runtime: one asyncio loop around the sans-IO cores.
 
-Like wireguard-go's device/conn/tun split, the runtime owns three kinds of
-I/O and nothing else: the TUN (:mod:`vmip.node.tun`), the link drivers
-(:mod:`vmip.links`) and the control socket (:mod:`vmip.control`).  Every
+Like wireguard-go's device/conn/tun split, the runtime owns the I/O and
+nothing else: the TUN, the link drivers, the control socket and the
+movement watcher, all reached through :class:`~vmip.node.ports.NodePorts`
+(kernel ones for ``vmip run``, memory ones for ``vmip sim``).  Every
 decision is taken by a sans-IO core: the IPsec engine (SPD, SAD, ESP), the
-locator table and, in later layers, mobility and IKE.  Timers are the SAD's
-``get_timer()`` deadline, re-armed after every call into it.
+locator table, the MIPv6 cores (through :class:`~vmip.node.mobility.MobilityAgent`)
+and IKE (through :class:`~vmip.node.keying.IkeManager`).  The helpers get a
+:class:`~vmip.node.services.NodeServices`, never the node; their timers are
+kept by one :class:`~vmip.node.pump.Pump`; what they report travels as typed
+events through one :class:`~vmip.node.events.EventHub`.  docs/architecture.md
+draws the whole picture.
 
-Packet paths (DESIGN-BRIEF §4):
+Packet paths (docs/architecture.md, "Processing order"):
 
 - outbound: TUN batch → ``engine.outbound`` (SPD, ESP) → on-wire packet →
   too big for the link? ICMPv6 Packet Too Big to the sender → locator
   lookup → link driver.  No locator: ICMPv6 destination unreachable.
-- inbound: link driver → ``engine.inbound`` (SAD, ESP, anti-replay, the
-  RFC 4301 §5.2 selector check) → locator learning, only for packets an SA
-  authenticated → TUN.
+- inbound: link driver → IRO inbound rules → ``engine.inbound`` (SAD, ESP,
+  anti-replay, the RFC 4301 §5.2 selector check) → MH, IKE, forwarding or
+  TUN → locator learning, only for what the authenticating SA vouches for.
 
 Nothing a peer sends can raise out of these paths: drops are counted by
 reason and shown by ``vmip counters``.
@@ -24,34 +29,38 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import os
 import signal
 import time
 import types
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from vmip import __version__
 from vmip.config import load_config
 from vmip.control.paths import default_socket_path
 from vmip.control.server import ControlServer
 from vmip.errors import VmipError
-from vmip.ipsec import static
 from vmip.ipsec import esp as esp_mod
+from vmip.ipsec import static
 from vmip.ipsec.engine import IpsecEngine
 from vmip.ipsec.sa import Direction, Mode
 from vmip.ipsec.sad import SAD
 from vmip.ipsec.sadb import SadbBus
 from vmip.ipsec.spd import SPD, Action
-from vmip.ipsec.wireshark import wireshark_rows
 from vmip.links.base import LinkDriver
 from vmip.links.locators import BINDING, PEER, LocatorTable
 from vmip.log import get_logger
+from vmip.mobility.events import CoaChanged
+from vmip.node.control import NodeControl
+from vmip.node.errors import NodeError
+from vmip.node.events import EventHub, TimedEvent
 from vmip.node.keying import IkeManager, static_keys
 from vmip.node.mobility import MobilityAgent
 from vmip.node.pcap import PcapWriter
-from vmip.node.ports import REAL_PORTS, NodePorts, TunPort
+from vmip.node.ports import REAL_PORTS, MovementPort, NodePorts, TunPort
+from vmip.node.pump import Pump
+from vmip.node.services import NodeServices
 from vmip.wire.errors import WireError
 from vmip.wire.flow import flow_key
 from vmip.wire.icmpv6 import DestinationUnreachable, build_icmpv6_packet, may_send_error
@@ -73,8 +82,7 @@ _ICMP_DEST_UNREACH = 1
 _NOT_MH = frozenset({6, 17, 58})
 
 
-class NodeError(VmipError):
-    """The node could not start or was asked something it cannot do."""
+__all__ = ["Node", "NodeError"]
 
 
 class Node:
@@ -97,6 +105,10 @@ class Node:
         self.clock = clock
         self.batch = batch
         self.started_at = clock()
+        self.counters: Counter[str] = Counter()
+        self.events = EventHub(ports.wall_clock)
+        self.pump = Pump(clock, self.counters)
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.bus = SadbBus()
         self.sad = SAD(self.bus)
         self.spd = SPD()
@@ -119,38 +131,35 @@ class Node:
         self.tun: TunPort | None = None
         self.control: ControlServer | None = None
         self.control_path = control_socket or (config.control.socket or default_socket_path())
-        self.counters: Counter[str] = Counter()
-        self._pcap_wire = PcapWriter(pcap_wire) if pcap_wire else None
-        self._pcap_inner = PcapWriter(pcap_inner) if pcap_inner else None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_deadline: float | None = None
+        self.pcap_wire = PcapWriter(pcap_wire) if pcap_wire else None
+        self.pcap_inner = PcapWriter(pcap_inner) if pcap_inner else None
         self._stopped = asyncio.Event()
         self._local: set[bytes] = set()
-        self._link_mtu: dict[str, int] = {}
+        self.link_mtu: dict[str, int] = {}
         self._framing_links: dict[str, list[LinkDriver]] = {}
-        self._mobility_timer: asyncio.TimerHandle | None = None
-        self._mobility_deadline: float | None = None
-        self._event_listeners: list[Callable[[dict], None]] = []
-        self._reverse_tunnel_sa = None
-        self._reverse_tunnel_valid = False
-        self.mobility = MobilityAgent(self, now)
-        # The SAD's deadlines only move when an SA does, and every such change
-        # is an SADB event: re-arm then, never per packet.
-        self._rearm_pending = False
-        self.bus.subscribe(self._on_sadb_event)
         # Which link carries our packets: an MN sends on its current access
         # link only (the one whose CoA it registered), others on any.
         self.active_link: str | None = None
+        self.services = NodeServices(self)
+        self.mobility = MobilityAgent(self.services, now)
+        self.pump.add("sad", self.sad)
+        self.pump.add("mobility", self.mobility)
+        # The SAD's deadlines only move when an SA does, and every such change
+        # is an SADB event: re-arm then, never per packet.
+        self.bus.subscribe(self._on_sadb_event)
         self.is_mobile = self.mobility.mn is not None
-        self.movement = None   # vmip.node.movement.MovementWatcher on an MN
+        self.movement: MovementPort | None = None   # on an MN, once started
         self.forwarding = self.mobility.ha is not None
         self.keying = IkeManager(self) if str(config.keys.mode) == "ike" else None
+        if self.keying is not None:
+            # The MN-HA IKE SA runs from the CoA and follows it (docs/ike.md).
+            self.events.subscribe(self._follow_coa_with_ike)
+        self.control_handlers = NodeControl(self)
 
     # -- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         cfg = self.config
         try:
             self.tun = self.ports.open_tun(cfg.tun.name, [str(a) for a in cfg.tun.addresses],
@@ -165,36 +174,36 @@ class Node:
                 driver = self.ports.make_link(link_cfg)
                 if self.keying is not None and str(link_cfg.driver) == "rfc3948":
                     # IKE on port 4500 (non-ESP marker) and 500 go to the IKE manager.
-                    await driver.start(self._loop, self._on_link_packet,
+                    await driver.start(self.loop, self._on_link_packet,
                                        on_ike=self.keying.rfc3948_handler(link_cfg, driver))
                 else:
-                    await driver.start(self._loop, self._on_link_packet)
+                    await driver.start(self.loop, self._on_link_packet)
                 self.links[link_cfg.name] = driver
                 self._framing_links.setdefault(str(link_cfg.driver), []).append(driver)
-                self._link_mtu[link_cfg.name] = self._underlay_payload_mtu(link_cfg)
+                self.link_mtu[link_cfg.name] = self._underlay_payload_mtu(link_cfg)
                 self._add_keepalive_targets(driver)
             if self.ports.control:
-                self.control = ControlServer(self.control_path, self._handlers())
+                self.control = ControlServer(self.control_path, self.control_handlers.handlers())
                 await self.control.start()
         except BaseException:
             await self.close()
             raise
-        self.tun.attach(self._on_tun_packets, loop=self._loop, batch=self.batch)
-        self._arm_timer()
+        self.tun.attach(self._on_tun_packets, loop=self.loop, batch=self.batch)
+        self.pump.attach(self.loop)
         if self.links:
             self.active_link = next(iter(self.links))   # sorted by priority
-        self.mobility.start(self._link_coa(self.active_link), self.clock())
+        self.mobility.start(self.link_coa(self.active_link), self.clock())
         if self.keying is not None:
-            self.keying.start(self._loop)
+            self.keying.start(self.loop)
         if self.is_mobile:
-            self.movement = self.ports.movement(self)
-            self.movement.start(self._loop)
+            self.movement = self.ports.movement(self.services)
+            self.movement.start(self.loop)
         for sig, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
                              (signal.SIGHUP, self.reload)):
             if not self.ports.signals:
                 break
             try:
-                self._loop.add_signal_handler(sig, handler)
+                self.loop.add_signal_handler(sig, handler)
             except (NotImplementedError, RuntimeError):
                 pass  # not the main thread (tests): signals stay with the caller
         log.info("node started", name=cfg.node.name, roles=",".join(map(str, cfg.node.roles)),
@@ -210,18 +219,13 @@ class Node:
 
     async def close(self) -> None:
         """Release everything; every step runs even if an earlier one failed (logged)."""
-        if self._loop is not None:
+        if self.loop is not None and self.ports.signals:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 try:
-                    self._loop.remove_signal_handler(sig)
+                    self.loop.remove_signal_handler(sig)
                 except (NotImplementedError, RuntimeError, ValueError):
                     pass
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._mobility_timer is not None:
-            self._mobility_timer.cancel()
-            self._mobility_timer = None
+        self.pump.close()
         # After the privilege drop some steps may fail (EPERM): one failure
         # must not leave the TUN, the links or a capture open.
         if self.movement is not None:
@@ -238,8 +242,8 @@ class Node:
         if self.tun is not None:
             self._close_step("TUN", self.tun.close)
             self.tun = None
-        for what, writer in (("wire capture", self._pcap_wire),
-                             ("inner capture", self._pcap_inner)):
+        for what, writer in (("wire capture", self.pcap_wire),
+                             ("inner capture", self.pcap_inner)):
             if writer is not None:
                 self._close_step(what, writer.close)
         if self.seq_state is not None:
@@ -290,7 +294,7 @@ class Node:
         self.locators.replace_static(new_config.peers)
         self.config = new_config
         self.counters["reloads"] += 1
-        self._arm_timer()
+        self.pump.arm()
         log.info("config reloaded", added_sas=len(plan.add_sas), removed_sas=len(plan.remove_sas),
                  kept_sas=len(plan.keep_sas), added_policies=len(plan.add_policies),
                  removed_policies=len(plan.remove_policies))
@@ -305,44 +309,22 @@ class Node:
             if peer.endpoint is not None and str(peer.framing) == driver.kind:
                 add((str(peer.endpoint.address), peer.endpoint.port))
 
-    # -- timers --------------------------------------------------------------
-
-    def _arm_timer(self) -> None:
-        """Follow the SAD's next deadline (lifetimes, larval SPIs)."""
-        if self._loop is None:
-            return
-        deadline = self.sad.get_timer()
-        if deadline == self._timer_deadline:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_deadline = deadline
-        if deadline is not None:
-            delay = max(0.0, deadline - self.clock())
-            self._timer = self._loop.call_later(delay, self._on_timer)
+    # -- what the helpers' events ask of the node ------------------------------
 
     def _on_sadb_event(self, event) -> None:
-        self.tunnel_changed()
-        if self._loop is not None and not self._rearm_pending:
-            self._rearm_pending = True
-            self._loop.call_soon(self._rearm_after_event)
+        self.mobility.tunnel_changed()
+        self.pump.arm_soon()
 
-    def _rearm_after_event(self) -> None:
-        self._rearm_pending = False
-        self._arm_timer()
-
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_deadline = None
-        self.sad.handle_timer(self.clock())
-        self._arm_timer()
+    def _follow_coa_with_ike(self, timed: TimedEvent) -> None:
+        event = timed.event
+        if isinstance(event, CoaChanged) and self.keying is not None:
+            self.keying.coa_changed(event.old, event.new)
 
     # -- outbound: TUN → wire ------------------------------------------------
 
     def _on_tun_packets(self, packets: list[bytes]) -> None:
         now = self.clock()
-        pcap_inner = self._pcap_inner
+        pcap_inner = self.pcap_inner
         sends: dict[LinkDriver, list[tuple[bytes, tuple[str, int]]]] = {}
         for inner in packets:
             if pcap_inner is not None:
@@ -351,7 +333,7 @@ class Node:
         self._flush(sends)
 
     def _send(self, inner: bytes, ancillary, now: float, sends: dict) -> None:
-        """SPD and ESP, then IRO (DESIGN-BRIEF §4 outbound order), then route."""
+        """SPD and ESP, then IRO (the outbound order of docs/architecture.md), then route."""
         result = self.engine.outbound(inner, now)
         wire = result.packet
         if wire is None:
@@ -377,31 +359,23 @@ class Node:
         self._send(inner, ancillary, now, sends)
         self._flush(sends)
 
-    def reverse_tunnel(self, packet: bytes, now: float) -> bytes | None:
-        """An MN's packet that still carries the HoA as source: into the tunnel to the HA."""
-        sa = self._tunnel_sa()
-        if sa is None:
-            self.counters["tx_drop_no_tunnel"] += 1
-            return None
-        wrapped = esp_mod.tunnel_encap(packet, sa, now)
-        if wrapped is None:
-            self.counters["tx_drop_tunnel_sa"] += 1
-        return wrapped
+    def send_onwire(self, wire: bytes, endpoint: tuple[str, int], link: str) -> None:
+        """An on-wire packet a helper addressed itself (IKE on an rfc3948 link):
+        the link's MTU, the capture and the counters still apply."""
+        driver = self.links.get(link)
+        if driver is None:
+            self.counters["tx_drop_no_link"] += 1
+            return
+        if len(wire) > self.link_mtu.get(link, DEFAULT_UNDERLAY_MTU):
+            self.counters["tx_drop_too_big"] += 1
+            return
+        self.capture_wire(wire)
+        driver.send(wire, endpoint)
+        self.counters["tx_packets"] += 1
 
-    def tunnel_changed(self) -> None:
-        self._reverse_tunnel_valid = False
-
-    def _tunnel_sa(self):
-        if not self._reverse_tunnel_valid:
-            self._reverse_tunnel_sa = None
-            home_agent = self.mobility.home_agent
-            for info in self.sad.dump(publish=False):
-                if info.mode is Mode.TUNNEL and info.direction is Direction.OUT \
-                        and info.dst == home_agent and info.state != "larval":
-                    self._reverse_tunnel_sa = self.sad.esp(info.spi, Direction.OUT, info.dst)
-                    break
-            self._reverse_tunnel_valid = True
-        return self._reverse_tunnel_sa
+    def capture_wire(self, packet: bytes) -> None:
+        if self.pcap_wire is not None:
+            self.pcap_wire.write(packet)
 
     def _route(self, inner: bytes, wire: bytes, sends: dict) -> None:
         """Pick the link and underlay endpoint for an on-wire packet."""
@@ -418,7 +392,7 @@ class Node:
             self.counters["tx_drop_no_link"] += 1
             self._unreachable(inner)
             return
-        mtu = self._link_mtu.get(driver.name, DEFAULT_UNDERLAY_MTU)
+        mtu = self.link_mtu.get(driver.name, DEFAULT_UNDERLAY_MTU)
         if len(wire) > mtu:
             # RFC 4443 §3.2 / RFC 8201: tell the sender how much less to send;
             # the overhead is what ESP and the tunnel added to this packet.
@@ -426,8 +400,8 @@ class Node:
             if self.tun is not None:
                 self.tun.send_packet_too_big(inner, max(1280, mtu - (len(wire) - len(inner))))
             return
-        if self._pcap_wire is not None:
-            self._pcap_wire.write(wire)
+        if self.pcap_wire is not None:
+            self.pcap_wire.write(wire)
         endpoint = locator.endpoint if locator.endpoint is not None else (
             str(_ipv6_text(wire[24:40])), 0)
         sends.setdefault(driver, []).append((wire, endpoint))
@@ -463,8 +437,8 @@ class Node:
 
     def _on_link_packet(self, wire: bytes, endpoint: tuple[str, int], link: LinkDriver) -> None:
         now = self.clock()
-        if self._pcap_wire is not None:
-            self._pcap_wire.write(wire)
+        if self.pcap_wire is not None:
+            self.pcap_wire.write(wire)
         # IRO inbound rules come before ESP (draft §5.1.2, docs/architecture.md).
         remapped = self.mobility.inbound(wire)
         if remapped is None:
@@ -512,8 +486,8 @@ class Node:
             elif not self.forwarding:
                 self.counters["rx_drop_not_for_us"] += 1
             return
-        if self._pcap_inner is not None:
-            self._pcap_inner.write(inner)
+        if self.pcap_inner is not None:
+            self.pcap_inner.write(inner)
         if self.keying is not None and self.keying.intercept(inner, wire[8:24], endpoint,
                                                              link.name, now):
             return   # IKE (UDP 500/4500) for one of our addresses
@@ -620,11 +594,33 @@ class Node:
 
     # -- mobility ------------------------------------------------------------------
 
-    def _link_coa(self, link_name: str | None):
+    def link_coa(self, link_name: str | None):
         for link in self.config.links:
             if link.name == link_name:
                 return link.coa
         return None
+
+    def link_names(self) -> list[str]:
+        return list(self.links)
+
+    # -- what vmip.node.keying still reads directly (until it takes NodeServices) --
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        return self.loop
+
+    @property
+    def _pcap_wire(self) -> PcapWriter | None:
+        return self.pcap_wire
+
+    def _arm_timer(self) -> None:
+        self.pump.arm()
+
+    def _link_coa(self, link_name: str | None):
+        return self.link_coa(link_name)
+
+    def tunnel_changed(self) -> None:
+        self.mobility.tunnel_changed()
 
     def move(self, link_name: str) -> dict:
         """Make *link_name* the MN's access link: new CoA, rules, BUs (draft §6.1)."""
@@ -632,7 +628,7 @@ class Node:
             raise NodeError("this node is not a mobile node (roles has no 'mn')")
         if link_name not in self.links:
             raise NodeError(f"no link {link_name!r}; links: {', '.join(self.links)}")
-        coa = self._link_coa(link_name)
+        coa = self.link_coa(link_name)
         if coa is None:
             raise NodeError(f"link {link_name} has no care-of address (coa) in the config")
         old = self.active_link
@@ -640,33 +636,6 @@ class Node:
         self.mobility.move(coa, self.clock())
         log.info("moved", old_link=old or "-", new_link=link_name, coa=str(coa))
         return {"link": link_name, "coa": str(coa), "previous": old}
-
-    def arm_mobility_timer(self) -> None:
-        if self._loop is None:
-            return
-        deadline = self.mobility.get_timer()
-        if deadline == self._mobility_deadline:
-            return
-        if self._mobility_timer is not None:
-            self._mobility_timer.cancel()
-            self._mobility_timer = None
-        self._mobility_deadline = deadline
-        if deadline is not None:
-            self._mobility_timer = self._loop.call_later(max(0.0, deadline - self.clock()),
-                                                         self._on_mobility_timer)
-
-    def _on_mobility_timer(self) -> None:
-        self._mobility_timer = None
-        self._mobility_deadline = None
-        self.mobility.handle_timer(self.clock())
-        self.arm_mobility_timer()
-
-    def publish_event(self, record: dict) -> None:
-        for listener in list(self._event_listeners):
-            try:
-                listener(record)
-            except Exception:  # a broken listener must not break the node
-                log.exception("event listener failed")
 
     # -- MTU -------------------------------------------------------------------
 
@@ -689,192 +658,6 @@ class Node:
                 for p in self.config.peers):
             family = 6
         return mtu - _UDP_OVERHEAD[family]
-
-    # -- control socket --------------------------------------------------------
-
-    def _handlers(self) -> dict[str, Callable[[dict], Any]]:
-        from vmip.control.commands import require_specs
-
-        # Every command's arguments are checked against vmip/control/commands.py
-        # first (bad_args, no traceback); a command not declared there takes none.
-        return require_specs({
-            "status": self._status,
-            "sa.list": self._sa_list,
-            "spd.list": self._spd_list,
-            "locators": self._locators,
-            "counters": self._counters,
-            "keys.wireshark": self._keys_wireshark,
-            "pcap.start": self._pcap_start,
-            "pcap.stop": self._pcap_stop,
-            "reload": self._reload_command,
-            "mn.move": self._mn_move,
-            "remap.list": self._remap_list,
-            "mobility": lambda args: {**self.mobility.status(), "movement": (
-                self.movement.status() if self.movement is not None else None)},
-            "events": self._events,
-            **(self._ike_handlers() if self.keying is not None else {}),
-        })
-
-    def _ike_handlers(self) -> dict[str, Callable[[dict], Any]]:
-        from vmip.control.errors import BadArgs
-        from vmip.node.keying import KeyingError
-
-        # The IKE manager refuses with KeyingError ("no IKE peer 'x'; peers:
-        # ..."): the client's mistake, so bad_args rather than a traceback.
-        def refusing(handler: Callable[[dict], Any]) -> Callable[[dict], Any]:
-            def handle(args: dict) -> Any:
-                try:
-                    return handler(args)
-                except KeyingError as exc:
-                    raise BadArgs(str(exc)) from None
-            return handle
-
-        return {cmd: refusing(handler) for cmd, handler in self.keying.handlers().items()}
-
-    def _reload_command(self, args: dict) -> dict:
-        error = self.reload()
-        return {"reloaded": error is None, "error": error, "reloads": self.counters["reloads"]}
-
-    def _mn_move(self, args: dict) -> dict:
-        from vmip.control.errors import BadArgs
-
-        try:
-            return self.move(args["link"])
-        except NodeError as exc:   # not an MN, no such link, a link without a CoA
-            raise BadArgs(str(exc)) from None
-
-    def _remap_list(self, args: dict) -> dict:
-        return {"rules": self.mobility.remap.format_rules(),
-                "counters": dict(self.mobility.remap.counters)}
-
-    def _events(self, args: dict) -> list:
-        since = args.get("since") or 0   # type-checked by vmip/control/commands.py
-        return [e for e in self.mobility.timeline if e["t"] > since]
-
-    def _status(self, args: dict) -> dict:
-        from vmip.node.privileges import privilege_summary
-
-        cfg = self.config
-        now = self.clock()
-        return {
-            "name": cfg.node.name,
-            "version": __version__,
-            "roles": [str(r) for r in cfg.node.roles],
-            "pid": os.getpid(),
-            "uptime_s": round(now - self.started_at, 3),
-            "tun": self.tun.status() if self.tun is not None else None,
-            "links": [
-                {"name": name, "driver": driver.kind, "counters": dict(driver.counters),
-                 "mtu": self._link_mtu.get(name)}
-                for name, driver in self.links.items()
-            ],
-            "sas": len(self.sad.dump(publish=False)),
-            "policies": len(self.spd.list()),
-            "locators": len(self.locators),
-            "control": str(self.control_path),
-            "active_link": self.active_link,
-            "capture": {
-                "wire": str(self._pcap_wire.path) if self._pcap_wire else None,
-                "inner": str(self._pcap_inner.path) if self._pcap_inner else None,
-            },
-            "privileges": privilege_summary(),
-        }
-
-    def _sa_list(self, args: dict) -> list[dict]:
-        rows = []
-        for info in self.sad.dump(publish=False):
-            esp = self.sad.esp(info.spi, info.direction, info.dst)
-            rows.append({
-                "name": info.name,
-                "spi": info.spi,
-                "direction": info.direction.value,
-                "src": str(info.src),
-                "dst": str(info.dst),
-                "state": info.state,
-                "mode": info.mode.value if info.mode else None,
-                "suite": info.suite,
-                "origin": info.origin,
-                "packets": info.packets,
-                "bytes": info.bytes,
-                "drops": dict(esp.drops) if esp is not None else {},
-            })
-        return rows
-
-    def _spd_list(self, args: dict) -> list[dict]:
-        rows = []
-        for policy in self.spd.list():
-            rows.append({
-                "name": policy.name,
-                "direction": policy.direction.value,
-                "selector": str(policy.selector),
-                "action": policy.action.value,
-                "sa": [str(t) for t in policy.sa_bundle],
-                "priority": policy.priority,
-            })
-        return rows
-
-    def _locators(self, args: dict) -> list[dict]:
-        return self.locators.rows(self.clock())
-
-    def _counters(self, args: dict) -> dict:
-        esp_drops: Counter[str] = Counter()
-        for info in self.sad.dump(publish=False):
-            esp = self.sad.esp(info.spi, info.direction, info.dst)
-            if esp is not None:
-                esp_drops.update(esp.drops)
-        return {
-            "node": dict(self.counters),
-            "ipsec": dict(self.engine.drops),
-            "esp": dict(esp_drops),
-            "links": {name: dict(d.counters) for name, d in self.links.items()},
-            "mobility": dict(self.mobility.counters),
-            "remap": dict(self.mobility.remap.counters),
-            "tun": self.tun.status() if self.tun is not None else {},
-        }
-
-    def _keys_wireshark(self, args: dict) -> dict:
-        params = []
-        for info in self.sad.dump(publish=False):
-            esp = self.sad.esp(info.spi, info.direction, info.dst)
-            if esp is not None:
-                params.append(esp.params)
-        return {"rows": wireshark_rows(params)}
-
-    def _pcap_start(self, args: dict) -> dict:
-        from vmip.control.errors import BadArgs
-        from vmip.node.pcap import CaptureError
-
-        wire, inner = args.get("wire"), args.get("inner")   # checked: absolute paths
-        if not wire and not inner:
-            raise BadArgs("give 'wire' and/or 'inner': absolute paths of new pcap files")
-        if wire is not None and wire == inner:
-            raise BadArgs("'wire' and 'inner' must be two different files")
-        # Open both before stopping the running capture: a refused path
-        # (it exists, or is a symlink) leaves the current capture as it was.
-        opened: list[PcapWriter | None] = []
-        try:
-            for path in (wire, inner):
-                opened.append(PcapWriter(path) if path else None)
-        except CaptureError as exc:
-            for writer in opened:
-                if writer is not None:
-                    writer.close()
-                    writer.path.unlink(missing_ok=True)   # ours, created an instant ago
-            raise BadArgs(str(exc)) from None
-        self._pcap_stop({})
-        self._pcap_wire, self._pcap_inner = opened
-        log.info("capture started", wire=wire or "-", inner=inner or "-")
-        return {"wire": wire, "inner": inner}
-
-    def _pcap_stop(self, args: dict) -> dict:
-        stopped = {}
-        for attr in ("_pcap_wire", "_pcap_inner"):
-            writer = getattr(self, attr)
-            if writer is not None:
-                writer.close()
-                stopped[attr[6:]] = {"file": str(writer.path), "packets": writer.packets}
-                setattr(self, attr, None)
-        return stopped
 
 
 def _ipv6_text(raw: bytes) -> str:

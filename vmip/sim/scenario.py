@@ -158,9 +158,9 @@ async def _roaming(world: SimWorld, options: SimOptions) -> dict[str, Any]:
     mn, cn_node = world.nodes["mn"], world.nodes["cn"]
     coa_links = {str(link.coa): link.name for link in mn.config.links if link.coa is not None}
     handovers = metrics.handover_reports(
-        triggers=triggers, events=list(mn.mobility.timeline), coa_links=coa_links,
+        triggers=triggers, events=mn.events.records(), coa_links=coa_links,
         mn_to_cn=to_cn.arrivals, cn_to_mn=to_mn.arrivals, interval=1.0 / PROBE_RATE,
-        end=end, cn_events=list(cn_node.mobility.timeline))
+        end=end, cn_events=cn_node.events.records())
     for handover in handovers:
         handover["tcp_survived"] = None    # no TCP in the simulator
     summary = metrics.summary(handovers)

@@ -26,6 +26,7 @@ from vmip.lab.topology import NAT_ADDRESS, OVERLAY_PORT, LabPlan, default_plan
 from vmip.node.movement import MovementWatcher
 from vmip.node.ports import NodePorts
 from vmip.node.runtime import Node
+from vmip.node.services import NodeServices
 from vmip.sim.loop import VirtualTimeLoop
 from vmip.sim.network import SimLink, SimNetwork
 from vmip.sim.tun import MemoryTun
@@ -46,14 +47,15 @@ class _HostLink:
 class SimMovement(MovementWatcher):
     """The MN's movement detection, told link states by the simulator instead of netlink."""
 
-    def __init__(self, node: Node, network: SimNetwork, name: str) -> None:
-        super().__init__(node, dump=lambda: ([], []))
+    def __init__(self, services: NodeServices, network: SimNetwork, name: str) -> None:
+        super().__init__(services, dump=lambda: ([], []))
         self.network = network
         self.node_name = name
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self.node._event_listeners.append(self._on_mobility_event)
+        self.services.events.subscribe(self._on_mobility_event)
+        self.services.pump.add("movement", self)
         self.rescan()
 
     def rescan(self) -> None:
@@ -66,13 +68,7 @@ class SimMovement(MovementWatcher):
 
     def close(self) -> None:
         self._stop.set()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        try:
-            self.node._event_listeners.remove(self._on_mobility_event)
-        except ValueError:
-            pass
+        self.detach()
 
 
 class SimWorld:
@@ -120,8 +116,8 @@ class SimWorld:
             return SimLink(link_config, network, addresses[link_config.name],
                            link_config.port or OVERLAY_PORT)
 
-        def movement(node: Node) -> SimMovement:
-            watcher = SimMovement(node, network, name)
+        def movement(services: NodeServices) -> SimMovement:
+            watcher = SimMovement(services, network, name)
             self.movements[name] = watcher
             return watcher
 
