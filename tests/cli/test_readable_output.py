@@ -18,18 +18,16 @@ from vmip.cli.render import column_widths, format_sa_bundle, format_selector, pr
 from vmip.demo.dashboard import _event_line
 from vmip.links.locators import LocatorTable
 
-# What a node sends for 'spd.list' (str() of vmip.ipsec.spd.Selector).
-ECHO = ("Selector(local=IPv6Network('2001:db8:100::10/128'), remote=IPv6Network("
-        "'2001:db8:20::2/128'), proto=17, local_ports=None, remote_ports=(7, 7), "
-        "icmp_type=None, icmp_code=None, mh_type=None)")
-MH = ("Selector(local=IPv6Network('2001:db8:100::10/128'), remote=IPv6Network("
-      "'2001:db8:100::1/128'), proto=135, local_ports=None, remote_ports=None, "
-      "icmp_type=None, icmp_code=None, mh_type=5)")
-IKE = ("Selector(local=IPv6Network('2001:db8:100::10/128'), remote=None, proto=17, "
-       "local_ports=(500, 500), remote_ports=<Opaque.OPAQUE: 'opaque'>, icmp_type=None, "
-       "icmp_code=None, mh_type=None)")
-ANY = ("Selector(local=None, remote=None, proto=None, local_ports=None, remote_ports=None, "
-       "icmp_type=None, icmp_code=None, mh_type=None)")
+# What a node sends for 'spd.list' (vmip.node.control.selector_record of a Selector).
+_NONE = dict.fromkeys(("local", "remote", "proto", "local_ports", "remote_ports", "icmp_type",
+                       "icmp_code", "mh_type"))
+ECHO = {**_NONE, "local": "2001:db8:100::10/128", "remote": "2001:db8:20::2/128", "proto": 17,
+        "remote_ports": [7, 7]}
+MH = {**_NONE, "local": "2001:db8:100::10/128", "remote": "2001:db8:100::1/128", "proto": 135,
+      "mh_type": 5}
+IKE = {**_NONE, "local": "2001:db8:100::10/128", "proto": 17, "local_ports": [500, 500],
+       "remote_ports": "opaque"}
+ANY = dict(_NONE)
 POLICIES = [
     {"name": "echo-to-cn", "direction": "out", "selector": ECHO, "action": "protect",
      "sa": ["mn-ha-tunnel-out"], "priority": 15},

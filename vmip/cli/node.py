@@ -199,8 +199,9 @@ def _sa_list(args) -> int:
 
 def _spd_list(args) -> int:
     rows = _client(args).call("spd.list")
-    for row in rows:
-        row["sa"] = ", ".join(row.get("sa", []))
+    if not args.json:
+        # The table joins an SA bundle into one cell; --json keeps the list.
+        rows = [{**row, "sa": ", ".join(row.get("sa", []))} for row in rows]
     print_rows(rows, ["name", "direction", "selector", "action", "sa", "priority"],
                as_json=args.json, title="policies")
     return 0
@@ -290,10 +291,12 @@ def _events(args) -> int:
         print_json(rows)
         return 0
     import time as _time
+
+    from vmip.cli.render import event_value
     for row in rows:
         row["time"] = _time.strftime("%H:%M:%S", _time.localtime(row["t"])) + \
             f".{int(row['t'] * 1000) % 1000:03d}"
-        row["details"] = " ".join(f"{k}={v}" for k, v in row.items()
+        row["details"] = " ".join(f"{k}={event_value(k, v)}" for k, v in row.items()
                                   if k not in ("t", "time", "event", "details"))
     print_rows(rows, ["time", "event", "details"], title="mobility events")
     return 0

@@ -25,10 +25,8 @@ lines per row.
 from __future__ import annotations
 
 import argparse
-import ast
 import ipaddress
 import json
-import math
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -40,9 +38,9 @@ from rich.table import Table
 from rich.text import Text
 
 from vmip.control.protocol import to_json_value
+from vmip.humanize import MISSING, event_value, format_ago, format_duration
 
-#: What a table shows for a missing or null value.
-MISSING: Final = "-"
+__all__ = ["MISSING", "event_value", "format_ago", "format_duration"]
 
 Justify = Literal["left", "center", "right"]
 
@@ -78,31 +76,6 @@ def format_bitrate(bits_per_second: float) -> str:
     if unit == 0 or abs(value) >= 10:
         return f"{value:.0f} {units[unit]}"
     return f"{value:.1f} {units[unit]}"
-
-
-def format_duration(seconds: float) -> str:
-    """Durations the way people read them: ``250 µs``, ``35 ms``, ``4.2 s``, ``5m 03s``, ``2h 05m``, ``3d 04h``."""
-    value = float(seconds)
-    if math.isnan(value):
-        return MISSING
-    if math.isinf(value):
-        return "forever" if value > 0 else "-forever"
-    if value < 0:
-        return "-" + format_duration(-value)
-    if value < 1e-3:
-        return f"{value * 1e6:.0f} µs"
-    if value < 1:
-        return f"{value * 1e3:.0f} ms"
-    if value < 10:
-        return f"{value:.1f} s"
-    whole = int(value)
-    if whole < 60:
-        return f"{whole} s"
-    if whole < 3600:
-        return f"{whole // 60}m {whole % 60:02d}s"
-    if whole < 86400:
-        return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
-    return f"{whole // 86400}d {whole % 86400 // 3600:02d}h"
 
 
 def format_address(value: Any) -> str:
@@ -144,35 +117,15 @@ def format_bool(value: Any) -> str:
     return "yes" if value else "no"
 
 
-def format_ago(seconds: float) -> str:
-    """How long ago something happened: ``350 ms ago``, ``2.3 s ago``, ``5m 03s ago``."""
-    return f"{format_duration(seconds)} ago"
-
-
 #: Protocol numbers people know by name (IANA "Protocol Numbers").
 PROTOCOL_NAMES: Final = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 135: "mh"}
-_OPAQUE_REPR = re.compile(r"<Opaque\.OPAQUE: 'opaque'>")
 
 
 def _selector_fields(value: Any) -> dict[str, Any]:
-    """The fields of a selector: a mapping, or the text a node sends
-    (``Selector(local=IPv6Network('2001:db8::1/128'), ...)``), read without eval."""
+    """The fields of a selector, as a node sends them (a mapping)."""
     if isinstance(value, Mapping):
         return dict(value)
-    if not isinstance(value, str):
-        raise TypeError(value)
-    tree = ast.parse(_OPAQUE_REPR.sub("'opaque'", value.strip()), mode="eval").body
-    if not isinstance(tree, ast.Call) or tree.args:
-        raise ValueError(value)
-    fields = {}
-    for keyword in tree.keywords:
-        node = keyword.value
-        if isinstance(node, ast.Call) and len(node.args) == 1 and not node.keywords \
-                and isinstance(node.func, ast.Name) and node.func.id.endswith("Network"):
-            fields[keyword.arg] = ast.literal_eval(node.args[0])
-        else:
-            fields[keyword.arg] = ast.literal_eval(node)
-    return fields
+    raise TypeError(value)
 
 
 def _range(value: Any) -> str:
@@ -295,7 +248,7 @@ class Column:
                 # Which way the arrow points depends on the policy's direction.
                 return format_selector(value, row.get("direction"))
             return (self.formatter or FORMATTERS[self.kind])(value)
-        except (TypeError, ValueError, OverflowError, SyntaxError):
+        except (TypeError, ValueError, OverflowError):
             return str(value)
 
 

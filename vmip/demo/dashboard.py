@@ -18,7 +18,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from vmip.cli.render import format_duration
+from vmip.humanize import event_value, format_duration
 
 #: Snapshot key → control command.
 QUERIES = {"status": "status", "sas": "sa.list", "remap": "remap.list",
@@ -95,20 +95,9 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
 
 
-def _event_value(key: str, value: Any) -> str:
-    """A field of an event as people read it: ``rtt=12.3ms``, not 18 digits of seconds."""
-    if isinstance(value, float):
-        if key == "rtt" or key.endswith(("_s", "time", "elapsed")):
-            if value < 1:
-                return f"{value * 1000:.1f}ms"
-            return f"{value:.2f}s"
-        return f"{value:.4g}"
-    return str(value)
-
-
 def _event_line(event: Mapping[str, Any], width: int) -> str:
     stamp = datetime.fromtimestamp(event.get("t", 0)).strftime("%H:%M:%S.%f")[:-3]
-    details = " ".join(f"{k}={_event_value(k, v)}" for k, v in event.items()
+    details = " ".join(f"{k}={event_value(k, v)}" for k, v in event.items()
                        if k not in ("t", "event", "hoa") and v not in (None, ""))
     return _clip(f"{stamp} {event.get('event', '?')} {details}", width)
 

@@ -143,7 +143,7 @@ class NodeControl:
             rows.append({
                 "name": policy.name,
                 "direction": policy.direction.value,
-                "selector": str(policy.selector),
+                "selector": selector_record(policy.selector),
                 "action": policy.action.value,
                 "sa": [str(t) for t in policy.sa_bundle],
                 "priority": policy.priority,
@@ -212,3 +212,21 @@ class NodeControl:
                 stopped[attr[5:]] = {"file": str(writer.path), "packets": writer.packets}
                 setattr(self.node, attr, None)
         return stopped
+
+
+def selector_record(selector: Any) -> dict[str, Any]:
+    """A selector's fields as JSON: prefixes as text, ranges as ``[low, high]``,
+    OPAQUE as ``"opaque"``, ANY as ``null`` (RFC 4301 §4.4.1.1)."""
+    record: dict[str, Any] = {}
+    for name in ("local", "remote", "proto", "local_ports", "remote_ports", "icmp_type",
+                 "icmp_code", "mh_type"):
+        value = getattr(selector, name)
+        if value is None or isinstance(value, int):
+            record[name] = value
+        elif isinstance(value, tuple):
+            record[name] = list(value)
+        elif hasattr(value, "value") and not hasattr(value, "prefixlen"):
+            record[name] = value.value        # Opaque.OPAQUE -> "opaque"
+        else:
+            record[name] = str(value)
+    return record
