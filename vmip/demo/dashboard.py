@@ -39,7 +39,7 @@ def collect(client: Any, *, events_since: float = 0.0) -> dict[str, Any]:
         args = {"since": events_since} if command == "events" else {}
         try:
             snapshot[key] = client.call(command, **args)
-        except Exception as exc:  # one broken query must not blank the screen
+        except Exception as exc:  # noqa: BLE001 - one broken query must not blank the screen
             snapshot[key] = {"error": str(exc)}
     return snapshot
 

@@ -191,7 +191,7 @@ def percentile(values: Sequence[float], fraction: float) -> float | None:
     data = sorted(v for v in values if v is not None)
     if not data:
         return None
-    rank = max(1, -(-int(round(fraction * 1000)) * len(data) // 1000))
+    rank = max(1, -(-round(fraction * 1000) * len(data) // 1000))
     return data[min(rank, len(data)) - 1]
 
 

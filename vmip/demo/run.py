@@ -246,7 +246,7 @@ def _run(run: _Run, options: DemoOptions, out: Callable[[str], None]) -> dict[st
 def _safe(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a report field, not a reason to lose the report
         return {"error": str(exc)}
 
 
@@ -262,7 +262,7 @@ def _netem_possible() -> bool:
         return True
     try:
         return subprocess.run(["modinfo", "-n", "sch_netem"], capture_output=True,
-                              timeout=5).returncode == 0
+                              timeout=5, check=False).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -312,16 +312,14 @@ def _start_traffic(run: _Run, hoa: str, cn: str) -> None:
                 "--peer", peer, "--rate", str(PROBE_RATE), "--udp-port", str(UDP_PORT),
                 "--tcp-port", str(TCP_PORT), "--out", str(run.workdir / f"{role}.json"),
                 "--status", str(run.workdir / f"{role}.status")]
-        log_file = open(run.workdir / f"{role}.log", "wb")
-        run.agents[role] = popen_in(netns, argv, stdout=log_file, stderr=subprocess.STDOUT,
-                                    env=_child_env())
-        log_file.close()
+        with open(run.workdir / f"{role}.log", "wb") as log_file:   # the child keeps its copy
+            run.agents[role] = popen_in(netns, argv, stdout=log_file, stderr=subprocess.STDOUT,
+                                        env=_child_env())
         if role == "cn":
             _wait_file(run.workdir / "cn.status", 5.0)
-    ping_log = open(run.workdir / "ping.log", "wb")
-    run.ping = popen_in("vmip-mn", ["ping", "-6", "-n", "-i", "0.2", "-I", hoa, cn],
-                        stdout=ping_log, stderr=subprocess.STDOUT)
-    ping_log.close()
+    with open(run.workdir / "ping.log", "wb") as ping_log:
+        run.ping = popen_in("vmip-mn", ["ping", "-6", "-n", "-i", "0.2", "-I", hoa, cn],
+                            stdout=ping_log, stderr=subprocess.STDOUT)
 
 
 def _child_env() -> dict[str, str]:
@@ -415,11 +413,11 @@ def _status_lines(run: _Run, clients: dict[str, ControlClient], started: float,
     last = run.triggers[-1] if run.triggers else None
     change = f"last change: {last.link} {last.action} {now - last.t:.1f}s ago" if last else \
         "no link change yet"
-    return [f"demo {now - started:.0f}/{end_at - started:.0f}s · wifi0 "
-            f"{'up' if run.wifi_up else 'DOWN'} · {change}",
-            f"probes mn→cn {cn.get('probes_received', 0)}/{mn.get('probes_sent', 0)} · cn→mn "
-            f"{mn.get('probes_received', 0)}/{cn.get('probes_sent', 0)} · TCP "
-            f"{cn.get('tcp_bytes', 0) / 1e6:.1f} MB{' ERROR' if cn.get('tcp_error') else ''}"]
+    return [(f"demo {now - started:.0f}/{end_at - started:.0f}s · wifi0 "
+             f"{'up' if run.wifi_up else 'DOWN'} · {change}"),
+            (f"probes mn→cn {cn.get('probes_received', 0)}/{mn.get('probes_sent', 0)} · cn→mn "
+             f"{mn.get('probes_received', 0)}/{cn.get('probes_sent', 0)} · TCP "
+             f"{cn.get('tcp_bytes', 0) / 1e6:.1f} MB{' ERROR' if cn.get('tcp_error') else ''}")]
 
 
 def _save_captures(run: _Run, pcap_dir: Path) -> None:
@@ -445,8 +443,8 @@ def _tcp_cell(survived: bool | None) -> str:
 
 def format_report(report: dict[str, Any]) -> str:
     """The end-of-run table (plain text, fits 80 columns)."""
-    lines = [f"{'#':>2} {'from':6} {'to':6} {'mn→cn ms':>9} {'cn→mn ms':>9} {'lost':>5} "
-             f"{'BU→BA ms':>9} {'AOT':>4} {'TCP':>4} {'move':>5} {'CN':>5}"]
+    lines = [(f"{'#':>2} {'from':6} {'to':6} {'mn→cn ms':>9} {'cn→mn ms':>9} {'lost':>5} "
+              f"{'BU→BA ms':>9} {'AOT':>4} {'TCP':>4} {'move':>5} {'CN':>5}")]
     fmt = lambda v: "-" if v is None else f"{v:.0f}"
     for i, h in enumerate(report["handovers"], 1):
         lines.append(f"{i:>2} {h['from']:6} {h['to']:6} {fmt(h['interruption_ms']['mn_to_cn']):>9} "

@@ -255,14 +255,14 @@ class Node:
     def _close_step(self, what: str, close: Callable[[], Any]) -> None:
         try:
             close()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one step must not skip the rest
             log.error("close step failed; going on", step=what,
                       error=f"{type(exc).__name__}: {exc}")
 
     async def _close_step_async(self, what: str, close: Callable[[], Any]) -> None:
         try:
             await close()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one step must not skip the rest
             log.error("close step failed; going on", step=what,
                       error=f"{type(exc).__name__}: {exc}")
 

@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import pytun
 from pyroute2 import IPRoute, NetlinkError
@@ -44,6 +44,9 @@ from vmip.errors import VmipError
 from vmip.log import get_logger
 from vmip.wire.errors import WireError
 from vmip.wire.icmpv6 import PACKET_TOO_BIG, PacketTooBig, build_icmpv6_packet, may_send_error
+
+if TYPE_CHECKING:
+    from typing import Self
 
 log = get_logger(__name__)
 
@@ -490,7 +493,7 @@ class TunDevice:
     def closed(self) -> bool:
         return self._device is None
 
-    def __enter__(self) -> TunDevice:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -708,7 +711,7 @@ def _configure(name: str, mtu: int,
     def work() -> None:
         try:
             outcome.append(_configure_now(name, mtu, addresses, routes))
-        except BaseException as exc:  # handed over to the caller's thread
+        except BaseException as exc:  # noqa: BLE001 - handed over to the caller's thread
             outcome.append(exc)
 
     worker = threading.Thread(target=work, name=f"tun-config-{name}")
