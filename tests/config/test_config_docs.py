@@ -7,22 +7,9 @@ from pathlib import Path
 
 from cfgtest_helpers import REPO
 
-from vmip.config import load_config
-from vmip.config.loader import (
-    IKE_KEYS,
-    IKE_PEER_KEYS,
-    KEYS_KEYS,
-    LIFETIME_KEYS,
-    LINK_KEYS,
-    LOGGING_KEYS,
-    MOBILITY_KEYS,
-    NODE_KEYS,
-    PEER_KEYS,
-    POLICY_KEYS,
-    ROOT_KEYS,
-    SA_KEYS,
-    TUN_KEYS,
-)
+from vmip.config import NodeConfig, load_config
+from vmip.config.model import LIFETIME_KEYS
+from vmip.config.schema import headers, keys_of, settings
 from vmip.ipsec.suites import SUITES
 
 DOC = (REPO / "docs" / "configuration.md").read_text()
@@ -44,12 +31,42 @@ def test_annotated_schema_loads(configs: Path) -> None:
     assert cfg.policies[0].sa == ("mn-cn-out",)
 
 
-def test_every_key_is_documented() -> None:
-    for keys in (ROOT_KEYS, NODE_KEYS, TUN_KEYS, LINK_KEYS, PEER_KEYS, MOBILITY_KEYS, KEYS_KEYS,
-                 SA_KEYS, LIFETIME_KEYS, POLICY_KEYS, IKE_KEYS, IKE_PEER_KEYS, LOGGING_KEYS,
-                 ("socket",)):
-        for key in keys:
-            assert f"`{key}`" in DOC or f"[{key}]" in DOC or f"[[{key}]]" in DOC, key
+def _doc_section(header: str) -> str:
+    """The doc's part on one table: from its heading to the next ``###``."""
+    found = re.search(rf"^(### )?`{re.escape(header)}`", DOC, flags=re.MULTILINE)
+    assert found, f"no section on {header}"
+    end = DOC.find("\n### ", found.end())
+    return DOC[found.start():end if end > 0 else None]
+
+
+def test_every_key_is_documented_in_its_table() -> None:
+    for key in keys_of(NodeConfig):
+        assert f"`[{key}]`" in DOC or f"`[[{key}]]`" in DOC, key
+    for header, kind in headers(NodeConfig):
+        section = _doc_section(header)
+        dotted = header.strip("[]")
+        for field, spec in settings(kind):
+            if spec.section is not None:
+                assert f"[[{dotted}.{spec.name}]]" in DOC, (header, spec.name)
+            else:
+                assert f"`{spec.name}`" in section, (header, spec.name)
+    sa_section = _doc_section("[[keys.sa]]")
+    for key in LIFETIME_KEYS:
+        assert f"`{key}`" in sa_section, key
+
+
+def test_the_annotated_schema_shows_every_key() -> None:
+    """The whole-schema block writes (or comments out) each key of each table."""
+    text = "\n" + _schema_block()
+    for header, kind in headers(NodeConfig):
+        block = text[text.index(f"\n{header}") + 1:]
+        first_line = block.index("\n")
+        following = re.search(r"^\[", block[first_line:], flags=re.MULTILINE)
+        block = block[:first_line + following.start()] if following else block
+        for _, spec in settings(kind):
+            if spec.section is None:
+                assert re.search(rf"^(# )?{spec.name} = ", block, flags=re.MULTILINE), \
+                    (header, spec.name)
 
 
 def test_every_suite_is_documented_with_its_sizes() -> None:

@@ -75,6 +75,19 @@ def test_no_key_material_in_any_output(configs: Path, name: str) -> None:
         assert raw[-16:] not in outputs
 
 
+def test_node_user_is_in_the_effective_config(configs: Path) -> None:
+    path = configs / "mn.toml"
+    text = path.read_text().replace('[node]\n', '[node]\nuser = "root"\n', 1)
+    cfg = parse_config(text, path)
+    assert cfg.node.user == "root"
+    assert to_dict(cfg)["node"]["user"] == "root"
+    assert 'user = "root"' in dump_effective(cfg)
+    assert parse_config(dump_effective(cfg), path) == cfg
+    unset = load_config(path)
+    assert "# user: not set: none (the node keeps the user that started it)" in \
+        dump_effective(unset)
+
+
 def test_defaults_are_filled_in(tmp_path: Path) -> None:
     path = tmp_path / "laptop.toml"
     path.write_text(MINIMAL_MN)

@@ -16,24 +16,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from vmip.config import ConfigError, build_config, dump_effective, parse_config
-from vmip.config.loader import (
-    IKE_KEYS,
-    IKE_PEER_KEYS,
-    KEYS_KEYS,
-    LIFETIME_KEYS,
-    LINK_KEYS,
-    MOBILITY_KEYS,
-    NODE_KEYS,
-    PEER_KEYS,
-    POLICY_KEYS,
-    ROOT_KEYS,
-    SA_KEYS,
-    TUN_KEYS,
-)
+from vmip.config.model import LIFETIME_KEYS, NodeConfig
+from vmip.config.schema import headers, keys_of
 
-ALL_KEYS = sorted(set(ROOT_KEYS + NODE_KEYS + TUN_KEYS + LINK_KEYS + PEER_KEYS + MOBILITY_KEYS
-                      + KEYS_KEYS + SA_KEYS + LIFETIME_KEYS + POLICY_KEYS + IKE_KEYS
-                      + IKE_PEER_KEYS + ("socket", "level", "format", "file")))
+ROOT_KEYS = keys_of(NodeConfig)
+ALL_KEYS = sorted(set(ROOT_KEYS + LIFETIME_KEYS).union(
+    *(keys_of(kind) for _, kind in headers(NodeConfig))))
 
 # Strings that get past the first checks and reach the deeper ones.
 INTERESTING = [

@@ -11,155 +11,40 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from enum import Enum
-from ipaddress import (
-    IPv4Address,
-    IPv4Interface,
-    IPv4Network,
-    IPv6Address,
-    IPv6Interface,
-    IPv6Network,
-)
-from pathlib import Path
 from typing import Any
 
 from vmip import __version__
-from vmip.config.model import (
-    PROTOCOL_NUMBERS,
-    Endpoint,
-    IkeConfig,
-    Lifetime,
-    LinkConfig,
-    NodeConfig,
-    PeerConfig,
-    PolicyConfig,
-    PortRange,
-    SaConfig,
-)
+from vmip.config.model import NodeConfig
+from vmip.config.schema import headers, settings
+from vmip.config.values import show_plain
 from vmip.tomlwriter import toml_key, toml_string
 
-_PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
-
-#: What "not set" means, shown as a comment in the TOML dump.
-_UNSET_MEANING = {
-    "interface": "chosen by the routing table",
-    "bind": "any local address",
-    "port": "none (the raw driver has no port)",
-    "coa": "none (not a mobile node's link)",
-    "endpoint": "none (learned from authenticated packets, or routed for raw)",
-    "home_prefix": "none (not a mobile node or home agent)",
-    "home_address": "none (not a mobile node)",
-    "home_agent": "none (not a mobile node)",
-    "key_file": "none (the suite has no encryption key)",
-    "auth_key_file": "none (the suite is AEAD)",
-    "local_id": "the local IP address",
-    "remote_id": "the peer's IP address",
-    "psk_file": "none (certificates)",
-    "certificate": "none (PSK)",
-    "private_key": "none (PSK)",
-    "socket": "/run/vmip/<network namespace>.sock, chosen at start",
-    "file": "standard error",
-    "state_dir": "/var/lib/vmip/<node name>",
-    "ike": 'not used (keys.mode = "static")',
-}
+#: What a table that is not set means (the root's tables), by key.
+_UNSET_TABLE = {key.name: key.unset for _, key in settings(NodeConfig) if key.unset}
+#: What "not set" means for each key, shown as a comment in the TOML dump
+#: (a key's name means the same in every table that has it).
+_UNSET_MEANING = {key.name: key.unset for _, kind in headers(NodeConfig)
+                  for _, key in settings(kind) if key.unset}
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, (IPv4Address, IPv6Address, IPv4Network, IPv6Network, IPv4Interface,
-                          IPv6Interface, Path, Endpoint)):
-        return str(value)
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    return value
-
-
-def _ports(ports: PortRange | None) -> int | str:
-    if ports is None:
-        return "any"
-    low, high = ports
-    return low if low == high else f"{low}-{high}"
-
-
-def _lifetime(soft: Lifetime, hard: Lifetime) -> dict[str, Any]:
+def _section(obj: Any) -> dict[str, Any]:
+    """One section as the file would write it: its keys in schema order."""
     out: dict[str, Any] = {}
-    for unit in ("seconds", "bytes", "packets"):
-        out[f"soft_{unit}"] = getattr(soft, unit)
-        out[f"hard_{unit}"] = getattr(hard, unit)
-    return out
-
-
-def _link(link: LinkConfig) -> dict[str, Any]:
-    return {key: _plain(getattr(link, key)) for key in
-            ("name", "driver", "interface", "bind", "port", "coa", "priority", "keepalive")}
-
-
-def _peer(peer: PeerConfig) -> dict[str, Any]:
-    return {key: _plain(getattr(peer, key)) for key in
-            ("name", "prefixes", "endpoint", "framing", "default")}
-
-
-def _sa(sa: SaConfig) -> dict[str, Any]:
-    out = {key: _plain(getattr(sa, key)) for key in
-           ("name", "spi", "direction", "src", "dst", "mode", "suite", "key_file",
-            "auth_key_file", "esn", "replay_window")}
-    out["lifetime"] = _lifetime(sa.soft, sa.hard)
-    return out
-
-
-def _policy(policy: PolicyConfig) -> dict[str, Any]:
-    protocol = policy.protocol
-    return {
-        "name": policy.name,
-        "direction": policy.direction.value,
-        "src": str(policy.src),
-        "dst": str(policy.dst),
-        "protocol": "any" if protocol is None else _PROTOCOL_NAMES.get(protocol, protocol),
-        "src_ports": _ports(policy.src_ports),
-        "dst_ports": _ports(policy.dst_ports),
-        "icmp_type": "any" if policy.icmp_type is None else policy.icmp_type,
-        "icmp_code": "any" if policy.icmp_code is None else policy.icmp_code,
-        "mh_type": "any" if policy.mh_type is None else policy.mh_type,
-        "action": policy.action.value,
-        "sa": list(policy.sa),
-        "priority": policy.priority,
-    }
-
-
-def _ike(ike: IkeConfig | None) -> dict[str, Any] | None:
-    if ike is None:
-        return None
-    out = {key: _plain(getattr(ike, key)) for key in
-           ("local_id", "psk_file", "certificate", "private_key", "ca", "proposals",
-            "esp_proposals")}
-    out["peer"] = [{key: _plain(getattr(peer, key)) for key in
-                    ("name", "address", "remote_id", "initiate", "policies")} for peer in ike.peers]
+    for field, key in settings(type(obj)):
+        value = key.value_of(obj) if key.value_of else getattr(obj, field.name)
+        if key.section is not None:
+            if key.array:
+                out[key.name] = [_section(item) for item in value]
+            else:
+                out[key.name] = None if value is None else _section(value)
+        else:
+            out[key.name] = key.show(value) if key.show else show_plain(value)
     return out
 
 
 def to_dict(cfg: NodeConfig) -> dict[str, Any]:
     """The effective config as plain JSON-able data, in the file's shape."""
-    mobility = cfg.mobility
-    return {
-        "node": {"name": cfg.node.name, "roles": _plain(cfg.node.roles)},
-        "tun": {"name": cfg.tun.name, "addresses": _plain(cfg.tun.addresses),
-                "mtu": cfg.tun.mtu, "routes": _plain(cfg.tun.routes)},
-        "link": [_link(link) for link in cfg.links],
-        "peer": [_peer(peer) for peer in cfg.peers],
-        "mobility": {key: _plain(getattr(mobility, key)) for key in
-                     ("home_prefix", "home_address", "home_agent", "correspondents",
-                      "binding_lifetime", "tunnel", "proof_cache_size")},
-        "keys": {"mode": cfg.keys.mode.value, "backend": cfg.keys.backend,
-                 "replay_window": cfg.keys.replay_window,
-                 "state_dir": _plain(cfg.keys.state_dir),
-                 "sa": [_sa(sa) for sa in cfg.keys.sa]},
-        "policy": [_policy(policy) for policy in cfg.policies],
-        "ike": _ike(cfg.ike),
-        "control": {"socket": _plain(cfg.control.socket)},
-        "logging": {"level": cfg.logging.level, "format": cfg.logging.format,
-                    "file": _plain(cfg.logging.file)},
-    }
+    return _section(cfg)
 
 
 # --------------------------------------------------------------------------
@@ -222,7 +107,7 @@ def dump_effective(cfg: NodeConfig) -> str:
     for key, value in data.items():
         if value is None:
             lines.append("")
-            lines.append(f"# [{key}]: {_UNSET_MEANING.get(key, 'not set')}")
+            lines.append(f"# [{key}]: {_UNSET_TABLE.get(key, 'not set')}")
         elif isinstance(value, list):
             for item in value:
                 _write_table(lines, key, item, array=True)

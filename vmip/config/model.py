@@ -5,26 +5,32 @@ are :mod:`ipaddress` objects, prefixes ``ip_network``, paths absolute (the
 loader resolves them against the config file's directory), ``None`` means
 "not set" with the meaning documented on each field.  docs/configuration.md
 is the user-facing reference; keep the two in step.
+
+This is also the schema of the file (:mod:`vmip.config.schema`): each field
+the file can set says so in its metadata, with its key, parser, default and
+example.  Adding a simple key is adding one field here (and its line in
+docs/configuration.md); the loader and the effective config follow.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from dataclasses import dataclass, field
-from ipaddress import (
-    IPv4Address,
-    IPv4Interface,
-    IPv4Network,
-    IPv6Address,
-    IPv6Interface,
-    IPv6Network,
-)
+from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
+from typing import Any
 
+from vmip import log
+from vmip.config import values as v
+from vmip.config.schema import DERIVED, key, section
+from vmip.config.values import PROTOCOL_NUMBERS, Address, Interface, Network, PortRange
 from vmip.ipsec.sa import Direction, Lifetime, Mode
+from vmip.ipsec.suites import BACKENDS, SUITES
 
 __all__ = [
     "DEFAULT_PORTS",
+    "LIFETIME_KEYS",
     "PROTOCOL_NUMBERS",
     "Action",
     "Address",
@@ -54,12 +60,6 @@ __all__ = [
     "TunnelKind",
 ]
 
-Address = IPv4Address | IPv6Address
-Network = IPv4Network | IPv6Network
-Interface = IPv4Interface | IPv6Interface
-#: Inclusive (low, high); ``None`` stands for "any port".
-PortRange = tuple[int, int]
-
 
 class Role(enum.StrEnum):
     MN = "mn"
@@ -68,7 +68,7 @@ class Role(enum.StrEnum):
 
 
 class Driver(enum.StrEnum):
-    """How on-wire packets travel (DESIGN-BRIEF §3); also a peer's framing."""
+    """How on-wire packets travel; also a peer's framing."""
 
     UDP = "udp"
     RAW = "raw"
@@ -77,9 +77,6 @@ class Driver(enum.StrEnum):
 
 #: Underlay port of each driver when the config names none (raw has no port).
 DEFAULT_PORTS: dict[Driver, int | None] = {Driver.UDP: 6275, Driver.RFC3948: 4500, Driver.RAW: None}
-
-#: Protocol names accepted in policies (IANA protocol numbers).
-PROTOCOL_NUMBERS: dict[str, int] = {"tcp": 6, "udp": 17, "icmpv6": 58, "mh": 135}
 
 
 class Action(enum.StrEnum):
@@ -102,6 +99,24 @@ class TunnelKind(enum.StrEnum):
     IP6IP6 = "ip6ip6"
 
 
+# Defaults and limits of the file's keys (docs/configuration.md).
+DEFAULT_TUN_NAME = "vmip0"
+DEFAULT_MTU = 1400
+MIN_MTU = 1280  # RFC 8200 §5: every IPv6 link carries 1280-byte packets
+DEFAULT_BINDING_LIFETIME = 420
+# RFC 6275 §6.1.7: the BU lifetime is 16 bits of 4-second units.
+MAX_BINDING_LIFETIME = 0xFFFF * 4
+DEFAULT_PROOF_CACHE_SIZE = 1024
+DEFAULT_REPLAY_WINDOW = 1024
+DEFAULT_PRIORITY = 100
+# RFC 3948 §4: NAT keepalives every 20 s unless told otherwise.
+DEFAULT_KEEPALIVE = 20
+DEFAULT_IKE_PROPOSALS = ("aes128gcm16-prfsha256-ecp256",)
+DEFAULT_ESP_PROPOSALS = ("aes128gcm16",)
+LOG_LEVELS = log.LEVELS
+LOG_FORMATS = ("text", "json")
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """An underlay address and port (a peer's locator)."""
@@ -117,177 +132,268 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class NodeSection:
-    name: str
+    #: Default: the config file's name without .toml ("vmip" if not a usable name).
+    name: str = field(metadata=key(v.name('"mn"'), default=DERIVED))
     #: Every node also answers as a CN; ``cn`` alone is the default.
-    roles: tuple[Role, ...]
+    roles: tuple[Role, ...] = field(metadata=key(
+        v.enum_list(Role, '"mn"', min_items=1, what="role"), default=(Role.CN,)))
     #: After start-up the node becomes this user, keeping only CAP_NET_ADMIN
     #: (and CAP_NET_RAW for the raw driver); None: it stays as started.
-    user: str | None = None
+    user: str | None = field(default=None, metadata=key(
+        v.string('"vmip"'), default=None,
+        unset="none (the node keeps the user that started it)"))
 
 
 @dataclass(frozen=True)
 class TunConfig:
-    name: str
+    name: str = field(metadata=key(v.ifname('"vmip0"'), default=DEFAULT_TUN_NAME))
     #: Overlay addresses with their prefix length; an MN's HoA is among them.
-    addresses: tuple[Interface, ...]
-    mtu: int
+    addresses: tuple[Interface, ...] = field(metadata=key(
+        v.list_of(v.interface("an overlay address", '"2001:db8:100::10/64"'),
+                  '"2001:db8:100::10/64"', min_items=1, what="overlay address"),
+        example='["2001:db8:100::10/64"]'))
+    mtu: int = field(metadata=key(v.integer("1400", MIN_MTU, 65535, "an MTU"),
+                                  default=DEFAULT_MTU))
     #: Extra prefixes routed into the TUN.
-    routes: tuple[Network, ...]
+    routes: tuple[Network, ...] = field(metadata=key(
+        v.list_of(v.network("a prefix", '"2001:db8:20::/64"', address_hint_len=128),
+                  '"2001:db8:20::/64"', what="prefix"), default=()))
 
 
 @dataclass(frozen=True)
 class LinkConfig:
-    name: str
-    driver: Driver
+    name: str = field(metadata=key(v.name('"wifi0"'), example='"wifi0"'))
+    driver: Driver = field(metadata=key(v.enum(Driver), default=Driver.UDP))
     #: Underlay interface to bind to; None: whatever the routing table picks.
-    interface: str | None
+    interface: str | None = field(metadata=key(
+        v.ifname('"wifi0"'), default=None, unset="chosen by the routing table"))
     #: Local underlay address to bind; None: any address.
-    bind: Address | None
-    #: Underlay port; None only for the raw driver, which has none.
-    port: int | None
+    bind: Address | None = field(metadata=key(
+        v.address("a local underlay address", '"192.0.2.34"'), default=None,
+        unset="any local address"))
+    #: Underlay port; None only for the raw driver, which has none.  Default:
+    #: the driver's (DEFAULT_PORTS), read by the loader.
+    port: int | None = field(metadata=key(default=DERIVED,
+                                          unset="none (the raw driver has no port)"))
     #: MN only: the care-of address this link gives (an on-wire address).
-    coa: IPv6Address | None
+    coa: IPv6Address | None = field(metadata=key(
+        v.ipv6("a care-of address", '"2001:db8:31::2"'), default=None,
+        unset="none (not a mobile node's link)"))
     #: Lower is preferred (wifi before lte); ties keep file order.
-    priority: int
-    #: Seconds between NAT keepalives; 0 turns them off.
-    keepalive: int
+    priority: int = field(metadata=key(v.integer("10", 0, 65535, "a priority"),
+                                       default=DEFAULT_PRIORITY))
+    #: Seconds between NAT keepalives; 0 turns them off.  Default: 0 for raw,
+    #: DEFAULT_KEEPALIVE otherwise.
+    keepalive: int = field(metadata=key(v.integer("20", 0, 3600, "a number of seconds"),
+                                        default=DERIVED))
 
 
 @dataclass(frozen=True)
 class PeerConfig:
-    name: str
+    name: str = field(metadata=key(v.name('"ha"'), example='"ha"'))
     #: On-wire addresses reachable through this peer (static locators).
-    prefixes: tuple[Network, ...]
-    #: None for raw framing (the OS routes) or when the locator is learned.
-    endpoint: Endpoint | None
-    framing: Driver
+    prefixes: tuple[Network, ...] = field(metadata=key(
+        v.list_of(v.network("an on-wire prefix", '"2001:db8:20::2/128"', address_hint_len=128),
+                  '"2001:db8:20::2/128"', min_items=1, what="prefix"),
+        example='["2001:db8:20::2/128"]'))
+    #: None for raw framing (the OS routes) or when the locator is learned;
+    #: its default port depends on the framing, so the loader reads it.
+    endpoint: Endpoint | None = field(metadata=key(
+        default=DERIVED, unset="none (learned from authenticated packets, or routed for raw)"))
+    framing: Driver = field(metadata=key(v.enum(Driver), default=Driver.UDP))
     #: The peer for on-wire destinations no prefix matches.
-    default: bool
+    default: bool = field(metadata=key(v.boolean("false"), default=False))
 
 
 @dataclass(frozen=True)
 class MobilityConfig:
-    home_prefix: IPv6Network | None
-    home_address: IPv6Address | None
-    home_agent: IPv6Address | None
-    correspondents: tuple[IPv6Address, ...]
+    #: An MN without one uses the /64 around its home address.
+    home_prefix: IPv6Network | None = field(metadata=key(
+        v.network("the home prefix", '"2001:db8:100::/64"', 6, address_hint_len=64),
+        default=None, unset="none (not a mobile node or home agent)"))
+    home_address: IPv6Address | None = field(metadata=key(
+        v.ipv6("a home address", '"2001:db8:100::10"'), default=None,
+        unset="none (not a mobile node)"))
+    home_agent: IPv6Address | None = field(metadata=key(
+        v.ipv6("the home agent's address", '"2001:db8:100::1"'), default=None,
+        unset="none (not a mobile node)"))
+    correspondents: tuple[IPv6Address, ...] = field(metadata=key(
+        v.list_of(v.ipv6("a correspondent's address", '"2001:db8:20::2"'), '"2001:db8:20::2"',
+                  what="address"), default=()))
     #: Seconds; RFC 6275 §6.1.7 carries it in 4-second units in 16 bits.
-    binding_lifetime: int
-    tunnel: TunnelKind
+    binding_lifetime: int = field(metadata=key(
+        v.integer("420", 4, MAX_BINDING_LIFETIME, "a lifetime in seconds"),
+        default=DEFAULT_BINDING_LIFETIME))
+    tunnel: TunnelKind = field(metadata=key(v.enum(TunnelKind), default=TunnelKind.ESP))
     #: CN: how many proven (HoA, CoA) pairs are kept (draft §4.5.1, bounded cache).
-    proof_cache_size: int
+    proof_cache_size: int = field(metadata=key(
+        v.integer("1024", 1, 1_000_000, "a cache size"), default=DEFAULT_PROOF_CACHE_SIZE))
+
+
+#: The keys of an SA's ``lifetime`` table: soft and hard limit of each unit.
+LIFETIME_KEYS = tuple(f"{level}_{unit.name}" for unit in dataclasses.fields(Lifetime)
+                      for level in ("soft", "hard"))
+
+
+def _show_lifetime(limits: tuple[Lifetime, Lifetime]) -> dict[str, Any]:
+    soft, hard = limits
+    return {name: getattr(soft if name.startswith("soft_") else hard, name.split("_", 1)[1])
+            for name in LIFETIME_KEYS}
 
 
 @dataclass(frozen=True)
 class SaConfig:
     """One static SA, as setkey's ``add`` (contract: :class:`vmip.ipsec.sa.SaParams`)."""
 
-    name: str
-    spi: int
-    direction: Direction
+    name: str = field(metadata=key(v.name('"mn-ha-mh-out"'), example='"mn-ha-mh-out"'))
+    # RFC 4303 §2.1: SPIs 1-255 are reserved by IANA and 0 is for local use.
+    spi: int = field(metadata=key(v.integer("0x1001", 256, 0xFFFFFFFF, "an SPI"),
+                                  example="0x1001"))
+    direction: Direction = field(metadata=key(v.enum(Direction, ("in", "out")),
+                                              example='"out"'))
     #: SA-level addresses (HoA, never the CoA, for IRO-tracked SAs); the
     #: outer endpoints for tunnel mode (RFC 4301 §4.4.2).
-    src: Address
-    dst: Address
-    mode: Mode
-    suite: str
+    src: Address = field(metadata=key(
+        v.address("an SA source address", '"2001:db8:100::10"'), example='"2001:db8:100::10"'))
+    dst: Address = field(metadata=key(
+        v.address("an SA destination address", '"2001:db8:100::1"'),
+        example='"2001:db8:100::1"'))
+    mode: Mode = field(metadata=key(v.enum(Mode, ("transport", "tunnel")),
+                                    default=Mode.TRANSPORT))
+    suite: str = field(metadata=key(v.choice(tuple(SUITES), '"aes128gcm16"'),
+                                    example='"aes128gcm16"'))
     #: Encryption key (salt included for AEAD); None only for NULL encryption.
-    key_file: Path | None
+    #: Whether it may be set depends on the suite, so the loader reads it.
+    key_file: Path | None = field(metadata=key(
+        default=DERIVED, unset="none (the suite has no encryption key)"))
     #: Integrity key; None for AEAD suites.
-    auth_key_file: Path | None
-    esn: bool
-    replay_window: int
-    soft: Lifetime
+    auth_key_file: Path | None = field(metadata=key(default=DERIVED,
+                                                    unset="none (the suite is AEAD)"))
+    esn: bool = field(metadata=key(v.boolean(), default=True))
+    #: Default: keys.replay_window.
+    replay_window: int = field(metadata=key(v.replay_window, default=DERIVED))
+    #: The file's ``lifetime`` table holds both limits; absent: no limit.
+    soft: Lifetime = field(metadata=key(name="lifetime", default=DERIVED, show=_show_lifetime,
+                                        value_of=lambda sa: (sa.soft, sa.hard)))
     hard: Lifetime
 
 
 @dataclass(frozen=True)
 class KeysConfig:
-    mode: KeyMode
-    backend: str
+    mode: KeyMode = field(metadata=key(v.enum(KeyMode), default=KeyMode.STATIC))
+    backend: str = field(metadata=key(v.choice(BACKENDS), default=BACKENDS[0]))
     #: Default replay window of the SAs that do not set one.
-    replay_window: int
-    sa: tuple[SaConfig, ...]
+    replay_window: int = field(metadata=key(v.replay_window, default=DEFAULT_REPLAY_WINDOW))
     #: Where static SAs keep their sequence numbers across restarts
-    #: (vmip.ipsec.seqstate); None: /var/lib/vmip/<node name>.
-    state_dir: Path | None = None
+    #: (vmip.ipsec.seqstate); the loader's default is /var/lib/vmip/<node name>.
+    state_dir: Path | None = field(default=None, metadata=key(
+        default=DERIVED, unset="/var/lib/vmip/<node name>"))
+    sa: tuple[SaConfig, ...] = field(default=(), metadata=section(SaConfig, array=True))
+
+
+_SELECTOR = v.network("a prefix", '"2001:db8:100::10/128"', address_hint_len=128)
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
     """One SPD entry (RFC 4301 §4.4.1); ``None`` selector fields mean ANY."""
 
-    name: str
-    direction: Direction
-    src: Network
-    dst: Network
-    protocol: int | None
-    src_ports: PortRange | None
-    dst_ports: PortRange | None
-    icmp_type: int | None
-    icmp_code: int | None
-    mh_type: int | None
-    action: Action
+    name: str = field(metadata=key(v.name('"mn-cn-out"'), example='"mn-cn-out"'))
+    direction: Direction = field(metadata=key(v.enum(Direction, ("in", "out")),
+                                              example='"out"'))
+    src: Network = field(metadata=key(_SELECTOR, example='"2001:db8:100::10/128"'))
+    dst: Network = field(metadata=key(_SELECTOR, example='"2001:db8:20::2/128"'))
+    protocol: int | None = field(metadata=key(v.protocol, default=None, show=v.show_protocol))
+    src_ports: PortRange | None = field(metadata=key(v.port_range, default=None,
+                                                     show=v.show_ports))
+    dst_ports: PortRange | None = field(metadata=key(v.port_range, default=None,
+                                                     show=v.show_ports))
+    icmp_type: int | None = field(metadata=key(v.byte_or_any("an ICMPv6 type"), default=None,
+                                               show=v.show_byte_or_any))
+    icmp_code: int | None = field(metadata=key(v.byte_or_any("an ICMPv6 code"), default=None,
+                                               show=v.show_byte_or_any))
+    mh_type: int | None = field(metadata=key(v.byte_or_any("an MH type"), default=None,
+                                             show=v.show_byte_or_any))
+    action: Action = field(metadata=key(v.enum(Action), default=Action.PROTECT))
     #: SA bundle by name, innermost first (static keying, PROTECT only).
-    sa: tuple[str, ...]
+    sa: tuple[str, ...] = field(metadata=key(
+        v.list_of(v.name('"mn-cn-out"'), '"mn-cn-out"', what="SA name"), default=()))
     #: Lower wins; ties keep file order.
-    priority: int
+    priority: int = field(metadata=key(v.integer("100", 0, 2**31 - 1, "a priority"),
+                                       default=DEFAULT_PRIORITY))
 
 
 @dataclass(frozen=True)
 class IkePeerConfig:
-    name: str
-    address: Address
+    name: str = field(metadata=key(v.name('"ha"'), example='"ha"'))
+    address: Address = field(metadata=key(
+        v.address("the peer's address", '"2001:db8:100::1"'), example='"2001:db8:100::1"'))
     #: None: the peer's IP address is its identity.
-    remote_id: str | None
-    initiate: bool
+    remote_id: str | None = field(metadata=key(v.string('"ha@example.net"'), default=None,
+                                               unset="the peer's IP address"))
+    initiate: bool = field(metadata=key(v.boolean("true"), default=False))
     #: Names of outbound ``protect`` policies whose selectors are proposed as
     #: traffic selectors to this peer; empty: every outbound protect policy.
-    policies: tuple[str, ...] = ()
+    policies: tuple[str, ...] = field(default=(), metadata=key(
+        v.list_of(v.string('"mh-to-ha"'), '"mh-to-ha"', what="policy name"), default=()))
 
 
 @dataclass(frozen=True)
 class IkeConfig:
     #: None: the local IP address the IKE SA runs from is the identity.
-    local_id: str | None
-    psk_file: Path | None
-    certificate: Path | None
-    private_key: Path | None
-    ca: tuple[Path, ...]
-    proposals: tuple[str, ...]
-    esp_proposals: tuple[str, ...]
-    peers: tuple[IkePeerConfig, ...]
+    local_id: str | None = field(metadata=key(v.string('"mn@example.net"'), default=None,
+                                              unset="the local IP address"))
+    #: The loader reads both secret files itself (they must be private).
+    psk_file: Path | None = field(metadata=key(default=DERIVED, unset="none (certificates)"))
+    certificate: Path | None = field(metadata=key(v.public_file('"certs/mn.pem"'), default=None,
+                                                  unset="none (PSK)"))
+    private_key: Path | None = field(metadata=key(default=DERIVED, unset="none (PSK)"))
+    ca: tuple[Path, ...] = field(metadata=key(
+        v.list_of(v.public_file('"certs/ca.pem"'), '"certs/ca.pem"', what="CA file"),
+        default=()))
+    proposals: tuple[str, ...] = field(metadata=key(
+        v.list_of(v.ike_proposal, '"aes128gcm16-prfsha256-ecp256"', min_items=1,
+                  what="proposal"), default=DEFAULT_IKE_PROPOSALS))
+    esp_proposals: tuple[str, ...] = field(metadata=key(
+        v.list_of(v.choice(tuple(SUITES), '"aes128gcm16"'), '"aes128gcm16"', min_items=1,
+                  what="suite"), default=DEFAULT_ESP_PROPOSALS))
+    peers: tuple[IkePeerConfig, ...] = field(metadata=section(IkePeerConfig, name="peer",
+                                                              array=True))
 
 
 @dataclass(frozen=True)
 class ControlConfig:
     #: None: ``/run/vmip/<network namespace>.sock`` chosen at run time, which
-    #: is where ``vmip`` commands started in the same namespace look.
-    socket: Path | None
+    #: is where ``vmip`` commands started in the same namespace look.  The
+    #: loader reads it (its example names the node).
+    socket: Path | None = field(metadata=key(
+        default=DERIVED, unset="/run/vmip/<network namespace>.sock, chosen at start"))
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    level: str
-    format: str
-    #: None: standard error.
-    file: Path | None
+    level: str = field(metadata=key(v.choice(LOG_LEVELS), default="info"))
+    format: str = field(metadata=key(v.choice(LOG_FORMATS), default="text"))
+    #: None: standard error ("" in the file: TOML has no null).
+    file: Path | None = field(metadata=key(default=DERIVED, unset="standard error"))
 
 
 @dataclass(frozen=True)
 class NodeConfig:
     #: The file the config was read from (absolute).
     source: Path = field(compare=False)
-    node: NodeSection
-    tun: TunConfig
-    links: tuple[LinkConfig, ...]
-    peers: tuple[PeerConfig, ...]
-    mobility: MobilityConfig
-    keys: KeysConfig
-    policies: tuple[PolicyConfig, ...]
-    ike: IkeConfig | None
-    control: ControlConfig
-    logging: LoggingConfig
+    node: NodeSection = field(metadata=section(NodeSection))
+    tun: TunConfig = field(metadata=section(TunConfig))
+    links: tuple[LinkConfig, ...] = field(metadata=section(LinkConfig, name="link", array=True))
+    peers: tuple[PeerConfig, ...] = field(metadata=section(PeerConfig, name="peer", array=True))
+    mobility: MobilityConfig = field(metadata=section(MobilityConfig))
+    keys: KeysConfig = field(metadata=section(KeysConfig))
+    policies: tuple[PolicyConfig, ...] = field(metadata=section(PolicyConfig, name="policy",
+                                                                array=True))
+    ike: IkeConfig | None = field(metadata=section(IkeConfig,
+                                                   unset='not used (keys.mode = "static")'))
+    control: ControlConfig = field(metadata=section(ControlConfig))
+    logging: LoggingConfig = field(metadata=section(LoggingConfig))
 
     def has_role(self, role: Role | str) -> bool:
         return Role(role) in self.node.roles
