@@ -85,6 +85,17 @@ def test_ike_with_psk(ike_dir: Path) -> None:
     assert cfg.policies[0].sa == ()
 
 
+def test_the_psk_is_read_with_the_config_and_never_shown(ike_dir: Path) -> None:
+    from vmip.config import dump_effective, to_dict
+
+    cfg = _load(ike_dir, MN_IKE)
+    assert cfg.ike.psk == bytes(range(32))
+    shown = repr(cfg) + dump_effective(cfg) + str(to_dict(cfg)) + str(cfg.ike.psk)
+    assert bytes(range(32)).hex()[:16] not in shown and "\\x00\\x01" not in shown
+    path = ike_dir / "mn.toml"
+    assert load_config(path, check_key_files=False).ike.psk is None
+
+
 def test_ike_with_certificates(ike_dir: Path) -> None:
     text = MN_IKE.replace('psk_file = "keys/ike.psk"', 'certificate = "certs/mn.pem"\n'
                           'private_key = "certs/mn.key"\nca = ["certs/ca.pem"]')

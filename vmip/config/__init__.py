@@ -4,7 +4,9 @@
 :class:`NodeConfig`; every mistake is one :class:`ConfigError` (exit status
 2) naming the file, the key and what to write instead.  ``dump_effective``
 and ``to_dict`` show the result with every default filled in.  Key files are
-read by :func:`vmip.config.keyfile.read_key_file`.
+read (:func:`vmip.config.keyfile.read_key_file`) and checked when the config
+loads, and their keys travel in the model (``SaConfig.enc_key``...).  The
+model's field metadata is the schema (:mod:`vmip.config.schema`).
 """
 
 from vmip.config.effective import dump_effective, to_dict

@@ -11,8 +11,9 @@ Which keys a table has, and how the simple ones are read, is the model's
 field metadata (:mod:`vmip.config.schema`); this module reads the keys that
 depend on others, and checks what spans keys and sections.
 
-The loader reads key files only to check that they exist, are private and
-have the size their suite needs; it keeps no key material.
+Key files are read here, once per load: the material goes into the model
+(``SaConfig.enc_key``/``auth_key``, ``IkeConfig.psk``) after its size is
+checked against the suite, so nothing below the config layer opens them.
 """
 
 from __future__ import annotations
@@ -421,9 +422,9 @@ def _parse_sa(ctx: v.Context, entry: tuple[str, Mapping[str, Any]],
     mode = table.value("mode")
     suite_name = table.value("suite")
     suite = SUITES[suite_name]
-    key_file = _sa_key_file(ctx, table, "key_file", suite_name, suite.enc_key_len,
-                            "encryption key", "no encryption key (NULL encryption)")
-    auth_key_file = _sa_key_file(
+    key_file, enc_key = _sa_key_file(ctx, table, "key_file", suite_name, suite.enc_key_len,
+                                     "encryption key", "no encryption key (NULL encryption)")
+    auth_key_file, auth_key = _sa_key_file(
         ctx, table, "auth_key_file", suite_name, suite.auth_key_len, "authentication key",
         "an AEAD suite, which has no separate authentication key")
     soft, hard = table.get("lifetime", _parse_lifetime, (None, None))
@@ -431,24 +432,28 @@ def _parse_sa(ctx: v.Context, entry: tuple[str, Mapping[str, Any]],
         soft, hard = Lifetime(), Lifetime()
     return table.build(SaConfig, {"replay_window": default_window}, **first, mode=mode,
                        suite=suite_name, key_file=key_file, auth_key_file=auth_key_file,
-                       soft=soft, hard=hard)
+                       soft=soft, hard=hard, enc_key=enc_key, auth_key=auth_key)
 
 
 def _sa_key_file(ctx: v.Context, table: _Table, key: str, suite_name: str, needed: int,
-                 what: str, why_none: str) -> Path | None:
-    """Check one key file of an SA against its suite; the key itself is dropped."""
+                 what: str, why_none: str) -> tuple[Path | None, bytes | None]:
+    """One key file of an SA: its path and, when key files are read, its key.
+
+    The key's size is checked against the suite here, once; messages give
+    sizes and paths, never the key.
+    """
     path = table.path(key)
     if needed == 0:
         if key in table.data:
             ctx.fail(path, f"suite {suite_name} has {why_none}",
                      f"remove {key} from this [[keys.sa]]")
-        return None
+        return None, None
     example = '"keys/mn-to-cn.key"' if key == "key_file" else '"keys/mn-to-ha-mh.auth"'
     raw = table.get(key, v.string(example), example=example)
     resolved = ctx.resolve(raw)
     shown = ctx.shown_path(raw)
     if not ctx.check_key_files:
-        return resolved
+        return resolved, None
     try:
         material = read_key_file(resolved)
     except ConfigError as exc:
@@ -459,8 +464,8 @@ def _sa_key_file(ctx: v.Context, table: _Table, key: str, suite_name: str, neede
         ctx.fail(path, f"{shown} holds a {len(material)}-byte key, suite {suite_name} "
                        f"needs {needed} bytes{salt}",
                  f"write a {needed}-byte {what} ({2 * needed} hex digits) in {shown}")
-    del material
-    return resolved
+    # Secret: prints as <redacted> should it ever reach a log line.
+    return resolved, log.Secret(material)
 
 
 def _parse_keys(ctx: v.Context, root: _Table, node: NodeSection) -> KeysConfig:
@@ -509,14 +514,17 @@ def _parse_policy(ctx: v.Context, entry: tuple[str, Mapping[str, Any]],
 
 
 def _private_file(ctx: v.Context, table: _Table, key: str,
-                  example: str) -> Path | None:
-    """A file holding a secret (PSK, private key): present and private."""
+                  example: str) -> tuple[Path | None, bytes | None]:
+    """A file holding a secret (PSK, private key): present and private.
+
+    Returns its path and, for ``psk_file`` when key files are read, the PSK.
+    """
     raw = table.get(key, v.string(example), None)
     if raw is None:
-        return None
+        return None, None
     resolved, shown = ctx.resolve(raw), ctx.shown_path(raw)
     if not ctx.check_key_files:
-        return resolved
+        return resolved, None
     psk = None
     try:
         if key == "psk_file":
@@ -529,7 +537,7 @@ def _private_file(ctx: v.Context, table: _Table, key: str,
         # RFC 7296 §2.15: a PSK must be as strong as the keys derived from it.
         ctx.fail(table.path(key), f"{shown} holds a {len(psk)}-byte PSK, too short",
                  f"write a random PSK of at least {MIN_PSK_LEN} bytes (hex) in {shown}")
-    return resolved
+    return resolved, None if psk is None else log.Secret(psk)
 
 
 def _check_private(path: Path) -> None:
@@ -552,9 +560,9 @@ def _check_private(path: Path) -> None:
 def _parse_ike(ctx: v.Context, data: Mapping[str, Any]) -> IkeConfig:
     table = _Table(ctx, data, "ike", IkeConfig)
     local_id = table.value("local_id")
-    psk_file = _private_file(ctx, table, "psk_file", '"keys/ike.psk"')
+    psk_file, psk = _private_file(ctx, table, "psk_file", '"keys/ike.psk"')
     certificate = table.value("certificate")
-    private_key = _private_file(ctx, table, "private_key", '"certs/mn.key"')
+    private_key, _ = _private_file(ctx, table, "private_key", '"certs/mn.key"')
     ca = table.value("ca")
     proposals = table.value("proposals")
     esp_proposals = table.value("esp_proposals")
@@ -575,7 +583,7 @@ def _parse_ike(ctx: v.Context, data: Mapping[str, Any]) -> IkeConfig:
     _check_unique_names(ctx, "ike.peer", peers)
     return table.build(IkeConfig, local_id=local_id, psk_file=psk_file, certificate=certificate,
                        private_key=private_key, ca=ca, proposals=proposals,
-                       esp_proposals=esp_proposals, peers=tuple(peers))
+                       esp_proposals=esp_proposals, peers=tuple(peers), psk=psk)
 
 
 def _parse_control(ctx: v.Context, root: _Table, node: NodeSection) -> ControlConfig:

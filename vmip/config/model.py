@@ -243,7 +243,14 @@ def _show_lifetime(limits: tuple[Lifetime, Lifetime]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class SaConfig:
-    """One static SA, as setkey's ``add`` (contract: :class:`vmip.ipsec.sa.SaParams`)."""
+    """One static SA, as setkey's ``add`` (contract: :class:`vmip.ipsec.sa.SaParams`).
+
+    ``enc_key`` and ``auth_key`` hold what the loader read from ``key_file``
+    and ``auth_key_file``, checked against the suite: None when the suite
+    has no such key, or when the config was loaded with
+    ``check_key_files=False``.  They are left out of repr and of the
+    effective config (which shows the files' names only).
+    """
 
     name: str = field(metadata=key(v.name('"mn-ha-mh-out"'), example='"mn-ha-mh-out"'))
     # RFC 4303 §2.1: SPIs 1-255 are reserved by IANA and 0 is for local use.
@@ -276,6 +283,8 @@ class SaConfig:
     soft: Lifetime = field(metadata=key(name="lifetime", default=DERIVED, show=_show_lifetime,
                                         value_of=lambda sa: (sa.soft, sa.hard)))
     hard: Lifetime
+    enc_key: bytes | None = field(default=None, repr=False)
+    auth_key: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -340,6 +349,11 @@ class IkePeerConfig:
 
 @dataclass(frozen=True)
 class IkeConfig:
+    """IKEv2 settings; ``psk`` is what the loader read from ``psk_file``.
+
+    Like an SA's keys, ``psk`` is left out of repr and of the effective config.
+    """
+
     #: None: the local IP address the IKE SA runs from is the identity.
     local_id: str | None = field(metadata=key(v.string('"mn@example.net"'), default=None,
                                               unset="the local IP address"))
@@ -359,6 +373,7 @@ class IkeConfig:
                   what="suite"), default=DEFAULT_ESP_PROPOSALS))
     peers: tuple[IkePeerConfig, ...] = field(metadata=section(IkePeerConfig, name="peer",
                                                               array=True))
+    psk: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
