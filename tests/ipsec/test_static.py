@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import os
 import shutil
 from dataclasses import replace
@@ -15,11 +14,13 @@ from scapy.layers.inet6 import MIP6MH_BU, IPv6
 
 from vmip.config import ConfigError, PolicyConfig, SaConfig, load_config
 from vmip.config.model import Action as ConfigAction
+from vmip.errors import VmipError
 from vmip.ipsec.engine import IpsecEngine
 from vmip.ipsec.sa import Direction, Lifetime, Mode
 from vmip.ipsec.sad import SAD
 from vmip.ipsec.spd import SPD, Action
 from vmip.ipsec.static import (
+    StaticKeysError,
     apply_reload,
     build_static,
     from_config,
@@ -36,23 +37,19 @@ CN = IPv6Address("2001:db8:20::2")
 HA = IPv6Address("2001:db8:100::1")
 
 
-def key_file(directory: Path, name: str, data: bytes, *, mode: int = 0o600,
-             b64: bool = False) -> Path:
-    path = directory / name
-    text = "base64:" + base64.b64encode(data).decode() if b64 else data.hex()
-    path.write_text(text + "\n")
-    os.chmod(path, mode)
-    return path
-
-
 def sa_config(tmp_path: Path, name="mn-cn-out", spi=0x1301, direction=Direction.OUT,
               src=HOA, dst=CN, suite="aes128gcm16", key=bytes(range(20)), auth=None,
               **kw) -> SaConfig:
+    """An SA as the loader makes it: key files named, their keys already read.
+
+    The files do not exist: static keying must not open them.
+    """
     fields = {"name": name, "spi": spi, "direction": direction, "src": src, "dst": dst,
-                  "mode": Mode.TRANSPORT, "suite": suite,
-                  "key_file": key_file(tmp_path, f"{name}.key", key),
-                  "auth_key_file": key_file(tmp_path, f"{name}.auth", auth) if auth else None,
-                  "esn": True, "replay_window": 1024, "soft": Lifetime(), "hard": Lifetime()}
+              "mode": Mode.TRANSPORT, "suite": suite,
+              "key_file": tmp_path / f"{name}.key" if key else None,
+              "auth_key_file": tmp_path / f"{name}.auth" if auth else None,
+              "esn": True, "replay_window": 1024, "soft": Lifetime(), "hard": Lifetime(),
+              "enc_key": key or None, "auth_key": auth}
     fields.update(kw)
     return SaConfig(**fields)
 
@@ -69,49 +66,55 @@ def policy_config(name="to-cn", direction=Direction.OUT, src=f"{HOA}/128", dst=f
 
 # -- SAs ----------------------------------------------------------------------
 
-def test_sa_from_config_reads_the_key_files(tmp_path):
+def test_sa_takes_the_keys_the_config_read_and_opens_no_file(tmp_path):
     key = bytes(range(100, 120))
     cfg = sa_config(tmp_path, key=key, soft=Lifetime(seconds=50), hard=Lifetime(seconds=60))
+    assert not cfg.key_file.exists()
     params = sa_params(cfg, backend="pycryptodome")
     assert params.enc_key == key and params.auth_key == b""
+    assert type(params.enc_key) is bytes
     assert (params.spi, params.direction, params.src, params.dst) == (0x1301, Direction.OUT,
                                                                      HOA, CN)
     assert (params.name, params.origin, params.backend) == ("mn-cn-out", "static", "pycryptodome")
     assert params.soft.seconds == 50 and params.hard.seconds == 60 and params.esn
 
 
-def test_cbc_suite_reads_both_keys_also_base64(tmp_path):
+def test_cbc_suite_takes_both_keys(tmp_path):
     enc, auth = bytes(range(16)), bytes(range(32, 64))
-    cfg = sa_config(tmp_path, suite="aes128cbc-sha256", key=enc, auth=auth)
-    key_file(tmp_path, "b64.key", enc, b64=True)
-    cfg = replace(cfg, key_file=tmp_path / "b64.key")
-    params = sa_params(cfg)
+    params = sa_params(sa_config(tmp_path, suite="aes128cbc-sha256", key=enc, auth=auth))
     assert (params.enc_key, params.auth_key) == (enc, auth)
 
 
-def test_world_readable_key_file_is_refused(tmp_path):
-    cfg = sa_config(tmp_path)
-    os.chmod(cfg.key_file, 0o644)
-    with pytest.raises(ConfigError) as caught:
-        sa_params(cfg)
-    assert "chmod 600" in str(caught.value) and str(cfg.key_file) in str(caught.value)
+def test_null_encryption_has_no_encryption_key(tmp_path):
+    auth = bytes(range(32))
+    params = sa_params(sa_config(tmp_path, suite="null-sha256", key=None, auth=auth))
+    assert (params.enc_key, params.auth_key) == (b"", auth)
 
 
-@pytest.mark.parametrize("suite,key,auth,where", [
-    ("aes128gcm16", bytes(16), None, "key_file"),                 # salt missing
-    ("aes128cbc-sha256", bytes(16), None, "auth_key_file"),       # HMAC key missing
-    ("aes128cbc-sha256", bytes(16), bytes(31), "auth_key_file"),  # HMAC key short
-    ("aes128gcm16", bytes(20), bytes(32), "auth_key_file"),       # AEAD takes no HMAC key
-    ("rot13", bytes(20), None, "suite"),
-])
-def test_key_problems_name_the_sa_and_never_the_key(tmp_path, suite, key, auth, where):
-    secret = bytes([0xA5] * len(key))
-    cfg = sa_config(tmp_path, suite=suite, key=secret, auth=auth)
-    with pytest.raises(ConfigError) as caught:
+@pytest.mark.parametrize("missing", ["key_file", "auth_key_file"])
+def test_config_loaded_without_its_keys_is_refused(tmp_path, missing):
+    """check_key_files=False leaves the keys out; static keying says so, never reads files."""
+    cfg = sa_config(tmp_path, suite="aes128cbc-sha256", key=bytes(16), auth=bytes(32))
+    cfg = replace(cfg, **{"enc_key" if missing == "key_file" else "auth_key": None})
+    with pytest.raises(StaticKeysError) as caught:
+        sa_params(cfg, source="mn.toml")
+    error = caught.value
+    assert isinstance(error, VmipError) and not isinstance(error, ConfigError)
+    assert error.exit_status == 2 and error.key == f"keys.sa[mn-cn-out].{missing}"
+    assert str(error).startswith(f"mn.toml: keys.sa[mn-cn-out].{missing}: the key of ")
+    assert "was not read with the config" in str(error)
+
+
+def test_unworkable_sa_names_the_sa_and_never_the_key(tmp_path):
+    secret = bytes([0xA5] * 20)
+    cfg = sa_config(tmp_path, key=secret, spi=7)       # reserved SPI (RFC 4303 §2.1)
+    with pytest.raises(StaticKeysError) as caught:
         sa_params(cfg, source="mn.toml")
     message = str(caught.value)
-    assert message.startswith("mn.toml: keys.sa[mn-cn-out]") and where in message
+    assert message.startswith("mn.toml: keys.sa[mn-cn-out]: SPI 0x7 is reserved")
+    assert message.endswith("fix the SA's spi and addresses")
     assert secret.hex() not in message and "a5a5" not in message
+    assert "a5a5" not in repr(cfg) and "\\xa5" not in repr(cfg)
 
 
 # -- policies -----------------------------------------------------------------
@@ -141,17 +144,17 @@ def test_icmp_and_mh_policy_fields():
     assert echo.matches(FlowKey(HOA.packed, CN.packed, 58, 128, 0))
 
 
-def test_unworkable_policy_is_a_config_error():
-    with pytest.raises(ConfigError) as caught:
+def test_unworkable_policy_is_a_static_keys_error():
+    with pytest.raises(StaticKeysError) as caught:
         policy(policy_config(dst_ports=(22, 22)), source="mn.toml")   # ports, protocol any
     assert str(caught.value).startswith("mn.toml: policy[to-cn]")
 
 
 def test_duplicate_names_are_refused(tmp_path):
     cfg = sa_config(tmp_path)
-    with pytest.raises(ConfigError):
+    with pytest.raises(StaticKeysError, match=r"keys\.sa\[mn-cn-out\]: two SAs have this name"):
         build_static([cfg, cfg], [])
-    with pytest.raises(ConfigError):
+    with pytest.raises(StaticKeysError, match=r"policy\[to-cn\]: two policies have this name"):
         build_static([], [policy_config(), policy_config()])
 
 
@@ -194,11 +197,36 @@ def test_example_configs_install_and_talk(example_configs):
     assert got.drop is None and got.packet == bu
 
 
-def test_example_config_with_open_key_is_refused(example_configs):
+def test_example_config_with_open_key_is_refused_when_it_loads(example_configs):
     os.chmod(example_configs / "keys" / "mn-to-cn.key", 0o644)
     with pytest.raises(ConfigError) as caught:
-        from_config(load_config(example_configs / "mn.toml", check_key_files=False))
+        load_config(example_configs / "mn.toml")
     assert "chmod 600" in str(caught.value)
+    # Loaded without its key files, the config holds no keys to install.
+    with pytest.raises(StaticKeysError, match="was not read with the config"):
+        from_config(load_config(example_configs / "mn.toml", check_key_files=False))
+
+
+def test_keys_are_read_once_when_the_config_loads(example_configs, monkeypatch):
+    """The loader reads each key file once; building the SAs opens none again."""
+    keys_dir = str(example_configs / "keys")
+    opened: list[str] = []
+    real_open = os.open
+
+    def counting_open(path, *args, **kwargs):
+        if os.fspath(path).startswith(keys_dir):
+            opened.append(os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", counting_open)
+    cfg = load_config(example_configs / "mn.toml")
+    files = {str(p) for sa in cfg.keys.sa for p in (sa.key_file, sa.auth_key_file) if p}
+    assert sorted(opened) == sorted(files)
+    loaded = len(opened)
+    keys = from_config(cfg)
+    assert len(opened) == loaded
+    assert {name: params.enc_key for name, params in keys.sas.items()} == \
+        {sa.name: sa.enc_key for sa in cfg.keys.sa}
 
 
 # -- reload -----------------------------------------------------------------

@@ -3,9 +3,11 @@
 :func:`build_static` turns the config's ``[[keys.sa]]`` and ``[[policy]]``
 entries (:class:`vmip.config.SaConfig`, :class:`vmip.config.PolicyConfig`)
 into :class:`~vmip.ipsec.sa.SaParams` and :class:`~vmip.ipsec.spd.Policy`
-objects, reading each key with :func:`vmip.config.keyfile.read_key_file`
-(hex or base64; a file others can read is refused).  :func:`install` puts
-them in a SAD and an SPD.
+objects, and :func:`install` puts them in a SAD and an SPD.  The entries
+arrive checked, their key material included: the config layer reads and
+checks each key file once, when it loads the config (``enc_key``,
+``auth_key``).  Nothing here opens a file or imports the config layer, which
+sits above this one; what cannot work raises :class:`StaticKeysError`.
 
 Reload (SIGHUP): :func:`reload_diff` compares what is installed with a
 freshly built set, by name.  An SA whose parameters (keys included) are
@@ -22,22 +24,41 @@ attach every SA they add to it.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from vmip.config.errors import ConfigError
-from vmip.config.keyfile import read_key_file
+from vmip.errors import VmipError
 from vmip.ipsec.sa import Direction, SaParams
 from vmip.ipsec.sad import SAD
 from vmip.ipsec.seqstate import DEFAULT_STATE_ROOT, SeqState
 from vmip.ipsec.spd import SPD, Policy, Selector, SpdError
-from vmip.ipsec.suites import SUITES
 from vmip.log import get_logger
 
 log = get_logger(__name__)
 
-KeyReader = Callable[[str | os.PathLike[str]], bytes]
+
+class StaticKeysError(VmipError):
+    """A static SA or policy that cannot be built, in one line like a config error.
+
+    ``file`` is the config the entries came from, ``key`` the entry
+    (``keys.sa[NAME]``, ``policy[NAME]``), ``problem`` what is wrong and
+    ``hint`` what to do.  Never holds key material.
+    """
+
+    exit_status = 2
+
+    def __init__(self, file: str, key: str | None, problem: str, hint: str):
+        super().__init__(file, key, problem, hint)
+        self.file = file
+        self.key = key
+        self.problem = problem
+        self.hint = hint
+
+    def __str__(self) -> str:
+        parts = [self.file, *([self.key] if self.key else []),
+                 f"{self.problem}; {self.hint}" if self.hint else self.problem]
+        # One line whatever the names held (they come from the config file).
+        return ": ".join(parts).replace("\r", "\\r").replace("\n", "\\n")
 
 
 @dataclass(frozen=True)
@@ -66,42 +87,31 @@ class ReloadPlan:
         return not (self.remove_sas or self.add_sas or self.remove_policies or self.add_policies)
 
 
-def sa_params(sa, *, backend: str = "cryptography", source: str = "config",
-              read_key: KeyReader = read_key_file) -> SaParams:
-    """The :class:`SaParams` of one ``[[keys.sa]]`` entry, keys read from their files."""
+def sa_params(sa, *, backend: str = "cryptography", source: str = "config") -> SaParams:
+    """The :class:`SaParams` of one ``[[keys.sa]]`` entry (a checked ``SaConfig``)."""
     where = f"keys.sa[{sa.name}]"
-    info = SUITES.get(sa.suite)
-    if info is None:
-        raise ConfigError(source, f"{where}.suite", f"unknown ESP suite {sa.suite!r}",
-                          f"write one of {', '.join(SUITES)}")
-    enc_key = read_key(sa.key_file) if info.enc_key_len else b""
-    _check_length(source, f"{where}.key_file", enc_key, info.enc_key_len, sa.suite)
-    auth_key = b""
-    if info.auth_key_len:
-        if sa.auth_key_file is None:
-            raise ConfigError(source, f"{where}.auth_key_file",
-                              f"suite {sa.suite} needs an authentication key",
-                              "name a file holding the HMAC key in auth_key_file")
-        auth_key = read_key(sa.auth_key_file)
-        _check_length(source, f"{where}.auth_key_file", auth_key, info.auth_key_len, sa.suite)
-    elif sa.auth_key_file is not None:
-        raise ConfigError(source, f"{where}.auth_key_file",
-                          f"suite {sa.suite} authenticates with its cipher (AEAD)",
-                          "remove auth_key_file")
+    enc_key = _material(source, where, "key_file", sa.key_file, sa.enc_key)
+    auth_key = _material(source, where, "auth_key_file", sa.auth_key_file, sa.auth_key)
     try:
         return SaParams(spi=sa.spi, direction=sa.direction, src=sa.src, dst=sa.dst,
                         suite=sa.suite, enc_key=enc_key, auth_key=auth_key, mode=sa.mode,
                         esn=sa.esn, replay_window=sa.replay_window, soft=sa.soft, hard=sa.hard,
                         backend=backend, name=sa.name, origin="static")
     except ValueError as exc:
-        raise ConfigError(source, where, str(exc), "fix the SA's spi and addresses") from None
+        raise StaticKeysError(source, where, str(exc), "fix the SA's spi and addresses") from None
 
 
-def _check_length(source: str, where: str, key: bytes, needed: int, suite: str) -> None:
-    if len(key) != needed:
-        # Lengths only: the key itself never appears in a message.
-        raise ConfigError(source, where, f"key is {len(key)} bytes, suite {suite} needs {needed}",
-                          f"write {needed} bytes ({2 * needed} hex digits)")
+def _material(source: str, where: str, key: str, path, material: bytes | None) -> bytes:
+    """The key read from *path* when the config was loaded; b"" when the suite has none."""
+    if path is None:
+        return b""
+    if material is None:
+        # A config loaded with check_key_files=False names its key files but
+        # holds no keys; this layer never opens files to make up for it.
+        raise StaticKeysError(source, f"{where}.{key}",
+                              f"the key of {path} was not read with the config",
+                              "load the config with its key files (load_config(path))")
+    return bytes(material)
 
 
 def policy(pc, *, source: str = "config") -> Policy:
@@ -117,32 +127,32 @@ def policy(pc, *, source: str = "config") -> Policy:
         action = getattr(pc.action, "value", pc.action)  # config StrEnum or plain text
         return Policy(pc.name, pc.direction, selector, action, tuple(pc.sa), pc.priority)
     except SpdError as exc:
-        raise ConfigError(source, f"policy[{pc.name}]", str(exc),
-                          "see docs/configuration.md, [[policy]]") from None
+        raise StaticKeysError(source, f"policy[{pc.name}]", str(exc),
+                              "see docs/configuration.md, [[policy]]") from None
 
 
 def build_static(sas: Iterable = (), policies: Iterable = (), *, backend: str = "cryptography",
-                 source: str = "config", read_key: KeyReader = read_key_file) -> StaticKeys:
-    """Every SA and policy of a config; :class:`ConfigError` on the first problem."""
+                 source: str = "config") -> StaticKeys:
+    """Every SA and policy of a config; :class:`StaticKeysError` on the first problem."""
     built_sas: dict[str, SaParams] = {}
     for sa in sas:
         if sa.name in built_sas:
-            raise ConfigError(source, f"keys.sa[{sa.name}]", "two SAs have this name",
-                              "give each SA its own name")
-        built_sas[sa.name] = sa_params(sa, backend=backend, source=source, read_key=read_key)
+            raise StaticKeysError(source, f"keys.sa[{sa.name}]", "two SAs have this name",
+                                  "give each SA its own name")
+        built_sas[sa.name] = sa_params(sa, backend=backend, source=source)
     built_policies: dict[str, Policy] = {}
     for pc in policies:
         if pc.name in built_policies:
-            raise ConfigError(source, f"policy[{pc.name}]", "two policies have this name",
-                              "give each policy its own name")
+            raise StaticKeysError(source, f"policy[{pc.name}]", "two policies have this name",
+                                  "give each policy its own name")
         built_policies[pc.name] = policy(pc, source=source)
     return StaticKeys(built_sas, built_policies)
 
 
-def from_config(cfg, *, read_key: KeyReader = read_key_file) -> StaticKeys:
+def from_config(cfg) -> StaticKeys:
     """:func:`build_static` for a whole :class:`vmip.config.NodeConfig`."""
     return build_static(cfg.keys.sa, cfg.policies, backend=cfg.keys.backend,
-                        source=str(cfg.source), read_key=read_key)
+                        source=str(cfg.source))
 
 
 def open_state(cfg) -> SeqState | None:
