@@ -1,8 +1,8 @@
 """Static keying: SAs and policies from the config, as ``setkey`` does.
 
 :func:`build_static` turns the config's ``[[keys.sa]]`` and ``[[policy]]``
-entries (:class:`vmip.config.SaConfig`, :class:`vmip.config.PolicyConfig`)
-into :class:`~vmip.ipsec.sa.SaParams` and :class:`~vmip.ipsec.spd.Policy`
+entries (the config layer's ``SaConfig`` and ``PolicyConfig``, read by duck
+typing) into :class:`~vmip.ipsec.sa.SaParams` and :class:`~vmip.ipsec.spd.Policy`
 objects, and :func:`install` puts them in a SAD and an SPD.  The entries
 arrive checked, their key material included: the config layer reads and
 checks each key file once, when it loads the config (``enc_key``,
@@ -150,7 +150,7 @@ def build_static(sas: Iterable = (), policies: Iterable = (), *, backend: str = 
 
 
 def from_config(cfg) -> StaticKeys:
-    """:func:`build_static` for a whole :class:`vmip.config.NodeConfig`."""
+    """:func:`build_static` for a whole loaded config (the config layer's ``NodeConfig``)."""
     return build_static(cfg.keys.sa, cfg.policies, backend=cfg.keys.backend,
                         source=str(cfg.source))
 
