@@ -44,6 +44,17 @@ from vmip.ipsec.replay import MAX_WINDOW, ReplayWindow
 from vmip.ipsec.sa import Direction, Mode, SaParams
 from vmip.ipsec.suites import SUITES
 from vmip.log import get_logger
+from vmip.wire.proto import (
+    AH,
+    DESTINATION_OPTIONS,
+    ESP,
+    FRAGMENT,
+    HOP_BY_HOP,
+    IPV4,
+    IPV6,
+    NO_NEXT_HEADER,
+    ROUTING,
+)
 
 __all__ = [
     "DROPS", "SEQ_SOFT_MARGIN", "EspSA", "EspSetupError", "decap", "dummy_encap",
@@ -51,11 +62,6 @@ __all__ = [
 ]
 
 log = get_logger(__name__)
-
-IPPROTO_ESP = 50
-IPPROTO_IPV4 = 4  # IPv4-in-IPv6, the next header of a tunnelled IPv4 packet
-IPPROTO_IPV6 = 41
-NO_NEXT_HEADER = 59  # RFC 4303 §2.6: a dummy packet
 
 #: Drops of every SA in this process, by reason (read by the runtime).
 DROPS: Counter[str] = Counter()
@@ -399,9 +405,7 @@ class EspSA:
 # Whole packets.  The walk below is the minimum ESP needs; full parsing
 # lives in vmip.wire.
 
-_OPTIONS_OR_ROUTING = (0, 43, 60)  # hop-by-hop, routing, destination options: (len+1)*8
-_FRAGMENT = 44
-_AH = 51
+_OPTIONS_OR_ROUTING = (HOP_BY_HOP, ROUTING, DESTINATION_OPTIONS)  # length (len+1)*8
 
 
 def _ipv6_end(packet: bytes | bytearray | memoryview) -> int:
@@ -420,17 +424,17 @@ def _find_esp(packet: bytes | bytearray | memoryview, end: int) -> tuple[int, in
     next_header = packet[6]
     position, next_header_at = _IPV6_HEADER_LEN, 6
     for _ in range(_MAX_EXTENSION_HEADERS):
-        if next_header == IPPROTO_ESP:
+        if next_header == ESP:
             return (position, next_header_at) if position + ESP_HEADER_LEN <= end else None
         if position + 8 > end:
             return None
         if next_header in _OPTIONS_OR_ROUTING:
             length = (packet[position + 1] + 1) * 8
-        elif next_header == _FRAGMENT:
+        elif next_header == FRAGMENT:
             if (packet[position + 2] << 8 | packet[position + 3]) & 0xFFF8:
                 return None  # a later fragment: no header chain to follow
             length = 8
-        elif next_header == _AH:
+        elif next_header == AH:
             length = (packet[position + 1] + 2) * 4  # RFC 4302 §2.2
         else:
             return None
@@ -473,7 +477,7 @@ def _insertion_point(packet: bytes | bytearray | memoryview, end: int) -> tuple[
             if position + 8 > end:
                 return None
             length = (packet[position + 1] + 1) * 8
-        elif next_header == _FRAGMENT:
+        elif next_header == FRAGMENT:
             if position + 8 > end or (packet[position + 2] << 8 | packet[position + 3]) & 0xFFF8:
                 return None  # only a first (or atomic) fragment has headers to protect
             length = 8
@@ -482,7 +486,7 @@ def _insertion_point(packet: bytes | bytearray | memoryview, end: int) -> tuple[
         if position + length > end:
             return None
         following = packet[position]
-        if next_header != 60:
+        if next_header != DESTINATION_OPTIONS:
             insert_at, next_header_at, carried = position + length, position, following
         next_header = following
         position += length
@@ -513,14 +517,14 @@ def transport_encap(packet: bytes | bytearray | memoryview, sa: EspSA, now: floa
         sa._drop("too_big")
         return None
     header = bytearray(packet[:insert_at])
-    header[next_header_at] = IPPROTO_ESP
+    header[next_header_at] = ESP
     _U16.pack_into(header, 4, payload_length)
     return b"".join((header, esp))
 
 
 def _outer_header(addresses: bytes, traffic_class: int, payload_length: int,
                   hop_limit: int) -> bytes:
-    return _OUTER.pack(0x60000000 | traffic_class << 20, payload_length, IPPROTO_ESP,
+    return _OUTER.pack(0x60000000 | traffic_class << 20, payload_length, ESP,
                        hop_limit) + addresses
 
 
@@ -541,9 +545,9 @@ def tunnel_encap(inner: bytes | bytearray | memoryview, sa: EspSA, now: float,
         return None
     version = inner[0] >> 4 if inner else 0
     if version == 6 and len(inner) >= _IPV6_HEADER_LEN:
-        next_header, traffic_class = IPPROTO_IPV6, (inner[0] & 0x0F) << 4 | inner[1] >> 4
+        next_header, traffic_class = IPV6, (inner[0] & 0x0F) << 4 | inner[1] >> 4
     elif version == 4 and len(inner) >= 20:
-        next_header, traffic_class = IPPROTO_IPV4, inner[1]
+        next_header, traffic_class = IPV4, inner[1]
     else:
         sa._drop("malformed")
         return None
@@ -570,7 +574,7 @@ def dummy_encap(sa: EspSA, now: float, size: int = 0, hop_limit: int = 64) -> by
 
 def _inner_packet(next_header: int, payload: bytes) -> bytes | None:
     """The tunnelled packet without TFC padding, by its own length field."""
-    if next_header == IPPROTO_IPV6:
+    if next_header == IPV6:
         if len(payload) < _IPV6_HEADER_LEN or payload[0] >> 4 != 6:
             return None
         payload_length = payload[4] << 8 | payload[5]
@@ -578,7 +582,7 @@ def _inner_packet(next_header: int, payload: bytes) -> bytes | None:
         if payload_length == 0 or end > len(payload):
             return None
         return payload if end == len(payload) else payload[:end]
-    if next_header == IPPROTO_IPV4:
+    if next_header == IPV4:
         if len(payload) < 20 or payload[0] >> 4 != 4:
             return None
         total_length = payload[2] << 8 | payload[3]
@@ -600,7 +604,7 @@ def decap(packet: bytes | bytearray | memoryview, esp_offset: int, sa: EspSA,
     if end < 0:
         sa._drop("malformed")
         return None
-    if esp_offset == _IPV6_HEADER_LEN and packet[6] == IPPROTO_ESP:
+    if esp_offset == _IPV6_HEADER_LEN and packet[6] == ESP:
         next_header_at = 6  # the common case: ESP right after the IPv6 header
     else:
         found = _find_esp(packet, end)

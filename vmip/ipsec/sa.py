@@ -85,6 +85,6 @@ class SaParams:
         if self.replay_window < 0:
             raise ValueError("replay window must be >= 0")
 
-    def with_endpoints(self, src: Address, dst: Address) -> "SaParams":
+    def with_endpoints(self, src: Address, dst: Address) -> SaParams:
         """A copy with new addresses (MIGRATE of a tunnel SA's outer endpoints)."""
         return replace(self, src=src, dst=dst)

@@ -46,6 +46,7 @@ from vmip.ipsec.sadb import (
 )
 from vmip.ipsec.spd import SPD, Action, Policy, template_matches
 from vmip.log import get_logger
+from vmip.wire.proto import ESP
 
 if TYPE_CHECKING:
     from vmip.ipsec.esp import EspSA
@@ -55,7 +56,6 @@ log = get_logger(__name__)
 
 SPI_MIN = 256          # RFC 4303 §2.1: 1-255 reserved by IANA, 0 for local use
 SPI_MAX = 0xFFFFFFFF
-IPPROTO_ESP = 50
 _GETSPI_ATTEMPTS = 64
 
 EspFactory = Callable[..., "EspSA"]
@@ -281,7 +281,7 @@ class SAD:
     # -- per-packet lookups -------------------------------------------------
 
     def lookup_inbound(self, spi: int, dst: bytes | None = None,
-                       proto: int = IPPROTO_ESP) -> EspSA | None:
+                       proto: int = ESP) -> EspSA | None:
         """The mature inbound SA for *spi* (and raw destination address *dst*).
 
         RFC 4301 §4.1: SPI, destination and protocol.  The SPI alone decides
@@ -289,7 +289,7 @@ class SAD:
         candidates.  Every SA here is ESP (vmip has no AH), so any other
         *proto* finds nothing.  Larval SAs give ``None``.
         """
-        if proto != IPPROTO_ESP:
+        if proto != ESP:
             return None
         entries = self._inbound.get(spi)
         if not entries:

@@ -45,19 +45,14 @@ from typing import TYPE_CHECKING
 
 from vmip.errors import VmipError
 from vmip.ipsec.sa import Direction
+from vmip.wire.proto import ICMP, ICMPV6, MOBILITY
 
 if TYPE_CHECKING:  # the wire helper owns FlowKey; only its shape matters here
     from vmip.wire.flow import FlowKey
 
 Network = IPv4Network | IPv6Network
 
-PROTO_ICMP = 1
-PROTO_TCP = 6
-PROTO_UDP = 17
-PROTO_ICMPV6 = 58
-PROTO_MH = 135
-
-_ICMP_PROTOS = (PROTO_ICMP, PROTO_ICMPV6)
+_ICMP_PROTOS = (ICMP, ICMPV6)
 _PORT_MAX = 0xFFFF
 
 
@@ -166,9 +161,9 @@ class Selector:
         # that field (RFC 4301 §4.4.1.3).
         if icmp_given and proto not in _ICMP_PROTOS:
             raise SpdError("icmp_type/icmp_code need protocol icmpv6 (58) or icmp (1)")
-        if self.mh_type is not None and proto != PROTO_MH:
+        if self.mh_type is not None and proto != MOBILITY:
             raise SpdError("mh_type needs protocol mh (135)")
-        if ports_given and (proto is None or proto in _ICMP_PROTOS or proto == PROTO_MH):
+        if ports_given and (proto is None or proto in _ICMP_PROTOS or proto == MOBILITY):
             raise SpdError("ports need a protocol with ports (tcp, udp, ...), not "
                            + ("ANY" if proto is None else str(proto)))
 
@@ -179,7 +174,7 @@ class Selector:
             first = _type_bounds(self.icmp_type, "icmp type")
             second = _type_bounds(self.icmp_code, "icmp code")
             out_ports = in_ports = first + second
-        elif proto == PROTO_MH:
+        elif proto == MOBILITY:
             first = _type_bounds(self.mh_type, "mh type")
             out_ports = in_ports = first + (0, _PORT_MAX)
         else:

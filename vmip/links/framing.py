@@ -25,11 +25,6 @@ IPV6_HEADER_LEN = 40
 #: UDP datagram, so anything longer cannot be framed.
 MAX_IPV6_PAYLOAD = 0xFFFF
 
-PROTO_ESP = 50
-PROTO_IPV6 = 41
-PROTO_ICMPV6 = 58
-PROTO_MH = 135
-
 #: The NAT keepalive of both UDP drivers: one octet 0xFF (RFC 3948 §2.3).
 #: It can never be mistaken for an IPv6 packet (40 octets at least, version
 #: nibble 6) nor for ESP (8 octets at least) nor IKE (4-octet zero marker).

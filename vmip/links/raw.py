@@ -41,17 +41,14 @@ from vmip.links.base import (
 from vmip.links.errors import LinkError
 from vmip.links.framing import (
     MAX_IPV6_PAYLOAD,
-    PROTO_ESP,
-    PROTO_ICMPV6,
-    PROTO_IPV6,
-    PROTO_MH,
     build_ipv6_header,
     overlay_drop_reason,
     parse_ancillary,
 )
+from vmip.wire.proto import ESP, ICMPV6, IPV6, MOBILITY
 
 #: Protocols a vmip node receives on a raw link.
-RAW_PROTOCOLS: tuple[int, ...] = (PROTO_ESP, PROTO_IPV6, PROTO_MH, PROTO_ICMPV6)
+RAW_PROTOCOLS: tuple[int, ...] = (ESP, IPV6, MOBILITY, ICMPV6)
 
 #: RFC 4443 §2.1: types 0..127 are errors; 1..4 are the ones defined
 #: (unreachable, packet too big, time exceeded, parameter problem).  The
@@ -126,7 +123,7 @@ class RawDriver(LinkDriver):
                 for option in (socket.IPV6_RECVPKTINFO, socket.IPV6_RECVHOPLIMIT,
                                socket.IPV6_RECVTCLASS):
                     sock.setsockopt(socket.IPPROTO_IPV6, option, 1)
-                if proto == PROTO_ICMPV6:
+                if proto == ICMPV6:
                     sock.setsockopt(socket.IPPROTO_ICMPV6, _ICMP6_FILTER,
                                     icmp6_filter(ICMPV6_ERROR_TYPES))
                 if config.bind is not None:

@@ -32,13 +32,13 @@ from vmip.links.framing import (
     KIND_IKE,
     KIND_KEEPALIVE,
     NON_ESP_MARKER,
-    PROTO_ESP,
     build_ipv6_header,
     classify_esp_in_udp,
     ipv4_mapped,
     parse_ancillary,
 )
 from vmip.links.udp import UdpDriver
+from vmip.wire.proto import ESP
 
 DEFAULT_PORT = 4500
 
@@ -116,7 +116,7 @@ class Rfc3948Driver(UdpDriver):
             if destination is None:
                 counters["rx_drop_no_destination"] += 1
                 continue
-            packet = build_ipv6_header(source, destination, PROTO_ESP, len(datagram),
+            packet = build_ipv6_header(source, destination, ESP, len(datagram),
                                        REBUILT_HOP_LIMIT) + datagram
             received += 1
             try:
@@ -140,7 +140,7 @@ class Rfc3948Driver(UdpDriver):
 
     def send(self, packet: bytes, endpoint: Endpoint) -> None:
         size = len(packet)
-        if size < IPV6_HEADER_LEN + 8 or packet[0] >> 4 != 6 or packet[6] != PROTO_ESP:
+        if size < IPV6_HEADER_LEN + 8 or packet[0] >> 4 != 6 or packet[6] != ESP:
             # Extension headers cannot be carried: ESP-in-UDP has no IPv6 header.
             self.counters["tx_drop_not_esp"] += 1
             return

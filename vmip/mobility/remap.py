@@ -57,6 +57,7 @@ from vmip.errors import VmipError
 from vmip.ipsec.esp import esp_spi
 from vmip.ipsec.sa import Direction
 from vmip.mobility.ancillary import NOTHING_REMAPPED, UNSPECIFIED, Ancillary
+from vmip.wire.proto import ESP
 
 __all__ = [
     "ANCILLARY",
@@ -71,7 +72,6 @@ __all__ = [
 ]
 
 _IPV6_HEADER_LEN = 40
-_IPPROTO_ESP = 50
 _ESP_SPI_LEN = 4
 _SPI_MAX = 0xFFFFFFFF
 _SPI = struct.Struct(">I")
@@ -450,7 +450,7 @@ class RemapEngine:
         end = _IPV6_HEADER_LEN + (packet[4] << 8 | packet[5])
         if end > length:
             return -2  # truncated: the payload length promises more than there is
-        if packet[6] == _IPPROTO_ESP:  # the common case: ESP right after the header
+        if packet[6] == ESP:  # the common case: ESP right after the header
             if end < _IPV6_HEADER_LEN + _ESP_SPI_LEN:
                 return -2
             return _SPI.unpack_from(packet, _IPV6_HEADER_LEN)[0]

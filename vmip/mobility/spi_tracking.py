@@ -82,6 +82,7 @@ from vmip.ipsec.sadb import (
 )
 from vmip.log import get_logger
 from vmip.mobility.remap import ANCILLARY, Field, RemapEngine, RemapError, RemapRule
+from vmip.wire.proto import MOBILITY
 
 if TYPE_CHECKING:
     from vmip.ipsec.sad import SAD
@@ -89,7 +90,6 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-PROTO_MH = 135  # RFC 6275 §6.1: the Mobility Header's next-header value
 _WILDCARD = IPv6Address(0)
 
 SaKind = Literal["mh", "data", "mixed", "other"]
@@ -118,8 +118,8 @@ def classify_sa(sa: SaInfo, spd: SPD | None = None) -> SaKind:
     if not selectors:
         return "mixed"
     protos = [getattr(selector, "proto", None) for selector in selectors]
-    carries_mh = any(proto is None or proto == PROTO_MH for proto in protos)
-    carries_data = any(proto != PROTO_MH for proto in protos)
+    carries_mh = any(proto is None or proto == MOBILITY for proto in protos)
+    carries_data = any(proto != MOBILITY for proto in protos)
     if carries_mh and carries_data:
         return "mixed"
     return "mh" if carries_mh else "data"

@@ -27,7 +27,7 @@ _TCP, _UDP, _SCTP, _ICMPV6, _MOBILITY = (
     proto.ICMPV6,
     proto.MOBILITY,
 )
-_FRAGMENT, _AH, _ICMP = proto.FRAGMENT, proto.AH, 1  # 1: ICMP for IPv4 (RFC 792)
+_FRAGMENT, _AH, _ICMP = proto.FRAGMENT, proto.AH, proto.ICMP
 
 
 class FlowKey(NamedTuple):

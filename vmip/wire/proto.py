@@ -7,6 +7,7 @@ the per-packet path, where enum members cost an attribute lookup each.
 from __future__ import annotations
 
 HOP_BY_HOP = 0
+ICMP = 1  # ICMP for IPv4 (RFC 792): an IPv4 selector or flow may name it
 IPV4 = 4  # IPv4 encapsulated (IP-in-IP, RFC 2473 §3 carries it in IPv6 too)
 TCP = 6
 UDP = 17
