@@ -53,6 +53,8 @@ GSO_MAX_BYTES = 65000
 _GRO_CMSG_SPACE = socket.CMSG_SPACE(4)
 _U16 = struct.Struct("=H")
 _INT = struct.Struct("=i")
+#: Cached endpoint -> socket address mappings per link (cleared when full).
+_SOCKADDR_CACHE_SIZE = 1024
 
 
 
@@ -79,6 +81,8 @@ class UdpDriver(LinkDriver):
         # A dual-stack AF_INET6 socket reports IPv4 peers as ::ffff:a.b.c.d
         # and needs that form to send to them.
         self._dual_stack = False
+        # Endpoint -> socket address, filled by _sockaddr (bounded).
+        self._sockaddrs: dict[Endpoint, tuple[str, int]] = {}
         interval = getattr(config, "keepalive", 0) or 0
         self._keepalive = KeepaliveSchedule(interval) if interval > 0 else None
         self._keepalive_timer: asyncio.TimerHandle | None = None
@@ -135,6 +139,7 @@ class UdpDriver(LinkDriver):
                 from None
         self._family = socket.AF_INET if address.version == 4 else socket.AF_INET6
         self._dual_stack = self._family == socket.AF_INET6 and address.is_unspecified
+        self._sockaddrs.clear()  # the mapping depends on the family
         sock = socket.socket(self._family, socket.SOCK_DGRAM)
         try:
             if self._family == socket.AF_INET6:
@@ -249,6 +254,28 @@ class UdpDriver(LinkDriver):
 
     # -- send --------------------------------------------------------------
 
+    def _sockaddr(self, endpoint: Endpoint) -> tuple[str, int] | None:
+        """The socket address that reaches *endpoint*; ``None`` if this
+        socket's family cannot (an IPv6 host on an IPv4-bound link).
+
+        The one place endpoints become socket addresses: a dual-stack socket
+        needs IPv4 hosts as ``::ffff:a.b.c.d``.  The result is cached, so the
+        per-packet paths pay one dict lookup (``self._sockaddrs.get``) and
+        call this only on a miss.
+        """
+        host = endpoint[0]
+        if ":" in host:
+            if self._family == socket.AF_INET:
+                return None
+        elif self._dual_stack:
+            host = "::ffff:" + host
+        address = (host, endpoint[1])
+        cache = self._sockaddrs
+        if len(cache) >= _SOCKADDR_CACHE_SIZE:
+            cache.clear()  # endpoints are learned from the network: stay bounded
+        cache[endpoint] = address
+        return address
+
     def send_many(self, items: Iterable[tuple[bytes, Endpoint]]) -> None:
         """Send a batch; runs to one endpoint of equal-size packets (the last
         may be shorter) leave in one ``sendmsg`` with UDP_SEGMENT."""
@@ -283,16 +310,12 @@ class UdpDriver(LinkDriver):
         if sock is None:
             self.counters["tx_drop_closed"] += len(run)
             return
-        host = endpoint[0]
-        if ":" in host:
-            if self._family == socket.AF_INET:
-                self.counters["tx_drop_family"] += len(run)
-                return
-        elif self._dual_stack:
-            host = "::ffff:" + host
+        address = self._sockaddrs.get(endpoint) or self._sockaddr(endpoint)
+        if address is None:
+            self.counters["tx_drop_family"] += len(run)
+            return
         try:
-            sock.sendmsg(run, [(SOL_UDP, UDP_SEGMENT, _U16.pack(segment))], 0,
-                         (host, endpoint[1]))
+            sock.sendmsg(run, [(SOL_UDP, UDP_SEGMENT, _U16.pack(segment))], 0, address)
         except (BlockingIOError, InterruptedError) as exc:
             self._count_send_error(exc)
             self.counters["tx_drop_full"] += len(run) - 1
@@ -325,15 +348,12 @@ class UdpDriver(LinkDriver):
         if sock is None:
             self.counters["tx_drop_closed"] += 1
             return
-        host = endpoint[0]
-        if ":" in host:
-            if self._family == socket.AF_INET:
-                self.counters["tx_drop_family"] += 1
-                return
-        elif self._dual_stack:
-            host = "::ffff:" + host
+        address = self._sockaddrs.get(endpoint) or self._sockaddr(endpoint)
+        if address is None:
+            self.counters["tx_drop_family"] += 1
+            return
         try:
-            sock.sendto(packet, (host, endpoint[1]))
+            sock.sendto(packet, address)
         except OSError as exc:
             self._count_send_error(exc)
             return
@@ -382,15 +402,12 @@ class UdpDriver(LinkDriver):
         if sock is None:
             self.counters["tx_drop_closed"] += 1
             return False
-        host = endpoint[0]
-        if ":" in host:
-            if self._family == socket.AF_INET:
-                self.counters["tx_drop_family"] += 1
-                return False
-        elif self._dual_stack:
-            host = "::ffff:" + host
+        address = self._sockaddr(endpoint)
+        if address is None:
+            self.counters["tx_drop_family"] += 1
+            return False
         try:
-            sock.sendto(datagram, (host, endpoint[1]))
+            sock.sendto(datagram, address)
         except OSError as exc:
             self._count_send_error(exc)
             return False
