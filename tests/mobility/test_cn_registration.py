@@ -313,24 +313,3 @@ def test_messages_for_an_mn_are_not_a_cns_business():
     cn.receive(scapy_ba(0, 1, 1, HA_ADDR, dst=CN_ADDR), HA_ADDR, CN_ADDR, None, 0.0)
     cn.receive(scapy_aotc(bytes(8), src=HOA, dst=CN_ADDR), HOA, CN_ADDR, None, 0.0)
     assert cn.counters["unexpected_type"] == 2 and cn.datagrams_to_send(0.0) == []
-
-
-@pytest.mark.parametrize(
-    ("build", "role"),
-    [
-        (lambda: scapy_bu(1, 1, WIFI, flags="AH"), "ha"),
-        (lambda: scapy_bu(1, 1, WIFI), "cn"),
-        (lambda: scapy_aoto(), "cn"),
-        (lambda: scapy_aotr(bytes(8)), "cn"),
-        (lambda: scapy_generic(31, bytes(18), CN_ADDR, HOA), "mn"),
-        (lambda: scapy_generic(33, b"\x10\x00", CN_ADDR, HOA), "mn"),
-        (lambda: scapy_generic(0, b"\x00\x00", CN_ADDR, HOA), "mn"),
-        (lambda: scapy_generic(1, bytes(10), HOA, CN_ADDR), "cn"),
-        (lambda: b"\x3b\x00\x05", "cn"),
-    ],
-    ids=["bu-h", "bu", "aoto", "aotr", "aotc", "aots", "brr", "hoti", "truncated"],
-)
-def test_role_for_sends_each_message_to_the_core_that_handles_it(build, role):
-    from vmip.mobility.binding import role_for
-
-    assert role_for(build()) == role

@@ -15,7 +15,7 @@ terms, independently of the cores' code:
   now (otherwise the packet is lost, as a tunnel to a stale CoA would lose it);
 * inbound remapping (draft §3.2 rules 2 and 4, §5.1.1): a replaced address
   is handed to the core as ancillary data (``OnWire``), ``None`` otherwise;
-* dispatch by :func:`vmip.mobility.binding.role_for`.
+* dispatch by message type (:func:`core_role`).
 
 The wire packet is parsed with scapy (an independent decoder) to get the
 SA-level addresses and the Mobility Header.
@@ -41,7 +41,7 @@ from scapy.layers.inet6 import (
     in6_chksum,
 )
 
-from vmip.mobility.binding import OnWire, Outgoing, role_for
+from vmip.mobility.binding import OnWire, Outgoing
 from vmip.mobility.cn import Correspondent
 from vmip.mobility.events import MobilityEvent, SendTo, TunnelEndpointChanged
 from vmip.mobility.ha import HomeAgent
@@ -134,6 +134,21 @@ def nonce_of(outgoing: Outgoing) -> bytes:
     offset = mh.index(bytes((88, 8)), 6)
     assert offset % 8 == 6, "Nonce option not at 8n+6"
     return mh[offset + 2 : offset + 10]
+
+
+def core_role(mh: bytes) -> str:
+    """Which core of the receiving node gets this Mobility Header.
+
+    By type, as the draft's roles go: home registrations (BU with H) to the
+    HA; BA, BRR, BE, AOTC and AOTS to the MN; other BUs, AOTO, AOTR and
+    anything unknown or short to the correspondent, which counts it.  (The
+    runtime also looks at the destination address: MobilityAgent.receive_mh.)
+    """
+    if len(mh) < 8:
+        return "cn"
+    if mh[2] == 5:  # BU: the H flag is bit 0x40 of MH octet 8 (RFC 6275 §6.1.7)
+        return "ha" if len(mh) > 8 and mh[8] & 0x40 else "cn"
+    return "mn" if mh[2] in (0, 6, 7, 31, 33) else "cn"  # BRR, BA, BE, AOTC, AOTS
 
 
 @dataclass
@@ -250,7 +265,7 @@ class Net:
             if delivery.wire_dst != delivery.dst and not delivery.via_tunnel
             else None,
         )
-        role = role_for(delivery.mh)
+        role = core_role(delivery.mh)
         core = {"mn": receiver.mn, "ha": receiver.ha, "cn": receiver.cn}[role] or receiver.cn
         if core is not None:
             core.receive(delivery.mh, delivery.src, delivery.dst, onwire, self.now)

@@ -12,9 +12,9 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from ipaddress import IPv6Address
-import shutil
 from pathlib import Path
 
 import pytest

@@ -2,8 +2,7 @@
 
 Sans-IO: bytes and a clock value in, bytes (or ``None``) out.  Nothing here
 raises on a bad packet: every failure is counted per reason, in the SA's
-``drops`` and in the process-wide :data:`DROPS`, and the call returns
-``None``.
+``drops``, and the call returns ``None``.
 
 Choices the RFCs leave to the implementation (docs/ipsec.md has the long
 version):
@@ -57,14 +56,11 @@ from vmip.wire.proto import (
 )
 
 __all__ = [
-    "DROPS", "SEQ_SOFT_MARGIN", "EspSA", "EspSetupError", "decap", "dummy_encap",
+    "SEQ_SOFT_MARGIN", "EspSA", "EspSetupError", "decap", "dummy_encap",
     "esp_spi", "transport_encap", "tunnel_encap",
 ]
 
 log = get_logger(__name__)
-
-#: Drops of every SA in this process, by reason (read by the runtime).
-DROPS: Counter[str] = Counter()
 
 #: Soft expiry fires when this many sequence numbers are left.
 SEQ_SOFT_MARGIN = 1 << 20
@@ -238,7 +234,6 @@ class EspSA:
 
     def _drop(self, reason: str) -> None:
         self.drops[reason] += 1
-        DROPS[reason] += 1
 
     # -- persisted sequence state (static keys, vmip.ipsec.seqstate) -------------
 

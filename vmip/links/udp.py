@@ -369,10 +369,6 @@ class UdpDriver(LinkDriver):
         if self._keepalive is not None:
             self._keepalive.add_target(endpoint)
 
-    def remove_keepalive_target(self, endpoint: Endpoint) -> None:
-        if self._keepalive is not None:
-            self._keepalive.remove_target(endpoint)
-
     def send_keepalive(self, endpoint: Endpoint) -> None:
         """Send one NAT keepalive now (e.g. right after a link comes up, to
         open the mapping before the first timer)."""

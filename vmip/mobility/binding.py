@@ -5,7 +5,6 @@
 * :class:`OnWire` (the ancillary on-wire addresses of a received MH message,
   draft §5.1.1) and :class:`Outgoing` (a packet a core wants sent),
 * :class:`BindingCacheEntry` (HA and CN side),
-* :func:`role_for`, which tells the runtime which core handles an MH message,
 * :class:`MobilityCore`, the sans-IO plumbing (outbox, event queue,
   counters, parsing that never raises).
 """
@@ -16,14 +15,13 @@ from collections import Counter, deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from ipaddress import IPv6Address
-from typing import Literal
 
 from vmip.errors import VmipError
 from vmip.log import get_logger
 from vmip.mobility.events import MobilityEvent
 from vmip.mobility.timers import LIFETIME_UNIT
 from vmip.wire.errors import ChecksumError, WireError
-from vmip.wire.mh import MHType, MobilityMessage, build_mh_packet, parse_mh
+from vmip.wire.mh import MobilityMessage, build_mh_packet, parse_mh
 
 log = get_logger(__name__)
 
@@ -133,39 +131,6 @@ class Outgoing:
     @property
     def dst(self) -> IPv6Address:
         return IPv6Address(self.packet[24:40])
-
-
-MhRole = Literal["mn", "ha", "cn"]
-
-# BU flags word sits at MH offset 8; H is its second bit (RFC 6275 §6.1.7).
-_BU_FLAGS_OFFSET = 8
-_BU_HOME_BIT = 0x40
-
-
-def role_for(mh: bytes) -> MhRole:
-    """Which core handles this Mobility Header: ``"ha"``, ``"cn"`` or ``"mn"``.
-
-    Home registrations (BU with H) go to the HA; other BUs, AOTO and AOTR to
-    the correspondent (every node is one); BA, BRR, BE, AOTC and AOTS to the
-    MN.  Anything unknown or too short goes to the correspondent, which
-    counts it and answers unknown types with a Binding Error (RFC 6275 §9.2).
-    """
-    if len(mh) < 8:
-        return "cn"
-    mh_type = mh[2]
-    if mh_type == MHType.BINDING_UPDATE:
-        if len(mh) > _BU_FLAGS_OFFSET and mh[_BU_FLAGS_OFFSET] & _BU_HOME_BIT:
-            return "ha"
-        return "cn"
-    if mh_type in (
-        MHType.BINDING_ACK,
-        MHType.BINDING_REFRESH_REQUEST,
-        MHType.BINDING_ERROR,
-        MHType.AOTC,
-        MHType.AOTS,
-    ):
-        return "mn"
-    return "cn"
 
 
 # ---------------------------------------------------------------------------

@@ -277,31 +277,6 @@ class MobileNode(MobilityCore):
             if entry.state is not EntryState.IDLE or entry.expires_at is not None:
                 self._start_registration(entry, now, deregistration=True)
 
-    def add_correspondent(self, peer: IPv6Address, now: float) -> None:
-        """Register with one more CN (at once if the home registration is in place)."""
-        peer = IPv6Address(peer)
-        if peer in (self.home_agent, self.hoa):
-            raise MobilityError(f"{peer} cannot be a correspondent of this MN")
-        if peer in self._correspondents:
-            return
-        entry = self._new_entry(peer, home=False)
-        self._correspondents[peer] = entry
-        if self._coa is not None and self._home.state is EntryState.BOUND:
-            self._start_registration(entry, now)
-
-    def remove_correspondent(self, peer: IPv6Address, now: float) -> None:
-        """Stop route optimisation with ``peer``: one lifetime-0 BU, then forget it."""
-        entry = self._correspondents.pop(IPv6Address(peer), None)
-        if entry is None:
-            return
-        self._set_direct(entry, False)
-        if entry.expires_at is not None or entry.state is not EntryState.IDLE:
-            entry.retransmission = Retransmission(now, INITIAL_BINDACK_TIMEOUT)
-            entry.state = EntryState.DEREGISTERING
-            entry.requested_units = 0
-            entry.coa = self._coa
-            self._transmit_bu(entry, now)
-
     def offer_address_test(self, peer: IPv6Address, address: IPv6Address, now: float) -> None:
         """Early test (draft §4.5.2): offer ``peer`` to prove ``address`` (an AOTO sent from it).
 
