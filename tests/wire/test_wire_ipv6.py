@@ -296,7 +296,9 @@ ipv4_headers = st.builds(
     IPv4Header,
     st.binary(min_size=4, max_size=4).map(IPv4Address),
     st.binary(min_size=4, max_size=4).map(IPv4Address),
-    st.integers(0, 255),
+    # Not IGMP (2): scapy's IGMP layer rewrites the IP options and TTL when it
+    # re-serialises, so it is no oracle for the header checksum.
+    st.integers(0, 255).filter(lambda protocol: protocol != 2),
     st.integers(60, 0xFFFF),
     st.integers(0, 255),
     st.integers(0, 255),
