@@ -19,16 +19,16 @@ TSHARK = shutil.which("tshark")
 
 def sa(suite: str, spi: int = 0x1234, **overrides) -> SaParams:
     info = SUITES[suite]
-    fields = dict(spi=spi, direction=Direction.OUT, src=IPv6Address("2001:db8::1"),
-                  dst=IPv6Address("2001:db8::2"), suite=suite,
-                  enc_key=bytes(range(1, 1 + info.enc_key_len)),
-                  auth_key=bytes(range(100, 100 + info.auth_key_len)))
+    fields = {"spi": spi, "direction": Direction.OUT, "src": IPv6Address("2001:db8::1"),
+              "dst": IPv6Address("2001:db8::2"), "suite": suite,
+              "enc_key": bytes(range(1, 1 + info.enc_key_len)),
+              "auth_key": bytes(range(100, 100 + info.auth_key_len))}
     fields.update(overrides)
     return SaParams(**fields)
 
 
 def test_gcm_row_is_key_then_salt_with_null_authentication() -> None:
-    # The row shape tshark 4.0 takes (shared/RECIPES.md).
+    # The row shape tshark 4.0 takes (docs/ipsec.md, "Decrypting a capture in Wireshark").
     [row] = wireshark_rows([sa("aes128gcm16")])
     key = bytes(range(1, 21)).hex()
     assert row == ('"IPv6","*","*","0x00001234","AES-GCM with 16 octet ICV [RFC4106]",'

@@ -1,6 +1,6 @@
-"""Issue 6 end to end: the lab on IKE-derived keys (``vmip lab start --keys ike``).
+"""IKEv2 end to end: the lab on IKE-derived keys (``vmip lab start --keys ike``).
 
-The scenarios of tests/lab/test_iro_lab.py (issue 5) again, with every SA
+The scenarios of tests/lab/test_iro_lab.py (static keys) again, with every SA
 negotiated by vmip's IKEv2: MN-HA IKE between the CoA and the HA (it follows
 the CoA), MN-CN IKE from the HoA through the HA tunnel (draft appendix B),
 MN-MN2 IKE between home addresses; plus a CHILD_SA rekey in the middle of a
@@ -97,14 +97,14 @@ def lab() -> Iterator[None]:
 def test_every_sa_of_the_lab_is_negotiated_by_ike(lab) -> None:
     for node in ("mn", "mn2"):
         wait_for(f"{node}: IKE SAs with the HA, the CN and the other MN",
-                 lambda: all(ike_sa(node, peer) for peer in
+                 lambda node=node: all(ike_sa(node, peer) for peer in
                              ("ha", "cn", "mn2" if node == "mn" else "mn")), timeout=30)
         # MN-HA: the MH pair (transport) and the payload tunnel (draft §7, appendix D).
-        wait_for(f"{node}: MN-HA tunnel child", lambda: child(node, "ha", "tunnel"))
+        wait_for(f"{node}: MN-HA tunnel child", lambda node=node: child(node, "ha", "tunnel"))
         assert child(node, "ha", "transport") is not None
         assert child(node, "cn", "transport") is not None
     mn_ha = ike_sa("mn", "ha")
-    # MN-HA IKE runs between the CoA and the HA (DESIGN-BRIEF §6) ...
+    # MN-HA IKE runs between the CoA and the HA (docs/design.md §8) ...
     assert mn_ha["local"].startswith(MN_COA["wifi0"] + "[")
     assert mn_ha["remote"].startswith(HA + "[")
     # ... MN-CN IKE from the HoA: the CN sees it come from the HoA (through the HA).
@@ -126,8 +126,10 @@ def test_every_sa_of_the_lab_is_negotiated_by_ike(lab) -> None:
 
 def test_mn_registers_with_the_ha_and_the_cn_with_aot(lab) -> None:
     for node, coa in (("mn", MN_COA["wifi0"]), ("mn2", MN2_WIFI_COA)):
-        wait_for(f"{node} bound with its HA", lambda: bound(node, HA, coa), timeout=20)
-        wait_for(f"{node} bound with the CN", lambda: bound(node, CN, coa), timeout=20)
+        wait_for(f"{node} bound with its HA", lambda node=node, coa=coa: bound(node, HA, coa),
+                 timeout=20)
+        wait_for(f"{node} bound with the CN", lambda node=node, coa=coa: bound(node, CN, coa),
+                 timeout=20)
     assert any(e["address"] == MN_COA["wifi0"] for e in events("mn", "AotResponseSent"))
     cache = vmip_json("cn", "bindings")["cn"]
     assert {(b["hoa"], b["coa"]) for b in cache["binding_cache"]} >= {
@@ -213,11 +215,14 @@ def test_cn_refuses_mn_cn_ike_for_a_hoa_that_does_not_come_through_the_ha(lab) -
         result = run_in("vmip-mn", [sys.executable, "-c", PROBE, source, CN, host, str(port)],
                         timeout=30)
         assert result.returncode == 0, result.stderr
-    counters = wait_for("the CN's refusals", lambda: (
-        lambda c: c if c.get("ike_refused_wrong_arrival", 0) >
-        before["counters"].get("ike_refused_wrong_arrival", 0) and
-        c.get("ike_refused_unknown_peer", 0) > before["counters"].get(
-            "ike_refused_unknown_peer", 0) else None)(ike_list("cn")["counters"]))
+    def refusals() -> dict | None:
+        c = ike_list("cn")["counters"]
+        was = before["counters"]
+        grew = (c.get("ike_refused_wrong_arrival", 0) > was.get("ike_refused_wrong_arrival", 0)
+                and c.get("ike_refused_unknown_peer", 0) > was.get("ike_refused_unknown_peer", 0))
+        return c if grew else None
+
+    counters = wait_for("the CN's refusals", refusals)
     assert counters
     after = ike_list("cn")
     new = {(row["spi_i"], row["name"]) for row in after["sas"]} - sas_before

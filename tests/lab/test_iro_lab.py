@@ -1,4 +1,4 @@
-"""Issue 5 end to end: MIPv6 + IRO in the lab, static keys.
+"""MIPv6 + IRO end to end in the lab, static keys (docs/iro.md).
 
 One lab for the module (``vmip lab start``; ``lab down`` in the finalizer,
 which also proves nothing is left).  Tests run in file order on the same
@@ -67,8 +67,8 @@ def lab() -> Iterator[None]:
 
 def test_mn_registers_with_the_ha_and_the_cn_with_aot(lab) -> None:
     for node, coa in (("mn", MN_COA["wifi0"]), ("mn2", MN2_WIFI_COA)):
-        wait_for(f"{node} bound with its HA", lambda: bound(node, HA, coa))
-        wait_for(f"{node} bound with the CN", lambda: bound(node, CN, coa))
+        wait_for(f"{node} bound with its HA", lambda node=node, coa=coa: bound(node, HA, coa))
+        wait_for(f"{node} bound with the CN", lambda node=node, coa=coa: bound(node, CN, coa))
     # MN-CN with AOT (draft §3.3): the CN challenged the CoA, the MN answered.
     assert any(e["address"] == MN_COA["wifi0"] for e in events("mn", "AotResponseSent"))
     cache = vmip_json("cn", "bindings")["cn"]

@@ -1,4 +1,4 @@
-"""Issue 5 in the lab: MN and MN2 both moving (draft §5.2.2 example 4, MN-MN).
+"""MIPv6 + IRO in the lab: MN and MN2 both moving (draft §5.2.2 example 4, MN-MN).
 
 Both start on wifi, registered with each other (each is the other's CN).
 While ``ping -i 0.05`` runs from MN's HoA to MN2's HoA, both move to lte at

@@ -1,4 +1,4 @@
-"""Issue 5 in the lab: the CN drops each bad IRO message the draft names, counts it, answers nothing.
+"""IRO in the lab: the CN drops each bad IRO message the draft names, counts it, answers nothing.
 
 Every bad message is a real on-wire packet: a Mobility Header (``vmip.wire.mh``)
 in IPv6 from the MN's HoA to the CN, protected with the MN's own static key
@@ -93,7 +93,7 @@ class Forger:
         """The on-wire IPv6 packet: MH in ESP, then the IRO outbound remap of the source.
 
         The MH checksum covers the SA-level addresses (HoA -> CN), what the CN
-        checks after its inbound rule restored the HoA (DESIGN-BRIEF §4).
+        checks after its inbound rule restored the HoA (docs/design.md §6).
         """
         inner = build_mh_packet(message, IPv6Address(checksum_src or self.hoa),
                                 IPv6Address(CN))

@@ -22,7 +22,7 @@ from vmip.lab.netns import entered, run_in
 
 pytestmark = pytest.mark.root
 
-# The addressing plan, copied from the issue (not from vmip.lab.topology):
+# The addressing plan, copied from docs/lab.md (not from vmip.lab.topology):
 # node -> {ifname: (router ifname, IPv4/len, IPv6/len)}.
 PLAN = {
     "ha": {"eth0": ("ha0", "192.0.2.2/28", "2001:db8:10::2/64")},

@@ -16,10 +16,10 @@ from hypothesis import strategies as st
 from vmip.cli.main import main
 from vmip.lab import configs
 from vmip.lab.errors import LabUsageError
-from vmip.tomlwriter import dump_toml
 from vmip.lab.topology import default_plan, describe
+from vmip.tomlwriter import dump_toml
 
-# The addressing plan, restated independently of vmip.lab.topology.
+# The addressing plan of docs/lab.md, restated independently of vmip.lab.topology.
 PLAN_ROWS = [
     # node, ifname, router ifname, node v4, router v4, node v6, router v6, NAT
     ("ha", "eth0", "ha0", "192.0.2.2/28", "192.0.2.1/28", "2001:db8:10::2/64",

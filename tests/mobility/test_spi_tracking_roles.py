@@ -3,7 +3,7 @@
 - The rules for MN-CN (fine-grained SAs) and MN-MN are compared with the
   examples of draft §5.2.2, read from the draft's own text.
 - The example configs (configs/mn.toml, ha.toml, cn.toml: static keys,
-  coarse MN-CN SAs) run through the whole path of DESIGN-BRIEF §4 on three
+  coarse MN-CN SAs) run through the whole path of docs/design.md §4 on three
   nodes: IpsecEngine.outbound -> remap outbound -> wire -> remap inbound ->
   IpsecEngine.inbound (which does the RFC 4301 §5.2 selector check).
   Mobility Headers are built by scapy, which also checks the MH checksum
@@ -289,7 +289,7 @@ def test_movement_wifi_to_lte_updates_rules_before_the_bus(lab):
     mn.tracker.bind_data(HOA1, A, COA1, Role.MN)
     cn.tracker.bind_data(A, HOA1, COA1, Role.CN)
 
-    mn.tracker.move(COA1, COA_LTE)                      # rules first (DESIGN-BRIEF §5)
+    mn.tracker.move(COA1, COA_LTE)                      # rules first (docs/design.md §7.6)
     mn.sad.migrate(0x1201, OUT, COA_LTE, HA_ADDRESS, 2.0)  # the tunnel SA follows the CoA
     # BU to the HA from the new CoA; the HA accepts any source for MH (§5.1.3).
     on_wire, delivered, handed_over = send(mn, ha, bu(HOA1, HA_ADDRESS, COA_LTE), COA_LTE)

@@ -9,7 +9,7 @@ crypto) and, measured in the same run on the same bytes, the bare library
 call they wrap: the AEAD encrypt/decrypt for AEAD suites, a CBC context plus
 HMAC for the others.  The ratio shows what the ESP engine adds.  For
 AES-128-GCM with ``cryptography`` the whole-packet helpers (tunnel mode,
-outer IPv6 header included) are measured too.  The target (DESIGN-BRIEF §7,
+outer IPv6 header included) are measured too.  The target (docs/design.md §9,
 docs/ipsec.md) is 3 µs per 1400-byte packet for AES-128-GCM.
 
 Each figure is the best of several rounds (least disturbed by the machine).
@@ -163,10 +163,10 @@ def bench_suite(suite: str, backend: str, size: int, count: int) -> dict:
     label, raw_encrypt, raw_decrypt = raw_reference(suite, backend, size)
     raw_enc = best_us(raw_encrypt, count)
     raw_dec = best_us(raw_decrypt, count)
-    return dict(suite=suite, backend=backend, size=size, protect_us=protect,
-                unprotect_us=unprotect, raw=label, raw_encrypt_us=raw_enc,
-                raw_decrypt_us=raw_dec, protect_ratio=protect / raw_enc,
-                unprotect_ratio=unprotect / raw_dec)
+    return {"suite": suite, "backend": backend, "size": size, "protect_us": protect,
+            "unprotect_us": unprotect, "raw": label, "raw_encrypt_us": raw_enc,
+            "raw_decrypt_us": raw_dec, "protect_ratio": protect / raw_enc,
+            "unprotect_ratio": unprotect / raw_dec}
 
 
 def bench_whole_packets(size: int, count: int) -> dict:
@@ -181,8 +181,8 @@ def bench_whole_packets(size: int, count: int) -> dict:
     wires = [tunnel_encap(inner, sender, 1.0) for _ in range(count)]
     encap = best_us(lambda: tunnel_encap(inner, sender, 1.0), count)
     decapsulate = best_unprotect_us(p, wires, lambda sa, wire: decap(wire, 40, sa, 1.0))
-    return dict(suite="aes128gcm16", backend="cryptography", size=len(inner),
-                tunnel_encap_us=encap, decap_us=decapsulate)
+    return {"suite": "aes128gcm16", "backend": "cryptography", "size": len(inner),
+            "tunnel_encap_us": encap, "decap_us": decapsulate}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@
 Runs the ``vmip demo`` machinery without the dashboard (root; builds and
 removes the lab), with ``--handovers`` link changes (default 20), and
 reports p50/p90 of the interruption per handover kind against the targets
-of issue 7: p50 <= 1.5 x RTT + 20 ms when the new CoA was already proven,
+(docs/design.md §12): p50 <= 1.5 x RTT + 20 ms when the new CoA was already proven,
 <= 2.5 x RTT + 20 ms when an AOT round trip was needed (RTT of the link
 handed over to), and no TCP connection lost.  Interruptions are measured
 from probe arrival timestamps (vmip.demo.metrics), not from timers.
@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from vmip.demo import metrics  # noqa: E402
-from vmip.demo.run import DemoOptions, run_demo  # noqa: E402
+from vmip.demo import metrics
+from vmip.demo.run import DemoOptions, run_demo
 
 
 def analyse(report: dict) -> dict:

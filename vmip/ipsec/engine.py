@@ -1,6 +1,6 @@
 """The per-packet IPsec path: SPD, SAD and ESP composed, sans-IO.
 
-The runtime hands SA-level packets (DESIGN-BRIEF §2, §4) to
+The runtime hands SA-level packets (docs/design.md §2, §4) to
 :meth:`IpsecEngine.outbound` (from the TUN, or to forward) and
 :meth:`IpsecEngine.inbound` (addressed to this node, after IRO's inbound
 remap), with the current time; it gets a result back and never an exception:

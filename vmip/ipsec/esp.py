@@ -220,7 +220,7 @@ class EspSA:
         self._arm_limits()
 
     def migrate(self, params: SaParams) -> None:
-        """New endpoints for this SA (the MIGRATE of DESIGN-BRIEF §6).
+        """New endpoints for this SA: a MIGRATE, the tunnel follows the CoA (docs/design.md §7.3).
 
         Sequence numbers, the replay window and counters carry on: a
         migration is not a rekey.  Anything but ``src``/``dst`` changing is
@@ -455,7 +455,8 @@ def esp_spi(packet: bytes | bytearray | memoryview) -> tuple[int, int] | None:
     return _U32.unpack_from(packet, offset)[0], offset
 
 
-def _insertion_point(packet: bytes | bytearray | memoryview, end: int) -> tuple[int, int, int] | None:
+def _insertion_point(packet: bytes | bytearray | memoryview,
+                     end: int) -> tuple[int, int, int] | None:
     """Where transport-mode ESP goes (RFC 4303 §3.1.1).
 
     After hop-by-hop, routing and fragment headers; destination options
@@ -581,7 +582,8 @@ def _inner_packet(next_header: int, payload: bytes) -> bytes | None:
         if len(payload) < 20 or payload[0] >> 4 != 4:
             return None
         total_length = payload[2] << 8 | payload[3]
-        if total_length < (payload[0] & 0x0F) * 4 or total_length < 20 or total_length > len(payload):
+        if (total_length < (payload[0] & 0x0F) * 4 or total_length < 20
+                or total_length > len(payload)):
             return None
         return payload if total_length == len(payload) else payload[:total_length]
     return None

@@ -3,7 +3,7 @@
 The window is a Python int used as a bitmap: bit ``i`` set means sequence
 number ``top - i`` has been received and authenticated.  Shifting an int of
 a few hundred words is a handful of machine instructions, so a 1024-packet
-window (the default, DESIGN-BRIEF §7) costs about as much as a 64-bit one.
+window (the default, docs/design.md §9) costs about as much as a 64-bit one.
 
 Processing order, as RFC 4303 §3.4.3 requires: :meth:`ReplayWindow.check`
 before the ICV is verified (cheap rejection of duplicates), and

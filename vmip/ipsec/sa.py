@@ -6,7 +6,7 @@ tracking.  It mirrors a PF_KEY ``SADB_ADD`` (RFC 2367): SPI, addresses, mode,
 algorithms, keys, lifetimes.  Runtime state (sequence numbers, the replay
 window, usage counters) lives in the ESP engine's per-SA object, not here.
 
-Addresses are *SA-level* addresses (DESIGN-BRIEF §2): for an IRO-tracked SA
+Addresses are *SA-level* addresses (docs/design.md §2): for an IRO-tracked SA
 they are the HoA, never the CoA; the IRO remap engine rewrites them on the
 wire.  For a tunnel-mode SA, ``src``/``dst`` are the outer tunnel endpoints
 (RFC 4301 §4.4.2: the SAD entry names the tunnel header addresses).

@@ -235,7 +235,7 @@ class SAD:
                 now: float, *, dst: Address | None = None) -> SaInfo:
         """Move a tunnel SA's outer endpoints (the MIGRATE of draft §6 / [MIGRATE]).
 
-        Transport SAs carry SA-level addresses (the HoA, DESIGN-BRIEF §2) that
+        Transport SAs carry SA-level addresses (the HoA, docs/design.md §2) that
         never move; only tunnel endpoints follow the CoA.  The ESP object keeps
         its sequence numbers and replay window.
         """

@@ -1,4 +1,4 @@
-"""vmip.lab: the network-namespace lab (DESIGN-BRIEF §9, docs/lab.md).
+"""vmip.lab: the network-namespace lab (docs/design.md §10, docs/lab.md).
 
 - :mod:`vmip.lab.topology`  the addressing plan as data, and the ``--json`` document
 - :mod:`vmip.lab.manage`    ``lab_up``, ``lab_down``, ``lab_status``, ``set_link_state``,

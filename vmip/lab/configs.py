@@ -12,7 +12,7 @@ Decisions (docs/lab.md):
   locator learning).  Each MN link binds its own underlay address, so its
   datagrams leave through that link (source-based policy routing).
 - The MNs know the HA and the CN as static peers; the HA and the CN learn
-  the MNs' locators (DESIGN-BRIEF §3), since NAT mappings cannot be known in
+  the MNs' locators (docs/design.md §3), since NAT mappings cannot be known in
   advance.
 - ``keys = "static"`` (the default): the SAs and policies of
   ``configs/*.toml`` (same SPI plan, same structure: MN-HA MH transport,
@@ -431,7 +431,7 @@ def _ike_peers(plan: LabPlan, name: str) -> list[dict[str, Any]]:
     """``[[ike.peer]]`` of one node; ``policies`` name its outbound protect policies."""
     mobiles = [node for node in plan.nodes if node.is_mobile]
     if name == "ha":
-        # The MN's IKE comes from its CoA (DESIGN-BRIEF §6): one peer per CoA.
+        # The MN's IKE comes from its CoA (docs/design.md §8): one peer per CoA.
         return [{"name": f"{node.name}-{link.name}", "address": str(link.node_ipv6.ip),
                  "policies": [f"mh-to-{node.name}", f"tunnel-to-{node.name}"]}
                 for node in mobiles for link in node.links]

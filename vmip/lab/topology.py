@@ -194,7 +194,7 @@ def default_plan(lab_dir: Path = LAB_DIR) -> LabPlan:
 def describe(plan: LabPlan) -> dict[str, Any]:
     """The topology document ``vmip lab up --json`` prints.
 
-    Contract (DESIGN-BRIEF §9): ``nodes.NODE.{netns, role, overlay_addresses,
+    Contract (docs/design.md §10): ``nodes.NODE.{netns, role, overlay_addresses,
     coa (MNs only), links, config}`` never change name; new fields may be
     added.  Addresses in ``links`` and ``overlay_addresses`` are bare
     addresses; the ``interfaces`` extra gives prefixes, gateways and the

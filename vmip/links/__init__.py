@@ -1,4 +1,4 @@
-"""Link drivers carry on-wire IPv6 packets over an underlay (DESIGN-BRIEF §3).
+"""Link drivers carry on-wire IPv6 packets over an underlay (docs/design.md §3).
 
 - :class:`UdpDriver` (``udp``, default): one IPv6 packet per UDP datagram,
   port 6275, IPv4 or IPv6 underlay, NAT keepalives.

@@ -1,6 +1,6 @@
 """The link driver contract, endpoints, and the socket helpers drivers share.
 
-A link driver carries *on-wire* IPv6 packets (DESIGN-BRIEF §2: source is a
+A link driver carries *on-wire* IPv6 packets (docs/design.md §2: source is a
 CoA, the HA's or a CN's address) over one underlay access link.  The node
 hands it ``(packet, endpoint)``; it hands the node ``(packet, endpoint,
 driver)`` for every packet received.  What an endpoint means depends on the

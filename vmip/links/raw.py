@@ -14,10 +14,11 @@ so the driver rebuilds it from the source address (``recvmsg``), the
 destination (IPV6_PKTINFO), the hop limit (IPV6_HOPLIMIT) and the traffic
 class (IPV6_TCLASS).  The flow label and any extension headers before the
 upper-layer header are not reported by the kernel and are not rebuilt: IRO
-traffic has none on the wire (DESIGN-BRIEF §5: no HAO, no RH2).
+traffic has none on the wire (docs/design.md §7.1: no HAO, no RH2).
 
 While a raw ESP socket is open the kernel delivers ESP to it instead of
-answering Parameter Problem (RECIPES.md: no kernel ESP on these machines).
+answering Parameter Problem (the node uses no kernel IPsec, docs/design.md
+§1; tests/links/test_raw_driver.py checks that ESP arrives).
 """
 
 from __future__ import annotations

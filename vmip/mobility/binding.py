@@ -214,7 +214,7 @@ class MobilityCore:
         onwire_src: IPv6Address | None = None,
         onwire_dst: IPv6Address | None = None,
     ) -> None:
-        # The checksum covers the SA-level addresses (DESIGN-BRIEF §4): the
+        # The checksum covers the SA-level addresses (docs/design.md §6): the
         # remap engine rewrites the IPv6 header outside ESP only.
         packet = build_mh_packet(message, src, dst)
         self._outbox.append(Outgoing(packet, _specified(onwire_src), _specified(onwire_dst)))

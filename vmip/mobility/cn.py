@@ -1,6 +1,6 @@
 """The correspondent: IRO binding cache, proof cache and AOT* (draft §3, §4).
 
-Every node runs one (DESIGN-BRIEF §5).  A BU from an MN (ESP-protected,
+Every node runs one (docs/design.md §7.4).  A BU from an MN (ESP-protected,
 SA-level source the HoA, on-wire source the CoA as ancillary data):
 
 1. is dropped unless the HoA is a known peer and the Alternate CoA option

@@ -9,7 +9,7 @@ instead, which may be the keyword ``ancillary`` (outbound: take it from the
 packet's ancillary data, §3.1 rules 1 and 3).  An inbound rule marked
 ``(ancillary)`` hands the on-wire address it replaced to MIPv6 (§5.1.1).
 
-Where it runs (DESIGN-BRIEF §4): :meth:`RemapEngine.outbound` after ESP, on
+Where it runs (docs/design.md §4): :meth:`RemapEngine.outbound` after ESP, on
 the SPI of the outermost ESP header; :meth:`RemapEngine.inbound` before ESP
 ("as the last step before being processed by the IPsec module", §5.1.2).
 Only the two addresses of the fixed IPv6 header change: transport checksums
@@ -339,7 +339,8 @@ class RemapEngine:
 
     def __init__(self, *, missing_ancillary: MissingAncillary = "pass") -> None:
         if missing_ancillary not in ("pass", "drop"):
-            raise RemapError(f"missing_ancillary must be 'pass' or 'drop', not {missing_ancillary!r}")
+            raise RemapError("missing_ancillary must be 'pass' or 'drop', "
+                             f"not {missing_ancillary!r}")
         self.missing_ancillary: MissingAncillary = missing_ancillary
         self._drop_without_ancillary = missing_ancillary == "drop"
         self._rules: dict[tuple[Direction, int, Field], RemapRule] = {}
@@ -380,7 +381,7 @@ class RemapEngine:
         return self._remove_where(lambda rule: rule.owner == owner)
 
     def replace_address(self, old: IPv6Address, new: IPv6Address) -> int:
-        """Movement (draft §6.1, DESIGN-BRIEF §5): every rule naming *old* names *new*.
+        """Movement (draft §6.1, docs/design.md §7.6): every rule naming *old* names *new*.
 
         Expected, remap and fallback addresses are all replaced; the wildcard
         and ``ancillary`` are not addresses and stay.  Returns how many rules

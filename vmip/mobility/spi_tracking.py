@@ -311,7 +311,7 @@ class SpiTracker:
         return self._sync_pair(local, remote)
 
     def move(self, old_coa: IPv6Address | None, new_coa: IPv6Address | None) -> int:
-        """Our CoA changed (draft §6.1; DESIGN-BRIEF §5: rules first, then the BUs).
+        """Our CoA changed (draft §6.1; docs/design.md §7.6: rules first, then the BUs).
 
         MN-side intents and bindings that named *old_coa* (``None``: at home)
         now name *new_coa*; every engine rule naming *old_coa*, whoever
@@ -359,7 +359,8 @@ class SpiTracker:
             info = entry.info
             installed = self._installed.get((info.direction, info.spi), {})
             result.append(TrackedSa(
-                spi=info.spi, direction=info.direction, src=info.src, dst=info.dst,  # type: ignore[arg-type]
+                spi=info.spi, direction=info.direction,
+                src=info.src, dst=info.dst,  # type: ignore[arg-type]
                 state=info.state, name=info.name, mode=info.mode, kind=entry.kind,
                 rules=tuple(installed[f] for f in Field if f in installed)))
         return result

@@ -457,7 +457,7 @@ def build_mh(message: MobilityMessage, src: AnyAddress, dst: AnyAddress) -> byte
     """The Mobility Header of *message*, padded, with its checksum.
 
     *src*/*dst* are the pseudo-header addresses (RFC 6275 §6.1.1 with RFC
-    8200 §8.1): the SA-level addresses for IRO (DESIGN-BRIEF §4), the home
+    8200 §8.1): the SA-level addresses for IRO (docs/design.md §6), the home
     address when a Home Address option is sent.
     """
     fixed = message.fixed()

@@ -90,7 +90,7 @@ def build_report(outcomes: list[SystemOutcome], run: dict[str, Any]) -> dict[str
         return None if entry is None else entry[metric]
 
     comparison = {
-        # The targets: vmip >= 1.0x wireguard-go, RTT <= underlay + 0.3 ms.
+        # The targets (docs/design.md §12): vmip >= 1.0x wireguard-go, RTT <= underlay + 0.3 ms.
         "vmip_tcp_over_wireguard_go": ratio(median_of("vmip", "tcp_mbps"),
                                             median_of("wireguard-go", "tcp_mbps")),
         "vmip_rtt_minus_underlay_ms": difference(median_of("vmip", "rtt_ms"),
