@@ -37,7 +37,7 @@ from vmip.links.framing import (
     ipv4_mapped,
     parse_ancillary,
 )
-from vmip.links.udp import UdpDriver
+from vmip.links.udp import UdpDriver, endpoint_of
 from vmip.wire.proto import ESP
 
 DEFAULT_PORT = 4500
@@ -96,16 +96,12 @@ class Rfc3948Driver(UdpDriver):
             if kind == KIND_KEEPALIVE:
                 counters["rx_keepalive"] += 1
                 continue
-            host = address[0]
             if is_ipv4_socket:
-                source = ipv4_mapped(socket.inet_aton(host))
+                source = ipv4_mapped(socket.inet_aton(address[0]))
             else:
-                source = socket.inet_pton(socket.AF_INET6, host)
-                if host.startswith("::ffff:") and "." in host:
-                    host = host[7:]
-                elif address[3]:
-                    host = f"{host}%{address[3]}"
-            endpoint = (host, address[1])
+                source = socket.inet_pton(socket.AF_INET6, address[0])
+            # IPv4 peers of an IPv6 socket as plain dotted quads, as on udp.
+            endpoint = endpoint_of(address, True)
             if kind == KIND_IKE:
                 self._deliver_ike(datagram[4:], endpoint)
                 continue

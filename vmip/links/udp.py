@@ -57,8 +57,7 @@ _INT = struct.Struct("=i")
 _SOCKADDR_CACHE_SIZE = 1024
 
 
-
-def _endpoint(address: tuple, dual_stack: bool) -> Endpoint:
+def endpoint_of(address: tuple, dual_stack: bool) -> Endpoint:
     """The sender as an Endpoint: IPv4 plain (not ``::ffff:``-mapped) on a
     dual-stack socket, link-local IPv6 with its scope."""
     host = address[0]
@@ -67,6 +66,7 @@ def _endpoint(address: tuple, dual_stack: bool) -> Endpoint:
     elif len(address) == 4 and address[3]:
         host = f"{host}%{address[3]}"
     return (host, address[1])
+
 
 class UdpDriver(LinkDriver):
     """The overlay link (``driver = "udp"``)."""
@@ -194,14 +194,11 @@ class UdpDriver(LinkDriver):
                 break
             reason = overlay_drop_reason(datagram)
             if reason is not None:
-                if len(datagram) == 1 and datagram[0] == 0xFF:
-                    counters["rx_keepalive"] += 1
-                else:
-                    counters["rx_drop_" + reason] += 1
+                self._not_delivered(datagram, reason)
                 continue
             received += 1
             try:
-                deliver(datagram, _endpoint(address, dual_stack), self)  # type: ignore[misc]
+                deliver(datagram, endpoint_of(address, dual_stack), self)  # type: ignore[misc]
             except Exception:  # noqa: BLE001 - a node bug must not stall the link
                 self._handler_failed()
         if received:
@@ -235,14 +232,11 @@ class UdpDriver(LinkDriver):
                 datagrams = [data[i:i + segment] for i in range(0, len(data), segment)]
             else:
                 datagrams = [data]
-            endpoint = _endpoint(address, dual_stack)
+            endpoint = endpoint_of(address, dual_stack)
             for datagram in datagrams:
                 reason = overlay_drop_reason(datagram)
                 if reason is not None:
-                    if len(datagram) == 1 and datagram[0] == 0xFF:
-                        counters["rx_keepalive"] += 1
-                    else:
-                        counters["rx_drop_" + reason] += 1
+                    self._not_delivered(datagram, reason)
                     continue
                 received += 1
                 try:
@@ -251,6 +245,13 @@ class UdpDriver(LinkDriver):
                     self._handler_failed()
         if received:
             counters["rx"] += received
+
+    def _not_delivered(self, datagram: bytes, reason: str) -> None:
+        """Count a datagram that is not an on-wire packet: a NAT keepalive or a drop."""
+        if datagram == NAT_KEEPALIVE:
+            self.counters["rx_keepalive"] += 1
+        else:
+            self.counters["rx_drop_" + reason] += 1
 
     # -- send --------------------------------------------------------------
 

@@ -9,10 +9,33 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from vmip.wire.errors import WireError
+from vmip.wire.errors import FieldValueError, WireError, check_range
 
 PAD1 = 0
 PADN = 1
+
+
+class RawOption:
+    """Checks and encoding of an option kept as raw ``option_type`` + ``data``.
+
+    The base of the dataclasses that hold options a codec does not interpret
+    (IPv6 destination options, mobility options): the TLV rules are the same.
+    """
+
+    __slots__ = ()
+    option_type: int
+    data: bytes
+
+    def __post_init__(self) -> None:
+        check_range(self.option_type, 8, "option type")
+        if self.option_type in (PAD1, PADN):
+            raise FieldValueError("Pad1/PadN are inserted by the builder, not given")
+        if len(self.data) > 255:
+            raise FieldValueError("option data is at most 255 bytes")
+
+    def encode(self) -> tuple[bytes, int, int]:
+        """``(bytes, alignment x, y)``: no alignment requirement."""
+        return bytes((self.option_type, len(self.data))) + self.data, 0, 0
 
 
 def iter_options(data: bytes, start: int, end: int, what: str) -> list[tuple[int, int, int]]:

@@ -24,3 +24,9 @@ class FieldValueError(WireError, ValueError):
     Also a ``ValueError``: passing an out-of-range value to a builder is a
     caller bug, and callers that think of it that way can catch it so.
     """
+
+
+def check_range(value: int, bits: int, what: str) -> None:
+    """Raise :class:`FieldValueError` unless *value* fits in *bits* unsigned bits."""
+    if not 0 <= value < 1 << bits:
+        raise FieldValueError(f"{what} {value} does not fit in {bits} bits")

@@ -16,7 +16,7 @@ from typing import ClassVar
 from vmip.wire import proto
 from vmip.wire._addr import AnyAddress, packed_ipv6
 from vmip.wire.checksum import upper_layer_checksum
-from vmip.wire.errors import ChecksumError, FieldValueError, WireError
+from vmip.wire.errors import ChecksumError, WireError, check_range
 from vmip.wire.ipv6 import IPV6_HEADER_LEN, IPV6_MIN_MTU, build_ipv6_header, parse_ipv6
 
 ICMPV6_HEADER_LEN = 4
@@ -68,10 +68,6 @@ _WORDS = struct.Struct("!HH")
 _WORD = struct.Struct("!I")
 
 
-def _check_range(value: int, bits: int, what: str) -> None:
-    if not 0 <= value < 1 << bits:
-        raise FieldValueError(f"{what} {value} does not fit in {bits} bits")
-
 
 @dataclass(frozen=True, slots=True)
 class _Echo:
@@ -84,8 +80,8 @@ class _Echo:
     code: ClassVar[int] = 0
 
     def __post_init__(self) -> None:
-        _check_range(self.identifier, 16, "identifier")
-        _check_range(self.sequence, 16, "sequence")
+        check_range(self.identifier, 16, "identifier")
+        check_range(self.sequence, 16, "sequence")
 
     def body(self) -> bytes:
         return _WORDS.pack(self.identifier, self.sequence) + self.data
@@ -115,7 +111,7 @@ class DestinationUnreachable:
     icmp_type: ClassVar[int] = DESTINATION_UNREACHABLE
 
     def __post_init__(self) -> None:
-        _check_range(self.code, 8, "code")
+        check_range(self.code, 8, "code")
 
     def body(self) -> bytes:
         return bytes(4) + self.invoking_packet
@@ -132,7 +128,7 @@ class PacketTooBig:
     code: ClassVar[int] = 0
 
     def __post_init__(self) -> None:
-        _check_range(self.mtu, 32, "MTU")
+        check_range(self.mtu, 32, "MTU")
 
     def body(self) -> bytes:
         return _WORD.pack(self.mtu) + self.invoking_packet
@@ -148,7 +144,7 @@ class TimeExceeded:
     icmp_type: ClassVar[int] = TIME_EXCEEDED
 
     def __post_init__(self) -> None:
-        _check_range(self.code, 8, "code")
+        check_range(self.code, 8, "code")
 
     def body(self) -> bytes:
         return bytes(4) + self.invoking_packet
@@ -165,8 +161,8 @@ class ParameterProblem:
     icmp_type: ClassVar[int] = PARAMETER_PROBLEM
 
     def __post_init__(self) -> None:
-        _check_range(self.code, 8, "code")
-        _check_range(self.pointer, 32, "pointer")
+        check_range(self.code, 8, "code")
+        check_range(self.pointer, 32, "pointer")
 
     def body(self) -> bytes:
         return _WORD.pack(self.pointer) + self.invoking_packet
@@ -181,8 +177,8 @@ class UnknownIcmpv6:
     data: bytes = b""
 
     def __post_init__(self) -> None:
-        _check_range(self.icmp_type, 8, "type")
-        _check_range(self.code, 8, "code")
+        check_range(self.icmp_type, 8, "type")
+        check_range(self.code, 8, "code")
 
     def body(self) -> bytes:
         return self.data

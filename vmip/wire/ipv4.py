@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 from vmip.wire.checksum import internet_checksum
-from vmip.wire.errors import ChecksumError, FieldValueError, WireError
+from vmip.wire.errors import ChecksumError, FieldValueError, WireError, check_range
 
 IPV4_MIN_HEADER_LEN = 20
 
@@ -15,10 +15,6 @@ _FIXED = struct.Struct("!BBHHHBBH4s4s")
 _FLAG_DF = 0x4000
 _FLAG_MF = 0x2000
 
-
-def _check_range(value: int, bits: int, what: str) -> None:
-    if not 0 <= value < 1 << bits:
-        raise FieldValueError(f"{what} {value} does not fit in {bits} bits")
 
 
 def check_ipv4(packet: bytes | bytearray | memoryview) -> tuple[int, int]:
@@ -119,12 +115,12 @@ class IPv4Header:
     options: bytes = b""
 
     def __post_init__(self) -> None:
-        _check_range(self.protocol, 8, "protocol")
-        _check_range(self.total_length, 16, "total length")
-        _check_range(self.ttl, 8, "TTL")
-        _check_range(self.tos, 8, "TOS")
-        _check_range(self.identification, 16, "identification")
-        _check_range(self.fragment_offset, 13, "fragment offset")
+        check_range(self.protocol, 8, "protocol")
+        check_range(self.total_length, 16, "total length")
+        check_range(self.ttl, 8, "TTL")
+        check_range(self.tos, 8, "TOS")
+        check_range(self.identification, 16, "identification")
+        check_range(self.fragment_offset, 13, "fragment offset")
         if len(self.options) % 4 or len(self.options) > 40:
             raise FieldValueError("IPv4 options must be a multiple of 4 bytes, at most 40")
         if self.total_length < self.header_length:

@@ -23,8 +23,8 @@ from ipaddress import IPv6Address
 from typing import ClassVar
 
 from vmip.wire import proto
-from vmip.wire._tlv import encode_options, iter_options
-from vmip.wire.errors import FieldValueError, WireError
+from vmip.wire._tlv import RawOption, encode_options, iter_options
+from vmip.wire.errors import FieldValueError, WireError, check_range
 
 IPV6_HEADER_LEN = 40
 #: RFC 8200 §5: every link carries 1280-octet packets.
@@ -52,10 +52,6 @@ def _packed6(address: IPv6Address | bytes, what: str) -> bytes:
         return bytes(address)
     raise FieldValueError(f"{what} must be an IPv6Address or 16 bytes, not {address!r}")
 
-
-def _check_range(value: int, bits: int, what: str) -> None:
-    if not 0 <= value < 1 << bits:
-        raise FieldValueError(f"{what} {value} does not fit in {bits} bits")
 
 
 # ---------------------------------------------------------------------------
@@ -182,11 +178,11 @@ class IPv6Header:
     flow_label: int = 0
 
     def __post_init__(self) -> None:
-        _check_range(self.next_header, 8, "next header")
-        _check_range(self.payload_length, 16, "payload length")
-        _check_range(self.hop_limit, 8, "hop limit")
-        _check_range(self.traffic_class, 8, "traffic class")
-        _check_range(self.flow_label, 20, "flow label")
+        check_range(self.next_header, 8, "next header")
+        check_range(self.payload_length, 16, "payload length")
+        check_range(self.hop_limit, 8, "hop limit")
+        check_range(self.traffic_class, 8, "traffic class")
+        check_range(self.flow_label, 20, "flow label")
 
     @classmethod
     def parse(cls, data: bytes | bytearray | memoryview) -> IPv6Header:
@@ -234,26 +230,16 @@ class HomeAddressOption:
 
 
 @dataclass(frozen=True, slots=True)
-class UnknownOption:
+class UnknownOption(RawOption):
     """An option this codec does not interpret, kept as raw data."""
 
     option_type: int
     data: bytes = b""
 
-    def __post_init__(self) -> None:
-        _check_range(self.option_type, 8, "option type")
-        if self.option_type in (0, 1):
-            raise FieldValueError("Pad1/PadN are inserted by the builder, not given")
-        if len(self.data) > 255:
-            raise FieldValueError("option data is at most 255 bytes")
-
     @property
     def unrecognised_action(self) -> int:
         """The two high-order bits: what a node that does not know it must do (RFC 8200 §4.2)."""
         return self.option_type >> 6
-
-    def encode(self) -> tuple[bytes, int, int]:
-        return bytes((self.option_type, len(self.data))) + self.data, 0, 0
 
 
 Ipv6Option = HomeAddressOption | UnknownOption
@@ -327,8 +313,8 @@ class RoutingHeader:
     protocol: ClassVar[int] = proto.ROUTING
 
     def __post_init__(self) -> None:
-        _check_range(self.routing_type, 8, "routing type")
-        _check_range(self.segments_left, 8, "segments left")
+        check_range(self.routing_type, 8, "routing type")
+        check_range(self.segments_left, 8, "segments left")
         if (len(self.data) + 4) % 8 or len(self.data) + 4 > 2048:
             raise FieldValueError("routing header type-specific data must make 8n octets")
 
@@ -347,7 +333,7 @@ class Type2RoutingHeader:
     protocol: ClassVar[int] = proto.ROUTING
 
     def __post_init__(self) -> None:
-        _check_range(self.segments_left, 8, "segments left")
+        check_range(self.segments_left, 8, "segments left")
 
     def build(self, next_header: int) -> bytes:
         # Hdr Ext Len 2, 4 reserved octets, then the one address.
@@ -368,8 +354,8 @@ class FragmentHeader:
     protocol: ClassVar[int] = proto.FRAGMENT
 
     def __post_init__(self) -> None:
-        _check_range(self.offset, 13, "fragment offset")
-        _check_range(self.identification, 32, "fragment identification")
+        check_range(self.offset, 13, "fragment offset")
+        check_range(self.identification, 32, "fragment identification")
 
     def build(self, next_header: int) -> bytes:
         return _FRAGMENT.pack(
@@ -388,8 +374,8 @@ class AuthenticationHeader:
     protocol: ClassVar[int] = proto.AH
 
     def __post_init__(self) -> None:
-        _check_range(self.spi, 32, "SPI")
-        _check_range(self.sequence, 32, "sequence number")
+        check_range(self.spi, 32, "SPI")
+        check_range(self.sequence, 32, "sequence number")
         # RFC 4302 §2.2: in IPv6 the header is a multiple of 8 octets.
         if (12 + len(self.icv)) % 8 or 12 + len(self.icv) > 1024:
             raise FieldValueError("AH ICV length must make the header 8n octets")

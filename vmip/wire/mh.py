@@ -23,9 +23,9 @@ from typing import ClassVar
 
 from vmip.wire import proto
 from vmip.wire._addr import AnyAddress, packed_ipv6
-from vmip.wire._tlv import encode_options, iter_options
+from vmip.wire._tlv import RawOption, encode_options, iter_options
 from vmip.wire.checksum import upper_layer_checksum
-from vmip.wire.errors import ChecksumError, FieldValueError, WireError
+from vmip.wire.errors import ChecksumError, FieldValueError, WireError, check_range
 from vmip.wire.ipv6 import build_ipv6_header
 
 MH_HEADER_LEN = 6  # Payload Proto, Header Len, MH Type, Reserved, Checksum
@@ -99,10 +99,6 @@ _BU_KEY_MGMT = 0x1000
 _BA_KEY_MGMT = 0x80
 
 
-def _check_range(value: int, bits: int, what: str) -> None:
-    if not 0 <= value < 1 << bits:
-        raise FieldValueError(f"{what} {value} does not fit in {bits} bits")
-
 
 class MobilityHeaderError(WireError):
     """A Mobility Header that RFC 6275 §9.2 says to drop.
@@ -129,7 +125,7 @@ class BindingRefreshAdvice:
     option_type: ClassVar[int] = MobilityOptionType.BINDING_REFRESH_ADVICE
 
     def __post_init__(self) -> None:
-        _check_range(self.interval_units, 16, "refresh interval")
+        check_range(self.interval_units, 16, "refresh interval")
 
     @property
     def interval_seconds(self) -> int:
@@ -168,21 +164,11 @@ class NonceOption:
 
 
 @dataclass(frozen=True, slots=True)
-class UnknownMobilityOption:
+class UnknownMobilityOption(RawOption):
     """An option this codec does not interpret (RFC 6275 §6.2.1: skipped, kept raw)."""
 
     option_type: int
     data: bytes = b""
-
-    def __post_init__(self) -> None:
-        _check_range(self.option_type, 8, "option type")
-        if self.option_type in (0, 1):
-            raise FieldValueError("Pad1/PadN are inserted by the builder, not given")
-        if len(self.data) > 255:
-            raise FieldValueError("option data is at most 255 bytes")
-
-    def encode(self) -> tuple[bytes, int, int]:
-        return bytes((self.option_type, len(self.data))) + self.data, 0, 0
 
 
 MobilityOption = BindingRefreshAdvice | AlternateCareOfAddress | NonceOption | UnknownMobilityOption
@@ -258,8 +244,8 @@ class BindingUpdate:
     mh_type: ClassVar[int] = MHType.BINDING_UPDATE
 
     def __post_init__(self) -> None:
-        _check_range(self.sequence, 16, "sequence number")
-        _check_range(self.lifetime_units, 16, "lifetime")
+        check_range(self.sequence, 16, "sequence number")
+        check_range(self.lifetime_units, 16, "lifetime")
 
     @property
     def lifetime_seconds(self) -> int:
@@ -296,9 +282,9 @@ class BindingAck:
     mh_type: ClassVar[int] = MHType.BINDING_ACK
 
     def __post_init__(self) -> None:
-        _check_range(self.status, 8, "status")
-        _check_range(self.sequence, 16, "sequence number")
-        _check_range(self.lifetime_units, 16, "lifetime")
+        check_range(self.status, 8, "status")
+        check_range(self.sequence, 16, "sequence number")
+        check_range(self.lifetime_units, 16, "lifetime")
 
     @property
     def accepted(self) -> bool:
@@ -332,7 +318,7 @@ class BindingError:
     mh_type: ClassVar[int] = MHType.BINDING_ERROR
 
     def __post_init__(self) -> None:
-        _check_range(self.status, 8, "status")
+        check_range(self.status, 8, "status")
 
     def fixed(self) -> bytes:
         return bytes((self.status, 0)) + self.home_address.packed
@@ -396,7 +382,7 @@ class AotStatus:
     mh_type: ClassVar[int] = MHType.AOTS
 
     def __post_init__(self) -> None:
-        _check_range(self.code, 4, "AOTS code")
+        check_range(self.code, 4, "AOTS code")
 
     def fixed(self) -> bytes:
         return _WORD.pack(self.code << 12)
@@ -417,7 +403,7 @@ class UnknownMobilityMessage:
     data: bytes
 
     def __post_init__(self) -> None:
-        _check_range(self.mh_type, 8, "MH type")
+        check_range(self.mh_type, 8, "MH type")
         if (MH_HEADER_LEN + len(self.data)) % 8 or MH_HEADER_LEN + len(self.data) > 2048:
             raise FieldValueError("MH message data must make the header 8n octets, at most 2048")
 
