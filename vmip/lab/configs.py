@@ -619,6 +619,19 @@ def _existing_pair(paths: list[Path], length: int) -> bytes | None:
     return key if key is not None and len(key) == length else None
 
 
+def _share_key(paths: list[Path], length: int, *, fresh: bool) -> None:
+    """One random key of *length* bytes at every path; ``fresh=False`` keeps
+    a key they all already hold."""
+    if not fresh and _existing_pair(paths, length) is not None:
+        return
+    material = secrets.token_bytes(length)
+    for path in paths:
+        try:
+            write_key_file(path, material)
+        except ConfigError as exc:
+            raise LabError(f"cannot write lab key {path}: {exc}") from exc
+
+
 def write_static_keys(plan: LabPlan, *, fresh: bool = True) -> dict[str, list[Path]]:
     """Write one random key per SA key file, the same bytes at both ends (0600).
 
@@ -630,13 +643,7 @@ def write_static_keys(plan: LabPlan, *, fresh: bool = True) -> dict[str, list[Pa
     for sa in static_sas(plan):
         for _, file_name, length in sa.key_files:
             paths = [key_path(plan, node, file_name) for node in (sa.sender, sa.receiver)]
-            if fresh or _existing_pair(paths, length) is None:
-                material = secrets.token_bytes(length)
-                for path in paths:
-                    try:
-                        write_key_file(path, material)
-                    except ConfigError as exc:
-                        raise LabError(f"cannot write lab key {path}: {exc}") from exc
+            _share_key(paths, length, fresh=fresh)
             written[file_name] = paths
     return written
 
@@ -644,13 +651,7 @@ def write_static_keys(plan: LabPlan, *, fresh: bool = True) -> dict[str, list[Pa
 def write_ike_psk(plan: LabPlan, *, fresh: bool = True) -> list[Path]:
     """The lab PSK at every node (0600); ``fresh=False`` keeps one all nodes hold."""
     paths = [key_path(plan, node.name, IKE_PSK_FILE) for node in plan.nodes]
-    if fresh or _existing_pair(paths, IKE_PSK_BYTES) is None:
-        material = secrets.token_bytes(IKE_PSK_BYTES)
-        for path in paths:
-            try:
-                write_key_file(path, material)
-            except ConfigError as exc:
-                raise LabError(f"cannot write lab key {path}: {exc}") from exc
+    _share_key(paths, IKE_PSK_BYTES, fresh=fresh)
     return paths
 
 
