@@ -21,6 +21,7 @@ NO_NEXT_HEADER = 59
 DESTINATION_OPTIONS = 60
 SCTP = 132
 MOBILITY = 135
+UDPLITE = 136  # RFC 3828: has ports, so policies may name them
 
 #: Protocols whose first four bytes are the source and destination ports.
 PORT_PROTOCOLS = frozenset((TCP, UDP, SCTP))
