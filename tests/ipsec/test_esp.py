@@ -47,9 +47,10 @@ ALL_SUITES = sorted(SUITES)
 
 def params(suite: str = "aes128gcm16", *, key_seed: int = 1, **overrides) -> SaParams:
     info = SUITES[suite]
-    fields = dict(spi=0x1000 + key_seed, direction=Direction.OUT, src=A, dst=B, suite=suite,
-                  enc_key=bytes((key_seed + i) % 256 for i in range(info.enc_key_len)),
-                  auth_key=bytes((key_seed * 7 + i) % 256 for i in range(info.auth_key_len)))
+    fields = {"spi": 0x1000 + key_seed, "direction": Direction.OUT, "src": A, "dst": B,
+              "suite": suite,
+              "enc_key": bytes((key_seed + i) % 256 for i in range(info.enc_key_len)),
+              "auth_key": bytes((key_seed * 7 + i) % 256 for i in range(info.auth_key_len))}
     fields.update(overrides)
     return SaParams(**fields)
 
@@ -390,11 +391,11 @@ def test_a_failing_on_expire_callback_does_not_break_protect() -> None:
 
 
 @pytest.mark.parametrize("change", [
-    dict(suite="aes192gcm16"),
-    dict(backend="openssl3"),
-    dict(enc_key=b"short"),
-    dict(auth_key=b"\x01" * 32),  # AEAD suites take no auth key
-    dict(replay_window=1 << 40),
+    {"suite": "aes192gcm16"},
+    {"backend": "openssl3"},
+    {"enc_key": b"short"},
+    {"auth_key": b"\x01" * 32},  # AEAD suites take no auth key
+    {"replay_window": 1 << 40},
 ])
 def test_bad_parameters_raise_one_typed_error(change: dict) -> None:
     p = params()
