@@ -27,10 +27,10 @@ from vmip.ipsec.sa import Mode
 from vmip.lab import configs
 from vmip.lab.topology import default_plan
 from vmip.links.locators import LocatorTable
-from vmip.node.keying import IkeManager, _ts_within
+from vmip.node.keying import IkeManager, _Arrival, _ts_within
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ike"))
-from ikepair import make_pair  # noqa: E402
+from ikepair import make_pair
 
 HOA, HA, CN, MN2 = "2001:db8:100::10", "2001:db8:100::1", "2001:db8:20::2", "2001:db8:100::20"
 WIFI_COA, LTE_COA = "2001:db8:31::2", "2001:db8:32::2"
@@ -178,13 +178,14 @@ def manager(*, home_agent: str | None = None) -> SimpleNamespace:
         locators=locators, is_mobile=home_agent is not None,
         mobility=SimpleNamespace(home_agent=ipaddress.IPv6Address(home_agent)
                                  if home_agent else None))
-    stub = SimpleNamespace(node=node, _last_rx={})
+    stub = SimpleNamespace(node=node, _rx=None)
     stub._static_locator = lambda onwire: IkeManager._static_locator(stub, onwire)
     return stub
 
 
 def refusal(stub, address: str, onwire: str, endpoint) -> str | None:
-    stub._last_rx[address] = (ipaddress.IPv6Address(onwire).packed, endpoint, "eth0")
+    # The datagram being processed: how it arrived.
+    stub._rx = _Arrival(address, ipaddress.IPv6Address(onwire).packed, endpoint, "eth0")
     return IkeManager._arrival_refusal(stub, address)
 
 

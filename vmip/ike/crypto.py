@@ -11,13 +11,14 @@ import datetime
 import hashlib
 import os
 import struct
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import ip_address
-from typing import Callable, Sequence
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes, hmac as chmac, serialization
+from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hmac as chmac
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, x25519
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
@@ -405,10 +406,75 @@ def load_certificates(pem_or_der: bytes) -> list[x509.Certificate]:
     return [x509.load_der_x509_certificate(pem_or_der)]
 
 
-def load_private_key(data: bytes):  # noqa: ANN201 - one of the key types
+def load_private_key(data: bytes):
     if b"-----BEGIN" in data:
         return serialization.load_pem_private_key(data, None)
     return serialization.load_der_private_key(data, None)
+
+
+#: CERT payloads we look at in one IKE_AUTH (leaf included, after removing
+#: duplicates).  RFC 7296 §3.6 lets a peer send its chain; real chains are
+#: two or three certificates, and every extra one is work an unauthenticated
+#: peer makes us do before its AUTH is checked.
+MAX_PEER_CERTIFICATES = 5
+
+
+def dedupe_certificates(ders: Sequence[bytes]) -> list[bytes]:
+    """*ders* in order without repeats (the same DER sent twice is one certificate)."""
+    return list(dict.fromkeys(bytes(d) for d in ders))
+
+
+def _issuer_candidates(cert: x509.Certificate, pool: Sequence[x509.Certificate]) -> list:
+    return [c for c in pool if c.subject == cert.issuer]
+
+
+def _signed_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False   # a wrong key, or one we cannot check, proves nothing
+    return True
+
+
+def _spki(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _linear_path(leaf: x509.Certificate, intermediates: Sequence[x509.Certificate],
+                 cas: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    """The intermediates from *leaf* up to a trust anchor, built greedily.
+
+    Path building with backtracking is exponential in the number of
+    certificates that can issue each other (a handful of self-issued CA
+    certificates under one key, RFC 5280 §6.1); an unauthenticated peer
+    chooses them.  Here each step takes the first certificate that names and
+    verifies the current one, never uses a certificate twice and never
+    repeats a (subject, key) pair, so the work is at most len(intermediates)
+    steps of len(intermediates) + len(cas) signature checks.
+    """
+    path: list[x509.Certificate] = []
+    seen = {(leaf.subject.public_bytes(), _spki(leaf))}
+    unused = list(intermediates)
+    current = leaf
+    for _ in range(len(intermediates) + 1):
+        if any(_signed_by(current, ca) for ca in _issuer_candidates(current, cas)):
+            return path
+        step = None
+        for candidate in _issuer_candidates(current, unused):
+            key = (candidate.subject.public_bytes(), _spki(candidate))
+            if key in seen:
+                continue
+            if _signed_by(current, candidate):
+                step = candidate
+                seen.add(key)
+                break
+        if step is None:
+            break
+        unused.remove(step)
+        path.append(step)
+        current = step
+    raise IkeCryptoError("certificate chain does not verify: no path to a configured CA")
 
 
 def verify_chain(leaf: x509.Certificate, intermediates: Sequence[x509.Certificate],
@@ -416,16 +482,26 @@ def verify_chain(leaf: x509.Certificate, intermediates: Sequence[x509.Certificat
     """Validate *leaf* up to one of *cas* (RFC 5280 path validation by
     ``cryptography.x509.verification``).  IKE certificates need no particular
     EKU, so the end-entity extension policy is relaxed; CAs keep the WebPKI
-    rules (basicConstraints cA, keyUsage keyCertSign)."""
+    rules (basicConstraints cA, keyUsage keyCertSign).
+
+    The peer's certificates are bounded (:data:`MAX_PEER_CERTIFICATES`) and
+    the path is found linearly first (:func:`_linear_path`); the verifier then
+    sees only that path, with its depth capped, so it has nothing to search.
+    """
     from cryptography.x509 import verification as v
     if not cas:
         raise IkeCryptoError("no CA certificate configured to check the peer's certificate")
+    if 1 + len(intermediates) > MAX_PEER_CERTIFICATES:
+        raise IkeCryptoError(f"{1 + len(intermediates)} certificates; at most "
+                             f"{MAX_PEER_CERTIFICATES} are accepted")
+    path = _linear_path(leaf, intermediates, cas)
     builder = (v.PolicyBuilder().store(v.Store(list(cas)))
-               .time(datetime.datetime.fromtimestamp(now, datetime.timezone.utc))
+               .time(datetime.datetime.fromtimestamp(now, datetime.UTC))
+               .max_chain_depth(len(path) + 1)
                .extension_policies(ca_policy=v.ExtensionPolicy.webpki_defaults_ca(),
                                    ee_policy=v.ExtensionPolicy.permit_all()))
     try:
-        builder.build_client_verifier().verify(leaf, list(intermediates))
+        builder.build_client_verifier().verify(leaf, path)
     except v.VerificationError as exc:
         raise IkeCryptoError(f"certificate chain does not verify: {exc}") from None
 
@@ -488,7 +564,7 @@ def _spki_bitstring(spki: bytes) -> bytes:
         return tag, pos, length
     _, pos, _ = read(0)                 # outer SEQUENCE
     _, apos, alen = read(pos)           # AlgorithmIdentifier
-    tag, bpos, blen = read(apos + alen)  # BIT STRING
+    _tag, bpos, blen = read(apos + alen)  # BIT STRING
     return spki[bpos + 1:bpos + blen]
 
 

@@ -5,15 +5,25 @@ our SPI, creates a responder :class:`IkeSa` for each new IKE_SA_INIT request,
 and, once more than ``cookie_threshold`` SAs are half-open, answers new
 IKE_SA_INIT requests statelessly with a COOKIE (§2.6) until the initiator
 proves it receives at its address.
+
+Half-open responder SAs are what an unauthenticated sender makes us keep, so
+they are bounded per source (``max_half_open_per_source``) and in total
+(``max_sas``), and every datagram costs O(1) in their number: counts are kept
+as SAs come and go, and their timers sit in a heap.  The *source* a runtime
+passes with a datagram is where it really came from (the underlay UDP
+endpoint); the cookie is bound to it as well as to the on-wire address, which
+the sender picks.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import os
-import struct
 from collections import deque
-from typing import Callable
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 
 from vmip.ike.constants import NON_ESP_MARKER, ExchangeType, Flags, Notify
 from vmip.ike.events import IkeEvent
@@ -32,10 +42,20 @@ ConfigLookup = Callable[[Addr], IkeSaConfig | None]
 SpiAllocatorFactory = Callable[[Addr, Addr], SpiAllocator]
 
 
+@dataclass
+class _Embryo:
+    """Bookkeeping of one half-open responder SA."""
+
+    key: tuple[bytes, str, int]      # (SPIi, on-wire address, port): finds retransmissions
+    source: Hashable                 # what the per-source cap counts
+    deadline: float | None = None    # the timer pushed on the heap
+
+
 class IkeEndpoint:
     def __init__(self, config_for: ConfigLookup, local_addr: Addr, *,
                  spi_allocator: SpiAllocator | None = None, rng: Rng = os.urandom,
                  cookie_threshold: int = 32, max_sas: int = 4096,
+                 max_half_open_per_source: int = 8,
                  spi_allocator_for: SpiAllocatorFactory | None = None):
         self._config_for = config_for
         self.local_addr = local_addr
@@ -44,9 +64,17 @@ class IkeEndpoint:
         self._rng = rng
         self.cookie_threshold = cookie_threshold
         self.max_sas = max_sas
-        self.sas: list[IkeSa] = []
+        self.max_half_open_per_source = max_half_open_per_source
+        # Authenticated SAs and our own initiations (few; iterated), and the
+        # half-open responder SAs (attacker-made; never iterated per datagram).
+        self._active: dict[IkeSa, None] = {}
+        self._embryos: dict[IkeSa, _Embryo] = {}
         self._by_spi: dict[bytes, IkeSa] = {}
+        self._spis: dict[IkeSa, tuple[bytes, ...]] = {}
         self._half_open: dict[tuple[bytes, str, int], IkeSa] = {}
+        self._per_source: dict[Hashable, int] = {}
+        self._heap: list[tuple[float, int, IkeSa]] = []
+        self._seq = itertools.count()
         self._out: list[tuple[bytes, Addr]] = []
         self._events: deque[tuple[IkeSa, IkeEvent]] = deque()
         self._secret = rng(32)
@@ -54,6 +82,10 @@ class IkeEndpoint:
         self.stats: dict[str, int] = {}
 
     # -------------------------------------------------------------- API
+    @property
+    def sas(self) -> list[IkeSa]:
+        return [*self._active, *self._embryos]
+
     def initiate(self, config: IkeSaConfig, remote_addr: Addr, now: float) -> IkeSa:
         sa = IkeSa(config, Role.INITIATOR, self.local_addr, remote_addr, now,
                    spi_allocator=self._allocator(remote_addr), rng=self._rng)
@@ -63,10 +95,9 @@ class IkeEndpoint:
 
     def detach(self, sa: IkeSa) -> None:
         """Stop serving *sa*: it moves to the endpoint of another local address."""
-        if sa in self.sas:
-            self.sas.remove(sa)
-        for spi in [s for s, owner in self._by_spi.items() if owner is sa]:
-            del self._by_spi[spi]
+        self._release_embryo(sa)
+        self._active.pop(sa, None)
+        self._forget_spis(sa)
 
     def attach(self, sa: IkeSa) -> None:
         """Serve an IKE SA made elsewhere (see :meth:`detach`)."""
@@ -74,9 +105,12 @@ class IkeEndpoint:
 
     @property
     def half_open_count(self) -> int:
-        return sum(1 for sa in self.sas if sa.half_open and sa.role is Role.RESPONDER)
+        return len(self._embryos)
 
-    def receive_datagram(self, data: bytes, addr: Addr, now: float) -> None:
+    def receive_datagram(self, data: bytes, addr: Addr, now: float,
+                         source: tuple[str, int] | None = None) -> None:
+        """One datagram from on-wire *addr*; *source* is the underlay endpoint
+        it really came from (None: *addr* is all we know)."""
         raw = bytes(data)
         body = raw[4:] if raw[:4] == NON_ESP_MARKER else raw
         if len(body) < 28:
@@ -89,7 +123,7 @@ class IkeEndpoint:
             sa = self._half_open.get((spi_i, str(addr[0]), int(addr[1])))
         if sa is None and body[18] == ExchangeType.IKE_SA_INIT and spi_r == bytes(8) \
                 and not flags & Flags.RESPONSE:
-            sa = self._new_responder(raw, body, addr, now)
+            sa = self._new_responder(raw, body, addr, now, source)
         if sa is None:
             self._count("dropped_no_sa")
             return
@@ -97,17 +131,30 @@ class IkeEndpoint:
         self._collect(sa)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
+        # Half-open SAs only send when a datagram or their timer drives them;
+        # _collect moved that into _out already.
         out, self._out = self._out, []
-        for sa in self.sas:
+        for sa in self._active:
             out += sa.datagrams_to_send(now)
         return out
 
     def get_timer(self) -> float | None:
-        timers = [t for t in (sa.get_timer() for sa in self.sas) if t is not None]
+        self._drop_stale_timers()
+        timers = [t for t in (sa.get_timer() for sa in self._active) if t is not None]
+        if self._heap:
+            timers.append(self._heap[0][0])
         return min(timers) if timers else None
 
     def handle_timer(self, now: float) -> None:
-        for sa in list(self.sas):
+        while self._heap and self._heap[0][0] <= now:
+            deadline, _, sa = heapq.heappop(self._heap)
+            embryo = self._embryos.get(sa)
+            if embryo is None or embryo.deadline != deadline:
+                continue   # stale: the SA moved on or its deadline changed
+            embryo.deadline = None
+            sa.handle_timer(now)
+            self._collect(sa)
+        for sa in list(self._active):
             timer = sa.get_timer()
             if timer is not None and now >= timer:
                 sa.handle_timer(now)
@@ -116,10 +163,12 @@ class IkeEndpoint:
     def next_event(self) -> tuple[IkeSa, IkeEvent] | None:
         return self._events.popleft() if self._events else None
 
-    def collect(self) -> None:
-        """Pull events and SPI changes after calling an IkeSa method directly."""
-        for sa in list(self.sas):
-            self._collect(sa)
+    def collect(self, sa: IkeSa | None = None) -> None:
+        """Pull events and SPI changes after calling an IkeSa method directly
+        (of *sa*, or of every SA)."""
+        for one in ([sa] if sa is not None else self.sas):
+            if one in self._active or one in self._embryos:
+                self._collect(one)
 
     # -------------------------------------------------------- internals
     def _allocator(self, remote_addr: Addr) -> SpiAllocator | None:
@@ -131,40 +180,102 @@ class IkeEndpoint:
         self.stats[what] = self.stats.get(what, 0) + 1
 
     def _add(self, sa: IkeSa) -> None:
-        self.sas.append(sa)
+        self._active[sa] = None
         self._collect(sa)
+
+    def _forget_spis(self, sa: IkeSa) -> None:
+        for spi in self._spis.pop(sa, ()):
+            if self._by_spi.get(spi) is sa:
+                del self._by_spi[spi]
+
+    def _release_embryo(self, sa: IkeSa) -> None:
+        embryo = self._embryos.pop(sa, None)
+        if embryo is None:
+            return
+        if self._half_open.get(embryo.key) is sa:
+            del self._half_open[embryo.key]
+        left = self._per_source.get(embryo.source, 1) - 1
+        if left > 0:
+            self._per_source[embryo.source] = left
+        else:
+            self._per_source.pop(embryo.source, None)
 
     def _collect(self, sa: IkeSa) -> None:
         while (ev := sa.next_event()) is not None:
             self._events.append((sa, ev))
-        for spi in [s for s, owner in self._by_spi.items() if owner is sa]:
-            del self._by_spi[spi]
-        for key in [k for k, owner in self._half_open.items() if owner is sa and not sa.half_open]:
-            del self._half_open[key]
+        embryo = self._embryos.get(sa)
+        if embryo is not None and (sa.is_finished or not sa.half_open):
+            self._release_embryo(sa)
+            if not sa.is_finished:
+                self._active[sa] = None     # authenticated: an ordinary SA now
+            embryo = None
         if sa.is_finished:
             self._out += sa.datagrams_to_send(0.0)
-            if sa in self.sas:
-                self.sas.remove(sa)
-            for key in [k for k, owner in self._half_open.items() if owner is sa]:
-                del self._half_open[key]
+            self._active.pop(sa, None)
+            self._forget_spis(sa)
             return
-        for spi in sa.local_spis():
-            self._by_spi[spi] = sa
+        spis = tuple(sa.local_spis())
+        if spis != self._spis.get(sa, ()):
+            self._forget_spis(sa)
+            self._spis[sa] = spis
+            for spi in spis:
+                self._by_spi[spi] = sa
+        if embryo is not None:
+            self._out += sa.datagrams_to_send(0.0)
+            deadline = sa.get_timer()
+            if deadline != embryo.deadline:
+                embryo.deadline = deadline
+                if deadline is not None:
+                    heapq.heappush(self._heap, (deadline, next(self._seq), sa))
+                    self._compact_timers()
 
-    def cookie_for(self, nonce_i: bytes, addr: Addr, spi_i: bytes) -> bytes:
-        """Cookie = <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>) (§2.6)."""
-        digest = hashlib.sha256(nonce_i + str(addr[0]).encode() + spi_i + self._secret).digest()
+    def _drop_stale_timers(self) -> None:
+        while self._heap:
+            deadline, _, sa = self._heap[0]
+            embryo = self._embryos.get(sa)
+            if embryo is not None and embryo.deadline == deadline:
+                return
+            heapq.heappop(self._heap)
+
+    def _compact_timers(self) -> None:
+        # Entries of SAs that left go stale; rebuild now and then so the heap
+        # stays in proportion to the half-open SAs (amortised O(1)).
+        if len(self._heap) > 2 * len(self._embryos) + 64:
+            self._heap = [(e.deadline, next(self._seq), sa) for sa, e in self._embryos.items()
+                          if e.deadline is not None]
+            heapq.heapify(self._heap)
+
+    def cookie_for(self, nonce_i: bytes, addr: Addr, spi_i: bytes,
+                   source: tuple[str, int] | None = None) -> bytes:
+        """Cookie = <VersionIDofSecret> | Hash(Ni | IPi | SPIi | <secret>) (§2.6).
+
+        IPi here is the on-wire address and port *and* the underlay endpoint
+        the request came from: the on-wire address is whatever the sender
+        wrote, the underlay endpoint is where our answer goes, so only it
+        proves the initiator receives there.
+        """
+        where = f"{addr[0]}|{addr[1]}|{source[0]}|{source[1]}" if source is not None \
+            else f"{addr[0]}|{addr[1]}"
+        digest = hashlib.sha256(nonce_i + where.encode() + spi_i + self._secret).digest()
         return bytes([self._secret_version]) + digest
 
-    def _new_responder(self, raw: bytes, body: bytes, addr: Addr, now: float) -> IkeSa | None:
+    def _new_responder(self, raw: bytes, body: bytes, addr: Addr, now: float,
+                       source: tuple[str, int] | None) -> IkeSa | None:
+        # The cap counts the sender's underlay host (a spoofer's real one),
+        # not the on-wire address it names.
+        cap_key: Hashable = ("underlay", str(source[0])) if source is not None \
+            else ("on-wire", str(addr[0]))
+        if self._per_source.get(cap_key, 0) >= self.max_half_open_per_source:
+            self._count("dropped_half_open_per_source")
+            return None
+        if len(self._active) + len(self._embryos) >= self.max_sas:
+            self._count("dropped_too_many_sas")
+            return None
         config = self._config_for(addr)
         if config is None:
             self._count("dropped_no_config")
             return None
-        if len(self.sas) >= self.max_sas:
-            self._count("dropped_too_many_sas")
-            return None
-        if self.half_open_count >= self.cookie_threshold:
+        if len(self._embryos) >= self.cookie_threshold:
             try:
                 msg = decode_message(body)
             except IkeParseError:
@@ -174,7 +285,7 @@ class IkeEndpoint:
             if not nonces:
                 self._count("dropped_malformed")
                 return None
-            want = self.cookie_for(nonces[0].nonce, addr, msg.spi_i)
+            want = self.cookie_for(nonces[0].nonce, addr, msg.spi_i, source)
             got = notifies(msg.payloads, Notify.COOKIE)
             # §2.6: the COOKIE notify must be the first payload.
             first_ok = bool(msg.payloads) and isinstance(msg.payloads[0], NotifyPayload) \
@@ -189,6 +300,8 @@ class IkeEndpoint:
             self._count("cookie_accepted")
         sa = IkeSa(config, Role.RESPONDER, self.local_addr, addr, now,
                    spi_allocator=self._allocator(addr), rng=self._rng)
-        self.sas.append(sa)
-        self._half_open[(body[:8], str(addr[0]), int(addr[1]))] = sa
+        key = (body[:8], str(addr[0]), int(addr[1]))
+        self._embryos[sa] = _Embryo(key, cap_key)
+        self._half_open[key] = sa
+        self._per_source[cap_key] = self._per_source.get(cap_key, 0) + 1
         return sa

@@ -1,4 +1,5 @@
-"""Events an IKE SA reports (DESIGN-BRIEF §8: one source of truth).
+"""Events an IKE SA reports: the one record of what happened, for the runtime,
+the CLI and the tests alike.
 
 Key material fields are excluded from ``repr`` so events can be logged.
 """
@@ -126,7 +127,9 @@ class ChildSaFailed(IkeEvent):
 
 @dataclass(frozen=True)
 class PeerAlive(IkeEvent):
-    """An authenticated message arrived (liveness, locator learning)."""
+    """A message arrived on an IKE SA whose peer has authenticated (liveness,
+    locator learning); never during IKE_SA_INIT/IKE_AUTH, whose keys come from
+    an unauthenticated DH (RFC 7296 §2.15)."""
 
     name: str
     remote_addr: tuple[str, int]

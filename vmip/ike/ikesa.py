@@ -1,4 +1,4 @@
-"""The IKEv2 SA state machine, sans-IO (RFC 7296; DESIGN-BRIEF §8).
+"""The IKEv2 SA state machine, sans-IO (RFC 7296).
 
 An :class:`IkeSa` takes datagrams and time and returns datagrams, a timer
 deadline and events, in the style of aioquic's ``QuicConnection``::
@@ -25,29 +25,71 @@ import os
 import struct
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from ipaddress import ip_address
-from typing import Callable
 
 from cryptography import x509
 
 from vmip.ike import crypto
-from vmip.ike.constants import (NAT_T_PORT, NON_ESP_MARKER, AuthMethod, CertEncoding,
-                                ExchangeType, Notify, NOTIFY_ERROR_MAX, PayloadType, ProtocolId,
-                                TransformType)
+from vmip.ike.constants import (
+    NAT_T_PORT,
+    NON_ESP_MARKER,
+    NOTIFY_ERROR_MAX,
+    AuthMethod,
+    CertEncoding,
+    ExchangeType,
+    Notify,
+    ProtocolId,
+)
 from vmip.ike.crypto import DhKey, IkeCryptoError, IkeKeys, SkCipher
-from vmip.ike.events import (AuthenticationFailed, ChildSaCreated, ChildSaDeleted, ChildSaFailed,
-                             ChildSaRekeyed, IkeEvent, IkeSaDeleted, IkeSaEstablished,
-                             IkeSaFailed, IkeSaRekeyed, PeerAlive)
+from vmip.ike.events import (
+    AuthenticationFailed,
+    ChildSaCreated,
+    ChildSaDeleted,
+    ChildSaFailed,
+    ChildSaRekeyed,
+    IkeEvent,
+    IkeSaDeleted,
+    IkeSaEstablished,
+    IkeSaFailed,
+    IkeSaRekeyed,
+    PeerAlive,
+)
 from vmip.ike.messages import IkeMessage, decode_message, decrypt_message, encode_message
-from vmip.ike.payloads import (AuthPayload, CertPayload, CertReqPayload, DeletePayload,
-                               IdiPayload, IdrPayload, Identity, IkeParseError,
-                               IkeUnsupportedCriticalPayload, KePayload, NoncePayload,
-                               NotifyPayload, Payload, SaPayload, TrafficSelector, TsiPayload,
-                               TsrPayload, find, notifies)
-from vmip.ike.proposals import (EspSuite, IkeSuite, ProposalError, accepted_proposal, choose,
-                                esp_sa_payload_proposals, esp_suite_of, ike_sa_payload_proposals,
-                                ike_suite_of, parse_esp_proposal, parse_ike_proposal)
+from vmip.ike.payloads import (
+    AuthPayload,
+    CertPayload,
+    CertReqPayload,
+    DeletePayload,
+    Identity,
+    IdiPayload,
+    IdrPayload,
+    IkeParseError,
+    IkeUnsupportedCriticalPayload,
+    KePayload,
+    NoncePayload,
+    NotifyPayload,
+    Payload,
+    SaPayload,
+    TrafficSelector,
+    TsiPayload,
+    TsrPayload,
+    find,
+    notifies,
+)
+from vmip.ike.proposals import (
+    EspSuite,
+    IkeSuite,
+    accepted_proposal,
+    choose,
+    esp_sa_payload_proposals,
+    esp_suite_of,
+    ike_sa_payload_proposals,
+    ike_suite_of,
+    parse_esp_proposal,
+    parse_ike_proposal,
+)
 from vmip.ipsec.sa import Mode
 from vmip.ipsec.suites import SUITES
 from vmip.log import Secret, get_logger
@@ -191,6 +233,8 @@ class IkeSa:
         self.nat_detected = False
         self.encap = False                          # talk on 4500 with the marker
         self.remote_identity: Identity | None = None
+        #: The peer's AUTH has verified (stays True while the SA is deleted).
+        self.authenticated = False
         spi_i = self._new_ike_spi() if role is Role.INITIATOR else b""
         self._ctx = _Ctx(spi_i, bytes(8), role is Role.INITIATOR)
         self._old: _Ctx | None = None
@@ -561,6 +605,12 @@ class IkeSa:
                 self._old.queue.popleft()(now)
 
     def _heard(self, addr: Addr, now: float) -> None:
+        # Keys from IKE_SA_INIT come from an unauthenticated DH: a message
+        # that decrypts with them proves nothing until the peer's AUTH has
+        # verified (RFC 7296 §2.15, §2.23).  Before that, no PeerAlive (the
+        # runtime moves locators on it): IkeSaEstablished says it then.
+        if not self.authenticated:
+            return
         self._last_heard = now
         self._emit(PeerAlive(self.config.name, addr))
 
@@ -609,8 +659,9 @@ class IkeSa:
         ctx.mid_in += 1
         if via_nat_t and self.role is Role.RESPONDER:
             self.encap = True
-        # Authenticated: the peer's address may have changed (NAT rebinding).
-        if ctx is self._ctx:
+        # Authenticated: the peer's address may have changed (NAT rebinding,
+        # §2.23).  During IKE_AUTH only once the AUTH verified (_on_auth_request).
+        if ctx is self._ctx and self.authenticated:
             self.remote_addr = (str(addr[0]), int(addr[1]))
         self._heard(addr, now)
         handler = {ExchangeType.IKE_AUTH: self._on_auth_request,
@@ -794,12 +845,18 @@ class IkeSa:
             if not crypto._consteq(expected, auth.data):
                 return "PSK AUTH mismatch"
         elif auth.method == AuthMethod.DIGITAL_SIGNATURE:
-            certs = [c for c in find(msg.payloads, CertPayload)
-                     if c.encoding == CertEncoding.X509_SIGNATURE]
-            if not certs:
+            ders = crypto.dedupe_certificates([c.data for c in find(msg.payloads, CertPayload)
+                                               if c.encoding == CertEncoding.X509_SIGNATURE])
+            if not ders:
                 return "signature AUTH without a certificate"
+            if len(ders) > crypto.MAX_PEER_CERTIFICATES:
+                # Bounded before anything is parsed: each one is work done
+                # for a peer not yet authenticated (RFC 7296 §3.6).
+                self._count("dropped_too_many_certificates")
+                return (f"{len(ders)} certificates; at most "
+                        f"{crypto.MAX_PEER_CERTIFICATES} are accepted")
             try:
-                chain = [x509.load_der_x509_certificate(c.data) for c in certs]
+                chain = [x509.load_der_x509_certificate(d) for d in ders]
             except ValueError:
                 return "unparsable certificate"
             try:
@@ -839,6 +896,7 @@ class IkeSa:
     def _established(self, now: float) -> None:
         ctx = self._ctx
         self.state = State.ESTABLISHED
+        self.authenticated = True
         self.established_at = now
         self._last_heard = now
         log.info("ike sa established", sa=self.config.name, spi_i=ctx.spi_i.hex(),
@@ -989,6 +1047,7 @@ class IkeSa:
             self._emit(AuthenticationFailed(self.config.name, problem, False))
             self._fail(f"authentication failed: {problem}", now)
             return
+        self.remote_addr = (str(addr[0]), int(addr[1]))   # §2.23, now that it is authentic
         payloads = self._auth_payloads(initiator=False)
         child_payloads, child, failure = self._responder_child(msg, self._nonce_i, self._nonce_r,
                                                                None, self.config.child_name, None, now)

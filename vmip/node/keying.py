@@ -10,8 +10,12 @@ Transport over the ``udp`` overlay (and ``raw``): IKE is ordinary UDP
 build the IPv6+UDP packet ourselves and hand it to ``node.send_inner`` so it
 passes the SPD (an automatic BYPASS, priority 0) and the IRO remap like any
 packet the node makes; inbound, the runtime calls :meth:`IkeManager.intercept`
-before the TUN write.  Locator learning happens only on authenticated IKE
-messages (the core's ``PeerAlive``), as DESIGN-BRIEF §3 requires.
+before the TUN write.  A locator moves only on an IKE message of an IKE SA
+whose peer has authenticated (``IkeSaEstablished``, then ``PeerAlive``), to
+the underlay endpoint that very datagram came from (RFC 7296 §2.23: follow
+the address of an authenticated message, never of a merely decryptable one).
+Nothing is remembered per source address between datagrams: what the manager
+knows of a datagram's arrival lives only while that datagram is processed.
 
 Keys: every inbound CHILD_SA SPI comes from ``SAD.getspi`` while IKE_AUTH or
 CREATE_CHILD_SA is being built (IRO draft §6.2.1: remap rules keyed by the
@@ -44,8 +48,9 @@ import ipaddress
 import itertools
 import socket
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from vmip.config.keyfile import read_key_file
 from vmip.errors import VmipError
@@ -100,6 +105,25 @@ CHILD_POLICY_PRIORITY = 50
 #: Seconds before an ``initiate`` peer whose IKE SA failed is tried again
 #: (MN-CN IKE needs the HA tunnel first: its first tries may go nowhere).
 INITIATE_RETRY_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class _Arrival:
+    """How one IKE datagram reached us (kept only while it is processed)."""
+
+    source: str                 # the IKE message's source address (text)
+    onwire: bytes               # the on-wire packet's source address
+    endpoint: Any               # the underlay endpoint it came from
+    link: str
+
+
+def _underlay_source(link: str, endpoint) -> tuple[str, int]:
+    """The underlay endpoint as the IKE endpoint's *source*: cookies are bound
+    to it and half-open SAs are counted per host (RFC 7296 §2.6)."""
+    try:
+        return (f"{link}|{endpoint[0]}", int(endpoint[1]))
+    except (TypeError, ValueError, IndexError, KeyError):
+        return (f"{link}|{endpoint!r}", 0)
 
 
 class KeyingError(VmipError):
@@ -213,7 +237,7 @@ class ChildRecord:
 class IkeManager:
     """IKEv2 for one node: endpoints per local address, events → SAD/SPD."""
 
-    def __init__(self, node: "Node", *, cookie_threshold: int = 32,
+    def __init__(self, node: Node, *, cookie_threshold: int = 32,
                  child_soft: float = CHILD_SOFT_SECONDS, child_hard: float = CHILD_HARD_SECONDS) -> None:
         self.node = node
         config = node.config
@@ -230,7 +254,9 @@ class IkeManager:
         self._auth = self._load_auth()
         self._proposed_ts = self._policy_ts(config)
         self._policy_entries = self._policy_entries_of(config)
-        self._last_rx: dict[str, tuple[bytes, tuple[str, int], str]] = {}
+        # How the datagram being processed arrived (IKE source address, on-wire
+        # source, underlay endpoint, link); None between datagrams.
+        self._rx: _Arrival | None = None
         self._policy_seq = itertools.count(1)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline: float | None = None
@@ -310,7 +336,7 @@ class IkeManager:
 
     def local_address_for(self, peer_address) -> ipaddress.IPv6Address | ipaddress.IPv4Address:
         """Our IKE address towards *peer_address*: an MN talks to its HA from
-        the CoA (DESIGN-BRIEF §6), everyone else from its overlay address."""
+        the CoA (the IKE SA follows it, see :meth:`coa_changed`), everyone else from its overlay address."""
         node = self.node
         locator = node.locators.lookup(peer_address) if peer_address.version == 6 else None
         if locator is not None and str(locator.framing) == "rfc3948":
@@ -460,10 +486,10 @@ class IkeManager:
         for that on-wire source (a HoA's packets come from the HA's endpoint,
         not straight from a CoA).
         """
-        seen = self._last_rx.get(address)
-        if seen is None:
+        rx = self._rx
+        if rx is None or rx.source != address:
             return None
-        onwire, endpoint, _link = seen
+        onwire, endpoint = rx.onwire, rx.endpoint
         node = self.node
         try:
             claimed = ipaddress.ip_address(address).packed
@@ -479,7 +505,7 @@ class IkeManager:
             if locator is not None and str(locator.framing) == "udp":
                 try:
                     arrived = coerce_endpoint(endpoint)
-                except Exception:  # an endpoint of unknown shape proves nothing
+                except (VmipError, TypeError, ValueError):  # an endpoint of unknown shape
                     return "unknown underlay endpoint"
                 if arrived != locator.endpoint:
                     return (f"arrived from {arrived} but {ipaddress.IPv6Address(onwire)} "
@@ -607,7 +633,7 @@ class IkeManager:
     def list(self) -> dict:
         now = self.node.clock()
         rows = []
-        for local, endpoint in self.endpoints.items():
+        for endpoint in self.endpoints.values():
             for sa in endpoint.sas:
                 rows.append({
                     "name": sa.config.name,
@@ -681,14 +707,16 @@ class IkeManager:
             onwire = ipaddress.IPv6Address(host).packed
         except ValueError:
             onwire = b"\0" * 10 + b"\xff\xff" + ipaddress.IPv4Address(host).packed
-        self._last_rx[host] = (onwire, (host, endpoint[1]), driver.name)
+        self._rx = _Arrival(host, onwire, (host, endpoint[1]), driver.name)
         try:
-            self._endpoint(ipaddress.ip_address(local)).receive_datagram(data, (host, endpoint[1]),
-                                                                          now)
+            self._endpoint(ipaddress.ip_address(local)).receive_datagram(
+                data, (host, endpoint[1]), now, source=_underlay_source(driver.name, endpoint))
+            self._pump(now)
         except Exception:  # a core bug must cost one message, not the node
             self.counters["rx_ike_internal_error"] += 1
             log.exception("ike receive failed", source=host)
-        self._pump(now)
+        finally:
+            self._rx = None
 
     # -- transport (overlay) -------------------------------------------------------
 
@@ -711,14 +739,18 @@ class IkeManager:
         local = self.endpoints.get(str(ipaddress.IPv6Address(dst)))
         if local is None:
             local = self._endpoint(ipaddress.IPv6Address(dst))
-        # Remember how this datagram came, for locator learning once it proves authentic.
-        self._last_rx[src_text] = (onwire_source, endpoint, link_name)
+        # How this datagram came: for the arrival check, the answer to a peer
+        # without a locator and locator learning if it proves authentic.
+        self._rx = _Arrival(src_text, onwire_source, endpoint, link_name)
         try:
-            local.receive_datagram(datagram.payload, (src_text, datagram.src_port), now)
+            local.receive_datagram(datagram.payload, (src_text, datagram.src_port), now,
+                                   source=_underlay_source(link_name, endpoint))
+            self._pump(now)
         except Exception:  # a core bug must cost one message, not the node
             self.counters["rx_ike_internal_error"] += 1
             log.exception("ike receive failed", source=src_text)
-        self._pump(now)
+        finally:
+            self._rx = None
         return True
 
     def _send(self, local: str, data: bytes, addr: tuple[str, int], now: float) -> None:
@@ -745,12 +777,12 @@ class IkeManager:
         packet = build_ipv6_header(src.packed, dst.packed, _UDP, len(udp)) + udp
         self.counters["tx_ike"] += 1
         node = self.node
-        seen = self._last_rx.get(str(dst))
-        if seen is not None and node.locators.lookup(dst.packed) is None:
+        rx = self._rx
+        if rx is not None and rx.source == str(dst) and node.locators.lookup(dst.packed) is None:
             # No locator yet (an HA before the MN's first authenticated packet):
             # answer where the request came from (RFC 7296 §2.11) without
-            # learning anything from it (DESIGN-BRIEF §3).
-            _onwire, endpoint, link_name = seen
+            # learning anything from it.
+            endpoint, link_name = rx.endpoint, rx.link
             driver = node.links.get(link_name)
             if driver is not None:
                 self.counters["tx_ike_to_request_endpoint"] += 1
@@ -780,7 +812,9 @@ class IkeManager:
                     self.counters["event_failed"] += 1
                     log.error("ike event not applied", ike_event=type(item[1]).__name__,
                               error=str(exc))
-                endpoint.collect()
+                # Only the event's SA can have been acted on: collecting every
+                # SA here would cost O(SAs) per event.
+                endpoint.collect(item[0])
         self._arm_timer()
         self.node._arm_timer()
 
@@ -838,7 +872,7 @@ class IkeManager:
             self.counters["ike_sa_established"] += 1
             log.info("ike sa established", peer=event.name, remote=event.remote_addr[0],
                      suite=event.suite, initiator=event.initiator, nat=event.nat_detected)
-            self._learn_locator(event.remote_addr[0], now)
+            self._learn_locator(sa, event.remote_addr[0], now)
             if sa.role is Role.INITIATOR:
                 # Further CHILD_SAs of the plan (e.g. the MN-HA tunnel after the MH pair).
                 for plan in self.child_plans(self.peers.get(sa.config.name))[1:] \
@@ -848,7 +882,7 @@ class IkeManager:
             self.counters["ike_sa_rekeyed"] += 1
             log.info("ike sa rekeyed", peer=event.name)
         elif isinstance(event, PeerAlive):
-            self._learn_locator(event.remote_addr[0], now)
+            self._learn_locator(sa, event.remote_addr[0], now)
         elif isinstance(event, (AuthenticationFailed, ChildSaFailed)):
             self.counters[type(event).__name__] += 1
             log.warning("ike " + type(event).__name__, peer=getattr(event, "ike_name", None)
@@ -867,12 +901,20 @@ class IkeManager:
                 best = entry
         return best
 
-    def _learn_locator(self, remote: str, now: float) -> None:
-        """An authenticated IKE message: the sender's locator may move (DESIGN-BRIEF §3)."""
-        seen = self._last_rx.get(remote)
-        if seen is None:
+    def _learn_locator(self, sa: IkeSa, remote: str, now: float) -> None:
+        """An authenticated IKE message: the sender's locator may move.
+
+        Only when the IKE SA's peer has authenticated (a message that merely
+        decrypts under keys from an unauthenticated DH proves nothing, RFC
+        7296 §2.15), only for the address that IKE SA is with, and only to
+        where the datagram being processed came from (RFC 7296 §2.23).
+        """
+        rx = self._rx
+        if not sa.authenticated or sa.remote_addr[0] != remote or rx is None \
+                or rx.source != remote:
+            self.counters["locator_not_learned"] += 1
             return
-        onwire_source, endpoint, link_name = seen
+        onwire_source, endpoint, link_name = rx.onwire, rx.endpoint, rx.link
         if len(onwire_source) == 16 and self._static_locator(onwire_source) is not None:
             # The config says where this address is (a HoA behind its HA, a
             # fixed peer): a learned copy would only shadow it.
@@ -921,10 +963,10 @@ class IkeManager:
                                     reason="ike: transport SA at the home address")
                 inbound = replace(inbound, src=remote_host, dst=local_host)
                 outbound = replace(outbound, src=local_host, dst=remote_host)
-        lifetimes = dict(soft=Lifetime(seconds=self.child_soft),
-                         hard=Lifetime(seconds=self.child_hard),
-                         backend=node.config.keys.backend,
-                         replay_window=node.config.keys.replay_window)
+        lifetimes = {"soft": Lifetime(seconds=self.child_soft),
+                     "hard": Lifetime(seconds=self.child_hard),
+                     "backend": node.config.keys.backend,
+                     "replay_window": node.config.keys.replay_window}
         inbound = replace(inbound, **lifetimes)
         outbound = replace(outbound, **lifetimes)
         try:
