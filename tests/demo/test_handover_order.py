@@ -1,4 +1,4 @@
-"""Where the CN->MN handover time goes, on the sans-IO cores (issue 7).
+"""Where the CN->MN handover time goes, on the sans-IO cores (docs/demo.md, "Where the time went").
 
 A move between two foreign links used to send the CN's BU only after the
 HA's BA: one extra RTT before the CN switches its outbound traffic.  With

@@ -1,4 +1,4 @@
-"""Packets still arriving at the CoA the MN just left (issue 7, lte->wifi losses).
+"""Packets still arriving at the CoA the MN just left (lte->wifi losses, docs/demo.md).
 
 The remap engine is the real one with the MN's inbound rule for a CN->MN
 SA (draft §5.2.2: dst CoA -> HoA); packets are built with scapy, so the

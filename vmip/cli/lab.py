@@ -1,4 +1,4 @@
-"""``vmip lab``: the network-namespace lab (DESIGN-BRIEF §9, docs/lab.md)."""
+"""``vmip lab``: the network-namespace lab (docs/design.md §10, docs/lab.md)."""
 
 from __future__ import annotations
 

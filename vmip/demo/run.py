@@ -36,7 +36,7 @@ TICK = 0.25
 #: Seconds between link changes: long enough for the hold-down (2 s) and
 #: for the streams to settle before the next change.
 DEFAULT_PERIOD = 5.0
-#: The emulated links (round-trip times as the issue asks: wifi ≈ 10 ms,
+#: The emulated links (round-trip times of docs/design.md §12: wifi ≈ 10 ms,
 #: lte ≈ 60 ms with 1% loss; each direction gets half the delay).
 WIFI_ONE_WAY_MS = 5.0
 LTE_ONE_WAY_MS = 30.0

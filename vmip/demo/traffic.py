@@ -77,7 +77,7 @@ class Agent:
         while not self.stop.is_set():
             try:
                 data, _ = self.udp.recvfrom(2048)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 continue
@@ -105,7 +105,7 @@ class Agent:
         while conn is None and not self.stop.is_set():
             try:
                 conn, _ = server.accept()
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
         server.close()
         if conn is None:
@@ -117,7 +117,7 @@ class Agent:
             while not self.stop.is_set():
                 try:
                     data = conn.recv(65536)
-                except (TimeoutError, socket.timeout):
+                except TimeoutError:
                     data = None
                 if data == b"":
                     self._tcp_failed("connection closed by the MN")

@@ -43,14 +43,17 @@ from vmip.mobility.spi_tracking import SpiTracker
 from vmip.node.events import event_fields, jsonable
 from vmip.node.movement import PreviousCoas
 from vmip.node.services import NodeServices
+from vmip.wire import proto
 from vmip.wire.errors import WireError
 from vmip.wire.ipv6 import parse_ipv6
+from vmip.wire.mh import MHType
 
 log = get_logger(__name__)
 
-_MH = 135
+_MH = proto.MOBILITY
 #: MH types handled by the MN core; the rest (BU 5, AOTO 30, AOTR 32) by the HA/CN cores.
-_TO_MOBILE_NODE = {0, 6, 7, 31, 33}   # BRR, BA, BE, AOTC, AOTS
+_TO_MOBILE_NODE = frozenset({MHType.BINDING_REFRESH_REQUEST, MHType.BINDING_ACK,
+                             MHType.BINDING_ERROR, MHType.AOTC, MHType.AOTS})
 
 class MobilityAgent:
     """Roles, rules and the per-packet hooks of one node."""

@@ -253,7 +253,7 @@ class PreviousCoas:
     After a move the MN's inbound remap rules name only the new CoA, so a
     packet a CN sent to the old one before our BU reached it failed the
     expected-address check and was dropped: 3-17 probes per lte->wifi
-    handover in the lab (issue 7).  The docs promise make-before-break (the
+    handover in the lab (docs/demo.md, "Handover benchmark").  The docs promise make-before-break (the
     old link's socket stays open); this is the other half: for ``grace``
     seconds such a packet is taken as if it had reached the current CoA.
     Nothing is trusted by this: ESP (ICV, anti-replay) and the inbound policy
@@ -351,7 +351,7 @@ class _PersistentDump:
     """Dumps on one netlink socket kept open by the watcher's thread.
 
     Opening a fresh pyroute2 IPRoute per scan cost 2-11 ms on every link
-    change (issue 7), time the MN spends on a dead link before it moves.
+    change (the handover work, docs/demo.md), time the MN spends on a dead link before it moves.
     """
 
     def __init__(self) -> None:

@@ -61,12 +61,12 @@ from vmip.node.pcap import PcapWriter
 from vmip.node.ports import REAL_PORTS, MovementPort, NodePorts, TunPort
 from vmip.node.pump import Pump
 from vmip.node.services import NodeServices
+from vmip.wire import proto
 from vmip.wire.errors import WireError
 from vmip.wire.flow import flow_key
 from vmip.wire.icmpv6 import DestinationUnreachable, build_icmpv6_packet, may_send_error
 
 log = get_logger(__name__)
-_IPPROTO_ESP = 50
 
 #: Bytes a link driver adds around the on-wire packet, by driver and
 #: underlay family: IPv4/IPv6 header plus UDP header.
@@ -79,7 +79,7 @@ DEFAULT_UNDERLAY_MTU = 1500
 _ICMP_DEST_UNREACH = 1
 #: Upper-layer protocols: a packet whose first next header is one of them
 #: carries no Mobility Header (RFC 8200 §4: the header chain ends there).
-_NOT_MH = frozenset({6, 17, 58})
+_NOT_MH = frozenset({proto.TCP, proto.UDP, proto.ICMPV6})
 
 
 __all__ = ["Node", "NodeError"]
@@ -570,7 +570,7 @@ class Node:
         addresses replace the outer packet's for the MIPv6 code (§5.1.1)."""
         inner = esp_mod.decap(packet, esp_offset, sa, now)
         if inner is None or sa.params.mode is not Mode.TUNNEL or len(inner) < 40 \
-                or inner[0] >> 4 != 6 or inner[6] != _IPPROTO_ESP:
+                or inner[0] >> 4 != 6 or inner[6] != proto.ESP:
             return inner
         remapped = self.mobility.inbound(inner)
         if remapped is None:

@@ -4,7 +4,7 @@ Opened with python-pytun (``IFF_TUN | IFF_NO_PI``: every read and write is
 exactly one IP packet, no extra header) and configured over netlink with
 pyroute2: MTU, link up, addresses, routes.  Reads are non-blocking and
 drained in batches, so one event-loop wake-up moves up to ``batch`` packets
-(the TUN ↔ UDP forwarder measured in RECIPES.md does 64 per wake-up).
+(as the link drivers do: 64 per wake-up by default, docs/links.md).
 
 The device is not persistent: closing the file descriptor removes it, with
 its addresses and routes, also when the process dies.
@@ -42,6 +42,7 @@ from pyroute2 import IPRoute, NetlinkError
 
 from vmip.errors import VmipError
 from vmip.log import get_logger
+from vmip.wire import proto
 from vmip.wire.errors import WireError
 from vmip.wire.icmpv6 import PACKET_TOO_BIG, PacketTooBig, build_icmpv6_packet, may_send_error
 
@@ -104,7 +105,7 @@ _PLAIN_VNET_HDR: Final = bytes(VNET_HDR_LEN)
 _GSO_TYPES: Final = frozenset({VIRTIO_NET_HDR_GSO_NONE, VIRTIO_NET_HDR_GSO_TCPV4,
                                VIRTIO_NET_HDR_GSO_UDP, VIRTIO_NET_HDR_GSO_TCPV6,
                                VIRTIO_NET_HDR_GSO_UDP_L4})
-_IPPROTO_TCP: Final = 6
+_IPPROTO_TCP: Final = proto.TCP
 _TCP_ACK: Final = 0x10
 _TCP_PSH: Final = 0x08
 #: The largest packet a merge may build: the IPv6 payload length is 16 bits,

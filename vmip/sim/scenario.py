@@ -31,6 +31,7 @@ from vmip.demo import metrics
 from vmip.demo.run import LTE_LOSS, LTE_ONE_WAY_MS, PROBE_RATE, UDP_PORT, WIFI_ONE_WAY_MS
 from vmip.lab.emulation import LinkProfile
 from vmip.sim.world import SimWorld
+from vmip.wire import proto
 from vmip.wire.ipv6 import build_ipv6_header
 from vmip.wire.udp import build_udp
 
@@ -61,12 +62,12 @@ def demo_profiles() -> dict[tuple[str, str], LinkProfile]:
 def udp_probe(src: IPv6Address, dst: IPv6Address, seq: int, sent: float) -> bytes:
     payload = PROBE.pack(seq, sent)
     segment = build_udp(UDP_PORT, UDP_PORT, payload, src.packed, dst.packed)
-    return build_ipv6_header(src.packed, dst.packed, 17, len(segment)) + segment
+    return build_ipv6_header(src.packed, dst.packed, proto.UDP, len(segment)) + segment
 
 
 def probe_of(packet: bytes) -> tuple[int, float] | None:
     """``(seq, sent)`` if *packet* is a probe (IPv6, UDP right after it, our port)."""
-    if len(packet) < 48 + PROBE.size or packet[0] >> 4 != 6 or packet[6] != 17:
+    if len(packet) < 48 + PROBE.size or packet[0] >> 4 != 6 or packet[6] != proto.UDP:
         return None
     if int.from_bytes(packet[42:44], "big") != UDP_PORT:
         return None
