@@ -39,6 +39,7 @@ from rich.text import Text
 
 from vmip.control.protocol import to_json_value
 from vmip.humanize import MISSING, event_value, format_ago, format_duration
+from vmip.wire import proto
 
 __all__ = ["MISSING", "event_value", "format_ago", "format_duration"]
 
@@ -118,7 +119,8 @@ def format_bool(value: Any) -> str:
 
 
 #: Protocol numbers people know by name (IANA "Protocol Numbers").
-PROTOCOL_NAMES: Final = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 135: "mh"}
+PROTOCOL_NAMES: Final = {proto.ICMP: "icmp", proto.TCP: "tcp", proto.UDP: "udp",
+                         proto.ICMPV6: "icmpv6", proto.MOBILITY: "mh"}
 
 
 def _selector_fields(value: Any) -> dict[str, Any]:

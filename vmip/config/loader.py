@@ -63,6 +63,7 @@ from vmip.config.model import (
 from vmip.config.schema import DERIVED, Key, headers, keys_of, settings
 from vmip.ipsec.seqstate import DEFAULT_STATE_ROOT
 from vmip.ipsec.suites import SUITES
+from vmip.wire import proto
 
 _log = log.get_logger(__name__)
 
@@ -72,7 +73,7 @@ T = TypeVar("T")
 MAX_SOCKET_PATH = 107
 MIN_PSK_LEN = 16
 #: Protocols whose selectors have ports (RFC 4301 §4.4.1.1): TCP, UDP, SCTP, UDP-Lite.
-PORTED_PROTOCOLS = (6, 17, 132, 136)
+PORTED_PROTOCOLS = (proto.TCP, proto.UDP, proto.SCTP, proto.UDPLITE)
 
 #: The header of each section's table, as messages name it ("[[keys.sa]]").
 _HEADERS: dict[type, str] = {kind: header for header, kind in headers(NodeConfig)}

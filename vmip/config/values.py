@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from vmip.config.errors import ConfigError
+from vmip.wire import proto
 
 T = TypeVar("T")
 E = TypeVar("E", bound=Enum)
@@ -43,7 +44,8 @@ Interface = IPv4Interface | IPv6Interface
 PortRange = tuple[int, int]
 
 #: Protocol names accepted in policies (IANA protocol numbers).
-PROTOCOL_NUMBERS: dict[str, int] = {"tcp": 6, "udp": 17, "icmpv6": 58, "mh": 135}
+PROTOCOL_NUMBERS: dict[str, int] = {"tcp": proto.TCP, "udp": proto.UDP, "icmpv6": proto.ICMPV6,
+                                    "mh": proto.MOBILITY}
 _PROTOCOL_NAMES = {number: name for name, number in PROTOCOL_NUMBERS.items()}
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

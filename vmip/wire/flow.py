@@ -1,7 +1,7 @@
 """The SPD selector key of a packet (RFC 4301 §4.4.1.1), on the per-packet path.
 
 One function, :func:`flow_key`, reads addresses, the next-layer protocol
-after the IPv6 extension headers, and the "ports": TCP/UDP/SCTP ports,
+after the IPv6 extension headers, and the "ports": TCP/UDP/SCTP/UDP-Lite ports,
 ICMPv6 type and code (RFC 4301 §4.4.1.1 "ICMP message type and code"), MH
 type (RFC 4301 §4.4.1.1 "Mobility Header type"), 0/0 for anything else and
 for fragments other than the first (RFC 4301 §4.4.1.1: ports are OPAQUE
@@ -20,10 +20,11 @@ _PORTS = struct.Struct("!HH").unpack_from
 _EXTENSION_HEADERS = frozenset(
     (proto.HOP_BY_HOP, proto.ROUTING, proto.FRAGMENT, proto.DESTINATION_OPTIONS, proto.AH)
 )
-_TCP, _UDP, _SCTP, _ICMPV6, _MOBILITY = (
+_TCP, _UDP, _SCTP, _UDPLITE, _ICMPV6, _MOBILITY = (
     proto.TCP,
     proto.UDP,
     proto.SCTP,
+    proto.UDPLITE,
     proto.ICMPV6,
     proto.MOBILITY,
 )
@@ -41,7 +42,8 @@ class FlowKey(NamedTuple):
 
 
 def _ports(data: bytes, protocol: int, offset: int, end: int) -> tuple[int, int]:
-    if protocol == _TCP or protocol == _UDP or protocol == _SCTP:
+    if protocol == _TCP or protocol == _UDP or protocol == _SCTP or protocol == _UDPLITE:
+        # UDP-Lite keeps UDP's port fields (RFC 3828 §3), and policies may name them.
         if offset + 4 > end:
             raise WireError(f"protocol {protocol} header truncated: no ports")
         return _PORTS(data, offset)

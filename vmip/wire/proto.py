@@ -24,4 +24,4 @@ MOBILITY = 135
 UDPLITE = 136  # RFC 3828: has ports, so policies may name them
 
 #: Protocols whose first four bytes are the source and destination ports.
-PORT_PROTOCOLS = frozenset((TCP, UDP, SCTP))
+PORT_PROTOCOLS = frozenset((TCP, UDP, SCTP, UDPLITE))
