@@ -370,3 +370,35 @@ def test_a_bug_in_a_layer_is_contained_and_counted():
     assert node.engine.inbound(udp(), 1.0).drop == "internal_error"
     assert node.engine.outbound(udp(), 1.0).packet == udp()   # bypass needs no ESP
     assert node.engine.drops == {"internal_error": 1}
+
+
+def _bundle_pair(**peer_kw) -> tuple[Node, Node]:
+    mn = Node([protect("b", OUT, ["mn-cn", "tun"], local=f"{HOA}/128", remote=f"{CN}/128")],
+              [sa(0x1001, OUT, HOA, CN, "mn-cn"),
+               sa(0x3001, OUT, COA, HA, "tun", mode=Mode.TUNNEL)])
+    peer = Node([protect("b", IN, ["mn-cn", "tun"], local=f"{CN}/128", remote=f"{HOA}/128")],
+                [sa(0x1001, IN, HOA, CN, "mn-cn"),
+                 sa(0x3001, IN, COA, HA, "tun", mode=Mode.TUNNEL)], **peer_kw)
+    return mn, peer
+
+
+def test_esp_out_of_a_tunnel_sa_meets_the_reentry_hook_before_it_is_decrypted():
+    seen: list[bytes] = []
+
+    def reentry(inner: bytes):
+        seen.append(inner)
+        return inner, ("on-wire", inner[8:24])
+
+    mn, peer = _bundle_pair(reentry=reentry)
+    packet = tcp()
+    got = peer.engine.inbound(mn.engine.outbound(packet, 1.0).packet, 1.0)
+    assert got.packet == packet
+    assert len(seen) == 1 and seen[0][6] == 50          # the inner ESP packet, once
+    assert got.reentry == ("on-wire", HOA.packed)
+
+
+def test_a_refusing_reentry_hook_drops_the_packet_and_says_why():
+    mn, peer = _bundle_pair(reentry=lambda inner: None)
+    got = peer.engine.inbound(mn.engine.outbound(tcp(), 1.0).packet, 1.0)
+    assert got.packet is None and got.drop == "reentry_refused"
+    assert peer.engine.drops["reentry_refused"] == 1

@@ -28,7 +28,9 @@ match means discard), ``policy_discard``, ``no_sa``, ``esp_protect_failed``
 (the SA refused: unusable, sequence overflow; the SA counts why),
 ``unknown_spi``, ``esp_failed`` (ICV, replay, padding...; the SA's ``drops``
 say which), ``unprotected`` (clear text where policy demands ESP),
-``selector_mismatch``, ``too_many_layers``, ``internal_error`` (a bug: logged).
+``selector_mismatch``, ``too_many_layers``, ``reentry_refused`` (the reentry
+hook, the IRO rules, refused an ESP packet that came out of a tunnel SA),
+``internal_error`` (a bug: logged).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from vmip.ipsec.sad import SAD, InboundCheck
 from vmip.ipsec.sadb import AcquireEvent, SadbBus
 from vmip.ipsec.spd import SPD, Action, Policy
 from vmip.log import get_logger
+from vmip.wire import proto
 
 if TYPE_CHECKING:
     from vmip.ipsec.esp import EspSA
@@ -60,7 +63,9 @@ _TUNNEL = Mode.TUNNEL
 
 # Next headers after which ESP may still follow (RFC 8200 §4.1 order:
 # hop-by-hop, destination options, routing, fragment, AH, ESP).
-_MAY_PRECEDE_ESP = frozenset((0, 43, 44, 50, 51, 60))
+_MAY_PRECEDE_ESP = frozenset((proto.HOP_BY_HOP, proto.ROUTING, proto.FRAGMENT, proto.ESP,
+                              proto.AH, proto.DESTINATION_OPTIONS))
+_ESP = proto.ESP
 
 
 class OutResult(NamedTuple):
@@ -79,6 +84,9 @@ class InResult(NamedTuple):
     policy: Policy | None = None
     sas: tuple = ()            # the SAs that carried it, outermost first
     drop: str | None = None
+    #: What the ``reentry`` hook said about an ESP packet that came out of a
+    #: tunnel SA (the IRO remap's on-wire addresses), else ``None``.
+    reentry: Any = None
 
 
 def _default_esp() -> types.SimpleNamespace:
@@ -110,11 +118,19 @@ class IpsecEngine:
     def __init__(self, spd: SPD, sad: SAD, now: float, *, bus: SadbBus | None = None,
                  esp: Any = None,
                  flow_key: Callable[[bytes], FlowKey] | None = None,
-                 acquire_holdoff: float = 1.0, max_layers: int = 4) -> None:
+                 acquire_holdoff: float = 1.0, max_layers: int = 4,
+                 reentry: Callable[[bytes], tuple[bytes, Any] | None] | None = None) -> None:
         """*esp*: an object with ``transport_encap``, ``tunnel_encap``,
         ``esp_spi`` and ``decap`` (default :mod:`vmip.ipsec.esp`); *flow_key*
         (default :func:`vmip.wire.flow.flow_key`); *max_layers*: ESP layers
-        removed from one inbound packet at most."""
+        removed from one inbound packet at most.
+
+        *reentry*: an ESP packet that comes out of a tunnel SA is handed to it
+        before it is decrypted in turn, as a kernel re-injects a decapsulated
+        packet into its input path; it returns the packet to go on with and a
+        note for :attr:`InResult.reentry`, or ``None`` to drop it
+        (``reentry_refused``).  The IRO inbound rules run there: they come
+        before ESP (draft §5.1.2), also inside the HA's tunnel."""
         self.spd = spd
         self.sad = sad
         self.bus = bus if bus is not None else sad.bus
@@ -123,6 +139,7 @@ class IpsecEngine:
         self._tunnel_encap = esp_api.tunnel_encap
         self._esp_spi = esp_api.esp_spi
         self._decap = esp_api.decap
+        self._reentry = reentry
         self._flow_key = flow_key if flow_key is not None else _default_flow_key()
         self.acquire_holdoff = acquire_holdoff
         self.max_layers = max_layers
@@ -206,6 +223,7 @@ class IpsecEngine:
         carried: list[EspSA] = []
         outputs: list[bytes] = []
         current = packet
+        note = None
         while found is not None:
             spi, offset = found
             sa = self.sad.lookup_inbound(spi, _destination(current))
@@ -219,6 +237,12 @@ class IpsecEngine:
             carried.append(sa)
             if inner is None:
                 return self._drop_in("esp_failed", None, tuple(carried))
+            if self._reentry is not None and sa.params.mode is _TUNNEL and len(inner) >= 40 \
+                    and inner[0] >> 4 == 6 and inner[6] == _ESP:
+                reentered = self._reentry(inner)
+                if reentered is None:
+                    return self._drop_in("reentry_refused", None, tuple(carried))
+                inner, note = reentered
             outputs.append(inner)
             current = inner
             if len(inner) >= 40 and inner[0] >> 4 == 6 and inner[6] not in _MAY_PRECEDE_ESP:
@@ -241,7 +265,7 @@ class IpsecEngine:
         if not check.ok:
             return self._drop_in("selector_mismatch", check.policy, sas)
         self.received += 1
-        return InResult(current, check.policy, sas)
+        return InResult(current, check.policy, sas, reentry=note)
 
     def _check_single(self, sa: EspSA, packet: bytes) -> InboundCheck:
         try:

@@ -31,7 +31,6 @@ import asyncio
 import ipaddress
 import signal
 import time
-import types
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -41,7 +40,6 @@ from vmip.config import load_config
 from vmip.control.paths import default_socket_path
 from vmip.control.server import ControlServer
 from vmip.errors import VmipError
-from vmip.ipsec import esp as esp_mod
 from vmip.ipsec import static
 from vmip.ipsec.engine import IpsecEngine
 from vmip.ipsec.sa import Direction, Mode
@@ -118,14 +116,12 @@ class Node:
         # resume their sequence numbers (RFC 4303 §3.3.3, RFC 4106 §3.1).
         self.seq_state = static.open_state(config)
         static.install(self.keys, self.sad, self.spd, now, state=self.seq_state)
-        # Tunnel decap goes through _decap_then_remap, so IRO rules also see ESP
-        # that arrives inside the HA tunnel (MN-MN, draft §5.2.2 examples 3/4).
-        self._tunnelled_onwire = None
         #: Packets this node makes while one inbound packet is handled (see send_inner).
         self._held: list[tuple[bytes, Any]] | None = None
-        self.engine = IpsecEngine(self.spd, self.sad, now, bus=self.bus, esp=types.SimpleNamespace(
-            transport_encap=esp_mod.transport_encap, tunnel_encap=esp_mod.tunnel_encap,
-            esp_spi=esp_mod.esp_spi, decap=self._decap_then_remap))
+        # ESP inside the HA's tunnel meets the IRO inbound rules before it is
+        # decrypted in turn (MN-MN, draft §5.2.2 examples 3/4).
+        self.engine = IpsecEngine(self.spd, self.sad, now, bus=self.bus,
+                                  reentry=self._remap_reentered)
         self.locators = LocatorTable.from_peers(config.peers)
         self.links: dict[str, LinkDriver] = {}
         self.tun: TunPort | None = None
@@ -452,13 +448,12 @@ class Node:
             elif not self.forwarding:
                 self.counters["rx_drop_not_for_us"] += 1
             return
-        self._tunnelled_onwire = None
         result = self.engine.inbound(packet, now)
         inner = result.packet
         if inner is None:
             return
-        if self._tunnelled_onwire is not None:
-            onwire = self._tunnelled_onwire
+        if result.reentry:
+            onwire = result.reentry   # the on-wire addresses inside the tunnel (§5.1.1)
         source = wire[8:24]
         # Authenticated (ICV and anti-replay passed): the sender's locator may
         # move, but only for what the SA vouches for (docs/security.md), and
@@ -563,22 +558,11 @@ class Node:
             return False
         return True
 
-    def _decap_then_remap(self, packet, esp_offset: int, sa, now: float) -> bytes | None:
-        """ESP decap; an ESP packet that comes out of a tunnel SA meets the IRO
-        inbound rules as if it had arrived on the wire (a kernel re-injects the
-        decapsulated packet: draft §5.1.2 rules run before ESP).  Its on-wire
-        addresses replace the outer packet's for the MIPv6 code (§5.1.1)."""
-        inner = esp_mod.decap(packet, esp_offset, sa, now)
-        if inner is None or sa.params.mode is not Mode.TUNNEL or len(inner) < 40 \
-                or inner[0] >> 4 != 6 or inner[6] != proto.ESP:
-            return inner
-        remapped = self.mobility.inbound(inner)
-        if remapped is None:
-            return None
-        inner, onwire = remapped
-        if onwire:
-            self._tunnelled_onwire = onwire
-        return inner
+    def _remap_reentered(self, inner: bytes) -> tuple[bytes, Any] | None:
+        """ESP that came out of a tunnel SA meets the IRO inbound rules as if it
+        had arrived on the wire (draft §5.1.2: rules run before ESP); its
+        on-wire addresses replace the outer packet's for the MIPv6 code (§5.1.1)."""
+        return self.mobility.inbound(inner)
 
     def _forward(self, packet: bytes, now: float) -> None:
         """Route a packet that is not ours (the HA for its mobile nodes)."""
