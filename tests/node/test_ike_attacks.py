@@ -10,7 +10,9 @@ packets it sends from its own underlay endpoint:
 - 10,000 IKE_SA_INIT naming b: the real b still establishes, half-open SAs
   stay bounded (RFC 7296 §2.6);
 - garbage UDP 500 datagrams from 50,000 on-wire sources: a's memory does not
-  grow per source.
+  grow per source;
+- with certificates: an IKE_AUTH carrying a certificate bomb is refused in
+  milliseconds, and a keeps answering (RFC 5280 §6.1 path building, bounded).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import secrets
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,8 +30,13 @@ from pairlab import ATTACKER4, OVERLAY, UNDERLAY4, PairLab, node_sections, prote
 
 from vmip.config.keyfile import write_key_file
 from vmip.ike.ikesa import IkeSa, IkeSaConfig, Role
+from vmip.ike.payloads import Identity
 from vmip.wire.ipv6 import build_ipv6_header
 from vmip.wire.udp import build_udp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ike"))
+from ikepair import make_pki
+from test_ike_hardening import bomb
 
 pytestmark = pytest.mark.root
 
@@ -261,5 +269,77 @@ def test_garbage_from_fifty_thousand_sources_does_not_grow_memory(lab):
         assert listing["endpoints"][OVERLAY["a"]].get("dropped_short", 0) >= counted
         print(f"{counted} garbage datagrams from distinct sources: RSS +{grown} KiB")
         assert grown < 4096, f"RSS grew {grown} KiB for {counted} datagrams"
+    finally:
+        attacker.close()
+
+
+# --- certificate mode ---------------------------------------------------------------------------
+
+class CertLab(AttackLab):
+    """Node a with a certificate, a private key and a CA (no PSK)."""
+
+    def write_configs(self, **options) -> None:
+        from cryptography.hazmat.primitives import serialization
+
+        super().write_configs(**options)
+        pki = make_pki({"a": "a.example"})
+        self.pki = pki
+        certs = self.workdir / "certs"
+        certs.mkdir(exist_ok=True)
+        pem = serialization.Encoding.PEM
+        (certs / "a.pem").write_bytes(pki.certs["a"].public_bytes(pem))
+        (certs / "ca.pem").write_bytes(pki.ca.public_bytes(pem))
+        key = certs / "a.key"
+        key.write_bytes(pki.keys["a"].private_bytes(pem, serialization.PrivateFormat.PKCS8,
+                                                     serialization.NoEncryption()))
+        key.chmod(0o600)
+        text = self.configs["a"].read_text().replace(
+            f'psk_file = "{self.workdir}/keys/ike.psk"\n',
+            f'certificate = "{certs}/a.pem"\nprivate_key = "{key}"\nca = ["{certs}/ca.pem"]\n'
+            'local_id = "a.example"\n')
+        assert "certificate" in text
+        self.configs["a"].write_text(text)
+
+
+@pytest.fixture
+def cert_lab(tmp_path):
+    pair = CertLab(tmp_path, netns_tag="ikc", attacker=True)
+    try:
+        pair.build()
+        pair.start("a")
+        yield pair
+    finally:
+        pair.close()
+
+
+def test_certificate_bomb_in_ike_auth_is_refused_in_milliseconds(cert_lab):
+    leaf, leaf_key, extra = bomb(cert_lab.pki, 4)   # ~29 s of CPU each before
+    attacker = Attacker(cert_lab)
+    try:
+        sa = IkeSa(IkeSaConfig(local_id=Identity.from_text("mn.example"), certificate=leaf,
+                               private_key=leaf_key, intermediates=tuple(extra),
+                               cas=(cert_lab.pki.ca,)),
+                   Role.INITIATOR, (OVERLAY["b"], 500), (OVERLAY["a"], 500), time.monotonic())
+        sa.initiate(time.monotonic())
+        answered_in = []
+        for _ in range(3):   # IKE_SA_INIT, then IKE_AUTH (bounded)
+            out = sa.datagrams_to_send(time.monotonic())
+            if not out:
+                break
+            started = time.monotonic()
+            for data, _addr in out:
+                attacker.send(OVERLAY["b"], data, 4500 if data[:4] == bytes(4) else 500)
+            for reply in attacker.receive_ike(timeout=10):
+                answered_in.append(time.monotonic() - started)
+                sa.receive_datagram(reply, (OVERLAY["a"], 500), time.monotonic())
+        assert len(answered_in) == 2, answered_in
+        # a answered the IKE_AUTH (AUTHENTICATION_FAILED) at once, not after
+        # seconds of path building on its event loop.
+        assert answered_in[1] < 1.0, answered_in
+        assert sa.is_finished and not sa.is_established
+        counters = cert_lab.json("a", "ike", "list")["counters"]
+        assert counters.get("AuthenticationFailed", 0) >= 1, counters
+        assert cert_lab.procs["a"].poll() is None
+        print(f"IKE_AUTH with a certificate bomb answered in {answered_in[1] * 1000:.0f} ms")
     finally:
         attacker.close()
