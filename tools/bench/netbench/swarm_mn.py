@@ -23,6 +23,7 @@ caller hands a socket already bound where it belongs.
 
 from __future__ import annotations
 
+import heapq
 import selectors
 import socket
 import time
@@ -45,6 +46,8 @@ from vmip.wire.mh import (
 
 #: RFC 6275 §6.1.7: lifetimes in 4-second units; vmip's MN asks 420 s.
 LIFETIME_UNITS = 105
+#: vmip's MN refreshes at 80 % of the granted lifetime (docs/mobility.md "Timers").
+REFRESH_AFTER = 0.8 * LIFETIME_UNITS * 4
 _ESP = 50
 _RECV_BATCH = 256
 
@@ -76,6 +79,7 @@ class EmulatedMn:
     """One MN's protocol state: CoA, sequence number, SAs, BUs waiting for their BA."""
 
     __slots__ = (
+        "accepted_at",
         "bound",
         "coa",
         "generation",
@@ -100,6 +104,8 @@ class EmulatedMn:
         #: sequence -> (time sent, kind)
         self.pending: dict[int, tuple[float, str]] = {}
         self.bound = False
+        #: When the BU of the last accepted binding was sent (its lifetime runs from there).
+        self.accepted_at: float | None = None
 
     def binding_update(self, now: float, *, move: bool = False) -> bytes:
         """The on-wire BU (IPv6 packet, ESP, CoA as source); *move* first takes a new CoA."""
@@ -156,6 +162,7 @@ class StepResult:
     send_seconds: float = 0.0
     drain_seconds: float = 0.0
     in_time: int = 0
+    lifetime_refreshes: int = 0
     emulator_cpu_s: float = 0.0
 
     def all_rtts(self) -> list[float]:
@@ -170,7 +177,7 @@ class StepResult:
         return {
             "offered_bu_per_s": self.rate, "seconds": round(self.seconds, 3),
             "sent": self.sent, "answered": self.answered, "lost": self.lost,
-            "answered_in_step": self.in_time,
+            "answered_in_step": self.in_time, "lifetime_refreshes": self.lifetime_refreshes,
             "achieved_bu_per_s": round(self.sent / self.send_seconds, 1)
             if self.send_seconds else None,
             "ba_per_s_in_step": round(self.in_time / self.send_seconds, 1)
@@ -188,8 +195,13 @@ class Swarm:
     """Every emulated MN behind one UDP socket (their CoAs share its endpoint)."""
 
     def __init__(self, mns: list[SwarmMn], sock: socket.socket, ha_endpoint: tuple[str, int],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *,
+                 refresh_after: float = REFRESH_AFTER) -> None:
         self.clock = clock
+        self.refresh_after = refresh_after
+        #: (refresh due, MN index): each binding is refreshed before it expires, as a real
+        #: MN does (RFC 6275 §11.7.1), whatever load the caller offers besides.
+        self._due: list[tuple[float, int]] = []
         now = clock()
         self.mns = [EmulatedMn(mn, now) for mn in mns]
         # The HA's outbound MH SPI names the MN (one SA pair per MN).
@@ -243,8 +255,21 @@ class Swarm:
                 continue
             if ba.status < 128:
                 mn.bound = True
+                mn.accepted_at = sent[0]
+                heapq.heappush(self._due, (sent[0] + self.refresh_after, mn.index))
             answers.append(Answer(mn.index, ba.sequence, ba.status, now - sent[0], sent[1]))
         return answers
+
+    def due_refresh(self, now: float) -> EmulatedMn | None:
+        """An MN whose binding needs its lifetime refresh now (and has no BU out), or None."""
+        due = self._due
+        while due and due[0][0] <= now:
+            at, index = heapq.heappop(due)
+            mn = self.mns[index]
+            if mn.accepted_at is not None and mn.accepted_at + self.refresh_after == at \
+                    and not mn.pending:
+                return mn
+        return None
 
     def next_mn(self) -> EmulatedMn:
         """Round-robin over the MNs, so every binding sees its share of the load."""
@@ -261,7 +286,7 @@ def register_all(swarm: Swarm, *, window: int, timeout: float, retry_after: floa
     deadline = start + timeout
     todo = list(reversed(swarm.mns))
     waiting: dict[int, float] = {}
-    sent = resent = 0
+    sent = resent = refreshed = 0
     rtts: list[float] = []
     statuses: Counter[int] = Counter()
     cpu0 = time.process_time()
@@ -274,6 +299,11 @@ def register_all(swarm: Swarm, *, window: int, timeout: float, retry_after: floa
                 swarm.send_bu(mn, "refresh")
                 waiting[index] = now
                 resent += 1
+        while (mn := swarm.due_refresh(now)) is not None:
+            if mn.index not in waiting:
+                swarm.send_bu(mn, "refresh")
+                waiting[mn.index] = now
+                refreshed += 1
         while todo and len(waiting) < window:
             mn = todo.pop()
             swarm.send_bu(mn, "refresh")
@@ -290,7 +320,7 @@ def register_all(swarm: Swarm, *, window: int, timeout: float, retry_after: floa
         mn.pending.clear()
     return {"mns": len(swarm.mns), "bound": bound, "seconds": round(seconds, 3),
             "bu_per_s": round(bound / seconds, 1) if seconds else None,
-            "sent": sent, "resent": resent, "window": window,
+            "sent": sent, "resent": resent, "lifetime_refreshes": refreshed, "window": window,
             "statuses": {str(k): v for k, v in sorted(statuses.items())},
             "bu_ba_ms": {"p50": _ms(percentile(rtts, 50)), "p99": _ms(percentile(rtts, 99))},
             "emulator_cpu_s": round(time.process_time() - cpu0, 3),
@@ -330,8 +360,22 @@ def run_step(swarm: Swarm, rate: float, seconds: float, *, move_every: int = 2,
         now = swarm.clock()
         due = min(total, int((now - start) * rate) + 1)
         while sent < due:
-            kind = "move" if move_every and sent % move_every == move_every - 1 else "refresh"
-            swarm.send_bu(swarm.next_mn(), kind)
+            mn = swarm.due_refresh(now)
+            if mn is not None:
+                # A binding about to expire takes this slot: the offered rate stays the same.
+                swarm.send_bu(mn, "refresh")
+                result.lifetime_refreshes += 1
+            else:
+                kind = "move" if move_every and sent % move_every == move_every - 1 \
+                    else "refresh"
+                mn = swarm.next_mn()
+                for _ in range(len(swarm.mns)):
+                    if not mn.pending:
+                        break
+                    # Still waiting for its BA: a real MN would not send again before
+                    # its retransmission timer (RFC 6275 §11.8); take the next one.
+                    mn = swarm.next_mn()
+                swarm.send_bu(mn, kind)
             sent += 1
         next_at = start + sent / rate
         take(swarm.receive(next_at - swarm.clock()), True)
