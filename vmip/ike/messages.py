@@ -14,8 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from vmip.ike.constants import ExchangeType, Flags, PayloadType
 from vmip.ike.crypto import SkCipher
-from vmip.ike.payloads import (EncryptedPayload, IkeParseError, Payload, decode_chain,
-                               encode_chain)
+from vmip.ike.payloads import EncryptedPayload, IkeParseError, Payload, decode_chain, encode_chain
 
 _HEADER = struct.Struct("!8s8sBBBBII")
 HEADER_LEN = _HEADER.size  # 28
@@ -40,7 +39,7 @@ class IkeMessage:
     def flags(self) -> int:
         return (Flags.INITIATOR if self.initiator else 0) | (Flags.RESPONSE if self.response else 0)
 
-    def with_payloads(self, payloads: tuple[Payload, ...]) -> "IkeMessage":
+    def with_payloads(self, payloads: tuple[Payload, ...]) -> IkeMessage:
         return replace(self, payloads=payloads)
 
 
@@ -69,7 +68,7 @@ def peek_header(data: bytes) -> tuple[bytes, bytes, int, int, int]:
     """(SPIi, SPIr, exchange, flags, message id) without parsing payloads."""
     if len(data) < HEADER_LEN:
         raise IkeParseError("shorter than an IKE header")
-    spi_i, spi_r, _, version, exchange, flags, mid, _ = _HEADER.unpack_from(data)
+    spi_i, spi_r, _, _version, exchange, flags, mid, _ = _HEADER.unpack_from(data)
     return spi_i, spi_r, exchange, flags, mid
 
 

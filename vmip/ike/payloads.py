@@ -9,12 +9,13 @@ raises :class:`IkeParseError` and nothing else.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import ClassVar, Iterable, Sequence
+from typing import ClassVar
 
 from vmip.errors import VmipError
-from vmip.ike.constants import (ATTR_KEY_LENGTH, IdType, PayloadType, ProtocolId, TsType)
+from vmip.ike.constants import ATTR_KEY_LENGTH, IdType, PayloadType, ProtocolId, TsType
 
 Address = IPv4Address | IPv6Address
 
@@ -79,7 +80,7 @@ class Payload:
         raise NotImplementedError
 
     @classmethod
-    def decode_body(cls, body: bytes) -> "Payload":  # pragma: no cover - abstract
+    def decode_body(cls, body: bytes) -> Payload:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
@@ -93,7 +94,7 @@ class SaPayload(Payload):
                         for i, p in enumerate(self.proposals))
 
     @classmethod
-    def decode_body(cls, body: bytes) -> "SaPayload":
+    def decode_body(cls, body: bytes) -> SaPayload:
         proposals = []
         pos = 0
         last = 2
@@ -153,7 +154,7 @@ class KePayload(Payload):
         return struct.pack("!HH", self.group, 0) + self.data
 
     @classmethod
-    def decode_body(cls, body: bytes) -> "KePayload":
+    def decode_body(cls, body: bytes) -> KePayload:
         if len(body) < 4:
             raise IkeParseError("truncated KE payload")
         return cls(struct.unpack_from("!H", body)[0], bytes(body[4:]))
@@ -168,7 +169,7 @@ class NoncePayload(Payload):
         return self.nonce
 
     @classmethod
-    def decode_body(cls, body: bytes) -> "NoncePayload":
+    def decode_body(cls, body: bytes) -> NoncePayload:
         # §3.9: nonces are 16 to 256 octets.
         if not 16 <= len(body) <= 256:
             raise IkeParseError(f"nonce of {len(body)} octets (must be 16-256)")
@@ -183,7 +184,7 @@ class Identity:
     data: bytes
 
     @classmethod
-    def from_text(cls, text: str) -> "Identity":
+    def from_text(cls, text: str) -> Identity:
         """strongSwan-like: an IP address, ``user@fqdn``, ``keyid:hex``, a DN
         (``CN=...``, needs :func:`vmip.ike.crypto.dn_to_der`) or an FQDN."""
         try:
@@ -205,7 +206,7 @@ class Identity:
         return cls(IdType.FQDN, text.encode())
 
     @classmethod
-    def from_address(cls, addr: Address) -> "Identity":
+    def from_address(cls, addr: Address) -> Identity:
         return cls(IdType.IPV4_ADDR if addr.version == 4 else IdType.IPV6_ADDR, addr.packed)
 
     def __str__(self) -> str:
@@ -233,7 +234,7 @@ class _IdPayload(Payload):
         return struct.pack("!B3x", self.identity.id_type) + self.identity.data
 
     @classmethod
-    def decode_body(cls, body: bytes) -> "_IdPayload":
+    def decode_body(cls, body: bytes) -> _IdPayload:
         if len(body) < 5:
             raise IkeParseError("truncated ID payload")
         id_type = body[0]
@@ -264,7 +265,7 @@ class AuthPayload(Payload):
         return struct.pack("!B3x", self.method) + self.data
 
     @classmethod
-    def decode_body(cls, body: bytes) -> "AuthPayload":
+    def decode_body(cls, body: bytes) -> AuthPayload:
         if len(body) < 5:
             raise IkeParseError("truncated AUTH payload")
         return cls(body[0], bytes(body[4:]))
@@ -280,7 +281,7 @@ class CertPayload(Payload):
         return bytes([self.encoding]) + self.data
 
     @classmethod
-    def decode_body(cls, body: bytes) -> "CertPayload":
+    def decode_body(cls, body: bytes) -> CertPayload:
         if len(body) < 1:
             raise IkeParseError("truncated CERT payload")
         return cls(body[0], bytes(body[1:]))
@@ -296,7 +297,7 @@ class CertReqPayload(Payload):
         return bytes([self.encoding]) + self.data
 
     @classmethod
-    def decode_body(cls, body: bytes) -> "CertReqPayload":
+    def decode_body(cls, body: bytes) -> CertReqPayload:
         if len(body) < 1:
             raise IkeParseError("truncated CERTREQ payload")
         return cls(body[0], bytes(body[1:]))
@@ -314,7 +315,7 @@ class NotifyPayload(Payload):
         return struct.pack("!BBH", self.protocol, len(self.spi), self.notify_type) + self.spi + self.data
 
     @classmethod
-    def decode_body(cls, body: bytes) -> "NotifyPayload":
+    def decode_body(cls, body: bytes) -> NotifyPayload:
         if len(body) < 4:
             raise IkeParseError("truncated Notify payload")
         proto, spi_size, ntype = struct.unpack_from("!BBH", body)
@@ -334,7 +335,7 @@ class DeletePayload(Payload):
         return struct.pack("!BBH", self.protocol, size, len(self.spis)) + b"".join(self.spis)
 
     @classmethod
-    def decode_body(cls, body: bytes) -> "DeletePayload":
+    def decode_body(cls, body: bytes) -> DeletePayload:
         if len(body) < 4:
             raise IkeParseError("truncated Delete payload")
         proto, size, count = struct.unpack_from("!BBH", body)
@@ -356,7 +357,7 @@ class VendorPayload(Payload):
         return self.vendor_id
 
     @classmethod
-    def decode_body(cls, body: bytes) -> "VendorPayload":
+    def decode_body(cls, body: bytes) -> VendorPayload:
         return cls(bytes(body))
 
 
@@ -378,13 +379,13 @@ class TrafficSelector:
 
     @classmethod
     def from_network(cls, net: str, protocol: int = 0, start_port: int = 0,
-                     end_port: int = 0xFFFF) -> "TrafficSelector":
+                     end_port: int = 0xFFFF) -> TrafficSelector:
         from ipaddress import ip_network
         n = ip_network(net, strict=False)
         return cls(n.network_address, n.broadcast_address, protocol, start_port, end_port)
 
     @classmethod
-    def mh(cls, net: str, mh_type: int | None = None) -> "TrafficSelector":
+    def mh(cls, net: str, mh_type: int | None = None) -> TrafficSelector:
         """Mobility Header traffic, one MH type or all of them."""
         if mh_type is None:
             return cls.from_network(net, 135)
@@ -395,7 +396,7 @@ class TrafficSelector:
         return (struct.pack("!BBHHH", self.ts_type, self.protocol, size, self.start_port,
                             self.end_port) + self.start.packed + self.end.packed)
 
-    def intersect(self, other: "TrafficSelector") -> "TrafficSelector | None":
+    def intersect(self, other: TrafficSelector) -> TrafficSelector | None:
         """The narrowest selector inside both (§2.9 narrowing), or None."""
         if self.start.version != other.start.version:
             return None
@@ -407,7 +408,7 @@ class TrafficSelector:
             return None
         return TrafficSelector(start, end, self.protocol or other.protocol, sport, eport)
 
-    def contains(self, other: "TrafficSelector") -> bool:
+    def contains(self, other: TrafficSelector) -> bool:
         return self.intersect(other) == other and (self.protocol in (0, other.protocol))
 
     def __str__(self) -> str:
@@ -460,7 +461,7 @@ class _TsPayload(Payload):
         return struct.pack("!B3x", len(self.selectors)) + b"".join(s.encode() for s in self.selectors)
 
     @classmethod
-    def decode_body(cls, body: bytes) -> "_TsPayload":
+    def decode_body(cls, body: bytes) -> _TsPayload:
         return cls(_decode_selectors(body))
 
 
