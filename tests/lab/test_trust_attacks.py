@@ -37,7 +37,7 @@ from lab_support import CN, HOA, bound, lab_started, vmip_json, wait_for
 from vmip.config import load_config
 from vmip.ipsec.esp import EspSA, transport_encap, tunnel_encap
 from vmip.lab.netns import entered
-from vmip.node.keying import static_keys
+from vmip.node.keying_policy import static_keys
 from vmip.wire.ipv6 import build_ipv6_header
 from vmip.wire.udp import build_udp
 

@@ -4,7 +4,7 @@
   generated configs (vmip.lab.configs, loaded with vmip.config).
 - A CREATE_CHILD_SA with selectors and a mode of its own, between two
   sans-IO IKE peers (the MN-HA tunnel child after the MH pair).
-- ``_ts_within`` against a brute-force oracle (hypothesis).
+- ``ts_within`` against a brute-force oracle (hypothesis).
 - The §9.1.2 arrival check: which IKE_SA_INIT a node refuses.
 """
 
@@ -27,7 +27,8 @@ from vmip.ipsec.sa import Mode
 from vmip.lab import configs
 from vmip.lab.topology import default_plan
 from vmip.links.locators import LocatorTable
-from vmip.node.keying import IkeManager, _Arrival, _ts_within
+from vmip.node.keying import IkeManager, _Arrival
+from vmip.node.keying_policy import child_plans, policy_entries, ts_within
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ike"))
 from ikepair import make_pair
@@ -55,9 +56,8 @@ def lab_configs(tmp_path_factory):
 
 
 def plans_of(config, peer_name: str):
-    stub = SimpleNamespace(_policy_entries=IkeManager._policy_entries_of(config))
     peer = next(p for p in config.ike.peers if p.name == peer_name)
-    return IkeManager.child_plans(stub, peer)
+    return child_plans(peer, policy_entries(config))
 
 
 def test_mn_plans_mh_transport_then_one_tunnel_with_the_ha(lab_configs) -> None:
@@ -101,9 +101,9 @@ def test_lab_ike_configs_share_one_private_psk_and_name_no_sa(lab_configs) -> No
 
 def test_a_peer_without_policies_keeps_the_single_child_behaviour(lab_configs) -> None:
     config = lab_configs["mn"]
-    stub = SimpleNamespace(_policy_entries=IkeManager._policy_entries_of(config))
+    entries = policy_entries(config)
     peer = SimpleNamespace(name="x", address=ipaddress.ip_address(CN), policies=())
-    assert IkeManager.child_plans(stub, peer) == []
+    assert child_plans(peer, entries) == []
 
 
 # --- CREATE_CHILD_SA with its own selectors and mode ------------------------------------------
@@ -132,8 +132,8 @@ def test_second_child_with_its_own_selectors_and_tunnel_mode() -> None:
     tunnel = created[1]
     assert tunnel.name == "tunnel" and tunnel.mode is Mode.TUNNEL
     # Narrowed within what this child proposed, not what the config proposed.
-    assert all(any(_ts_within(ts, p) for p in tunnel_local) for ts in tunnel.local_ts)
-    assert all(any(_ts_within(ts, p) for p in tunnel_remote) for ts in tunnel.remote_ts)
+    assert all(any(ts_within(ts, p) for p in tunnel_local) for ts in tunnel.local_ts)
+    assert all(any(ts_within(ts, p) for p in tunnel_remote) for ts in tunnel.remote_ts)
     assert ANY6 in tunnel.remote_ts
     responder_children = wire.of("r", ChildSaCreated)
     assert [c.mode for c in responder_children] == [Mode.TRANSPORT, Mode.TUNNEL]
@@ -141,7 +141,7 @@ def test_second_child_with_its_own_selectors_and_tunnel_mode() -> None:
         (tunnel.spi_out, tunnel.spi_in)
 
 
-# --- _ts_within against brute force ---------------------------------------------------------
+# --- ts_within against brute force ---------------------------------------------------------
 
 BASE = int(ipaddress.IPv6Address("2001:db8::"))
 selectors = st.builds(
@@ -161,7 +161,7 @@ def _points(ts: TrafficSelector):
 
 @given(selectors, selectors)
 def test_ts_within_is_set_inclusion(inner, outer) -> None:
-    assert _ts_within(inner, outer) == (_points(inner) <= _points(outer))
+    assert ts_within(inner, outer) == (_points(inner) <= _points(outer))
 
 
 # --- §9.1.2: where an IKE_SA_INIT may come from -------------------------------------------------
@@ -174,11 +174,8 @@ def manager(*, home_agent: str | None = None) -> SimpleNamespace:
     locators = LocatorTable()
     # As the lab's CN: the home prefix is reached through the HA.
     locators.add_static("2001:db8:100::/64", HA_ENDPOINT, peer="ha")
-    node = SimpleNamespace(
-        locators=locators, is_mobile=home_agent is not None,
-        mobility=SimpleNamespace(home_agent=ipaddress.IPv6Address(home_agent)
-                                 if home_agent else None))
-    stub = SimpleNamespace(node=node, _rx=None)
+    stub = SimpleNamespace(services=SimpleNamespace(locators=locators), _rx=None,
+                           _home_agent=ipaddress.IPv6Address(home_agent) if home_agent else None)
     stub._static_locator = lambda onwire: IkeManager._static_locator(stub, onwire)
     return stub
 

@@ -1,4 +1,4 @@
-"""Negotiated traffic selectors → SPD selectors (vmip.node.keying.ts_to_selectors).
+"""Negotiated traffic selectors → SPD selectors (vmip.node.keying_policy.ts_to_selectors).
 
 Oracle: ``ipaddress`` — every address of the TS range matches one produced
 selector's prefix and no address outside it does; the SPD accepts them all.
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from vmip.ike.payloads import TrafficSelector
 from vmip.ipsec.sa import Direction
 from vmip.ipsec.spd import Action, Policy
-from vmip.node.keying import ts_to_selectors
+from vmip.node.keying_policy import ts_to_selectors
 
 BASE = int(ipaddress.IPv6Address("2001:db8::"))
 

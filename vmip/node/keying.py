@@ -7,7 +7,7 @@ translation of their events into SADB operations and SPD entries.
 
 Transport over the ``udp`` overlay (and ``raw``): IKE is ordinary UDP
 (ports 500/4500) inside on-wire IPv6 packets between on-wire addresses.  We
-build the IPv6+UDP packet ourselves and hand it to ``node.send_inner`` so it
+build the IPv6+UDP packet ourselves and hand it to ``NodeServices.send_inner`` so it
 passes the SPD (an automatic BYPASS, priority 0) and the IRO remap like any
 packet the node makes; inbound, the runtime calls :meth:`IkeManager.intercept`
 before the TUN write.  A locator moves only on an IKE message of an IKE SA
@@ -52,7 +52,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from vmip.config.keyfile import read_key_file
+from vmip.config.model import Role as ConfigRole
 from vmip.errors import VmipError
 from vmip.ike import crypto as ike_crypto
 from vmip.ike.constants import NON_ESP_MARKER
@@ -71,19 +71,29 @@ from vmip.ike.events import (
 )
 from vmip.ike.ikesa import IkeSa, IkeSaConfig, Role
 from vmip.ike.payloads import Identity, TrafficSelector
-from vmip.ipsec import static
 from vmip.ipsec.sa import Direction, Lifetime, Mode
 from vmip.ipsec.sad import SadError
 from vmip.ipsec.sadb import ExpireEvent, SadbEvent
 from vmip.ipsec.spd import Action, Policy, Selector, SpdError
 from vmip.links.base import coerce_endpoint
 from vmip.log import get_logger
+from vmip.mobility.events import CoaChanged
+from vmip.node.keying_policy import (
+    ChildPlan,
+    child_plans,
+    is_host,
+    policy_entries,
+    proposed_ts,
+    ts_to_selectors,
+    ts_within,
+)
 from vmip.wire.errors import WireError
 from vmip.wire.ipv6 import build_ipv6_header
 from vmip.wire.udp import build_udp, parse_udp
 
 if TYPE_CHECKING:
-    from vmip.node.runtime import Node
+    from vmip.node.events import TimedEvent
+    from vmip.node.services import NodeServices
 
 log = get_logger(__name__)
 
@@ -130,97 +140,6 @@ class KeyingError(VmipError):
     """An IKE request the manager cannot carry out (unknown peer, no SA, ...)."""
 
 
-def static_keys(config) -> static.StaticKeys:
-    """The static part of a config: everything in static mode; in IKE mode
-    the ``bypass``/``discard`` policies (``protect`` ones are negotiated)."""
-    if str(config.keys.mode) != "ike":
-        return static.from_config(config)
-    policies = [pc for pc in config.policies if str(pc.action) != "protect"]
-    return static.build_static((), policies, backend=config.keys.backend, source=str(config.source))
-
-
-def ts_to_selectors(local: TrafficSelector, remote: TrafficSelector) -> list[Selector]:
-    """SPD selectors covering one (local, remote) traffic selector pair.
-
-    A TS is an address *range*; the SPD wants prefixes, so a range becomes
-    the prefixes that summarise it (RFC 7296 §3.13.1 ranges vs RFC 4301
-    §4.4.1.2 prefixes).  For ICMPv6 and MH the port fields carry type<<8|code
-    (RFC 4301 §4.4.1.1); they become ``icmp_type``/``mh_type`` ranges.
-    """
-    if local.start.version != remote.start.version:
-        return []
-    protocol = local.protocol or remote.protocol or None
-    local_nets = list(ipaddress.summarize_address_range(local.start, local.end))
-    remote_nets = list(ipaddress.summarize_address_range(remote.start, remote.end))
-    extra: dict[str, Any] = {}
-    local_range = (local.start_port, local.end_port)
-    remote_range = (remote.start_port, remote.end_port)
-    if protocol in (_ICMPV6, _MH):
-        # The type travels in the high octet of the ports (RFC 4301 §4.4.1.1).
-        ranges = [r for r in (local_range, remote_range) if r != _FULL_PORTS]
-        if ranges:
-            low, high = ranges[0][0] >> 8, ranges[0][1] >> 8
-            extra["mh_type" if protocol == _MH else "icmp_type"] = (low, high)
-    elif protocol is not None:
-        if local_range != _FULL_PORTS:
-            extra["local_ports"] = local_range
-        if remote_range != _FULL_PORTS:
-            extra["remote_ports"] = remote_range
-    return [Selector(local=ln, remote=rn, proto=protocol, **extra)
-            for ln in local_nets for rn in remote_nets]
-
-
-def _ts_of_network(net, protocol: int | None, ports) -> TrafficSelector:
-    low, high = ports if ports else _FULL_PORTS
-    return TrafficSelector(net.network_address, net.broadcast_address, protocol or 0, low, high)
-
-
-def _ts_within(inner: TrafficSelector, outer: TrafficSelector) -> bool:
-    """*inner* selects nothing *outer* does not (address range, protocol, ports)."""
-    if inner.start.version != outer.start.version:
-        return False
-    return (outer.start <= inner.start and inner.end <= outer.end
-            and (outer.protocol == 0 or outer.protocol == inner.protocol)
-            and outer.start_port <= inner.start_port and inner.end_port <= outer.end_port)
-
-
-def _is_host(ts: TrafficSelector) -> bool:
-    return ts.start == ts.end
-
-
-@dataclass(frozen=True)
-class PolicyTs:
-    """One outbound ``protect`` policy of the config, as a TS pair."""
-
-    name: str
-    local: TrafficSelector
-    remote: TrafficSelector
-    priority: int
-
-
-@dataclass(frozen=True)
-class ChildPlan:
-    """One CHILD_SA we want with a peer whose ``[[ike.peer]] policies`` are set.
-
-    Host-to-host policies whose remote end is the peer's address make a
-    transport child (MN-HA MH, MN-CN, MN-MN: SA-level addresses are home
-    addresses, IRO remaps them; draft §7.1); the others one tunnel child
-    (MN-HA payload tunnel, outer endpoints CoA and HA; draft appendix D).
-    """
-
-    name: str
-    mode: Mode
-    policies: tuple[PolicyTs, ...]
-
-    @property
-    def local_ts(self) -> tuple[TrafficSelector, ...]:
-        return tuple(dict.fromkeys(p.local for p in self.policies))
-
-    @property
-    def remote_ts(self) -> tuple[TrafficSelector, ...]:
-        return tuple(dict.fromkeys(p.remote for p in self.policies))
-
-
 @dataclass
 class ChildRecord:
     """What the manager installed for one CHILD_SA (by inbound SPI)."""
@@ -237,10 +156,12 @@ class ChildRecord:
 class IkeManager:
     """IKEv2 for one node: endpoints per local address, events → SAD/SPD."""
 
-    def __init__(self, node: Node, *, cookie_threshold: int = 32,
+    def __init__(self, services: NodeServices, *, cookie_threshold: int = 32,
                  child_soft: float = CHILD_SOFT_SECONDS, child_hard: float = CHILD_HARD_SECONDS) -> None:
-        self.node = node
-        config = node.config
+        self.services = services
+        config = services.config
+        # An MN talks to its HA from the CoA (docs/ike.md): roles do not change on reload.
+        self._home_agent = config.mobility.home_agent if config.has_role(ConfigRole.MN) else None
         if config.ike is None:
             raise KeyingError('keys.mode = "ike" needs an [ike] section')
         self.ike_config = config.ike
@@ -252,19 +173,17 @@ class IkeManager:
         self.children: dict[int, ChildRecord] = {}
         self.peers = {peer.name: peer for peer in self.ike_config.peers}
         self._auth = self._load_auth()
-        self._proposed_ts = self._policy_ts(config)
-        self._policy_entries = self._policy_entries_of(config)
+        self._proposed_ts = proposed_ts(config)
+        self._policy_entries = policy_entries(config)
         # How the datagram being processed arrived (IKE source address, on-wire
         # source, underlay endpoint, link); None between datagrams.
         self._rx: _Arrival | None = None
         self._policy_seq = itertools.count(1)
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_deadline: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._bypass_installed: list[str] = []
         # rfc3948 links: local IKE address -> (driver, UDP 500 socket).
         self._rfc3948: dict[str, tuple[Any, socket.socket | None]] = {}
-        self._subscription = node.bus.subscribe(self._on_sadb_event)
+        self._subscription = services.bus.subscribe(self._on_sadb_event)
 
     # -- configuration ---------------------------------------------------------
 
@@ -274,7 +193,11 @@ class IkeManager:
         if ike.local_id:
             auth["local_id"] = Identity.from_text(ike.local_id)
         if ike.psk_file is not None:
-            auth["psk"] = read_key_file(ike.psk_file)
+            # Read once, when the config was loaded (vmip.config keeps it as a Secret).
+            if ike.psk is None:
+                raise KeyingError(f"the PSK of {ike.psk_file} was not loaded: load the config "
+                                  f"with its key files")
+            auth["psk"] = bytes(ike.psk)
         if ike.certificate is not None:
             chain = ike_crypto.load_certificates(ike.certificate.read_bytes())
             auth["certificate"] = chain[0]
@@ -287,70 +210,27 @@ class IkeManager:
         auth["cas"] = tuple(cas)
         return auth
 
-    @staticmethod
-    def _policy_ts(config) -> tuple[tuple[TrafficSelector, ...], tuple[TrafficSelector, ...]]:
-        """TSi/TSr we propose: the config's outbound ``protect`` selectors."""
-        local: list[TrafficSelector] = []
-        remote: list[TrafficSelector] = []
-        for pc in config.policies:
-            if str(pc.action) != "protect" or pc.direction is not Direction.OUT:
-                continue
-            local.append(_ts_of_network(pc.src, pc.protocol, pc.src_ports))
-            remote.append(_ts_of_network(pc.dst, pc.protocol, pc.dst_ports))
-        return tuple(dict.fromkeys(local)), tuple(dict.fromkeys(remote))
-
-    @staticmethod
-    def _policy_entries_of(config) -> dict[str, PolicyTs]:
-        entries = {}
-        for pc in config.policies:
-            if str(pc.action) != "protect" or pc.direction is not Direction.OUT:
-                continue
-            entries[pc.name] = PolicyTs(pc.name, _ts_of_network(pc.src, pc.protocol, pc.src_ports),
-                                        _ts_of_network(pc.dst, pc.protocol, pc.dst_ports),
-                                        pc.priority)
-        return entries
-
     def child_plans(self, peer) -> list[ChildPlan]:
-        """The CHILD_SAs wanted with *peer* (empty: the peer names no policies,
-        one child with every protect policy, the older behaviour)."""
-        names = getattr(peer, "policies", ())
-        if not names:
-            return []
-        entries = [self._policy_entries[name] for name in names if name in self._policy_entries]
-        # MH with the HA is always transport (RFC 3776 §5.2.1, draft §7.1),
-        # also on the HA, whose IKE peer address is the CoA, not the HoA.
-        transport = [e for e in entries if _is_host(e.local) and _is_host(e.remote)
-                     and (e.remote.start == peer.address or e.remote.protocol == _MH)]
-        tunnel = [e for e in entries if e not in transport]
-        plans = []
-        by_local: dict[Any, list[PolicyTs]] = {}
-        for entry in transport:
-            by_local.setdefault(entry.local.start, []).append(entry)
-        for index, group in enumerate(by_local.values()):
-            plans.append(ChildPlan(peer.name if index == 0 else f"{peer.name}-{index}",
-                                   Mode.TRANSPORT, tuple(group)))
-        if tunnel:
-            plans.append(ChildPlan(f"{peer.name}-tunnel" if plans else peer.name, Mode.TUNNEL,
-                                   tuple(tunnel)))
-        return plans
+        """The CHILD_SAs wanted with *peer* (see :func:`keying_policy.child_plans`)."""
+        return child_plans(peer, self._policy_entries)
 
     def local_address_for(self, peer_address) -> ipaddress.IPv6Address | ipaddress.IPv4Address:
         """Our IKE address towards *peer_address*: an MN talks to its HA from
         the CoA (the IKE SA follows it, see :meth:`coa_changed`), everyone else from its overlay address."""
-        node = self.node
-        locator = node.locators.lookup(peer_address) if peer_address.version == 6 else None
+        services = self.services
+        locator = services.locators.lookup(peer_address) if peer_address.version == 6 else None
         if locator is not None and str(locator.framing) == "rfc3948":
             # Plain IPsec peers: IKE between underlay addresses (RFC 3948 link).
-            for link in node.config.links:
+            for link in services.config.links:
                 if str(link.driver) == "rfc3948" and link.bind is not None \
                         and link.bind.version == peer_address.version:
                     return link.bind
             raise KeyingError(f"IKE with {peer_address} needs an rfc3948 link with 'bind' set")
-        if node.is_mobile and peer_address == node.mobility.home_agent:
-            coa = node._link_coa(node.active_link)
+        if self._home_agent is not None and peer_address == self._home_agent:
+            coa = services.link_coa(services.active_link)
             if coa is not None:
                 return coa
-        for iface in node.config.tun.addresses:
+        for iface in services.config.tun.addresses:
             if iface.ip.version == peer_address.version:
                 return iface.ip
         raise KeyingError(f"no {peer_address.version == 6 and 'IPv6' or 'IPv4'} overlay "
@@ -403,6 +283,9 @@ class IkeManager:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._install_bypass()
+        self.services.pump.add("ike", self)
+        # The MN-HA IKE SA runs from the CoA and follows it (docs/ike.md).
+        self.services.events.subscribe(self._on_node_event)
         for peer in self.peers.values():
             if peer.initiate:
                 try:
@@ -411,20 +294,20 @@ class IkeManager:
                     log.error("ike initiate failed", peer=peer.name, error=str(exc))
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.services.pump.remove(self)
+        self.services.events.unsubscribe(self._on_node_event)
         for _driver, sock in self._rfc3948.values():
             if sock is not None:
-                if self._loop is not None:
-                    self._loop.remove_reader(sock.fileno())
+                loop = self.services.loop
+                if loop is not None:
+                    loop.remove_reader(sock.fileno())
                 sock.close()
         self._rfc3948.clear()
-        self.node.bus.unsubscribe(self._subscription)
+        self.services.bus.unsubscribe(self._subscription)
 
     def _own_addresses(self) -> list:
         """Addresses our IKE may run from: overlay (TUN) addresses, CoAs, rfc3948 binds."""
-        config = self.node.config
+        config = self.services.config
         found = [iface.ip for iface in config.tun.addresses]
         for link in config.links:
             for address in (getattr(link, "coa", None), link.bind if str(link.driver) == "rfc3948"
@@ -446,7 +329,7 @@ class IkeManager:
                     host = ipaddress.ip_network(address)
                     # Our port is the local one: both directions (RFC 7296 §2.11).
                     selector = Selector(local=host, proto=_UDP, local_ports=(port, port))
-                    self.node.spd.add(Policy(name, direction, selector, Action.BYPASS, (),
+                    self.services.spd.add(Policy(name, direction, selector, Action.BYPASS, (),
                                              BYPASS_PRIORITY))
                     self._bypass_installed.append(name)
 
@@ -490,13 +373,12 @@ class IkeManager:
         if rx is None or rx.source != address:
             return None
         onwire, endpoint = rx.onwire, rx.endpoint
-        node = self.node
         try:
             claimed = ipaddress.ip_address(address).packed
         except ValueError:
             return "unparsable source address"
         if len(onwire) == 16 and len(claimed) == 16 and onwire != claimed:
-            home_agent = node.mobility.home_agent if node.is_mobile else None
+            home_agent = self._home_agent
             if home_agent is None or onwire != home_agent.packed:
                 return (f"on-wire source {ipaddress.IPv6Address(onwire)} is not the IKE "
                         f"address {address}")
@@ -518,7 +400,7 @@ class IkeManager:
 
         def allocate(now: float) -> int:
             # GETSPI while the SA payload is built (IRO draft §6.2.1).
-            return self.node.sad.getspi(src, dst, now, name="ike")
+            return self.services.sad.getspi(src, dst, now, name="ike")
         return allocate
 
     def _retry_initiate(self, name: str) -> None:
@@ -549,7 +431,7 @@ class IkeManager:
         source = self.endpoints.get(old)
         if source is None:
             return
-        now = self.node.clock()
+        now = self.services.clock()
         target = self._endpoint(new)
         moved = 0
         for sa in list(source.sas):
@@ -578,7 +460,7 @@ class IkeManager:
         for sa in self._sas_of(name):
             if not sa.is_finished:
                 return {"peer": name, "state": sa.state.value, "already": True}
-        now = self.node.clock()
+        now = self.services.clock()
         local = self.local_address_for(peer.address)
         endpoint = self._endpoint(local)
         sa = endpoint.initiate(self.sa_config(peer, local), (str(peer.address), IKE_PORT), now)
@@ -590,7 +472,7 @@ class IkeManager:
         sas = [sa for sa in self._sas_of(name) if not sa.is_finished]
         if name not in self.peers and not sas:
             raise KeyingError(f"no IKE peer {name!r}; peers: {', '.join(self.peers) or 'none'}")
-        now = self.node.clock()
+        now = self.services.clock()
         for sa in sas:
             sa.delete(now)
         self._collect_all()
@@ -601,7 +483,7 @@ class IkeManager:
         sas = [sa for sa in self._sas_of(name) if sa.is_established]
         if not sas:
             raise KeyingError(f"no established IKE SA with {name!r}")
-        now = self.node.clock()
+        now = self.services.clock()
         count = 0
         for sa in sas:
             if ike:
@@ -631,7 +513,7 @@ class IkeManager:
         }
 
     def list(self) -> dict:
-        now = self.node.clock()
+        now = self.services.clock()
         rows = []
         for endpoint in self.endpoints.values():
             for sa in endpoint.sas:
@@ -670,12 +552,14 @@ class IkeManager:
         """``on_ike`` for an rfc3948 driver; also opens UDP 500 on the link's address."""
         local = str(link_cfg.bind) if link_cfg.bind is not None else None
         sock = None
-        if local is not None and self.node._loop is not None:
+        # Called while the node opens its links, before start(): the node's loop.
+        loop = self.services.loop
+        if local is not None and loop is not None:
             family = socket.AF_INET6 if link_cfg.bind.version == 6 else socket.AF_INET
             sock = socket.socket(family, socket.SOCK_DGRAM)
             sock.setblocking(False)
             sock.bind((local, IKE_PORT))
-            self.node._loop.add_reader(sock.fileno(), self._on_udp500, sock, local, driver)
+            loop.add_reader(sock.fileno(), self._on_udp500, sock, local, driver)
         if local is not None:
             self._rfc3948[local] = (driver, sock)
 
@@ -697,7 +581,7 @@ class IkeManager:
 
     def _receive_underlay(self, local: str | None, data: bytes, endpoint: tuple[str, int],
                           driver) -> None:
-        now = self.node.clock()
+        now = self.services.clock()
         self.counters["rx_ike"] += 1
         if local is None:
             self.counters["rx_ike_no_local_address"] += 1
@@ -776,21 +660,16 @@ class IkeManager:
         udp = build_udp(sport, int(addr[1]), data, src.packed, dst.packed)
         packet = build_ipv6_header(src.packed, dst.packed, _UDP, len(udp)) + udp
         self.counters["tx_ike"] += 1
-        node = self.node
+        services = self.services
         rx = self._rx
-        if rx is not None and rx.source == str(dst) and node.locators.lookup(dst.packed) is None:
+        if rx is not None and rx.source == str(dst) and services.locators.lookup(dst.packed) is None:
             # No locator yet (an HA before the MN's first authenticated packet):
             # answer where the request came from (RFC 7296 §2.11) without
             # learning anything from it.
-            endpoint, link_name = rx.endpoint, rx.link
-            driver = node.links.get(link_name)
-            if driver is not None:
-                self.counters["tx_ike_to_request_endpoint"] += 1
-                if node._pcap_wire is not None:
-                    node._pcap_wire.write(packet)
-                driver.send_many([(packet, endpoint)])
-                return
-        node.send_inner(packet, None, now)
+            self.counters["tx_ike_to_request_endpoint"] += 1
+            services.send_onwire(packet, rx.endpoint, rx.link)
+            return
+        services.send_inner(packet, None, now)
 
     # -- the pump: datagrams, events, timer ---------------------------------------
 
@@ -815,35 +694,23 @@ class IkeManager:
                 # Only the event's SA can have been acted on: collecting every
                 # SA here would cost O(SAs) per event.
                 endpoint.collect(item[0])
-        self._arm_timer()
-        self.node._arm_timer()
+        self.services.pump.arm()
 
-    def _arm_timer(self) -> None:
-        if self._loop is None:
-            return
+    # -- the pump's side: one timer for the node, this is one of its cores -------------
+
+    def get_timer(self) -> float | None:
         timers = [t for t in (ep.get_timer() for ep in self.endpoints.values()) if t is not None]
-        deadline = min(timers) if timers else None
-        if deadline == self._timer_deadline and self._timer is not None:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_deadline = deadline
-        if deadline is not None:
-            delay = max(0.0, deadline - self.node.clock())
-            self._timer = self._loop.call_later(delay, self._on_timer)
+        return min(timers) if timers else None
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_deadline = None
-        now = self.node.clock()
+    def handle_timer(self, now: float) -> None:
         for endpoint in list(self.endpoints.values()):
-            try:
-                endpoint.handle_timer(now)
-            except Exception:
-                self.counters["timer_internal_error"] += 1
-                log.exception("ike timer failed")
+            self.services.pump.guard("ike", endpoint.handle_timer, now)
         self._pump(now)
+
+    def _on_node_event(self, timed: TimedEvent) -> None:
+        event = timed.event
+        if isinstance(event, CoaChanged):
+            self.coa_changed(event.old, event.new)
 
     # -- events → SAD / SPD ----------------------------------------------------------
 
@@ -893,7 +760,7 @@ class IkeManager:
         endpoint), ignoring what was learned and the default peer."""
         address = ipaddress.IPv6Address(onwire)
         best = None
-        for entry in self.node.locators.entries():
+        for entry in self.services.locators.entries():
             if entry.source != "static" or entry.endpoint is None or address not in entry.prefix \
                     or entry.prefix.prefixlen == 0:
                 continue
@@ -919,11 +786,11 @@ class IkeManager:
             # The config says where this address is (a HoA behind its HA, a
             # fixed peer): a learned copy would only shadow it.
             return
-        self.node.locators.confirm(onwire_source, endpoint, now, link=link_name)
+        self.services.locators.confirm(onwire_source, endpoint, now, link=link_name)
 
     def _install_child(self, sa: IkeSa, event: ChildSaCreated, now: float,
                        rekey_of: int | None = None) -> None:
-        node = self.node
+        services = self.services
         pairs = [(lts, rts) for lts in event.local_ts for rts in event.remote_ts]
         priorities: dict[Selector, int] = {}
         peer = self.peers.get(sa.config.name)
@@ -938,7 +805,7 @@ class IkeManager:
             kept = []
             for lts, rts in pairs:
                 covering = [entry.priority for entry in candidates
-                            if _ts_within(lts, entry.local) and _ts_within(rts, entry.remote)]
+                            if ts_within(lts, entry.local) and ts_within(rts, entry.remote)]
                 if covering:
                     kept.append((lts, rts, min(covering)))
             selectors = []
@@ -951,34 +818,34 @@ class IkeManager:
             selectors = [sel for lts, rts in pairs for sel in ts_to_selectors(lts, rts)]
         inbound, outbound = event.sa_params(tuple(selectors), tuple(selectors))
         if event.mode is Mode.TRANSPORT and len(event.local_ts) == 1 and \
-                len(event.remote_ts) == 1 and _is_host(event.local_ts[0]) and \
-                _is_host(event.remote_ts[0]):
+                len(event.remote_ts) == 1 and is_host(event.local_ts[0]) and \
+                is_host(event.remote_ts[0]):
             # Transport SAs carry SA-level addresses: the HoA, not the CoA the
             # IKE SA runs from (MN-HA MH pair, draft §7.1; IRO remaps on the wire).
             local_host, remote_host = event.local_ts[0].start, event.remote_ts[0].start
             if (local_host, remote_host) != (inbound.dst, inbound.src):
-                larval = node.sad.get(event.spi_in, Direction.IN, inbound.dst)
+                larval = services.sad.get(event.spi_in, Direction.IN, inbound.dst)
                 if larval is not None:
-                    node.sad.delete(event.spi_in, Direction.IN, inbound.dst,
+                    services.sad.delete(event.spi_in, Direction.IN, inbound.dst,
                                     reason="ike: transport SA at the home address")
                 inbound = replace(inbound, src=remote_host, dst=local_host)
                 outbound = replace(outbound, src=local_host, dst=remote_host)
         lifetimes = {"soft": Lifetime(seconds=self.child_soft),
                      "hard": Lifetime(seconds=self.child_hard),
-                     "backend": node.config.keys.backend,
-                     "replay_window": node.config.keys.replay_window}
+                     "backend": services.config.keys.backend,
+                     "replay_window": services.config.keys.replay_window}
         inbound = replace(inbound, **lifetimes)
         outbound = replace(outbound, **lifetimes)
         try:
-            node.sad.update(inbound, now)
+            services.sad.update(inbound, now)
         except SadError:
             # The larval reservation is gone (timed out), or it names addresses
             # the IKE SA has since left (the MN's CoA moved): drop it, ADD afresh.
-            if node.sad.get(inbound.spi, Direction.IN, inbound.dst) is not None:
-                node.sad.delete(inbound.spi, Direction.IN, inbound.dst,
+            if services.sad.get(inbound.spi, Direction.IN, inbound.dst) is not None:
+                services.sad.delete(inbound.spi, Direction.IN, inbound.dst,
                                 reason="ike: reservation at a former address")
-            node.sad.add(inbound, now)
-        node.sad.add(outbound, now)
+            services.sad.add(inbound, now)
+        services.sad.add(outbound, now)
         record = ChildRecord(sa, event, sa_dst_in=inbound.dst, sa_dst_out=outbound.dst)
         if rekey_of is not None:
             old = self.children.get(rekey_of)
@@ -992,7 +859,7 @@ class IkeManager:
             for direction, spi in ((Direction.OUT, event.spi_out), (Direction.IN, event.spi_in)):
                 name = f"ike-{event.name}-{seq}.{index}-{direction.value}"
                 try:
-                    node.spd.add(Policy(name, direction, selector, Action.PROTECT, (spi,),
+                    services.spd.add(Policy(name, direction, selector, Action.PROTECT, (spi,),
                                         priorities.get(selector, CHILD_POLICY_PRIORITY)))
                 except SpdError as exc:
                     log.error("ike policy refused", policy=name, error=str(exc))
@@ -1004,35 +871,32 @@ class IkeManager:
                  spi_in=f"{event.spi_in:#010x}", spi_out=f"{event.spi_out:#010x}",
                  suite=event.suite, mode=event.mode.value, policies=len(record.policies),
                  rekey_of=f"{rekey_of:#010x}" if rekey_of is not None else "-")
-        node.tunnel_changed()
-        if event.mode is Mode.TRANSPORT and getattr(node, "mobility", None) is not None:
-            # A new transport pair may be one IRO must track (MH rules, draft §6.2.2).
-            node.mobility.refresh_intents()
+        # A new transport pair may be one IRO must track (MH rules, draft §6.2.2):
+        # the mobility agent sees its ADD on the SADB bus.
 
     def _remove_policy(self, name: str) -> None:
-        if name in self.node.spd:
-            self.node.spd.remove(name)
+        if name in self.services.spd:
+            self.services.spd.remove(name)
 
     def _remove_child(self, spi_in: int, reason: str) -> None:
         record = self.children.pop(spi_in, None)
         if record is None:
             return
-        node = self.node
+        services = self.services
         event = record.event
         for name in record.policies:
             self._remove_policy(name)
         for spi, direction, dst in ((event.spi_in, Direction.IN, record.sa_dst_in),
                                     (event.spi_out, Direction.OUT, record.sa_dst_out)):
-            if node.sad.get(spi, direction, dst) is None:
+            if services.sad.get(spi, direction, dst) is None:
                 # A tunnel SA may have moved with the CoA (MIGRATE): find it by SPI.
-                dst = next((info.dst for info in node.sad.dump(publish=False)
+                dst = next((info.dst for info in services.sad.dump(publish=False)
                             if info.spi == spi and info.direction is direction), None)
             if dst is not None:
-                node.sad.delete(spi, direction, dst, reason=reason)
+                services.sad.delete(spi, direction, dst, reason=reason)
         self.counters["child_sa_removed"] += 1
         log.info("ike child sa removed", child=event.name, spi_in=f"{event.spi_in:#010x}",
                  reason=reason)
-        node.tunnel_changed()
 
     def _on_sadb_event(self, event: SadbEvent) -> None:
         """Soft expiry → rekey, hard → delete (RFC 4301 §4.4.2.1, RFC 7296 §2.8)."""
@@ -1055,7 +919,7 @@ class IkeManager:
         record = self.children.get(spi_in)
         if record is None:
             return
-        now = self.node.clock()
+        now = self.services.clock()
         sa = record.ike_sa
         try:
             if str(kind) == "soft":

@@ -29,6 +29,7 @@ from typing import Any
 from vmip.config.model import Role as ConfigRole
 from vmip.ipsec import esp as esp_mod
 from vmip.ipsec.sa import Direction, Mode
+from vmip.ipsec.sadb import AddEvent, SadbEvent, UpdateEvent
 from vmip.ipsec.spd import Action as SpdAction
 from vmip.log import get_logger
 from vmip.mobility import events as ev
@@ -65,6 +66,7 @@ class MobilityAgent:
         self.remap = RemapEngine()
         self.tracker = SpiTracker(services.bus, self.remap, spd=services.spd, sad=services.sad)
         self.tracker.initial_collect(services.sad.dump(publish=False))
+        services.bus.subscribe(self._on_sadb_event)
         self.counters: collections.Counter[str] = collections.Counter()
         # The MN's reverse tunnel SA, looked up again after any SADB change.
         self._reverse_tunnel_sa: Any = None
@@ -129,9 +131,14 @@ class MobilityAgent:
             # As a CN (every node is one): BUs from the peer's CoA (rule 2), answers to it (rule 3).
             self.tracker.track_mh(local, remote, TrackRole.CN)
 
-    def refresh_intents(self) -> None:
-        """Register intents for transport SAs added after start (IKE-made SAs)."""
-        self._register_intents()
+    def _on_sadb_event(self, event: SadbEvent) -> None:
+        """An SA came or went: the reverse tunnel SA may have changed, and a
+        transport pair added after start (IKE-made) may be one IRO must track
+        (MH rules, draft §6.2.2)."""
+        self.tunnel_changed()
+        if isinstance(event, (AddEvent, UpdateEvent)) and event.sa.mode is Mode.TRANSPORT \
+                and event.sa.direction is Direction.IN:
+            self._register_intents()
 
     def _peer_coa(self, peer: IPv6Address) -> IPv6Address | None:
         binding = self.cn.binding(peer)

@@ -49,11 +49,11 @@ from vmip.ipsec.spd import SPD, Action
 from vmip.links.base import LinkDriver
 from vmip.links.locators import BINDING, PEER, LocatorTable
 from vmip.log import get_logger
-from vmip.mobility.events import CoaChanged
 from vmip.node.control import NodeControl
 from vmip.node.errors import NodeError
-from vmip.node.events import EventHub, TimedEvent
-from vmip.node.keying import IkeManager, static_keys
+from vmip.node.events import EventHub
+from vmip.node.keying import IkeManager
+from vmip.node.keying_policy import static_keys
 from vmip.node.mobility import MobilityAgent
 from vmip.node.pcap import PcapWriter
 from vmip.node.ports import REAL_PORTS, MovementPort, NodePorts, TunPort
@@ -146,10 +146,7 @@ class Node:
         self.is_mobile = self.mobility.mn is not None
         self.movement: MovementPort | None = None   # on an MN, once started
         self.forwarding = self.mobility.ha is not None
-        self.keying = IkeManager(self) if str(config.keys.mode) == "ike" else None
-        if self.keying is not None:
-            # The MN-HA IKE SA runs from the CoA and follows it (docs/ike.md).
-            self.events.subscribe(self._follow_coa_with_ike)
+        self.keying = IkeManager(self.services) if str(config.keys.mode) == "ike" else None
         self.control_handlers = NodeControl(self)
 
     # -- lifecycle -----------------------------------------------------------
@@ -308,13 +305,7 @@ class Node:
     # -- what the helpers' events ask of the node ------------------------------
 
     def _on_sadb_event(self, event) -> None:
-        self.mobility.tunnel_changed()
         self.pump.arm_soon()
-
-    def _follow_coa_with_ike(self, timed: TimedEvent) -> None:
-        event = timed.event
-        if isinstance(event, CoaChanged) and self.keying is not None:
-            self.keying.coa_changed(event.old, event.new)
 
     # -- outbound: TUN → wire ------------------------------------------------
 
@@ -586,25 +577,6 @@ class Node:
 
     def link_names(self) -> list[str]:
         return list(self.links)
-
-    # -- what vmip.node.keying still reads directly (until it takes NodeServices) --
-
-    @property
-    def _loop(self) -> asyncio.AbstractEventLoop | None:
-        return self.loop
-
-    @property
-    def _pcap_wire(self) -> PcapWriter | None:
-        return self.pcap_wire
-
-    def _arm_timer(self) -> None:
-        self.pump.arm()
-
-    def _link_coa(self, link_name: str | None):
-        return self.link_coa(link_name)
-
-    def tunnel_changed(self) -> None:
-        self.mobility.tunnel_changed()
 
     def move(self, link_name: str) -> dict:
         """Make *link_name* the MN's access link: new CoA, rules, BUs (draft §6.1)."""
