@@ -13,7 +13,7 @@ import os
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from ipaddress import ip_address
+from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
@@ -30,13 +30,18 @@ from vmip.log import Secret
 Rng = Callable[[int], bytes]
 
 
+#: The private keys AUTH method 14 signs with (RFC 7427): ECDSA or RSA.
+SigningKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
 class IkeCryptoError(VmipError):
     """A peer's DH value, signature or certificate was refused."""
 
 
 # --------------------------------------------------------------------- PRF
-_PRF_HASH = {Prf.HMAC_SHA2_256: hashes.SHA256, Prf.HMAC_SHA2_384: hashes.SHA384,
-             Prf.HMAC_SHA2_512: hashes.SHA512}
+_PRF_HASH: dict[Prf, Callable[[], hashes.HashAlgorithm]] = {
+    Prf.HMAC_SHA2_256: hashes.SHA256, Prf.HMAC_SHA2_384: hashes.SHA384,
+    Prf.HMAC_SHA2_512: hashes.SHA512}
 
 
 def prf(alg: int, key: bytes, data: bytes) -> bytes:
@@ -47,7 +52,7 @@ def prf(alg: int, key: bytes, data: bytes) -> bytes:
 
 
 def prf_length(alg: int) -> int:
-    return _PRF_HASH[Prf(alg)].digest_size
+    return _PRF_HASH[Prf(alg)]().digest_size
 
 
 def prf_plus(alg: int, key: bytes, seed: bytes, length: int) -> bytes:
@@ -249,12 +254,12 @@ class DhKey:
             self._x = int.from_bytes(rng(32), "big") | (1 << 255)
             self.public = pow(2, self._x, MODP2048_P).to_bytes(256, "big")
         elif self.group == DhGroupId.CURVE25519:
-            self._priv = x25519.X25519PrivateKey.generate()
-            self.public = self._priv.public_key().public_bytes_raw()
+            self._x25519 = x25519.X25519PrivateKey.generate()
+            self.public = self._x25519.public_key().public_bytes_raw()
         elif self.group in (DhGroupId.ECP_256, DhGroupId.ECP_384):
             self._curve = ec.SECP256R1() if self.group == DhGroupId.ECP_256 else ec.SECP384R1()
-            self._priv = ec.generate_private_key(self._curve)
-            point = self._priv.public_key().public_bytes(serialization.Encoding.X962,
+            self._ec = ec.generate_private_key(self._curve)
+            point = self._ec.public_key().public_bytes(serialization.Encoding.X962,
                                                          serialization.PublicFormat.UncompressedPoint)
             self.public = point[1:]  # RFC 5903 §7: x | y, no 0x04 prefix
         else:  # pragma: no cover - DhGroupId() already refused
@@ -278,7 +283,7 @@ class DhKey:
             if len(peer) != 32:
                 raise IkeCryptoError("Curve25519 public value is not 32 octets")
             try:
-                shared = self._priv.exchange(x25519.X25519PublicKey.from_public_bytes(peer))
+                shared = self._x25519.exchange(x25519.X25519PublicKey.from_public_bytes(peer))
             except ValueError as exc:  # all-zero result: RFC 8031 §2.3
                 raise IkeCryptoError("Curve25519 shared secret is zero") from exc
             return Secret(shared)
@@ -290,7 +295,7 @@ class DhKey:
             pub = ec.EllipticCurvePublicKey.from_encoded_point(self._curve, b"\x04" + peer)
         except ValueError as exc:
             raise IkeCryptoError("ECP public value is not a point on the curve") from exc
-        return Secret(self._priv.exchange(ec.ECDH(), pub))  # x coordinate (RFC 5903 §7)
+        return Secret(self._ec.exchange(ec.ECDH(), pub))  # x coordinate (RFC 5903 §7)
 
 
 SUPPORTED_GROUPS = (DhGroupId.MODP_2048, DhGroupId.ECP_256, DhGroupId.ECP_384, DhGroupId.CURVE25519)
@@ -359,8 +364,7 @@ def signature_hash_algorithms_data() -> bytes:
     return struct.pack("!HHH", HashAlg.SHA2_256, HashAlg.SHA2_384, HashAlg.SHA2_512)
 
 
-def sign_auth(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, octets: bytes,
-              peer_hashes: Sequence[int] = ()) -> bytes:
+def sign_auth(key: SigningKey, octets: bytes, peer_hashes: Sequence[int] = ()) -> bytes:
     """AUTH data for method 14 (RFC 7427 §3): length | AlgorithmIdentifier | signature."""
     if isinstance(key, ec.EllipticCurvePrivateKey):
         # Match the hash to the curve size (RFC 5656 §6.2.1 convention).
@@ -569,6 +573,7 @@ def _spki_bitstring(spki: bytes) -> bytes:
 
 
 # ---------------------------------------------------------------- NAT-T
-def nat_detection_hash(spi_i: bytes, spi_r: bytes, addr: object, port: int) -> bytes:
+def nat_detection_hash(spi_i: bytes, spi_r: bytes, addr: str | IPv4Address | IPv6Address,
+                       port: int) -> bytes:
     """SHA-1(SPIi | SPIr | IP | Port) (§2.23)."""
     return hashlib.sha1(spi_i + spi_r + ip_address(addr).packed + struct.pack("!H", port)).digest()

@@ -127,7 +127,7 @@ class IkeSaConfig:
     psk: bytes | None = field(default=None, repr=False)
     certificate: x509.Certificate | None = None
     intermediates: tuple[x509.Certificate, ...] = ()
-    private_key: object = field(default=None, repr=False)
+    private_key: crypto.SigningKey | None = field(default=None, repr=False)
     cas: tuple[x509.Certificate, ...] = ()
     ike_proposals: tuple[str, ...] = ("aes128gcm16-prfsha256-ecp256",)
     esp_proposals: tuple[str, ...] = ("aes128gcm16",)
@@ -664,9 +664,11 @@ class IkeSa:
         if ctx is self._ctx and self.authenticated:
             self.remote_addr = (str(addr[0]), int(addr[1]))
         self._heard(addr, now)
-        handler = {ExchangeType.IKE_AUTH: self._on_auth_request,
-                   ExchangeType.CREATE_CHILD_SA: self._on_create_child_request,
-                   ExchangeType.INFORMATIONAL: self._on_informational_request}.get(msg.exchange)
+        handlers: dict[int, Callable[[_Ctx, IkeMessage, Addr, float], None]] = {
+            ExchangeType.IKE_AUTH: self._on_auth_request,
+            ExchangeType.CREATE_CHILD_SA: self._on_create_child_request,
+            ExchangeType.INFORMATIONAL: self._on_informational_request}
+        handler = handlers.get(msg.exchange)
         if handler is None:
             self._count("dropped_unknown_exchange")
             return

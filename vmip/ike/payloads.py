@@ -402,9 +402,11 @@ class TrafficSelector:
             return None
         if self.protocol and other.protocol and self.protocol != other.protocol:
             return None
-        start, end = max(self.start, other.start), min(self.end, other.end)
+        # Ordered by value: both selectors are of one family here (the check
+        # above; a decoded selector's start and end have one length, _decode_selectors).
+        start, end = max(self.start, other.start, key=int), min(self.end, other.end, key=int)
         sport, eport = max(self.start_port, other.start_port), min(self.end_port, other.end_port)
-        if start > end or sport > eport:
+        if int(start) > int(end) or sport > eport:
             return None
         return TrafficSelector(start, end, self.protocol or other.protocol, sport, eport)
 

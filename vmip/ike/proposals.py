@@ -85,7 +85,7 @@ class IkeSuite:
         return tuple(ts)
 
     def __str__(self) -> str:
-        names = {v: k for k, v in _ENCR.items()}
+        names: dict[tuple[int, int | None], str] = {v: k for k, v in _ENCR.items()}
         encr = names.get((self.encr, self.key_bits), str(self.encr))
         parts = [encr]
         if not self.aead:
