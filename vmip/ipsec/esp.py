@@ -37,6 +37,7 @@ import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
+from typing import Protocol
 
 from vmip.ipsec.crypto import ESP_HEADER_LEN, EspSetupError, make_transform
 from vmip.ipsec.replay import MAX_WINDOW, ReplayWindow
@@ -88,6 +89,18 @@ def _trailer(pad_len: int, next_header: int) -> bytes:
     if trailer is None:
         trailer = _trailers[key] = _PAD[:pad_len] + bytes((pad_len, next_header))
     return trailer
+
+
+class SeqGuard(Protocol):
+    """Reserves outbound sequence numbers (vmip.ipsec.seqstate.SeqState)."""
+
+    def reserve(self, esp: EspSA, seq: int) -> int: ...
+
+
+class ReplayGuard(Protocol):
+    """Hears of inbound replay-window advances (vmip.ipsec.seqstate.SeqState)."""
+
+    def replay_advanced(self, esp: EspSA) -> None: ...
 
 
 class _RefusingGuard:
@@ -144,10 +157,10 @@ class EspSA:
         #: Numbers up to this are used without asking ``seq_guard`` (the
         #: persisted reservation of static SAs, vmip.ipsec.seqstate).
         self._seq_ceiling = self._seq_limit
-        self.seq_guard = None
+        self.seq_guard: SeqGuard | None = None
         #: Inbound: call ``replay_guard.replay_advanced(self)`` after an accept.
         self._replay_notify = False
-        self.replay_guard = None
+        self.replay_guard: ReplayGuard | None = None
         self._unusable_reason = "unusable"
         self._seq_soft_mark = self._seq_limit - SEQ_SOFT_MARGIN
         self._block = info.block
@@ -242,7 +255,7 @@ class EspSA:
         """The last sequence number this SA may ever send (RFC 4303 §3.3.3)."""
         return self._seq_limit
 
-    def guard_sequence(self, guard, mark: int) -> None:
+    def guard_sequence(self, guard: SeqGuard, mark: int) -> None:
         """Outbound: numbers up to *mark* may have been sent before; resume after them.
 
         Every number past the ceiling is first reserved with
@@ -252,7 +265,7 @@ class EspSA:
         self.seq_guard = guard
         self._seq_ceiling = self.seq
 
-    def guard_replay(self, guard, mark: int) -> None:
+    def guard_replay(self, guard: ReplayGuard, mark: int) -> None:
         """Inbound: every number up to *mark* was received before (RFC 4303 §3.4.3)."""
         self.replay.resume(mark)
         self.replay_guard = guard
@@ -371,7 +384,9 @@ class EspSA:
             # Authenticated: now, and only now, the window may move (§3.4.3).
             replay.accept(seq)
             if self._replay_notify:
-                self.replay_guard.replay_advanced(self)
+                guard = self.replay_guard
+                assert guard is not None  # set only by guard_replay, or its guard
+                guard.replay_advanced(self)
             self.packets += 1
             self.bytes += len(plaintext)
             self.last_used_at = now

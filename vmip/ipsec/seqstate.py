@@ -228,7 +228,7 @@ class SeqState:
         """Outbound slow path: the new ceiling (>= *seq*), or 0 if it could not be written."""
         key = _record_key(esp)
         mark = min(seq - 1 + OUT_BLOCK, esp.seq_limit)
-        if self.fd is None or not self._write(key, mark, esp):
+        if self.fd is None or not self._write(self.fd, key, mark, esp):
             return 0
         return mark
 
@@ -268,18 +268,18 @@ class SeqState:
         top = esp.replay.top
         if self.fd is None or top <= self._marks.get(key, 0):
             return False
-        return self._write(key, top, esp)
+        return self._write(self.fd, key, top, esp)
 
-    def _write(self, key: RecordKey, mark: int, esp: EspSA) -> bool:
+    def _write(self, fd: int, key: RecordKey, mark: int, esp: EspSA) -> bool:
         slot = self._slots.get(key)
         new_slot = slot is None
-        if new_slot:
+        if slot is None:
             slot = self._next_slot
         try:
-            written = os.pwrite(self.fd, format_record(*key, mark), slot * RECORD)
+            written = os.pwrite(fd, format_record(*key, mark), slot * RECORD)
             if written != RECORD:
                 raise OSError(errno.EIO, "short write")
-            os.fsync(self.fd)
+            os.fsync(fd)
         except OSError as exc:
             if key not in self._failing:
                 self._failing.add(key)
