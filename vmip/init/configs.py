@@ -141,7 +141,8 @@ def mobile_policies(net: Network, mn: MobileNode) -> list[dict[str, Any]]:
                 "mh"),
     ]
     cns, mns = net.correspondents_of(mn)
-    for peer in [*cns, *mns]:
+    peers: list[Correspondent | MobileNode] = [*cns, *mns]
+    for peer in peers:
         address = _host(peer.address if isinstance(peer, Correspondent) else peer.home_address)
         names = _sa_names(net, mn.name, peer.name)
         purpose = "cn" if isinstance(peer, Correspondent) else "mn"

@@ -145,7 +145,7 @@ class Network:
 
 # --- command-line specs ---------------------------------------------------------------------
 
-def check_name(name: str, what: str) -> str:
+def check_name(name: object, what: str) -> str:
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise DescriptionError(
             f"{what}: {name!r} is not a usable node name; use letters, digits, '.', '_' or "
@@ -153,7 +153,7 @@ def check_name(name: str, what: str) -> str:
     return name
 
 
-def parse_endpoint(text: str, what: str) -> Endpoint:
+def parse_endpoint(text: object, what: str) -> Endpoint:
     """``HOST:PORT`` with HOST an IPv4 address, or ``[IPv6]:PORT``; the port is required."""
     example = "192.0.2.1:6275 or [2001:db8::1]:6275"
     if not isinstance(text, str) or not text:
@@ -514,7 +514,7 @@ def from_document(doc: Mapping[str, Any], where: str = "network.toml") -> Networ
     if "home_prefix" in doc:
         builder.home_prefix = parse_prefix(doc["home_prefix"], f"{where}: home_prefix")
     if "site_prefix" in doc:
-        if "home_prefix" not in doc:
+        if builder.home_prefix is None:
             raise DescriptionError(f"{where}: site_prefix without home_prefix; give both or "
                                    "neither")
         builder.site_prefix = parse_prefix(doc["site_prefix"], f"{where}: site_prefix")
@@ -567,9 +567,9 @@ def from_document(doc: Mapping[str, Any], where: str = "network.toml") -> Networ
         _known_keys(entry, ("name", "endpoint", "address"), what)
         name = check_name(entry.get("name"), f"{what}.name")
         endpoint = parse_endpoint(entry.get("endpoint"), f"{what}.endpoint")
-        address = _ipv6(entry["address"], f"{what}.address", "fd12:3456:789a:ffff::1") \
+        cn_address = _ipv6(entry["address"], f"{what}.address", "fd12:3456:789a:ffff::1") \
             if "address" in entry else None
-        builder.cns.append((name, endpoint, address))
+        builder.cns.append((name, endpoint, cn_address))
     if builder.site_prefix is None and builder.home_prefix is not None:
         builder.site_prefix = _site_prefix_for(builder.home_prefix)
     return _finish(builder)
