@@ -20,6 +20,7 @@ import grp
 import os
 import pwd
 import struct
+from typing import TypedDict
 
 from vmip.errors import VmipError
 from vmip.log import get_logger
@@ -116,7 +117,17 @@ def _clear_ambient() -> None:
     _libc().prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
 
 
-def privilege_summary() -> dict[str, object]:
+class PrivilegeSummary(TypedDict):
+    """:func:`privilege_summary`: plain JSON for ``vmip status`` and the log."""
+
+    uid: int
+    user: str
+    capabilities: list[str]
+    bounding: list[str]
+    no_new_privs: bool
+
+
+def privilege_summary() -> PrivilegeSummary:
     """What this process may do, for ``vmip status`` and the log."""
     caps = current_capabilities()
     try:

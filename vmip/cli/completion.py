@@ -38,7 +38,9 @@ class Command:
 def _is_file(action: argparse.Action) -> bool:
     from pathlib import Path
 
-    return action.type is Path or (action.metavar or "").upper() in _FILE_METAVARS
+    # A tuple metavar (one name per value) never names a file here.
+    return action.type is Path or (isinstance(action.metavar, str)
+                                   and action.metavar.upper() in _FILE_METAVARS)
 
 
 def commands(parser: argparse.ArgumentParser, path: str = "") -> dict[str, Command]:

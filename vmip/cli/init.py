@@ -108,8 +108,8 @@ def run(args: argparse.Namespace) -> int:
     out = sys.stdout
     out.write(f"wrote a network of {len(result.configs)} nodes to {result.directory} "
               f"({network.keys} keys, home prefix {network.home_prefix})\n")
-    for name, path in result.configs.items():
-        out.write(f"  {name:<12} {path}\n")
+    for name, config_path in result.configs.items():
+        out.write(f"  {name:<12} {config_path}\n")
     out.write(f"each node's README.md says where to copy it; start with "
               f"{result.directory}/README.md\n")
     return 0

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from vmip.cli.render import Column, add_json_flag, print_json, print_record, print_rows
 from vmip.control.client import ControlClient
@@ -149,6 +151,9 @@ def _run(args) -> int:
     log.setup(args.log_level if args.log_level != "info" else str(logging_cfg.level),
               args.log_format if args.log_format != "text" else str(logging_cfg.format),
               file=str(logging_cfg.file) if logging_cfg.file else None)
+    # uvloop.run and asyncio.run differ in their keyword arguments; only the
+    # coroutine is passed here.
+    runner: Callable[[Coroutine[Any, Any, int]], int]
     try:
         import uvloop
         runner = uvloop.run

@@ -92,7 +92,7 @@ class ControlClient:
             async with asyncio.timeout(self.timeout):
                 try:
                     reader, writer = await asyncio.open_unix_connection(
-                        os.fsencode(self.path), limit=MAX_REPLY_BYTES + 1)
+                        self.path, limit=MAX_REPLY_BYTES + 1)
                 except OSError as exc:
                     raise self._connect_error(exc) from None
                 try:
