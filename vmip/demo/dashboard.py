@@ -9,6 +9,7 @@ talks to a node, so the tests feed it recorded snapshots.
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
@@ -48,10 +49,16 @@ def _ok(value: Any) -> bool:
     return not (isinstance(value, dict) and set(value) == {"error"})
 
 
+def _answer(snapshot: Mapping[str, Any], key: str, failed: Any) -> Any:
+    """The node's answer (decoded JSON) to query *key*, or *failed* if the query failed."""
+    value = snapshot.get(key)
+    return value if _ok(value) else failed
+
+
 def link_rates(previous: Mapping[str, Any] | None, current: Mapping[str, Any]
                ) -> dict[str, tuple[float, float]]:
     """Packets per second (rx, tx) per link between two snapshots."""
-    cur = current.get("counters")
+    cur: Any = current.get("counters")   # decoded JSON
     if previous is None or not _ok(cur) or not _ok(previous.get("counters")):
         return {}
     dt = current["t"] - previous["t"]
@@ -120,8 +127,8 @@ def _table(*columns: str) -> Table:
 def render(snapshot: Mapping[str, Any], previous: Mapping[str, Any] | None = None, *,
            width: int = 80, height: int = 24, extra: Sequence[str] = ()) -> RenderableType:
     """The dashboard for one node, in at most *height* lines of *width* columns."""
-    status = snapshot.get("status") if _ok(snapshot.get("status")) else {}
-    mobility = snapshot.get("mobility") if _ok(snapshot.get("mobility")) else {}
+    status = _answer(snapshot, "status", {})
+    mobility = _answer(snapshot, "mobility", {})
     mn = (mobility or {}).get("mn") or {}
     movement = (mobility or {}).get("movement") or {}
     parts: list[RenderableType] = []
@@ -149,16 +156,16 @@ def render(snapshot: Mapping[str, Any], previous: Mapping[str, Any] | None = Non
     mv_links = movement.get("links", {}) if isinstance(movement, dict) else {}
     for link in status.get("links", []):
         lname = link.get("name", "?")
-        state = []
+        link_state = []
         if lname == status.get("active_link"):
-            state.append("active")
+            link_state.append("active")
         info = mv_links.get(lname)
         if info is not None:
-            state.append("up" if info.get("usable") else "DOWN")
+            link_state.append("up" if info.get("usable") else "DOWN")
             if not info.get("reachable", True):
-                state.append("unreach")
+                link_state.append("unreach")
         rx, tx = rates.get(lname, (0.0, 0.0))
-        links.add_row(lname, " ".join(state) or "-", f"{rx:.0f}", f"{tx:.0f}")
+        links.add_row(lname, " ".join(link_state) or "-", f"{rx:.0f}", f"{tx:.0f}")
     parts.append(links)
     used += 1 + len(status.get("links", []))
 
@@ -170,11 +177,11 @@ def render(snapshot: Mapping[str, Any], previous: Mapping[str, Any] | None = Non
         parts.append(table)
         used += 1 + min(len(flows), 4)
 
-    sas = snapshot.get("sas") if _ok(snapshot.get("sas")) else []
-    remap = snapshot.get("remap") if _ok(snapshot.get("remap")) else {}
+    sas = _answer(snapshot, "sas", [])
+    remap = _answer(snapshot, "remap", {})
     rules = (remap or {}).get("rules", [])
     rule_lines = rules if isinstance(rules, list) else str(rules).splitlines()
-    events = [e for e in (snapshot.get("events") if _ok(snapshot.get("events")) else [])
+    events = [e for e in _answer(snapshot, "events", [])
               if e.get("event") in TIMELINE_EVENTS]
     # What is left goes to SAs, remap rules and the timeline, in that order of need.
     left = max(height - used - 3, 3)
@@ -210,9 +217,8 @@ def render_text(snapshot: Mapping[str, Any], previous: Mapping[str, Any] | None 
     return console.export_text()
 
 
-class _Null:
+class _Null(io.StringIO):
+    """A text file that keeps nothing (the recording console keeps the text)."""
+
     def write(self, data: str) -> int:
         return len(data)
-
-    def flush(self) -> None:
-        pass

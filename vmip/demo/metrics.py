@@ -95,21 +95,26 @@ def _events_between(events: Sequence[Mapping[str, Any]], name: str, start: float
     return [e for e in events if e.get("event") == name and start <= e.get("t", 0) < end]
 
 
-def registration_times(events: Sequence[Mapping[str, Any]], coa: str, start: float,
+def registration_times(events: Sequence[Mapping[str, Any]], coa: str | None, start: float,
                        end: float) -> tuple[dict[str, float], bool]:
-    """Per peer BU → BA (ms) for *coa* in [start, end), and whether AOT was needed."""
+    """Per peer BU → BA (ms) for *coa* in [start, end), and whether AOT was needed.
+
+    *coa* None is the registration at home (a CoaChanged to no CoA)."""
     sent: dict[str, float] = {}
     accepted: dict[str, float] = {}
     for e in events:
         t = e.get("t", 0.0)
         if not start <= t < end or e.get("coa") != coa:
             continue
-        peer = e.get("peer")
-        if e.get("event") == "BindingUpdateSent" and peer not in sent:
-            sent[peer] = t
-        elif e.get("event") == "BindingAccepted" and peer in sent and peer not in accepted \
-                and e.get("lifetime", 1) != 0:
-            accepted[peer] = t
+        kind = e.get("event")
+        if kind == "BindingUpdateSent":
+            peer = e["peer"]     # both events always name their peer
+            if peer not in sent:
+                sent[peer] = t
+        elif kind == "BindingAccepted":
+            peer = e["peer"]
+            if peer in sent and peer not in accepted and e.get("lifetime", 1) != 0:
+                accepted[peer] = t
     times = {peer: round((accepted[peer] - sent[peer]) * 1000.0, 1) for peer in accepted}
     last_ba = max(accepted.values(), default=end)
     aot = any(e.get("address") == coa for e in

@@ -10,6 +10,7 @@ turned into the same path as Ctrl-C).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -115,11 +116,10 @@ def run_demo(options: DemoOptions, *, out: Callable[[str], None] = print) -> dic
             old_handlers[sig] = signal.signal(sig, _raise_stop)
         except ValueError:
             pass   # not the main thread
-    interrupted = False
+    report: dict[str, Any] | None = None   # None: interrupted
     try:
         report = _run(run, options, out)
     except KeyboardInterrupt:
-        interrupted = True
         report = None
     finally:
         _stop_traffic(run)
@@ -133,7 +133,7 @@ def run_demo(options: DemoOptions, *, out: Callable[[str], None] = print) -> dic
         shutil.rmtree(run.workdir, ignore_errors=True)
         for sig, handler in old_handlers.items():
             signal.signal(sig, handler)
-    if interrupted:
+    if report is None:
         out("interrupted: the lab was removed")
         raise KeyboardInterrupt
     return report
@@ -205,7 +205,7 @@ def _run(run: _Run, options: DemoOptions, out: Callable[[str], None]) -> dict[st
     events = mn_client.call("events")
     cn_events = _safe(lambda: clients["cn"].call("events"))
     cn_events = cn_events if isinstance(cn_events, list) else []
-    final = {name: _safe(lambda c=client: collect(c)) for name, client in clients.items()}
+    final = {name: _safe(functools.partial(collect, client)) for name, client in clients.items()}
     records = _stop_traffic(run)
     ping = _ping_summary(run)
     mn_rec, cn_rec = records.get("mn", {}), records.get("cn", {})
@@ -290,7 +290,7 @@ def _shape(plan: Any) -> None:
 def _wait_registered(client: ControlClient) -> None:
     """Until the MN's binding with the HA and with the CN is accepted."""
     deadline = time.monotonic() + REGISTRATION_TIMEOUT
-    last = None
+    last: list[tuple[Any, Any]] | str | None = None
     while time.monotonic() < deadline:
         try:
             mobility = client.call("mobility")
