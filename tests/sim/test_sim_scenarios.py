@@ -236,7 +236,7 @@ def test_ike_rekeys_during_a_move() -> None:
             await until(world, "registered on IKE SAs", lambda: bound_on(
                 world, "mn", COA["mn"]["wifi0"]), 15)
             children = {sa["name"]: {c["spi_in"] for c in sa["children"]}
-                        for sa in mn.keying.list()["sas"]}
+                        for sa in mn.keying.listing()["sas"]}
             hoa, cn = IPv6Address(HOA["mn"]), IPv6Address(CN)
             out = ProbeStream(world, "mn", hoa, cn, 50)
             world.tun_sinks["cn"] = out.received
@@ -248,7 +248,7 @@ def test_ike_rekeys_during_a_move() -> None:
                         15)
             await until(world, "rekeyed", lambda: all(
                 {c["spi_in"] for c in sa["children"]} - children.get(sa["name"], set())
-                for sa in mn.keying.list()["sas"] if sa["name"] in ("ha", "cn")), 15)
+                for sa in mn.keying.listing()["sas"] if sa["name"] in ("ha", "cn")), 15)
             arrived = len(out.arrivals)
             await asyncio.sleep(2.0)
             out.stop()

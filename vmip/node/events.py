@@ -61,7 +61,7 @@ class EventHub:
                 listener(timed)
             except Exception:  # a broken listener costs its own work, not the node
                 self.listener_errors += 1
-                log.exception("event listener failed", event=type(event).__name__)
+                log.exception("event listener failed", event_type=type(event).__name__)
         return timed
 
     def records(self, since: float = 0.0) -> list[dict[str, Any]]:

@@ -506,13 +506,13 @@ class IkeManager:
                 return action(name, args)
             return handler
         return {
-            "ike.list": lambda args: self.list(),
+            "ike.list": lambda args: self.listing(),
             "ike.initiate": named(lambda name, args: self.initiate(name)),
             "ike.terminate": named(lambda name, args: self.terminate(name)),
             "ike.rekey": named(lambda name, args: self.rekey(name, ike=bool(args.get("ike")))),
         }
 
-    def list(self) -> dict:
+    def listing(self) -> dict:
         now = self.services.clock()
         rows = []
         for endpoint in self.endpoints.values():

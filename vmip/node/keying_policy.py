@@ -19,6 +19,8 @@ from vmip.ike.payloads import TrafficSelector
 from vmip.ipsec import static
 from vmip.ipsec.sa import Direction, Mode
 from vmip.ipsec.spd import Selector
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 from vmip.wire import proto
 
 _ICMPV6 = proto.ICMPV6
@@ -46,8 +48,10 @@ def ts_to_selectors(local: TrafficSelector, remote: TrafficSelector) -> list[Sel
     if local.start.version != remote.start.version:
         return []
     protocol = local.protocol or remote.protocol or None
-    local_nets = list(ipaddress.summarize_address_range(local.start, local.end))
-    remote_nets = list(ipaddress.summarize_address_range(remote.start, remote.end))
+    local_nets: list[Network] = list(
+        ipaddress.summarize_address_range(local.start, local.end))  # type: ignore[type-var]
+    remote_nets: list[Network] = list(
+        ipaddress.summarize_address_range(remote.start, remote.end))  # type: ignore[type-var]
     extra: dict[str, Any] = {}
     local_range = (local.start_port, local.end_port)
     remote_range = (remote.start_port, remote.end_port)
@@ -75,7 +79,8 @@ def ts_within(inner: TrafficSelector, outer: TrafficSelector) -> bool:
     """*inner* selects nothing *outer* does not (address range, protocol, ports)."""
     if inner.start.version != outer.start.version:
         return False
-    return (outer.start <= inner.start and inner.end <= outer.end
+    # Same family (checked above): compare as integers.
+    return (int(outer.start) <= int(inner.start) and int(inner.end) <= int(outer.end)
             and (outer.protocol == 0 or outer.protocol == inner.protocol)
             and outer.start_port <= inner.start_port and inner.end_port <= outer.end_port)
 

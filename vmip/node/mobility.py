@@ -110,7 +110,7 @@ class MobilityAgent:
         pairs = set()
         for info in self.services.sad.dump(publish=False):
             if info.direction is Direction.IN and info.mode is Mode.TRANSPORT \
-                    and info.dst.version == 6:
+                    and isinstance(info.dst, IPv6Address) and isinstance(info.src, IPv6Address):
                 pairs.add((info.dst, info.src))
         return pairs
 
@@ -336,8 +336,9 @@ class MobilityAgent:
                 tracker.bind_data(event.local, event.hoa, event.coa, TrackRole.CN)
             else:
                 binding = self.cn.binding(event.hoa)
-                if binding is not None and getattr(binding, "coa", None) is not None:
-                    tracker.bind_data(event.local, event.hoa, binding.coa, TrackRole.CN,
+                bound_coa = binding.coa if binding is not None else None
+                if bound_coa is not None:
+                    tracker.bind_data(event.local, event.hoa, bound_coa, TrackRole.CN,
                                       outbound=False)
                 else:
                     tracker.unbind(event.local, event.hoa, TrackRole.CN)

@@ -317,7 +317,7 @@ def usable_links(watched: Iterable[WatchedLink], links: Iterable[dict],
         if link is not None and link["up"]:
             operstate = link.get("operstate")
             ok = operstate == "UP" or (operstate == "UNKNOWN" and bool(link.get("carrier")))
-        if ok:
+        if ok and link is not None:
             held = addrs.get(link["index"], set())
             if want.bind is not None and not want.bind.is_unspecified:
                 ok = want.bind in held
@@ -405,7 +405,8 @@ class MovementWatcher:
                                      services.active_link, hold_down=hold_down,
                                      unreachable_penalty=unreachable_penalty)
         self._own_dump = _PersistentDump() if dump is None else None
-        self._dump = dump if dump is not None else self._own_dump
+        self._dump: Callable[[], tuple[list[dict], list[dict]]] = \
+            dump if dump is not None else self._own_dump   # type: ignore[assignment]
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()

@@ -15,6 +15,7 @@ import os
 import struct
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 from vmip.errors import VmipError
 
@@ -59,7 +60,7 @@ class PcapWriter:
                  snaplen: int = 65535, flush_interval: float = 0.5) -> None:
         self.path = Path(path)
         fd = _create_capture(self.path)
-        self._file = os.fdopen(fd, "wb")
+        self._file: BinaryIO | None = os.fdopen(fd, "wb")
         self._file.write(_GLOBAL_HEADER.pack(_MAGIC_USEC, 2, 4, 0, 0, snaplen, linktype))
         self._snaplen = snaplen
         self._pending: list[bytes] = []

@@ -48,6 +48,7 @@ from vmip.ipsec.sadb import SadbBus
 from vmip.ipsec.spd import SPD, Action
 from vmip.links.base import LinkDriver
 from vmip.links.locators import BINDING, PEER, LocatorTable
+from vmip.links.rfc3948 import Rfc3948Driver
 from vmip.log import get_logger
 from vmip.node.control import NodeControl
 from vmip.node.errors import NodeError
@@ -165,7 +166,7 @@ class Node:
                             and link.bind is not None and link.bind.version == 6}
             for link_cfg in sorted(cfg.links, key=lambda link: link.priority):
                 driver = self.ports.make_link(link_cfg)
-                if self.keying is not None and str(link_cfg.driver) == "rfc3948":
+                if self.keying is not None and isinstance(driver, Rfc3948Driver):
                     # IKE on port 4500 (non-ESP marker) and 500 go to the IKE manager.
                     await driver.start(self.loop, self._on_link_packet,
                                        on_ike=self.keying.rfc3948_handler(link_cfg, driver))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import selectors
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -55,7 +56,7 @@ class _VirtualSelector(selectors.BaseSelector):
             loop.advance(timeout)
         return []
 
-    def get_map(self) -> dict[int, selectors.SelectorKey]:
+    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
         return dict(self._map)
 
     def close(self) -> None:

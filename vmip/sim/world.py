@@ -23,6 +23,7 @@ from vmip.config import load_config
 from vmip.lab import configs as lab_configs
 from vmip.lab.emulation import LinkProfile
 from vmip.lab.topology import NAT_ADDRESS, OVERLAY_PORT, LabPlan, default_plan
+from vmip.links.base import PacketHandler
 from vmip.node.movement import MovementWatcher
 from vmip.node.ports import NodePorts
 from vmip.node.runtime import Node
@@ -91,7 +92,7 @@ class SimWorld:
         self.tuns: dict[str, MemoryTun] = {}
         self.movements: dict[str, SimMovement] = {}
         #: Per node: called with every packet its TUN hands to the host.
-        self.tun_sinks: dict[str, Callable[[bytes], None]] = {}
+        self.tun_sinks: dict[str, Callable[[bytes], object]] = {}
         for node in self.plan.nodes:
             for link in node.links:
                 nat = str(NAT_ADDRESS) if link.behind_nat else None
@@ -153,7 +154,7 @@ class SimWorld:
     # -- the underlay ------------------------------------------------------------------
 
     def add_host(self, name: str, address: str, port: int = OVERLAY_PORT,
-                 on_packet: Callable[[bytes, Any, SimLink], None] | None = None) -> SimLink:
+                 on_packet: PacketHandler | None = None) -> SimLink:
         """A host of someone else's on the underlay (an attacker), with one socket."""
         self.network.add_access(name, "eth0", address)
         link = SimLink(_HostLink(name=f"{name}-eth0"), self.network, address, port)
