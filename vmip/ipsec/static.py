@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from vmip.errors import VmipError
+from vmip.errors import LocatedError
 from vmip.ipsec.sa import Direction, SaParams
 from vmip.ipsec.sad import SAD
 from vmip.ipsec.seqstate import DEFAULT_STATE_ROOT, SeqState
@@ -37,28 +37,10 @@ from vmip.log import get_logger
 log = get_logger(__name__)
 
 
-class StaticKeysError(VmipError):
-    """A static SA or policy that cannot be built, in one line like a config error.
-
-    ``file`` is the config the entries came from, ``key`` the entry
-    (``keys.sa[NAME]``, ``policy[NAME]``), ``problem`` what is wrong and
-    ``hint`` what to do.  Never holds key material.
-    """
-
-    exit_status = 2
-
-    def __init__(self, file: str, key: str | None, problem: str, hint: str):
-        super().__init__(file, key, problem, hint)
-        self.file = file
-        self.key = key
-        self.problem = problem
-        self.hint = hint
-
-    def __str__(self) -> str:
-        parts = [self.file, *([self.key] if self.key else []),
-                 f"{self.problem}; {self.hint}" if self.hint else self.problem]
-        # One line whatever the names held (they come from the config file).
-        return ": ".join(parts).replace("\r", "\\r").replace("\n", "\\n")
+class StaticKeysError(LocatedError):
+    """A static SA or policy that cannot be built, in one line like a config error
+    (:class:`vmip.errors.LocatedError`: the config file, ``keys.sa[NAME]`` or
+    ``policy[NAME]``, the problem, the hint).  Never holds key material."""
 
 
 @dataclass(frozen=True)
