@@ -254,3 +254,47 @@ def test_ike_rekeys_during_a_move() -> None:
             out.stop()
             assert len(out.arrivals) >= arrived + 90   # 2 s at 50/s, on the new SAs
         world.run(scenario())
+
+
+def test_the_ha_forwards_a_home_address_only_out_of_that_mns_own_tunnel(world) -> None:
+    """MN2, holding valid SAs, tunnels a packet whose source is MN's home address
+    to the HA: authentic, but not MN's tunnel, so the HA does not forward it
+    (RFC 6275 §10.4.5, RFC 4301 §5.2); MN2's own packet on the same tunnel is."""
+    from vmip.config import load_config
+    from vmip.ipsec.esp import EspSA, tunnel_encap
+    from vmip.node.keying_policy import static_keys
+    from vmip.wire.ipv6 import build_ipv6_header
+    from vmip.wire.udp import build_udp
+
+    def clear_echo(source: str) -> bytes:
+        """The lab's clear-text class (UDP port 7), which the CN takes from the home prefix."""
+        src, dst = IPv6Address(source).packed, IPv6Address(CN).packed
+        segment = build_udp(40000, 7, b"echo", src, dst)
+        return build_ipv6_header(src, dst, 17, len(segment)) + segment
+
+    async def scenario():
+        await world.start_all()
+        await until(world, "mn2 registered", lambda: bound_on(
+            world, "mn2", COA["mn2"]["wifi0"], (HA,)), 5)
+        params = static_keys(load_config(world.config_paths["mn2"])).sas["mn2-ha-tunnel-out"]
+        sa = EspSA(params, world.loop.time())
+        sa.seq = 10_000      # ahead of what MN2 has sent on it
+        arrived: list[bytes] = []
+        world.tun_sinks["cn"] = arrived.append
+        attacker = world.add_host("mn2-host", "203.0.113.67", 40067)
+        ha = world.nodes["ha"]
+
+        def refused() -> int:
+            # The tunnel SA's selectors (RFC 4301 §5.2) or, with coarser policies,
+            # the HA's own check that a HoA comes out of that MN's tunnel.
+            return ha.engine.drops["selector_mismatch"] + ha.counters["fwd_drop_home_source"]
+
+        before = refused()
+        for source in (HOA["mn"], HOA["mn2"]):
+            wire = tunnel_encap(clear_echo(source), sa, world.loop.time())
+            attacker.send(wire, ("192.0.2.2", 6275))
+        await until(world, "MN2's own packet at the CN", lambda: IPv6Address(HOA["mn2"]).packed
+                    in [packet[8:24] for packet in arrived], 2)
+        assert refused() == before + 1
+        assert IPv6Address(HOA["mn"]).packed not in [packet[8:24] for packet in arrived]
+    world.run(scenario())
