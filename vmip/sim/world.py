@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Self
 
@@ -133,6 +133,10 @@ class SimWorld:
     async def start(self, name: str) -> Node:
         """Build and start *name*'s node from its config (again, after a restart)."""
         config = load_config(self.config_paths[name])
+        # A simulated node keeps its sequence-number state in the world's
+        # directory, never where the config says (the host's /var/lib/vmip).
+        config = replace(config, keys=replace(config.keys,
+                                              state_dir=self.workdir / name / "state"))
         node = Node(config, config_path=self.config_paths[name], clock=self.loop.time,
                     ports=self.ports_for(name))
         await node.start()

@@ -145,6 +145,7 @@ framing = "udp"
 
 [keys]
 mode = "static"
+state_dir = "{keydir.parent}/state-{me}"
 
 [[keys.sa]]
 name = "out"
