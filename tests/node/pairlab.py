@@ -265,3 +265,25 @@ class PairLab:
                 self.socket(side).unlink()
             except OSError:
                 pass
+
+
+def ike_node_config(me: str, peer: str, workdir: Path, *, initiate: bool,
+                    static_peer: bool = True) -> str:
+    """The pair's node, link and peer sections, with IKE-made SAs under the policies;
+    without *static_peer* there is no [[peer]]: where the peer is comes from IKE."""
+    sections = node_sections(me, peer)
+    if not static_peer:
+        sections = sections[:sections.index("[[peer]]")]
+    return sections + """
+[keys]
+mode = "ike"
+""" + protect_policies(me, peer) + f"""
+[ike]
+psk_file = "{workdir}/keys/ike.psk"
+esp_proposals = ["aes128gcm16"]
+
+[[ike.peer]]
+name = "{peer}"
+address = "{OVERLAY[peer]}"
+initiate = {str(initiate).lower()}
+"""

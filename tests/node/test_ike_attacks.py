@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pairlab import ATTACKER4, OVERLAY, UNDERLAY4, PairLab, node_sections, protect_policies
+from pairlab import ATTACKER4, OVERLAY, UNDERLAY4, PairLab, ike_node_config
 
 from vmip.config.keyfile import write_key_file
 from vmip.ike.ikesa import IkeSa, IkeSaConfig, Role
@@ -44,23 +44,8 @@ UDP_PORT = 6275
 
 
 def config(me: str, peer: str, workdir: Path, *, initiate: bool, static_peer: bool) -> str:
-    sections = node_sections(me, peer)
-    if not static_peer:
-        # No [[peer]]: where the peer is comes from IKE (learned locators only).
-        sections = sections[:sections.index("[[peer]]")]
-    return sections + """
-[keys]
-mode = "ike"
-""" + protect_policies(me, peer) + f"""
-[ike]
-psk_file = "{workdir}/keys/ike.psk"
-esp_proposals = ["aes128gcm16"]
-
-[[ike.peer]]
-name = "{peer}"
-address = "{OVERLAY[peer]}"
-initiate = {str(initiate).lower()}
-"""
+    # Without a static [[peer]], where the peer is comes from IKE (learned locators only).
+    return ike_node_config(me, peer, workdir, initiate=initiate, static_peer=static_peer)
 
 
 class AttackLab(PairLab):

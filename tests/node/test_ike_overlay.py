@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pairlab import OVERLAY, UNDERLAY4, PairLab, netns_exec, node_sections, protect_policies
+from pairlab import OVERLAY, UNDERLAY4, PairLab, ike_node_config, netns_exec
 
 from vmip.config.keyfile import write_key_file
 
@@ -26,19 +26,7 @@ pytestmark = pytest.mark.root
 
 def ike_config(me: str, peer: str, workdir: Path, *, initiate: bool) -> str:
     """The pair's node, link and peer sections (pairlab's), with IKE-made SAs under the policies."""
-    return node_sections(me, peer) + """
-[keys]
-mode = "ike"
-""" + protect_policies(me, peer) + f"""
-[ike]
-psk_file = "{workdir}/keys/ike.psk"
-esp_proposals = ["aes128gcm16"]
-
-[[ike.peer]]
-name = "{peer}"
-address = "{OVERLAY[peer]}"
-initiate = {str(initiate).lower()}
-"""
+    return ike_node_config(me, peer, workdir, initiate=initiate)
 
 
 class IkePair(PairLab):
