@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from vmip.ipsec.sa import Direction
 from vmip.lab.emulation import LinkProfile
 from vmip.mobility.events import BindingUpdateSent
 from vmip.sim.scenario import ProbeStream, SimOptions, demo_profiles, run_sim
@@ -297,4 +298,28 @@ def test_the_ha_forwards_a_home_address_only_out_of_that_mns_own_tunnel(world) -
                     in [packet[8:24] for packet in arrived], 2)
         assert refused() == before + 1
         assert IPv6Address(HOA["mn"]).packed not in [packet[8:24] for packet in arrived]
+    world.run(scenario())
+
+
+def test_a_move_costs_the_ha_no_walk_over_every_sa(world) -> None:
+    """The HA moves an MN's tunnel SAs through an index of them, not by dumping
+    the whole SAD and SPD per BU (docs/scale.md: that made a BU cost O(MNs))."""
+    async def scenario():
+        await world.start_all()
+        await until(world, "registered", lambda: bound_on(world, "mn", COA["mn"]["wifi0"]), 5)
+        sad = world.nodes["ha"].sad
+        dumps = 0
+        real_dump = sad.dump
+
+        def counting_dump(*args, **kwargs):
+            nonlocal dumps
+            dumps += 1
+            return real_dump(*args, **kwargs)
+
+        sad.dump = counting_dump
+        world.set_link("mn", "wifi0", False)
+        await until(world, "bound on lte", lambda: bound_on(world, "mn", COA["mn"]["lte0"]), 10)
+        tunnel_out = sad.get(0x1202, Direction.OUT, IPv6Address(COA["mn"]["lte0"]))
+        assert tunnel_out is not None          # the tunnel followed the CoA ...
+        assert dumps == 0                      # ... without a walk over every SA
     world.run(scenario())

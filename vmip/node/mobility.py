@@ -29,7 +29,7 @@ from typing import Any
 from vmip.config.model import Role as ConfigRole
 from vmip.ipsec import esp as esp_mod
 from vmip.ipsec.sa import Direction, Mode
-from vmip.ipsec.sadb import AddEvent, SadbEvent, UpdateEvent
+from vmip.ipsec.sadb import AddEvent, DeleteEvent, SadbEvent, UpdateEvent
 from vmip.ipsec.spd import Action as SpdAction
 from vmip.log import get_logger
 from vmip.mobility import events as ev
@@ -71,6 +71,11 @@ class MobilityAgent:
         # The MN's reverse tunnel SA, looked up again after any SADB change.
         self._reverse_tunnel_sa: Any = None
         self._reverse_tunnel_valid = False
+        # The HA's tunnel SAs per home address, [spi, direction, dst] each, built
+        # when first needed after an SA or policy change: a BU then touches its
+        # MN's SAs only, not every SA and policy of the HA (docs/scale.md).
+        self._mn_tunnels: dict[IPv6Address, list[list[Any]]] | None = None
+        self._mn_tunnels_generation = -1
         self.local_addresses = {a.ip for a in cfg.tun.addresses if a.version == 6}
 
         self.mn: MobileNode | None = None
@@ -136,6 +141,8 @@ class MobilityAgent:
         transport pair added after start (IKE-made) may be one IRO must track
         (MH rules, draft §6.2.2)."""
         self.tunnel_changed()
+        if isinstance(event, (AddEvent, UpdateEvent, DeleteEvent)):
+            self._mn_tunnels = None      # a MIGRATE is ours: the index follows it itself
         if isinstance(event, (AddEvent, UpdateEvent)) and event.sa.mode is Mode.TRANSPORT \
                 and event.sa.direction is Direction.IN:
             self._register_intents()
@@ -359,25 +366,53 @@ class MobilityAgent:
         self.tunnel_changed()
 
     def _migrate_mn_tunnel(self, hoa: IPv6Address, coa: IPv6Address, now: float) -> None:
-        """The HA's tunnel SAs for *hoa*: found through the policies that name them."""
-        sad, spd = self.services.sad, self.services.spd
-        names: dict[Direction, set[str]] = {Direction.OUT: set(), Direction.IN: set()}
-        for policy in spd.list():
-            if policy.action is not SpdAction.PROTECT:
+        """The HA's tunnel SAs for *hoa* follow its CoA."""
+        sad = self.services.sad
+        entries = self._tunnel_sas_of(hoa)
+        if any(sad.get(spi, direction, dst) is None for spi, direction, dst in entries):
+            self._mn_tunnels = None       # moved behind our back: look again, once
+            entries = self._tunnel_sas_of(hoa)
+        for entry in entries:
+            spi, direction, dst = entry
+            info = sad.get(spi, direction, dst)
+            if info is None:
                 continue
-            remote = policy.selector.remote
-            if remote is not None and remote.prefixlen == 128 and remote.network_address == hoa:
-                names[policy.direction].update(str(n) for n in policy.sa_bundle)
-        for info in sad.dump(publish=False):
-            # Static policies name SAs; IKE-made ones name them by SPI (vmip.node.keying).
-            if info.mode is not Mode.TUNNEL or (info.name not in names[info.direction]
-                                                and str(info.spi) not in names[info.direction]):
-                continue
-            if info.direction is Direction.OUT and info.dst != coa:
-                sad.migrate(info.spi, Direction.OUT, info.src, coa, now, dst=info.dst)
-            elif info.direction is Direction.IN and info.src != coa:
-                sad.migrate(info.spi, Direction.IN, coa, info.dst, now, dst=info.dst)
+            if direction is Direction.OUT and info.dst != coa:
+                sad.migrate(spi, Direction.OUT, info.src, coa, now, dst=info.dst)
+                entry[2] = coa
+            elif direction is Direction.IN and info.src != coa:
+                sad.migrate(spi, Direction.IN, coa, info.dst, now, dst=info.dst)
         self.tunnel_changed()
+
+    def _tunnel_sas_of(self, hoa: IPv6Address) -> list[list[Any]]:
+        """The tunnel SAs the policies naming *hoa* (a /128 remote) put it in."""
+        spd = self.services.spd
+        if self._mn_tunnels is None or self._mn_tunnels_generation != spd.generation:
+            self._mn_tunnels_generation = spd.generation
+            self._mn_tunnels = self._index_mn_tunnels()
+        return self._mn_tunnels.get(hoa, [])
+
+    def _index_mn_tunnels(self) -> dict[IPv6Address, list[list[Any]]]:
+        names: dict[tuple[Direction, str], set[IPv6Address]] = {}
+        for policy in self.services.spd.list():
+            remote = policy.selector.remote
+            if policy.action is not SpdAction.PROTECT or remote is None \
+                    or remote.prefixlen != 128 or not isinstance(remote.network_address,
+                                                                 IPv6Address):
+                continue
+            for name in policy.sa_bundle:
+                names.setdefault((policy.direction, str(name)), set()).add(
+                    remote.network_address)
+        index: dict[IPv6Address, list[list[Any]]] = {}
+        for info in self.services.sad.dump(publish=False):
+            if info.mode is not Mode.TUNNEL:
+                continue
+            # Static policies name SAs; IKE-made ones name them by SPI (vmip.node.keying).
+            hoas = names.get((info.direction, info.name), set()) \
+                | names.get((info.direction, str(info.spi)), set())
+            for owner in hoas:
+                index.setdefault(owner, []).append([info.spi, info.direction, info.dst])
+        return index
 
     # -- movement --------------------------------------------------------------------
 
