@@ -196,7 +196,9 @@ def test_tcp_rekeys_and_delete_through_the_runtime(interop):
     ns_a, ns_b, charon, workdir = interop
     wait_for(lambda: "INSTALLED" in charon.list_sas() or None, "charon's CHILD_SA",
              timeout=25, interval=0.2)
-    server = subprocess.Popen(["ip", "netns", "exec", ns_b, "iperf3", "-s", "-1", "-B", IN_B],
+    # No "-1": a first try that connects but fails (the tunnel still settling)
+    # must not end the server before the retry; it is killed at the end.
+    server = subprocess.Popen(["ip", "netns", "exec", ns_b, "iperf3", "-s", "-B", IN_B],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         client = None
