@@ -10,6 +10,7 @@ also when a test fails.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -232,6 +233,10 @@ class PairLab:
             time.sleep(0.05)
         raise AssertionError(f"vmip run ({side}) not ready:\n" + self.logs[side].read_text())
 
+    def json(self, side: str, *args: str):
+        """``vmip ARGS --json`` at *side*, parsed."""
+        return json.loads(self.vmip(side, *args, "--json").stdout)
+
     def vmip(self, side: str, *args: str, check: bool = True, timeout: float = 30):
         result = netns_exec(self.netns[side], sys.executable, "-m", "vmip", *args,
                             timeout=timeout)
@@ -287,3 +292,26 @@ name = "{peer}"
 address = "{OVERLAY[peer]}"
 initiate = {str(initiate).lower()}
 """
+
+
+def wait_for(predicate, what: str, timeout: float = 15.0, interval: float = 0.1):
+    """Poll *predicate* (bounded in time) until it returns something true."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+
+
+def started_pair(lab: PairLab, *sides: str):
+    """Build *lab*, start *sides*, yield it, and always tear it down (a fixture body)."""
+    try:
+        lab.build()
+        for side in sides:
+            lab.start(side)
+        yield lab
+    finally:
+        lab.close()

@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 import pytest
-from pairlab import ATTACKER4, OVERLAY, UNDERLAY4, PairLab, ike_node_config
+from pairlab import ATTACKER4, OVERLAY, UNDERLAY4, PairLab, ike_node_config, started_pair
+from pairlab import wait_for as _wait_for
 
 from vmip.config.keyfile import write_key_file
 from vmip.ike.ikesa import IkeSa, IkeSaConfig, Role
@@ -59,30 +60,16 @@ class AttackLab(PairLab):
                                    static_peer=(me == "b")))
             self.configs[me] = path
 
-    def json(self, side: str, *args: str):
-        return json.loads(self.vmip(side, *args, "--json").stdout)
+
 
 
 def wait_for(predicate, what: str, timeout: float = 20.0, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
+    return _wait_for(predicate, what, timeout, interval)
 
 
 @pytest.fixture
 def lab(tmp_path):
-    pair = AttackLab(tmp_path, netns_tag="ika", attacker=True)
-    try:
-        pair.build()
-        pair.start("a")
-        yield pair
-    finally:
-        pair.close()
+    yield from started_pair(AttackLab(tmp_path, netns_tag="ika", attacker=True), "a")
 
 
 class Attacker:
@@ -289,13 +276,7 @@ class CertLab(AttackLab):
 
 @pytest.fixture
 def cert_lab(tmp_path):
-    pair = CertLab(tmp_path, netns_tag="ikc", attacker=True)
-    try:
-        pair.build()
-        pair.start("a")
-        yield pair
-    finally:
-        pair.close()
+    yield from started_pair(CertLab(tmp_path, netns_tag="ikc", attacker=True), "a")
 
 
 def test_certificate_bomb_in_ike_auth_is_refused_in_milliseconds(cert_lab):

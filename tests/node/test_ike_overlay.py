@@ -9,7 +9,6 @@ scapy-built packets for the flood.
 
 from __future__ import annotations
 
-import json
 import secrets
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pairlab import OVERLAY, UNDERLAY4, PairLab, ike_node_config, netns_exec
+from pairlab import OVERLAY, UNDERLAY4, PairLab, ike_node_config, netns_exec, wait_for
 
 from vmip.config.keyfile import write_key_file
 
@@ -44,20 +43,6 @@ class IkePair(PairLab):
             path.write_text(ike_config(me, peer, self.workdir, initiate=(me == "a")))
             self.configs[me] = path
 
-    def json(self, side: str, *args: str):
-        return json.loads(self.vmip(side, *args, "--json").stdout)
-
-
-def wait_for(predicate, what: str, timeout: float = 15.0, interval: float = 0.1):
-    """Poll *predicate* (bounded in time) until it returns something true."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
 def established(pair: IkePair, side: str):
