@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-import tomllib
+from vmip.compat import tomllib
 from ipaddress import ip_address
 from pathlib import Path
 

@@ -7,7 +7,7 @@ import json
 import os
 import subprocess
 import sys
-import tomllib
+from vmip.compat import tomllib
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 

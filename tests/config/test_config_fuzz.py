@@ -6,8 +6,8 @@ are exactly the accepted ones."""
 from __future__ import annotations
 
 import copy
-import tomllib
-from datetime import UTC, date, datetime, time
+from vmip.compat import tomllib
+from datetime import date, datetime, time, timezone
 from pathlib import Path
 
 import pytest
@@ -41,7 +41,7 @@ SCALARS = st.one_of(
     st.sampled_from([0, 1, 4, 255, 256, 420, 1280, 6275, 65535, 65536, 0x1101, 2**32, 2**63]),
     st.floats(allow_nan=True, allow_infinity=True),
     st.booleans(),
-    st.datetimes(timezones=st.sampled_from([None, UTC])),
+    st.datetimes(timezones=st.sampled_from([None, timezone.utc])),
     st.dates(),
     st.times(),
 )

@@ -111,8 +111,7 @@ def test_server_and_client_on_uvloop(sock_dir):
             await writer.wait_closed()
             return listed, refused, served
 
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        listed, refused, served = runner.run(scenario())
+    listed, refused, served = uvloop.run(scenario())
     assert [r["n"] for r in listed] == list(range(5))
     assert refused["error"]["code"] == "bad_request"
     assert (served["id"], served["ok"]) == (3, True)

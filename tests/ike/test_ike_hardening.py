@@ -96,7 +96,7 @@ def _name(cn: str) -> x509.Name:
 
 def _cert(subject: x509.Name, issuer: x509.Name, public_key, signer, *, ca: bool,
           san: str | None = None, serial: int | None = None) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
+    now = datetime.datetime.now(datetime.timezone.utc)
     builder = (x509.CertificateBuilder().subject_name(subject).issuer_name(issuer)
                .public_key(public_key).serial_number(serial or x509.random_serial_number())
                .not_valid_before(now - datetime.timedelta(days=1))

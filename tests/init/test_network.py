@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import tomllib
+from vmip.compat import tomllib
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
 import pytest

@@ -281,10 +281,12 @@ class FakeQueue:
 
 
 async def _until(queue: FakeQueue, predicate, timeout: float = 2.0) -> None:
-    async with asyncio.timeout(timeout):
+    async def changes() -> None:
         while not predicate():
             queue.changed.clear()
             await queue.changed.wait()
+
+    await asyncio.wait_for(changes(), timeout)  # asyncio.timeout is 3.11+
 
 
 def test_service_drops_at_once_and_releases_on_time(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import tomllib
+from vmip.compat import tomllib
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 

@@ -7,7 +7,7 @@ of configs/README.md restated here.
 
 from __future__ import annotations
 
-import tomllib
+from vmip.compat import tomllib
 from ipaddress import ip_address, ip_network
 from pathlib import Path
 

@@ -44,8 +44,34 @@ def run(coro_factory: Callable[[], Coroutine[Any, Any, T]], *, loop_factory=None
     async def bounded() -> T:
         return await asyncio.wait_for(coro_factory(), timeout)
 
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(bounded())
+    if loop_factory is None:
+        return asyncio.run(bounded())
+    # asyncio.Runner(loop_factory=...) is Python 3.11+; uvloop.run takes one on 3.10 too.
+    import uvloop
+    return uvloop.run(bounded(), loop_factory=loop_factory)
+
+
+def _wake(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def recvfrom(sock, size: int, timeout: float = TIMEOUT):
+    """``loop.sock_recvfrom`` (Python 3.11+), bounded, on 3.10 too: wait until
+    the non-blocking *sock* is readable, then read one datagram."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            return sock.recvfrom(size)
+        except BlockingIOError:
+            pass
+        readable = loop.create_future()
+        loop.add_reader(sock.fileno(), _wake, readable)
+        try:
+            await asyncio.wait_for(readable, max(0.0, deadline - loop.time()))
+        finally:
+            loop.remove_reader(sock.fileno())
 
 
 class Inbox:

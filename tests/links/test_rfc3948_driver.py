@@ -6,7 +6,7 @@ import asyncio
 import socket
 
 import pytest
-from linktest_helpers import Inbox, LinkSpec, run
+from linktest_helpers import Inbox, LinkSpec, recvfrom, run
 from scapy.layers.inet import UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.ipsec import ESP
@@ -126,7 +126,6 @@ def test_ike_without_a_handler_is_counted():
 
 def test_send_strips_the_ipv6_header_and_send_ike_adds_the_marker():
     async def scenario():
-        loop = asyncio.get_running_loop()
         link = await start("127.0.0.1", Inbox())
         peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         peer.bind(("127.0.0.1", 0))
@@ -137,10 +136,10 @@ def test_send_strips_the_ipv6_header_and_send_ike_adds_the_marker():
                 spi=0x2001, seq=5, data=b"\xab" * 40))
             assert onwire[40:] == payload
             link.send(onwire, peer.getsockname())
-            datagram, _ = await asyncio.wait_for(loop.sock_recvfrom(peer, 2000), 5)
+            datagram, _ = await recvfrom(peer, 2000, 5)
             assert datagram == payload
             link.send_ike(IKE_MESSAGE, peer.getsockname())
-            datagram, _ = await asyncio.wait_for(loop.sock_recvfrom(peer, 2000), 5)
+            datagram, _ = await recvfrom(peer, 2000, 5)
             assert datagram == MARKER + IKE_MESSAGE
             assert (link.counters["tx"], link.counters["tx_ike"]) == (1, 1)
         finally:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import uvloop
-from linktest_helpers import Inbox, LinkSpec, run
+from linktest_helpers import Inbox, LinkSpec, recvfrom, run
 from scapy.layers.inet6 import IPv6
 from scapy.layers.ipsec import ESP
 
@@ -139,17 +139,16 @@ def test_a_failing_handler_is_counted_and_reading_goes_on():
 
 def test_keepalive_is_one_ff_octet_sent_to_idle_targets():
     async def scenario():
-        loop = asyncio.get_running_loop()
         listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         listener.bind(("127.0.0.1", 0))
         listener.setblocking(False)
         link = await started("127.0.0.1", Inbox(), keepalive=0.05)
         try:
             link.add_keepalive_target(listener.getsockname())
-            datagram, source = await asyncio.wait_for(loop.sock_recvfrom(listener, 100), 5)
+            datagram, source = await recvfrom(listener, 100, 5)
             assert datagram == b"\xff"
             assert source == link.local_endpoint
-            datagram, _ = await asyncio.wait_for(loop.sock_recvfrom(listener, 100), 5)
+            datagram, _ = await recvfrom(listener, 100, 5)
             assert datagram == b"\xff"                 # periodic
             assert link.counters["tx_keepalive"] >= 2
             assert link.counters["tx"] == 0            # keepalives are not packets

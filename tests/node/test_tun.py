@@ -115,9 +115,12 @@ def _read_until(tun: TunDevice, want, timeout: float = 10.0, max_packets: int = 
     pytest.fail("the expected packet never came out of the TUN")
 
 
-def _uvloop_factory():
-    uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed")
-    return uvloop.new_event_loop
+def _run(loop_name, main):
+    """Run *main* on a fresh loop of the kind named (asyncio.Runner is 3.11+)."""
+    if loop_name == "uvloop":
+        uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed")
+        return uvloop.run(main)
+    return asyncio.run(main)
 
 
 # -- configuration -----------------------------------------------------------
@@ -210,9 +213,7 @@ def test_open_from_inside_a_running_event_loop(netns, loop_name):
         with TunDevice.open(TUN_NAME, [TUN_V6], routes=[ROUTED_V6]):
             return _ip_json(netns, "-6", "route", "show", "dev", TUN_NAME)
 
-    factory = _uvloop_factory() if loop_name == "uvloop" else asyncio.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        routes = runner.run(scenario())
+    routes = _run(loop_name, scenario())
     assert "2001:db8:99::/48" in {r["dst"] for r in routes}
 
 
@@ -293,9 +294,7 @@ def test_ping_through_the_tun_with_the_event_loop(netns, tun, loop_name):
             tun.detach()
         return ping.returncode, output.decode(), batch_sizes
 
-    factory = _uvloop_factory() if loop_name == "uvloop" else asyncio.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        returncode, output, batch_sizes = runner.run(scenario())
+    returncode, output, batch_sizes = _run(loop_name, scenario())
     assert returncode == 0, output
     assert "3 received" in output
     assert batch_sizes and max(batch_sizes) <= 16

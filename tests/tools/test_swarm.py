@@ -12,7 +12,7 @@ import os
 import stat
 import subprocess
 import sys
-import tomllib
+from vmip.compat import tomllib
 from ipaddress import IPv6Address
 from pathlib import Path
 

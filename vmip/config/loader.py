@@ -22,13 +22,13 @@ import dataclasses
 import os
 import pwd
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from ipaddress import IPv6Address, IPv6Network, ip_address
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from vmip import log
+from vmip.compat import tomllib
 from vmip.config import values as v
 from vmip.config.errors import ConfigError
 from vmip.config.keyfile import read_key_file

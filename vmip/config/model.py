@@ -15,13 +15,13 @@ docs/configuration.md); the loader and the effective config follow.
 from __future__ import annotations
 
 import dataclasses
-import enum
 from dataclasses import dataclass, field
 from ipaddress import IPv6Address, IPv6Network
 from pathlib import Path
 from typing import Any
 
 from vmip import log
+from vmip.compat import StrEnum
 from vmip.config import values as v
 from vmip.config.schema import DERIVED, key, section
 from vmip.config.values import PROTOCOL_NUMBERS, Address, Interface, Network, PortRange
@@ -61,13 +61,13 @@ __all__ = [
 ]
 
 
-class Role(enum.StrEnum):
+class Role(StrEnum):
     MN = "mn"
     HA = "ha"
     CN = "cn"
 
 
-class Driver(enum.StrEnum):
+class Driver(StrEnum):
     """How on-wire packets travel; also a peer's framing."""
 
     UDP = "udp"
@@ -79,7 +79,7 @@ class Driver(enum.StrEnum):
 DEFAULT_PORTS: dict[Driver, int | None] = {Driver.UDP: 6275, Driver.RFC3948: 4500, Driver.RAW: None}
 
 
-class Action(enum.StrEnum):
+class Action(StrEnum):
     """What an SPD entry does with matching traffic (RFC 4301 §4.4.1)."""
 
     PROTECT = "protect"
@@ -87,12 +87,12 @@ class Action(enum.StrEnum):
     DISCARD = "discard"
 
 
-class KeyMode(enum.StrEnum):
+class KeyMode(StrEnum):
     STATIC = "static"
     IKE = "ike"
 
 
-class TunnelKind(enum.StrEnum):
+class TunnelKind(StrEnum):
     """How MN-HA payload is tunnelled (draft appendix D allows plain IPv6-in-IPv6)."""
 
     ESP = "esp"

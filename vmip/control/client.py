@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
+from vmip.compat import TIMEOUT_ERRORS
 from vmip.control.errors import (
     ControlError,
     ControlTimeout,
@@ -89,33 +90,37 @@ class ControlClient:
         request_id = next(self._ids)
         line = encode_request(cmd, args, request_id)
         try:
-            async with asyncio.timeout(self.timeout):
-                try:
-                    reader, writer = await asyncio.open_unix_connection(
-                        self.path, limit=MAX_REPLY_BYTES + 1)
-                except OSError as exc:
-                    raise self._connect_error(exc) from None
-                try:
-                    writer.write(line)
-                    await writer.drain()
-                    reply_line = await reader.readline()
-                except OSError as exc:
-                    raise ControlError(f"lost the connection to the vmip node on {self.path} "
-                                       f"during {cmd!r}: {exc.strerror or exc}") from None
-                except (asyncio.LimitOverrunError, ValueError):
-                    raise ControlError(f"the reply to {cmd!r} from {self.path} is longer "
-                                       f"than {MAX_REPLY_BYTES} bytes") from None
-                finally:
-                    writer.close()
-                    try:
-                        await writer.wait_closed()
-                    except OSError:
-                        pass
-        except TimeoutError:
+            reply_line = await asyncio.wait_for(self._exchange(cmd, line), self.timeout)
+        except TIMEOUT_ERRORS:
             raise self._timeout_error(cmd) from None
         if not reply_line.endswith(b"\n"):
             raise self._closed_error(cmd)
         return self._result(parse_reply_checked(reply_line[:-1], self.path), request_id, cmd)
+
+    async def _exchange(self, cmd: str, line: bytes) -> bytes:
+        """Send one request line and read the reply line (unbounded: the caller times it)."""
+        try:
+            reader, writer = await asyncio.open_unix_connection(
+                self.path, limit=MAX_REPLY_BYTES + 1)
+        except OSError as exc:
+            raise self._connect_error(exc) from None
+        try:
+            writer.write(line)
+            await writer.drain()
+            reply_line = await reader.readline()
+        except OSError as exc:
+            raise ControlError(f"lost the connection to the vmip node on {self.path} "
+                               f"during {cmd!r}: {exc.strerror or exc}") from None
+        except (asyncio.LimitOverrunError, ValueError):
+            raise ControlError(f"the reply to {cmd!r} from {self.path} is longer "
+                               f"than {MAX_REPLY_BYTES} bytes") from None
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
+        return reply_line
 
     # -- shared ------------------------------------------------------------
 

@@ -7,8 +7,7 @@ exceptions so the CLI can print a single clear line.
 
 from __future__ import annotations
 
-from enum import StrEnum
-
+from vmip.compat import StrEnum
 from vmip.errors import VmipError
 
 

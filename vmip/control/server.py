@@ -16,7 +16,7 @@ import socket
 import stat
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final
 
 from vmip import __version__
 from vmip.control.commands import CommandArgs, check_args
@@ -32,6 +32,9 @@ from vmip.control.protocol import (
     parse_request,
 )
 from vmip.log import get_logger
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 log = get_logger(__name__)
 

@@ -500,7 +500,7 @@ def verify_chain(leaf: x509.Certificate, intermediates: Sequence[x509.Certificat
                              f"{MAX_PEER_CERTIFICATES} are accepted")
     path = _linear_path(leaf, intermediates, cas)
     builder = (v.PolicyBuilder().store(v.Store(list(cas)))
-               .time(datetime.datetime.fromtimestamp(now, datetime.UTC))
+               .time(datetime.datetime.fromtimestamp(now, datetime.timezone.utc))
                .max_chain_depth(len(path) + 1)
                .extension_policies(ca_policy=v.ExtensionPolicy.webpki_defaults_ca(),
                                    ee_policy=v.ExtensionPolicy.permit_all()))

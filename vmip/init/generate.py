@@ -23,10 +23,10 @@ import os
 import secrets
 import shutil
 import tempfile
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vmip.compat import tomllib
 from vmip.config.errors import ConfigError
 from vmip.config.keyfile import read_key_file, write_key_file
 from vmip.init import pki

@@ -43,7 +43,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def make_ca(common_name: str, now: datetime.datetime | None = None) -> Issued:
-    now = now or datetime.datetime.now(datetime.UTC)
+    now = now or datetime.datetime.now(datetime.timezone.utc)
     key = ec.generate_private_key(ec.SECP256R1())
     name = _name(common_name)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
@@ -65,7 +65,7 @@ def make_ca(common_name: str, now: datetime.datetime | None = None) -> Issued:
 def issue(ca: Issued, fqdn: str, addresses: Sequence[IPv6Address],
           now: datetime.datetime | None = None) -> Issued:
     """A node certificate for *fqdn* and its overlay *addresses*, signed by *ca*."""
-    now = now or datetime.datetime.now(datetime.UTC)
+    now = now or datetime.datetime.now(datetime.timezone.utc)
     ca_cert = x509.load_pem_x509_certificate(ca.certificate_pem)
     ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)

@@ -27,7 +27,7 @@ from ipaddress import IPv4Interface, IPv6Interface
 from pathlib import Path
 from socket import AF_INET, AF_INET6
 from types import ModuleType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -51,6 +51,9 @@ from vmip.lab.netns import (
 )
 from vmip.lab.topology import NETNS_PREFIX, AccessLink, LabNode, LabPlan, default_plan, describe
 from vmip.log import get_logger
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 log = get_logger(__name__)
 

@@ -28,9 +28,12 @@ import socket
 import struct
 import time
 from dataclasses import dataclass
-from typing import Self
+from typing import TYPE_CHECKING
 
 from vmip.errors import VmipError
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 # --- linux/netlink.h -------------------------------------------------------
 NETLINK_NETFILTER = 12

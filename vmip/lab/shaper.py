@@ -40,7 +40,7 @@ import os
 import random
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,12 +275,14 @@ class ShaperService:
         self.stopped.set_result(None)
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+def _runner() -> Callable[[Coroutine[Any, Any, dict[str, Any]]], dict[str, Any]]:
+    # uvloop.run runs on a uvloop loop on every Python vmip supports
+    # (asyncio.Runner and asyncio.run's loop_factory are 3.11+ and 3.12+).
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency
-        return asyncio.new_event_loop
-    return uvloop.new_event_loop
+        return asyncio.run
+    return uvloop.run
 
 
 async def run(spec: ShaperSpec, *, status_file: Path | None = None,
@@ -365,8 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     ready = _signal_ready(args.ready_fd) if args.ready_fd is not None else None
     try:
         spec = spec_from_args(args)
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            final = runner.run(run(spec, status_file=args.status_file, ready=ready))
+        final = _runner()(run(spec, status_file=args.status_file, ready=ready))
     except VmipError as exc:
         log.error("shaper failed", error=str(exc))
         if ready is not None:

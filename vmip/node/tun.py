@@ -47,7 +47,7 @@ from vmip.wire.errors import WireError
 from vmip.wire.icmpv6 import PACKET_TOO_BIG, PacketTooBig, build_icmpv6_packet, may_send_error
 
 if TYPE_CHECKING:
-    from typing import Self
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 log = get_logger(__name__)
 

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
 
 from vmip.config import load_config
 from vmip.lab import configs as lab_configs
@@ -31,6 +31,9 @@ from vmip.node.services import NodeServices
 from vmip.sim.loop import VirtualTimeLoop
 from vmip.sim.network import SimLink, SimNetwork
 from vmip.sim.tun import MemoryTun
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self from Python 3.11
 
 
 @dataclass
