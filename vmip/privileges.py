@@ -29,6 +29,8 @@ log = get_logger(__name__)
 
 CAP_NET_ADMIN = 12
 CAP_NET_RAW = 13
+_CAP_NET_BIND_SERVICE = 10
+_CAP_SETPCAP = 8
 
 _PR_SET_KEEPCAPS = 8
 _PR_CAPBSET_DROP = 24
@@ -204,3 +206,149 @@ def drop_nothing() -> None:
     summary = privilege_summary()
     log.warning("keeping every privilege (--no-drop): a flaw in the node is a flaw as root",
                 user=summary["user"], capabilities=len(summary["capabilities"]))
+
+
+# -- running without root ------------------------------------------------------
+
+#: SO_BINDTODEVICE needs no capability from Linux 5.7 on (socket(7)).
+_BINDTODEVICE_FREE_FROM = (5, 7)
+
+
+class Need(TypedDict):
+    """Something the node would do that this process may not (:func:`unprivileged_needs`)."""
+
+    capability: str
+    why: str
+    fix: str
+
+
+def _kernel_version() -> tuple[int, int]:
+    release = os.uname().release
+    try:
+        major, minor = release.split(".")[:2]
+        return int(major), int("".join(c for c in minor if c.isdigit()) or 0)
+    except ValueError:
+        return (0, 0)
+
+
+def _unprivileged_port_start() -> int:
+    # net.ipv4.ip_unprivileged_port_start covers IPv6 sockets too.
+    try:
+        with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as start:
+            return int(start.read())
+    except (OSError, ValueError):
+        return 1024
+
+
+def _interface_exists(name: str) -> bool:
+    import socket
+
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
+def _writable_directory(path: os.PathLike[str] | str) -> bool:
+    """Whether this process may create *path* (its nearest existing ancestor is writable)."""
+    from pathlib import Path
+
+    parent = Path(path).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    return os.access(parent, os.W_OK | os.X_OK)
+
+
+def unprivileged_needs(config, control_path: os.PathLike[str] | str | None) -> list[Need]:
+    """What starting the node from *config* needs that this process lacks.
+
+    Empty for root (or any process holding CAP_NET_ADMIN, CAP_NET_RAW and
+    CAP_NET_BIND_SERVICE as needed).  A user without capabilities can run a
+    node whose TUN was prepared (``vmip tun create``), whose links are
+    ``udp`` or ``rfc3948`` on ports it may bind, and whose control socket
+    and state directory it may create; everything else is listed here with
+    the capability (or permission) it needs, why, and how to do without.
+    """
+    effective = current_capabilities().get("CapEff", 0)
+
+    def lacks(cap: int) -> bool:
+        return not effective >> cap & 1
+
+    needs: list[Need] = []
+    tun = config.tun.name
+    if lacks(CAP_NET_ADMIN) and not _interface_exists(tun):
+        needs.append({"capability": "CAP_NET_ADMIN",
+                      "why": f"creating the TUN {tun} and setting its addresses and routes",
+                      "fix": f"prepare it once as root: vmip tun create --config FILE "
+                             f"--user {_user_name(os.geteuid())}"})
+    port_start = _unprivileged_port_start()
+    ike = str(config.keys.mode) == "ike"
+    for link in config.links:
+        driver = str(link.driver)
+        if driver == "raw" and lacks(CAP_NET_RAW):
+            needs.append({"capability": "CAP_NET_RAW",
+                          "why": f"link {link.name}: the raw driver sends and receives "
+                                 "through raw IPv6 sockets",
+                          "fix": "use driver \"udp\" or \"rfc3948\", or grant CAP_NET_RAW "
+                                 "(systemd AmbientCapabilities=CAP_NET_RAW)"})
+        ports = [link.port] if driver != "raw" and link.port else []
+        if ike and driver == "rfc3948" and link.bind is not None:
+            ports.append(500)   # IKE's own port beside 4500 (RFC 7296 §2)
+        for port in ports:
+            if port < port_start and lacks(_CAP_NET_BIND_SERVICE):
+                needs.append({"capability": "CAP_NET_BIND_SERVICE",
+                              "why": f"link {link.name}: binding UDP port {port} "
+                                     f"(below net.ipv4.ip_unprivileged_port_start = {port_start})",
+                              "fix": f"lower it (sysctl net.ipv4.ip_unprivileged_port_start="
+                                     f"{port}) or grant CAP_NET_BIND_SERVICE"})
+        if link.interface and lacks(CAP_NET_RAW) \
+                and _kernel_version() < _BINDTODEVICE_FREE_FROM:
+            needs.append({"capability": "CAP_NET_RAW",
+                          "why": f"link {link.name}: SO_BINDTODEVICE to {link.interface} "
+                                 "before Linux 5.7",
+                          "fix": "remove link.interface, or run Linux 5.7 or later"})
+    if control_path is not None and not _writable_directory(control_path):
+        needs.append({"capability": "write permission",
+                      "why": f"creating the control socket {control_path}",
+                      "fix": "set control.socket (or vmip run --control-socket) to a path "
+                             "of yours, e.g. $XDG_RUNTIME_DIR/vmip.sock"})
+    if str(config.keys.mode) == "static" and config.keys.sa \
+            and not os.path.isdir(config.keys.state_dir) \
+            and not _writable_directory(config.keys.state_dir):
+        needs.append({"capability": "write permission",
+                      "why": f"creating the ESP sequence-number state {config.keys.state_dir}",
+                      "fix": "set keys.state_dir to a directory of yours"})
+    return needs
+
+
+def can_drop() -> bool:
+    """Whether this process is root with what dropping privileges takes (CAP_SETPCAP to
+    shrink the bounding set); otherwise the node runs with what it was given."""
+    return os.geteuid() == 0 and bool(current_capabilities().get("CapEff", 0) >> _CAP_SETPCAP & 1)
+
+
+def check_unprivileged_start(config, control_path: os.PathLike[str] | str | None) -> None:
+    """Refuse to start without what :func:`unprivileged_needs` lists, naming each
+    capability, why and the fix; else log what the node runs with.
+
+    ``vmip run`` calls it before opening anything when :func:`can_drop` is false.
+    """
+    needs = unprivileged_needs(config, control_path)
+    who = _user_name(os.geteuid())
+    if needs:
+        lines = "; ".join(f"{n['capability']} for {n['why']} (fix: {n['fix']})" for n in needs)
+        raise PrivilegeError(f"running as {who} without those privileges, this node cannot "
+                             f"start: {lines}")
+    summary = privilege_summary()
+    prepared = not current_capabilities().get("CapEff", 0) >> CAP_NET_ADMIN & 1
+    log.info("running unprivileged", user=summary["user"],
+             capabilities=",".join(summary["capabilities"]) or "none",
+             tun=f"{config.tun.name} prepared by vmip tun create" if prepared
+             else config.tun.name,
+             needs="none")
+
+
+def seal_unprivileged() -> None:
+    """no_new_privs for a node that started without privileges: no execve() may add any."""
+    _prctl(_PR_SET_NO_NEW_PRIVS, 1, "PR_SET_NO_NEW_PRIVS")

@@ -19,6 +19,7 @@ from vmip.errors import VmipError
 #: Subcommand modules, in the order ``vmip --help`` lists them.
 SUBCOMMANDS = [
     "vmip.cli.node",
+    "vmip.cli.tun",
     "vmip.cli.check",
     "vmip.cli.init",
     "vmip.cli.lab",

@@ -16,13 +16,24 @@ async def run_node(config, *, config_path: Path | None = None, pcap_wire: str | 
     After start-up the node keeps only CAP_NET_ADMIN (and CAP_NET_RAW for the
     ``raw`` driver), sealed by no_new_privs and a matching bounding set: as
     root by default, as *drop_to* (``node.user``) when given.  ``drop=False``
-    (``vmip run --no-drop``) keeps everything, for debugging.
+    (``vmip run --no-drop``) keeps everything, for debugging.  Started
+    without root, the node needs a prepared TUN (``vmip tun create``); what
+    else it would need is named before anything is opened
+    (:func:`vmip.privileges.check_unprivileged_start`).
     """
+    from vmip.privileges import can_drop, check_unprivileged_start, seal_unprivileged
+
     node = Node(config, config_path=config_path, pcap_wire=pcap_wire, pcap_inner=pcap_inner)
+    privileged = can_drop()
+    if not privileged:
+        # Not root (or root without capabilities): say now what cannot work.
+        check_unprivileged_start(config, node.control_path if node.ports.control else None)
     await node.start()
     try:
-        if drop:
+        if drop and privileged:
             _drop(node, config, drop_to)
+        elif drop:
+            seal_unprivileged()
         else:
             from vmip.privileges import drop_nothing
 

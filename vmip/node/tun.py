@@ -7,7 +7,12 @@ drained in batches, so one event-loop wake-up moves up to ``batch`` packets
 (as the link drivers do: 64 per wake-up by default, docs/links.md).
 
 The device is not persistent: closing the file descriptor removes it, with
-its addresses and routes, also when the process dies.
+its addresses and routes, also when the process dies.  Except a *prepared*
+one: ``vmip tun create`` (root, once) makes a persistent TUN owned by a user,
+with the node's MTU, addresses and routes (:func:`create_persistent`); that
+user may then attach to it without any capability (the kernel checks only
+the owner, drivers/net/tun.c tun_not_capable()), and :meth:`TunDevice.open`
+checks its configuration instead of making it.  Closing leaves it in place.
 
 Offload (``offload=True``, the default): the device is opened with
 ``IFF_VNET_HDR``, so every read and write starts with a 10-octet
@@ -404,7 +409,9 @@ def _open_device(name: str, vnet_hdr: bool = False) -> pytun.TunTapDevice:
         if code == errno.EBUSY:
             hint = "it is in use (is another vmip node running in this namespace?)"
         elif code == errno.EPERM:
-            hint = "permission denied: creating a TUN needs CAP_NET_ADMIN (run as root)"
+            hint = ("permission denied: creating a TUN needs CAP_NET_ADMIN (run as root), "
+                    "and a prepared one belongs to another user; prepare it once for this "
+                    "user with `vmip tun create --config FILE --user USER` as root")
         elif code in (errno.ENOENT, errno.ENODEV):
             hint = "/dev/net/tun is missing (load the tun module)"
         elif code == errno.EINVAL:
@@ -435,6 +442,8 @@ class TunDevice:
         self._loop: asyncio.AbstractEventLoop | None = None
         #: Opened with IFF_VNET_HDR: frames carry a virtio_net_hdr.
         self.offload = offload
+        #: Made beforehand by ``vmip tun create``: closing leaves it in place.
+        self.prepared = False
         self._pending: list[bytes] = []
 
     # -- lifecycle ---------------------------------------------------------
@@ -461,8 +470,12 @@ class TunDevice:
         needs_ipv6 = any(a.version == 6 for a in parsed_addresses) or any(
             r.version == 6 for r in parsed_routes)
         _check_mtu(mtu, needs_ipv6)
+        prepared = _exists(name)
         device = _open_device(name, offload)
         try:
+            if prepared and not _tun_flags(device.fileno()) & _IFF_PERSIST:
+                raise TunError(f"{name} exists and is not a persistent TUN (another node's?); "
+                               "stop what uses it, or `vmip tun delete` it")
             if offload:
                 # Offer the kernel no offloads: it checksums and segments
                 # everything it hands us, so reads stay plain packets.
@@ -471,24 +484,32 @@ class TunDevice:
             # and an inherited copy keeps the device alive after close().
             os.set_inheritable(device.fileno(), False)
             os.set_blocking(device.fileno(), False)
-            index = _configure(device.name, mtu, parsed_addresses, parsed_routes)
+            if prepared:
+                # Made by `vmip tun create`: configuring it would need
+                # CAP_NET_ADMIN, reading it does not.
+                index = _check_prepared(device.name, mtu, parsed_addresses, parsed_routes)
+            else:
+                index = _configure(device.name, mtu, parsed_addresses, parsed_routes)
         except BaseException:
             device.close()
             raise
-        log.info("tun up", name=device.name, mtu=mtu,
+        log.info("tun up", name=device.name, mtu=mtu, prepared=prepared,
                  addresses=" ".join(map(str, parsed_addresses)) or "-",
                  routes=" ".join(map(str, parsed_routes)) or "-")
-        return cls(device, index, mtu, parsed_addresses, parsed_routes, offload)
+        tun = cls(device, index, mtu, parsed_addresses, parsed_routes, offload)
+        tun.prepared = prepared
+        return tun
 
     def close(self) -> None:
-        """Close the descriptor, which removes the device; calling it again does nothing."""
+        """Close the descriptor, which removes the device (a prepared one stays, without
+        carrier); calling it again does nothing."""
         device, self._device = self._device, None
         if device is None:
             return
         self.detach()
         self._fd = -1
         device.close()
-        log.info("tun closed", name=self.name)
+        log.info("tun closed", name=self.name, kept=self.prepared)
 
     @property
     def closed(self) -> bool:
@@ -688,8 +709,172 @@ class TunDevice:
             "addresses": [str(a) for a in self.addresses],
             "routes": [str(r) for r in self.routes],
             "open": not self.closed,
+            "prepared": self.prepared,
             **asdict(self.counters),
         }
+
+
+# -- persistent (prepared) devices: linux/if_tun.h -----------------------------
+
+_TUNSETIFF: Final = 0x400454CA
+_TUNSETPERSIST: Final = 0x400454CB
+_TUNSETOWNER: Final = 0x400454CC
+_TUNSETGROUP: Final = 0x400454CE
+_TUNGETIFF: Final = 0x800454D2
+_IFF_TUN: Final = 0x0001
+_IFF_NO_PI: Final = 0x1000
+_IFF_PERSIST: Final = 0x0800
+_IFREQ: Final = struct.Struct("16sH")
+
+
+def _exists(name: str) -> bool:
+    """Whether an interface *name* exists in this thread's network namespace."""
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
+def _tun_flags(fd: int) -> int:
+    """The TUN's flags (TUNGETIFF), IFF_PERSIST among them."""
+    answer = fcntl.ioctl(fd, _TUNGETIFF, bytes(_IFREQ.size + 24))
+    return int(_IFREQ.unpack_from(answer)[1])
+
+
+def create_persistent(name: str, uid: int, gid: int | None,
+                      addresses: Iterable[Address] = (), mtu: int = DEFAULT_MTU,
+                      routes: Iterable[Route] = ()) -> int:
+    """Make a persistent TUN owned by *uid* (and *gid*) with its MTU, addresses and
+    routes (``vmip tun create``, needs CAP_NET_ADMIN); returns its index.
+
+    Its owner can then open it with :meth:`TunDevice.open` without any
+    capability.  It stays until :func:`delete_persistent` (or a reboot).
+    """
+    _check_name(name)
+    parsed_addresses = _parse_addresses(addresses)
+    parsed_routes = _parse_routes(routes)
+    _check_mtu(mtu, any(a.version == 6 for a in parsed_addresses)
+               or any(r.version == 6 for r in parsed_routes))
+    if _exists(name):
+        raise TunError(f"an interface {name} exists already; `vmip tun delete` it first "
+                       "(or stop the node using it)")
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise TunError(f"cannot open /dev/net/tun for {name}: {exc.strerror}") from None
+    try:
+        # The node opens it with IFF_VNET_HDR or not; flags of a later attach win.
+        fcntl.ioctl(fd, _TUNSETIFF, _IFREQ.pack(name.encode(), _IFF_TUN | _IFF_NO_PI))
+        fcntl.ioctl(fd, _TUNSETOWNER, uid)
+        if gid is not None:
+            fcntl.ioctl(fd, _TUNSETGROUP, gid)
+        fcntl.ioctl(fd, _TUNSETPERSIST, 1)
+    except OSError as exc:
+        hint = "creating a TUN needs CAP_NET_ADMIN (run as root)" \
+            if exc.errno == errno.EPERM else (exc.strerror or str(exc))
+        raise TunError(f"cannot create the persistent TUN {name}: {hint}") from None
+    finally:
+        os.close(fd)
+    try:
+        index = _configure(name, mtu, parsed_addresses, parsed_routes)
+    except BaseException:
+        delete_persistent(name)
+        raise
+    log.info("persistent tun created", name=name, uid=uid, gid=gid if gid is not None else "-",
+             mtu=mtu, addresses=" ".join(map(str, parsed_addresses)) or "-",
+             routes=" ".join(map(str, parsed_routes)) or "-")
+    return index
+
+
+def delete_persistent(name: str) -> None:
+    """Remove a persistent TUN (``vmip tun delete``, needs CAP_NET_ADMIN)."""
+    _check_name(name)
+    if not _exists(name):
+        raise TunError(f"there is no interface {name} in this network namespace")
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise TunError(f"cannot open /dev/net/tun for {name}: {exc.strerror}") from None
+    try:
+        fcntl.ioctl(fd, _TUNSETIFF, _IFREQ.pack(name.encode(), _IFF_TUN | _IFF_NO_PI))
+        if not _tun_flags(fd) & _IFF_PERSIST:
+            raise TunError(f"{name} is not a persistent TUN: it goes away when its node stops")
+        fcntl.ioctl(fd, _TUNSETPERSIST, 0)
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            hint = "it is in use: stop the node first"
+        elif exc.errno == errno.EPERM:
+            hint = "deleting a TUN needs CAP_NET_ADMIN (run as root)"
+        elif exc.errno == errno.EINVAL:
+            hint = "it is not a TUN device"
+        else:
+            hint = exc.strerror or str(exc)
+        raise TunError(f"cannot delete {name}: {hint}") from None
+    finally:
+        os.close(fd)   # the last descriptor of a non-persistent TUN: the device goes
+    log.info("persistent tun deleted", name=name)
+
+
+def _check_prepared(name: str, mtu: int,
+                    addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+                    routes: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> int:
+    """:func:`_check_prepared_now`, off the event loop's thread (see :func:`_configure`)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return _check_prepared_now(name, mtu, addresses, routes)
+    outcome: list[int | BaseException] = []
+
+    def work() -> None:
+        try:
+            outcome.append(_check_prepared_now(name, mtu, addresses, routes))
+        except BaseException as exc:  # noqa: BLE001 - handed over to the caller's thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=work, name=f"tun-check-{name}")
+    worker.start()
+    worker.join()
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    return result
+
+
+def _check_prepared_now(name: str, mtu: int,
+                        addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
+                        routes: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> int:
+    """The prepared TUN's index, if it is up with this MTU, these addresses and routes."""
+    fix = "delete it and create it again from this config (`vmip tun delete`, " \
+          "`vmip tun create --config FILE --user USER`, as root)"
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=name)
+        if not found:
+            raise TunError(f"{name} disappeared while opening it")
+        index = found[0]
+        link = ipr.get_links(index)[0]
+        problems = []
+        if link.get_attr("IFLA_MTU") != mtu:
+            problems.append(f"MTU {link.get_attr('IFLA_MTU')} instead of {mtu}")
+        if not link["flags"] & 1:   # IFF_UP
+            problems.append("it is down")
+        have = {ipaddress.ip_interface(f"{m.get_attr('IFA_ADDRESS')}/{m['prefixlen']}")
+                for m in ipr.get_addr(index=index)}
+        problems += [f"no address {a}" for a in addresses if a not in have]
+        routed = set()
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for m in ipr.get_routes(family=family, oif=index):
+                dst = m.get_attr("RTA_DST")
+                if dst is not None:
+                    routed.add(ipaddress.ip_network(f"{dst}/{m['dst_len']}"))
+                elif m["dst_len"] == 0:
+                    routed.add(ipaddress.ip_network("::/0" if family == socket.AF_INET6
+                                                    else "0.0.0.0/0"))
+        problems += [f"no route to {r}" for r in routes if r not in routed]
+    if problems:
+        raise TunError(f"the prepared TUN {name} does not match the config: "
+                       f"{'; '.join(problems)}; {fix}")
+    return int(index)
 
 
 def _configure(name: str, mtu: int,
