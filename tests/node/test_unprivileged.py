@@ -22,14 +22,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import sysconfig
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
-from pairlab import OVERLAY, PairLab, netns_exec
+from pairlab import OVERLAY, PairLab, netns_exec, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -56,6 +58,19 @@ def _python_for_others(mount_point: Path) -> tuple[list[str], str]:
                      else path)
     return (["mount", "--bind", str(prefix), str(mount_point)],
             f"{moved}\n" + os.pathsep.join(dict.fromkeys(map(str, paths))))
+
+
+def unprivileged_vmip(netns: str, mount_point: Path, *args: str) -> list[str]:
+    """The command running ``vmip ARGS`` in *netns* as nobody, with no capability at all
+    (setpriv: other uid, no inheritable, ambient or bounding capabilities)."""
+    mount, python_and_path = _python_for_others(mount_point)
+    python, pythonpath = python_and_path.split("\n")
+    shell = ('"$@" && exec setpriv --reuid 65534 --regid 65534 --clear-groups '
+             '--inh-caps=-all --bounding-set=-all '
+             f'env PYTHONPATH={pythonpath} LD_LIBRARY_PATH={mount_point}/lib '
+             f'{python} -m vmip {" ".join(args)}')
+    return ["ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private",
+            "sh", "-c", shell, "sh", *mount]
 
 
 class UnprivilegedPair(PairLab):
@@ -86,14 +101,7 @@ class UnprivilegedPair(PairLab):
 
     def unprivileged_command(self, *args: str) -> list[str]:
         """``vmip ARGS`` in namespace a as nobody, with no capability at all."""
-        mount, python_and_path = _python_for_others(self.mount_point)
-        python, pythonpath = python_and_path.split("\n")
-        shell = ('"$@" && exec setpriv --reuid 65534 --regid 65534 --clear-groups '
-                 '--inh-caps=-all --bounding-set=-all '
-                 f'env PYTHONPATH={pythonpath} LD_LIBRARY_PATH={self.mount_point}/lib '
-                 f'{python} -m vmip {" ".join(args)}')
-        return ["ip", "netns", "exec", self.netns["a"], "unshare", "--mount",
-                "--propagation", "private", "sh", "-c", shell, "sh", *mount]
+        return unprivileged_vmip(self.netns["a"], self.mount_point, *args)
 
     def start_unprivileged(self) -> subprocess.Popen:
         log = self.workdir / "a.log"
@@ -219,3 +227,123 @@ def test_tun_commands_refuse_what_they_cannot_do(pair):
     assert veth.returncode != 0 and "not a TUN" in veth.stderr, veth.stderr
     missing = pair.vmip("a", "tun", "delete", "--name", "nothere", check=False)
     assert missing.returncode != 0 and "no interface nothere" in missing.stderr
+
+
+# -- a mobile node: the movement watcher and its per-link sockets -----------------------------
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def roaming(tmp_path_factory):
+    """Namespaces mn and ha joined by two veths (wlan0, wwan0 on the MN's side), and the
+    configs ``vmip init`` writes for them (static keys), the MN's owned by nobody."""
+    pid = os.getpid()
+    netns = {"mn": f"vt{pid}-um-mn", "ha": f"vt{pid}-um-ha"}
+    workdir = Path(tempfile.mkdtemp(prefix="vmip-unpriv-mn-"))
+    workdir.chmod(0o755)
+    procs: list[subprocess.Popen] = []
+    try:
+        for name in netns.values():
+            _ip("netns", "add", name)
+        mn, ha = netns["mn"], netns["ha"]
+        for index, (link, far) in enumerate((("wlan0", "hw0"), ("wwan0", "hw1"))):
+            _ip("-n", mn, "link", "add", link, "type", "veth", "peer", "name", far, "netns", ha)
+            _ip("-n", mn, "addr", "add", f"10.{index}.0.2/24", "dev", link)
+            _ip("-n", ha, "addr", "add", f"10.{index}.0.1/24", "dev", far)
+            _ip("-n", mn, "link", "set", link, "up")
+            _ip("-n", ha, "link", "set", far, "up")
+            # Each link's socket is bound to its device: each needs its own route.
+            _ip("-n", mn, "route", "add", "192.0.2.1/32", "via", f"10.{index}.0.1", "dev", link,
+                "metric", str(10 + index))
+        _ip("-n", ha, "addr", "add", "192.0.2.1/32", "dev", "lo")
+        for name in netns.values():
+            _ip("-n", name, "link", "set", "lo", "up")
+        network = workdir / "net"
+        result = subprocess.run(
+            [sys.executable, "-m", "vmip", "init", str(network), "--ha", "ha=192.0.2.1:6275",
+             "--mn", "laptop:wlan0,wwan0", "--keys", "static"],
+            capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, result.stderr
+        network.chmod(0o755)
+        for node in ("laptop", "ha"):
+            config = network / node / f"{node}.toml"
+            text = config.read_text().replace(
+                '[keys]\n', f'[keys]\nstate_dir = "{network / node / "state"}"\n', 1)
+            config.write_text(text)
+        for path in [network / "laptop", *(network / "laptop").rglob("*")]:
+            os.chown(path, NOBODY, NOBODY)
+        mount_point = workdir / "python"
+        mount_point.mkdir()
+        yield SimpleNamespace(netns=netns, network=network, workdir=workdir, procs=procs,
+                              mount_point=mount_point)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(5)
+        for name in netns.values():
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10,
+                           check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_an_unprivileged_mobile_node_moves_to_its_other_link_when_one_goes_down(roaming):
+    mn, ha = roaming.netns["mn"], roaming.netns["ha"]
+    mn_config = roaming.network / "laptop" / "laptop.toml"
+    mn_socket = roaming.network / "laptop" / "vmip.sock"
+    ha_socket = roaming.workdir / "ha.sock"
+    with open(roaming.workdir / "ha.log", "wb") as stderr:
+        roaming.procs.append(subprocess.Popen(
+            ["ip", "netns", "exec", ha, sys.executable, "-m", "vmip", "run", "-c",
+             str(roaming.network / "ha" / "ha.toml"), "--control-socket", str(ha_socket)],
+            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True))
+    created = netns_exec(mn, sys.executable, "-m", "vmip", "tun", "create", "--config",
+                         str(mn_config), "--user", "nobody")
+    assert created.returncode == 0, created.stderr
+    mn_log = roaming.workdir / "mn.log"
+    with open(mn_log, "wb") as stderr:
+        roaming.procs.append(subprocess.Popen(
+            unprivileged_vmip(mn, roaming.mount_point, "--log-level", "debug", "run", "-c",
+                              str(mn_config), "--control-socket", str(mn_socket)),
+            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True))
+
+    def mobility(netns: str, sock: Path) -> dict | None:
+        result = netns_exec(netns, sys.executable, "-m", "vmip", "bindings", "--json",
+                            "--socket", str(sock))
+        return json.loads(result.stdout) if result.returncode == 0 else None
+
+    def registered_on(link: str):
+        def check():
+            status = mobility(mn, mn_socket)
+            if status is None or status["movement"] is None:
+                return None
+            if status["movement"].get("current") != link:
+                return None
+            coa = status["mn"]["coa"]
+            cache = (mobility(ha, ha_socket) or {}).get("ha", {}).get("binding_cache", [])
+            return status if any(entry["coa"] == coa for entry in cache) else None
+        return check
+
+    first = wait_for(registered_on("wlan0"), "the MN registered on wlan0", timeout=30)
+    pid = json.loads(netns_exec(mn, sys.executable, "-m", "vmip", "status", "--json",
+                                "--socket", str(mn_socket)).stdout)["pid"]
+    status = _proc_status(pid)
+    assert status["Uid"].split() == [str(NOBODY)] * 4
+    assert all(int(status[f], 16) == 0 for f in ("CapEff", "CapPrm", "CapBnd", "CapAmb"))
+    assert first["movement"]["automatic"] is True
+
+    # The watcher sees wlan0 go (netlink, unprivileged), and the MN re-registers its
+    # wwan0 CoA with the HA through wwan0's socket (SO_BINDTODEVICE, unprivileged).
+    _ip("-n", mn, "link", "set", "wlan0", "down")
+    moved = wait_for(registered_on("wwan0"), "the MN registered on wwan0", timeout=30)
+    assert moved["mn"]["coa"] != first["mn"]["coa"]
+    assert moved["movement"]["decisions"][-1]["to"] == "wwan0"
+    log = mn_log.read_text()
+    assert "movement watcher" not in log or "no netlink" not in log, log
+    assert "automatic move failed" not in log and "Traceback" not in log, log
