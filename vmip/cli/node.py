@@ -29,6 +29,8 @@ peers that changed.
 privileges: after start-up the node keeps only CAP_NET_ADMIN (plus CAP_NET_RAW
 for the raw driver) with no_new_privs set, as root or as node.user/--user;
 key files must then be readable by that identity for SIGHUP to reload them.
+Without root: prepare the TUN once with 'vmip tun create --config FILE --user
+USER' (as root), then run as USER with no capability (docs/unprivileged.md).
 """
 
 
