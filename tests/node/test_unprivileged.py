@@ -186,6 +186,31 @@ def test_prepared_tun_lets_nobody_run_a_node_without_any_capability(pair):
     assert "vmip0" not in netns_exec(pair.netns["a"], "ip", "-o", "link").stdout
 
 
+def test_root_without_capabilities_runs_on_a_tun_prepared_for_root(pair):
+    """uid 0 with every capability gone (setpriv) cannot drop anything (no
+    CAP_SETPCAP): the node runs as it is, on a prepared TUN, and says so."""
+    for path in (pair.home, *pair.home.rglob("*")):
+        os.chown(path, 0, 0)   # node a's files are root's again
+    pair.vmip("a", "tun", "create", "--config", str(pair.configs["a"]), "--user", "root")
+    log = pair.workdir / "a.log"
+    pair.logs["a"] = log
+    with open(log, "wb") as stderr:
+        pair.procs["a"] = subprocess.Popen(
+            ["ip", "netns", "exec", pair.netns["a"], "setpriv", "--inh-caps=-all",
+             "--bounding-set=-all", sys.executable, "-m", "vmip", "run", "-c",
+             str(pair.configs["a"]), "--control-socket", str(pair.socket("a"))],
+            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    pair.wait_ready("a")
+    pid = json.loads(pair.vmip("a", "status", "--json").stdout)["pid"]
+    status = _proc_status(pid)
+    assert status["Uid"].split() == ["0"] * 4
+    assert int(status["CapEff"], 16) == 0 and status["NoNewPrivs"] == "1"
+    assert "running unprivileged user=root capabilities=none" in log.read_text()
+    result = _ping(pair)
+    assert result.returncode == 0, result.stdout
+    assert pair.stop("a") == 0
+
+
 def _unprivileged_run_fails(pair: UnprivilegedPair) -> str:
     result = subprocess.run(
         pair.unprivileged_command("run", "-c", str(pair.configs["a"]), "--control-socket",
