@@ -257,7 +257,7 @@ def _writable_directory(path: os.PathLike[str] | str) -> bool:
     parent = Path(path).parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    return os.access(parent, os.W_OK | os.X_OK)
+    return os.access(parent, os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids)
 
 
 def unprivileged_needs(config, control_path: os.PathLike[str] | str | None) -> list[Need]:
