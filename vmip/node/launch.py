@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from vmip.log import get_logger
 from vmip.node.runtime import Node
+
+log = get_logger(__name__)
 
 
 async def run_node(config, *, config_path: Path | None = None, pcap_wire: str | None = None,
@@ -33,6 +36,9 @@ async def run_node(config, *, config_path: Path | None = None, pcap_wire: str | 
         if drop and privileged:
             _drop(node, config, drop_to)
         elif drop:
+            if drop_to:
+                log.warning("not root: node.user/--user ignored; the node runs as it was started",
+                            user=drop_to)
             seal_unprivileged()
         else:
             from vmip.privileges import drop_nothing
