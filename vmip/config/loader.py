@@ -162,6 +162,8 @@ def build_config(data: Mapping[str, Any], path: str | os.PathLike[str], *,
     _check_peers(ctx, links, peers)
     _check_keys(ctx, keys, ike, policies)
     _check_policies(ctx, keys, policies)
+    if keys.mode is KeyMode.IKE and ike is not None:
+        _check_ike_paths(ctx, links, peers, ike, policies)
     config = NodeConfig(
         source=ctx.source, node=node, tun=tun, links=links, peers=peers, mobility=mobility,
         keys=keys, policies=policies, ike=ike, control=control, logging=logging_,
@@ -746,6 +748,60 @@ def _check_keys(ctx: v.Context, keys: KeysConfig, ike: IkeConfig | None,
                      f"to {sa.dst}",
                      f"pick another SPI, such as {free:#x}")
         used[slot] = i
+
+
+def _check_ike_paths(ctx: v.Context, links: tuple[LinkConfig, ...], peers: tuple[PeerConfig, ...],
+                     ike: IkeConfig, policies: tuple[PolicyConfig, ...]) -> None:
+    """What IKE needs from the underlay for each [[ike.peer]] (docs/ike.md "IPv4 underlay").
+
+    An IKE peer reached through an rfc3948 [[peer]] runs IKE between underlay
+    addresses: the link needs a ``bind`` of the peer's IP version.  An IPv4
+    IKE peer can only be such a peer (vmip's own framing carries IPv6), and
+    IPv4 outer addresses carry IPv6 only in tunnel mode, so it needs IPv6
+    protect policies to propose as traffic selectors.
+    """
+    def rfc3948_peer(address):
+        for peer in peers:
+            if peer.framing is Driver.RFC3948 and any(
+                    p.version == address.version and address in p for p in peer.prefixes):
+                return peer
+        return None
+
+    for i, ike_peer in enumerate(ike.peers):
+        address = ike_peer.address
+        where = f"ike.peer[{i}].address"
+        plain = rfc3948_peer(address)
+        if plain is None and address.version == 4:
+            ctx.fail(where, f"{address} is IPv4, but IKE over vmip's own framing runs between "
+                     "IPv6 overlay addresses",
+                     f'add a [[peer]] with framing = "rfc3948" and prefixes = ["{address}/32"] '
+                     'and an rfc3948 [[link]] with an IPv4 bind, or write the IPv6 overlay '
+                     'address of the peer')
+        if plain is None:
+            continue
+        binds = [link for link in links if link.driver is Driver.RFC3948
+                 and link.bind is not None and link.bind.version == address.version]
+        if not binds:
+            example = "192.0.2.1" if address.version == 4 else "2001:db8:ff::1"
+            ctx.fail(where, f"IKE with {address} runs over an rfc3948 link, but no rfc3948 "
+                     f"[[link]] binds an IPv{address.version} address",
+                     f'set bind = "{example}" (this host\'s underlay address) on the rfc3948 '
+                     "[[link]]")
+        if address.version == 4:
+            wanted = set(ike_peer.policies)
+            protect = [pc for pc in policies if pc.action is Action.PROTECT
+                       and pc.direction is Direction.OUT and (not wanted or pc.name in wanted)]
+            if not protect:
+                ctx.fail(where, f"{address} is IPv4: the tunnel carries IPv6, and no outbound "
+                         "protect policy says which IPv6 traffic to propose",
+                         'add a [[policy]] with direction = "out", action = "protect" and the '
+                         "IPv6 src/dst to carry through the tunnel")
+            for pc in protect:
+                if pc.src.version == 4:
+                    ctx.fail(f"policy[{policies.index(pc)}].src",
+                             f"{pc.src} is IPv4: over an IPv4 underlay vmip carries IPv6 "
+                             "inside the tunnel only",
+                             "write the IPv6 prefixes the tunnel carries")
 
 
 def _check_policies(ctx: v.Context, keys: KeysConfig, policies: tuple[PolicyConfig, ...]) -> None:

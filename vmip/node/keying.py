@@ -78,6 +78,7 @@ from vmip.ipsec.spd import Action, Policy, Selector, SpdError
 from vmip.links.base import coerce_endpoint
 from vmip.log import get_logger
 from vmip.mobility.events import CoaChanged
+from vmip.node.ike_underlay import RefusalLog, sad_address
 from vmip.node.keying_policy import (
     ChildPlan,
     child_plans,
@@ -184,6 +185,8 @@ class IkeManager:
         # rfc3948 links: local IKE address -> (driver, UDP 500 socket).
         self._rfc3948: dict[str, tuple[Any, socket.socket | None]] = {}
         self._subscription = services.bus.subscribe(self._on_sadb_event)
+        self._refusals = RefusalLog(self.counters)
+        self._internal_error_logged = False
 
     # -- configuration ---------------------------------------------------------
 
@@ -218,14 +221,22 @@ class IkeManager:
         """Our IKE address towards *peer_address*: an MN talks to its HA from
         the CoA (the IKE SA follows it, see :meth:`coa_changed`), everyone else from its overlay address."""
         services = self.services
-        locator = services.locators.lookup(peer_address) if peer_address.version == 6 else None
+        locator = services.locators.lookup(peer_address)
         if locator is not None and str(locator.framing) == "rfc3948":
-            # Plain IPsec peers: IKE between underlay addresses (RFC 3948 link).
-            for link in services.config.links:
-                if str(link.driver) == "rfc3948" and link.bind is not None \
-                        and link.bind.version == peer_address.version:
-                    return link.bind
-            raise KeyingError(f"IKE with {peer_address} needs an rfc3948 link with 'bind' set")
+            # Plain IPsec peers: IKE between underlay addresses (RFC 3948 link),
+            # IPv4 or IPv6; the active link's first (docs/ike.md "IPv4 underlay").
+            binds = [link for link in services.config.links
+                     if str(link.driver) == "rfc3948" and link.bind is not None
+                     and link.bind.version == peer_address.version]
+            binds.sort(key=lambda link: link.name != services.active_link)
+            if binds:
+                return binds[0].bind
+            raise KeyingError(f"IKE with {peer_address} needs an rfc3948 link whose 'bind' is "
+                              f"an IPv{peer_address.version} address")
+        if peer_address.version == 4:
+            raise KeyingError(f"IKE with the IPv4 address {peer_address} needs a [[peer]] with "
+                              f'framing = "rfc3948" covering it and an rfc3948 link with an '
+                              f"IPv4 bind")
         if self._home_agent is not None and peer_address == self._home_agent:
             coa = services.link_coa(services.active_link)
             if coa is not None:
@@ -355,7 +366,13 @@ class IkeManager:
             self.counters["ike_refused_wrong_arrival"] += 1
             log.warning("ike refused", peer=peer.name, address=addr[0], reason=refusal)
             return None
-        return self.sa_config(peer, self.local_address_for(peer.address), responder=True)
+        try:
+            local = self.local_address_for(peer.address)
+        except KeyingError as exc:
+            # Every retransmission lands here: count each, log the fix once.
+            self._refusals.refuse("ike_refused_no_local_address", peer.name, str(exc))
+            return None
+        return self.sa_config(peer, local, responder=True)
 
     def _arrival_refusal(self, address: str) -> str | None:
         """Why an IKE_SA_INIT naming *address* must be refused, or None.
@@ -395,8 +412,9 @@ class IkeManager:
         return None
 
     def _spi_allocator_for(self, local, remote) -> Callable[[float], int]:
-        src = ipaddress.ip_address(remote[0].split("%")[0])
-        dst = ipaddress.ip_address(local[0])
+        # IPv4 IKE addresses: the SAD keys the CHILD_SA at their mapped form.
+        src = sad_address(remote[0])
+        dst = sad_address(local[0])
 
         def allocate(now: float) -> int:
             # GETSPI while the SA payload is built (IRO draft §6.2.1).
@@ -596,9 +614,8 @@ class IkeManager:
             self._endpoint(ipaddress.ip_address(local)).receive_datagram(
                 data, (host, endpoint[1]), now, source=_underlay_source(driver.name, endpoint))
             self._pump(now)
-        except Exception:  # a core bug must cost one message, not the node
-            self.counters["rx_ike_internal_error"] += 1
-            log.exception("ike receive failed", source=host)
+        except Exception:  # noqa: BLE001 - a core bug must cost one message, not the node
+            self._internal_error(host)
         finally:
             self._rx = None
 
@@ -630,12 +647,20 @@ class IkeManager:
             local.receive_datagram(datagram.payload, (src_text, datagram.src_port), now,
                                    source=_underlay_source(link_name, endpoint))
             self._pump(now)
-        except Exception:  # a core bug must cost one message, not the node
-            self.counters["rx_ike_internal_error"] += 1
-            log.exception("ike receive failed", source=src_text)
+        except Exception:  # noqa: BLE001 - a core bug must cost one message, not the node
+            self._internal_error(src_text)
         finally:
             self._rx = None
         return True
+
+    def _internal_error(self, source: str) -> None:
+        """Counted; the traceback is logged once per node, not once per datagram."""
+        self.counters["rx_ike_internal_error"] += 1
+        if self._internal_error_logged:
+            return
+        self._internal_error_logged = True
+        log.exception("ike receive failed (further ones only counted: rx_ike_internal_error)",
+                      source=source)
 
     def _send(self, local: str, data: bytes, addr: tuple[str, int], now: float) -> None:
         underlay = self._rfc3948.get(local)
@@ -817,6 +842,8 @@ class IkeManager:
         else:
             selectors = [sel for lts, rts in pairs for sel in ts_to_selectors(lts, rts)]
         inbound, outbound = event.sa_params(tuple(selectors), tuple(selectors))
+        inbound = replace(inbound, src=sad_address(inbound.src), dst=sad_address(inbound.dst))
+        outbound = replace(outbound, src=sad_address(outbound.src), dst=sad_address(outbound.dst))
         if event.mode is Mode.TRANSPORT and len(event.local_ts) == 1 and \
                 len(event.remote_ts) == 1 and is_host(event.local_ts[0]) and \
                 is_host(event.remote_ts[0]):

@@ -53,6 +53,7 @@ from vmip.log import get_logger
 from vmip.node.control import NodeControl
 from vmip.node.errors import NodeError
 from vmip.node.events import EventHub
+from vmip.node.ike_underlay import sad_address
 from vmip.node.keying import IkeManager
 from vmip.node.keying_policy import static_keys
 from vmip.node.mobility import MobilityAgent
@@ -161,9 +162,10 @@ class Node:
             self._local = {a.ip.packed for a in cfg.tun.addresses}
             # An MN's care-of addresses are ours on the wire too (tunnel from the HA).
             self._local |= {link.coa.packed for link in cfg.links if link.coa is not None}
-            # On an rfc3948 link the on-wire addresses are the underlay ones (ESP to us).
-            self._local |= {link.bind.packed for link in cfg.links if str(link.driver) == "rfc3948"
-                            and link.bind is not None and link.bind.version == 6}
+            # On an rfc3948 link the on-wire addresses are the underlay ones (ESP to us);
+            # an IPv4 one as the IPv4-mapped address the driver rebuilds.
+            self._local |= {sad_address(link.bind).packed for link in cfg.links
+                            if str(link.driver) == "rfc3948" and link.bind is not None}
             for link_cfg in sorted(cfg.links, key=lambda link: link.priority):
                 driver = self.ports.make_link(link_cfg)
                 if self.keying is not None and isinstance(driver, Rfc3948Driver):
