@@ -208,9 +208,10 @@ def test_an_address_no_static_locator_names_is_judged_by_its_on_wire_source_only
 
 # --- the MN-HA IKE SA follows the CoA ------------------------------------------------------------
 
-def test_ike_sa_moved_to_a_new_address_is_followed_by_the_responder() -> None:
+@pytest.mark.parametrize("mobike", [False, True])
+def test_ike_sa_moved_to_a_new_address_is_followed_by_the_responder(mobike: bool) -> None:
     psk = b"k" * 32
-    wire = make_pair(IkeSaConfig(psk=psk), IkeSaConfig(psk=psk))
+    wire = make_pair(IkeSaConfig(psk=psk, mobike=mobike), IkeSaConfig(psk=psk))
     wire.initiator.initiate(wire.now)
     wire.pump()
     responder = wire.responder_sa
@@ -222,7 +223,8 @@ def test_ike_sa_moved_to_a_new_address_is_followed_by_the_responder() -> None:
         return 0x7777
     new = ("2001:db8::c", 500)
     wire.initiator.change_local_address(new, allocator)
-    wire.initiator.send_liveness_check(wire.now)
+    # UPDATE_SA_ADDRESSES with MOBIKE (RFC 4555 §3.5), else a liveness check.
+    wire.initiator.announce_local_address(wire.now)
     wire.pump()
     # Authenticated request from the new address: the responder follows (RFC 7296 §2.23).
     assert old_remote[0] != new[0] and responder.remote_addr == new

@@ -133,3 +133,20 @@ class PeerAlive(IkeEvent):
 
     name: str
     remote_addr: tuple[str, int]
+
+
+@dataclass(frozen=True)
+class IkeSaAddressesUpdated(IkeEvent):
+    """MOBIKE (RFC 4555 §3.5): the IKE SA now runs between new addresses, and
+    its tunnel-mode CHILD_SAs move with it (the runtime updates the SAD).
+
+    Emitted by the responder when an UPDATE_SA_ADDRESSES request arrived from a
+    new address, and by the initiator when its UPDATE_SA_ADDRESSES was answered.
+    """
+
+    name: str
+    old_local: tuple[str, int]
+    old_remote: tuple[str, int]
+    local_addr: tuple[str, int]
+    remote_addr: tuple[str, int]
+    udp_encap: bool

@@ -31,7 +31,7 @@ from ipaddress import ip_address
 
 from cryptography import x509
 
-from vmip.ike import crypto
+from vmip.ike import crypto, mobike
 from vmip.ike.constants import (
     NAT_T_PORT,
     NON_ESP_MARKER,
@@ -148,6 +148,8 @@ class IkeSaConfig:
     #: Child SA created with IKE_AUTH; False: IKE SA only.
     initial_child: bool = True
     nonce_len: int = 32
+    #: Offer MOBIKE (RFC 4555) in IKE_AUTH; used when the peer offers it too.
+    mobike: bool = True
 
     def ike_suites(self) -> list[IkeSuite]:
         out: list[IkeSuite] = []
@@ -249,6 +251,7 @@ class IkeSa:
         self._child_spi: int | None = None
         self._peer_hashes: tuple[int, ...] = ()
         self._peer_wants_transport = False
+        self.mobike = mobike.MobikeState(config.mobike, role is Role.INITIATOR)
 
     # ----------------------------------------------------------- public API
     def __repr__(self) -> str:
@@ -319,9 +322,24 @@ class IkeSa:
         our next authenticated request (§2.23).  *spi_allocator* reserves
         the inbound SPIs of later CHILD_SAs at the new address.
         """
+        if self.mobike.moving_from is None:
+            self.mobike.moving_from = (self.local_addr, self.remote_addr)
         self.local_addr = (str(addr[0]), int(addr[1]))
         if spi_allocator is not None:
             self._spi_allocator = spi_allocator
+
+    def announce_local_address(self, now: float) -> None:
+        """Tell the peer our address changed (after :meth:`change_local_address`):
+        UPDATE_SA_ADDRESSES when MOBIKE is in use and we are the original
+        initiator (RFC 4555 §3.5), else an authenticated liveness check, whose
+        source a plain IKEv2 responder follows (RFC 7296 §2.23)."""
+        self._need_established()
+        if self.mobike.active and self.mobike.initiator:
+            self._ctx.queue.append(lambda t: mobike.start_update(self, t))
+            self._kick(now)
+        else:
+            self.mobike.moving_from = None
+            self.send_liveness_check(now)
 
     def rekey_ike(self, now: float) -> None:
         """Rekey the IKE SA itself with CREATE_CHILD_SA (§1.3.2)."""
@@ -661,7 +679,8 @@ class IkeSa:
             self.encap = True
         # Authenticated: the peer's address may have changed (NAT rebinding,
         # §2.23).  During IKE_AUTH only once the AUTH verified (_on_auth_request).
-        if ctx is self._ctx and self.authenticated:
+        # With MOBIKE only UPDATE_SA_ADDRESSES moves the SA (RFC 4555 §3.5).
+        if ctx is self._ctx and self.authenticated and not self.mobike.active:
             self.remote_addr = (str(addr[0]), int(addr[1]))
         self._heard(addr, now)
         handlers: dict[int, Callable[[_Ctx, IkeMessage, Addr, float], None]] = {
@@ -811,6 +830,7 @@ class IkeSa:
             payloads.append(IdrPayload(self.config.remote_id))
         payloads.append(auth)
         payloads.append(NotifyPayload(Notify.INITIAL_CONTACT))
+        payloads += mobike.auth_payloads(self)
         if self.config.initial_child:
             # The inbound SPI is allocated now, before IKE_AUTH completes, so
             # IRO can install its rules in time (IRO draft §6.2.1).
@@ -889,6 +909,7 @@ class IkeSa:
             self._emit(AuthenticationFailed(self.config.name, problem, False))
             self._fail(f"authentication failed: {problem}", now)
             return
+        mobike.peer_auth(self, msg)
         self._established(now)
         if self.config.initial_child:
             assert self._child_spi is not None
@@ -1051,6 +1072,9 @@ class IkeSa:
             return
         self.remote_addr = (str(addr[0]), int(addr[1]))   # §2.23, now that it is authentic
         payloads = self._auth_payloads(initiator=False)
+        mobike.peer_auth(self, msg)
+        if self.mobike.peer_supported:
+            payloads += mobike.auth_payloads(self)   # RFC 4555 §3.3
         child_payloads, child, failure = self._responder_child(msg, self._nonce_i, self._nonce_r,
                                                                None, self.config.child_name, None, now)
         if find(msg.payloads, SaPayload):
@@ -1349,7 +1373,9 @@ class IkeSa:
                 del self.children[child.spi_in]
                 self._emit(ChildSaDeleted(self.config.name, child.name, child.spi_in,
                                           child.spi_out, True))
-        self._send_response(ctx, msg, [DeletePayload(ProtocolId.ESP, tuple(ours))] if ours else [], addr)
+        extra = mobike.answer_informational(self, msg, addr, now) if ctx is self._ctx else []
+        self._send_response(ctx, msg, ([DeletePayload(ProtocolId.ESP, tuple(ours))] if ours
+                                       else []) + extra, addr)
 
     _now: float = 0.0
 

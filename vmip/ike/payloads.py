@@ -15,7 +15,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from typing import ClassVar
 
 from vmip.errors import VmipError
-from vmip.ike.constants import ATTR_KEY_LENGTH, IdType, PayloadType, ProtocolId, TsType
+from vmip.ike.constants import ATTR_KEY_LENGTH, IdType, Notify, PayloadType, ProtocolId, TsType
 
 Address = IPv4Address | IPv6Address
 
@@ -558,6 +558,36 @@ def decode_chain(first: int, data: bytes, base_offset: int = 0,
     if pos != len(data):
         raise IkeParseError("data after the last payload")
     return payloads
+
+
+#: COOKIE2 is 8 to 64 octets (RFC 4555 §3.7).
+COOKIE2_MIN, COOKIE2_MAX = 8, 64
+
+
+def parse_cookie2(data: bytes) -> bytes:
+    """The data of a COOKIE2 notify (RFC 4555 §3.7): 8..64 octets, else IkeParseError."""
+    if not COOKIE2_MIN <= len(data) <= COOKIE2_MAX:
+        raise IkeParseError(f"COOKIE2 of {len(data)} octets; 8 to 64 are allowed")
+    return bytes(data)
+
+
+def parse_additional_address(notify_type: int, data: bytes) -> IPv4Address | IPv6Address:
+    """The address of an ADDITIONAL_IP4/IP6_ADDRESS notify (RFC 4555 §4): 4 or
+    16 octets by type, else IkeParseError."""
+    if notify_type == Notify.ADDITIONAL_IP4_ADDRESS:
+        if len(data) != 4:
+            raise IkeParseError(f"ADDITIONAL_IP4_ADDRESS of {len(data)} octets, not 4")
+        return IPv4Address(bytes(data))
+    if notify_type == Notify.ADDITIONAL_IP6_ADDRESS:
+        if len(data) != 16:
+            raise IkeParseError(f"ADDITIONAL_IP6_ADDRESS of {len(data)} octets, not 16")
+        return IPv6Address(bytes(data))
+    raise IkeParseError(f"notify {notify_type} carries no additional address")
+
+
+def additional_address_notify(address: IPv4Address | IPv6Address) -> NotifyPayload:
+    ntype = Notify.ADDITIONAL_IP4_ADDRESS if address.version == 4 else Notify.ADDITIONAL_IP6_ADDRESS
+    return NotifyPayload(ntype, address.packed)
 
 
 def find(payloads: Iterable[Payload], cls: type) -> list:
