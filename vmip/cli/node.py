@@ -103,8 +103,12 @@ def register(subparsers) -> None:
         "move", help="make LINK the access link: new CoA, remap rules, BUs to the HA and CNs",
         description="Force a movement (draft §6.1): the MN takes the care-of address of LINK, "
                     "every remap rule naming the old CoA is rewritten, the tunnel SAs follow, "
-                    "and Binding Updates go to the HA and to every CN.",
-        epilog="example: vmip lab exec mn -- vmip mn move lte0")
+                    "and Binding Updates go to the HA and to every CN.  On a node that is "
+                    "no MN, LINK is an rfc3948 link: the IKE SAs to gateways move to its "
+                    "address with MOBIKE (RFC 4555, docs/ike.md).",
+        epilog="examples: vmip lab exec mn -- vmip mn move lte0\n"
+               "          vmip mn move wan1        (an IPsec client with two rfc3948 links)",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     move.add_argument("link", help="the link's name in the config, e.g. wifi0 or lte0")
     move.add_argument("--socket", type=Path, metavar="PATH")
     add_json_flag(move)
@@ -268,8 +272,9 @@ def _mn_move(args) -> int:
     if args.json:
         print_json(result)
     else:
-        print(f"moved to {result['link']} (CoA {result['coa']}); "
-              f"was on {result.get('previous') or '-'}")
+        where = (f"CoA {result['coa']}" if "coa" in result
+                 else f"{result.get('ike_sas', 0)} IKE SA(s) moved with MOBIKE")
+        print(f"moved to {result['link']} ({where}); was on {result.get('previous') or '-'}")
     return 0
 
 

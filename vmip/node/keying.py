@@ -63,6 +63,7 @@ from vmip.ike.events import (
     ChildSaDeleted,
     ChildSaFailed,
     ChildSaRekeyed,
+    IkeSaAddressesUpdated,
     IkeSaDeleted,
     IkeSaEstablished,
     IkeSaFailed,
@@ -78,6 +79,7 @@ from vmip.ipsec.spd import Action, Policy, Selector, SpdError
 from vmip.links.base import coerce_endpoint
 from vmip.log import get_logger
 from vmip.mobility.events import CoaChanged
+from vmip.node import ike_mobike
 from vmip.node.ike_underlay import RefusalLog, sad_address
 from vmip.node.keying_policy import (
     ChildPlan,
@@ -446,9 +448,14 @@ class IkeManager:
         self._loop.call_soon(self._follow_coa, str(old), new)
 
     def _follow_coa(self, old: str, new) -> None:
+        self.move_local_address(old, new)
+
+    def move_local_address(self, old: str, new) -> int:
+        """Move the IKE SAs running from *old* to *new* and announce it
+        (MOBIKE UPDATE_SA_ADDRESSES, else a liveness check); how many moved."""
         source = self.endpoints.get(old)
         if source is None:
-            return
+            return 0
         now = self.services.clock()
         target = self._endpoint(new)
         moved = 0
@@ -462,12 +469,17 @@ class IkeManager:
             target.attach(sa)
             moved += 1
             if sa.is_established:
-                sa.send_liveness_check(now)
+                sa.announce_local_address(now)
         if moved:
             self.counters["ike_sa_moved"] += moved
-            log.info("ike sa follows coa", old=old, new=str(new), sas=moved)
+            log.info("ike sa follows local address", old=old, new=str(new), sas=moved)
         self._collect_all()
         self._pump(now)
+        return moved
+
+    def underlay_moved(self, old_link: str | None, new_link: str) -> int:
+        """A node's active rfc3948 link changed (``vmip move``): see :mod:`ike_mobike`."""
+        return ike_mobike.underlay_moved(self, old_link, new_link)
 
     # -- control -----------------------------------------------------------------
 
@@ -546,6 +558,7 @@ class IkeManager:
                     "remote_id": str(sa.remote_identity) if sa.remote_identity else None,
                     "age_s": round(now - sa.created_at, 1),
                     "nat_t": sa.encap,
+                    "mobike": sa.mobike.active,
                     "children": [
                         {"name": c.name, "spi_in": c.spi_in, "spi_out": c.spi_out,
                          "suite": c.suite, "mode": c.mode.value}
@@ -775,6 +788,8 @@ class IkeManager:
             log.info("ike sa rekeyed", peer=event.name)
         elif isinstance(event, PeerAlive):
             self._learn_locator(sa, event.remote_addr[0], now)
+        elif isinstance(event, IkeSaAddressesUpdated):
+            ike_mobike.addresses_updated(self, sa, event, now)
         elif isinstance(event, (AuthenticationFailed, ChildSaFailed)):
             self.counters[type(event).__name__] += 1
             log.warning("ike " + type(event).__name__, peer=getattr(event, "ike_name", None)

@@ -401,6 +401,12 @@ class Node:
         if self.is_mobile and self.active_link is not None:
             # An MN sends from the CoA it registered, so on that link only.
             return self.links.get(self.active_link)
+        if self.active_link is not None and str(locator.framing) == "rfc3948":
+            # A gateway's ESP leaves on the active rfc3948 link, where its IKE SA
+            # runs from (``vmip move``, MOBIKE).
+            active = self.links.get(self.active_link)
+            if active is not None and active.kind == "rfc3948":
+                return active
         if locator.link is not None:
             driver = self.links.get(locator.link)
             if driver is not None:
@@ -583,10 +589,10 @@ class Node:
 
     def move(self, link_name: str) -> dict:
         """Make *link_name* the MN's access link: new CoA, rules, BUs (draft §6.1)."""
-        if not self.is_mobile:
-            raise NodeError("this node is not a mobile node (roles has no 'mn')")
         if link_name not in self.links:
             raise NodeError(f"no link {link_name!r}; links: {', '.join(self.links)}")
+        if not self.is_mobile:
+            return self._move_underlay(link_name)
         coa = self.link_coa(link_name)
         if coa is None:
             raise NodeError(f"link {link_name} has no care-of address (coa) in the config")
@@ -595,6 +601,19 @@ class Node:
         self.mobility.move(coa, self.clock())
         log.info("moved", old_link=old or "-", new_link=link_name, coa=str(coa))
         return {"link": link_name, "coa": str(coa), "previous": old}
+
+    def _move_underlay(self, link_name: str) -> dict:
+        """A node that is no MN but has several rfc3948 links (an IPsec client of a
+        gateway): make *link_name* active; its IKE SAs follow with MOBIKE."""
+        if self.keying is None or self.links[link_name].kind != "rfc3948":
+            raise NodeError("this node is not a mobile node (roles has no 'mn'); without it "
+                            "only IKE SAs on rfc3948 links can move: keys.mode = \"ike\" and "
+                            "an rfc3948 link to move to")
+        old = self.active_link
+        moved = self.keying.underlay_moved(old, link_name)
+        self.active_link = link_name
+        log.info("moved", old_link=old or "-", new_link=link_name, ike_sas=moved)
+        return {"link": link_name, "previous": old, "ike_sas": moved}
 
     # -- MTU -------------------------------------------------------------------
 
