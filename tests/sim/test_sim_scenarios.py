@@ -323,3 +323,29 @@ def test_a_move_costs_the_ha_no_walk_over_every_sa(world) -> None:
         assert tunnel_out is not None          # the tunnel followed the CoA ...
         assert dumps == 0                      # ... without a walk over every SA
     world.run(scenario())
+
+
+def test_the_mn_ha_ike_sa_follows_a_move_with_mobike() -> None:
+    """vmip ⇄ vmip: the MN's IKE SA with its HA negotiated MOBIKE (RFC 4555
+    §3.3); on the move to lte the MN sends UPDATE_SA_ADDRESSES from the new
+    CoA (§3.5) and the HA's IKE SA follows it; the same IKE SA carries on."""
+    with SimWorld(seed=5, profiles=demo_profiles(), keys="ike") as world:
+        async def scenario():
+            await world.start_all()
+            mn, ha = world.nodes["mn"], world.nodes["ha"]
+            await until(world, "registered on IKE SAs", lambda: bound_on(
+                world, "mn", COA["mn"]["wifi0"]), 15)
+            before = next(sa for sa in mn.keying.listing()["sas"] if sa["name"] == "ha")
+            assert before["mobike"] is True
+            world.set_link("mn", "wifi0", False)
+            await until(world, "bound on lte", lambda: bound_on(world, "mn", COA["mn"]["lte0"]),
+                        15)
+            lte = COA["mn"]["lte0"]
+            await until(world, "the HA's IKE SA at the lte CoA", lambda: any(
+                sa["remote"].startswith(lte) and sa["stats"].get("mobike_updates_received")
+                for sa in ha.keying.listing()["sas"]), 15)
+            after = next(sa for sa in mn.keying.listing()["sas"] if sa["name"] == "ha")
+            assert (after["spi_i"], after["spi_r"]) == (before["spi_i"], before["spi_r"])
+            assert after["local"].startswith(lte) and after["stats"]["mobike_updates_sent"] == 1
+            assert ha.keying.counters["mobike_sa_addresses_updated"] >= 1
+        world.run(scenario())
