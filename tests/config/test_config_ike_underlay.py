@@ -13,11 +13,31 @@ from vmip.config import ConfigError, load_config
 REPO = Path(__file__).resolve().parents[2]
 
 
+PAIRS = ("initiator", "responder", "certificates", "gateway-ipv4")
+
+
+def _copy(tmp_path: Path) -> Path:
+    shutil.copytree(REPO / "configs" / "ike", tmp_path / "ike")
+    for private in ("keys/example.psk", "certificates/vmip/client.key",
+                    "certificates/private/gateway.key"):
+        (tmp_path / "ike" / private).chmod(0o600)
+    return tmp_path / "ike"
+
+
 @pytest.fixture
 def gateway(tmp_path: Path) -> Path:
-    shutil.copytree(REPO / "configs" / "ike", tmp_path / "ike")
-    (tmp_path / "ike" / "keys" / "example.psk").chmod(0o600)
-    return tmp_path / "ike" / "gateway-ipv4" / "vmip.toml"
+    return _copy(tmp_path) / "gateway-ipv4" / "vmip.toml"
+
+
+@pytest.mark.parametrize("pair", PAIRS)
+def test_every_shipped_pair_passes_vmip_check(tmp_path: Path, run_check, pair: str) -> None:
+    """configs/ike/<pair>/vmip.toml as shipped (tests/node/test_ike_config_pairs.py
+    runs each against charon with the swanctl.conf next to it)."""
+    ike = _copy(tmp_path)
+    assert (ike / pair / "swanctl.conf").is_file()
+    status, out, err = run_check("-c", str(ike / pair / "vmip.toml"), "--json")
+    assert status == 0, err
+    assert '"mode": "ike"' in out
 
 
 def _error(path: Path, text: str) -> ConfigError:

@@ -16,19 +16,30 @@ the old link's ``bind`` move to the new one, announced with MOBIKE.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Protocol
 
 from vmip.ike.events import IkeSaAddressesUpdated
 from vmip.ipsec.sa import Direction, Mode
 from vmip.ipsec.sad import SadError
 from vmip.log import get_logger
+from vmip.node.errors import NodeError
 from vmip.node.ike_underlay import sad_address
 
 if TYPE_CHECKING:
     from vmip.ike.ikesa import IkeSa
-    from vmip.node.keying import IkeManager
 
 log = get_logger(__name__)
+
+
+class IkeManager(Protocol):
+    """What this module uses of :class:`vmip.node.keying.IkeManager` (which imports it)."""
+
+    services: Any
+    children: dict[int, Any]
+    counters: Counter[str]
+
+    def move_local_address(self, old: str, new: Any) -> int: ...
 
 
 def addresses_updated(manager: IkeManager, sa: IkeSa, event: IkeSaAddressesUpdated,
@@ -76,17 +87,15 @@ def addresses_updated(manager: IkeManager, sa: IkeSa, event: IkeSaAddressesUpdat
 def underlay_moved(manager: IkeManager, old_link: str | None, new_link: str) -> int:
     """The active rfc3948 link changed: move the IKE SAs from the old link's
     ``bind`` to the new one's (MOBIKE announces it).  Returns how many moved."""
-    from vmip.node.keying import KeyingError
-
     links = {link.name: link for link in manager.services.config.links}
     new = links.get(new_link)
     old = links.get(old_link) if old_link is not None else None
     for link, what in ((new, "new"), (old, "old")):
         if link is None or str(link.driver) != "rfc3948" or link.bind is None:
-            raise KeyingError(f"the {what} link {getattr(link, 'name', old_link)!r} is not an "
+            raise NodeError(f"the {what} link {getattr(link, 'name', old_link)!r} is not an "
                               "rfc3948 link with 'bind': IKE SAs follow only such moves")
     assert old is not None and new is not None
     if old.bind.version != new.bind.version:
-        raise KeyingError(f"link {old.name} binds IPv{old.bind.version} and {new.name} "
+        raise NodeError(f"link {old.name} binds IPv{old.bind.version} and {new.name} "
                           f"IPv{new.bind.version}: an IKE SA keeps its peer's IP version")
     return manager.move_local_address(str(old.bind), new.bind)
