@@ -36,15 +36,6 @@ def sad_address(address: Any) -> ipaddress.IPv6Address:
     return address
 
 
-def ike_address(address: Any) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """The inverse of :func:`sad_address`: an IPv4-mapped address becomes IPv4."""
-    if not isinstance(address, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
-        address = ipaddress.ip_address(str(address).split("%")[0])
-    if address.version == 6 and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
-
-
 class RefusalLog:
     """Counted refusals with one log line per distinct (peer, reason).
 
