@@ -99,6 +99,13 @@ def test_the_laptop_registers_and_reaches_the_web_server_then_roams(tmp_path, ca
         assert len(out.arrivals) - before[0] >= 30 and len(back.arrivals) - before[1] >= 30
         out.stop()
         back.stop()
+        if keys == "ike":
+            # IKE over the IPv4 underlay (HOST:PORT endpoints): the laptop's IKE
+            # SA with the HA negotiated MOBIKE and followed the move with it.
+            laptop_sa = next(sa for sa in world.nodes["laptop"].keying.listing()["sas"]
+                             if sa["name"] == "ha")
+            assert laptop_sa["mobike"] and laptop_sa["local"].startswith(coa["wwan0"])
+            assert laptop_sa["stats"].get("mobike_updates_sent") == 1
 
     try:
         world.run(scenario())
