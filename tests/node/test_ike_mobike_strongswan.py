@@ -8,7 +8,8 @@ on, as by default).  vmip initiates from link 1; ``vmip mn move m2`` moves
 it: UPDATE_SA_ADDRESSES from 10.2.0.1, charon updates the IKE SA and the
 CHILD_SA, link 1 goes down, and a ping that runs across the move goes on.
 Oracle: charon's ``swanctl --list-sas`` (the new address, the same SPIs) and
-the ping.
+the ping.  The second test is the other way round: charon (initiator) loses
+its link and roams with UPDATE_SA_ADDRESSES, vmip (responder) follows.
 """
 
 from __future__ import annotations
@@ -244,3 +245,133 @@ def test_ike_and_child_sa_survive_a_move_with_mobike(mobike_pair):
     counters = json.loads(netns_exec(ns_a, sys.executable, "-m", "vmip", "ike", "list",
                                      "--json").stdout)["counters"]
     assert counters["mobike_sa_addresses_updated"] == 1, counters
+
+
+# -- charon moves, vmip (responder) follows --------------------------------------------
+
+VMIP_ADDRESS = "192.0.2.100"
+#: charon's two links to vmip: (vmip's end, charon's end, vmip address, charon address).
+CHARON_LINKS = (("vtr1-a", "vtr1-b", "10.3.0.1", "10.3.0.2"),
+                ("vtr2-a", "vtr2-b", "10.4.0.1", "10.4.0.2"))
+
+
+def responder_config(workdir: Path) -> str:
+    peers = "".join(f"""
+[[peer]]
+name = "charon-{i}"
+prefixes = ["{address}/32"]
+endpoint = "{address}:4500"
+framing = "rfc3948"
+""" for i, (_a, _b, _mine, address) in enumerate(CHARON_LINKS))
+    config = vmip_config(workdir)
+    head, _links_and_peer = config.split("[[link]]", 1)
+    tail = config[config.index("[keys]"):]
+    return head + f"""[[link]]
+name = "wan0"
+driver = "rfc3948"
+bind = "{VMIP_ADDRESS}"
+port = 4500
+keepalive = 0
+{peers}
+""" + tail.replace(f'address = "{GATEWAY}"', f'address = "{CHARON_LINKS[0][3]}"').replace(
+        "initiate = true", "initiate = false")
+
+
+RESPONDER_SWANCTL = SWANCTL_CONF.replace(f"local_addrs = {GATEWAY}\n", "").replace(
+    "remote_addrs = %any", f"remote_addrs = {VMIP_ADDRESS}")
+
+
+@pytest.fixture
+def charon_moves(tmp_path):
+    if CHARON is None or SWANCTL is None:
+        pytest.skip("strongSwan missing: apt-get install strongswan-swanctl charon-systemd "
+                    "libcharon-extra-plugins")
+    pid = os.getpid()
+    ns_a, ns_b = f"vt{pid}-mr-a", f"vt{pid}-mr-b"
+    os.chmod(tmp_path, 0o755)
+    created: list[str] = []
+    charon = None
+    node = None
+    try:
+        for ns in (ns_a, ns_b):
+            _run("ip", "netns", "add", ns)
+            created.append(ns)
+            _run("ip", "-n", ns, "link", "set", "lo", "up")
+        _run("ip", "-n", ns_a, "addr", "add", f"{VMIP_ADDRESS}/32", "dev", "lo")
+        for metric, (dev_a, dev_b, addr_a, addr_b) in zip((100, 200), CHARON_LINKS):
+            _run("ip", "link", "add", dev_a, "netns", ns_a, "type", "veth", "peer", "name",
+                 dev_b, "netns", ns_b)
+            for ns, dev, addr in ((ns_a, dev_a, addr_a), (ns_b, dev_b, addr_b)):
+                _run("ip", "netns", "exec", ns, "sysctl", "-qw",
+                     f"net.ipv6.conf.{dev}.disable_ipv6=1")
+                _run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+                _run("ip", "-n", ns, "link", "set", dev, "up")
+            # charon reaches vmip over either link, link 1 first.
+            _run("ip", "-n", ns_b, "route", "add", f"{VMIP_ADDRESS}/32", "via", addr_a, "dev",
+                 dev_b, "metric", str(metric))
+        _run("ip", "-n", ns_b, "addr", "add", f"{IN_B}/128", "dev", "lo")
+        charon = Charon(ns_b, tmp_path)
+        charon.load(RESPONDER_SWANCTL)
+        write_key_file(tmp_path / "ike.psk", PSK)
+        (tmp_path / "a.toml").write_text(responder_config(tmp_path))
+        log = open(tmp_path / "a.log", "wb")
+        node = subprocess.Popen(["ip", "netns", "exec", ns_a, sys.executable, "-m", "vmip",
+                                 "--log-level", "debug", "run", "-c", str(tmp_path / "a.toml")],
+                                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        wait_for(lambda: netns_exec(ns_a, sys.executable, "-m", "vmip", "status").returncode == 0,
+                 "vmip's control socket", timeout=20)
+        yield ns_a, ns_b, charon, tmp_path
+    finally:
+        if node is not None:
+            node.terminate()
+            try:
+                node.wait(10)
+            except subprocess.TimeoutExpired:
+                node.kill()
+                node.wait(5)
+        if charon is not None:
+            charon.stop()
+        for ns in created:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+        try:
+            (Path("/run/vmip") / f"{ns_a}.sock").unlink()
+        except OSError:
+            pass
+
+
+def test_vmip_responder_follows_charons_update_sa_addresses(charon_moves):
+    """charon initiates from 10.3.0.2; its link goes down, it roams to 10.4.0.2 and
+    sends UPDATE_SA_ADDRESSES (RFC 4555 §3.5): vmip's IKE SA and CHILD_SAs follow."""
+    ns_a, ns_b, charon, workdir = charon_moves
+
+    def log_tail() -> str:
+        return charon.log()[-3000:] + (workdir / "a.log").read_text()[-4000:]
+
+    def vmip_sa():
+        listing = json.loads(netns_exec(ns_a, sys.executable, "-m", "vmip", "ike", "list",
+                                        "--json").stdout)
+        return listing["sas"][0] if listing["sas"] else None
+
+    charon.swanctl("--initiate", "--child", "net", timeout=30)
+    before = wait_for(lambda: (lambda sa: sa if sa and sa["children"] else None)(vmip_sa()),
+                      "vmip's IKE SA with its CHILD_SA", timeout=20)
+    assert before["remote"].startswith("10.3.0.2") and before["mobike"], before
+    assert netns_exec(ns_b, "ping", "-6", "-c", "2", "-W", "2", "-I", IN_B,
+                      IN_A).returncode == 0, log_tail()
+    # charon's link 1 goes away: it roams to its other address.
+    _run("ip", "-n", ns_b, "link", "set", CHARON_LINKS[0][1], "down")
+    try:
+        after = wait_for(lambda: (lambda sa: sa if sa and sa["remote"].startswith("10.4.0.2")
+                                  else None)(vmip_sa()), "vmip following charon to 10.4.0.2",
+                         timeout=30, interval=0.2)
+    except AssertionError:
+        raise AssertionError(log_tail()) from None
+    assert (after["spi_i"], after["spi_r"]) == (before["spi_i"], before["spi_r"])
+    assert after["stats"]["mobike_updates_received"] >= 1, after
+    listing = charon.list_sas()
+    assert _field(listing, "local-host") == ["10.4.0.2"], listing
+    result = netns_exec(ns_a, "ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", IN_B, timeout=30)
+    assert result.returncode == 0, result.stdout + log_tail()
+    result = netns_exec(ns_b, "ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", "-I", IN_B, IN_A,
+                        timeout=30)
+    assert result.returncode == 0, result.stdout + log_tail()
