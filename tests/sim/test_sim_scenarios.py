@@ -349,3 +349,37 @@ def test_the_mn_ha_ike_sa_follows_a_move_with_mobike() -> None:
             assert after["local"].startswith(lte) and after["stats"]["mobike_updates_sent"] == 1
             assert ha.keying.counters["mobike_sa_addresses_updated"] >= 1
         world.run(scenario())
+
+
+def test_an_ike_datagram_that_breaks_the_core_costs_a_count_not_a_traceback_each(
+        monkeypatch, caplog) -> None:
+    """A datagram the IKE core chokes on is counted (``rx_ike_internal_error``)
+    and its traceback logged once, however many such datagrams arrive: a
+    responder must not log a traceback per packet."""
+    import logging
+
+    from vmip.ike.endpoint import IkeEndpoint
+    from vmip.wire.ipv6 import build_ipv6_header
+    from vmip.wire.udp import build_udp
+
+    with SimWorld(seed=6, profiles=demo_profiles(), keys="ike") as world:
+        async def scenario():
+            await world.start_all()
+            cn = world.nodes["cn"]
+
+            def broken(self, *args, **kwargs):
+                raise RuntimeError("a bug in the IKE core")
+            monkeypatch.setattr(IkeEndpoint, "receive_datagram", broken)
+            src, dst = IPv6Address(HA).packed, IPv6Address(CN).packed
+            body = bytes(range(1, 9)) + bytes(8) + b"\x21\x20\x22\x08" + bytes(4) + \
+                (28).to_bytes(4, "big")
+            segment = build_udp(500, 500, body, src, dst)
+            packet = build_ipv6_header(src, dst, 17, len(segment)) + segment
+            with caplog.at_level(logging.INFO):
+                for _ in range(50):
+                    assert cn.keying.intercept(packet, src, ("192.0.2.2", 6275), "eth0",
+                                               world.loop.time())
+            assert cn.keying.counters["rx_ike_internal_error"] == 50
+            failures = [r for r in caplog.records if "ike receive failed" in r.getMessage()]
+            assert len(failures) == 1
+        world.run(scenario())
