@@ -50,6 +50,7 @@ from vmip.links.base import LinkDriver
 from vmip.links.locators import BINDING, PEER, LocatorTable
 from vmip.links.rfc3948 import Rfc3948Driver
 from vmip.log import get_logger
+from vmip.node import mh_protection
 from vmip.node.control import NodeControl
 from vmip.node.errors import NodeError
 from vmip.node.events import EventHub
@@ -488,9 +489,14 @@ class Node:
             return   # IKE (UDP 500/4500) for one of our addresses
         # TCP, UDP and ICMPv6 right after the IPv6 header cannot be MH: skip
         # the header walk receive_mh would do for every data packet.
-        if result.sas and len(inner) > 40 and inner[6] not in _NOT_MH \
-                and self.mobility.receive_mh(inner, onwire, now):
-            return
+        if result.sas and len(inner) > 40 and inner[6] not in _NOT_MH:
+            # An MH only from the transport SA its policy names (RFC 3776 §4, RFC 4877 §4).
+            refused = mh_protection.refusal(self.spd, inner, result.sas)
+            if refused is not None:
+                self.counters["rx_drop_" + refused] += 1
+                return
+            if self.mobility.receive_mh(inner, onwire, now):
+                return
         if self.tun is not None:
             # Queued: the TUN writes once per loop round, coalescing TCP (GRO).
             self.tun.write_soon(inner)
