@@ -87,3 +87,55 @@ def test_a_bu_inside_the_mn_ha_tunnel_is_dropped_and_counted(world) -> None:
         await until(world, "the HA accepting the BU on the MH SA", lambda: ha.mobility.ha.binding(
             hoa).coa == IPv6Address(COA["mn"]["lte0"]), 2)
     world.run(scenario())
+
+
+# -- item: an MN that stops deregisters ----------------------------------------------------
+
+
+def test_a_stopping_mn_empties_the_caches_of_its_ha_and_correspondents(world) -> None:
+    """Stopping the MN (SIGTERM and `world.stop` both end in Node.close) sends
+    lifetime-0 BUs to the HA, the CN and the other MN (RFC 6275 §11.7.1) and
+    waits for their BAs: within a second no cache holds the MN's HoA any more,
+    where before they kept it for the binding lifetime (420 s)."""
+    hoa = IPv6Address(HOA["mn"])
+
+    def holders() -> list[str]:
+        found = []
+        for name in ("ha", "cn", "mn2"):
+            mobility = world.nodes[name].mobility
+            caches = [mobility.cn.bindings()]
+            if mobility.ha is not None:
+                caches.append(mobility.ha.bindings())
+            if any(entry.hoa == hoa for cache in caches for entry in cache):
+                found.append(name)
+        return found
+
+    async def scenario():
+        await world.start_all()
+        await until(world, "registered with the HA, the CN and mn2", lambda: bound_on(
+            world, "mn", COA["mn"]["wifi0"], (HA, CN, HOA["mn2"])), 5)
+        assert holders() == ["ha", "cn", "mn2"]
+        started = world.loop.time()
+        await world.stop("mn")
+        took = world.loop.time() - started
+        assert holders() == []
+        assert took <= 1.0
+    world.run(scenario())
+
+
+def test_a_stop_waits_at_most_a_second_for_peers_that_do_not_answer(world) -> None:
+    """The MN's link is dead: no BA can come.  The stop gives up after
+    STOP_GRACE, counts it, and closes the node anyway."""
+    from vmip.node.runtime import STOP_GRACE
+
+    async def scenario():
+        await world.start_all()
+        await until(world, "registered", lambda: bound_on(world, "mn", COA["mn"]["wifi0"]), 5)
+        world.network.set_up("mn", "wifi0", False)     # unnoticed: no move to lte
+        mn = world.nodes["mn"]
+        started = world.loop.time()
+        await world.stop("mn")
+        assert world.loop.time() - started == pytest.approx(STOP_GRACE, abs=0.05)
+        assert mn.counters["stop_step_timeout"] == 1
+        assert mn.tun is None and not mn.links             # closed all the same
+    world.run(scenario())

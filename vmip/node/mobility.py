@@ -22,6 +22,7 @@ Every decision the draft leaves open is in docs/iro.md.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from ipaddress import IPv6Address, IPv6Network
 from typing import Any
@@ -37,6 +38,7 @@ from vmip.mobility.ancillary import Ancillary
 from vmip.mobility.binding import OnWire
 from vmip.mobility.cn import Correspondent
 from vmip.mobility.ha import HomeAgent
+from vmip.mobility.mn import EntryState as MnEntryState
 from vmip.mobility.mn import MobileNode
 from vmip.mobility.remap import RemapEngine
 from vmip.mobility.spi_tracking import Role as TrackRole
@@ -95,6 +97,9 @@ class MobilityAgent:
                                  peer_coa=self._peer_coa,
                                  # CN BUs leave with the home BU on a move (docs/mobility.md).
                                  correspondents_with_home=True)
+            # A clean stop deletes our bindings instead of leaving them to expire.
+            services.on_stop("mobility", self.deregister)
+        self._deregistered: asyncio.Event | None = None
         self.ha: HomeAgent | None = None
         self.ha_address: IPv6Address | None = None
         if cfg.has_role(ConfigRole.HA):
@@ -301,6 +306,8 @@ class MobilityAgent:
             if not busy:
                 break
         self.services.pump.arm()
+        if self._deregistered is not None and not self._deregistering():
+            self._deregistered.set()
 
     def get_timer(self) -> float | None:
         timers = [t for t in (core.get_timer() for core in self.cores()) if t is not None]
@@ -421,6 +428,23 @@ class MobilityAgent:
             raise ValueError("this node is not a mobile node")
         self.mn.set_coa(coa, now)
         self.pump(now)
+
+    async def deregister(self) -> None:
+        """The node stops: lifetime-0 BUs to the HA and every CN (RFC 6275
+        §11.7.1 deregistration, from the CoA we are at), done once every
+        peer answered; the node bounds the wait (STOP_GRACE)."""
+        mn = self.mn
+        if mn is None:
+            return
+        mn.deregister(self.services.clock())
+        self._deregistered = asyncio.Event()
+        self.pump(self.services.clock())
+        await self._deregistered.wait()
+
+    def _deregistering(self) -> bool:
+        mn = self.mn
+        return mn is not None and any(entry.state is MnEntryState.DEREGISTERING
+                                      for entry in mn.entries())
 
     # -- status ------------------------------------------------------------------------
 

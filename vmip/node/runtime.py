@@ -32,7 +32,7 @@ import ipaddress
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,10 @@ _UDP_OVERHEAD = {4: 20 + 8, 6: 40 + 8}
 
 #: The underlay MTU assumed when the link's interface cannot be read.
 DEFAULT_UNDERLAY_MTU = 1500
+
+#: Seconds a clean stop waits for the helpers' last exchanges with their peers
+#: (the MN's deregistration BAs, RFC 6275 §11.7.1; IKE DELETEs), all at once.
+STOP_GRACE = 1.0
 
 #: ICMPv6 destination unreachable, code 0 "no route to destination" (RFC 4443 §3.1).
 _ICMP_DEST_UNREACH = 1
@@ -133,6 +137,9 @@ class Node:
         self.pcap_wire = PcapWriter(pcap_wire) if pcap_wire else None
         self.pcap_inner = PcapWriter(pcap_inner) if pcap_inner else None
         self._stopped = asyncio.Event()
+        #: What helpers say to their peers before the node goes (see on_stop).
+        self._stop_steps: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        self._serving = False
         self._local: set[bytes] = set()
         self.link_mtu: dict[str, int] = {}
         self._framing_links: dict[str, list[LinkDriver]] = {}
@@ -203,6 +210,7 @@ class Node:
                 self.loop.add_signal_handler(sig, handler)
             except (NotImplementedError, RuntimeError):
                 pass  # not the main thread (tests): signals stay with the caller
+        self._serving = True
         log.info("node started", name=cfg.node.name, roles=",".join(map(str, cfg.node.roles)),
                  tun=self.tun.name, links=",".join(self.links), control=str(self.control_path),
                  sas=len(self.keys.sas), policies=len(self.keys.policies))
@@ -214,8 +222,39 @@ class Node:
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
+    def on_stop(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
+        """Run *step* when a started node stops cleanly, links and timers still up.
+
+        Every step runs at once and all of them get :data:`STOP_GRACE`
+        seconds together; one still running then is cancelled (counted
+        ``stop_step_timeout``), one that fails is logged.
+        """
+        self._stop_steps.append((name, step))
+
+    async def _run_stop_steps(self) -> None:
+        if not self._stop_steps:
+            return
+        tasks = {asyncio.ensure_future(step()): name for name, step in self._stop_steps}
+        done, pending = await asyncio.wait(tasks, timeout=STOP_GRACE)
+        for task in pending:
+            task.cancel()
+            self.counters["stop_step_timeout"] += 1
+            log.warning("stop step unfinished; going on", step=tasks[task])
+        for task in done:
+            error = task.exception()
+            if error is not None:
+                self.counters["stop_step_failed"] += 1
+                log.error("stop step failed; going on", step=tasks[task],
+                          error=f"{type(error).__name__}: {error}")
+
     async def close(self) -> None:
-        """Release everything; every step runs even if an earlier one failed (logged)."""
+        """Release everything; every step runs even if an earlier one failed (logged).
+
+        A node that was serving first runs the helpers' stop steps (on_stop).
+        """
+        if self._serving:
+            self._serving = False
+            await self._run_stop_steps()
         if self.loop is not None and self.ports.signals:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 try:

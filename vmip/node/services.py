@@ -12,7 +12,7 @@ private state, and a test can hand it a stand-in.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -51,6 +51,8 @@ class NodeHandle(Protocol):
     def capture_wire(self, packet: bytes) -> None: ...
 
     def move(self, link: str) -> dict: ...
+
+    def on_stop(self, name: str, step: Callable[[], Awaitable[None]]) -> None: ...
 
 
 class NodeServices:
@@ -105,3 +107,8 @@ class NodeServices:
     def move(self, link: str) -> dict:
         """Make *link* the MN's access link (the movement watcher's decision)."""
         return self._node.move(link)
+
+    def on_stop(self, name: str, step: Callable[[], Awaitable[None]]) -> None:
+        """Await *step* when the node stops cleanly, before anything is closed
+        (bounded: :data:`vmip.node.runtime.STOP_GRACE` for all steps together)."""
+        self._node.on_stop(name, step)
