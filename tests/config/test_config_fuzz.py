@@ -235,6 +235,7 @@ VARIANTS = {
     (("tun",), "name"): (st.from_regex(r"[a-z][a-z0-9_.-]{0,14}", fullmatch=True), "vmip0"),
     (("mobility",), "binding_lifetime"): (st.integers(min_value=1, max_value=65535).map(lambda n: 4 * n), 420),
     (("mobility",), "proof_cache_size"): (st.integers(min_value=1, max_value=1_000_000), 1024),
+    (("mobility",), "max_home_bindings"): (st.integers(min_value=1, max_value=1_000_000), 16384),
     (("mobility",), "tunnel"): (st.sampled_from(["esp", "ip6ip6"]), "esp"),
     (("keys",), "replay_window"): (st.one_of(st.just(0), st.integers(min_value=32, max_value=1 << 20)), 1024),
     (("logging",), "level"): (st.sampled_from(["debug", "info", "warning", "error"]), "info"),

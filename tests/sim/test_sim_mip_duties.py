@@ -18,10 +18,18 @@ from test_sim_scenarios import CN, COA, HA, HOA, bound_on, until
 
 from vmip.config import load_config
 from vmip.ipsec.esp import EspSA, transport_encap, tunnel_encap
+from vmip.mobility.events import BindingErrorReceived, BindingRefused
 from vmip.node.keying_policy import static_keys
 from vmip.sim.scenario import demo_profiles
 from vmip.sim.world import SimWorld
-from vmip.wire.mh import AlternateCareOfAddress, BindingUpdate, build_mh_packet
+from vmip.wire.mh import (
+    AlternateCareOfAddress,
+    BindingAckStatus,
+    BindingErrorStatus,
+    BindingUpdate,
+    UnknownMobilityMessage,
+    build_mh_packet,
+)
 
 HA_ENDPOINT = ("192.0.2.2", 6275)
 #: The lab's SPIs (configs/README.md): MN -> HA MH transport SA, MN -> HA tunnel SA.
@@ -42,14 +50,25 @@ def mn_sa(world: SimWorld, name: str, ahead: int = 10_000) -> EspSA:
     return sa
 
 
-def home_bu(world: SimWorld, coa: str, lifetime_units: int = 100) -> bytes:
-    """A home registration from the MN's HoA naming *coa*, newer than the HA's entry."""
+def home_bu(world: SimWorld, coa: str, lifetime_units: int = 100, ahead: int = 1,
+            home: bool = True) -> bytes:
+    """A BU from the MN's HoA to the HA naming *coa*, *ahead* past the HA's entry."""
     hoa = IPv6Address(HOA["mn"])
     entry = world.nodes["ha"].mobility.ha.binding(hoa)
-    sequence = (entry.sequence + 1) % 65536 if entry is not None else 1
-    bu = BindingUpdate(sequence, lifetime_units, ack=True, home_registration=True,
+    sequence = ((entry.sequence if entry is not None else 0) + ahead) % 65536
+    bu = BindingUpdate(sequence, lifetime_units, ack=True, home_registration=home,
                        options=(AlternateCareOfAddress(IPv6Address(coa)),))
     return build_mh_packet(bu, hoa, IPv6Address(HA))
+
+
+def on_wire(packet: bytes, sa: EspSA, now: float, onwire_src: str) -> bytes:
+    """*packet* in transport ESP on *sa*, its source remapped to *onwire_src* (draft §3.3)."""
+    wire = transport_encap(packet, sa, now)
+    return wire[:8] + IPv6Address(onwire_src).packed + wire[24:]
+
+
+def endpoint_of(world: SimWorld, node: str) -> tuple[str, int]:
+    return str(world.plan.node(node).links[0].node_ipv4.ip), 6275
 
 
 # -- item: an MH only through the SA its policy names -----------------------------------
@@ -79,11 +98,10 @@ def test_a_bu_inside_the_mn_ha_tunnel_is_dropped_and_counted(world) -> None:
         assert ha.mobility.ha.binding(hoa).coa == IPv6Address(COA["mn"]["wifi0"])
         # Control: on the MH SA the HA takes it (the AltCoA is the MN's word, draft appendix A).
         mh_sa = mn_sa(world, "mn-ha-mh-out")
-        wire = transport_encap(home_bu(world, COA["mn"]["lte0"]), mh_sa, world.loop.time())
         # On the wire the HoA is remapped to the CoA (draft §3.3): the HA's
         # inbound rule puts the HoA back.
-        wire = wire[:8] + IPv6Address(COA["mn"]["wifi0"]).packed + wire[24:]
-        attacker.send(wire, HA_ENDPOINT)
+        attacker.send(on_wire(home_bu(world, COA["mn"]["lte0"]), mh_sa, world.loop.time(),
+                              COA["mn"]["wifi0"]), HA_ENDPOINT)
         await until(world, "the HA accepting the BU on the MH SA", lambda: ha.mobility.ha.binding(
             hoa).coa == IPv6Address(COA["mn"]["lte0"]), 2)
     world.run(scenario())
@@ -138,4 +156,137 @@ def test_a_stop_waits_at_most_a_second_for_peers_that_do_not_answer(world) -> No
         assert world.loop.time() - started == pytest.approx(STOP_GRACE, abs=0.05)
         assert mn.counters["stop_step_timeout"] == 1
         assert mn.tun is None and not mn.links             # closed all the same
+    world.run(scenario())
+
+
+# -- item: the home agent's RFC 6275 duties ------------------------------------------------
+
+
+def test_the_ha_answers_an_unknown_mh_type_with_one_binding_error_a_second(world) -> None:
+    """The MN's host sends MH type 99 to the HA, three times at once, on the MN's
+    MH SA: the HA answers one Binding Error, status 2 (RFC 6275 §9.2), rate
+    limited per source (§9.3.3), which the running MN receives."""
+    hoa, ha_address = IPv6Address(HOA["mn"]), IPv6Address(HA)
+    unknown = build_mh_packet(UnknownMobilityMessage(99, bytes(10)), hoa, ha_address)
+
+    async def scenario():
+        await world.start_all()
+        await until(world, "registered", lambda: bound_on(world, "mn", COA["mn"]["wifi0"]), 5)
+        mn, ha = world.nodes["mn"], world.nodes["ha"]
+        for _ in range(3):
+            world.tuns["mn"].inject(unknown)
+
+        def errors() -> list:
+            return [e.event for e in mn.events.timeline
+                    if isinstance(e.event, BindingErrorReceived)]
+
+        await until(world, "a Binding Error at the MN", errors, 2)
+        await until(world, "the HA counting three", lambda: ha.mobility.ha.counters[
+            "unknown_mh_type"] == 3, 2)
+        assert [(e.peer, e.status) for e in errors()] == [
+            (ha_address, BindingErrorStatus.UNRECOGNIZED_MH_TYPE)]
+        assert ha.mobility.ha.counters["binding_error_rate_limited"] == 2
+    world.run(scenario())
+
+
+def test_the_ha_refuses_a_correspondent_bu_for_a_registered_home_address(world) -> None:
+    """A BU with H=0 for a HoA the HA holds a home registration of: status 139,
+    registration type change disallowed (RFC 6275 §9.5.1), and the home
+    registration stays."""
+    async def scenario():
+        await world.start_all()
+        await until(world, "registered", lambda: bound_on(world, "mn", COA["mn"]["wifi0"]), 5)
+        mn, ha = world.nodes["mn"], world.nodes["ha"]
+        world.tuns["mn"].inject(home_bu(world, COA["mn"]["wifi0"], home=False))
+        await until(world, "status 139 sent", lambda: ha.mobility.ha.counters[
+            f"refused_{BindingAckStatus.REGISTRATION_TYPE_CHANGE_DISALLOWED}"] == 1, 2)
+        # The MN's core got the BA (it asked nothing: dropped as unexpected).
+        await until(world, "the BA at the MN", lambda: mn.mobility.mn.counters[
+            "ba_unexpected"] == 1, 2)
+        assert ha.mobility.ha.binding(IPv6Address(HOA["mn"])).home
+    world.run(scenario())
+
+
+def test_a_full_binding_cache_refuses_one_more_home_address_with_status_130(tmp_path) -> None:
+    """``mobility.max_home_bindings = 1`` on the HA: the first MN registers,
+    the second gets status 130, insufficient resources (RFC 6275 §9.5.1)."""
+    with SimWorld(seed=3, profiles=demo_profiles()) as world:
+        config = world.config_paths["ha"]
+        text = config.read_text()
+        assert "[mobility]\n" in text
+        config.write_text(text.replace("[mobility]\n", "[mobility]\nmax_home_bindings = 1\n", 1))
+
+        async def scenario():
+            for name in ("ha", "cn", "mn"):
+                await world.start(name)
+            await until(world, "mn registered", lambda: bound_on(
+                world, "mn", COA["mn"]["wifi0"], (HA,)), 5)
+            await world.start("mn2")
+            mn2 = world.nodes["mn2"]
+
+            def refusals() -> list:
+                return [e.event.status for e in mn2.events.timeline
+                        if isinstance(e.event, BindingRefused) and e.event.peer == IPv6Address(HA)]
+
+            await until(world, "mn2 refused", refusals, 5)
+            assert refusals() == [BindingAckStatus.INSUFFICIENT_RESOURCES]
+            assert [b.hoa for b in world.nodes["ha"].mobility.ha.bindings()] == [
+                IPv6Address(HOA["mn"])]
+        world.run(scenario())
+
+
+INVALID_COAS = ("::1", "ff02::1", "fe80::1", "::", "::ffff:192.0.2.1", "fec0::1")
+
+
+def test_the_ha_binds_no_address_that_cannot_be_a_care_of_address(world) -> None:
+    """BUs on the MN's own MH SA (a lying or broken MN) naming loopback,
+    multicast, link-local, unspecified, IPv4-mapped or site-local addresses,
+    the HA's own address or another MN's HoA: none becomes the binding
+    (RFC 6275 §9.5.1), each is counted."""
+    bad = (*INVALID_COAS, HA, HOA["mn2"])
+
+    async def scenario():
+        await world.start_all()
+        await until(world, "registered", lambda: bound_on(world, "mn", COA["mn"]["wifi0"]), 5)
+        ha = world.nodes["ha"]
+        attacker = world.add_host("evil", "203.0.113.66", 40066)
+        sa = mn_sa(world, "mn-ha-mh-out")
+        for ahead, coa in enumerate(bad, start=1):
+            attacker.send(on_wire(home_bu(world, coa, ahead=ahead), sa, world.loop.time(),
+                                  COA["mn"]["wifi0"]), HA_ENDPOINT)
+        await until(world, "every BU refused", lambda: ha.mobility.ha.counters[
+            "bu_invalid_coa"] == len(bad), 2)
+        assert ha.mobility.ha.binding(IPv6Address(HOA["mn"])).coa == IPv6Address(
+            COA["mn"]["wifi0"])
+    world.run(scenario())
+
+
+def test_the_cn_accepts_traffic_from_no_address_that_cannot_be_a_care_of_address(world) -> None:
+    """The same at the CN, with the on-wire source equal to the AltCoA (draft
+    §3.3): nothing is accepted from, challenged at or bound to such an
+    address, and each BU is counted."""
+    bad = (*INVALID_COAS, CN, HOA["mn2"])
+
+    async def scenario():
+        await world.start_all()
+        await until(world, "registered", lambda: bound_on(world, "mn", COA["mn"]["wifi0"]), 5)
+        cn = world.nodes["cn"]
+        hoa = IPv6Address(HOA["mn"])
+        attacker = world.add_host("evil", "203.0.113.66", 40066)
+        sa = mn_sa(world, "mn-cn-out")
+        sequence = cn.mobility.cn._peers[hoa].binding.sequence
+        for ahead, coa in enumerate(bad, start=1):
+            bu = BindingUpdate((sequence + ahead) % 65536, 100, ack=True,
+                               options=(AlternateCareOfAddress(IPv6Address(coa)),))
+            packet = build_mh_packet(bu, hoa, IPv6Address(CN))
+            attacker.send(on_wire(packet, sa, world.loop.time(), coa), endpoint_of(world, "cn"))
+        counters = cn.mobility.cn.counters
+        # "::" on the wire reads as "not remapped" (draft §5.1.1): that BU's
+        # AltCoA then differs from its source, refused for that first (§3.3).
+        await until(world, "every BU refused", lambda: counters["bu_invalid_coa"]
+                    + counters["bu_altcoa_mismatch"] == len(bad), 2)
+        assert counters["bu_invalid_coa"] == len(bad) - 1
+        assert cn.mobility.cn.accepting_from(hoa) == IPv6Address(COA["mn"]["wifi0"])
+        assert cn.mobility.cn.pending_coa(hoa) is None
+        assert cn.mobility.cn.binding(hoa).coa == IPv6Address(COA["mn"]["wifi0"])
     world.run(scenario())

@@ -107,6 +107,8 @@ DEFAULT_BINDING_LIFETIME = 420
 # RFC 6275 §6.1.7: the BU lifetime is 16 bits of 4-second units.
 MAX_BINDING_LIFETIME = 0xFFFF * 4
 DEFAULT_PROOF_CACHE_SIZE = 1024
+#: HA: home registrations kept at most (RFC 6275 §9.5.1 status 130 beyond).
+DEFAULT_MAX_HOME_BINDINGS = 16384
 DEFAULT_REPLAY_WINDOW = 1024
 DEFAULT_PRIORITY = 100
 # RFC 3948 §4: NAT keepalives every 20 s unless told otherwise.
@@ -228,6 +230,10 @@ class MobilityConfig:
     #: CN: how many proven (HoA, CoA) pairs are kept (draft §4.5.1, bounded cache).
     proof_cache_size: int = field(metadata=key(
         v.integer("1024", 1, 1_000_000, "a cache size"), default=DEFAULT_PROOF_CACHE_SIZE))
+    #: HA: how many home registrations its binding cache holds; a BU that would
+    #: add one more gets status 130, insufficient resources (RFC 6275 §9.5.1).
+    max_home_bindings: int = field(metadata=key(
+        v.integer("16384", 1, 1_000_000, "a cache size"), default=DEFAULT_MAX_HOME_BINDINGS))
 
 
 #: The keys of an SA's ``lifetime`` table: soft and hard limit of each unit.

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from ipaddress import IPv6Address
+from ipaddress import IPv6Address, IPv6Network
 
 from vmip.errors import VmipError
 from vmip.log import get_logger
@@ -156,6 +156,47 @@ class BindingCacheEntry:
     @property
     def bound(self) -> bool:
         return self.coa is not None
+
+
+# ---------------------------------------------------------------------------
+# What may be a care-of address (RFC 6275 §6.2.5, §9.5.1)
+
+#: ::/8: the unspecified and loopback addresses, IPv4-compatible and -mapped ones.
+_RESERVED_LOW = IPv6Network("::/8")
+
+
+def unroutable_care_of(address: IPv6Address) -> bool:
+    """Not a unicast routable address, so never a care-of address (RFC 6275
+    §6.2.5, §9.5.1): unspecified, loopback, IPv4-mapped or -compatible,
+    multicast, link-local or site-local (RFC 4291 §2.4)."""
+    return (address in _RESERVED_LOW or address.is_multicast or address.is_link_local
+            or address.is_site_local)
+
+
+# ---------------------------------------------------------------------------
+# Binding Error rate limit (RFC 6275 §9.3.3)
+
+
+class BindingErrorLimiter:
+    """At most one Binding Error per source per ``interval`` seconds
+    (RFC 6275 §9.3.3 "rate limited"), remembering at most ``memory`` sources."""
+
+    def __init__(self, interval: float = 1.0, memory: int = 1024) -> None:
+        self.interval = interval
+        self.memory = memory
+        self._last: dict[IPv6Address, float] = {}
+
+    def allow(self, source: IPv6Address, now: float) -> bool:
+        last = self._last.get(source)
+        if last is not None and now - last < self.interval:
+            return False
+        if len(self._last) >= self.memory:
+            self._last = {address: sent for address, sent in self._last.items()
+                          if now - sent < self.interval}
+            if len(self._last) >= self.memory:
+                return False     # a flood of sources: none gets an answer until some age out
+        self._last[source] = now
+        return True
 
 
 PeerFilter = Collection[IPv6Address] | Callable[[IPv6Address], bool] | None

@@ -31,6 +31,7 @@ from vmip.log import get_logger
 from vmip.mobility.aot import NonceStore, ProofCache, Rng
 from vmip.mobility.binding import (
     BindingCacheEntry,
+    BindingErrorLimiter,
     MobilityCore,
     MobilityError,
     OnWireArgument,
@@ -40,6 +41,7 @@ from vmip.mobility.binding import (
     onwire_of,
     peer_predicate,
     sequence_is_newer,
+    unroutable_care_of,
 )
 from vmip.mobility.events import (
     AcceptFrom,
@@ -155,7 +157,7 @@ class Correspondent(MobilityCore):
         self._local_coa = local_coa or (lambda local: None)
         self._rng = rng
         self._peers: dict[IPv6Address, _Peer] = {}
-        self._last_binding_error: dict[IPv6Address, float] = {}
+        self._binding_errors = BindingErrorLimiter(BINDING_ERROR_INTERVAL, _BINDING_ERROR_MEMORY)
         self._started_at = clock_now
 
     # -- inspection -----------------------------------------------------
@@ -252,6 +254,13 @@ class Correspondent(MobilityCore):
         if alternate is None and not deregistration:
             # Draft appendix A: the AltCoA option is required in an IRO BU.
             self._drop("bu_missing_altcoa", hoa=hoa)
+            return
+        if not deregistration and (
+            unroutable_care_of(coa) or coa == local or (coa != hoa and coa in self._peers)
+        ):
+            # RFC 6275 §9.5.1: a CoA is a unicast routable address; ours, or
+            # another MN's HoA, would make us send its traffic astray.
+            self._drop("bu_invalid_coa", hoa=hoa, coa=coa)
             return
         peer = self._peers.get(hoa)
         if peer is not None and not sequence_is_newer(bu.sequence, peer.binding.sequence):
@@ -451,17 +460,9 @@ class Correspondent(MobilityCore):
         self, src: IPv6Address, local: IPv6Address, onwire_src: IPv6Address | None, now: float
     ) -> None:
         self.counters["unknown_mh_type"] += 1
-        last = self._last_binding_error.get(src)
-        if last is not None and now - last < BINDING_ERROR_INTERVAL:
+        if not self._binding_errors.allow(src, now):
             self.counters["binding_error_rate_limited"] += 1
             return
-        if len(self._last_binding_error) >= _BINDING_ERROR_MEMORY:
-            self._last_binding_error = {
-                address: sent
-                for address, sent in self._last_binding_error.items()
-                if now - sent < BINDING_ERROR_INTERVAL
-            }
-        self._last_binding_error[src] = now
         error = BindingError(BindingErrorStatus.UNRECOGNIZED_MH_TYPE, src)
         self._reply(error, local, src, onwire_src)
 

@@ -14,7 +14,14 @@ Without the option the on-wire source is the CoA, and without remapping
 that is the HoA, i.e. a deregistration (RFC 6275 §10.3.2).
 
 No AOT* message is ever exchanged with the HA (draft §7.2): the MN is
-trusted for the CoA it gives.
+trusted for the CoA it gives, within limits: a CoA that is not a unicast
+routable address, or that lies in the home prefix (the HA's own address,
+another MN's HoA), is never bound (RFC 6275 §9.5.1; dropped and counted).
+
+The other RFC 6275 duties (docs/mobility.md "Home agent duties"): a
+Binding Error, rate-limited, for an unknown MH type (§9.2, §9.3.3); status
+139 to a correspondent BU (H=0) for a HoA registered here (§9.5.1); a
+bounded binding cache, status 130 beyond it (§9.5.1).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from ipaddress import IPv6Address, IPv6Network
 from vmip.log import get_logger
 from vmip.mobility.binding import (
     BindingCacheEntry,
+    BindingErrorLimiter,
     MobilityCore,
     OnWireArgument,
     PeerFilter,
@@ -34,6 +42,7 @@ from vmip.mobility.binding import (
     onwire_of,
     peer_predicate,
     sequence_is_newer,
+    unroutable_care_of,
 )
 from vmip.mobility.events import (
     BindingCached,
@@ -49,10 +58,18 @@ from vmip.wire.mh import (
     AotStatus,
     BindingAck,
     BindingAckStatus,
+    BindingError,
+    BindingErrorStatus,
     BindingUpdate,
+    UnknownMobilityMessage,
 )
 
 log = get_logger(__name__)
+
+#: Home registrations an HA keeps unless told otherwise (mobility.max_home_bindings).
+DEFAULT_MAX_BINDINGS = 16384
+#: Refused HoAs whose CoA the HA still answers at (see HomeAgent.refused_at).
+_REFUSALS_REMEMBERED = 256
 
 
 class HomeAgent(MobilityCore):
@@ -64,6 +81,8 @@ class HomeAgent(MobilityCore):
     should not have).  ``max_lifetime`` (seconds) caps the lifetime granted.
     ``key_management_mobility``: the HA's key manager follows the CoA, so
     the K bit of a BU is echoed in the BA (RFC 6275 §10.3.1).
+    ``max_bindings``: home registrations kept at most; a BU for one more
+    HoA is refused with status 130 (insufficient resources).
     """
 
     def __init__(
@@ -74,11 +93,18 @@ class HomeAgent(MobilityCore):
         mobile_nodes: PeerFilter = None,
         max_lifetime: int = 420,
         key_management_mobility: bool = True,
+        max_bindings: int = DEFAULT_MAX_BINDINGS,
         clock_now: float = 0.0,
     ):
         super().__init__()
         if lifetime_units(max_lifetime) < 1:
             raise ValueError("max_lifetime must be at least 4 seconds")
+        if max_bindings < 1:
+            raise ValueError("max_bindings must be at least 1")
+        self.max_bindings = max_bindings
+        self._binding_errors = BindingErrorLimiter()
+        # The CoA each recently refused HoA sent from (bounded, oldest out first).
+        self._refused_at: dict[IPv6Address, IPv6Address] = {}
         self.address = IPv6Address(address)
         self.home_prefix = IPv6Network(home_prefix)
         self.max_lifetime_units = lifetime_units(max_lifetime)
@@ -95,6 +121,15 @@ class HomeAgent(MobilityCore):
 
     def bindings(self) -> list[BindingCacheEntry]:
         return [replace(entry) for entry in self._cache.values()]
+
+    def refused_at(self, hoa: IPv6Address) -> IPv6Address | None:
+        """The CoA a refused BU of *hoa* came from and named, where its BA goes.
+
+        Vouches for that locator as a binding would (docs/security.md): a
+        refusal to an MN with no binding here (status 130, 132, ...) must
+        reach the CoA its authenticated BU named.
+        """
+        return self._refused_at.get(hoa)
 
     # -- input ----------------------------------------------------------
 
@@ -117,16 +152,41 @@ class HomeAgent(MobilityCore):
         if dst != self.address:
             self._drop("not_for_us", dst=dst)
             return
+        onwire_src = onwire_of(onwire, as_source=True)
         if isinstance(message, BindingUpdate):
             if not message.home_registration:
-                # A correspondent registration: the runtime's Correspondent handles those.
-                self._drop("not_home_registration", src=src)
+                self._on_correspondent_registration(message, src, onwire_src)
                 return
-            self._on_home_registration(message, src, onwire_of(onwire, as_source=True), now)
+            self._on_home_registration(message, src, onwire_src, now)
         elif isinstance(message, (AotOffer, AotChallenge, AotResponse, AotStatus)):
             self._drop("aot_with_home_agent", src=src)  # draft §7.2
+        elif isinstance(message, UnknownMobilityMessage):
+            # RFC 6275 §9.2: an unknown MH type gets a Binding Error, status 2.
+            self.counters["unknown_mh_type"] += 1
+            if not self._binding_errors.allow(src, now):
+                self.counters["binding_error_rate_limited"] += 1
+                return
+            error = BindingError(BindingErrorStatus.UNRECOGNIZED_MH_TYPE, src)
+            # To the CoA it came from, else the one bound: a packet of ours to
+            # the HoA itself has no locator (it is our home link's).
+            entry = self._cache.get(src)
+            self._send(error, self.address, src,
+                       onwire_dst=onwire_src or (entry.coa if entry is not None else None))
         else:
             self._drop("unexpected_type", src=src, mh_type=message.mh_type)
+
+    def _on_correspondent_registration(
+        self, bu: BindingUpdate, hoa: IPv6Address, onwire_src: IPv6Address | None
+    ) -> None:
+        if hoa in self._cache:
+            # RFC 6275 §9.5.1: a home registration cannot turn into a correspondent one.
+            reply_to = onwire_src or bu.alternate_care_of_address
+            if reply_to is not None and unroutable_care_of(reply_to):
+                reply_to = None
+            self._refuse(bu, hoa, BindingAckStatus.REGISTRATION_TYPE_CHANGE_DISALLOWED, reply_to)
+            return
+        # Route optimisation with this node goes to its own address, not its HA role's.
+        self._drop("not_home_registration", src=hoa)
 
     def _on_home_registration(
         self, bu: BindingUpdate, hoa: IPv6Address, onwire_src: IPv6Address | None, now: float
@@ -135,6 +195,11 @@ class HomeAgent(MobilityCore):
             self._drop("unknown_mobile_node", hoa=hoa)
             return
         coa = bu.alternate_care_of_address or onwire_src or hoa
+        if coa != hoa and (unroutable_care_of(coa) or coa in self.home_prefix):
+            # RFC 6275 §9.5.1: a CoA is unicast routable; one in the home
+            # prefix (our address, another HoA) would loop the tunnel.
+            self._drop("bu_invalid_coa", hoa=hoa, coa=coa)
+            return
         # A refusal goes where the MN is: the on-wire source, else the CoA it claims.
         reply_to = onwire_src or (coa if coa != hoa else None)
         if hoa not in self.home_prefix:
@@ -149,6 +214,9 @@ class HomeAgent(MobilityCore):
             return
         if bu.lifetime_units == 0 or coa == hoa:
             self._deregister(bu, hoa, entry, onwire_src)
+            return
+        if entry is None and len(self._cache) >= self.max_bindings:
+            self._refuse(bu, hoa, BindingAckStatus.INSUFFICIENT_RESOURCES, reply_to)
             return
         granted_units = min(bu.lifetime_units, self.max_lifetime_units)
         granted = lifetime_seconds(granted_units)
@@ -207,6 +275,11 @@ class HomeAgent(MobilityCore):
     ) -> None:
         # Refusals are answered whatever the A bit says, so the MN learns why.
         self.counters[f"refused_{status}"] += 1
+        if reply_to is not None and reply_to == bu.alternate_care_of_address:
+            self._refused_at.pop(hoa, None)
+            self._refused_at[hoa] = reply_to
+            while len(self._refused_at) > _REFUSALS_REMEMBERED:
+                del self._refused_at[next(iter(self._refused_at))]
         log.info("home registration refused", hoa=hoa, status=status)
         ack = BindingAck(status, bu.sequence if sequence is None else sequence, 0)
         self._send(ack, self.address, hoa, onwire_dst=reply_to)

@@ -273,8 +273,11 @@ class MobileNode(MobilityCore):
 
     def deregister(self, now: float) -> None:
         """Delete every binding while staying away (shutting down): lifetime-0 BUs to all peers."""
+        # A peer that refused our last BU holds nothing of ours unless an
+        # earlier binding is still running (expires_at).
+        live = (EntryState.REGISTERING, EntryState.PROVING, EntryState.BOUND)
         for entry in [*self._correspondents.values(), self._home]:
-            if entry.state is not EntryState.IDLE or entry.expires_at is not None:
+            if entry.state in live or entry.expires_at is not None:
                 self._start_registration(entry, now, deregistration=True)
 
     def offer_address_test(self, peer: IPv6Address, address: IPv6Address, now: float) -> None:

@@ -106,7 +106,7 @@ class MobilityAgent:
             prefix: IPv6Network = mob.home_prefix
             self.ha_address = next(a for a in self.local_addresses if a in prefix)
             self.ha = HomeAgent(self.ha_address, prefix, max_lifetime=mob.binding_lifetime,
-                                clock_now=now)
+                                max_bindings=mob.max_home_bindings, clock_now=now)
         self.cn = Correspondent(known_peers=self._known_peer,
                                 max_lifetime=mob.binding_lifetime,
                                 proof_cache_size=mob.proof_cache_size, clock_now=now,
@@ -177,6 +177,9 @@ class MobilityAgent:
             entry = ha.binding(peer)
             if entry is not None and entry.coa is not None and entry.coa.packed == address:
                 return True
+            refused = ha.refused_at(peer)
+            if not home_only and refused is not None and refused.packed == address:
+                return True     # where a refusal BA goes (status 130 to a new MN)
         if home_only:
             return False
         cn = self.cn

@@ -155,7 +155,8 @@ class SimWorld:
             await self.start(name)
 
     async def close(self) -> None:
-        for name in list(self.nodes):
+        # Mobile nodes first: they deregister with the HA and the CN on the way out.
+        for name in reversed(list(self.nodes)):
             await self.stop(name)
 
     # -- the underlay ------------------------------------------------------------------
