@@ -11,6 +11,7 @@ sends forged datagrams from a host of its own.
 
 from __future__ import annotations
 
+import asyncio
 from ipaddress import IPv6Address
 
 import pytest
@@ -290,3 +291,89 @@ def test_the_cn_accepts_traffic_from_no_address_that_cannot_be_a_care_of_address
         assert cn.mobility.cn.pending_coa(hoa) is None
         assert cn.mobility.cn.binding(hoa).coa == IPv6Address(COA["mn"]["wifi0"])
     world.run(scenario())
+
+
+# -- item: MAX_UPDATE_RATE (RFC 6275 §11.8) ------------------------------------------------
+
+
+def bu_sends(world: SimWorld) -> list[float]:
+    """Start recording when the MN puts a datagram of its MH SA to the HA on the
+    wire (every one is a BU: the MN sends nothing else to its HA); returns the list."""
+    times: list[float] = []
+    spi = MN_HA_MH_OUT.to_bytes(4, "big")
+
+    def observe(src_access, dst_access, packet: bytes, verdict: str) -> None:
+        if src_access.node == "mn" and len(packet) > 48 and packet[6] == 50 \
+                and packet[40:44] == spi and verdict != "delivered":
+            times.append(world.loop.time())
+
+    # Counted once per datagram: at its verdict when it did not arrive, and at
+    # its departure (the delivery verdict comes later) when it did.
+    def depart(src_access, packet: bytes, destination) -> bool:
+        if src_access.node == "mn" and len(packet) > 48 and packet[6] == 50 \
+                and packet[40:44] == spi:
+            times.append(world.loop.time())
+        return False
+
+    world.network.observers.append(observe)
+    world.network.interceptors.append(depart)
+    return times
+
+
+def most_in_a_second(times: list[float]) -> int:
+    return max((sum(1 for t in times if start <= t < start + 1.0) for start in times), default=0)
+
+
+async def flap(world: SimWorld, period: float, flips: int) -> None:
+    """Every *period* seconds the MN's current link goes down and the other one
+    comes back, *flips* times from wifi0: its movement detection moves the CoA
+    at once each time (the link it is on is gone), from wifi to lte and back."""
+    links = ("wifi0", "lte0")
+    for flip in range(flips):
+        down, up = links[flip % 2], links[(flip + 1) % 2]
+        world.set_link("mn", up, True)
+        world.set_link("mn", down, False)
+        await asyncio.sleep(period)
+
+
+def test_a_flapping_link_sends_at_most_three_bus_a_second_and_ends_on_the_last_coa(world):
+    """The MN's links flap, eleven moves in 1.1 s: before, it sent a BU to its HA
+    at each move (10 in 0.9 s).  RFC 6275 §11.8: at most MAX_UPDATE_RATE (3) a
+    second; a BU held back goes out later with the newest CoA, so the HA
+    still ends on the CoA the MN is at."""
+    async def scenario():
+        await world.start_all()
+        await until(world, "registered", lambda: bound_on(world, "mn", COA["mn"]["wifi0"]), 5)
+        times = bu_sends(world)
+        await flap(world, 0.1, 11)                   # ends on lte
+        await until(world, "the HA bound to the lte CoA", lambda: bound_on(
+            world, "mn", COA["mn"]["lte0"], (HA,)) and world.nodes["ha"].mobility.ha.binding(
+            IPv6Address(HOA["mn"])).coa == IPv6Address(COA["mn"]["lte0"]), 5)
+        return times
+    times = world.run(scenario())
+    assert len(times) >= 3
+    assert most_in_a_second(times) <= 3, times
+
+
+def test_status_135_answers_do_not_burst_bus(world) -> None:
+    """The HA's sequence number is far ahead of the MN's (a restored HA, say):
+    every BU of a quick series of moves comes back with status 135, and each
+    135 asks for a corrected BU at once (RFC 6275 §11.7.3).  Before, that was
+    a burst (4 BUs at once); now the rate limit holds, and the HA still ends
+    on the last CoA."""
+    async def scenario():
+        await world.start_all()
+        await until(world, "registered", lambda: bound_on(world, "mn", COA["mn"]["wifi0"]), 5)
+        hoa = IPv6Address(HOA["mn"])
+        ha_core = world.nodes["ha"].mobility.ha
+        mn_sequence = world.nodes["mn"].mobility.mn.entry(IPv6Address(HA)).sequence
+        ha_core._cache[hoa].sequence = (mn_sequence + 20_000) % 65536
+        times = bu_sends(world)
+        await flap(world, 0.02, 3)                   # wifi -> lte -> wifi -> lte
+        await until(world, "the HA bound to the lte CoA", lambda: ha_core.binding(
+            hoa).coa == IPv6Address(COA["mn"]["lte0"]) and bound_on(
+            world, "mn", COA["mn"]["lte0"], (HA,)), 10)
+        assert ha_core.counters[f"refused_{BindingAckStatus.SEQUENCE_NUMBER_OUT_OF_WINDOW}"]
+        return times
+    times = world.run(scenario())
+    assert most_in_a_second(times) <= 3, times

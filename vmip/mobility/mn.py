@@ -23,6 +23,10 @@ Per entry the state machine is::
 
 BUs are resent with exponential back-off (RFC 6275 §11.8), each with a new
 sequence number, so a BA tells which transmission it answers (its RTT).
+No more than MAX_UPDATE_RATE (3) BUs a second go to one peer (§11.8): one
+over the limit waits until the oldest of the last three is a second old,
+and is built only then, so it carries the newest CoA (a flapping link
+converges on where the MN is, not on where it was).
 While PROVING the AOTR is what is resent (draft §4.5.1).
 """
 
@@ -30,6 +34,7 @@ from __future__ import annotations
 
 import enum
 import os
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv6Address
@@ -63,6 +68,7 @@ from vmip.mobility.events import (
 from vmip.mobility.timers import (
     INITIAL_BINDACK_TIMEOUT,
     INITIAL_BINDACK_TIMEOUT_FIRST_REG,
+    MAX_UPDATE_RATE,
     REFRESH_FRACTION,
     Retransmission,
     earliest,
@@ -124,11 +130,15 @@ class BindingUpdateListEntry:
     direct: IPv6Address | None = None  # the CoA IPsec data to this peer leaves from, if direct
     resyncs: int = 0
     unsupported: bool = False
+    #: When the last MAX_UPDATE_RATE BUs to this peer left (RFC 6275 §11.8).
+    bu_times: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_UPDATE_RATE))
+    #: A BU the rate limit held back goes out then, built afresh.
+    deferred_until: float | None = None
 
     def deadline(self) -> float | None:
         refresh = self.refresh_at if self.state is EntryState.BOUND else None
         retransmit = self.retransmission.deadline if self.retransmission is not None else None
-        return earliest(retransmit, refresh, self.expires_at)
+        return earliest(retransmit, refresh, self.expires_at, self.deferred_until)
 
 
 @dataclass(slots=True)
@@ -328,6 +338,15 @@ class MobileNode(MobilityCore):
                 self._set_direct(entry, True)
 
     def _transmit_bu(self, entry: BindingUpdateListEntry, now: float) -> None:
+        times = entry.bu_times
+        if len(times) == MAX_UPDATE_RATE and now - times[0] < 1.0:
+            # RFC 6275 §11.8 MAX_UPDATE_RATE: later, with whatever CoA is current then.
+            if entry.deferred_until is None:
+                self.counters["bu_rate_limited"] += 1
+            entry.deferred_until = times[0] + 1.0
+            return
+        entry.deferred_until = None
+        times.append(now)
         entry.sequence = next_sequence(entry.sequence)
         entry.sent_at[entry.sequence] = now
         while len(entry.sent_at) > _SENT_MEMORY:
@@ -626,6 +645,13 @@ class MobileNode(MobilityCore):
                 self._send_early(test)
 
     def _entry_timers(self, entry: BindingUpdateListEntry, now: float) -> None:
+        if entry.deferred_until is not None and entry.deferred_until <= now:
+            entry.deferred_until = None
+            if entry.state in (EntryState.REGISTERING, EntryState.DEREGISTERING):
+                self._transmit_bu(entry, now)
+                if entry.retransmission is not None and entry.deferred_until is None:
+                    # The back-off counts from when the BU really left.
+                    entry.retransmission.deadline = now + entry.retransmission.interval
         if entry.expires_at is not None and entry.expires_at <= now:
             expired_coa = entry.coa
             entry.expires_at = None

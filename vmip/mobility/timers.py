@@ -12,6 +12,9 @@ INITIAL_BINDACK_TIMEOUT_FIRST_REG = 1.5
 INITIAL_BINDACK_TIMEOUT = 1.0
 MAX_BINDACK_TIMEOUT = 32.0
 
+#: RFC 6275 §12, §11.8: BUs to one peer per second, at most.
+MAX_UPDATE_RATE = 3
+
 #: A binding is refreshed when this share of its granted lifetime has passed
 #: (RFC 6275 §11.7.1 only says "before it expires"; 80 % leaves room for the
 #: retransmissions of the refresh: 84 s of 420 s).
