@@ -23,6 +23,7 @@ from vmip.mobility.events import BindingErrorReceived, BindingRefused
 from vmip.node.keying_policy import static_keys
 from vmip.sim.scenario import demo_profiles
 from vmip.sim.world import SimWorld
+from vmip.wire.checksum import upper_layer_checksum
 from vmip.wire.mh import (
     AlternateCareOfAddress,
     BindingAckStatus,
@@ -377,3 +378,58 @@ def test_status_135_answers_do_not_burst_bus(world) -> None:
         return times
     times = world.run(scenario())
     assert most_in_a_second(times) <= 3, times
+
+
+# -- item: ICMPv6 Parameter Problem for a malformed MH (RFC 6275 §9.2) ----------------------
+
+
+def malformed_mh(dst: str, *, payload_proto: int = 59, header_len: int | None = None) -> bytes:
+    """A BU from the MN's HoA to *dst* with one field broken, checksum still right."""
+    hoa = IPv6Address(HOA["mn"])
+    bu = BindingUpdate(1, 100, ack=True, options=(AlternateCareOfAddress(hoa),))
+    packet = bytearray(build_mh_packet(bu, hoa, IPv6Address(dst)))
+    packet[40] = payload_proto
+    if header_len is not None:
+        packet[41] = header_len
+        del packet[40 + (header_len + 1) * 8:]
+        packet[4:6] = (len(packet) - 40).to_bytes(2, "big")
+    packet[44:46] = b"\0\0"
+    checksum = upper_layer_checksum(bytes(packet[8:24]), bytes(packet[24:40]), 135,
+                                    bytes(packet[40:]))
+    packet[44:46] = checksum.to_bytes(2, "big")
+    return bytes(packet)
+
+
+@pytest.mark.parametrize(("peer", "fault", "pointer"), [
+    ("ha", {"payload_proto": 6}, 40),      # Payload Proto is not 59: pointer at it
+    ("cn", {"header_len": 0}, 41),         # Header Len too small for a BU: pointer at it
+])
+def test_a_malformed_mh_gets_a_parameter_problem_pointing_at_the_fault(world, peer, fault,
+                                                                       pointer) -> None:
+    """The MN's host sends a malformed MH through the MN's SAs; the HA or the CN
+    answers an ICMPv6 Parameter Problem, code 0, whose pointer (from the start
+    of the invoking packet) names the faulty field (RFC 6275 §9.2), which
+    arrives back at the MN's host over the wire.  Twenty-five at once get ten
+    answers (rate limit, RFC 4443 §2.4(f))."""
+    address = {"ha": HA, "cn": CN}[peer]
+
+    async def scenario():
+        await world.start_all()
+        await until(world, "registered", lambda: bound_on(world, "mn", COA["mn"]["wifi0"]), 5)
+        arrived: list[bytes] = []
+        world.tun_sinks["mn"] = lambda packet: arrived.append(packet) if packet[6] == 58 \
+            and packet[40] == 4 else None
+        bad = malformed_mh(address, **fault)
+        for _ in range(25):
+            world.tuns["mn"].inject(bad)
+        await until(world, "ten Parameter Problems", lambda: len(arrived) >= 10, 2)
+        await asyncio.sleep(0.05)
+        return arrived, world.nodes[peer].mobility.counters
+    arrived, counters = world.run(scenario())
+    assert len(arrived) == 10
+    assert counters["mh_parameter_problem_rate_limited"] == 15
+    for packet in arrived:
+        assert packet[8:24] == IPv6Address(address).packed
+        assert packet[41] == 0                                     # code 0
+        assert int.from_bytes(packet[44:48], "big") == pointer
+        assert packet[48:88] == malformed_mh(address, **fault)[:40]   # the invoking packet

@@ -230,6 +230,7 @@ class MobilityCore:
         self._events: deque[MobilityEvent] = deque()
         self.counters: Counter[str] = Counter()
         self.sent: Counter[str] = Counter()
+        self._parameter_problem: int | None = None
 
     # -- the aioquic-style API --------------------------------------------
 
@@ -241,6 +242,14 @@ class MobilityCore:
     def next_event(self) -> MobilityEvent | None:
         """The oldest event not yet consumed, or ``None``."""
         return self._events.popleft() if self._events else None
+
+    def take_parameter_problem(self) -> int | None:
+        """The offset, from the start of the MH, of the field at fault in the
+        last message ``receive`` refused as malformed, if it has one (and
+        forget it): the caller owes its sender an ICMPv6 Parameter Problem,
+        code 0, pointing there (RFC 6275 §9.2)."""
+        pointer, self._parameter_problem = self._parameter_problem, None
+        return pointer
 
     # -- helpers for subclasses -------------------------------------------
 
@@ -266,12 +275,14 @@ class MobilityCore:
         log.debug("mh dropped", reason=reason, **fields)
 
     def _parse(self, mh: bytes, src: IPv6Address, dst: IPv6Address) -> MobilityMessage | None:
+        self._parameter_problem = None
         try:
             return parse_mh(mh, src, dst)
         except ChecksumError:
             self._drop("bad_checksum", src=src)
         except WireError as error:
             self._drop("malformed", src=src, error=str(error))
+            self._parameter_problem = getattr(error, "pointer", None)
         return None
 
 

@@ -46,8 +46,15 @@ from vmip.mobility.spi_tracking import SpiTracker
 from vmip.node.events import event_fields, jsonable
 from vmip.node.movement import PreviousCoas
 from vmip.node.services import NodeServices
+from vmip.node.tun import IcmpErrorRateLimiter
 from vmip.wire import proto
 from vmip.wire.errors import WireError
+from vmip.wire.icmpv6 import (
+    PARAMETER_PROBLEM,
+    ParameterProblem,
+    build_icmpv6_packet,
+    may_send_error,
+)
 from vmip.wire.ipv6 import parse_ipv6
 from vmip.wire.mh import MHType
 
@@ -57,6 +64,11 @@ _MH = proto.MOBILITY
 #: MH types handled by the MN core; the rest (BU 5, AOTO 30, AOTR 32) by the HA/CN cores.
 _TO_MOBILE_NODE = frozenset({MHType.BINDING_REFRESH_REQUEST, MHType.BINDING_ACK,
                              MHType.BINDING_ERROR, MHType.AOTC, MHType.AOTS})
+
+#: ICMPv6 errors about malformed MH: per second, and in a burst (RFC 4443 §2.4(f)).
+MH_ERROR_RATE = 10.0
+MH_ERROR_BURST = 10
+
 
 class MobilityAgent:
     """Roles, rules and the per-packet hooks of one node."""
@@ -100,6 +112,7 @@ class MobilityAgent:
             # A clean stop deletes our bindings instead of leaving them to expire.
             services.on_stop("mobility", self.deregister)
         self._deregistered: asyncio.Event | None = None
+        self._icmp_errors = IcmpErrorRateLimiter(MH_ERROR_RATE, MH_ERROR_BURST)
         self.ha: HomeAgent | None = None
         self.ha_address: IPv6Address | None = None
         if cfg.has_role(ConfigRole.HA):
@@ -279,15 +292,32 @@ class MobilityAgent:
         src, dst = IPv6Address(inner[8:24]), IPv6Address(inner[24:40])
         wire = OnWire(onwire.src_address, onwire.dst_address) if onwire else OnWire()
         mh_type = mh[2] if len(mh) > 2 else -1
+        core: MobileNode | HomeAgent | Correspondent
         if mh_type in _TO_MOBILE_NODE and self.mn is not None and dst == self.hoa:
-            self.mn.receive(mh, src, dst, wire, now)
+            core = self.mn
         elif self.ha is not None and dst == self.ha_address:
-            self.ha.receive(mh, src, dst, wire, now)
+            core = self.ha
         else:
-            self.cn.receive(mh, src, dst, wire, now)
+            core = self.cn
+        core.receive(mh, src, dst, wire, now)
+        pointer = core.take_parameter_problem()
+        if pointer is not None:
+            self._parameter_problem(inner, len(inner) - len(mh) + pointer, now)
         self.counters["rx_mh"] += 1
         self.pump(now)
         return True
+
+    def _parameter_problem(self, inner: bytes, pointer: int, now: float) -> None:
+        """RFC 6275 §9.2: ICMPv6 Parameter Problem, code 0, for a malformed MH
+        (pointer from the start of *inner*), rate-limited (RFC 4443 §2.4(f))."""
+        if not may_send_error(inner, PARAMETER_PROBLEM):
+            return
+        if not self._icmp_errors.allow(now):
+            self.counters["mh_parameter_problem_rate_limited"] += 1
+            return
+        error = build_icmpv6_packet(ParameterProblem(0, pointer, inner), inner[24:40], inner[8:24])
+        self.services.send_inner(error, None, now)
+        self.counters["mh_parameter_problem_sent"] += 1
 
     # -- actions -------------------------------------------------------------------
 
