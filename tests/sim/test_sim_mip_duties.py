@@ -12,7 +12,7 @@ sends forged datagrams from a host of its own.
 from __future__ import annotations
 
 import asyncio
-from ipaddress import IPv6Address
+from ipaddress import IPv6Address, IPv6Network
 
 import pytest
 from test_sim_scenarios import CN, COA, HA, HOA, bound_on, until
@@ -106,6 +106,34 @@ def test_a_bu_inside_the_mn_ha_tunnel_is_dropped_and_counted(world) -> None:
                               COA["mn"]["wifi0"]), HA_ENDPOINT)
         await until(world, "the HA accepting the BU on the MH SA", lambda: ha.mobility.ha.binding(
             hoa).coa == IPv6Address(COA["mn"]["lte0"]), 2)
+    world.run(scenario())
+
+
+def test_mh_type_selectors_decide_which_sa_carries_which_mh_type(world) -> None:
+    """RFC 3776 §6.2.3 style: the HA's SPD says MH type 99 from the MN must come
+    on another SA than the MN's MH SA.  The MN's type-99 message on its MH SA
+    is then dropped and counted before any core sees it, while its BUs on the
+    same SA still register (RFC 4301 §4.4.1.1: the MH type is a selector)."""
+    from vmip.ipsec.sa import Direction
+    from vmip.ipsec.spd import Action, Policy, Selector
+
+    hoa, ha_address = IPv6Address(HOA["mn"]), IPv6Address(HA)
+    unknown = build_mh_packet(UnknownMobilityMessage(99, bytes(10)), hoa, ha_address)
+
+    async def scenario():
+        await world.start_all()
+        await until(world, "registered", lambda: bound_on(world, "mn", COA["mn"]["wifi0"]), 5)
+        ha = world.nodes["ha"]
+        ha.spd.add(Policy("mh-99-from-mn", Direction.IN, Selector(
+            local=IPv6Network(f"{HA}/128"), remote=IPv6Network(f"{HOA['mn']}/128"), proto=135,
+            mh_type=99), Action.PROTECT, ("mn-mh-99-in",), priority=5))
+        world.tuns["mn"].inject(unknown)
+        await until(world, "the type-99 message refused", lambda: ha.counters[
+            "rx_drop_mh_wrong_sa"] == 1, 2)
+        assert ha.mobility.ha.counters["unknown_mh_type"] == 0
+        world.set_link("mn", "wifi0", False)          # a move: a BU on the MH SA
+        await until(world, "bound on lte", lambda: bound_on(world, "mn", COA["mn"]["lte0"],
+                                                             (HA,)), 5)
     world.run(scenario())
 
 
