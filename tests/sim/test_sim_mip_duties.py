@@ -1,10 +1,10 @@
 """RFC 6275 / RFC 3776 duties of running nodes, on the in-process network.
 
 The HA's and the MN's obligations that only show between running nodes: the
-SA an MH must come through (RFC 3776 §4, RFC 4877 §4), deregistration when
-an MN stops (RFC 6275 §11.7.1), the BU rate limit (§11.8), the HA's answers
-to what it must refuse (§9.5.1, §10.3.1) and the ICMPv6 Parameter Problem
-for a malformed MH (§9.2).  Each test drives the lab's four nodes
+SA an MH must come through (RFC 3776, RFC 4877: ESP transport mode),
+deregistration when an MN stops (RFC 6275 §11.7.1), the BU rate limit
+(§11.8), the HA's answers to what it must refuse (§9.5.1, §10.3.1) and the
+ICMPv6 Parameter Problem for a malformed MH (§9.2).  Each test drives the lab's four nodes
 (:class:`vmip.sim.world.SimWorld`) and, where the point is an attack,
 sends forged datagrams from a host of its own.
 """
@@ -80,7 +80,7 @@ def test_a_bu_inside_the_mn_ha_tunnel_is_dropped_and_counted(world) -> None:
     """The attacker holds the MN's tunnel SA (not its MH SA) and sends a BU for
     the MN's HoA inside it, naming a CoA of its own.  The tunnel's selectors
     cover everything the HoA sends, so the RFC 4301 check passes; the MH must
-    still have come on the MH transport SA (RFC 3776 §4): dropped, counted,
+    still have come on the MH transport SA (RFC 3776): dropped, counted,
     the binding unchanged.  The same BU on the MH SA is accepted (the attack
     is refused for the SA, not for its contents)."""
     evil_coa = "2001:db8:66::6"
@@ -110,10 +110,10 @@ def test_a_bu_inside_the_mn_ha_tunnel_is_dropped_and_counted(world) -> None:
 
 
 def test_mh_type_selectors_decide_which_sa_carries_which_mh_type(world) -> None:
-    """RFC 3776 §6.2.3 style: the HA's SPD says MH type 99 from the MN must come
-    on another SA than the MN's MH SA.  The MN's type-99 message on its MH SA
-    is then dropped and counted before any core sees it, while its BUs on the
-    same SA still register (RFC 4301 §4.4.1.1: the MH type is a selector)."""
+    """MH-type selectors, as in RFC 3776's example SPDs: the HA's SPD says MH
+    type 99 from the MN must come on another SA than the MN's MH SA.  The MN's
+    type-99 message on its MH SA is then dropped and counted before any core
+    sees it, while its BUs on the same SA still register (RFC 4301 §4.4.1.1: the MH type is a selector)."""
     from vmip.ipsec.sa import Direction
     from vmip.ipsec.spd import Action, Policy, Selector
 

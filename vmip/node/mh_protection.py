@@ -1,9 +1,10 @@
 """Which SA may carry a Mobility Header message to the mobility cores.
 
-RFC 3776 §4 and RFC 4877 §4 protect BU and BA between the MN and its HA
-with ESP in *transport* mode, on SAs whose selectors name the Mobility
-Header (RFC 3776 §6.2.3 even lets them name one MH type); the draft keeps
-transport-mode SAs for every MH it exchanges (draft §3.2, §7.2).  The RFC
+RFC 3776 and RFC 4877 (their packet formats) protect BU and BA between the
+MN and its HA with ESP in *transport* mode, on SAs whose selectors name the
+Mobility Header, in RFC 3776's example SPDs down to one MH type (RFC 4301
+§4.4.1.1 makes the MH type a selector); the draft keeps transport-mode SAs
+for every MH it exchanges (draft §3.2, §7.2).  The RFC
 4301 §5.2 check the engine makes is not enough for that: it accepts a
 packet that matches *any* inbound policy naming the SA it came on, so a
 clear BU inside the MN-HA ESP tunnel (whose selectors cover everything the

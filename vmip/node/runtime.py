@@ -529,7 +529,7 @@ class Node:
         # TCP, UDP and ICMPv6 right after the IPv6 header cannot be MH: skip
         # the header walk receive_mh would do for every data packet.
         if result.sas and len(inner) > 40 and inner[6] not in _NOT_MH:
-            # An MH only from the transport SA its policy names (RFC 3776 §4, RFC 4877 §4).
+            # An MH only from the transport SA its policy names (RFC 3776, RFC 4877).
             refused = mh_protection.refusal(self.spd, inner, result.sas)
             if refused is not None:
                 self.counters["rx_drop_" + refused] += 1
