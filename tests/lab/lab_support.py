@@ -388,7 +388,7 @@ def assert_no_hao_rh2_or_hoa_on_the_wire(link: str, capture: Path) -> None:
                                   "ipv6.routing.type"])
     assert outer_rows, f"nothing captured on {link}"
     for src, dst, options, routing in outer_rows:
-        # Draft appendix I: no HAO, no type 2 routing header on the foreign link.
+        # Draft appendix J: no HAO, no type 2 routing header on the foreign link.
         assert str(HAO_OPTION) not in options.split(","), (link, options)
         assert str(RH2) not in routing.split(","), (link, routing)
         # The HoA in no outer IPv6 header (the first, on-wire one).

@@ -5,7 +5,7 @@ negotiated by vmip's IKEv2: MN-HA IKE between the CoA and the HA (it follows
 the CoA), MN-CN IKE from the HoA through the HA tunnel (draft appendix B),
 MN-MN2 IKE between home addresses; plus a CHILD_SA rekey in the middle of a
 handover and the CN's refusal of an MN-CN negotiation for a HoA that arrives
-from elsewhere (draft §9.1.2).
+from elsewhere (draft §8.1.2).
 
 SPIs are random here: the tests read them from ``vmip ike list`` at the
 node that holds the SA.  Oracles: ping, iperf3's JSON report, the UDP echo
@@ -177,7 +177,7 @@ def test_mn_and_mn2_register_with_each_other_and_talk_direct(lab) -> None:
     assert sa_packets("ha", tunnel) == tunnel_before
 
 
-# --- §9.1.2: a HoA that arrives from elsewhere ----------------------------------------------
+# --- §8.1.2: a HoA that arrives from elsewhere ----------------------------------------------
 
 PROBE = """
 import socket, sys, time

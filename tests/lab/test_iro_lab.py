@@ -48,7 +48,7 @@ pytestmark = pytest.mark.root
 
 # The SPI plan (configs/README.md), restated.
 MN_CN_OUT, MN_CN_IN, MN_TUNNEL_OUT, MN_MN2 = 0x1301, 0x1302, 0x1201, 0x1401
-# RFC 6275 / draft §4.1: MH types.
+# RFC 6275 / draft §4.4: MH types.
 BU, BA, AOTC, AOTR = 5, 6, 31, 32
 
 

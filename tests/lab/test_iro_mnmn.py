@@ -161,7 +161,7 @@ def test_ping_loses_no_more_than_the_both_on_lte_window(both_moving) -> None:
 
 
 def test_mn_mn_data_takes_the_ha_only_towards_an_unproven_coa(both_moving) -> None:
-    """Draft §4.5.1 and appendix I: MN never reverse-tunnels IRO traffic; MN2's HA
+    """Draft §4.5.1 and appendix J: MN never reverse-tunnels IRO traffic; MN2's HA
     carries only what MN sent while MN2's new CoA was not yet proven."""
     (from_mn_before, to_mn2_before), (from_mn_after, to_mn2_after) = both_moving["tunnels"]
     assert from_mn_after == from_mn_before

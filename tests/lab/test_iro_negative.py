@@ -214,7 +214,7 @@ def test_bu_from_a_hoa_the_cn_has_no_sa_with_is_dropped_before_mipv6(lab) -> Non
 
 
 def test_bu_under_mn2s_sa_claiming_mns_hoa_never_touches_mns_binding(lab) -> None:
-    """Draft §5.2, §9: the SA names the HoA; a packet cannot claim another one.
+    """Draft §5.2, §8: the SA names the HoA; a packet cannot claim another one.
 
     MN2 protects a BU with its own SA but puts MN's HoA in the IPv6 header
     and computes the MH checksum for MN's HoA, as a forger of MN's binding

@@ -306,7 +306,7 @@ def test_underlay_capture_decodes_in_tshark(started, tmp_path: Path) -> None:
     for _, _, spi, ipv6_src in plain:
         on_wire_source = ipv6_src.split(",")[0]
         # IRO: transport with the CN remapped to the wifi CoA (the HoA never on
-        # the foreign link, draft appendix I); the tunnel's outer header on the CoA too.
+        # the foreign link, draft appendix J); the tunnel's outer header on the CoA too.
         expected = {0x1301: WIFI["mn"][1], 0x1302: CN, 0x1201: WIFI["mn"][1], 0x1202: HA}
         assert on_wire_source == expected[int(spi, 16)]
 

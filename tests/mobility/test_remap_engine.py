@@ -364,7 +364,7 @@ def test_remapping_outside_esp_is_invisible_to_esp_and_to_the_transport_checksum
 
     # Without the inbound rule ESP still authenticates (the IPv6 header is not
     # covered by the ICV), but the decrypted packet would claim the CoA while
-    # its checksum is over the HoA: why a peer without IRO drops it (appendix G).
+    # its checksum is over the HoA: why a peer without IRO drops it (appendix I).
     cn_in_again = EspSA(SaParams(0x1301, IN, HOA, CN, "aes128gcm16", key), 0.0)
     unmapped = decap(on_wire, 40, cn_in_again, 1.0)
     assert IPv6Address(IPv6(unmapped).src) == COA

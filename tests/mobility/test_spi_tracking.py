@@ -90,7 +90,7 @@ def test_getspi_installs_the_inbound_rule_before_update():
     node.bus.subscribe(lambda event: seen_at_getspi.append(node.rule(IN, 0x5001, SRC)))
     spi = node.sad.getspi(HOA, CN, 0.0, name="mh-in")
     assert spi == 0x5001
-    # Installed inside the delivery of GETSPI itself (§6.2.1): a subscriber
+    # Installed inside the delivery of GETSPI itself (§6.2.2): a subscriber
     # after the tracker already sees it.
     assert seen_at_getspi[0] == RemapRule(IN, spi, SRC, WILDCARD, HOA, copy_to_ancillary=True,
                                           owner=f"iro-cn:{HOA}")
@@ -151,7 +151,7 @@ def test_delete_removes_every_rule_of_that_spi():
     node.sad.add(params(0x1302, IN, CN, HOA, selectors=(mh_selector(HOA, CN),)), 0.0)
     node.engine.add(RemapRule(OUT, 0x1301, DST, CN, CN2, owner="by hand"))
     node.sad.delete(0x1301, OUT)
-    # §6.2.4: "removal of associated remapping rules for the SA (i.e. having that SPI)".
+    # §6.2.5: "removal of associated remapping rules for the SA (i.e. having that SPI)".
     assert node.rule(OUT, 0x1301, SRC) is None and node.rule(OUT, 0x1301, DST) is None
     assert node.rule(IN, 0x1302, DST) is not None
     assert [sa.spi for sa in node.tracker.sas()] == [0x1302]
@@ -168,7 +168,7 @@ def test_soft_expire_keeps_the_rules_hard_expire_removes_them_before_the_delete(
 
     node.sad.handle_timer(10.0)
     assert node.tracker.counters["expire_soft"] == 1
-    assert node.rule(IN, 0x2001, SRC) is not None  # §6.2.5: "the SA is still valid"
+    assert node.rule(IN, 0x2001, SRC) is not None  # §6.2.6: "the SA is still valid"
     assert node.tracker.sas()[0].state == "dying"
 
     node.sad.handle_timer(20.0)

@@ -239,7 +239,7 @@ def test_home_registration_without_hao_or_rh2(lab):
     inner = bu(HOA1, HA_ADDRESS, COA1)
     on_wire, delivered, handed_over = send(mn, ha, inner, COA1)
     assert on_wire_addresses(on_wire) == (COA1, HA_ADDRESS)
-    assert HOA1.packed not in on_wire  # appendix I: the HoA never shows on the foreign link
+    assert HOA1.packed not in on_wire  # appendix J: the HoA never shows on the foreign link
     assert delivered == inner and mh_checksum_is_valid(delivered, MIP6MH_BU)
     assert handed_over == Ancillary(COA1.packed, UNSPECIFIED)
     assert IPv6Address(IPv6(delivered)[MIP6OptAltCoA].acoa) == handed_over.src_address

@@ -5,7 +5,7 @@
 - A CREATE_CHILD_SA with selectors and a mode of its own, between two
   sans-IO IKE peers (the MN-HA tunnel child after the MH pair).
 - ``ts_within`` against a brute-force oracle (hypothesis).
-- The §9.1.2 arrival check: which IKE_SA_INIT a node refuses.
+- The §8.1.2 arrival check: which IKE_SA_INIT a node refuses.
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def test_ts_within_is_set_inclusion(inner, outer) -> None:
     assert ts_within(inner, outer) == (_points(inner) <= _points(outer))
 
 
-# --- §9.1.2: where an IKE_SA_INIT may come from -------------------------------------------------
+# --- §8.1.2: where an IKE_SA_INIT may come from -------------------------------------------------
 
 HA_ENDPOINT = ("192.0.2.2", 6275)
 MN_ENDPOINT = ("192.0.2.34", 6275)
@@ -189,7 +189,7 @@ def refusal(stub, address: str, onwire: str, endpoint) -> str | None:
 def test_cn_accepts_the_hoa_through_the_ha_and_refuses_it_from_elsewhere() -> None:
     cn = manager()
     assert refusal(cn, HOA, HOA, HA_ENDPOINT) is None
-    # The same HoA straight from the MN's access link: not proven (§9.1.2).
+    # The same HoA straight from the MN's access link: not proven (§8.1.2).
     assert "is reached at" in refusal(cn, HOA, HOA, MN_ENDPOINT)
     # Tunnelled by someone who is not our HA: the on-wire source is not the HoA.
     assert "is not the IKE address" in refusal(cn, HOA, WIFI_COA, MN_ENDPOINT)

@@ -833,7 +833,7 @@ class IkeSa:
         payloads += mobike.auth_payloads(self)
         if self.config.initial_child:
             # The inbound SPI is allocated now, before IKE_AUTH completes, so
-            # IRO can install its rules in time (IRO draft §6.2.1).
+            # IRO can install its rules in time (IRO draft §6.2.1, GETSPI §6.2.2).
             self._child_spi = self._spi_allocator(now)
             if self.config.mode is Mode.TRANSPORT:
                 payloads.append(NotifyPayload(Notify.USE_TRANSPORT_MODE))

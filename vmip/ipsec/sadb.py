@@ -71,7 +71,7 @@ class GetSpiEvent(SadbEvent):
     """An inbound SPI was reserved (larval SA) for traffic src -> dst.
 
     Published before the SA is complete so that IRO can install remap rules
-    keyed by this SPI before the first packet needs them (draft §6.2.1).
+    keyed by this SPI before the first packet needs them (draft §6.2.1, §6.2.2).
     """
 
     spi: int
@@ -89,7 +89,7 @@ class AddEvent(SadbEvent):
 
 @dataclass(frozen=True)
 class UpdateEvent(SadbEvent):
-    """A larval SA got its keys and became mature (draft §6.2.2)."""
+    """A larval SA got its keys and became mature (draft §6.2.3)."""
 
     sa: SaInfo
 

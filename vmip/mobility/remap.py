@@ -373,7 +373,7 @@ class RemapEngine:
         return removed
 
     def remove_spi(self, spi: int) -> int:
-        """Remove every rule of *spi*, both directions (SA DELETE, draft §6.2.4)."""
+        """Remove every rule of *spi*, both directions (SA DELETE, draft §6.2.5)."""
         return sum(self.remove(direction, spi) for direction in Direction)
 
     def remove_owner(self, owner: str) -> int:

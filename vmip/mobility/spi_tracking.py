@@ -50,8 +50,8 @@ UPDATE; no packet can use a larval SA, so a provisional rule is harmless.
 
 Events (draft §6.2): GETSPI, ADD and UPDATE install rules at once, inside
 the bus delivery, so they exist before the first packet that needs them
-(§6.2.1); DELETE and hard EXPIRE remove every rule of the SPI (§6.2.4,
-§6.2.5); soft EXPIRE changes nothing (§6.2.5: "the SA is still valid");
+(§6.2.1); DELETE and hard EXPIRE remove every rule of the SPI (§6.2.5,
+§6.2.6); soft EXPIRE changes nothing (§6.2.6: "the SA is still valid");
 MIGRATE updates the tracker's table (tunnel SAs need no rule); DUMP replaces
 the table.  A rekey is nothing special (§6.3): the new SPI arrives by
 GETSPI/ADD and gets its rules, the old one loses them at DELETE/EXPIRE.
@@ -371,13 +371,13 @@ class SpiTracker:
         """The bus callback."""
         self._refresh()
         if isinstance(event, GetSpiEvent):
-            # §6.2.1: the inbound SPI exists before the negotiation ends.
+            # §6.2.2: the inbound SPI exists before the negotiation ends.
             info = SaInfo(spi=event.spi, direction=Direction.IN, src=event.src, dst=event.dst,
                           state="larval", name=event.name)
             self.counters["getspi"] += 1
             self._sync(*self._learn(info))
         elif isinstance(event, (AddEvent, UpdateEvent)):
-            # §6.2.2, §6.2.3: ADD is handled as UPDATE.
+            # §6.2.3, §6.2.4: ADD is handled as UPDATE.
             self.counters["add" if isinstance(event, AddEvent) else "update"] += 1
             self._sync(*self._learn(event.sa))
         elif isinstance(event, DeleteEvent):
@@ -385,11 +385,11 @@ class SpiTracker:
             self._forget(event.sa)
         elif isinstance(event, ExpireEvent):
             if event.kind == "hard":
-                # §6.2.5: the SA may be gone already; its rules go now.
+                # §6.2.6: the SA may be gone already; its rules go now.
                 self.counters["expire_hard"] += 1
                 self._forget(event.sa)
             else:
-                # §6.2.5: soft, "nothing is done as the SA is still valid".
+                # §6.2.6: soft, "nothing is done as the SA is still valid".
                 self.counters["expire_soft"] += 1
                 entry = self._sas.get(self._key(event.sa))
                 if entry is not None:
@@ -438,7 +438,7 @@ class SpiTracker:
 
     def _forget(self, info: SaInfo) -> None:
         self._sas.pop(self._key(info), None)
-        # §6.2.4: every rule of that SPI goes, whoever installed it; another
+        # §6.2.5: every rule of that SPI goes, whoever installed it; another
         # tracked SA with the same SPI (another peer's choice) gets its own back.
         removed = self.engine.remove(info.direction, info.spi)
         if removed:

@@ -18,7 +18,7 @@ Nothing is remembered per source address between datagrams: what the manager
 knows of a datagram's arrival lives only while that datagram is processed.
 
 Keys: every inbound CHILD_SA SPI comes from ``SAD.getspi`` while IKE_AUTH or
-CREATE_CHILD_SA is being built (IRO draft §6.2.1: remap rules keyed by the
+CREATE_CHILD_SA is being built (IRO draft §6.2.1, §6.2.2: remap rules keyed by the
 SPI exist before the first ESP packet); ``ChildSaCreated`` completes it
 (UPDATE) and ADDs the outbound SA; the negotiated traffic selectors become
 PROTECT policies naming the SAs by SPI.  A rekey (RFC 7296 §2.8) moves
@@ -37,7 +37,7 @@ Decisions the config leaves open (docs/ike.md "Integration"):
   (:meth:`IkeManager.child_plans`): transport pairs at their SA-level
   (home) addresses, one tunnel child; the MN-HA IKE SA follows the CoA
   (:meth:`IkeManager.coa_changed`); a responder refuses an IKE_SA_INIT that
-  did not arrive the way its address says (IRO draft §9.1.2).  docs/ike.md
+  did not arrive the way its address says (IRO draft §8.1.2).  docs/ike.md
   "The lab on IKE, and mobility".
 """
 
@@ -379,7 +379,7 @@ class IkeManager:
     def _arrival_refusal(self, address: str) -> str | None:
         """Why an IKE_SA_INIT naming *address* must be refused, or None.
 
-        IRO draft §9.1.2: an MN-CN negotiation for a HoA proves the HoA only
+        IRO draft §8.1.2: an MN-CN negotiation for a HoA proves the HoA only
         if the HoA is where it came from.  So the on-wire source must be the
         IKE address itself (a CN gets MN-CN IKE in clear through the HA, with
         the HoA as on-wire source; draft appendix B), or our own HA when we
@@ -419,7 +419,7 @@ class IkeManager:
         dst = sad_address(local[0])
 
         def allocate(now: float) -> int:
-            # GETSPI while the SA payload is built (IRO draft §6.2.1).
+            # GETSPI while the SA payload is built (IRO draft §6.2.2).
             return self.services.sad.getspi(src, dst, now, name="ike")
         return allocate
 
@@ -913,7 +913,7 @@ class IkeManager:
                  spi_in=f"{event.spi_in:#010x}", spi_out=f"{event.spi_out:#010x}",
                  suite=event.suite, mode=event.mode.value, policies=len(record.policies),
                  rekey_of=f"{rekey_of:#010x}" if rekey_of is not None else "-")
-        # A new transport pair may be one IRO must track (MH rules, draft §6.2.2):
+        # A new transport pair may be one IRO must track (MH rules, draft §6.2.3, §6.2.4):
         # the mobility agent sees its ADD on the SADB bus.
 
     def _remove_policy(self, name: str) -> None:

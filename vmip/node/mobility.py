@@ -5,7 +5,7 @@ the runtime calls:
 
 - per packet: :meth:`MobilityAgent.outbound` (IRO outbound rules after ESP,
   then, on an MN, the reverse tunnel for what still carries the HoA: draft
-  appendix I, the HoA never on the foreign link) and
+  appendix J, the HoA never on the foreign link) and
   :meth:`MobilityAgent.inbound` (IRO inbound rules before ESP, with the
   ancillary on-wire addresses of draft §5.1.1);
 - per Mobility Header message: :meth:`MobilityAgent.receive_mh` dispatches
@@ -157,7 +157,7 @@ class MobilityAgent:
     def _on_sadb_event(self, event: SadbEvent) -> None:
         """An SA came or went: the reverse tunnel SA may have changed, and a
         transport pair added after start (IKE-made) may be one IRO must track
-        (MH rules, draft §6.2.2)."""
+        (MH rules, draft §6.2.3, §6.2.4)."""
         self.tunnel_changed()
         if isinstance(event, (AddEvent, UpdateEvent, DeleteEvent)):
             self._mn_tunnels = None      # a MIGRATE is ours: the index follows it itself
@@ -174,7 +174,7 @@ class MobilityAgent:
         return mn.coa if mn is not None and local == self.hoa else None
 
     def _known_peer(self, hoa: IPv6Address) -> bool:
-        """A CN serves a HoA it shares an SA with (draft §9.1.2: proof of HoA ownership)."""
+        """A CN serves a HoA it shares an SA with (draft §8.1.2: proof of HoA ownership)."""
         return any(remote == hoa for _local, remote in self._transport_peers())
 
     # -- what a binding vouches for (locators, forwarding: docs/security.md) ---------
@@ -184,7 +184,7 @@ class MobilityAgent:
         care-of address?  The home registration at our HA role; with
         ``home_only`` false also our CN role's binding, the CoA it accepts
         traffic from (draft §4.5.1) and the one whose proof is pending (the
-        AOTC goes there, draft §4.3)."""
+        AOTC goes there, draft §4.4.2)."""
         ha = self.ha
         if ha is not None:
             entry = ha.binding(peer)
@@ -208,7 +208,7 @@ class MobilityAgent:
         """Is *address* a home address this node knows of: inside the prefix
         our HA role serves (not the HA's own address), or the HoA of a mobile
         node registered with our CN role?  A home address is reached through
-        its HA, never at a locator of its own (draft appendix I)."""
+        its HA, never at a locator of its own (draft appendix J)."""
         if self.ha is not None:
             candidate = IPv6Address(address)
             if candidate in self.ha.home_prefix and candidate != self.ha_address:

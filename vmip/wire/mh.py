@@ -342,7 +342,7 @@ class AotOffer:
 
 @dataclass(frozen=True, slots=True)
 class _NonceMessage:
-    """AOTC and AOTR share one format (draft §4.3, §4.4): 2 reserved octets,
+    """AOTC and AOTR share one format (draft §4.4.2, §4.4.3): 2 reserved octets,
     the mandatory Nonce option, then any further options."""
 
     nonce: bytes
