@@ -201,3 +201,30 @@ def test_binding_expires_after_its_lifetime():
     ha.handle_timer(43.0)
     assert events(ha) == [BindingExpired(HOA, HOA, WIFI), TunnelEndpointChanged(HOA, None)]
     assert ha.bindings() == [] and ha.get_timer() is None
+
+
+# --- CoA validity and the Binding Error limiter ---------------------------------
+
+
+@given(st.integers(0, (1 << 128) - 1))
+def test_only_global_scope_unicast_can_be_a_care_of_address(value):
+    """RFC 6275 §6.2.5, §9.5.1: a CoA is unicast routable.  The oracle is
+    RFC 4291's address types, spelled out independently of the code."""
+    from vmip.mobility.binding import unroutable_care_of
+
+    address = IPv6Address(value)
+    first_byte, first_ten_bits = value >> 120, value >> 118
+    expected = (first_byte == 0 or first_byte == 0xFF
+                or first_ten_bits in (0b1111111010, 0b1111111011))
+    assert unroutable_care_of(address) is expected
+
+
+def test_the_binding_error_limiter_remembers_a_bounded_number_of_sources():
+    from vmip.mobility.binding import BindingErrorLimiter
+
+    limiter = BindingErrorLimiter(interval=1.0, memory=4)
+    sources = [IPv6Address(f"2001:db8::{n:x}") for n in range(1, 7)]
+    assert [limiter.allow(s, 0.0) for s in sources] == [True] * 4 + [False] * 2
+    assert not limiter.allow(sources[0], 0.5)           # one a second per source
+    assert limiter.allow(sources[5], 1.0)               # the old ones aged out
+    assert len(limiter._last) <= 4
