@@ -249,7 +249,8 @@ def test_close_runs_every_step_when_one_fails(caplog):
         links={"eth0": types.SimpleNamespace(close=link_close)},
         tun=types.SimpleNamespace(close=lambda: closed.append("tun")),
         pcap_wire=types.SimpleNamespace(close=lambda: closed.append("pcap")), pcap_inner=None,
-        seq_state=None, config=types.SimpleNamespace(node=types.SimpleNamespace(name="t")))
+        seq_state=None, config=types.SimpleNamespace(node=types.SimpleNamespace(name="t")),
+        _serving=False)
     node._close_step = functools.partial(Node._close_step, node)
     node._close_step_async = functools.partial(Node._close_step_async, node)
     with caplog.at_level(logging.INFO):
