@@ -218,6 +218,7 @@ class HomeAgent(MobilityCore):
         if entry is None and len(self._cache) >= self.max_bindings:
             self._refuse(bu, hoa, BindingAckStatus.INSUFFICIENT_RESOURCES, reply_to)
             return
+        self._refused_at.pop(hoa, None)      # the binding vouches for its CoA from now on
         granted_units = min(bu.lifetime_units, self.max_lifetime_units)
         granted = lifetime_seconds(granted_units)
         moved = entry is None or entry.coa != coa
