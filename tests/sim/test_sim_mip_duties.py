@@ -19,7 +19,13 @@ from test_sim_scenarios import CN, COA, HA, HOA, bound_on, until
 
 from vmip.config import load_config
 from vmip.ipsec.esp import EspSA, transport_encap, tunnel_encap
-from vmip.mobility.events import BindingErrorReceived, BindingRefused
+from vmip.mobility.events import (
+    AotOfferSent,
+    AotResponseSent,
+    BindingErrorReceived,
+    BindingRefused,
+    BindingUpdateSent,
+)
 from vmip.node.keying_policy import static_keys
 from vmip.sim.scenario import demo_profiles
 from vmip.sim.world import SimWorld
@@ -378,10 +384,26 @@ def test_a_flapping_link_sends_at_most_three_bus_a_second_and_ends_on_the_last_c
         await until(world, "the HA bound to the lte CoA", lambda: bound_on(
             world, "mn", COA["mn"]["lte0"], (HA,)) and world.nodes["ha"].mobility.ha.binding(
             IPv6Address(HOA["mn"])).coa == IPv6Address(COA["mn"]["lte0"]), 5)
-        return times
-    times = world.run(scenario())
+        await until(world, "the CN and mn2 bound to it too", lambda: bound_on(
+            world, "mn", COA["mn"]["lte0"], (CN, HOA["mn2"])), 10)
+        return times, mh_sent(world)
+    times, sent = world.run(scenario())
     assert len(times) >= 3
     assert most_in_a_second(times) <= 3, times
+    # The same for every peer and every MH type the MN sends (from its own record).
+    assert {peer for _kind, peer in sent} == {IPv6Address(p) for p in (HA, CN, HOA["mn2"])}
+    for (kind, peer), when in sent.items():
+        assert most_in_a_second(when) <= 3, (kind, peer, when)
+
+
+def mh_sent(world: SimWorld) -> dict[tuple[str, IPv6Address], list[float]]:
+    """When the MN sent each BU, AOTR and AOTO, by (message, peer)."""
+    sent: dict[tuple[str, IPv6Address], list[float]] = {}
+    for record in world.nodes["mn"].events.timeline:
+        event = record.event
+        if isinstance(event, (BindingUpdateSent, AotResponseSent, AotOfferSent)):
+            sent.setdefault((type(event).__name__, event.peer), []).append(record.t)
+    return sent
 
 
 def test_status_135_answers_do_not_burst_bus(world) -> None:
