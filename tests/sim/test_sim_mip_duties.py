@@ -483,3 +483,38 @@ def test_a_malformed_mh_gets_a_parameter_problem_pointing_at_the_fault(world, pe
         assert packet[41] == 0                                     # code 0
         assert int.from_bytes(packet[44:48], "big") == pointer
         assert packet[48:88] == malformed_mh(address, **fault)[:40]   # the invoking packet
+
+
+def test_with_ike_keys_a_bu_inside_the_negotiated_tunnel_is_dropped_too() -> None:
+    """The same attack on IKE-negotiated SAs (their policies name SAs by SPI,
+    and a rekey leaves two policies with the same selector): the MN's own
+    tunnel CHILD_SA carries a BU for its HoA; the HA refuses it."""
+    from vmip.ipsec.sa import Direction, Mode
+
+    with SimWorld(seed=4, profiles=demo_profiles(), keys="ike") as world:
+        async def scenario():
+            await world.start_all()
+            await until(world, "registered on IKE SAs", lambda: bound_on(
+                world, "mn", COA["mn"]["wifi0"]), 15)
+            mn, ha = world.nodes["mn"], world.nodes["ha"]
+            tunnel = next(mn.sad.esp(info.spi, Direction.OUT, info.dst)
+                          for info in mn.sad.dump(publish=False)
+                          if info.mode is Mode.TUNNEL and info.direction is Direction.OUT)
+            attacker = world.add_host("evil", "203.0.113.66", 40066)
+            before = ha.counters["rx_drop_mh_not_transport"] + ha.counters["rx_drop_mh_wrong_sa"]
+            attacker.send(tunnel_encap(home_bu(world, "2001:db8:66::6"), tunnel,
+                                       world.loop.time()), HA_ENDPOINT)
+            await until(world, "the HA refusing the BU", lambda: ha.counters[
+                "rx_drop_mh_not_transport"] + ha.counters["rx_drop_mh_wrong_sa"] > before, 2)
+            assert ha.mobility.ha.binding(IPv6Address(HOA["mn"])).coa == IPv6Address(
+                COA["mn"]["wifi0"])
+            # A rekey of the MN's CHILD_SAs with the HA: the BU of the next move
+            # comes on the new MH SA and still registers (the window where both
+            # SAs' policies exist: tests/node/test_mh_protection.py).
+            mn.keying.rekey("ha")
+            await until(world, "rekeyed at the HA", lambda: ha.keying.counters[
+                "child_sa_rekeyed"] >= 2, 10)
+            world.set_link("mn", "wifi0", False)
+            await until(world, "bound on lte after the rekey", lambda: bound_on(
+                world, "mn", COA["mn"]["lte0"], (HA,)), 15)
+        world.run(scenario())
