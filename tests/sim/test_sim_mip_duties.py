@@ -294,6 +294,11 @@ def test_the_ha_binds_no_address_that_cannot_be_a_care_of_address(world) -> None
             "bu_invalid_coa"] == len(bad), 2)
         assert ha.mobility.ha.binding(IPv6Address(HOA["mn"])).coa == IPv6Address(
             COA["mn"]["wifi0"])
+        # The HoA itself as CoA is no binding either: a deregistration (RFC 6275 §9.5.1).
+        attacker.send(on_wire(home_bu(world, HOA["mn"]), sa, world.loop.time(),
+                              COA["mn"]["wifi0"]), HA_ENDPOINT)
+        await until(world, "the binding deleted", lambda: ha.mobility.ha.binding(
+            IPv6Address(HOA["mn"])) is None, 2)
     world.run(scenario())
 
 
