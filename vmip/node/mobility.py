@@ -68,6 +68,11 @@ class MobilityAgent:
         self.tracker.initial_collect(services.sad.dump(publish=False))
         services.bus.subscribe(self._on_sadb_event)
         self.counters: collections.Counter[str] = collections.Counter()
+        # Per (local, HoA) our CN role serves: the CoA its data is accepted
+        # from and the one it is sent to (AcceptFrom, SendTo; draft §4.5.1).
+        # One entry per MN the CN core holds, gone when both are None.
+        self._cn_paths: dict[tuple[IPv6Address, IPv6Address],
+                             tuple[IPv6Address | None, IPv6Address | None]] = {}
         # The MN's reverse tunnel SA, looked up again after any SADB change.
         self._reverse_tunnel_sa: Any = None
         self._reverse_tunnel_valid = False
@@ -332,24 +337,39 @@ class MobilityAgent:
                 tracker.bind_data(event.hoa, event.peer, event.coa, TrackRole.MN)
             else:
                 tracker.unbind(event.hoa, event.peer, TrackRole.MN)
-        elif isinstance(event, ev.AcceptFrom):
-            if event.coa is not None:
-                tracker.bind_data(event.local, event.hoa, event.coa, TrackRole.CN,
-                                  outbound=False)
-            else:
-                tracker.unbind(event.local, event.hoa, TrackRole.CN)
-        elif isinstance(event, ev.SendTo):
-            if event.coa is not None:
-                tracker.bind_data(event.local, event.hoa, event.coa, TrackRole.CN)
-            else:
-                binding = self.cn.binding(event.hoa)
-                bound_coa = binding.coa if binding is not None else None
-                if bound_coa is not None:
-                    tracker.bind_data(event.local, event.hoa, bound_coa, TrackRole.CN,
-                                      outbound=False)
-                else:
-                    tracker.unbind(event.local, event.hoa, TrackRole.CN)
+        elif isinstance(event, (ev.AcceptFrom, ev.SendTo)):
+            self._cn_data_path(event)
         self.services.events.publish(event)
+
+    def _cn_data_path(self, event: ev.AcceptFrom | ev.SendTo) -> None:
+        """The CN's data rules for one MN: inbound from the CoA the last
+        AcceptFrom named, outbound to the one the last SendTo named.
+
+        The two move apart on a BU for an unproven CoA: AcceptFrom(new CoA)
+        comes first, then SendTo(None) until the proof.  Each event changes
+        its own direction only, so the inbound rule stays while the proof is
+        pending (draft §4.5.1: the MN's data from the new CoA is accepted
+        at once; on a data-only SA nothing else would let it in)."""
+        key = (event.local, event.hoa)
+        accept, send = self._cn_paths.get(key, (None, None))
+        if isinstance(event, ev.AcceptFrom):
+            accept = event.coa
+        else:
+            send = event.coa
+        if accept is None and send is None:
+            self._cn_paths.pop(key, None)
+            self.tracker.unbind(event.local, event.hoa, TrackRole.CN)
+            return
+        self._cn_paths[key] = (accept, send)
+        if accept is not None and send is not None and accept != send:
+            self.tracker.bind_data(event.local, event.hoa, accept, TrackRole.CN,
+                                   outbound=False, outbound_coa=send)
+        elif accept is not None:
+            self.tracker.bind_data(event.local, event.hoa, accept, TrackRole.CN,
+                                   outbound=send is not None)
+        else:
+            assert send is not None
+            self.tracker.bind_data(event.local, event.hoa, send, TrackRole.CN, inbound=False)
 
     # -- the tunnel follows the CoA (the MIGRATE equivalent, docs/mobility.md) -----
 
