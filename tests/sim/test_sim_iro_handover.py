@@ -144,3 +144,46 @@ def test_datagrams_due_at_the_same_instant_arrive_in_the_order_sent() -> None:
             await asyncio.sleep(0.1)
         world.run(scenario())
     assert got == [bytes([index]) * 48 for index in range(20)]
+
+
+#: The CN's MH SA towards the MN in the split layout.
+CN_MN_MH_SPI = 0x1502
+
+
+def test_every_aotc_carries_a_fresh_nonce_and_the_move_completes() -> None:
+    """Draft §4.3.1: the Nonce field MUST always be freshly generated.  The first
+    AOTC to the new CoA is lost; the MN's BU retransmission brings a second AOTC,
+    whose nonce is a new draw, and the registration completes with it."""
+    with SimWorld(seed=5, profiles=CLEAN, layout="split") as world:
+        async def scenario():
+            await world.start_all()
+            await until(world, "registered on wifi", lambda: bound_on(world, COA["wifi0"]), 5)
+            cn_core = world.nodes["cn"].mobility.cn
+            draws: list[bytes] = []
+            real_rng = cn_core._rng
+
+            def recording_rng(size: int) -> bytes:
+                value = real_rng(size)
+                draws.append(bytes(value))
+                return value
+            cn_core._rng = recording_rng
+            seen = [0]
+
+            def lose_first_aotc(sender, packet: bytes, destination) -> bool:
+                if sender.node != "cn" or len(packet) < 44 or packet[6] != 50 \
+                        or int.from_bytes(packet[40:44], "big") != CN_MN_MH_SPI:
+                    return False
+                seen[0] += 1
+                return seen[0] == 1
+            world.network.interceptors.append(lose_first_aotc)
+            world.set_link("mn", "wifi0", False)
+            await until(world, "bound on lte", lambda: bound_on(world, COA["lte0"]), 10)
+            return draws, seen[0]
+        draws, cn_mh = world.run(scenario())
+        challenges = [e.event for e in world.nodes["cn"].events.timeline
+                      if isinstance(e.event, ev.AotChallengeSent)
+                      and e.event.address == IPv6Address(COA["lte0"])]
+    assert len(challenges) == 2, challenges
+    nonces = [d for d in draws if len(d) == 8]
+    assert len(nonces) == 2 and nonces[0] != nonces[1]
+    assert cn_mh >= 3   # AOTC lost, AOTC, BA

@@ -21,7 +21,6 @@ decision the draft leaves open.
 
 from __future__ import annotations
 
-import hmac
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -367,7 +366,7 @@ class Correspondent(MobilityCore):
         if record is None:
             self._drop("aotr_unknown_address", hoa=hoa, onwire=wire_src)
             return
-        if not hmac.compare_digest(record.nonce, aotr.nonce):
+        if not record.matches(aotr.nonce):
             self._drop("aotr_wrong_nonce", hoa=hoa, onwire=wire_src)
             return
         record.answered = True
@@ -502,7 +501,7 @@ class Correspondent(MobilityCore):
                     log.info("home address test failed", hoa=hoa)
                 else:
                     test.retransmission.expire(now)
-                    self._reply(AotChallenge(test.nonce), binding.local, hoa, None)
-                    self._emit(AotChallengeSent(hoa, hoa, hoa, "home-test"))
+                    # A fresh nonce in every AOTC (draft §4.3.1); earlier ones still match.
+                    test.nonce = self._challenge(peer, hoa, "home-test", now)
             if peer.pending is None and not peer.binding.bound and peer.home_test is None:
                 del self._peers[hoa]
