@@ -187,3 +187,58 @@ def test_every_aotc_carries_a_fresh_nonce_and_the_move_completes() -> None:
     nonces = [d for d in draws if len(d) == 8]
     assert len(nonces) == 2 and nonces[0] != nonces[1]
     assert cn_mh >= 3   # AOTC lost, AOTC, BA
+
+
+def _ha_ike_sa(world: SimWorld) -> dict:
+    [sa] = [sa for sa in world.nodes["mn"].keying.listing()["sas"]
+            if sa["name"] == "ha" and sa["state"] == "established"]
+    return sa
+
+
+@pytest.mark.parametrize("ha_follows", [True, False], ids=["ba-k-set", "ba-k-clear"])
+def test_k_bit_with_ike_keys(ha_follows) -> None:
+    """RFC 6275 §11.7.1/§11.7.3 with IKE keys: the MN's home BU sets K (its IKE SA
+    with the HA follows the CoA), and the MN reads the BA's K bit.  K set: the
+    same IKE SA carries on from the new CoA.  K clear (an HA whose key manager
+    cannot follow): the MN discards that IKE SA and sets up a new one from
+    the new CoA, and stays registered."""
+    with SimWorld(seed=6, profiles=CLEAN, keys="ike") as world:
+        async def scenario():
+            await world.start_all()
+            await until(world, "registered on IKE SAs", lambda: bound_on(world, COA["wifi0"]), 15)
+            before = _ha_ike_sa(world)
+            world.nodes["ha"].mobility.ha.key_management_mobility = ha_follows
+            world.set_link("mn", "wifi0", False)
+            await until(world, "bound on lte", lambda: bound_on(world, COA["lte0"], (HA,)), 15)
+            await asyncio.sleep(3.0)
+            await until(world, "bound on lte", lambda: bound_on(world, COA["lte0"]), 15)
+            return before, _ha_ike_sa(world)
+        before, after = world.run(scenario())
+        mn = world.nodes["mn"]
+        home_bas = [e.event for e in mn.events.timeline
+                    if isinstance(e.event, ev.BindingAccepted) and e.event.peer == IPv6Address(HA)
+                    and e.event.coa == IPv6Address(COA["lte0"])]
+        counters = mn.keying.counters
+    assert mn.mobility.mn.key_management_mobility is True      # K in the home BU
+    assert home_bas and home_bas[0].key_management_mobility is ha_follows
+    assert after["local"].startswith(COA["lte0"]), after
+    if ha_follows:
+        assert after["spi_i"] == before["spi_i"]                 # the same IKE SA, moved
+        assert counters["ike_sa_reestablished_k0"] == 0
+    else:
+        assert after["spi_i"] != before["spi_i"]                 # discarded, set up again
+        assert counters["ike_sa_reestablished_k0"] == 1
+
+
+def test_k_bit_is_clear_with_static_keys() -> None:
+    """No IKE, nothing to follow the CoA: the MN's home BU leaves K clear."""
+    with SimWorld(seed=6, profiles=CLEAN) as world:
+        async def scenario():
+            await world.start_all()
+            await until(world, "registered", lambda: bound_on(world, COA["wifi0"]), 5)
+        world.run(scenario())
+        mn = world.nodes["mn"].mobility.mn
+        bas = [e.event for e in world.nodes["mn"].events.timeline
+               if isinstance(e.event, ev.BindingAccepted) and e.event.peer == IPv6Address(HA)]
+    assert mn.key_management_mobility is False and mn.home_key_management is False
+    assert bas and not bas[0].key_management_mobility

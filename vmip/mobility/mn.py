@@ -183,6 +183,10 @@ class MobileNode(MobilityCore):
         if self.lifetime_units < 1:
             raise ValueError("lifetime must be at least 4 seconds")
         self.key_management_mobility = key_management_mobility
+        #: The K bit of the last accepted home BA (``None``: none yet).  False
+        #: means the HA's key manager does not follow the CoA: the MN's IKE
+        #: SA with it must be set up again from the CoA (RFC 6275 §11.7.3).
+        self.home_key_management: bool | None = None
         self._rng = rng
         self._initial_sequence = initial_sequence
         self._coa: IPv6Address | None = None
@@ -496,7 +500,14 @@ class MobileNode(MobilityCore):
         if advice is not None and 0 < advice.interval_seconds < refresh_after:
             refresh_after = advice.interval_seconds
         entry.refresh_at = sent + refresh_after
-        self._emit(BindingAccepted(entry.peer, self.hoa, entry.coa, granted, rtt))
+        # RFC 6275 §11.7.3: the MN MUST examine the BA's K bit; it counts only
+        # when the BU asked for it (§10.3.1: the HA echoes it, never sets it alone).
+        key_management = entry.home and self.key_management_mobility \
+            and ack.key_management_mobility
+        if entry.home:
+            self.home_key_management = key_management
+        self._emit(BindingAccepted(entry.peer, self.hoa, entry.coa, granted, rtt,
+                                   key_management))
         log.info("binding accepted", peer=entry.peer, coa=entry.coa, lifetime=granted, rtt=rtt)
         if not entry.home:
             self._set_direct(entry, True)

@@ -99,7 +99,10 @@ class MobilityAgent:
                                  lifetime=mob.binding_lifetime, clock_now=now,
                                  peer_coa=self._peer_coa,
                                  # CN BUs leave with the home BU on a move (docs/mobility.md).
-                                 correspondents_with_home=True)
+                                 correspondents_with_home=True,
+                                 # K (RFC 6275 §11.7.1): with IKE the MN-HA IKE SA
+                                 # follows the CoA (IkeManager.coa_changed).
+                                 key_management_mobility=str(cfg.keys.mode) == "ike")
         self.ha: HomeAgent | None = None
         self.ha_address: IPv6Address | None = None
         if cfg.has_role(ConfigRole.HA):
