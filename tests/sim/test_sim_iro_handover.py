@@ -76,6 +76,12 @@ class TimedProbes(ProbeStream):
         return [seq for seq, sent in enumerate(self.sent_at) if sent >= t and seq not in arrived]
 
 
+def without_early_tests(world: SimWorld) -> None:
+    """The CN answers AOTOs with "AOTO not allowed" (draft §4.4.4): a new CoA is
+    then proven on the move, as without the early tests of draft §4.5.2."""
+    world.nodes["cn"].mobility.cn.allow_early_test = False
+
+
 def drop_mn_mh(world: SimWorld, *, index: int) -> list[int]:
     """Take the *index*-th (1-based) datagram on the MN's MH SA to the CN off the wire,
     counting from now.  Returns the running count (for the test to check)."""
@@ -100,6 +106,7 @@ def test_no_mn_to_cn_data_is_lost_while_the_new_coa_is_being_proven(aotr_lost) -
     with SimWorld(seed=4, profiles=CLEAN, layout="split") as world:
         async def scenario():
             await world.start_all()
+            without_early_tests(world)
             await until(world, "registered on wifi", lambda: bound_on(world, COA["wifi0"]), 5)
             hoa, cn = IPv6Address(HOA), IPv6Address(CN)
             out = TimedProbes(world, "mn", hoa, cn, 100)
@@ -157,6 +164,7 @@ def test_every_aotc_carries_a_fresh_nonce_and_the_move_completes() -> None:
     with SimWorld(seed=5, profiles=CLEAN, layout="split") as world:
         async def scenario():
             await world.start_all()
+            without_early_tests(world)
             await until(world, "registered on wifi", lambda: bound_on(world, COA["wifi0"]), 5)
             cn_core = world.nodes["cn"].mobility.cn
             draws: list[bytes] = []
@@ -242,3 +250,74 @@ def test_k_bit_is_clear_with_static_keys() -> None:
                if isinstance(e.event, ev.BindingAccepted) and e.event.peer == IPv6Address(HA)]
     assert mn.key_management_mobility is False and mn.home_key_management is False
     assert bas and not bas[0].key_management_mobility
+
+
+def test_standby_link_is_proven_early_so_the_move_needs_no_address_test() -> None:
+    """Draft §4.5.2: while on wifi, the MN proves its lte CoA to the CN over lte
+    (AOTO -> AOTC -> AOTR -> AOTS, all on the lte link); when wifi fails, the BU
+    from lte is accepted at once: no AOTC/AOTR in the move, the CN sends to lte
+    one one-way trip after the BU.  Back on wifi, the wifi CoA was proven
+    during the 2 s hold-down the same way."""
+    lte, wifi, cn = IPv6Address(COA["lte0"]), IPv6Address(COA["wifi0"]), IPv6Address(CN)
+    with SimWorld(seed=7, profiles=CLEAN, layout="split") as world:
+        on_lte: list[tuple[str, str]] = []
+        world.network.observers.append(
+            lambda src, dst, packet, verdict: on_lte.append((src.node, src.name))
+            if verdict == "delivered" and "lte0" in (src.name, dst.name if dst else "")
+            and {src.node, dst.node if dst else ""} == {"mn", "cn"} else None)
+
+        async def scenario():
+            await world.start_all()
+            await until(world, "registered on wifi", lambda: bound_on(world, COA["wifi0"]), 5)
+            await until(world, "lte proven early", lambda: first(
+                world, "mn", ev.AotStatusReceived, peer=CN, address=COA["lte0"]) is not None, 5)
+            world.set_link("mn", "wifi0", False)
+            await until(world, "bound on lte", lambda: bound_on(world, COA["lte0"]), 5)
+            moved = world.loop.time()
+            world.set_link("mn", "wifi0", True)
+            await until(world, "back on wifi", lambda: bound_on(world, COA["wifi0"]), 5)
+            return moved
+        world.run(scenario())
+        mn_events = [e for e in world.nodes["mn"].events.timeline]
+        cn_events = [e for e in world.nodes["cn"].events.timeline]
+
+    def t_of(events, kind, **fields):
+        return [e.t for e in events if isinstance(e.event, kind)
+                and all(getattr(e.event, k) == v for k, v in fields.items())]
+    status = next(e.event for e in mn_events if isinstance(e.event, ev.AotStatusReceived)
+                  and e.event.address == lte)
+    assert status.code == 1                       # "proof valid" (draft §4.4.4)
+    # The early test ran over lte: MN<->CN datagrams on lte before the move.
+    [move_to_lte] = t_of(mn_events, ev.CoaChanged, new=lte)
+    assert t_of(mn_events, ev.AotOfferSent, peer=cn, address=lte)[0] < move_to_lte
+    assert ("mn", "lte0") in on_lte and ("cn", "eth0") in on_lte
+    # The move to lte: BU -> BA at once, no address test in it.
+    bu = min(t_of(mn_events, ev.BindingUpdateSent, peer=cn, coa=lte))
+    ba = min(t for t in t_of(mn_events, ev.BindingAccepted, peer=cn, coa=lte) if t >= bu)
+    assert not [t for t in t_of(mn_events, ev.AotResponseSent, peer=cn, address=lte) if t >= bu]
+    assert not [t for t in t_of(cn_events, ev.AotChallengeSent, address=lte) if t >= bu]
+    assert ba - bu == pytest.approx(0.070, abs=0.011)   # one lte RTT (+ the CN's access)
+    send_to = min(t for t in t_of(cn_events, ev.SendTo, coa=lte) if t >= bu)
+    assert send_to - bu == pytest.approx(0.035, abs=0.006)
+    # Back to wifi: proven during the hold-down, before the move.
+    back = max(t_of(mn_events, ev.CoaChanged, new=wifi))   # the first: the initial attachment
+    early_wifi = [t for t in t_of(mn_events, ev.AotStatusReceived, peer=cn, address=wifi)
+                  if move_to_lte < t < back]
+    assert early_wifi and back - early_wifi[0] > 1.5
+
+
+def test_vmip_sim_report_shows_early_tests_and_meets_the_demo_targets() -> None:
+    """``vmip sim`` (the demo's roaming run): every handover's new CoA was proven
+    by an early test (``aot`` = ``"early"``), and per kind of handover the p50
+    interruption is within the demo's target, 1.5 x the new link's RTT + 20 ms."""
+    from vmip.demo import metrics
+    from vmip.sim.scenario import SimOptions, run_sim
+    report = run_sim(SimOptions(duration=30, seed=2), out=lambda _: None)
+    handovers = report["handovers"]
+    assert [h["to"] for h in handovers[:3]] == ["lte0", "wifi0", "lte0"]
+    assert {h["aot"] for h in handovers} == {"early"}
+    assert report["summary"]["aot"] == {"early": len(handovers), "on-move": 0}
+    for link in ("lte0", "wifi0"):
+        worst = [max(h["interruption_ms"].values()) for h in handovers if h["to"] == link]
+        target = 1.5 * report["links"][link]["rtt_ms"] + 20
+        assert metrics.percentile(worst, 0.5) <= target, (link, worst)

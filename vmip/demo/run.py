@@ -444,12 +444,12 @@ def _tcp_cell(survived: bool | None) -> str:
 def format_report(report: dict[str, Any]) -> str:
     """The end-of-run table (plain text, fits 80 columns)."""
     lines = [(f"{'#':>2} {'from':6} {'to':6} {'mn→cn ms':>9} {'cn→mn ms':>9} {'lost':>5} "
-              f"{'BU→BA ms':>9} {'AOT':>4} {'TCP':>4} {'move':>5} {'CN':>5}")]
+              f"{'BU→BA ms':>9} {'AOT':>7} {'TCP':>4} {'move':>5} {'CN':>5}")]
     fmt = lambda v: "-" if v is None else f"{v:.0f}"
     for i, h in enumerate(report["handovers"], 1):
         lines.append(f"{i:>2} {h['from']:6} {h['to']:6} {fmt(h['interruption_ms']['mn_to_cn']):>9} "
                      f"{fmt(h['interruption_ms']['cn_to_mn']):>9} {h['lost_packets']:>5} "
-                     f"{fmt(h['bu_ba_ms']):>9} {'yes' if h['aot'] else 'no':>4} "
+                     f"{fmt(h['bu_ba_ms']):>9} {h['aot'] or 'no':>7} "
                      f"{_tcp_cell(h['tcp_survived']):>4} "
                      f"{fmt(h.get('timeline_ms', {}).get('moved')):>5} "
                      f"{fmt(h.get('timeline_ms', {}).get('cn_sends')):>5}")

@@ -174,6 +174,11 @@ class Correspondent(MobilityCore):
         peer = self._peers.get(hoa)
         return peer.accept_from if peer is not None else None
 
+    def testing(self, hoa: IPv6Address, address: IPv6Address) -> bool:
+        """Whether an early test of *address* for *hoa* waits for its AOTR (draft §4.5.2)."""
+        record = self.nonces.get(hoa, address)
+        return record is not None and not record.answered and "early-test" in record.waiting
+
     def knows_mobile(self, hoa: IPv6Address) -> bool:
         """Has ``hoa`` registered (or tried to) with this CN: is it a home address?"""
         return hoa in self._peers

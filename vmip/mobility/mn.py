@@ -300,6 +300,10 @@ class MobileNode(MobilityCore):
         self._early_tests[(entry.peer, address)] = test
         self._send_early(test)
 
+    def testing(self, address: IPv6Address) -> bool:
+        """Whether an early test of *address* (not the CoA) is under way with some CN."""
+        return any(test.address == address for test in self._early_tests.values())
+
     # -- sending --------------------------------------------------------
 
     def _start_registration(

@@ -34,10 +34,10 @@ from vmip.ipsec.spd import Action as SpdAction
 from vmip.log import get_logger
 from vmip.mobility import events as ev
 from vmip.mobility.ancillary import Ancillary
-from vmip.mobility.binding import OnWire
+from vmip.mobility.binding import MobilityError, OnWire
 from vmip.mobility.cn import Correspondent
 from vmip.mobility.ha import HomeAgent
-from vmip.mobility.mn import MobileNode
+from vmip.mobility.mn import EntryState, MobileNode
 from vmip.mobility.remap import RemapEngine
 from vmip.mobility.spi_tracking import Role as TrackRole
 from vmip.mobility.spi_tracking import SpiTracker
@@ -189,7 +189,9 @@ class MobilityAgent:
         for coa in (cn.accepting_from(peer), cn.pending_coa(peer)):
             if coa is not None and coa.packed == address:
                 return True
-        return False
+        # An early test (draft §4.5.2): the AOTC goes to the address the
+        # authenticated AOTO came from, the one the MN offered to prove.
+        return len(address) == 16 and cn.testing(peer, IPv6Address(address))
 
     def is_home_address(self, address: bytes) -> bool:
         """Is *address* a home address this node knows of: inside the prefix
@@ -251,7 +253,11 @@ class MobilityAgent:
     def inbound(self, wire: bytes) -> tuple[bytes, Ancillary] | None:
         result = self.remap.inbound_ancillary(wire)
         if result is None and self.mn is not None:
-            redirected = self.previous_coas.redirect(wire, self.services.clock())
+            # An address under an early test may also be one just left: the
+            # test needs the address it was sent to, so it goes first.
+            result = self._inbound_at_tested_address(wire)
+            redirected = None if result is not None else \
+                self.previous_coas.redirect(wire, self.services.clock())
             if redirected is not None:
                 result = self.remap.inbound_ancillary(redirected)
                 if result is not None:
@@ -259,6 +265,60 @@ class MobilityAgent:
         if result is None:
             self.counters["rx_drop_remap"] += 1
         return result
+
+    def _inbound_at_tested_address(self, wire: bytes) -> tuple[bytes, Ancillary] | None:
+        """An MN's packet to an address of its own it is proving by an early test
+        (draft §4.5.2: the AOTC and AOTS come there, not to the CoA).
+
+        The inbound rules name the current CoA only, so the packet is taken
+        as if it had reached the CoA and the address it really came to goes
+        to MIPv6 as the on-wire destination (§5.1.1), which tells the MN
+        core which test the AOTC answers.  ESP and the inbound policy still
+        judge it, as any packet."""
+        mn = self.mn
+        coa = mn.coa if mn is not None else None
+        if mn is None or coa is None or len(wire) < 40:
+            return None
+        address = IPv6Address(bytes(wire[24:40]))
+        if address == coa or not mn.testing(address):
+            return None
+        result = self.remap.inbound_ancillary(b"".join((wire[:24], coa.packed, wire[40:])))
+        if result is None:
+            return None
+        packet, ancillary = result
+        self.counters["rx_tested_address"] += 1
+        if ancillary.dst == coa.packed:
+            ancillary = Ancillary(ancillary.src, address.packed)
+        return packet, ancillary
+
+    def offer_early_tests(self, address: IPv6Address, now: float,
+                          peer: IPv6Address | None = None) -> int:
+        """Early tests of *address*, a CoA this MN may move to, with every CN it is
+        registered with (or *peer* only): draft §4.5.2.  Returns how many started."""
+        mn = self.mn
+        if mn is None or address == mn.coa:
+            return 0
+        started = 0
+        for entry in mn.entries():
+            if entry.home or entry.unsupported or (peer is not None and entry.peer != peer):
+                continue
+            if entry.state is not EntryState.BOUND or entry.coa != mn.coa:
+                continue   # draft §4.4.1: only once registered (from the current CoA)
+            if self.cn.knows_mobile(entry.peer) and self._peer_coa(entry.peer) is None:
+                # Another MN whose CoA we do not hold yet: the AOTO would go to
+                # its HoA, through its HA, which forwards no such transit ESP.
+                continue
+            try:
+                mn.offer_address_test(entry.peer, address, now)
+            except MobilityError as exc:
+                log.info("early test not offered", peer=entry.peer, address=address,
+                         reason=str(exc))
+                continue
+            started += 1
+        if started:
+            self.counters["early_tests_offered"] += started
+            self.pump(now)
+        return started
 
     # -- Mobility Header ---------------------------------------------------------
 

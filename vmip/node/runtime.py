@@ -138,6 +138,8 @@ class Node:
         # Which link carries our packets: an MN sends on its current access
         # link only (the one whose CoA it registered), others on any.
         self.active_link: str | None = None
+        self._link_of_coa: dict[bytes, str] = {}
+        self._index_coas()
         self.services = NodeServices(self)
         self.mobility = MobilityAgent(self.services, now)
         self.pump.add("sad", self.sad)
@@ -289,6 +291,7 @@ class Node:
         self.keys = plan.result
         self.locators.replace_static(new_config.peers)
         self.config = new_config
+        self._index_coas()
         self.counters["reloads"] += 1
         self.pump.arm()
         log.info("config reloaded", added_sas=len(plan.add_sas), removed_sas=len(plan.remove_sas),
@@ -377,7 +380,7 @@ class Node:
             self.counters["tx_drop_no_locator"] += 1
             self._unreachable(inner)
             return
-        driver = self._driver_for(locator)
+        driver = self._driver_for(locator, wire[8:24])
         if driver is None or locator.endpoint is None and driver.kind != "raw":
             self.counters["tx_drop_no_link"] += 1
             self._unreachable(inner)
@@ -397,10 +400,13 @@ class Node:
         sends.setdefault(driver, []).append((wire, endpoint))
         self.counters["tx_packets"] += 1
 
-    def _driver_for(self, locator) -> LinkDriver | None:
+    def _driver_for(self, locator, source: bytes = b"") -> LinkDriver | None:
         if self.is_mobile and self.active_link is not None:
-            # An MN sends from the CoA it registered, so on that link only.
-            return self.links.get(self.active_link)
+            # An MN sends from the CoA it registered, so on that link only;
+            # a packet from another link's CoA (an early test of that CoA,
+            # draft §4.5.2) leaves on that link.
+            link = self._link_of_coa.get(bytes(source), self.active_link)
+            return self.links.get(link)
         if self.active_link is not None and str(locator.framing) == "rfc3948":
             # A gateway's ESP leaves on the active rfc3948 link, where its IKE SA
             # runs from (``vmip move``, MOBIKE).
@@ -583,6 +589,17 @@ class Node:
             if link.name == link_name:
                 return link.coa
         return None
+
+    def _index_coas(self) -> None:
+        self._link_of_coa = {link.coa.packed: link.name for link in self.config.links
+                             if link.coa is not None}
+
+    def early_test(self, link_name: str, peer=None) -> int:
+        """Offer the CNs an early test of *link_name*'s CoA (draft §4.5.2), over that link."""
+        coa = self.link_coa(link_name)
+        if not self.is_mobile or coa is None or link_name not in self.links:
+            return 0
+        return self.mobility.offer_early_tests(coa, self.clock(), peer)
 
     def link_names(self) -> list[str]:
         return list(self.links)

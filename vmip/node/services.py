@@ -52,6 +52,8 @@ class NodeHandle(Protocol):
 
     def move(self, link: str) -> dict: ...
 
+    def early_test(self, link: str, peer: Any = None) -> int: ...
+
 
 class NodeServices:
     """The narrow interface the node's helpers use (see the module doc)."""
@@ -105,3 +107,7 @@ class NodeServices:
     def move(self, link: str) -> dict:
         """Make *link* the MN's access link (the movement watcher's decision)."""
         return self._node.move(link)
+
+    def early_test(self, link: str, peer: Any = None) -> int:
+        """Prove *link*'s CoA to the CNs before moving there (draft §4.5.2)."""
+        return self._node.early_test(link, peer)
