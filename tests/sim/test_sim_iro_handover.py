@@ -321,3 +321,71 @@ def test_vmip_sim_report_shows_early_tests_and_meets_the_demo_targets() -> None:
         worst = [max(h["interruption_ms"].values()) for h in handovers if h["to"] == link]
         target = 1.5 * report["links"][link]["rtt_ms"] + 20
         assert metrics.percentile(worst, 0.5) <= target, (link, worst)
+
+
+def _cn_config(world: SimWorld, **mobility) -> None:
+    """Add *mobility* keys to the CN's config file before it starts."""
+    import tomllib
+
+    from vmip.tomlwriter import dump_toml
+    path = world.config_paths["cn"]
+    document = tomllib.loads(path.read_text())
+    document["mobility"].update(mobility)
+    path.write_text(dump_toml(document))
+
+
+@pytest.mark.parametrize("layout", ["lab", "split"])
+def test_cn_tests_the_home_address_through_the_ha_as_configured(layout) -> None:
+    """Draft §4.5.3 from the config (``home_test_on_registration``,
+    ``home_test_interval``): the CN sends an AOTC to the MN's HoA, which goes
+    through the HA and its tunnel; the MN answers from the HoA, the same way
+    back; the CN reports the HoA proven, at registration and then regularly."""
+    hoa = IPv6Address(HOA)
+    with SimWorld(seed=8, profiles=CLEAN, layout=layout) as world:
+        _cn_config(world, home_test_on_registration=True, home_test_interval=2.0)
+        via_ha: list[tuple[str, str]] = []
+        world.network.observers.append(
+            lambda src, dst, packet, verdict: via_ha.append((src.node, dst.node))
+            if verdict == "delivered" and dst is not None and "ha" in (src.node, dst.node)
+            else None)
+
+        async def scenario():
+            await world.start_all()
+            await until(world, "registered", lambda: bound_on(world, COA["wifi0"]), 5)
+            await asyncio.sleep(4.5)
+        world.run(scenario())
+        cn_events = [e.event for e in world.nodes["cn"].events.timeline]
+        mn_events = [e.event for e in world.nodes["mn"].events.timeline]
+        assert world.nodes["cn"].config.mobility.home_test_interval == 2.0
+    challenges = [e for e in cn_events if isinstance(e, ev.AotChallengeSent)
+                  and e.purpose == "home-test" and e.hoa == hoa]
+    proven = [e for e in cn_events if isinstance(e, ev.HomeAddressProven) and e.hoa == hoa]
+    assert len(challenges) == 3 and challenges[0].address == hoa   # at registration, +2 s, +4 s
+    assert len(proven) == 3
+    assert not [e for e in cn_events if isinstance(e, ev.HomeAddressTestFailed)]
+    assert [e for e in mn_events if isinstance(e, ev.AotResponseSent) and e.address == hoa]
+    # The HoA test went through the HA both ways (CN -> HA -> MN, MN -> HA -> CN).
+    assert ("cn", "ha") in via_ha and ("ha", "cn") in via_ha
+    assert ("ha", "mn") in via_ha and ("mn", "ha") in via_ha
+
+
+def test_home_address_test_fails_when_the_ha_path_is_down() -> None:
+    """No AOTR through the HA: the CN retransmits, then reports the failure and
+    keeps the binding (the draft defines no action, §4.5.3)."""
+    hoa = IPv6Address(HOA)
+    with SimWorld(seed=9, profiles=CLEAN) as world:
+        _cn_config(world, home_test_interval=3.0)
+
+        async def scenario():
+            await world.start_all()
+            await until(world, "registered", lambda: bound_on(world, COA["wifi0"]), 5)
+            world.set_link("ha", "eth0", False)
+            await until(world, "home test failed", lambda: any(
+                isinstance(e.event, ev.HomeAddressTestFailed)
+                for e in world.nodes["cn"].events.timeline), 30)
+        world.run(scenario())
+        binding = world.nodes["cn"].mobility.cn.binding(hoa)
+        cn_events = [e.event for e in world.nodes["cn"].events.timeline]
+    assert binding is not None and binding.coa == IPv6Address(COA["wifi0"])
+    nonces = [e for e in cn_events if isinstance(e, ev.AotChallengeSent) and e.address == hoa]
+    assert len(nonces) >= 2          # retransmitted before giving up

@@ -372,9 +372,10 @@ class MobileNode(MobilityCore):
     def _send_aotr(
         self, peer: IPv6Address, address: IPv6Address, nonce: bytes, first: bool = True
     ) -> None:
-        # Draft §4.4.3: from the tested address (ancillary), or from the HoA
-        # without ancillary for a HoA test (§4.5.3).
-        onwire_src = None if address == self.hoa else address
+        # Draft §4.4.3: from the tested address (ancillary); for a HoA test
+        # (§4.5.3) the HoA itself, named so that a coarse SA's "ancillary or
+        # CoA" rule leaves it, and the packet goes through the HA tunnel.
+        onwire_src = address
         towards = self._towards(peer, first) if address != self.hoa else None
         self._send(AotResponse(nonce), self.hoa, peer, onwire_src, towards)
         self._emit(AotResponseSent(peer, self.hoa, address))

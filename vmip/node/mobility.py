@@ -113,6 +113,8 @@ class MobilityAgent:
         self.cn = Correspondent(known_peers=self._known_peer,
                                 max_lifetime=mob.binding_lifetime,
                                 proof_cache_size=mob.proof_cache_size, clock_now=now,
+                                home_test_on_registration=mob.home_test_on_registration,
+                                home_test_interval=mob.home_test_interval,
                                 local_coa=self._local_coa)
         self._register_intents()
 
