@@ -389,3 +389,120 @@ def test_home_address_test_fails_when_the_ha_path_is_down() -> None:
     assert binding is not None and binding.coa == IPv6Address(COA["wifi0"])
     nonces = [e for e in cn_events if isinstance(e, ev.AotChallengeSent) and e.address == hoa]
     assert len(nonces) >= 2          # retransmitted before giving up
+
+
+# --- related traffic: fragments and ICMPv6 errors around IRO (draft §5.1.2.4) -----------
+
+def host_fragments(src: IPv6Address, dst: IPv6Address, size: int, mtu: int,
+                   ident: int) -> tuple[bytes, list[bytes]]:
+    """A UDP datagram of *size* payload bytes and the host's fragments of it."""
+    from vmip.wire.fragment import fragment
+    from vmip.wire.ipv6 import build_ipv6_header
+    from vmip.wire.udp import build_udp
+    segment = build_udp(5000, 5001, bytes(range(256)) * (size // 256), src.packed, dst.packed)
+    whole = build_ipv6_header(src.packed, dst.packed, 17, len(segment)) + segment
+    return whole, fragment(whole, mtu, ident)
+
+
+def on_wire(world: SimWorld, between: set[str]) -> list[bytes]:
+    seen: list[bytes] = []
+    world.network.observers.append(
+        lambda src, dst, packet, verdict: seen.append(packet)
+        if verdict == "delivered" and dst is not None and {src.node, dst.node} == between
+        else None)
+    return seen
+
+
+@pytest.mark.parametrize("layout", ["lab", "split"])
+def test_host_fragments_cross_iro_whole_both_ways(layout) -> None:
+    """Fragments the hosts made (a 3,000-byte UDP datagram each way) reach the
+    other host whole over the direct IRO path, on lte: transport ESP protects
+    the whole datagram (RFC 4303 §3.1.1), the packet that carries it is
+    fragmented after ESP and IRO (each fragment with the on-wire CoA), and
+    the receiver reassembles before the IRO rules and ESP (RFC 4301 §5.2)."""
+    hoa, cn, lte = IPv6Address(HOA), IPv6Address(CN), IPv6Address(COA["lte0"])
+    with SimWorld(seed=10, profiles=CLEAN, layout=layout) as world:
+        at_cn: list[bytes] = []
+        at_mn: list[bytes] = []
+        direct = on_wire(world, {"mn", "cn"})
+
+        async def scenario():
+            await world.start_all()
+            world.set_link("mn", "wifi0", False)
+            await until(world, "bound on lte", lambda: bound_on(world, COA["lte0"]), 10)
+            world.tun_sinks["cn"], world.tun_sinks["mn"] = at_cn.append, at_mn.append
+            direct.clear()
+            up, up_pieces = host_fragments(hoa, cn, 3000, 1400, 11)
+            down, down_pieces = host_fragments(cn, hoa, 3000, 1400, 12)
+            for piece in up_pieces:
+                world.tuns["mn"].inject(piece)
+            for piece in down_pieces:
+                world.tuns["cn"].inject(piece)
+            await asyncio.sleep(0.5)
+            return up, down
+        up, down = world.run(scenario())
+    assert up in at_cn and down in at_mn
+    fragments_on_wire = [p for p in direct if p[6] == 44]
+    assert len(fragments_on_wire) >= 4
+    assert all(lte.packed in (p[8:24], p[24:40]) for p in fragments_on_wire)
+    assert not [p for p in direct if hoa.packed in (p[8:24], p[24:40])]   # never the HoA
+
+
+def test_icmpv6_errors_about_remapped_packets() -> None:
+    """Two errors about packets IRO remapped, through running nodes (split layout):
+
+    - the CN's host answers the MN's datagram with Destination Unreachable
+      (port): it quotes what the host saw, HoA -> CN, and reaches the MN's
+      host over the direct path (the CoA on the wire), since ICMPv6 rides
+      the data SA (RFC 4301 §6.2: an error with an SA goes through it);
+    - a datagram that no longer fits the link once ESP is added gets a
+      Packet Too Big from the MN's own node, quoting the host's packet (the
+      HoA, never the CoA) with the MTU of the direct path; the host's
+      fragments at that MTU then get through."""
+    from vmip.wire.icmpv6 import (
+        DestinationUnreachable,
+        PacketTooBig,
+        build_icmpv6_packet,
+        parse_icmpv6,
+    )
+    hoa, cn, wifi = IPv6Address(HOA), IPv6Address(CN), IPv6Address(COA["wifi0"])
+    with SimWorld(seed=12, profiles=CLEAN, layout="split") as world:
+        at_cn: list[bytes] = []
+        at_mn: list[bytes] = []
+        direct = on_wire(world, {"mn", "cn"})
+
+        async def scenario():
+            await world.start_all()
+            await until(world, "registered", lambda: bound_on(world, COA["wifi0"]), 5)
+            world.tun_sinks["cn"], world.tun_sinks["mn"] = at_cn.append, at_mn.append
+            probe, _ = host_fragments(hoa, cn, 256, 1400, 0)
+            world.tuns["mn"].inject(probe)
+            await asyncio.sleep(0.1)
+            assert at_cn == [probe]
+            direct.clear()
+            world.tuns["cn"].inject(build_icmpv6_packet(DestinationUnreachable(4, probe), cn, hoa))
+            await asyncio.sleep(0.1)
+            unreachable = list(at_mn)
+            at_mn.clear()
+            big, _ = host_fragments(hoa, cn, 1536, 1400, 0)
+            world.tuns["mn"].inject(big)
+            await asyncio.sleep(0.1)
+            too_big = list(at_mn)
+            mtu = parse_icmpv6(too_big[0][40:]).mtu if too_big else 0
+            _, pieces = host_fragments(hoa, cn, 1536, mtu, 21)
+            for piece in pieces:
+                world.tuns["mn"].inject(piece)
+            await asyncio.sleep(0.1)
+            return probe, unreachable, direct[:1], big, too_big
+        probe, unreachable, wire, big, too_big = world.run(scenario())
+    [error] = unreachable
+    assert error[8:24] == cn.packed and error[24:40] == hoa.packed and error[6] == 58
+    message = parse_icmpv6(error[40:], cn, hoa)
+    assert isinstance(message, DestinationUnreachable) and message.invoking_packet == probe
+    assert wire and wire[0][24:40] == wifi.packed     # direct, to the CoA, in ESP
+    [ptb] = too_big
+    message = parse_icmpv6(ptb[40:], ptb[8:24], ptb[24:40])
+    assert isinstance(message, PacketTooBig) and ptb[24:40] == hoa.packed
+    assert message.invoking_packet == big[:len(message.invoking_packet)]
+    assert 1280 <= message.mtu < len(big)
+    assert big in at_cn                                # the host's fragments got through

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import signal
 import time
 from collections import Counter
@@ -64,6 +65,7 @@ from vmip.node.services import NodeServices
 from vmip.wire import proto
 from vmip.wire.errors import WireError
 from vmip.wire.flow import flow_key
+from vmip.wire.fragment import Reassembler, fragment, fragment_header_at
 from vmip.wire.icmpv6 import DestinationUnreachable, build_icmpv6_packet, may_send_error
 
 log = get_logger(__name__)
@@ -71,6 +73,9 @@ log = get_logger(__name__)
 #: Bytes a link driver adds around the on-wire packet, by driver and
 #: underlay family: IPv4/IPv6 header plus UDP header.
 _UDP_OVERHEAD = {4: 20 + 8, 6: 40 + 8}
+#: First Next Header values of a packet that may be an IPv6 fragment.
+_MAY_BE_FRAGMENT = frozenset((proto.HOP_BY_HOP, proto.ROUTING, proto.FRAGMENT,
+                              proto.DESTINATION_OPTIONS))
 
 #: The underlay MTU assumed when the link's interface cannot be read.
 DEFAULT_UNDERLAY_MTU = 1500
@@ -134,6 +139,11 @@ class Node:
         self._stopped = asyncio.Event()
         self._local: set[bytes] = set()
         self.link_mtu: dict[str, int] = {}
+        # Fragments around ESP and IRO (vmip.wire.fragment): the host's,
+        # put together before ESP; the wire's, before the IRO inbound rules.
+        self.tun_reassembly = Reassembler()
+        self.wire_reassembly = Reassembler()
+        self._fragment_id = int.from_bytes(os.urandom(4), "big")
         self._framing_links: dict[str, list[LinkDriver]] = {}
         # Which link carries our packets: an MN sends on its current access
         # link only (the one whose CoA it registered), others on any.
@@ -327,6 +337,14 @@ class Node:
 
     def _send(self, inner: bytes, ancillary, now: float, sends: dict) -> None:
         """SPD and ESP, then IRO (the outbound order of docs/architecture.md), then route."""
+        fragmented = len(inner) > 40 and inner[6] in _MAY_BE_FRAGMENT \
+            and fragment_header_at(inner) is not None
+        if fragmented:
+            # ESP protects whole datagrams only (RFC 4303 §3.1.1).
+            whole = self.tun_reassembly.add(inner, now)
+            if whole is None:
+                return
+            inner = whole
         result = self.engine.outbound(inner, now)
         wire = result.packet
         if wire is None:
@@ -334,7 +352,7 @@ class Node:
         wire = self.mobility.outbound(wire, ancillary, now)
         if wire is None:
             return
-        self._route(inner, wire, sends)
+        self._route(inner, wire, sends, fragmented)
 
     def _flush(self, sends: dict) -> None:
         for driver, items in sends.items():
@@ -370,7 +388,7 @@ class Node:
         if self.pcap_wire is not None:
             self.pcap_wire.write(packet)
 
-    def _route(self, inner: bytes, wire: bytes, sends: dict) -> None:
+    def _route(self, inner: bytes, wire: bytes, sends: dict, fragmented: bool = False) -> None:
         """Pick the link and underlay endpoint for an on-wire packet."""
         if wire[0] >> 4 != 6:
             self.counters["tx_drop_not_ipv6"] += 1
@@ -386,6 +404,18 @@ class Node:
             self._unreachable(inner)
             return
         mtu = self.link_mtu.get(driver.name, DEFAULT_UNDERLAY_MTU)
+        if len(wire) > mtu and fragmented:
+            # The host fragmented this datagram: so is the packet that carries
+            # it, after ESP and IRO (each fragment with the on-wire addresses).
+            self._fragment_id = (self._fragment_id + 1) & 0xFFFFFFFF
+            pieces = fragment(wire, mtu, self._fragment_id)
+            if not pieces:
+                self.counters["tx_drop_too_big"] += 1
+                return
+            self.counters["tx_fragmented"] += 1
+            for piece in pieces:
+                self._route(inner, piece, sends)
+            return
         if len(wire) > mtu:
             # RFC 4443 §3.2 / RFC 8201: tell the sender how much less to send;
             # the overhead is what ESP and the tunnel added to this packet.
@@ -441,6 +471,13 @@ class Node:
         now = self.clock()
         if self.pcap_wire is not None:
             self.pcap_wire.write(wire)
+        if len(wire) > 40 and wire[6] in _MAY_BE_FRAGMENT \
+                and fragment_header_at(wire) is not None:
+            # Reassembly before IPsec (RFC 4301 §5.2), so before the IRO rules too.
+            whole = self.wire_reassembly.add(bytes(wire), now)
+            if whole is None:
+                return
+            wire = whole
         # IRO inbound rules come before ESP (draft §5.1.2, docs/architecture.md).
         remapped = self.mobility.inbound(wire)
         if remapped is None:
