@@ -35,7 +35,11 @@ these are vmip's choices, documented in docs/operations.md):
   goes down and up again), which moves the CoA like a link loss.  A BA
   costs nothing extra on the wire, unlike a separate probe stream.
 - ``vmip mn move LINK`` (a forced move) is obeyed; the policy then does not
-  move back to a better link until that link changes state again.
+  move back to a better link until that link changes state again;
+- early tests (IRO draft §4.5.2): a link that becomes usable, and every
+  usable standby link when a CN accepts the current CoA, has its CoA
+  proven to the CNs over that link (``services.early_test``), so the move
+  there needs no address test round trip.
 """
 
 from __future__ import annotations
