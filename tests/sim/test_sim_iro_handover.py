@@ -509,3 +509,45 @@ def test_icmpv6_errors_about_remapped_packets() -> None:
     # the error's own direct transport ESP packet (same suite, same padding).
     assert message.mtu == link_mtu - (len(wire[0]) - len(error)) < len(big)
     assert big in at_cn                                # the host's fragments got through
+
+
+def test_a_held_back_aoto_resent_with_another_source_moves_no_locator() -> None:
+    """An on-path attacker takes the MN's early-test AOTO (from lte) off the wire
+    and re-sends it from its own endpoint naming MN2's CoA as on-wire source:
+    the ICV covers neither, and nothing inside an AOTO names the address (a
+    BU has its AltCoA).  The CN challenges that address, but its locator for
+    MN2's CoA, learned from MN2, stays MN2's; the MN's real test completes."""
+    mn2_coa = IPv6Address("2001:db8:41::2")
+    with SimWorld(seed=13, profiles=CLEAN, layout="split") as world:
+        held: list[bytes] = []
+
+        def hold_back(sender, packet: bytes, destination) -> bool:
+            if not held and sender.node == "mn" and sender.name == "lte0" \
+                    and len(packet) > 44 and packet[6] == 50 \
+                    and int.from_bytes(packet[40:44], "big") == MN_CN_MH_SPI:
+                held.append(packet)
+                return True
+            return False
+        world.network.interceptors.append(hold_back)
+
+        async def scenario():
+            await world.start_all()
+            cn = world.nodes["cn"]
+            await until(world, "mn2 bound with the CN", lambda: cn.mobility.cn.binding(
+                IPv6Address("2001:db8:100::20")) is not None, 5)
+            await until(world, "the AOTO held back", lambda: held, 5)
+            before = cn.locators.lookup(mn2_coa)
+            counted = cn.counters["locator_not_vouched"]
+            attacker = world.add_host("evil", "203.0.113.66", 40066)
+            attacker.send(held[0][:8] + mn2_coa.packed + held[0][24:], ("192.0.2.18", 6275))
+            await until(world, "the CN refusing to move a locator",
+                        lambda: cn.counters["locator_not_vouched"] > counted, 2)
+            await until(world, "the real early test done", lambda: first(
+                world, "mn", ev.AotStatusReceived, peer=CN, address=COA["lte0"]) is not None, 5)
+            return before, cn.locators.lookup(mn2_coa)
+        before, after = world.run(scenario())
+        challenged = [e.event for e in world.nodes["cn"].events.timeline
+                      if isinstance(e.event, ev.AotChallengeSent) and e.event.address == mn2_coa]
+    assert challenged, "the forged AOTO did not reach the CN core"
+    assert before.source == "learned" and after.endpoint == before.endpoint
+    assert after.endpoint != ("203.0.113.66", 40066)

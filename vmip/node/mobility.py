@@ -191,9 +191,14 @@ class MobilityAgent:
         for coa in (cn.accepting_from(peer), cn.pending_coa(peer)):
             if coa is not None and coa.packed == address:
                 return True
-        # An early test (draft §4.5.2): the AOTC goes to the address the
-        # authenticated AOTO came from, the one the MN offered to prove.
-        return len(address) == 16 and cn.testing(peer, IPv6Address(address))
+        return False
+
+    def tests_address(self, peer: IPv6Address, address: bytes) -> bool:
+        """Is *address* one our CN role is testing for *peer* (an early test,
+        draft §4.5.2)?  The AOTC goes to the address the authenticated AOTO
+        came from; nothing inside the AOTO names it (unlike a BU's AltCoA),
+        so it vouches for a new locator only, never for moving one."""
+        return len(address) == 16 and self.cn.testing(peer, IPv6Address(address))
 
     def is_home_address(self, address: bytes) -> bool:
         """Is *address* a home address this node knows of: inside the prefix

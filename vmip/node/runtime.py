@@ -48,7 +48,7 @@ from vmip.ipsec.sad import SAD
 from vmip.ipsec.sadb import SadbBus
 from vmip.ipsec.spd import SPD, Action
 from vmip.links.base import LinkDriver
-from vmip.links.locators import BINDING, PEER, LocatorTable
+from vmip.links.locators import BINDING, LEARNED, PEER, LocatorTable
 from vmip.links.rfc3948 import Rfc3948Driver
 from vmip.log import get_logger
 from vmip.node.control import NodeControl
@@ -553,6 +553,9 @@ class Node:
             vouched_by = PEER
         elif self.mobility.binds(peer, source):
             vouched_by = BINDING
+        elif self.mobility.tests_address(peer, source) \
+                and getattr(self.locators.lookup(source), "source", None) != LEARNED:
+            vouched_by = BINDING      # an early test's address: a new locator only
         else:
             self.counters["locator_not_vouched"] += 1
             return
