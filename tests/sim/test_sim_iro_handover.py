@@ -325,8 +325,7 @@ def test_vmip_sim_report_shows_early_tests_and_meets_the_demo_targets() -> None:
 
 def _cn_config(world: SimWorld, **mobility) -> None:
     """Add *mobility* keys to the CN's config file before it starts."""
-    import tomllib
-
+    from vmip.compat import tomllib
     from vmip.tomlwriter import dump_toml
     path = world.config_paths["cn"]
     document = tomllib.loads(path.read_text())

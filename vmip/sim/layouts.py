@@ -16,10 +16,10 @@ the same split from the policies, but the lab's IKE peers name one pair).
 from __future__ import annotations
 
 import secrets
-import tomllib
 from pathlib import Path
 from typing import Any
 
+from vmip.compat import tomllib
 from vmip.config.keyfile import write_key_file
 from vmip.ipsec.suites import suite
 from vmip.lab import configs as lab_configs
