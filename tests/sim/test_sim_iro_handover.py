@@ -259,6 +259,7 @@ def test_standby_link_is_proven_early_so_the_move_needs_no_address_test() -> Non
     one one-way trip after the BU.  Back on wifi, the wifi CoA was proven
     during the 2 s hold-down the same way."""
     lte, wifi, cn = IPv6Address(COA["lte0"]), IPv6Address(COA["wifi0"]), IPv6Address(CN)
+    hoa = IPv6Address(HOA)
     with SimWorld(seed=7, profiles=CLEAN, layout="split") as world:
         on_lte: list[tuple[str, str]] = []
         world.network.observers.append(
@@ -274,6 +275,9 @@ def test_standby_link_is_proven_early_so_the_move_needs_no_address_test() -> Non
             world.set_link("mn", "wifi0", False)
             await until(world, "bound on lte", lambda: bound_on(world, COA["lte0"]), 5)
             moved = world.loop.time()
+            # The CN forgets the wifi proof (a bounded cache may): the early test
+            # during the hold-down then needs the whole AOTO/AOTC/AOTR/AOTS.
+            world.nodes["cn"].mobility.cn.proofs.discard(hoa, wifi)
             world.set_link("mn", "wifi0", True)
             await until(world, "back on wifi", lambda: bound_on(world, COA["wifi0"]), 5)
             return moved
@@ -290,6 +294,9 @@ def test_standby_link_is_proven_early_so_the_move_needs_no_address_test() -> Non
     # The early test ran over lte: MN<->CN datagrams on lte before the move.
     [move_to_lte] = t_of(mn_events, ev.CoaChanged, new=lte)
     assert t_of(mn_events, ev.AotOfferSent, peer=cn, address=lte)[0] < move_to_lte
+    # lte was never proven: the early test was the whole exchange (AOTC, AOTR) before the move.
+    assert t_of(cn_events, ev.AotChallengeSent, address=lte, purpose="early-test")[0] \
+        < t_of(mn_events, ev.AotResponseSent, peer=cn, address=lte)[0] < move_to_lte
     assert ("mn", "lte0") in on_lte and ("cn", "eth0") in on_lte
     # The move to lte: BU -> BA at once, no address test in it.
     bu = min(t_of(mn_events, ev.BindingUpdateSent, peer=cn, coa=lte))
@@ -304,6 +311,10 @@ def test_standby_link_is_proven_early_so_the_move_needs_no_address_test() -> Non
     early_wifi = [t for t in t_of(mn_events, ev.AotStatusReceived, peer=cn, address=wifi)
                   if move_to_lte < t < back]
     assert early_wifi and back - early_wifi[0] > 1.5
+    assert [t for t in t_of(cn_events, ev.AotChallengeSent, address=wifi, purpose="early-test")
+            if move_to_lte < t < back]
+    bu_wifi = min(t for t in t_of(mn_events, ev.BindingUpdateSent, peer=cn, coa=wifi) if t >= back)
+    assert not [t for t in t_of(mn_events, ev.AotResponseSent, address=wifi) if t >= bu_wifi]
 
 
 def test_vmip_sim_report_shows_early_tests_and_meets_the_demo_targets() -> None:
