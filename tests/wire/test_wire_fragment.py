@@ -112,3 +112,13 @@ def test_duplicate_fragments_are_harmless_or_dropped(seed) -> None:
     results = [r for r in (reassembler.add(p, 0.0) for p in sequence) if r is not None]
     # A duplicate overlaps itself (RFC 5722): the datagram is either dropped or complete.
     assert results in ([], [udp_packet(5000)])
+
+
+def test_bytes_past_the_payload_length_are_not_part_of_the_datagram() -> None:
+    packet = udp_packet(3000)
+    pieces = [p + b"\xee" * 6 for p in fragment(packet, 1280, 9)]   # link padding
+    reassembler = Reassembler()
+    assert [reassembler.add(p, 0.0) for p in pieces][-1] == packet
+    truncated = fragment(packet, 1280, 10)[0][:-1]                 # shorter than it says
+    assert reassembler.add(truncated, 0.0) is None
+    assert reassembler.counters["fragment_malformed"] == 1

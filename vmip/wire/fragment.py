@@ -141,7 +141,11 @@ class Reassembler:
             return None
         carried, _, offset_flags, identification = _FRAGMENT.unpack_from(packet, at)
         offset, more = offset_flags & 0xFFF8, bool(offset_flags & 1)
-        data = packet[at + _FRAGMENT.size:]
+        end_of_packet = _IPV6_HEADER_LEN + int.from_bytes(packet[4:6], "big")
+        if end_of_packet > len(packet) or end_of_packet < at + _FRAGMENT.size:
+            self.counters["fragment_malformed"] += 1
+            return None
+        data = packet[at + _FRAGMENT.size:end_of_packet]   # link padding left out
         key = (packet[8:24], packet[24:40], identification)
         if (more and len(data) % 8) or offset + len(data) > _MAX_PAYLOAD:
             # RFC 8200 §4.5: such fragments are errors (ICMP Parameter Problem).
@@ -173,8 +177,8 @@ class Reassembler:
         if offset == 0:
             datagram.head, datagram.carried = packet[:at], carried
         datagram.pieces[offset] = data
-        datagram.size += len(packet)
-        self._bytes += len(packet)
+        datagram.size += end_of_packet
+        self._bytes += end_of_packet
         self.counters["fragments"] += 1
         self._bound()
         if key not in self._datagrams:
