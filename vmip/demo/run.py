@@ -457,6 +457,10 @@ def format_report(report: dict[str, Any]) -> str:
     tcp = {None: "", True: "; TCP survived every handover", False: "; TCP was LOST"}
     lines.append(f"{s['handovers']} handovers; interruption p50 {fmt(s['interruption_ms_p50'])} ms,"
                  f" p90 {fmt(s['interruption_ms_p90'])} ms{tcp[s.get('tcp_survived_all')]}")
+    aot = s.get("aot")
+    if aot is not None:
+        lines.append(f"CoAs proven by an early test: {aot.get('early', 0)}, by a test on the "
+                     f"move: {aot.get('on-move', 0)} (draft §4.5.2, §4.5.1)")
     lines.append("move: link change in place -> MN's CoA changed; CN: -> CN sends to the new "
                  "CoA (ms)")
     return "\n".join(lines)
