@@ -105,6 +105,7 @@ def test_defaults_are_filled_in(tmp_path: Path) -> None:
         "home_address": "2001:db8:100::10", "home_agent": "2001:db8:100::1",
         "correspondents": [], "binding_lifetime": 420, "tunnel": "esp", "proof_cache_size": 1024,
         "max_home_bindings": 16384,
+        "home_test_on_registration": False,
     }
     assert effective["keys"] == {"mode": "static", "backend": "cryptography",
                                  "replay_window": 1024,

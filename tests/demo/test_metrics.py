@@ -53,6 +53,14 @@ def test_path_change_to_a_longer_delay_shows_the_delay_step():
     assert lost_sequences(arrivals, 101.5, 103.0) == []
 
 
+def test_a_hole_the_next_link_change_starts_belongs_to_the_next_window():
+    # The stream stops when the link changes at 103.0 (sent from 102.995 on: lost);
+    # the window [101.0, 103.0) before that change saw no interruption.
+    arrivals = stream(100.0, 500, delay=0.0, dead=(102.995, 103.3))
+    assert interruption_ms(arrivals, 101.0, 103.0, INTERVAL) == 0.0
+    assert interruption_ms(arrivals, 103.0, 104.0, INTERVAL) == pytest.approx(300.0, abs=0.5)
+
+
 def test_stream_that_died_is_none():
     arrivals = stream(100.0, 100, delay=0.005)   # ends at ~101.0
     assert interruption_ms(arrivals, 102.0, 103.0, INTERVAL) is None
@@ -109,9 +117,9 @@ def test_handover_reports_pair_events_with_triggers():
     assert first["lost_packets"] == 15 + 20
     assert first["bu_ba_ms"] == pytest.approx(130.0)      # the CN, the slower peer
     assert first["bu_ba_ms_by_peer"]["2001:db8:10::2"] == pytest.approx(64.0)
-    assert first["aot"] is True
+    assert first["aot"] == "on-move"
     assert first["tcp_survived"] is True
-    assert second["aot"] is False
+    assert second["aot"] is None
     assert second["bu_ba_ms"] == pytest.approx(12.0)
     assert second["interruption_ms"] == {"mn_to_cn": 0.0, "cn_to_mn": 0.0}
     assert summary(reports)["handovers"] == 2

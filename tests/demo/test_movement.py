@@ -113,6 +113,19 @@ def test_forced_move_to_a_dead_link_moves_away():
     assert decisions(p) == [("wifi0", "link down")]
 
 
+def test_standby_links_are_the_usable_reachable_ones_besides_the_current():
+    """Where early tests go (IRO draft §4.5.2): every link the MN may move to."""
+    p = MovementPolicy({"wifi0": 10, "lte0": 20, "eth0": 5}, "wifi0", hold_down=2.0)
+    p.observe_all({"wifi0": True, "lte0": True, "eth0": False}, 0.0)
+    assert p.standby(0.0) == ["lte0"]
+    p.observe("eth0", True, 1.0)             # better, in its hold-down: standby too
+    assert p.standby(1.0) == ["eth0", "lte0"]
+    p.reachability_lost("lte0", 1.5)
+    assert p.standby(1.5) == ["eth0"]
+    p.handle_timer(3.0)                      # eth0's hold-down over: current now
+    assert p.current == "eth0" and p.standby(3.0) == ["wifi0"]
+
+
 def test_unknown_link_is_an_error():
     with pytest.raises(ValueError):
         MovementPolicy(PRIO, "eth9")

@@ -47,6 +47,8 @@ CHILD = textwrap.dedent("""
             return {}
         def link_coa(self, link):
             return None
+        def early_test(self, link, peer=None):
+            return 0
 
     async def main():
         services = FakeServices()

@@ -309,5 +309,6 @@ def test_capture_on_the_foreign_links_shows_iro_only_and_ike_only_from_the_coa(h
 
 
 def test_new_lte_coa_was_proven_with_aot(handover) -> None:
-    # The lte CoA was new to the CN: it challenged it and the MN answered (draft §3.3).
+    # The lte CoA was new to the CN: it challenged it and the MN answered, by an
+    # early test while on wifi (draft §4.5.2) or at the move (§3.3).
     assert any(e["address"] == MN_COA["lte0"] for e in events("mn", "AotResponseSent"))

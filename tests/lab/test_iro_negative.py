@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lab_support import CN, COA, HOA, bound, lab_started, vmip_json, wait_for
+from lab_support import CN, COA, HOA, bound, events, lab_started, vmip_json, wait_for
 
 from vmip.ipsec.esp import EspSA, transport_encap
 from vmip.ipsec.sa import Direction, Mode, SaParams
@@ -53,6 +53,8 @@ UNDERLAY = {"mn": {"wifi0": "192.0.2.34", "lte0": "198.51.100.2"}, "mn2": {"wifi
 TO_CN = {"mn": (0x1301, "mn-to-cn.key"), "mn2": (0x2301, "mn2-to-cn.key")}
 FROM_CN = {"mn": 0x1302, "mn2": 0x2302}
 SEQ_LEAD = 500
+#: An on-wire address the CN never challenged (in the lte prefix, nobody's CoA).
+NEVER_CHALLENGED = "2001:db8:32::99"
 LAB_RUN = Path("/run/vmip-lab")
 #: Forged packets so far, per MN: each needs a sequence number of its own (replay window).
 FORGED: dict[str, int] = {"mn": 0, "mn2": 0}
@@ -153,6 +155,12 @@ def lab() -> Iterator[None]:
             coa = COA[node]["wifi0"]
             wait_for(f"{node} bound with the CN",
                      lambda node=node, coa=coa: bound(node, CN, coa))
+            # Each MN then proves its standby lte CoA to the CN (early test, draft
+            # §4.5.2): let that finish so the CN is quiet during the tests.
+            lte = COA[node]["lte0"]
+            wait_for(f"{node}'s early test of its lte CoA", lambda node=node, lte=lte: any(
+                e.get("peer") == CN and e.get("address") == lte
+                for e in events(node, "AotStatusReceived")))
         yield
 
 
@@ -170,8 +178,8 @@ def test_aotr_from_an_address_that_was_not_challenged_is_dropped(lab) -> None:
     """Draft §4.4.3: an AOTR must come from the address the AOTC went to."""
     before = cn_snapshot()
     forger = Forger("mn")
-    # The lte CoA was never challenged in this lab: no nonce for it.
-    wire = forger.packet(AotResponse(bytes(range(8))), onwire_src=COA["mn"]["lte0"])
+    # An address the CN never challenged (the lte CoA was, by the early test): no nonce.
+    wire = forger.packet(AotResponse(bytes(range(8))), onwire_src=NEVER_CHALLENGED)
     send_from("mn", "lte0", wire)
     assert_dropped_silently(before, "aotr_unknown_address", TO_CN["mn"][0])
 

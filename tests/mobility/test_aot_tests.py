@@ -20,7 +20,7 @@ from test_mipv6_pair_harness import (
     seeded_rng,
 )
 
-from vmip.mobility.aot import NonceStore, ProofCache
+from vmip.mobility.aot import NONCES_PER_ADDRESS, NonceStore, ProofCache
 from vmip.mobility.binding import MobilityError
 from vmip.mobility.cn import Correspondent
 from vmip.mobility.events import (
@@ -229,15 +229,24 @@ def test_proofs_have_no_lifetime():
     assert nodes["mn"].of_type(BindingAccepted)[-1].coa == WIFI
 
 
-def test_nonce_store_is_bounded_and_keeps_a_waiting_nonce():
+def test_nonce_store_is_bounded_and_keeps_a_few_earlier_nonces():
     store = NonceStore(2)
     rng = seeded_rng(4)
-    first = store.challenge(HOA, WIFI, "binding", rng, 0.0)
-    again = store.challenge(HOA, WIFI, "binding", rng, 1.0)
-    assert again.nonce == first.nonce  # still waiting for its AOTR: same nonce
-    first.answered = True
-    fresh = store.challenge(HOA, WIFI, "early-test", rng, 2.0)
-    assert fresh.nonce != first.nonce  # a new test, a fresh nonce (draft §4.3.1)
+    first = store.challenge(HOA, WIFI, "binding", rng, 0.0).nonce
+    record = store.challenge(HOA, WIFI, "binding", rng, 1.0)
+    assert record.nonce != first  # every AOTC a fresh nonce (draft §4.3.1)
+    assert record.matches(first) and record.matches(record.nonce)
+    sent = [first, record.nonce]
+    for t in range(2, 2 + NONCES_PER_ADDRESS):
+        sent.append(store.challenge(HOA, WIFI, "binding", rng, float(t)).nonce)
+    assert len(set(sent)) == len(sent)
+    # Only the last NONCES_PER_ADDRESS stay answerable.
+    assert [record.matches(n) for n in sent] == \
+        [False] * (len(sent) - NONCES_PER_ADDRESS) + [True] * NONCES_PER_ADDRESS
+    assert not record.matches(bytes(8))
+    record.answered = True
+    fresh = store.challenge(HOA, WIFI, "early-test", rng, 9.0)
+    assert fresh.waiting == {"early-test"} and not fresh.answered  # a new test
     store.challenge(HOA, LTE, "binding", rng, 3.0)
     store.challenge(HOA, HOA, "home-test", rng, 4.0)
     assert len(store) == 2 and store.evictions == 1 and store.get(HOA, WIFI) is None

@@ -153,14 +153,14 @@ def test_moving_away_from_a_proven_coa_stops_sending_until_the_new_proof():
     ]
 
 
-def test_bu_retransmitted_while_challenged_gets_the_same_nonce():
-    cn = make_cn()
-    first = challenged(cn, WIFI, seq=1)
-    second = challenged(cn, WIFI, seq=2)
-    assert first == second
-    cn.receive(scapy_aotr(first), HOA, CN_ADDR, WIFI, 1.0)
-    [ba] = cn.datagrams_to_send(1.0)
-    assert dissect(ba)[MIP6MH_BA].seq == 2  # the latest BU is the one acknowledged
+def test_bu_retransmitted_while_challenged_gets_a_fresh_nonce_and_either_answer_works():
+    for answer in (0, 1):
+        cn = make_cn()
+        nonces = [challenged(cn, WIFI, seq=1), challenged(cn, WIFI, seq=2)]
+        assert nonces[0] != nonces[1]  # draft §4.3.1: every AOTC a fresh nonce
+        cn.receive(scapy_aotr(nonces[answer]), HOA, CN_ADDR, WIFI, 1.0)
+        [ba] = cn.datagrams_to_send(1.0)
+        assert dissect(ba)[MIP6MH_BA].seq == 2  # the latest BU is the one acknowledged
 
 
 # --- each negative case: dropped, counted, nothing sent, nothing changed ---------

@@ -96,7 +96,7 @@ def test_aotr_is_resent_until_the_ba_arrives():
     assert nodes["mn"].mn.entry(CN_ADDR).state is EntryState.BOUND
 
 
-def test_bu_is_resent_while_no_aotc_comes_and_the_challenge_keeps_its_nonce():
+def test_bu_is_resent_while_no_aotc_comes_and_each_challenge_has_a_fresh_nonce():
     net, nodes = build_world()
     lost = []
 
@@ -111,7 +111,8 @@ def test_bu_is_resent_while_no_aotc_comes_and_the_challenge_keeps_its_nonce():
     net.run(5.0)
     assert [d.time for d in net.sent("mn", BU) if d.dst == CN_ADDR] == [0.0, 1.0]
     aotcs = net.sent("cn", AOTC)
-    assert len(aotcs) == 2 and aotcs[0].mh[-8:] == aotcs[1].mh[-8:]
+    # Draft §4.3.1: a freshly generated nonce in every AOTC.
+    assert len(aotcs) == 2 and aotcs[0].mh[-8:] != aotcs[1].mh[-8:]
     assert nodes["cn"].cn.binding(HOA).coa == WIFI
 
 

@@ -234,6 +234,11 @@ class MobilityConfig:
     #: add one more gets status 130, insufficient resources (RFC 6275 §9.5.1).
     max_home_bindings: int = field(metadata=key(
         v.integer("16384", 1, 1_000_000, "a cache size"), default=DEFAULT_MAX_HOME_BINDINGS))
+    #: CN: a HoA test (draft §4.5.3) when an MN's registration is first accepted.
+    home_test_on_registration: bool = field(metadata=key(v.boolean("true"), default=False))
+    #: CN: seconds between HoA tests of each registered MN (draft §4.5.3).
+    home_test_interval: float | None = field(metadata=key(
+        v.seconds("3600"), default=None, unset="none (no regular HoA test)"))
 
 
 #: The keys of an SA's ``lifetime`` table: soft and hard limit of each unit.

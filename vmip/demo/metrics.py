@@ -20,8 +20,12 @@ Definitions (docs/demo.md):
 - *BU → BA* per peer is the time from the first ``BindingUpdateSent`` for
   the new CoA to the ``BindingAccepted`` for it; ``bu_ba_ms`` is the slowest
   peer (the handover is complete only when every peer follows);
-- *AOT* was needed when an ``AotResponseSent`` for the new CoA appears
-  before that BA (draft §4.5.1: the CN had no proof for the CoA);
+- *AOT* says how the new CoA was proven to the CNs: ``"on-move"`` when an
+  ``AotResponseSent`` for it appears between the BU and that BA (draft
+  §4.5.1: the CN had no proof, the move waited one more round trip),
+  ``"early"`` when instead an early test proved it before the move (an
+  ``AotStatusReceived`` "proof valid" for it since the previous move,
+  draft §4.5.2), ``None`` when neither: the CN still held the proof;
 - the TCP connection *survived* when it reported no error and the bytes the
   receiver counted kept growing after the handover.
 """
@@ -69,7 +73,9 @@ def interruption_ms(arrivals: Sequence[Arrival], start: float, end: float,
     longest = 0.0
     for i in range(first, min(last + 1, len(times) - 1)):
         gap_start, gap_end = times[i], times[i + 1]
-        if gap_end < start or gap_start >= end:
+        # A gap whose first missing arrival was due at or after *end* is the
+        # next window's (the next link change stopped the stream).
+        if gap_end < start or gap_start + interval >= end:
             continue
         longest = max(longest, gap_end - gap_start)
     return round(max(longest - interval, 0.0) * 1000.0, 1)
@@ -95,11 +101,18 @@ def _events_between(events: Sequence[Mapping[str, Any]], name: str, start: float
     return [e for e in events if e.get("event") == name and start <= e.get("t", 0) < end]
 
 
-def registration_times(events: Sequence[Mapping[str, Any]], coa: str | None, start: float,
-                       end: float) -> tuple[dict[str, float], bool]:
-    """Per peer BU → BA (ms) for *coa* in [start, end), and whether AOT was needed.
+#: AotStatus code 1: the CN holds a valid proof (draft §4.4.4).
+_PROOF_VALID = 1
 
-    *coa* None is the registration at home (a CoaChanged to no CoA)."""
+
+def registration_times(events: Sequence[Mapping[str, Any]], coa: str | None, start: float,
+                       end: float, since: float | None = None
+                       ) -> tuple[dict[str, float], str | None]:
+    """Per peer BU → BA (ms) for *coa* in [start, end), and how *coa* was proven
+    (``"on-move"``, ``"early"`` or ``None``, see the module notes).
+
+    *coa* None is the registration at home (a CoaChanged to no CoA).  *since*:
+    where early tests count from (the previous move), default all before *start*."""
     sent: dict[str, float] = {}
     accepted: dict[str, float] = {}
     for e in events:
@@ -117,8 +130,15 @@ def registration_times(events: Sequence[Mapping[str, Any]], coa: str | None, sta
                 accepted[peer] = t
     times = {peer: round((accepted[peer] - sent[peer]) * 1000.0, 1) for peer in accepted}
     last_ba = max(accepted.values(), default=end)
-    aot = any(e.get("address") == coa for e in
-              _events_between(events, "AotResponseSent", start, last_ba + 1e-6))
+    aot: str | None = None
+    if any(e.get("address") == coa for e in
+           _events_between(events, "AotResponseSent", start, last_ba + 1e-6)):
+        aot = "on-move"
+    elif coa is not None and any(
+            e.get("address") == coa and e.get("code") == _PROOF_VALID for e in
+            _events_between(events, "AotStatusReceived",
+                            since if since is not None else float("-inf"), start)):
+        aot = "early"
     return times, aot
 
 
@@ -150,16 +170,18 @@ def handover_reports(*, triggers: Sequence[Trigger], events: Sequence[Mapping[st
     ordered = sorted(triggers, key=lambda tr: tr.t)
     starts = [tr.t for tr in ordered]
     reports = []
+    previous_move: float | None = None
     for event in sorted((e for e in events if e.get("event") == "CoaChanged"),
                         key=lambda e: e["t"]):
         t = event["t"]
+        since, previous_move = previous_move, t
         index = bisect.bisect_right(starts, t) - 1
         if index < 0:
             continue   # the initial attachment, not a handover
         window_start = starts[index]
         window_end = starts[index + 1] if index + 1 < len(starts) else end
         new_coa = event.get("new")
-        bu_ba, aot = registration_times(events, new_coa, t, window_end)
+        bu_ba, aot = registration_times(events, new_coa, t, window_end, since)
         lost = (lost_sequences(mn_to_cn, window_start, window_end),
                 lost_sequences(cn_to_mn, window_start, window_end))
         trigger = ordered[index]
@@ -211,5 +233,7 @@ def summary(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "interruption_ms_p90": percentile(measured, 0.9),
         "interruption_ms_mean": round(statistics.fmean(measured), 1) if measured else None,
         "lost_packets": sum(r["lost_packets"] for r in reports),
+        "aot": {kind: sum(1 for r in reports if r["aot"] == kind)
+                for kind in ("early", "on-move")},
         "tcp_survived_all": all(r["tcp_survived"] for r in reports),
     }

@@ -444,12 +444,12 @@ def _tcp_cell(survived: bool | None) -> str:
 def format_report(report: dict[str, Any]) -> str:
     """The end-of-run table (plain text, fits 80 columns)."""
     lines = [(f"{'#':>2} {'from':6} {'to':6} {'mn→cn ms':>9} {'cn→mn ms':>9} {'lost':>5} "
-              f"{'BU→BA ms':>9} {'AOT':>4} {'TCP':>4} {'move':>5} {'CN':>5}")]
+              f"{'BU→BA ms':>9} {'AOT':>7} {'TCP':>4} {'move':>5} {'CN':>5}")]
     fmt = lambda v: "-" if v is None else f"{v:.0f}"
     for i, h in enumerate(report["handovers"], 1):
         lines.append(f"{i:>2} {h['from']:6} {h['to']:6} {fmt(h['interruption_ms']['mn_to_cn']):>9} "
                      f"{fmt(h['interruption_ms']['cn_to_mn']):>9} {h['lost_packets']:>5} "
-                     f"{fmt(h['bu_ba_ms']):>9} {'yes' if h['aot'] else 'no':>4} "
+                     f"{fmt(h['bu_ba_ms']):>9} {h['aot'] or 'no':>7} "
                      f"{_tcp_cell(h['tcp_survived']):>4} "
                      f"{fmt(h.get('timeline_ms', {}).get('moved')):>5} "
                      f"{fmt(h.get('timeline_ms', {}).get('cn_sends')):>5}")
@@ -457,6 +457,10 @@ def format_report(report: dict[str, Any]) -> str:
     tcp = {None: "", True: "; TCP survived every handover", False: "; TCP was LOST"}
     lines.append(f"{s['handovers']} handovers; interruption p50 {fmt(s['interruption_ms_p50'])} ms,"
                  f" p90 {fmt(s['interruption_ms_p90'])} ms{tcp[s.get('tcp_survived_all')]}")
+    aot = s.get("aot")
+    if aot is not None:
+        lines.append(f"CoAs proven by an early test: {aot.get('early', 0)}, by a test on the "
+                     f"move: {aot.get('on-move', 0)} (draft §4.5.2, §4.5.1)")
     lines.append("move: link change in place -> MN's CoA changed; CN: -> CN sends to the new "
                  "CoA (ms)")
     return "\n".join(lines)

@@ -2,8 +2,8 @@
 
 A CN keeps two bounded LRU tables:
 
-* :class:`NonceStore`: the nonce of every AOTC sent, keyed by (HoA, tested
-  address).  The draft says the nonce is stored "for that MN, along with
+* :class:`NonceStore`: the nonces of the AOTCs sent, keyed by (HoA, tested
+  address): a fresh one per AOTC (§4.3.1), the last few kept.  The draft says the nonce is stored "for that MN, along with
   the address being tested" (§4.4.2) and looked up by the AOTR's on-wire
   source (§4.4.3); it must outlive the BA so that a resent AOTR still gets
   one (§4.5.1).
@@ -14,6 +14,7 @@ A CN keeps two bounded LRU tables:
 
 from __future__ import annotations
 
+import hmac
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -77,9 +78,19 @@ class ProofCache:
         self._proofs.pop((hoa, coa), None)
 
 
+#: Nonces kept per (HoA, tested address): the latest AOTC's and the ones
+#: before it that a retransmitted (or late) AOTR may still carry.
+NONCES_PER_ADDRESS = 4
+
+
 @dataclass(slots=True)
 class NonceRecord:
-    """The nonce of the AOTC sent for (hoa, address) and what is waiting on its AOTR."""
+    """The nonces of the AOTCs sent for (hoa, address) and what is waiting on an AOTR.
+
+    ``nonce`` is the latest AOTC's; ``earlier`` the ones before it, newest
+    first, at most ``NONCES_PER_ADDRESS - 1``.  An AOTR answering any of
+    them proves the address: each was sent there only.
+    """
 
     hoa: IPv6Address
     address: IPv6Address
@@ -87,6 +98,14 @@ class NonceRecord:
     created_at: float
     waiting: set[AotPurpose] = field(default_factory=set)
     answered: bool = False
+    earlier: list[bytes] = field(default_factory=list)
+
+    def matches(self, nonce: bytes) -> bool:
+        """Whether *nonce* is one of the kept ones (each compared in constant time)."""
+        found = False
+        for kept in (self.nonce, *self.earlier):
+            found |= hmac.compare_digest(kept, nonce)
+        return found
 
 
 class NonceStore:
@@ -108,18 +127,30 @@ class NonceStore:
     def challenge(
         self, hoa: IPv6Address, address: IPv6Address, purpose: AotPurpose, rng: Rng, now: float
     ) -> NonceRecord:
-        """The record to put in an AOTC for (hoa, address).
+        """The record for a new AOTC to (hoa, address), with a fresh nonce in ``nonce``.
 
-        A test still waiting for its AOTR keeps its nonce, so an AOTC sent
-        again (the MN resent its BU, or a HoA-test retransmission) carries
-        the same value and an AOTR for either copy matches.  Once answered,
-        a new test gets a fresh nonce (draft §4.3.1).
+        Every AOTC gets a freshly generated nonce (draft §4.3.1 MUST), also
+        one sent again because the MN resent its BU or a HoA test is
+        retransmitted.  The nonces sent before stay valid, at most
+        ``NONCES_PER_ADDRESS`` in all, so an AOTR answering an earlier copy
+        (crossing the new AOTC, or resent because the BA was lost, §4.5.1)
+        still matches.  What waits on the test is kept across AOTCs; a test
+        answered before starts afresh.
         """
         key = (hoa, address)
         record = self._records.get(key)
-        if record is None or record.answered:
-            record = NonceRecord(hoa, address, fresh_nonce(rng), now)
+        nonce = fresh_nonce(rng)
+        if record is None:
+            record = NonceRecord(hoa, address, nonce, now)
             self._records[key] = record
+        else:
+            record.earlier.insert(0, record.nonce)
+            del record.earlier[NONCES_PER_ADDRESS - 1:]
+            record.nonce = nonce
+            record.created_at = now
+            if record.answered:
+                record.waiting.clear()
+                record.answered = False
         record.waiting.add(purpose)
         self._records.move_to_end(key)
         while len(self._records) > self.capacity:

@@ -21,7 +21,6 @@ decision the draft leaves open.
 
 from __future__ import annotations
 
-import hmac
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -116,6 +115,8 @@ class _Peer:
     send_to: IPv6Address | None = None
     last_ack: BindingAck | None = None
     home_test: _HomeTest | None = None
+    registered: bool = False          # a registration was accepted (home_test_on_registration)
+    next_home_test: float | None = None   # home_test_interval
 
 
 class Correspondent(MobilityCore):
@@ -140,6 +141,8 @@ class Correspondent(MobilityCore):
         local_coa: Callable[[IPv6Address], IPv6Address | None] | None = None,
         rng: Rng = os.urandom,
         clock_now: float = 0.0,
+        home_test_on_registration: bool = False,
+        home_test_interval: float | None = None,
     ):
         super().__init__()
         if lifetime_units(max_lifetime) < 1:
@@ -150,6 +153,14 @@ class Correspondent(MobilityCore):
         self.allow_early_test = allow_early_test
         self.pending_proof_timeout = pending_proof_timeout
         self.home_test_attempts = home_test_attempts
+        if home_test_interval is not None and not home_test_interval > 0:
+            raise ValueError("home_test_interval must be above 0 seconds (or None: no regular test)")
+        # Draft §4.5.3 triggers, both off by default (appendix C argues against
+        # regular checks): a HoA test when an MN's registration is first
+        # accepted (with static keys no IKE exchange through the HA proved the
+        # HoA, §8.1.2 and appendix G), and one every ``home_test_interval`` s.
+        self.home_test_on_registration = home_test_on_registration
+        self.home_test_interval = home_test_interval
         self.proofs = ProofCache(proof_cache_size)
         # Every proof starts as a nonce; keep at least as many nonces as proofs.
         self.nonces = NonceStore(max(proof_cache_size, 64))
@@ -176,6 +187,11 @@ class Correspondent(MobilityCore):
         """The CoA whose IPsec data is accepted for ``hoa`` (draft §4.5.1), if any."""
         peer = self._peers.get(hoa)
         return peer.accept_from if peer is not None else None
+
+    def testing(self, hoa: IPv6Address, address: IPv6Address) -> bool:
+        """Whether an early test of *address* for *hoa* waits for its AOTR (draft §4.5.2)."""
+        record = self.nonces.get(hoa, address)
+        return record is not None and not record.answered and "early-test" in record.waiting
 
     def knows_mobile(self, hoa: IPv6Address) -> bool:
         """Has ``hoa`` registered (or tried to) with this CN: is it a home address?"""
@@ -306,6 +322,12 @@ class Correspondent(MobilityCore):
         binding.expires_at = now + granted
         self._set_send_to(peer, coa)
         self._emit(BindingCached(binding.hoa, coa, granted, home=False))
+        if not peer.registered:
+            peer.registered = True
+            if self.home_test_interval is not None:
+                peer.next_home_test = now + self.home_test_interval
+            if self.home_test_on_registration and peer.home_test is None:
+                self._start_home_test(peer, now)
         log.info("binding accepted", hoa=binding.hoa, coa=coa, lifetime=granted)
         peer.last_ack = BindingAck(BindingAckStatus.ACCEPTED, sequence, units)
         if ack:
@@ -354,8 +376,9 @@ class Correspondent(MobilityCore):
         hoa = peer.binding.hoa
         record = self.nonces.challenge(hoa, address, purpose, self._rng, now)
         # To the tested address through ancillary data; a HoA test goes to the HoA
-        # itself, i.e. through the HA tunnel (draft §4.5.3).
-        onwire_dst = None if address == hoa else address
+        # itself, i.e. through the HA tunnel (draft §4.5.3): named explicitly,
+        # or a coarse SA's "ancillary or CoA" rule would send it to the CoA.
+        onwire_dst = address
         self._reply(AotChallenge(record.nonce), peer.binding.local, hoa, onwire_dst)
         self._emit(AotChallengeSent(hoa, hoa, address, purpose))
         return record.nonce
@@ -376,7 +399,7 @@ class Correspondent(MobilityCore):
         if record is None:
             self._drop("aotr_unknown_address", hoa=hoa, onwire=wire_src)
             return
-        if not hmac.compare_digest(record.nonce, aotr.nonce):
+        if not record.matches(aotr.nonce):
             self._drop("aotr_wrong_nonce", hoa=hoa, onwire=wire_src)
             return
         record.answered = True
@@ -451,7 +474,10 @@ class Correspondent(MobilityCore):
             raise MobilityError(
                 f"no accepted registration for {hoa}: nothing to test (draft §4.5.3)"
             )
-        nonce = self._challenge(peer, hoa, "home-test", now)
+        self._start_home_test(peer, now)
+
+    def _start_home_test(self, peer: _Peer, now: float) -> None:
+        nonce = self._challenge(peer, peer.binding.hoa, "home-test", now)
         peer.home_test = _HomeTest(Retransmission(now, INITIAL_BINDACK_TIMEOUT), nonce)
 
     # -- Binding Error (RFC 6275 §9.2, §9.3.3) -----------------------------
@@ -476,6 +502,8 @@ class Correspondent(MobilityCore):
                 deadlines.append(peer.pending.deadline)
             if peer.home_test is not None:
                 deadlines.append(peer.home_test.retransmission.deadline)
+            elif peer.binding.bound:
+                deadlines.append(peer.next_home_test)
         return earliest(*deadlines)
 
     def handle_timer(self, now: float) -> None:
@@ -495,6 +523,11 @@ class Correspondent(MobilityCore):
                 peer.home_test = None
                 self._emit(BindingExpired(hoa, hoa, expired))
                 log.info("binding expired", hoa=hoa, coa=expired)
+            due = peer.next_home_test
+            if due is not None and due <= now and peer.home_test is None and binding.bound:
+                assert self.home_test_interval is not None
+                peer.next_home_test = now + self.home_test_interval
+                self._start_home_test(peer, now)
             test = peer.home_test
             if test is not None and test.retransmission.deadline <= now:
                 if test.retransmission.attempts >= self.home_test_attempts:
@@ -503,7 +536,7 @@ class Correspondent(MobilityCore):
                     log.info("home address test failed", hoa=hoa)
                 else:
                     test.retransmission.expire(now)
-                    self._reply(AotChallenge(test.nonce), binding.local, hoa, None)
-                    self._emit(AotChallengeSent(hoa, hoa, hoa, "home-test"))
+                    # A fresh nonce in every AOTC (draft §4.3.1); earlier ones still match.
+                    test.nonce = self._challenge(peer, hoa, "home-test", now)
             if peer.pending is None and not peer.binding.bound and peer.home_test is None:
                 del self._peers[hoa]

@@ -164,6 +164,9 @@ class BindingAccepted(Report):
     coa: IPv6Address | None
     lifetime: int
     rtt: float
+    #: Home registrations: the K bit of the BA, i.e. the HA's key management
+    #: follows the CoA (RFC 6275 §11.7.3); false when the MN did not ask.
+    key_management_mobility: bool = False
 
 
 @dataclass(frozen=True, slots=True)

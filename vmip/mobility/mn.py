@@ -193,6 +193,10 @@ class MobileNode(MobilityCore):
         if self.lifetime_units < 1:
             raise ValueError("lifetime must be at least 4 seconds")
         self.key_management_mobility = key_management_mobility
+        #: The K bit of the last accepted home BA (``None``: none yet).  False
+        #: means the HA's key manager does not follow the CoA: the MN's IKE
+        #: SA with it must be set up again from the CoA (RFC 6275 §11.7.3).
+        self.home_key_management: bool | None = None
         self._rng = rng
         self._initial_sequence = initial_sequence
         self._coa: IPv6Address | None = None
@@ -309,6 +313,10 @@ class MobileNode(MobilityCore):
         self._early_tests[(entry.peer, address)] = test
         self._send_early(test)
 
+    def testing(self, address: IPv6Address) -> bool:
+        """Whether an early test of *address* (not the CoA) is under way with some CN."""
+        return any(test.address == address for test in self._early_tests.values())
+
     # -- sending --------------------------------------------------------
 
     def _start_registration(
@@ -386,9 +394,10 @@ class MobileNode(MobilityCore):
     def _send_aotr(
         self, peer: IPv6Address, address: IPv6Address, nonce: bytes, first: bool = True
     ) -> None:
-        # Draft §4.4.3: from the tested address (ancillary), or from the HoA
-        # without ancillary for a HoA test (§4.5.3).
-        onwire_src = None if address == self.hoa else address
+        # Draft §4.4.3: from the tested address (ancillary); for a HoA test
+        # (§4.5.3) the HoA itself, named so that a coarse SA's "ancillary or
+        # CoA" rule leaves it, and the packet goes through the HA tunnel.
+        onwire_src = address
         towards = self._towards(peer, first) if address != self.hoa else None
         self._send(AotResponse(nonce), self.hoa, peer, onwire_src, towards)
         self._emit(AotResponseSent(peer, self.hoa, address))
@@ -518,7 +527,14 @@ class MobileNode(MobilityCore):
         if advice is not None and 0 < advice.interval_seconds < refresh_after:
             refresh_after = advice.interval_seconds
         entry.refresh_at = sent + refresh_after
-        self._emit(BindingAccepted(entry.peer, self.hoa, entry.coa, granted, rtt))
+        # RFC 6275 §11.7.3: the MN MUST examine the BA's K bit; it counts only
+        # when the BU asked for it (§10.3.1: the HA echoes it, never sets it alone).
+        key_management = entry.home and self.key_management_mobility \
+            and ack.key_management_mobility
+        if entry.home:
+            self.home_key_management = key_management
+        self._emit(BindingAccepted(entry.peer, self.hoa, entry.coa, granted, rtt,
+                                   key_management))
         log.info("binding accepted", peer=entry.peer, coa=entry.coa, lifetime=granted, rtt=rtt)
         if not entry.home:
             self._set_direct(entry, True)

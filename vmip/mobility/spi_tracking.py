@@ -274,7 +274,7 @@ class SpiTracker:
 
     def bind_data(self, local: IPv6Address, remote: IPv6Address, coa: IPv6Address,
                   role: Role | str = Role.MN, *, inbound: bool = True,
-                  outbound: bool = True) -> int:
+                  outbound: bool = True, outbound_coa: IPv6Address | None = None) -> int:
         """IPsec data SAs between *local* and *remote* follow *coa* (draft §3.6).
 
         Role MN: *local* is our HoA, *remote* the CN (or the other MN's HoA),
@@ -283,18 +283,21 @@ class SpiTracker:
         which directions use it; a direction left out is unbound.  A CN
         accepts traffic from a new CoA at once but sends to it only after
         the proof (§4.5.1): ``bind_data(..., outbound=False)`` at the BU,
-        ``bind_data(...)`` after the AOTR.  Applies to the SAs there now and
-        to those added later.  Returns how many rules changed.
+        ``bind_data(...)`` after the AOTR.  *outbound_coa*, if given, is
+        where outbound data goes instead of *coa* (inbound and outbound
+        CoAs differ).  Applies to the SAs there now and to those added
+        later.  Returns how many rules changed.
         """
         self._refresh()
         role = _as_role(role)
         local = _address(local, "local address")
         remote = _address(remote, "remote address")
         coa = _address(coa, "care-of address")
-        if not inbound and not outbound:
+        send = _address(outbound_coa, "outbound care-of address") if outbound_coa else None
+        if not inbound and not outbound and send is None:
             return self.unbind(local, remote, role)
         self._data[(_side(role), local, remote)] = _DataBinding(
-            role, coa if inbound else None, coa if outbound else None)
+            role, coa if inbound else None, send or (coa if outbound else None))
         log.info("iro data binding", role=role.value, local=str(local), remote=str(remote),
                  coa=str(coa), inbound=inbound, outbound=outbound)
         return self._sync_pair(local, remote)

@@ -108,6 +108,9 @@ class NodeControl:
             "sas": len(self.node.sad.dump(publish=False)),
             "policies": len(self.node.spd.list()),
             "locators": len(self.node.locators),
+            # Reassembly of the host's fragments and of the wire's (vmip.wire.fragment).
+            "fragments": {"tun": dict(self.node.tun_reassembly.counters),
+                          "wire": dict(self.node.wire_reassembly.counters)},
             "control": str(self.node.control_path),
             "active_link": self.node.active_link,
             "capture": {

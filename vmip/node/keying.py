@@ -78,7 +78,7 @@ from vmip.ipsec.sadb import ExpireEvent, SadbEvent
 from vmip.ipsec.spd import Action, Policy, Selector, SpdError
 from vmip.links.base import coerce_endpoint
 from vmip.log import get_logger
-from vmip.mobility.events import CoaChanged
+from vmip.mobility.events import BindingAccepted, CoaChanged
 from vmip.node import ike_mobike
 from vmip.node.ike_underlay import RefusalLog, sad_address
 from vmip.node.keying_policy import (
@@ -189,6 +189,10 @@ class IkeManager:
         self._subscription = services.bus.subscribe(self._on_sadb_event)
         self._refusals = RefusalLog(self.counters)
         self._internal_error_logged = False
+        # The K bit of the HA's last BA (None: no BA yet), RFC 6275 §11.7.3.
+        self._ha_follows: bool | None = None
+        # IKE SAs moved to a new CoA since the last home BA (K is judged there).
+        self._moved_with_coa: list[Any] = []
 
     # -- configuration ---------------------------------------------------------
 
@@ -445,7 +449,47 @@ class IkeManager:
         """
         if old is None or new is None or old == new or self._loop is None:
             return
+        if self._ha_follows is False:
+            # The HA's last BA cleared K (RFC 6275 §11.7.3): its key manager
+            # does not follow us; the next home BA sets the IKE SA up afresh.
+            return
         self._loop.call_soon(self._follow_coa, str(old), new)
+
+    def _home_binding_accepted(self, event: BindingAccepted) -> None:
+        """RFC 6275 §11.7.3: with the K bit clear in the HA's BA, the MN MUST
+        discard its key management connections to the HA; it may start new
+        ones.  An IKE SA with the HA that does not run from the CoA just
+        registered is deleted and negotiated again from there."""
+        if self._home_agent is None or event.peer != self._home_agent or event.lifetime == 0:
+            return
+        self._ha_follows = event.key_management_mobility
+        if event.key_management_mobility or event.coa is None:
+            self._moved_with_coa.clear()
+            return
+        peer = self._peer_for_address(str(self._home_agent))
+        if peer is not None and self._loop is not None:
+            # Out of the event delivery, as for a CoA change.
+            self._loop.call_soon(self._reestablish, peer.name, str(event.coa))
+
+    def _reestablish(self, name: str, coa: str) -> None:
+        moved, self._moved_with_coa = self._moved_with_coa, []
+        stale = [sa for sa in self._sas_of(name) if not sa.is_finished
+                 and (sa.local_addr[0] != coa or any(sa is m for m in moved))]
+        if not stale:
+            return
+        self.counters["ike_sa_reestablished_k0"] += 1
+        log.info("ike sa with the ha set up again: its BA has no K bit", peer=name, coa=coa)
+        now = self.services.clock()
+        for sa in stale:
+            sa.delete(now)
+        # The new one at once, beside the old ones' DELETE exchange (initiate()
+        # would wait for them to finish).
+        peer = self.peers[name]
+        local = self.local_address_for(peer.address)
+        self._endpoint(local).initiate(self.sa_config(peer, local),
+                                       (str(peer.address), IKE_PORT), now)
+        self._collect_all()
+        self._pump(now)
 
     def _follow_coa(self, old: str, new) -> None:
         self.move_local_address(old, new)
@@ -468,6 +512,8 @@ class IkeManager:
             sa.change_local_address(local, self._spi_allocator_for(local, sa.remote_addr))
             target.attach(sa)
             moved += 1
+            if len(self._moved_with_coa) < 16:
+                self._moved_with_coa.append(sa)
             if sa.is_established:
                 sa.announce_local_address(now)
         if moved:
@@ -749,6 +795,8 @@ class IkeManager:
         event = timed.event
         if isinstance(event, CoaChanged):
             self.coa_changed(event.old, event.new)
+        elif isinstance(event, BindingAccepted):
+            self._home_binding_accepted(event)
 
     # -- events → SAD / SPD ----------------------------------------------------------
 

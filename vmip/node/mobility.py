@@ -35,11 +35,10 @@ from vmip.ipsec.spd import Action as SpdAction
 from vmip.log import get_logger
 from vmip.mobility import events as ev
 from vmip.mobility.ancillary import Ancillary
-from vmip.mobility.binding import OnWire
+from vmip.mobility.binding import MobilityError, OnWire
 from vmip.mobility.cn import Correspondent
 from vmip.mobility.ha import HomeAgent
-from vmip.mobility.mn import EntryState as MnEntryState
-from vmip.mobility.mn import MobileNode
+from vmip.mobility.mn import EntryState, MobileNode
 from vmip.mobility.remap import RemapEngine
 from vmip.mobility.spi_tracking import Role as TrackRole
 from vmip.mobility.spi_tracking import SpiTracker
@@ -82,6 +81,11 @@ class MobilityAgent:
         self.tracker.initial_collect(services.sad.dump(publish=False))
         services.bus.subscribe(self._on_sadb_event)
         self.counters: collections.Counter[str] = collections.Counter()
+        # Per (local, HoA) our CN role serves: the CoA its data is accepted
+        # from and the one it is sent to (AcceptFrom, SendTo; draft §4.5.1).
+        # One entry per MN the CN core holds, gone when both are None.
+        self._cn_paths: dict[tuple[IPv6Address, IPv6Address],
+                             tuple[IPv6Address | None, IPv6Address | None]] = {}
         # The MN's reverse tunnel SA, looked up again after any SADB change.
         self._reverse_tunnel_sa: Any = None
         self._reverse_tunnel_valid = False
@@ -108,7 +112,10 @@ class MobilityAgent:
                                  lifetime=mob.binding_lifetime, clock_now=now,
                                  peer_coa=self._peer_coa,
                                  # CN BUs leave with the home BU on a move (docs/mobility.md).
-                                 correspondents_with_home=True)
+                                 correspondents_with_home=True,
+                                 # K (RFC 6275 §11.7.1): with IKE the MN-HA IKE SA
+                                 # follows the CoA (IkeManager.coa_changed).
+                                 key_management_mobility=str(cfg.keys.mode) == "ike")
             # A clean stop deletes our bindings instead of leaving them to expire.
             services.on_stop("mobility", self.deregister)
         self._deregistered: asyncio.Event | None = None
@@ -123,6 +130,8 @@ class MobilityAgent:
         self.cn = Correspondent(known_peers=self._known_peer,
                                 max_lifetime=mob.binding_lifetime,
                                 proof_cache_size=mob.proof_cache_size, clock_now=now,
+                                home_test_on_registration=mob.home_test_on_registration,
+                                home_test_interval=mob.home_test_interval,
                                 local_coa=self._local_coa)
         self._register_intents()
 
@@ -204,6 +213,13 @@ class MobilityAgent:
                 return True
         return False
 
+    def tests_address(self, peer: IPv6Address, address: bytes) -> bool:
+        """Is *address* one our CN role is testing for *peer* (an early test,
+        draft §4.5.2)?  The AOTC goes to the address the authenticated AOTO
+        came from; nothing inside the AOTO names it (unlike a BU's AltCoA),
+        so it vouches for a new locator only, never for moving one."""
+        return len(address) == 16 and self.cn.testing(peer, IPv6Address(address))
+
     def is_home_address(self, address: bytes) -> bool:
         """Is *address* a home address this node knows of: inside the prefix
         our HA role serves (not the HA's own address), or the HoA of a mobile
@@ -264,7 +280,11 @@ class MobilityAgent:
     def inbound(self, wire: bytes) -> tuple[bytes, Ancillary] | None:
         result = self.remap.inbound_ancillary(wire)
         if result is None and self.mn is not None:
-            redirected = self.previous_coas.redirect(wire, self.services.clock())
+            # An address under an early test may also be one just left: the
+            # test needs the address it was sent to, so it goes first.
+            result = self._inbound_at_tested_address(wire)
+            redirected = None if result is not None else \
+                self.previous_coas.redirect(wire, self.services.clock())
             if redirected is not None:
                 result = self.remap.inbound_ancillary(redirected)
                 if result is not None:
@@ -272,6 +292,60 @@ class MobilityAgent:
         if result is None:
             self.counters["rx_drop_remap"] += 1
         return result
+
+    def _inbound_at_tested_address(self, wire: bytes) -> tuple[bytes, Ancillary] | None:
+        """An MN's packet to an address of its own it is proving by an early test
+        (draft §4.5.2: the AOTC and AOTS come there, not to the CoA).
+
+        The inbound rules name the current CoA only, so the packet is taken
+        as if it had reached the CoA and the address it really came to goes
+        to MIPv6 as the on-wire destination (§5.1.1), which tells the MN
+        core which test the AOTC answers.  ESP and the inbound policy still
+        judge it, as any packet."""
+        mn = self.mn
+        coa = mn.coa if mn is not None else None
+        if mn is None or coa is None or len(wire) < 40:
+            return None
+        address = IPv6Address(bytes(wire[24:40]))
+        if address == coa or not mn.testing(address):
+            return None
+        result = self.remap.inbound_ancillary(b"".join((wire[:24], coa.packed, wire[40:])))
+        if result is None:
+            return None
+        packet, ancillary = result
+        self.counters["rx_tested_address"] += 1
+        if ancillary.dst == coa.packed:
+            ancillary = Ancillary(ancillary.src, address.packed)
+        return packet, ancillary
+
+    def offer_early_tests(self, address: IPv6Address, now: float,
+                          peer: IPv6Address | None = None) -> int:
+        """Early tests of *address*, a CoA this MN may move to, with every CN it is
+        registered with (or *peer* only): draft §4.5.2.  Returns how many started."""
+        mn = self.mn
+        if mn is None or address == mn.coa:
+            return 0
+        started = 0
+        for entry in mn.entries():
+            if entry.home or entry.unsupported or (peer is not None and entry.peer != peer):
+                continue
+            if entry.state is not EntryState.BOUND or entry.coa != mn.coa:
+                continue   # draft §4.4.1: only once registered (from the current CoA)
+            if self.cn.knows_mobile(entry.peer) and self._peer_coa(entry.peer) is None:
+                # Another MN whose CoA we do not hold yet: the AOTO would go to
+                # its HoA, through its HA, which forwards no such transit ESP.
+                continue
+            try:
+                mn.offer_address_test(entry.peer, address, now)
+            except MobilityError as exc:
+                log.info("early test not offered", peer=entry.peer, address=address,
+                         reason=str(exc))
+                continue
+            started += 1
+        if started:
+            self.counters["early_tests_offered"] += started
+            self.pump(now)
+        return started
 
     # -- Mobility Header ---------------------------------------------------------
 
@@ -372,24 +446,39 @@ class MobilityAgent:
                 tracker.bind_data(event.hoa, event.peer, event.coa, TrackRole.MN)
             else:
                 tracker.unbind(event.hoa, event.peer, TrackRole.MN)
-        elif isinstance(event, ev.AcceptFrom):
-            if event.coa is not None:
-                tracker.bind_data(event.local, event.hoa, event.coa, TrackRole.CN,
-                                  outbound=False)
-            else:
-                tracker.unbind(event.local, event.hoa, TrackRole.CN)
-        elif isinstance(event, ev.SendTo):
-            if event.coa is not None:
-                tracker.bind_data(event.local, event.hoa, event.coa, TrackRole.CN)
-            else:
-                binding = self.cn.binding(event.hoa)
-                bound_coa = binding.coa if binding is not None else None
-                if bound_coa is not None:
-                    tracker.bind_data(event.local, event.hoa, bound_coa, TrackRole.CN,
-                                      outbound=False)
-                else:
-                    tracker.unbind(event.local, event.hoa, TrackRole.CN)
+        elif isinstance(event, (ev.AcceptFrom, ev.SendTo)):
+            self._cn_data_path(event)
         self.services.events.publish(event)
+
+    def _cn_data_path(self, event: ev.AcceptFrom | ev.SendTo) -> None:
+        """The CN's data rules for one MN: inbound from the CoA the last
+        AcceptFrom named, outbound to the one the last SendTo named.
+
+        The two move apart on a BU for an unproven CoA: AcceptFrom(new CoA)
+        comes first, then SendTo(None) until the proof.  Each event changes
+        its own direction only, so the inbound rule stays while the proof is
+        pending (draft §4.5.1: the MN's data from the new CoA is accepted
+        at once; on a data-only SA nothing else would let it in)."""
+        key = (event.local, event.hoa)
+        accept, send = self._cn_paths.get(key, (None, None))
+        if isinstance(event, ev.AcceptFrom):
+            accept = event.coa
+        else:
+            send = event.coa
+        if accept is None and send is None:
+            self._cn_paths.pop(key, None)
+            self.tracker.unbind(event.local, event.hoa, TrackRole.CN)
+            return
+        self._cn_paths[key] = (accept, send)
+        if accept is not None and send is not None and accept != send:
+            self.tracker.bind_data(event.local, event.hoa, accept, TrackRole.CN,
+                                   outbound=False, outbound_coa=send)
+        elif accept is not None:
+            self.tracker.bind_data(event.local, event.hoa, accept, TrackRole.CN,
+                                   outbound=send is not None)
+        else:
+            assert send is not None
+            self.tracker.bind_data(event.local, event.hoa, send, TrackRole.CN, inbound=False)
 
     # -- the tunnel follows the CoA (the MIGRATE equivalent, docs/mobility.md) -----
 
@@ -476,7 +565,7 @@ class MobilityAgent:
 
     def _deregistering(self) -> bool:
         mn = self.mn
-        return mn is not None and any(entry.state is MnEntryState.DEREGISTERING
+        return mn is not None and any(entry.state is EntryState.DEREGISTERING
                                       for entry in mn.entries())
 
     # -- status ------------------------------------------------------------------------

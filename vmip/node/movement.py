@@ -35,7 +35,11 @@ these are vmip's choices, documented in docs/operations.md):
   goes down and up again), which moves the CoA like a link loss.  A BA
   costs nothing extra on the wire, unlike a separate probe stream.
 - ``vmip mn move LINK`` (a forced move) is obeyed; the policy then does not
-  move back to a better link until that link changes state again.
+  move back to a better link until that link changes state again;
+- early tests (IRO draft §4.5.2): a link that becomes usable, and every
+  usable standby link when a CN accepts the current CoA, has its CoA
+  proven to the CNs over that link (``services.early_test``), so the move
+  there needs no address test round trip.
 """
 
 from __future__ import annotations
@@ -51,7 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vmip.log import get_logger
-from vmip.mobility.events import RegistrationTimeout
+from vmip.mobility.events import BindingAccepted, RegistrationTimeout
 from vmip.node.events import TimedEvent
 
 log = get_logger(__name__)
@@ -159,6 +163,12 @@ class MovementPolicy:
         self._evaluate(now)
 
     # -- outputs -----------------------------------------------------------------
+
+    def standby(self, now: float) -> list[str]:
+        """Usable, reachable links other than the current one, best first."""
+        return sorted((name for name, s in self._links.items()
+                       if s.usable and self._reachable(s, now) and name != self.current),
+                      key=self._rank)
 
     def next_decision(self) -> MoveDecision | None:
         return self._decisions.popleft() if self._decisions else None
@@ -415,6 +425,8 @@ class MovementWatcher:
         self._history = _History()
         self.scans = 0
         self.errors = 0
+        #: Early tests of standby links' CoAs offered to CNs (draft §4.5.2).
+        self.early_tests = 0
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -459,7 +471,7 @@ class MovementWatcher:
     def status(self) -> dict:
         now = self.services.clock()
         return {"automatic": self._thread is not None, **self.policy.status(now),
-                "scans": self.scans, "errors": self.errors,
+                "scans": self.scans, "errors": self.errors, "early_tests": self.early_tests,
                 "decisions": list(self._history.entries)}
 
     # -- the netlink thread ------------------------------------------------------
@@ -524,11 +536,41 @@ class MovementWatcher:
         if self._stop.is_set():
             return
         self._sync_forced()
-        self.policy.observe_all(usable, self.services.clock())
+        now = self.services.clock()
+        before = set(self.policy.standby(now))
+        self.policy.observe_all(usable, now)
         self._act()
+        # A link that just became usable is where the MN may move next: after
+        # the hold-down if it is better, at once if the current link fails.
+        # Prove its CoA to the CNs now, over that link (draft §4.5.2), so the
+        # move itself needs no address test round trip.
+        for link in self.policy.standby(now):
+            if link not in before:
+                self._early_test(link)
+
+    def _early_test(self, link: str, peer: Any = None) -> None:
+        loop = self._loop
+        if loop is None:
+            return
+        # Out of the event or netlink delivery: the test sends and pumps.
+        loop.call_soon(self._run_early_test, link, peer)
+
+    def _run_early_test(self, link: str, peer: Any) -> None:
+        if self._stop.is_set() or link == self.services.active_link:
+            return
+        try:
+            started = self.services.early_test(link, peer)
+        except Exception as exc:  # noqa: BLE001 - an optimisation; counted, the node goes on
+            self.errors += 1
+            log.warning("early test failed", link=link, error=str(exc))
+            return
+        self.early_tests += started
 
     def _on_mobility_event(self, timed: TimedEvent) -> None:
         event = timed.event
+        if isinstance(event, BindingAccepted):
+            self._on_binding_accepted(event)
+            return
         # Only the HA's silence counts: a CN may simply not implement IRO.
         if not isinstance(event, RegistrationTimeout):
             return
@@ -539,6 +581,18 @@ class MovementWatcher:
             return
         self.policy.reachability_lost(current, self.services.clock())
         self._act()
+
+    def _on_binding_accepted(self, event: BindingAccepted) -> None:
+        """A CN accepted our current CoA: prove the standby links' CoAs to it too
+        (draft §4.5.2 names multi-homed nodes with "a list of possible CoAs
+        they will switch to if they lose their primary connectivity")."""
+        if event.peer == self.services.config.mobility.home_agent or event.lifetime == 0:
+            return
+        current = self.services.active_link
+        if current is None or event.coa != self.services.link_coa(current):
+            return
+        for link in self.policy.standby(self.services.clock()):
+            self._early_test(link, event.peer)
 
     def _sync_forced(self) -> None:
         """``vmip mn move`` changed the link behind the policy's back: adopt it."""

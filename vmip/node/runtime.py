@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import signal
 import time
 from collections import Counter
@@ -47,7 +48,7 @@ from vmip.ipsec.sad import SAD
 from vmip.ipsec.sadb import SadbBus
 from vmip.ipsec.spd import SPD, Action
 from vmip.links.base import LinkDriver
-from vmip.links.locators import BINDING, PEER, LocatorTable
+from vmip.links.locators import BINDING, LEARNED, PEER, LocatorTable
 from vmip.links.rfc3948 import Rfc3948Driver
 from vmip.log import get_logger
 from vmip.node import mh_protection
@@ -65,6 +66,7 @@ from vmip.node.services import NodeServices
 from vmip.wire import proto
 from vmip.wire.errors import WireError
 from vmip.wire.flow import flow_key
+from vmip.wire.fragment import Reassembler, fragment, fragment_header_at
 from vmip.wire.icmpv6 import DestinationUnreachable, build_icmpv6_packet, may_send_error
 
 log = get_logger(__name__)
@@ -72,6 +74,9 @@ log = get_logger(__name__)
 #: Bytes a link driver adds around the on-wire packet, by driver and
 #: underlay family: IPv4/IPv6 header plus UDP header.
 _UDP_OVERHEAD = {4: 20 + 8, 6: 40 + 8}
+#: First Next Header values of a packet that may be an IPv6 fragment.
+_MAY_BE_FRAGMENT = frozenset((proto.HOP_BY_HOP, proto.ROUTING, proto.FRAGMENT,
+                              proto.DESTINATION_OPTIONS))
 
 #: The underlay MTU assumed when the link's interface cannot be read.
 DEFAULT_UNDERLAY_MTU = 1500
@@ -142,10 +147,17 @@ class Node:
         self._serving = False
         self._local: set[bytes] = set()
         self.link_mtu: dict[str, int] = {}
+        # Fragments around ESP and IRO (vmip.wire.fragment): the host's,
+        # put together before ESP; the wire's, before the IRO inbound rules.
+        self.tun_reassembly = Reassembler()
+        self.wire_reassembly = Reassembler()
+        self._fragment_id = int.from_bytes(os.urandom(4), "big")
         self._framing_links: dict[str, list[LinkDriver]] = {}
         # Which link carries our packets: an MN sends on its current access
         # link only (the one whose CoA it registered), others on any.
         self.active_link: str | None = None
+        self._link_of_coa: dict[bytes, str] = {}
+        self._index_coas()
         self.services = NodeServices(self)
         self.mobility = MobilityAgent(self.services, now)
         self.pump.add("sad", self.sad)
@@ -329,6 +341,7 @@ class Node:
         self.keys = plan.result
         self.locators.replace_static(new_config.peers)
         self.config = new_config
+        self._index_coas()
         self.counters["reloads"] += 1
         self.pump.arm()
         log.info("config reloaded", added_sas=len(plan.add_sas), removed_sas=len(plan.remove_sas),
@@ -364,6 +377,14 @@ class Node:
 
     def _send(self, inner: bytes, ancillary, now: float, sends: dict) -> None:
         """SPD and ESP, then IRO (the outbound order of docs/architecture.md), then route."""
+        fragmented = len(inner) > 40 and inner[6] in _MAY_BE_FRAGMENT \
+            and fragment_header_at(inner) is not None
+        if fragmented:
+            # ESP protects whole datagrams only (RFC 4303 §3.1.1).
+            whole = self.tun_reassembly.add(inner, now)
+            if whole is None:
+                return
+            inner = whole
         result = self.engine.outbound(inner, now)
         wire = result.packet
         if wire is None:
@@ -371,7 +392,7 @@ class Node:
         wire = self.mobility.outbound(wire, ancillary, now)
         if wire is None:
             return
-        self._route(inner, wire, sends)
+        self._route(inner, wire, sends, fragmented)
 
     def _flush(self, sends: dict) -> None:
         for driver, items in sends.items():
@@ -407,7 +428,7 @@ class Node:
         if self.pcap_wire is not None:
             self.pcap_wire.write(packet)
 
-    def _route(self, inner: bytes, wire: bytes, sends: dict) -> None:
+    def _route(self, inner: bytes, wire: bytes, sends: dict, fragmented: bool = False) -> None:
         """Pick the link and underlay endpoint for an on-wire packet."""
         if wire[0] >> 4 != 6:
             self.counters["tx_drop_not_ipv6"] += 1
@@ -417,12 +438,24 @@ class Node:
             self.counters["tx_drop_no_locator"] += 1
             self._unreachable(inner)
             return
-        driver = self._driver_for(locator)
+        driver = self._driver_for(locator, wire[8:24])
         if driver is None or locator.endpoint is None and driver.kind != "raw":
             self.counters["tx_drop_no_link"] += 1
             self._unreachable(inner)
             return
         mtu = self.link_mtu.get(driver.name, DEFAULT_UNDERLAY_MTU)
+        if len(wire) > mtu and fragmented:
+            # The host fragmented this datagram: so is the packet that carries
+            # it, after ESP and IRO (each fragment with the on-wire addresses).
+            self._fragment_id = (self._fragment_id + 1) & 0xFFFFFFFF
+            pieces = fragment(wire, mtu, self._fragment_id)
+            if not pieces:
+                self.counters["tx_drop_too_big"] += 1
+                return
+            self.counters["tx_fragmented"] += 1
+            for piece in pieces:
+                self._route(inner, piece, sends)
+            return
         if len(wire) > mtu:
             # RFC 4443 §3.2 / RFC 8201: tell the sender how much less to send;
             # the overhead is what ESP and the tunnel added to this packet.
@@ -437,10 +470,13 @@ class Node:
         sends.setdefault(driver, []).append((wire, endpoint))
         self.counters["tx_packets"] += 1
 
-    def _driver_for(self, locator) -> LinkDriver | None:
+    def _driver_for(self, locator, source: bytes = b"") -> LinkDriver | None:
         if self.is_mobile and self.active_link is not None:
-            # An MN sends from the CoA it registered, so on that link only.
-            return self.links.get(self.active_link)
+            # An MN sends from the CoA it registered, so on that link only;
+            # a packet from another link's CoA (an early test of that CoA,
+            # draft §4.5.2) leaves on that link.
+            link = self._link_of_coa.get(bytes(source), self.active_link)
+            return self.links.get(link)
         if self.active_link is not None and str(locator.framing) == "rfc3948":
             # A gateway's ESP leaves on the active rfc3948 link, where its IKE SA
             # runs from (``vmip move``, MOBIKE).
@@ -475,6 +511,13 @@ class Node:
         now = self.clock()
         if self.pcap_wire is not None:
             self.pcap_wire.write(wire)
+        if len(wire) > 40 and wire[6] in _MAY_BE_FRAGMENT \
+                and fragment_header_at(wire) is not None:
+            # Reassembly before IPsec (RFC 4301 §5.2), so before the IRO rules too.
+            whole = self.wire_reassembly.add(bytes(wire), now)
+            if whole is None:
+                return
+            wire = whole
         # IRO inbound rules come before ESP (draft §5.1.2, docs/architecture.md).
         remapped = self.mobility.inbound(wire)
         if remapped is None:
@@ -555,6 +598,9 @@ class Node:
             vouched_by = PEER
         elif self.mobility.binds(peer, source):
             vouched_by = BINDING
+        elif self.mobility.tests_address(peer, source) \
+                and getattr(self.locators.lookup(source), "source", None) != LEARNED:
+            vouched_by = BINDING      # an early test's address: a new locator only
         else:
             self.counters["locator_not_vouched"] += 1
             return
@@ -628,6 +674,17 @@ class Node:
             if link.name == link_name:
                 return link.coa
         return None
+
+    def _index_coas(self) -> None:
+        self._link_of_coa = {link.coa.packed: link.name for link in self.config.links
+                             if link.coa is not None}
+
+    def early_test(self, link_name: str, peer=None) -> int:
+        """Offer the CNs an early test of *link_name*'s CoA (draft §4.5.2), over that link."""
+        coa = self.link_coa(link_name)
+        if not self.is_mobile or coa is None or link_name not in self.links:
+            return 0
+        return self.mobility.offer_early_tests(coa, self.clock(), peer)
 
     def link_names(self) -> list[str]:
         return list(self.links)

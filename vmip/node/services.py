@@ -53,6 +53,7 @@ class NodeHandle(Protocol):
     def move(self, link: str) -> dict: ...
 
     def on_stop(self, name: str, step: Callable[[], Awaitable[None]]) -> None: ...
+    def early_test(self, link: str, peer: Any = None) -> int: ...
 
 
 class NodeServices:
@@ -112,3 +113,6 @@ class NodeServices:
         """Await *step* when the node stops cleanly, before anything is closed
         (bounded: :data:`vmip.node.runtime.STOP_GRACE` for all steps together)."""
         self._node.on_stop(name, step)
+    def early_test(self, link: str, peer: Any = None) -> int:
+        """Prove *link*'s CoA to the CNs before moving there (draft §4.5.2)."""
+        return self._node.early_test(link, peer)

@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from vmip.lab.emulation import LinkProfile
 from vmip.links.base import Endpoint, LinkDriver, LinkSettings, PacketHandler
@@ -40,6 +41,10 @@ class _Direction:
     #: When the last datagram in this direction left (FIFO, rate limit).
     busy_until: float = 0.0
     last_arrival: float = 0.0
+    #: Datagrams on their way through this (receiving) direction, oldest first.
+    #: The loop's timer heap does not keep the order of timers due at the same
+    #: instant, so each arrival timer hands over the oldest one.
+    in_flight: deque[tuple[Any, ...]] = field(default_factory=deque)
 
 
 @dataclass
@@ -133,8 +138,12 @@ class SimNetwork:
         if arrival is None:
             self._verdict(src_access, dst_access, packet, "lost")
             return
-        self.loop.call_at(arrival, self._arrive, src_access, dst_access, dst_endpoint, packet,
-                          source)
+        dst_access.downlink.in_flight.append((src_access, dst_access, dst_endpoint, packet,
+                                              source))
+        self.loop.call_at(arrival, self._arrive_next, dst_access.downlink)
+
+    def _arrive_next(self, direction: _Direction) -> None:
+        self._arrive(*direction.in_flight.popleft())
 
     def _arrive(self, src_access: AccessLink, dst_access: AccessLink, dst_endpoint: Endpoint,
                 packet: bytes, source: Endpoint) -> None:

@@ -28,6 +28,7 @@ from vmip.node.movement import MovementWatcher
 from vmip.node.ports import NodePorts
 from vmip.node.runtime import Node
 from vmip.node.services import NodeServices
+from vmip.sim.layouts import LAYOUTS, apply_split
 from vmip.sim.loop import VirtualTimeLoop
 from vmip.sim.network import SimLink, SimNetwork
 from vmip.sim.tun import MemoryTun
@@ -80,7 +81,7 @@ class SimWorld:
 
     def __init__(self, *, seed: int = 0, workdir: Path | None = None,
                  profiles: dict[tuple[str, str], LinkProfile] | None = None,
-                 keys: str = "static") -> None:
+                 keys: str = "static", layout: str = "lab") -> None:
         self._tmp = None
         if workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="vmip-sim-")
@@ -91,6 +92,11 @@ class SimWorld:
         self.plan: LabPlan = default_plan(lab_dir=workdir)
         self.keys = keys
         self.config_paths = lab_configs.write_node_configs(self.plan, keys)
+        if layout not in LAYOUTS:
+            raise ValueError(f"unknown SA layout {layout!r}; known: {', '.join(LAYOUTS)}")
+        if layout == "split":
+            # MH and data in separate SAs between each MN and the CN (vmip.sim.layouts).
+            apply_split(self.plan, self.config_paths)
         self.nodes: dict[str, Node] = {}
         self.tuns: dict[str, MemoryTun] = {}
         self.movements: dict[str, SimMovement] = {}
