@@ -150,6 +150,9 @@ class IkeSaConfig:
     nonce_len: int = 32
     #: Offer MOBIKE (RFC 4555) in IKE_AUTH; used when the peer offers it too.
     mobike: bool = True
+    #: Send NO_NATS_ALLOWED with UPDATE_SA_ADDRESSES (RFC 4555 §3.9); None:
+    #: when both addresses are IPv6 and no NAT was detected.
+    mobike_no_nats: bool | None = None
 
     def ike_suites(self) -> list[IkeSuite]:
         out: list[IkeSuite] = []
@@ -183,6 +186,8 @@ class _Pending:
     handler: Callable[[IkeMessage, float], None]
     tries: int
     next_at: float
+    #: Where it goes (None: the peer's address); a MOBIKE address check (RFC 4555 §3.5).
+    addr: Addr | None = None
 
 
 class _Ctx:
@@ -252,6 +257,8 @@ class IkeSa:
         self._peer_hashes: tuple[int, ...] = ()
         self._peer_wants_transport = False
         self.mobike = mobike.MobikeState(config.mobike, role is Role.INITIATOR)
+        #: Where the response being handled came from (MOBIKE's address check).
+        self.response_from: Addr | None = None
 
     # ----------------------------------------------------------- public API
     def __repr__(self) -> str:
@@ -401,13 +408,15 @@ class IkeSa:
                 if ctx is self._old:
                     self._old = None       # the old SA's delete went unanswered; drop it
                     continue
+                if mobike.request_timed_out(self, pending, now):
+                    continue               # an address check failed: the old path is tried
                 self._fail(f"no response to {ExchangeType(pending.exchange).name} "
                            f"after {pending.tries} transmissions", now)
                 return
             pending.tries += 1
             pending.next_at = now + self._timeout(pending.tries)
             self._count("retransmitted")
-            self._emit_raw(pending.data)
+            self._emit_raw(pending.data, pending.addr)
         if (self.state is State.ESTABLISHED and self.config.dpd_interval
                 and self._ctx.pending is None and not self._ctx.queue
                 and now >= self._last_heard + self.config.dpd_interval):
@@ -526,16 +535,16 @@ class IkeSa:
 
     def _send_request(self, ctx: _Ctx, exchange: int, payloads: list[Payload],
                       handler: Callable[[IkeMessage, float], None], now: float,
-                      encrypted: bool = True) -> None:
+                      encrypted: bool = True, addr: Addr | None = None) -> None:
         mid = ctx.mid_out
         msg = IkeMessage(ctx.spi_i, ctx.spi_r, exchange, mid, ctx.original_initiator, False,
                          tuple(payloads))
         data = encode_message(msg, ctx.cipher_out if encrypted else None)
         ctx.mid_out = mid + 1
-        ctx.pending = _Pending(mid, exchange, data, handler, 1, now + self._timeout(1))
+        ctx.pending = _Pending(mid, exchange, data, handler, 1, now + self._timeout(1), addr)
         if exchange == ExchangeType.IKE_SA_INIT:
             self._init_request = data
-        self._emit_raw(data)
+        self._emit_raw(data, addr)
 
     def _send_response(self, ctx: _Ctx, req: IkeMessage, payloads: list[Payload], addr: Addr,
                        encrypted: bool = True) -> None:
@@ -616,6 +625,7 @@ class IkeSa:
         ctx.pending = None
         if msg.exchange != ExchangeType.IKE_SA_INIT:
             self._heard(addr, now)
+        self.response_from = (str(addr[0]), int(addr[1]))
         pending.handler(msg, now)
         if not self.is_finished:
             self._kick(now)
@@ -639,6 +649,8 @@ class IkeSa:
             return
         if msg.message_id == ctx.mid_in - 1 and ctx.last_response:
             if msg.raw == ctx.last_request:
+                if ctx is self._ctx and mobike.request_repeated(self, addr, now):
+                    return                 # an UPDATE_SA_ADDRESSES from elsewhere (RFC 4555 §3.5)
                 # §2.1: a retransmitted request gets the very same response.
                 self._count("response_retransmitted")
                 for data in ctx.last_response:
@@ -1376,6 +1388,7 @@ class IkeSa:
         extra = mobike.answer_informational(self, msg, addr, now) if ctx is self._ctx else []
         self._send_response(ctx, msg, ([DeletePayload(ProtocolId.ESP, tuple(ours))] if ours
                                        else []) + extra, addr)
+        self._kick(now)                    # a MOBIKE address check queued above
 
     _now: float = 0.0
 

@@ -590,6 +590,39 @@ def additional_address_notify(address: IPv4Address | IPv6Address) -> NotifyPaylo
     return NotifyPayload(ntype, address.packed)
 
 
+@dataclass(frozen=True)
+class NoNatsAllowed:
+    """The data of a NO_NATS_ALLOWED notify (RFC 4555 §4.2.6): the addresses and
+    ports the message was sent from and to, as its sender saw them."""
+
+    src: IPv4Address | IPv6Address
+    dst: IPv4Address | IPv6Address
+    src_port: int
+    dst_port: int
+
+    def encode(self) -> bytes:
+        if self.src.version != self.dst.version:
+            raise ValueError("NO_NATS_ALLOWED needs two addresses of one IP version")
+        return self.src.packed + self.dst.packed + struct.pack("!HH", self.src_port,
+                                                               self.dst_port)
+
+
+def parse_no_nats_allowed(data: bytes) -> NoNatsAllowed:
+    """NO_NATS_ALLOWED data: 12 octets (IPv4) or 36 (IPv6), else IkeParseError."""
+    data = bytes(data)
+    src: IPv4Address | IPv6Address
+    dst: IPv4Address | IPv6Address
+    if len(data) == 12:
+        src, dst = IPv4Address(data[:4]), IPv4Address(data[4:8])
+    elif len(data) == 36:
+        src, dst = IPv6Address(data[:16]), IPv6Address(data[16:32])
+    else:
+        raise IkeParseError(f"NO_NATS_ALLOWED of {len(data)} octets; 12 (IPv4) or 36 (IPv6) "
+                            "are allowed")
+    src_port, dst_port = struct.unpack_from("!HH", data, len(data) - 4)
+    return NoNatsAllowed(src, dst, src_port, dst_port)
+
+
 def find(payloads: Iterable[Payload], cls: type) -> list:
     return [p for p in payloads if isinstance(p, cls)]
 

@@ -7,6 +7,15 @@ tunnel-mode CHILD_SA of that IKE SA still at the old IKE addresses MIGRATEs
 to the new ones (sequence numbers and replay windows kept).  Transport SAs
 carry SA-level addresses (a HoA) and stay; a tunnel SA the mobility agent
 already moved with the CoA is no longer at the old addresses and stays too.
+The core reports a responder's move only after the new address passed a
+return routability check (:mod:`vmip.ike.mobike`).
+
+On a home agent the tunnel CHILD_SAs of a mobile node (remote traffic
+selector: one address, the HoA) never follow MOBIKE: their outer address is
+the binding's care-of address, set by a Binding Update the HA accepted after
+its CoA checks (:mod:`vmip.node.mobility`).
+MOBIKE moves the IKE SA only; a move the binding would not accept moves no
+ESP (docs/security.md).
 
 :func:`underlay_moved` is the move of a node that is not a mobile node but
 has several ``rfc3948`` links (a multihomed IPsec client of a gateway):
@@ -19,7 +28,9 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Any, Protocol
 
+from vmip.config.model import Role as ConfigRole
 from vmip.ike.events import IkeSaAddressesUpdated
+from vmip.ike.payloads import TrafficSelector
 from vmip.ipsec.sa import Direction, Mode
 from vmip.ipsec.sad import SadError
 from vmip.log import get_logger
@@ -50,8 +61,12 @@ def addresses_updated(manager: IkeManager, sa: IkeSa, event: IkeSaAddressesUpdat
     sad = manager.services.sad
     by_spi = {(info.spi, info.direction): info for info in sad.dump(publish=False)}
     moved = 0
+    home_agent = manager.services.config.has_role(ConfigRole.HA)
     for record in list(manager.children.values()):
         if record.ike_sa is not sa or record.event.mode is not Mode.TUNNEL:
+            continue
+        if home_agent and _mn_tunnel(record.event.remote_ts):
+            manager.counters["mobike_left_to_binding"] += 1
             continue
         for spi, direction in ((record.event.spi_in, Direction.IN),
                                (record.event.spi_out, Direction.OUT)):
@@ -82,6 +97,11 @@ def addresses_updated(manager: IkeManager, sa: IkeSa, event: IkeSaAddressesUpdat
     log.info("ike child sas follow the ike sa", peer=event.name, local=event.local_addr[0],
              remote=event.remote_addr[0], migrated=moved)
     return moved
+
+
+def _mn_tunnel(remote_ts: tuple[TrafficSelector, ...]) -> bool:
+    """An MN's tunnel at its HA: the remote side is one address (the HoA)."""
+    return bool(remote_ts) and all(ts.start == ts.end for ts in remote_ts)
 
 
 def underlay_moved(manager: IkeManager, old_link: str | None, new_link: str) -> int:
