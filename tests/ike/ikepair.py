@@ -27,6 +27,8 @@ class Wire:
     now: float = 1000.0
     #: Drop datagrams for which this returns True: f(direction, data).
     drop: object = None
+    #: Addresses nobody answers at: the responder's datagrams to them are lost.
+    unreachable: set = field(default_factory=set)
     log: list = field(default_factory=list)
     events_i: list = field(default_factory=list)
     events_r: list = field(default_factory=list)
@@ -45,7 +47,7 @@ class Wire:
             for data, addr in self.responder.datagrams_to_send(self.now):
                 moved = True
                 self.log.append(("r>i", data, addr))
-                if self.drop and self.drop("r>i", data):
+                if self.drop and self.drop("r>i", data) or tuple(addr) in self.unreachable:
                     continue
                 src = (self.responder.local_addr[0], addr[1] if data[:4] == bytes(4) else 500)
                 self.initiator.receive_datagram(data, src, self.now)

@@ -415,7 +415,7 @@ def _check_answered(sa: IkeSa, check: AddressCheck, msg: IkeMessage, now: float)
         log.warning("ike mobike address not verified", sa=sa.config.name,
                     target=check.target[0], source=source[0] if source else None,
                     reason="COOKIE2 not echoed from the address it was sent to")
-        if source is not None and source != sa.remote_addr \
+        if source is not None and source != sa.remote_addr and source not in check.cookies \
                 and len(check.cookies) < MAX_CHECKED_ADDRESSES:
             retry = AddressCheck(source, check.nat, sa._ctx, dict(check.cookies))
             state.check = retry
