@@ -341,7 +341,8 @@ def charon_moves(tmp_path):
 
 def test_vmip_responder_follows_charons_update_sa_addresses(charon_moves):
     """charon initiates from 10.3.0.2; its link goes down, it roams to 10.4.0.2 and
-    sends UPDATE_SA_ADDRESSES (RFC 4555 §3.5): vmip's IKE SA and CHILD_SAs follow."""
+    sends UPDATE_SA_ADDRESSES (RFC 4555 §3.5): vmip checks the new address (charon
+    echoes the COOKIE2 of vmip's INFORMATIONAL), then its IKE SA and CHILD_SAs follow."""
     ns_a, ns_b, charon, workdir = charon_moves
 
     def log_tail() -> str:
@@ -368,6 +369,10 @@ def test_vmip_responder_follows_charons_update_sa_addresses(charon_moves):
         raise AssertionError(log_tail()) from None
     assert (after["spi_i"], after["spi_r"]) == (before["spi_i"], before["spi_r"])
     assert after["stats"]["mobike_updates_received"] >= 1, after
+    # vmip moved only after charon answered its return routability check
+    # (an INFORMATIONAL with COOKIE2, RFC 4555 §3.5) from 10.4.0.2.
+    assert after["stats"]["mobike_checks_sent"] >= 1, after
+    assert after["stats"]["mobike_addresses_verified"] == 1, after
     listing = charon.list_sas()
     assert _field(listing, "local-host") == ["10.4.0.2"], listing
     result = netns_exec(ns_a, "ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", IN_B, timeout=30)
