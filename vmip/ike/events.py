@@ -141,7 +141,8 @@ class IkeSaAddressesUpdated(IkeEvent):
     its tunnel-mode CHILD_SAs move with it (the runtime updates the SAD).
 
     Emitted by the responder when an UPDATE_SA_ADDRESSES request arrived from a
-    new address, and by the initiator when its UPDATE_SA_ADDRESSES was answered.
+    new address and that address passed the return routability check, and by
+    the initiator when its UPDATE_SA_ADDRESSES was answered.
     """
 
     name: str

@@ -8,19 +8,20 @@ What is implemented:
   additional addresses ourselves (NO_ADDITIONAL_ADDRESSES).
 - §3.5: only the original initiator moves the SA: after our address changed,
   an INFORMATIONAL from the new address with UPDATE_SA_ADDRESSES,
-  NAT_DETECTION_SOURCE_IP/DESTINATION_IP recomputed for the new addresses and
-  a fresh COOKIE2 (§3.7).  The responder takes the addresses of that message
-  for the IKE SA and its tunnel-mode CHILD_SAs, answers with its own NAT
-  detection payloads and the COOKIE2 echoed; the initiator checks the echo,
-  re-evaluates NAT and reports :class:`IkeSaAddressesUpdated`.
+  NAT_DETECTION_SOURCE_IP/DESTINATION_IP recomputed for the new addresses, a
+  fresh COOKIE2 (§3.7) and, when we know there is no NAT, NO_NATS_ALLOWED
+  (§3.9).  The responder answers with its own NAT detection payloads and the
+  COOKIE2 echoed (or UNEXPECTED_NAT_DETECTED), then checks the new address
+  (return routability, §3.5, §5.2.1) and only then takes it for the IKE SA
+  and its tunnel-mode CHILD_SAs; the initiator checks the echo, re-evaluates
+  NAT and reports :class:`IkeSaAddressesUpdated`.
 - With MOBIKE in use the responder follows the initiator's address only on
   UPDATE_SA_ADDRESSES (§3.5), not on any authenticated request as plain
   IKEv2 NAT traversal does (RFC 7296 §2.23).
 
-Not implemented: a return-routability check of our own before using a new
-peer address (§3.7, optional for the initiator), trying the peer's
-additional addresses when its current one fails (§3.6), NO_NATS_ALLOWED
-(we never send it; received, it is checked as §3.9 says).
+Not implemented: the initiator's own return-routability check before using
+a new peer address (§3.7, optional), trying the peer's additional addresses
+when its current one fails (§3.6).
 """
 
 from __future__ import annotations
