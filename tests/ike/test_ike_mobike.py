@@ -151,6 +151,27 @@ def test_update_resent_by_an_on_path_attacker_moves_nothing_and_the_genuine_one_
     assert not wire.initiator.nat_detected
 
 
+def test_a_refusal_relayed_by_the_attacker_makes_the_initiator_update_again() -> None:
+    """As above, but the attacker passes the responder's answer (UNEXPECTED_NAT_DETECTED,
+    our COOKIE2 echoed) on to the initiator: it sends UPDATE_SA_ADDRESSES once
+    more from its address, and both ends end up moved there."""
+    wire = _established()
+    responder = wire.responder_sa
+    held = _hold_update(wire)
+    wire.responder.receive_datagram(held[0], EVIL, wire.now)
+    wire.pump()                     # the answer reaches the initiator all the same
+    assert wire.initiator.stats["mobike_update_refused"] == 1
+    for _ in range(20):
+        if wire.of("i", IkeSaAddressesUpdated) and wire.of("r", IkeSaAddressesUpdated):
+            break
+        wire.pump()
+        wire.advance_to_timer()
+    assert wire.initiator.stats["mobike_update_retried"] == 1
+    assert responder.remote_addr == NEW
+    assert [e.remote_addr for e in wire.of("r", IkeSaAddressesUpdated)] == [NEW]
+    assert [e.local_addr for e in wire.of("i", IkeSaAddressesUpdated)] == [NEW]
+
+
 @pytest.mark.parametrize("no_nats", [True, False])
 def test_an_authenticated_peer_spoofing_its_update_source_does_not_move_us_there(
         no_nats: bool) -> None:

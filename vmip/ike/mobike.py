@@ -63,6 +63,9 @@ MAX_PEER_ADDRESSES = 16
 MAX_CHECKED_ADDRESSES = 4
 #: Answers to one UPDATE_SA_ADDRESSES built again for another source address.
 MAX_REBUILT_ANSWERS = 8
+#: An UPDATE_SA_ADDRESSES refused with UNEXPECTED_NAT_DETECTED is sent again
+#: this many times (a copy re-sent from elsewhere may have been answered first).
+MAX_UPDATE_RETRIES = 2
 
 
 @dataclass
@@ -77,6 +80,8 @@ class MobikeState:
     cookie2: bytes | None = None
     #: Addresses before the update in flight (initiator).
     moving_from: tuple[Addr, Addr] | None = None
+    #: Updates sent again after UNEXPECTED_NAT_DETECTED (initiator).
+    update_retries: int = 0
     #: Responder: the last UPDATE_SA_ADDRESSES answered, the address check running.
     update: UpdateSeen | None = None
     check: AddressCheck | None = None
@@ -195,7 +200,16 @@ def start_update(sa: IkeSa, now: float) -> None:
             sa._count("mobike_update_refused")
             log.warning("ike mobike update refused", sa=sa.config.name,
                         reason=Notify(errors[0].notify_type).name)
+            if errors[0].notify_type == Notify.UNEXPECTED_NAT_DETECTED \
+                    and state.update_retries < MAX_UPDATE_RETRIES:
+                # The responder saw our UPDATE from other addresses than ours:
+                # someone may have re-sent it from elsewhere before us.  Once
+                # more from here, as a new request (bounded).
+                state.update_retries += 1
+                sa._count("mobike_update_retried")
+                sa._ctx.queue.append(lambda t2: start_update(sa, t2))
             return
+        state.update_retries = 0
         nat = nat_between(sa, msg, sa.remote_addr, sa.local_addr)
         if nat is not None:
             sa.nat_detected = nat
