@@ -34,6 +34,14 @@ def replace(old: str, new: str, count: int = 1) -> Callable[[Path, str], str]:
     return edit
 
 
+def chain(*edits: Callable[[Path, str], str]) -> Callable[[Path, str], str]:
+    def edit(configs: Path, text: str) -> str:
+        for one in edits:
+            text = one(configs, text)
+        return text
+    return edit
+
+
 def append(extra: str) -> Callable[[Path, str], str]:
     return lambda _, text: text + "\n" + extra
 
@@ -186,6 +194,32 @@ MISTAKES = {
     "TOML syntax error": Mistake(
         "mn", replace('coa = "2001:db8:32::2"', "coa = 2001:db8:32::2"), "link[1].coa",
         "TOML syntax error at line {line}, column", 'write coa = "2001:db8:32::2"'),
+    "raw link with a port": Mistake(
+        "cn", replace('driver = "udp"\ninterface = "eth0"', 'driver = "raw"\ninterface = "eth0"'),
+        "link[0].port", "the raw driver has no port", "remove port"),
+    "raw peer with an endpoint": Mistake(
+        "cn", chain(replace('port = 6275\nkeepalive = 20', 'port = 6275\nkeepalive = 20\n\n'
+                            '[[link]]\nname = "eth1"\ndriver = "raw"\ninterface = "eth1"'),
+                    replace('framing = "udp"\ndefault = true', 'framing = "raw"\ndefault = true')),
+        "peer[0].endpoint", "raw framing has no underlay endpoint",
+        "the operating system routes raw packets"),
+    "IPv4 prefix on a raw peer": Mistake(
+        "cn", chain(replace('port = 6275\nkeepalive = 20', 'port = 6275\nkeepalive = 20\n\n'
+                            '[[link]]\nname = "eth1"\ndriver = "raw"\ninterface = "eth1"'),
+                    replace('prefixes = ["2001:db8:31::2/128"]\nendpoint = "192.0.2.34:6275"\n'
+                            'framing = "udp"', 'prefixes = ["192.0.2.34/32"]\nframing = "raw"')),
+        "peer[1].prefixes[0]", '"192.0.2.34/32" is IPv4, but raw framing carries IPv6',
+        'framing = "rfc3948" for a plain IPsec peer'),
+    "raw link that could receive nothing": Mistake(
+        "cn", chain(replace('driver = "udp"\ninterface = "eth0"\nbind = "192.0.2.18"\nport = 6275',
+                            'driver = "raw"\nbind = "2001:db8:20::99"'),
+                    replace('addresses = ["2001:db8:20::2/128"]', 'addresses = ["2001:db8:20::3/128"]'),
+                    replace('framing = "udp"', 'framing = "raw"', 3),
+                    replace('endpoint = "192.0.2.2:6275"\n', ''),
+                    replace('endpoint = "192.0.2.34:6275"\n', ''),
+                    replace('endpoint = "192.0.2.50:6275"\n', '')),
+        "keys.sa[0].dst", "would be dropped as rx_drop_not_for_us",
+        'add own_addresses = ["2001:db8:20::2"] to link[0]'),
     "TOML duplicate key": Mistake(
         "cn", replace("mtu = 1400", "mtu = 1400\nmtu = 1500"), "tun.mtu",
         "TOML syntax error at line {line}", "each key and [table] may appear once"),

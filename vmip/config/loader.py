@@ -161,6 +161,7 @@ def build_config(data: Mapping[str, Any], path: str | os.PathLike[str], *,
     mobility = _check_roles(ctx, node, tun, links, mobility)
     _check_peers(ctx, links, peers)
     _check_keys(ctx, keys, ike, policies)
+    _check_own_addresses(ctx, node, tun, links, keys)
     _check_policies(ctx, keys, policies)
     if keys.mode is KeyMode.IKE and ike is not None:
         _check_ike_paths(ctx, links, peers, ike, policies)
@@ -712,6 +713,45 @@ def _check_peers(ctx: v.Context, links: tuple[LinkConfig, ...], peers: tuple[Pee
                 ctx.fail(f"peer[{i}].default", f"peer[{default_peer}] is already the default",
                          "set default = true on one peer only")
             default_peer = i
+
+
+def _check_own_addresses(ctx: v.Context, node: NodeSection, tun: TunConfig,
+                         links: tuple[LinkConfig, ...], keys: KeysConfig) -> None:
+    """A node receives only on-wire packets addressed to its own on-wire
+    addresses (tun.addresses, an MN's coa, a link's own_addresses or what a
+    raw/rfc3948 link derives): say so when the config cannot receive."""
+    derives_at_start = any(
+        link.own_addresses is None and link.driver is Driver.RAW and link.interface
+        for link in links)
+    known = {iface.ip for iface in tun.addresses}
+    for link in links:
+        if link.coa is not None:
+            known.add(link.coa)
+        if link.own_addresses is not None:
+            known.update(link.own_addresses)
+        elif link.driver in (Driver.RAW, Driver.RFC3948) and link.bind is not None:
+            known.add(link.bind)
+    if not tun.addresses and not known and not derives_at_start:
+        ctx.fail("tun.addresses", "this node has no on-wire address: it could receive nothing",
+                 'add an overlay address to tun.addresses, or own_addresses = '
+                 '["2001:db8:20::2"] (or interface, on a raw link) to a [[link]]')
+    if not tun.addresses and (Role.MN in node.roles or Role.HA in node.roles):
+        ctx.fail("tun.addresses", "is empty, but a mobile node or home agent needs its "
+                 "home-prefix address on the TUN", 'add "2001:db8:100::1/64" (an HA) '
+                 'or the home address (an MN)')
+    raw = [i for i, link in enumerate(links) if link.driver is Driver.RAW]
+    if not raw or derives_at_start:
+        return   # the interface's addresses are known only where the node runs
+    for j, sa in enumerate(keys.sa):
+        if sa.direction is not Direction.IN or sa.dst in known:
+            continue
+        first = raw[0]
+        ctx.fail(f"keys.sa[{j}].dst",
+                 f"{sa.dst} is not an on-wire address of this node (tun.addresses, coa, "
+                 f"own_addresses), so every packet to it over raw link[{first}] would be "
+                 f"dropped as rx_drop_not_for_us",
+                 f'add own_addresses = ["{sa.dst}"] to link[{first}], or set link[{first}].'
+                 f'interface to read them from the interface')
 
 
 def _check_keys(ctx: v.Context, keys: KeysConfig, ike: IkeConfig | None,

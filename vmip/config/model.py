@@ -150,9 +150,12 @@ class NodeSection:
 class TunConfig:
     name: str = field(metadata=key(v.ifname('"vmip0"'), default=DEFAULT_TUN_NAME))
     #: Overlay addresses with their prefix length; an MN's HoA is among them.
+    #: Empty only for a CN or plain node whose on-wire addresses are its
+    #: links' (``own_addresses``, or a raw link's interface): the TUN then
+    #: only carries routes.
     addresses: tuple[Interface, ...] = field(metadata=key(
         v.list_of(v.interface("an overlay address", '"2001:db8:100::10/64"'),
-                  '"2001:db8:100::10/64"', min_items=1, what="overlay address"),
+                  '"2001:db8:100::10/64"', what="overlay address"),
         example='["2001:db8:100::10/64"]'))
     mtu: int = field(metadata=key(v.integer("1400", MIN_MTU, 65535, "an MTU"),
                                   default=DEFAULT_MTU))
@@ -181,6 +184,15 @@ class LinkConfig:
     coa: IPv6Address | None = field(metadata=key(
         v.ipv6("a care-of address", '"2001:db8:31::2"'), default=None,
         unset="none (not a mobile node's link)"))
+    #: This node's own on-wire addresses on this link: packets to them are
+    #: the node's (ESP, MH, tunnels), never forwarded or dropped as not for
+    #: it.  None: derived when the link starts (raw: the global IPv6
+    #: addresses of ``interface``, else ``bind``; rfc3948: an IPv6 ``bind``).
+    own_addresses: tuple[IPv6Address, ...] | None = field(metadata=key(
+        v.list_of(v.ipv6("an on-wire address of this node", '"2001:db8:20::2"'),
+                  '"2001:db8:20::2"', what="address"),
+        default=None, example='["2001:db8:20::2"]',
+        unset="derived at start (raw: the interface's global IPv6 addresses, else bind)"))
     #: Lower is preferred (wifi before lte); ties keep file order.
     priority: int = field(metadata=key(v.integer("10", 0, 65535, "a priority"),
                                        default=DEFAULT_PRIORITY))

@@ -58,6 +58,7 @@ class LinkSettings(Protocol):
     driver: str
     interface: str | None
     bind: Any  # ipaddress.IPv4Address | IPv6Address | str | None
+    # Optional: own_addresses (IPv6 addresses or None), read with getattr.
     port: int | None  # None: the driver's default (raw has no port)
     keepalive: float  # seconds; 0 = off
 
@@ -126,6 +127,7 @@ class LinkDriver(abc.ABC):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_packet: PacketHandler | None = None
         self._handler_error_logged = False
+        self._own_addresses: frozenset[bytes] | None = None
 
     @abc.abstractmethod
     async def start(self, loop: asyncio.AbstractEventLoop, on_packet: PacketHandler) -> None:
@@ -148,6 +150,29 @@ class LinkDriver(abc.ABC):
     @property
     def started(self) -> bool:
         return self._loop is not None
+
+    def own_addresses(self) -> frozenset[bytes]:
+        """This node's own on-wire addresses on this link, 16 octets each.
+
+        The config's ``own_addresses`` when it lists them; otherwise what the
+        driver derives (:meth:`_derived_own_addresses`).  The node treats
+        packets to them as its own (docs/links.md, "Own on-wire addresses").
+        """
+        if self._own_addresses is None:
+            listed = getattr(self.config, "own_addresses", None)
+            if listed is not None:
+                self._own_addresses = frozenset(ipaddress.IPv6Address(str(a)).packed
+                                                for a in listed)
+            else:
+                # Derived once (the node calls this when the link starts), so
+                # what 'vmip status' shows is what the node uses.
+                self._own_addresses = self._derived_own_addresses()
+        return self._own_addresses
+
+    def _derived_own_addresses(self) -> frozenset[bytes]:
+        """Own on-wire addresses a driver knows without being told: none on
+        ``udp``, where on-wire and underlay addresses are unrelated."""
+        return frozenset()
 
     def _handler_failed(self) -> None:
         """The node's callback raised: count it, log it once, keep reading.
@@ -202,3 +227,17 @@ def grow_buffers(sock: socket.socket, size: int) -> None:
                 sock.setsockopt(socket.SOL_SOCKET, plain, size)
             except OSError:
                 pass  # keep the default: correctness does not depend on it
+
+
+def bound_ipv6(link: LinkSettings) -> frozenset[bytes]:
+    """The link's ``bind`` as an on-wire address, when it is a global IPv6 one."""
+    bind = link.bind
+    if bind is None:
+        return frozenset()
+    try:
+        address = ipaddress.ip_address(str(bind))
+    except ValueError:
+        return frozenset()
+    if address.version != 6 or address.is_unspecified:
+        return frozenset()
+    return frozenset({address.packed})

@@ -28,6 +28,7 @@ import ipaddress
 import socket
 import struct
 from collections.abc import Iterable
+from pathlib import Path
 
 from vmip.links.base import (
     MAX_DATAGRAM,
@@ -36,6 +37,7 @@ from vmip.links.base import (
     LinkSettings,
     PacketHandler,
     bind_to_device,
+    bound_ipv6,
     grow_buffers,
     log,
 )
@@ -59,6 +61,35 @@ ICMPV6_ERROR_TYPES: tuple[int, ...] = (1, 2, 3, 4)
 _IPPROTO_RAW = getattr(socket, "IPPROTO_RAW", 255)
 _ICMP6_FILTER = 1  # <netinet/icmp6.h>, level IPPROTO_ICMPV6
 _ANCILLARY_SPACE = socket.CMSG_SPACE(20) + 2 * socket.CMSG_SPACE(4)
+
+
+#: The kernel's IPv6 address list of this network namespace (one line per
+#: address: hex address, ifindex, prefix length, scope, flags, name).
+IF_INET6 = Path("/proc/net/if_inet6")
+_IFA_F_TENTATIVE = 0x40
+_SCOPE_GLOBAL = 0
+
+
+def interface_addresses(interface: str, source: Path = IF_INET6) -> frozenset[bytes]:
+    """The global, non-tentative IPv6 addresses of *interface*, 16 octets each;
+    empty when it has none or does not exist (here)."""
+    try:
+        lines = source.read_text().splitlines()
+    except OSError:
+        return frozenset()
+    found = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) != 6 or fields[5] != interface:
+            continue
+        try:
+            packed = bytes.fromhex(fields[0])
+            scope, flags = int(fields[3], 16), int(fields[4], 16)
+        except ValueError:
+            continue
+        if len(packed) == 16 and scope == _SCOPE_GLOBAL and not flags & _IFA_F_TENTATIVE:
+            found.add(packed)
+    return frozenset(found)
 
 
 def icmp6_filter(passed_types: Iterable[int]) -> bytes:
@@ -111,7 +142,11 @@ class RawDriver(LinkDriver):
         try:
             sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, proto)
         except PermissionError:
-            raise LinkError(f"link {self.name}: raw sockets need root or CAP_NET_RAW") from None
+            raise LinkError(
+                f'link {self.name}: driver = "raw" opens raw sockets, which need root or '
+                f"CAP_NET_RAW, and this process has neither; run vmip as root, give it "
+                f"CAP_NET_RAW (systemd: AmbientCapabilities=CAP_NET_RAW), or write "
+                f'driver = "udp" in this [[link]]') from None
         except OSError as exc:
             raise LinkError(f"link {self.name}: cannot open a raw socket for protocol "
                             f"{proto}: {exc.strerror}") from None
@@ -157,6 +192,18 @@ class RawDriver(LinkDriver):
         if self._loop is not None:
             log.info("link closed", link=self.name, driver=self.kind)
         self._loop = None
+
+    def _derived_own_addresses(self) -> frozenset[bytes]:
+        """The global IPv6 addresses of ``interface`` (read now), else ``bind``.
+
+        On a native path the on-wire addresses of this node *are* its
+        underlay addresses: ESP to them is for this node, with nothing
+        duplicated onto its TUN.  Read once, when the node starts.
+        """
+        own = set(bound_ipv6(self.config))
+        if self.config.interface:
+            own |= interface_addresses(self.config.interface)
+        return frozenset(own)
 
     # -- receive -----------------------------------------------------------
 

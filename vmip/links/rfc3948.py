@@ -21,10 +21,11 @@ the underlay addresses, so:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
 from collections.abc import Callable
 
-from vmip.links.base import MAX_DATAGRAM, Endpoint, LinkSettings, PacketHandler
+from vmip.links.base import MAX_DATAGRAM, Endpoint, LinkSettings, PacketHandler, bound_ipv6
 from vmip.links.framing import (
     IP_PKTINFO,
     IPV6_HEADER_LEN,
@@ -66,6 +67,16 @@ class Rfc3948Driver(UdpDriver):
                     on_ike: IkeHandler | None = None) -> None:
         self._on_ike = on_ike
         await super().start(loop, on_packet)
+
+    def _derived_own_addresses(self) -> frozenset[bytes]:
+        # On-wire addresses are the underlay ones here: ESP to the bind address
+        # is ours; an IPv4 one as the IPv4-mapped address this driver rebuilds.
+        bind = self.config.bind
+        if bind is not None:
+            address = ipaddress.ip_address(str(bind))
+            if address.version == 4 and not address.is_unspecified:
+                return frozenset({ipv4_mapped(address.packed)})
+        return bound_ipv6(self.config)
 
     def _configure(self, sock: socket.socket) -> None:
         # The rebuilt on-wire destination is the datagram's destination, which

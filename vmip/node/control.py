@@ -8,6 +8,7 @@ deals in typed objects.  Every command's arguments are checked against
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections import Counter
 from collections.abc import Callable
@@ -102,7 +103,9 @@ class NodeControl:
             "tun": self.node.tun.status() if self.node.tun is not None else None,
             "links": [
                 {"name": name, "driver": driver.kind, "counters": dict(driver.counters),
-                 "mtu": self.node.link_mtu.get(name)}
+                 "mtu": self.node.link_mtu.get(name),
+                 "own_addresses": sorted(str(ipaddress.IPv6Address(a))
+                                         for a in driver.own_addresses())}
                 for name, driver in self.node.links.items()
             ],
             "sas": len(self.node.sad.dump(publish=False)),

@@ -182,10 +182,6 @@ class Node:
             self._local = {a.ip.packed for a in cfg.tun.addresses}
             # An MN's care-of addresses are ours on the wire too (tunnel from the HA).
             self._local |= {link.coa.packed for link in cfg.links if link.coa is not None}
-            # On an rfc3948 link the on-wire addresses are the underlay ones (ESP to us);
-            # an IPv4 one as the IPv4-mapped address the driver rebuilds.
-            self._local |= {sad_address(link.bind).packed for link in cfg.links
-                            if str(link.driver) == "rfc3948" and link.bind is not None}
             for link_cfg in sorted(cfg.links, key=lambda link: link.priority):
                 driver = self.ports.make_link(link_cfg)
                 if self.keying is not None and isinstance(driver, Rfc3948Driver):
@@ -195,6 +191,8 @@ class Node:
                 else:
                     await driver.start(self.loop, self._on_link_packet)
                 self.links[link_cfg.name] = driver
+                # Its own on-wire addresses (raw: the interface's; rfc3948: bind).
+                self._local |= driver.own_addresses()
                 self._framing_links.setdefault(str(link_cfg.driver), []).append(driver)
                 self.link_mtu[link_cfg.name] = self._underlay_payload_mtu(link_cfg)
                 self._add_keepalive_targets(driver)
