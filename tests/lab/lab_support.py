@@ -300,15 +300,21 @@ def udp_echo_mn_to_cn(count: int) -> None:
         server.wait(5)
 
 
+#: What the MN's on-wire packets look like on an access link, per lab driver
+#: (tcpdump filters): the overlay's UDP 6275, or native IPv6 itself.
+WIRE_FILTERS = {"udp": ["udp", "port", "6275"], "raw": ["ip6"]}
+
+
 @contextmanager
-def access_links_captured(directory: Path) -> Iterator[dict[str, Path]]:
-    """tcpdump of the overlay (UDP 6275) on the MN's two access links, in *directory*."""
+def access_links_captured(directory: Path, driver: str = "udp") -> Iterator[dict[str, Path]]:
+    """tcpdump of the on-wire packets (the overlay's UDP 6275, or native IPv6 on
+    the raw driver) on the MN's two access links, in *directory*."""
     captures = {name: directory / f"{name}.pcap" for name in ("mn-wifi", "mn-lte")}
     dumps = []
     try:
         for name, path in captures.items():
             dump = popen_in("vmip-net", ["timeout", "60", "tcpdump", "-n", "-U", "-i", name,
-                                         "-w", str(path), "udp", "port", "6275"],
+                                         "-w", str(path), *WIRE_FILTERS[driver]],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             dumps.append(dump)
             wait_for_output(dump, dump.stderr, "listening on", timeout=10)

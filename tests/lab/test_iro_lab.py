@@ -47,7 +47,7 @@ from lab_support import (
 pytestmark = pytest.mark.root
 
 # The SPI plan (configs/README.md), restated.
-MN_CN_OUT, MN_CN_IN, MN_TUNNEL_OUT, MN_MN2 = 0x1301, 0x1302, 0x1201, 0x1401
+MN_CN_OUT, MN_CN_IN, MN_TUNNEL_OUT, HA_TUNNEL_OUT, MN_MN2 = 0x1301, 0x1302, 0x1201, 0x1202, 0x1401
 # RFC 6275 / draft §4.4: MH types.
 BU, BA, AOTC, AOTR = 5, 6, 31, 32
 
@@ -56,11 +56,13 @@ def sa_packets(node: str, spi: int) -> int:
     return next(sa["packets"] for sa in vmip_json(node, "sa", "list") if sa["spi"] == spi)
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[None]:
+@pytest.fixture(scope="module", params=["udp", "raw"])
+def lab(request) -> Iterator[str]:
+    """The started lab, once per driver: the overlay (udp) and native IPv6 (raw);
+    the value is the driver."""
     require("ping", "tcpdump", "tshark", "iperf3")
-    with lab_started():
-        yield
+    with lab_started("--driver", request.param):
+        yield request.param
 
 
 # --- registration --------------------------------------------------------------------------
@@ -101,11 +103,17 @@ def test_clear_text_udp_echo_stays_on_the_ha_path(lab) -> None:
     count = 5
     tunnel_before = sa_packets("ha", MN_TUNNEL_OUT)
     direct_before = sa_packets("cn", MN_CN_OUT)
+    answers_before = sa_packets("ha", HA_TUNNEL_OUT)
     forwarded_before = vmip_json("ha", "counters")["node"].get("forwarded", 0)
     udp_echo_mn_to_cn(count)
     # Through the HA tunnel both ways, forwarded in clear by the HA; never the MN-CN SA.
     assert sa_packets("ha", MN_TUNNEL_OUT) - tunnel_before >= count
-    assert vmip_json("ha", "counters")["node"]["forwarded"] - forwarded_before >= 2 * count
+    assert sa_packets("ha", HA_TUNNEL_OUT) - answers_before >= count
+    # The HA's vmip forwards the MN's echoes out of the tunnel; the answers
+    # reach it inside the overlay (udp), or as native IPv6 its kernel routes
+    # into the TUN (raw), as a home agent's home link does.
+    forwarded = vmip_json("ha", "counters")["node"]["forwarded"] - forwarded_before
+    assert forwarded >= (2 * count if lab == "udp" else count)
     assert sa_packets("cn", MN_CN_OUT) == direct_before
 
 
@@ -124,7 +132,7 @@ def test_mn_and_mn2_register_with_each_other_and_talk_direct(lab) -> None:
 @pytest.fixture(scope="module")
 def handover(lab, tmp_path_factory) -> dict[str, Any]:
     """wifi -> lte -> wifi under ping and iperf3, with both access links captured."""
-    with access_links_captured(tmp_path_factory.mktemp("iro-captures")) as captures:
+    with access_links_captured(tmp_path_factory.mktemp("iro-captures"), lab) as captures:
         aotc_before = len(events("cn", "AotChallengeSent"))
         with ping_and_tcp_mn_to_cn(iperf_port=5311) as traffic:
             time.sleep(1.5)  # let the stream run on wifi before the first forced move
@@ -173,12 +181,19 @@ def test_capture_on_the_foreign_links_shows_iro_only(handover) -> None:
                                  "ipv6.opt.type", "ipv6.routing.type", "esp.icv_good"], rows)
         assert packets, f"no signalling captured on {link}"
         types: set[int] = set()
+        direct: set[tuple[str, str]] = set()
         for src, dst, spi, mhtypes, options, routing, icv in packets:
             outer = (src.split(",")[0], dst.split(",")[0])
             assert HOA["mn"] not in outer, (link, outer, spi)
             assert all(value in ("1", "True") for value in icv.split(",") if value), icv
             types |= {int(t) for t in mhtypes.split(",") if t}
+            if spi and int(spi.split(",")[0], 16) == MN_CN_OUT:
+                direct.add(outer)
         seen[link] = types
+        # The MN's pings to the CN: ESP straight from this link's CoA to the
+        # CN once bound (draft §3.6), never through the HA.
+        coa = MN_COA["wifi0" if link == "mn-wifi" else "lte0"]
+        assert direct == {(coa, CN)}, (link, direct)
     # Both CoAs were proven before the captures started (wifi at registration,
     # lte by an early test, draft §4.5.2): each move is BU and BA alone.
     assert {BU, BA} <= seen["mn-lte"]

@@ -26,6 +26,9 @@ def register(subparsers) -> None:
                       help="keep the nodes' wire captures and ESP keys (Wireshark rows) here")
     demo.add_argument("--keys", choices=("static", "ike"), default="static",
                       help="how the lab keys its SAs (default static)")
+    demo.add_argument("--driver", choices=("udp", "raw"), default="udp",
+                      help="how the nodes carry on-wire packets: udp (default, the overlay "
+                           "through the lte NAT) or raw (native IPv6, routed)")
     demo.set_defaults(func=_demo)
 
 
@@ -35,7 +38,8 @@ def _demo(args: argparse.Namespace) -> int:
     if not 10 <= args.duration <= 3600:
         raise UsageError("--duration must be between 10 and 3600 seconds")
     options = DemoOptions(duration=args.duration, ui=not args.no_ui, json_path=args.json,
-                          pcap_dir=args.pcap_dir, keys=args.keys)
+                          pcap_dir=args.pcap_dir, keys=args.keys,
+                          driver=args.driver)
     try:
         report = run_demo(options)
     except KeyboardInterrupt:

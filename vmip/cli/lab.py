@@ -25,6 +25,7 @@ LAB_EPILOG = """\
 examples:
   vmip lab up --json                       build the lab, print its topology
   vmip lab start                           run a vmip node in every namespace
+  vmip lab start --driver raw              the same over native IPv6 (raw sockets)
   vmip lab exec mn -- ping -c3 2001:db8:20::2        MN -> CN through vmip0 (ESP)
   vmip lab exec mn -- vmip keys --wireshark
   vmip lab stop                            stop the nodes, keep the lab
@@ -73,7 +74,7 @@ def _console():
 def _cmd_up(args: argparse.Namespace) -> int:
     from vmip.lab.manage import lab_up
 
-    topology = lab_up(keys=args.keys)
+    topology = lab_up(keys=args.keys, driver=args.driver)
     if args.json:
         _print_json(topology)
         return 0
@@ -94,7 +95,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     console = _console()
     console.print(table)
     console.print(f"router: {topology['router']['netns']}, NAT address "
-                  f"{topology['router']['nat_address']}")
+                  f"{topology['router']['nat_address']}; driver {topology['driver']}")
     console.print(f"configs: {topology['lab_dir']}/<node>/<node>.toml")
     return 0
 
@@ -114,7 +115,7 @@ def _nodes_table(title: str, rows: list[dict[str, Any]]) -> Any:
 def _cmd_start(args: argparse.Namespace) -> int:
     from vmip.lab.manage import lab_start
 
-    topology = lab_start(keys=args.keys, timeout=args.timeout)
+    topology = lab_start(keys=args.keys, timeout=args.timeout, driver=args.driver)
     if args.json:
         _print_json(topology)
         return 0
@@ -286,6 +287,13 @@ def _add_keys_option(parser: argparse.ArgumentParser) -> None:
                              "SA negotiated, see docs/ike.md)")
 
 
+def _add_driver_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--driver", choices=("udp", "raw"), default="udp",
+                        help="how the nodes carry on-wire packets: udp (default; the overlay "
+                             "over the IPv4 underlay, lte through NAT) or raw (native IPv6, "
+                             "routed, no NAT; static keys only; see docs/links.md)")
+
+
 def register(subparsers: Any) -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     lab = subparsers.add_parser("lab", help="the network-namespace lab (as root)",
@@ -303,6 +311,7 @@ def register(subparsers: Any) -> None:
     up.add_argument("--json", action="store_true",
                     help="print the topology as JSON (nodes, netns, addresses, CoAs, configs)")
     _add_keys_option(up)
+    _add_driver_option(up)
     up.set_defaults(func=_cmd_up)
 
     start = commands.add_parser(
@@ -323,6 +332,7 @@ def register(subparsers: Any) -> None:
     start.add_argument("--timeout", type=_positive, default=20.0, metavar="S",
                        help="how long each node may take to answer (default 20 s)")
     _add_keys_option(start)
+    _add_driver_option(start)
     start.set_defaults(func=_cmd_start)
 
     stop = commands.add_parser(

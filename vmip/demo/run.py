@@ -58,6 +58,8 @@ class DemoOptions:
     json_path: Path | None = None
     pcap_dir: Path | None = None
     keys: str = "static"
+    #: The lab's link driver: ``udp`` (overlay) or ``raw`` (native IPv6).
+    driver: str = "udp"
     #: Run until this many link changes were made (the benchmark), not for a duration.
     changes: int | None = None
     period: float = DEFAULT_PERIOD
@@ -106,7 +108,7 @@ def run_demo(options: DemoOptions, *, out: Callable[[str], None] = print) -> dic
     from vmip.lab.topology import default_plan
 
     _check_environment()
-    plan = default_plan()
+    plan = default_plan(driver=options.driver)
     run = _Run(plan, Path(tempfile.mkdtemp(prefix="vmip-demo-")))
     global _MAIN_PID
     _MAIN_PID = os.getpid()
@@ -220,9 +222,10 @@ def _run(run: _Run, options: DemoOptions, out: Callable[[str], None]) -> dict[st
     report = {
         "handovers": handovers,
         "summary": metrics.summary(handovers),
+        "driver": plan.driver,
         "links": {"wifi0": {"rtt_ms": 2 * WIFI_ONE_WAY_MS},
                   "lte0": {"rtt_ms": 2 * LTE_ONE_WAY_MS, "loss_per_direction": LTE_LOSS,
-                           "nat": True}},
+                           "nat": plan.driver != "raw"}},
         "probes": {"rate_per_s": PROBE_RATE,
                    "mn_to_cn": {"sent": mn_rec.get("probes_sent"),
                                 "received": len(cn_rec.get("arrivals", []))},
@@ -441,6 +444,11 @@ def _tcp_cell(survived: bool | None) -> str:
     return "-" if survived is None else "ok" if survived else "LOST"
 
 
+#: How each lab driver carries on-wire packets, for the report's driver line.
+DRIVER_NOTES = {"udp": "overlay over the IPv4 underlay, lte behind NAT",
+                "raw": "native IPv6, routed, no NAT"}
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The end-of-run table (plain text, fits 80 columns)."""
     lines = [(f"{'#':>2} {'from':6} {'to':6} {'mn→cn ms':>9} {'cn→mn ms':>9} {'lost':>5} "
@@ -461,6 +469,9 @@ def format_report(report: dict[str, Any]) -> str:
     if aot is not None:
         lines.append(f"CoAs proven by an early test: {aot.get('early', 0)}, by a test on the "
                      f"move: {aot.get('on-move', 0)} (draft §4.5.2, §4.5.1)")
+    driver = report.get("driver")
+    if driver is not None:
+        lines.append(f"driver: {driver} ({DRIVER_NOTES.get(driver, driver)})")
     lines.append("move: link change in place -> MN's CoA changed; CN: -> CN sends to the new "
                  "CoA (ms)")
     return "\n".join(lines)

@@ -387,44 +387,57 @@ def _control_and_logging(plan: LabPlan, node: LabNode) -> dict[str, Any]:
 
 def _server_link(plan: LabPlan, node: LabNode) -> dict[str, Any]:
     link = node.links[0]
+    if plan.driver == "raw":
+        # Native IPv6: the node's own on-wire addresses are read from the
+        # interface (own_addresses), the kernel routes what it sends.
+        return {"name": link.name, "driver": "raw", "interface": link.name, "priority": 10}
     return {"name": link.name, "driver": "udp", "interface": link.name, "bind": "0.0.0.0",
             "port": plan.overlay_port, "priority": 10, "keepalive": 0}
 
 
+def _framed(plan: LabPlan, peer: dict[str, Any]) -> dict[str, Any]:
+    """A peer as the plan's driver reaches it: raw peers have no endpoint (the OS routes)."""
+    if plan.driver == "raw":
+        peer = {k: v for k, v in peer.items() if k != "endpoint"}
+        peer["framing"] = "raw"
+    return peer
+
+
 def _ha_peer(plan: LabPlan, *, default: bool) -> dict[str, Any]:
     ha = plan.node("ha")
-    return {
+    return _framed(plan, {
         "name": "ha",
         # The HA's underlay address and its on-wire (overlay) address.
         "prefixes": [f"{ha.links[0].node_ipv6.ip}/128", f"{ha.overlay_addresses[0]}/128"],
         "endpoint": _endpoint(ha.links[0], plan.overlay_port),
         "framing": "udp",
         "default": default,
-    }
+    })
 
 
 def _cn_peer(plan: LabPlan) -> dict[str, Any]:
     cn = plan.node("cn")
-    return {
+    return _framed(plan, {
         "name": "cn",
         "prefixes": [f"{address}/128" for address in cn.overlay_addresses],
         "endpoint": _endpoint(cn.links[0], plan.overlay_port),
         "framing": "udp",
         "default": False,
-    }
+    })
 
 
 def _mobile_peer(plan: LabPlan, other: LabNode) -> dict[str, Any]:
     """The other MN's CoAs that are not behind NAT: MN-MN AOTC/BA/data go there
     direct; a NATed CoA is learned from its authenticated packets (§3)."""
-    links = [link for link in other.links if not link.behind_nat]
-    return {
+    # Native IPv6 has no NAT: every CoA is reachable as it is.
+    links = [link for link in other.links if plan.driver == "raw" or not link.behind_nat]
+    return _framed(plan, {
         "name": other.name,
         "prefixes": [f"{link.node_ipv6.ip}/128" for link in links],
         "endpoint": _endpoint(links[0], plan.overlay_port),
         "framing": "udp",
         "default": False,
-    }
+    })
 
 
 def _ike_peers(plan: LabPlan, name: str) -> list[dict[str, Any]]:
@@ -462,9 +475,20 @@ def _without_sa_names(policies: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in policy.items() if k != "sa"} for policy in policies]
 
 
+def check_lab_options(plan: LabPlan, keys: str) -> None:
+    """Refuse a key mode the plan's driver cannot carry (exit status 2)."""
+    check_key_mode(keys)
+    if keys == "ike" and plan.driver == "raw":
+        # IKE rides the overlay as UDP inside on-wire packets; on a native
+        # path it would be plain UDP to the kernel, which no raw socket reads.
+        raise LabUsageError("--keys ike needs --driver udp: on the raw driver IKE would be "
+                            "plain UDP that the node's raw sockets never see; use --keys static "
+                            "with --driver raw")
+
+
 def _with_keys(config: dict[str, Any], plan: LabPlan, name: str, keys: str,
                policies: list[dict[str, Any]]) -> dict[str, Any]:
-    check_key_mode(keys)
+    check_lab_options(plan, keys)
     control_and_logging = {k: config.pop(k) for k in ("control", "logging")}
     if keys == "ike":
         config["keys"] = {"mode": "ike", "backend": "cryptography",
@@ -502,10 +526,12 @@ def cn_config(plan: LabPlan, keys: str = DEFAULT_KEY_MODE) -> dict[str, Any]:
     home_peer = _ha_peer(plan, default=False)
     # Traffic to any home address goes to the HA, as the router routes it.
     home_peer["prefixes"] = [f"{ha.links[0].node_ipv6.ip}/128", str(plan.home_prefix)]
+    # On raw the CN's address lives on eth0 only (the link's own address);
+    # its TUN just routes the home prefix into vmip.
+    addresses = [] if plan.driver == "raw" else [f"{a}/128" for a in node.overlay_addresses]
     config = {
         **_common(node, ["cn"]),
-        "tun": {"name": TUN_NAME, "mtu": TUN_MTU,
-                "addresses": [f"{address}/128" for address in node.overlay_addresses],
+        "tun": {"name": TUN_NAME, "mtu": TUN_MTU, "addresses": addresses,
                 "routes": [str(plan.home_prefix)]},
         "link": [_server_link(plan, node)],
         "peer": [home_peer],
@@ -522,6 +548,12 @@ def _mobile_node_config(plan: LabPlan, name: str, keys: str) -> dict[str, Any]:
     other_mns = [other for other in plan.nodes if other.is_mobile and other.name != name]
     links = []
     for link in node.links:
+        if plan.driver == "raw":
+            # Native IPv6: the CoA is the link's routed address, no NAT, no keepalive.
+            links.append({"name": link.name, "driver": "raw", "interface": link.name,
+                          "coa": str(link.node_ipv6.ip),
+                          "priority": LINK_PRIORITY.get(link.name, 50)})
+            continue
         links.append({
             "name": link.name, "driver": "udp", "interface": link.name,
             "bind": str(link.node_ipv4.ip), "port": plan.overlay_port,
@@ -658,7 +690,7 @@ def write_ike_psk(plan: LabPlan, *, fresh: bool = True) -> list[Path]:
 def write_node_configs(plan: LabPlan, keys: str = DEFAULT_KEY_MODE, *,
                        fresh_keys: bool = True) -> dict[str, Path]:
     """Write every node's config (0600) and, for static keys, the key files it names."""
-    check_key_mode(keys)
+    check_lab_options(plan, keys)
     paths = {}
     for node in plan.nodes:
         prepare_node_dir(plan, node.name)

@@ -36,7 +36,7 @@ from vmip.errors import VmipError
 from vmip.lab import nat, runner
 from vmip.lab.configs import (
     DEFAULT_KEY_MODE,
-    check_key_mode,
+    check_lab_options,
     write_node_configs,
     write_private_file,
 )
@@ -49,7 +49,15 @@ from vmip.lab.netns import (
     remove_netns,
     write_sysctls,
 )
-from vmip.lab.topology import NETNS_PREFIX, AccessLink, LabNode, LabPlan, default_plan, describe
+from vmip.lab.topology import (
+    DEFAULT_DRIVER,
+    NETNS_PREFIX,
+    AccessLink,
+    LabNode,
+    LabPlan,
+    default_plan,
+    describe,
+)
 from vmip.log import get_logger
 
 if TYPE_CHECKING:
@@ -270,29 +278,59 @@ def _ensure_namespace(netlink: _Netlink, netns: str, extra_sysctls: dict[str, in
         ipr.link("set", index=loopback, state="up")
 
 
-def lab_up(plan: LabPlan | None = None, *, keys: str = DEFAULT_KEY_MODE) -> dict[str, Any]:
+def lab_up(plan: LabPlan | None = None, *, keys: str = DEFAULT_KEY_MODE,
+           driver: str = DEFAULT_DRIVER) -> dict[str, Any]:
     """Build (or repair) the whole lab and write its configs; return the topology.
 
     The topology is ``describe(plan)`` plus, per node, where its log,
     capture and control socket are and the pid of its vmip node (None when
-    it does not run).
+    it does not run).  *driver* (``udp``, ``raw``) applies when no *plan*
+    is given; a plan carries its own.
     """
-    plan = plan or default_plan()
-    check_key_mode(keys)
+    plan = plan or default_plan(driver=driver)
+    check_lab_options(plan, keys)
     check_prerequisites(need_nft=True)
     with _lab_lock(plan):
         _build(plan, keys)
     return topology_with_nodes(plan)
 
 
+def _node_sysctls(plan: LabPlan, node: LabNode) -> dict[str, int]:
+    if node.role != "ha":
+        return {}
+    # On the native path (raw) packets for the home prefix reach the HA as
+    # plain IPv6: its kernel forwards them into the TUN, whose route covers
+    # the prefix, as a real home agent's does.  On udp they arrive inside
+    # the overlay and the vmip process forwards; the kernel must not.
+    return {"net/ipv6/conf/all/forwarding": 1 if plan.driver == "raw" else 0}
+
+
+def recorded_driver(plan: LabPlan) -> str | None:
+    """The driver the lab's configs were last written for (lab.json), if any."""
+    try:
+        return json.loads(plan.state_file.read_text()).get("driver")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _check_driver_change(plan: LabPlan) -> None:
+    running = [node.name for node in plan.nodes if runner.running_pid(plan, node.name)]
+    recorded = recorded_driver(plan)
+    if running and recorded is not None and recorded != plan.driver:
+        raise LabUsageError(f"the lab's nodes run on the {recorded} driver "
+                            f"({', '.join(running)}); run 'vmip lab stop' before "
+                            f"switching to --driver {plan.driver}")
+
+
 def _build(plan: LabPlan, keys: str) -> None:
     """Namespaces, links, NAT, configs and keys; the caller holds the lab lock."""
     started = time.monotonic()
+    _check_driver_change(plan)
     with _Netlink() as netlink:
         try:
             _ensure_namespace(netlink, plan.router_netns, _ROUTER_SYSCTLS)
             for node in plan.nodes:
-                _ensure_namespace(netlink, node.netns, {})
+                _ensure_namespace(netlink, node.netns, _node_sysctls(plan, node))
             for node, link in plan.all_links:
                 _ensure_link(netlink, plan, node, link)
             router = netlink(plan.router_netns)
@@ -313,7 +351,8 @@ def _build(plan: LabPlan, keys: str) -> None:
     for name, entry in topology["nodes"].items():
         entry.update(_node_file_fields(plan, name))
     write_private_file(plan.state_file, json.dumps(topology, indent=2) + "\n", mode=0o644)
-    log.info("lab up", namespaces=len(plan.namespaces), sas=keys, fresh=not running,
+    log.info("lab up", namespaces=len(plan.namespaces), sas=keys, driver=plan.driver,
+             fresh=not running,
              seconds=round(time.monotonic() - started, 3))
 
 
@@ -333,15 +372,16 @@ def topology_with_nodes(plan: LabPlan) -> dict[str, Any]:
 
 
 def lab_start(plan: LabPlan | None = None, *, keys: str = DEFAULT_KEY_MODE,
-              timeout: float = runner.READY_TIMEOUT) -> dict[str, Any]:
+              timeout: float = runner.READY_TIMEOUT,
+              driver: str = DEFAULT_DRIVER) -> dict[str, Any]:
     """Bring the lab up if needed and run a vmip node in every namespace.
 
     Idempotent: a node already running is left alone (and the keys it uses
     are kept).  Returns the topology (as :func:`lab_up`) with ``started``:
     the nodes this call started, and per node ``state`` (started / running).
     """
-    plan = plan or default_plan()
-    check_key_mode(keys)
+    plan = plan or default_plan(driver=driver)
+    check_lab_options(plan, keys)
     check_prerequisites(need_nft=True)
     with _lab_lock(plan):
         _build(plan, keys)

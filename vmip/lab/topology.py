@@ -111,6 +111,9 @@ class LabPlan:
     #: The router routes the home prefix to the HA, as a real home link would.
     home_agent_underlay: IPv6Address = HOME_AGENT_UNDERLAY
     overlay_port: int = OVERLAY_PORT
+    #: How the nodes carry on-wire packets: ``udp`` (the overlay over the IPv4
+    #: underlay, through the lte NAT) or ``raw`` (native IPv6, routed).
+    driver: str = "udp"
 
     def node(self, name: str) -> LabNode:
         for node in self.nodes:
@@ -171,8 +174,20 @@ def _mobile_links(prefix: str, wifi_v4: str, wifi_v6: str, lte_v4: str, lte_v6: 
     )
 
 
-def default_plan(lab_dir: Path = LAB_DIR) -> LabPlan:
+#: The lab's link drivers (``vmip lab up --driver``).
+LAB_DRIVERS = ("udp", "raw")
+DEFAULT_DRIVER = "udp"
+
+
+def check_driver(driver: str) -> None:
+    """Refuse drivers the lab cannot build (exit status 2)."""
+    if driver not in LAB_DRIVERS:
+        raise LabUsageError(f"--driver must be one of {', '.join(LAB_DRIVERS)}, not {driver!r}")
+
+
+def default_plan(lab_dir: Path = LAB_DIR, driver: str = DEFAULT_DRIVER) -> LabPlan:
     """The fixed lab addressing plan (docs/lab.md has it as a table)."""
+    check_driver(driver)
     return LabPlan(
         nodes=(
             LabNode("ha", "ha", (_link("eth0", "ha0", "192.0.2.2/28", "2001:db8:10::2/64"),),
@@ -188,6 +203,7 @@ def default_plan(lab_dir: Path = LAB_DIR) -> LabPlan:
                     (IPv6Address("2001:db8:100::20"),)),
         ),
         lab_dir=lab_dir,
+        driver=driver,
     )
 
 
@@ -236,6 +252,7 @@ def describe(plan: LabPlan) -> dict[str, Any]:
             "routes": {str(plan.home_prefix): str(plan.home_agent_underlay)},
         },
         "home_prefix": str(plan.home_prefix),
+        "driver": plan.driver,
         "overlay_port": plan.overlay_port,
         "lab_dir": str(plan.lab_dir),
     }

@@ -301,7 +301,8 @@ class LocatorTable:
         return None
 
     def confirm(self, on_wire_source: Any, endpoint: Endpoint, now: float,
-                link: str | None = None, *, vouched_by: str = PEER) -> bool:
+                link: str | None = None, *, vouched_by: str = PEER,
+                framing: str | None = None) -> bool:
         """A packet from *on_wire_source* arriving from *endpoint* on *link*
         was authenticated by an SA that vouches for that address as
         *vouched_by* says (``PEER`` or ``BINDING``): point the address there.
@@ -332,7 +333,8 @@ class LocatorTable:
             self.counters["moved"] += 1
             return True
         covering = self._longest_static_match(key)
-        framing = covering.framing if covering is not None else "udp"
+        # The covering peer's framing, else the receiving link's (raw learns too).
+        framing = covering.framing if covering is not None else (framing or "udp")
         peer = covering.peer if covering is not None else None
         network = ipaddress.IPv6Network((int.from_bytes(key, "big"), 128))
         self._learned[key] = Locator(network, endpoint, link, framing, LEARNED, peer, now)

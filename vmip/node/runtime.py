@@ -609,7 +609,9 @@ class Node:
         if refused is not None:
             self.counters["locator_" + refused] += 1
             return
-        self.locators.confirm(source, endpoint, now, link=link, vouched_by=vouched_by)
+        driver = self.links.get(link)
+        self.locators.confirm(source, endpoint, now, link=link, vouched_by=vouched_by,
+                              framing=driver.kind if driver is not None else None)
 
     def _may_forward_transit(self, packet: bytes) -> bool:
         """A packet that reached us on the wire for another node, without an
