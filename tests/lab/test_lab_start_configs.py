@@ -191,3 +191,34 @@ def test_the_cli_help_documents_start_and_stop() -> None:
     assert result.returncode == 0
     for words in ("vmip lab start", "vmip lab stop"):
         assert words in result.stdout
+
+
+def test_raw_configs_are_native_ipv6_with_nothing_duplicated_onto_a_tun(tmp_path: Path) -> None:
+    """--driver raw: the same SAs and policies; raw links bound to their
+    interfaces (own addresses read there), peers without endpoints, and no
+    underlay address on any TUN."""
+    plan = default_plan(tmp_path, driver="raw")
+    nodes = loaded(configs.write_node_configs(plan))
+    udp = loaded(configs.write_node_configs(default_plan(tmp_path / "udp")))
+    underlay = {str(link.node_ipv6.ip) for _, link in plan.all_links}
+    for name, node in nodes.items():
+        assert _structure(node) == _structure(udp[name]), name
+        for link in node.links:
+            assert str(link.driver) == "raw" and link.interface == link.name, (name, link)
+            assert link.port is None and link.keepalive == 0 and link.own_addresses is None
+        assert all(str(peer.framing) == "raw" and peer.endpoint is None
+                   for peer in node.peers), name
+        assert not {str(a.ip) for a in node.tun.addresses} & underlay, name
+    assert nodes["cn"].tun.addresses == () and [str(r) for r in nodes["cn"].tun.routes] == [
+        "2001:db8:100::/64"]
+    # No NAT on the native path: each MN knows both CoAs of the other.
+    assert {str(p) for p in nodes["mn"].peers[-1].prefixes} == {"2001:db8:41::2/128",
+                                                                "2001:db8:42::2/128"}
+
+
+def test_raw_lab_refuses_ike_keys_with_exit_2(tmp_path: Path) -> None:
+    with pytest.raises(LabUsageError) as e:
+        configs.write_node_configs(default_plan(tmp_path, driver="raw"), "ike")
+    assert e.value.exit_status == 2 and "--driver udp" in str(e.value)
+    result = vmip_cli("lab", "up", "--driver", "tcp")
+    assert result.returncode == 2 and "invalid choice" in result.stderr

@@ -116,6 +116,7 @@ class NodeControl:
                           "wire": dict(self.node.wire_reassembly.counters)},
             "control": str(self.node.control_path),
             "active_link": self.node.active_link,
+            "path_mtu": self.node.onwire_icmp.rows(now),
             "capture": {
                 "wire": str(self.node.pcap_wire.path) if self.node.pcap_wire else None,
                 "inner": str(self.node.pcap_inner.path) if self.node.pcap_inner else None,
@@ -172,6 +173,7 @@ class NodeControl:
             "links": {name: dict(d.counters) for name, d in self.node.links.items()},
             "mobility": dict(self.node.mobility.counters),
             "remap": dict(self.node.mobility.remap.counters),
+            "icmp": dict(self.node.onwire_icmp.counters),
             "tun": self.node.tun.status() if self.node.tun is not None else {},
         }
 

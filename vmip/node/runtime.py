@@ -59,6 +59,7 @@ from vmip.node.ike_underlay import sad_address
 from vmip.node.keying import IkeManager
 from vmip.node.keying_policy import static_keys
 from vmip.node.mobility import MobilityAgent
+from vmip.node.onwire_icmp import OnWireIcmp
 from vmip.node.pcap import PcapWriter
 from vmip.node.ports import REAL_PORTS, MovementPort, NodePorts, TunPort
 from vmip.node.pump import Pump
@@ -152,6 +153,10 @@ class Node:
         self.tun_reassembly = Reassembler()
         self.wire_reassembly = Reassembler()
         self._fragment_id = int.from_bytes(os.urandom(4), "big")
+        # Routers' ICMPv6 errors about our on-wire packets (raw links): path MTUs.
+        self.onwire_icmp = OnWireIcmp(
+            is_own_address=lambda address: address in self._local,
+            is_outbound_spi=lambda spi: self.sad.get(spi, Direction.OUT) is not None)
         self._framing_links: dict[str, list[LinkDriver]] = {}
         # Which link carries our packets: an MN sends on its current access
         # link only (the one whose CoA it registered), others on any.
@@ -442,6 +447,11 @@ class Node:
             self._unreachable(inner)
             return
         mtu = self.link_mtu.get(driver.name, DEFAULT_UNDERLAY_MTU)
+        if self.onwire_icmp:
+            # A router said the path to this on-wire destination is narrower.
+            path_mtu = self.onwire_icmp.path_mtu(wire[24:40], self.clock())
+            if path_mtu is not None and path_mtu < mtu:
+                mtu = path_mtu
         if len(wire) > mtu and fragmented:
             # The host fragmented this datagram: so is the packet that carries
             # it, after ESP and IRO (each fragment with the on-wire addresses).
@@ -509,6 +519,13 @@ class Node:
         now = self.clock()
         if self.pcap_wire is not None:
             self.pcap_wire.write(wire)
+        if wire[6] == proto.ICMPV6 and link.kind == "raw":
+            # A router's error about a packet we sent (the raw driver passes
+            # ICMPv6 errors only); the kernel got its own copy.
+            event = self.onwire_icmp.receive(wire, now)
+            if event is not None:
+                self.events.publish(event)
+            return
         if len(wire) > 40 and wire[6] in _MAY_BE_FRAGMENT \
                 and fragment_header_at(wire) is not None:
             # Reassembly before IPsec (RFC 4301 §5.2), so before the IRO rules too.
