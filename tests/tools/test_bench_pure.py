@@ -16,7 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tools" / "bench"))
 from netbench import cli
 from netbench.errors import BenchError, ParseError
 from netbench.parse import parse_iperf3_json, parse_ping
-from netbench.report import SystemOutcome, build_report, note_lines, render_plain
+from netbench.report import (
+    SystemOutcome,
+    build_report,
+    comparison_lines,
+    note_lines,
+    render_plain,
+)
 from netbench.stats import ratio, round_order, summarize
 from netbench.systems import SYSTEM_NAMES, OpenVpn, StrongswanLibipsec, WireguardGo
 
@@ -231,6 +237,8 @@ def sample_outcomes() -> list[SystemOutcome]:
     return [
         SystemOutcome("vmip", tcp_mbps=[400.0, 500.0, 450.0], rtt_ms=[0.4, 0.5, 0.6],
                       details={"summary": "udp driver", "version": "vmip 0.1.0"}),
+        SystemOutcome("vmip-raw", tcp_mbps=[200.0, 500.0, 225.0], rtt_ms=[0.8, 0.5, 0.9],
+                      details={"summary": "raw driver"}),
         SystemOutcome("wireguard-go", tcp_mbps=[900.0, 800.0, 1000.0], rtt_ms=[0.2, 0.3, 0.25]),
         SystemOutcome("openvpn", status="skipped", reason="not installed: openvpn",
                       install="apt-get install openvpn openssl"),
@@ -243,8 +251,8 @@ def sample_outcomes() -> list[SystemOutcome]:
 def test_report_shape_medians_and_ratios():
     report = json.loads(json.dumps(build_report(sample_outcomes(), {"rounds": 3})))
     systems = report["systems"]
-    assert list(systems) == ["vmip", "wireguard-go", "openvpn", "strongswan-libipsec",
-                             "underlay"]
+    assert list(systems) == ["vmip", "vmip-raw", "wireguard-go", "openvpn",
+                             "strongswan-libipsec", "underlay"]
     vmip, wg = systems["vmip"], systems["wireguard-go"]
     assert (vmip["tcp_mbps"], vmip["rtt_ms"]) == (450.0, 0.5)
     assert (vmip["tcp_mbps_min"], vmip["tcp_mbps_max"]) == (400.0, 500.0)
@@ -268,6 +276,20 @@ def test_report_without_vmip_has_no_ratios():
     assert report["systems"]["underlay"]["tcp_ratio_to_vmip"] is None
     assert report["comparison"] == {"vmip_tcp_over_wireguard_go": None,
                                     "vmip_rtt_minus_underlay_ms": None}
+
+
+def test_raw_over_udp_is_taken_round_by_round():
+    report = build_report(sample_outcomes(), {})
+    # Per round: 200/400, 500/500, 225/450 and 0.8/0.4, 0.5/0.5, 0.9/0.6.
+    assert report["comparison"]["vmip_raw_over_udp"] == {
+        "tcp_mbps": {"min": 0.5, "median": 0.5, "max": 1.0},
+        "rtt_ms": {"min": 1.0, "median": pytest.approx(1.5), "max": 2.0}}
+    assert "vmip-raw / vmip TCP throughput, same round: 0.50× (min 0.50×, max 1.00×)" in \
+        comparison_lines(report)
+    # A failed repetition on one side: the rounds no longer pair up.
+    outcomes = sample_outcomes()
+    outcomes[1].tcp_mbps.pop()
+    assert build_report(outcomes, {})["comparison"]["vmip_raw_over_udp"]["tcp_mbps"] is None
 
 
 def test_system_without_any_figure_fails():
@@ -309,12 +331,12 @@ def test_quick_defaults_and_overrides():
         cli.main(["--seconds", "0"])
 
 
-def test_quick_run_fits_in_four_minutes():
+def test_quick_run_fits_in_five_minutes():
     seconds, rounds, pings = cli.QUICK
     # Per test: iperf3 itself, the pings, and about 2 s of process start-up
-    # and connection set-up; plus about 30 s to bring the five systems up.
+    # and connection set-up; plus about 30 s to bring the six systems up.
     per_test = seconds + pings * 0.05 + 2
-    assert rounds * len(SYSTEM_NAMES) * per_test + 30 < 240
+    assert rounds * len(SYSTEM_NAMES) * per_test + 30 < 300
 
 
 def absent(_program: str) -> None:

@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
                         help=f"short run: {QUICK[0]:g} s per test, {QUICK[1]} rounds, "
-                             f"{QUICK[2]} pings (under 4 minutes); default "
+                             f"{QUICK[2]} pings (under 5 minutes); default "
                              f"{FULL[0]:g} s, {FULL[1]} rounds, {FULL[2]} pings")
     parser.add_argument("--json", metavar="FILE", type=Path, help="also write the results here")
     parser.add_argument("--systems", type=parse_systems, default=list(SYSTEM_NAMES),

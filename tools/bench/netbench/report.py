@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from netbench.stats import Summary, difference, ratio, summarize
+from netbench.stats import Summary, difference, paired_ratios, ratio, summarize
 
 #: The reference every ratio is taken against.
 REFERENCE = "vmip"
@@ -89,14 +89,26 @@ def build_report(outcomes: list[SystemOutcome], run: dict[str, Any]) -> dict[str
         entry = systems.get(name)
         return None if entry is None else entry[metric]
 
-    comparison = {
+    comparison: dict[str, Any] = {
         # The targets (docs/design.md §12): vmip >= 1.0x wireguard-go, RTT <= underlay + 0.3 ms.
         "vmip_tcp_over_wireguard_go": ratio(median_of("vmip", "tcp_mbps"),
                                             median_of("wireguard-go", "tcp_mbps")),
         "vmip_rtt_minus_underlay_ms": difference(median_of("vmip", "rtt_ms"),
                                                  median_of("underlay", "rtt_ms")),
     }
+    raw = by_name.get("vmip-raw")
+    if raw is not None and reference is not None:
+        # raw / udp round by round (docs/benchmarks.md, "vmip on the raw driver").
+        comparison["vmip_raw_over_udp"] = {
+            metric: _summary_dict(paired_ratios(getattr(raw, metric), getattr(reference, metric)))
+            for metric in ("tcp_mbps", "rtt_ms")}
     return {"systems": systems, "comparison": comparison, "run": dict(run)}
+
+
+def _summary_dict(summary: Summary | None) -> dict[str, float] | None:
+    if summary is None:
+        return None
+    return {"min": summary.minimum, "median": summary.median, "max": summary.maximum}
 
 
 def _number(value: float | None, digits: int) -> str:
@@ -157,6 +169,11 @@ def comparison_lines(report: dict[str, Any]) -> list[str]:
     rtt_extra = comparison["vmip_rtt_minus_underlay_ms"]
     if rtt_extra is not None:
         lines.append(f"vmip RTT − underlay RTT: {rtt_extra:+.3f} ms (target ≤ +0.300 ms)")
+    for metric, what in (("tcp_mbps", "TCP throughput"), ("rtt_ms", "RTT")):
+        paired = (comparison.get("vmip_raw_over_udp") or {}).get(metric)
+        if paired is not None:
+            lines.append(f"vmip-raw / vmip {what}, same round: {paired['median']:.2f}× "
+                         f"(min {paired['min']:.2f}×, max {paired['max']:.2f}×)")
     return lines
 
 

@@ -33,6 +33,16 @@ def ratio(value: float | None, reference: float | None) -> float | None:
     return value / reference
 
 
+def paired_ratios(values: Sequence[float], references: Sequence[float]) -> Summary | None:
+    """Median and min–max of value / reference taken round by round (the i-th
+    sample of each): what two systems measured in the same round shares that
+    round's load.  None unless both have the same, non-zero number of
+    samples (a failed repetition would shift the pairs)."""
+    if not values or len(values) != len(references) or any(r == 0 for r in references):
+        return None
+    return summarize([value / reference for value, reference in zip(values, references)])
+
+
 def difference(value: float | None, reference: float | None) -> float | None:
     if value is None or reference is None:
         return None

@@ -112,57 +112,77 @@ VMIP_SPI = {"a": 0xA101, "b": 0xA102}  # the SPI each side sends on
 VMIP_PORT = 6275
 
 
-def vmip_config(me: str, peer: str, keydir: Path) -> str:
+VMIP_RAW_OVERLAY = {"a": "2001:db8:a5::1", "b": "2001:db8:a5::2"}
+VMIP_RAW_SPI = {"a": 0xA501, "b": 0xA502}
+#: Metric of the underlay route to the peer's overlay address on the raw
+#: system: behind the TUN's route (1024), found only by the raw link's
+#: sockets, which are bound to the veth (SO_BINDTODEVICE).
+RAW_ROUTE_METRIC = 2048
+
+
+def vmip_config(me: str, peer: str, keydir: Path, *, driver: str = "udp") -> str:
     """A static-key node config as in tests/node/pairlab.py.
 
     ESP transport SAs (AES-128-GCM) protect everything between the two
-    overlay addresses; the udp driver carries it over the IPv4 underlay.
+    overlay addresses.  ``udp``: the overlay over the IPv4 underlay.
+    ``raw``: the same on-wire packets as native IPv6 on the veth (each
+    side routes the other's overlay address there); nothing else differs.
     """
-    return f"""\
-[node]
-name = "bench-{me}"
-roles = ["cn"]
-
-[tun]
-name = "vmip0"
-addresses = ["{VMIP_OVERLAY[me]}/64"]
-mtu = {TUNNEL_MTU}
-routes = ["{VMIP_OVERLAY[peer]}/128"]
-
-[[link]]
-name = "eth0"
+    overlay, spi = (VMIP_OVERLAY, VMIP_SPI) if driver == "udp" else (VMIP_RAW_OVERLAY,
+                                                                     VMIP_RAW_SPI)
+    if driver == "udp":
+        tun_name = "vmip0"
+        link = f"""\
 driver = "udp"
 interface = "{VETH}"
 bind = "{UNDERLAY4[me]}"
 port = {VMIP_PORT}
-keepalive = 0
+keepalive = 0"""
+        peer_framing = f'endpoint = "{UNDERLAY4[peer]}:{VMIP_PORT}"\nframing = "udp"'
+    else:
+        tun_name = "vmip1"
+        link = f'driver = "raw"\ninterface = "{VETH}"'
+        peer_framing = 'framing = "raw"'
+    return f"""\
+[node]
+name = "bench-{driver}-{me}"
+roles = ["cn"]
+
+[tun]
+name = "{tun_name}"
+addresses = ["{overlay[me]}/64"]
+mtu = {TUNNEL_MTU}
+routes = ["{overlay[peer]}/128"]
+
+[[link]]
+name = "eth0"
+{link}
 
 [[peer]]
 name = "bench-{peer}"
-prefixes = ["{VMIP_OVERLAY[peer]}/128"]
-endpoint = "{UNDERLAY4[peer]}:{VMIP_PORT}"
-framing = "udp"
+prefixes = ["{overlay[peer]}/128"]
+{peer_framing}
 
 [keys]
 mode = "static"
-state_dir = "{keydir.parent}/state-{me}"
+state_dir = "{keydir.parent}/state-{driver}-{me}"
 
 [[keys.sa]]
 name = "out"
-spi = {VMIP_SPI[me]}
+spi = {spi[me]}
 direction = "out"
-src = "{VMIP_OVERLAY[me]}"
-dst = "{VMIP_OVERLAY[peer]}"
+src = "{overlay[me]}"
+dst = "{overlay[peer]}"
 mode = "transport"
 suite = "aes128gcm16"
 key_file = "{keydir}/{me}.key"
 
 [[keys.sa]]
 name = "in"
-spi = {VMIP_SPI[peer]}
+spi = {spi[peer]}
 direction = "in"
-src = "{VMIP_OVERLAY[peer]}"
-dst = "{VMIP_OVERLAY[me]}"
+src = "{overlay[peer]}"
+dst = "{overlay[me]}"
 mode = "transport"
 suite = "aes128gcm16"
 key_file = "{keydir}/{peer}.key"
@@ -170,16 +190,16 @@ key_file = "{keydir}/{peer}.key"
 [[policy]]
 name = "out"
 direction = "out"
-src = "{VMIP_OVERLAY[me]}/128"
-dst = "{VMIP_OVERLAY[peer]}/128"
+src = "{overlay[me]}/128"
+dst = "{overlay[peer]}/128"
 action = "protect"
 sa = ["out"]
 
 [[policy]]
 name = "in"
 direction = "in"
-src = "{VMIP_OVERLAY[peer]}/128"
-dst = "{VMIP_OVERLAY[me]}/128"
+src = "{overlay[peer]}/128"
+dst = "{overlay[me]}/128"
 action = "protect"
 sa = ["in"]
 """
@@ -197,6 +217,7 @@ class Vmip(System):
     summary = "udp driver, ESP AES-128-GCM (transport, static keys)"
     target = VMIP_OVERLAY["b"]
     interface = "vmip0"
+    driver = "udp"
 
     def __init__(self) -> None:
         super().__init__()
@@ -219,16 +240,17 @@ class Vmip(System):
     def setup(self, lab: Lab) -> None:
         from vmip.config.keyfile import write_key_file
 
-        keydir = lab.path("vmip-keys")
+        keydir = lab.path(f"{self.name}-keys")
         keydir.mkdir(mode=0o700)
         for side in ("a", "b"):
             # AES-128-GCM key material: 16 key bytes + 4 salt bytes (RFC 4106 §8.1).
             write_key_file(keydir / f"{side}.key", secrets.token_bytes(20))
+        self._before_nodes(lab)
         for me, peer in (("a", "b"), ("b", "a")):
-            config = lab.path(f"vmip-{me}.toml")
-            config.write_text(vmip_config(me, peer, keydir))
-            socket = lab.path(f"vmip-{me}.sock")
-            log = lab.path(f"vmip-{me}.log")
+            config = lab.path(f"{self.name}-{me}.toml")
+            config.write_text(vmip_config(me, peer, keydir, driver=self.driver))
+            socket = lab.path(f"{self.name}-{me}.sock")
+            log = lab.path(f"{self.name}-{me}.log")
             proc = lab.spawn(me, [self.python, "-m", "vmip", "run", "-c", str(config),
                                   "--control-socket", str(socket)], log=log, env=vmip_env())
             self.pids[me] = proc.pid
@@ -244,6 +266,31 @@ class Vmip(System):
         self.details["version"] = _first_line([self.python, "-m", "vmip", "--version"])
         self.details["pids"] = dict(self.pids)
         self._after_setup(lab)
+
+    def _before_nodes(self, lab: Lab) -> None:
+        """Hook: underlay set-up the nodes need (none on udp)."""
+
+
+class VmipRaw(Vmip):
+    """The same two nodes, SAs and on-wire packets as ``vmip``, on the raw
+    driver: native IPv6 on the veth instead of UDP over IPv4."""
+
+    name = "vmip-raw"
+    summary = "raw driver (native IPv6), ESP AES-128-GCM (transport, static keys)"
+    target = VMIP_RAW_OVERLAY["b"]
+    interface = "vmip1"
+    driver = "raw"
+
+    def _before_nodes(self, lab: Lab) -> None:
+        # Each side routes the peer's overlay address to the peer's underlay
+        # address on the veth, behind the TUN's own route to it.
+        for me, peer in (("a", "b"), ("b", "a")):
+            result = lab.run(me, ["ip", "-6", "route", "replace", f"{VMIP_RAW_OVERLAY[peer]}/128",
+                                  "via", UNDERLAY6[peer], "dev", VETH,
+                                  "metric", str(RAW_ROUTE_METRIC)])
+            if result.returncode != 0:
+                raise SetupError(f"route to {VMIP_RAW_OVERLAY[peer]} ({me}): "
+                                 f"{result.stderr.strip()}")
 
 
 # -- wireguard-go ---------------------------------------------------------------
@@ -623,12 +670,14 @@ class StrongswanLibipsec(System):
         self._after_setup(lab)
 
 
-SYSTEM_NAMES = ("vmip", "wireguard-go", "openvpn", "strongswan-libipsec", "underlay")
+SYSTEM_NAMES = ("vmip", "vmip-raw", "wireguard-go", "openvpn", "strongswan-libipsec", "underlay")
 
 
 def make_system(name: str, openvpn_mode: str = "auto") -> System:
     if name == "vmip":
         return Vmip()
+    if name == "vmip-raw":
+        return VmipRaw()
     if name == "wireguard-go":
         return WireguardGo()
     if name == "openvpn":
