@@ -187,15 +187,21 @@ def _status(args) -> int:
     record = dict(status)
     record["roles"] = ", ".join(status.get("roles", []))
     record["tun"] = f"{tun.get('name')} mtu {tun.get('mtu')} " + " ".join(tun.get("addresses", []))
-    record["links"] = ", ".join(f"{link['name']} ({link['driver']})" for link in status["links"])
+    record["links"] = ", ".join(
+        f"{link['name']} ({link['driver']}"
+        + (f", own {' '.join(link['own_addresses'])}" if link.get("own_addresses") else "") + ")"
+        for link in status["links"])
+    # Path MTUs routers reported for on-wire destinations (raw links).
+    record["path_mtu"] = ", ".join(f"{row['destination']} {row['mtu']}"
+                                   for row in status.get("path_mtu") or []) or None
     privileges = status.get("privileges") or {}
     record["privileges"] = (f"{privileges.get('user')}, capabilities "
                             f"{','.join(privileges.get('capabilities', [])) or 'none'}"
                             f"{', no_new_privs' if privileges.get('no_new_privs') else ''}"
                             if privileges else None)
     print_record(record, ["name", "version", "roles", "pid", Column("uptime_s", "uptime",
-                 kind="duration"), "tun", "links", "sas", "policies", "locators", "control",
-                 "privileges"],
+                 kind="duration"), "tun", "links", "path_mtu", "sas", "policies", "locators",
+                 "control", "privileges"],
                  title=f"vmip node {status.get('name')}")
     return 0
 
@@ -231,7 +237,7 @@ def _counters(args) -> int:
         print_json(counters)
         return 0
     rows = []
-    for section in ("node", "ipsec", "esp"):
+    for section in ("node", "ipsec", "esp", "icmp"):
         for name, value in sorted(counters.get(section, {}).items()):
             rows.append({"where": section, "counter": name, "value": value})
     for link, values in sorted(counters.get("links", {}).items()):

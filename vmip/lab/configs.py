@@ -7,6 +7,10 @@ directory and writes the key files they name.
 
 Decisions (docs/lab.md):
 
+- ``--driver raw`` (docs/lab.md, "The native lab"): the same nodes, SAs and
+  policies over native IPv6: raw links bound to their interfaces (own
+  on-wire addresses read there), raw peers without endpoints, the CN's TUN
+  without the CN's address, both CoAs of the other MN as peers (no NAT).
 - The overlay uses the ``udp`` driver over the **IPv4** underlay, so the
   MNs' lte links go through the router's NAT (the hard case: keepalives,
   locator learning).  Each MN link binds its own underlay address, so its
