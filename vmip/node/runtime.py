@@ -519,7 +519,7 @@ class Node:
         now = self.clock()
         if self.pcap_wire is not None:
             self.pcap_wire.write(wire)
-        if wire[6] == proto.ICMPV6 and link.kind == "raw":
+        if link.kind == "raw" and len(wire) > 40 and wire[6] == proto.ICMPV6:
             # A router's error about a packet we sent (the raw driver passes
             # ICMPv6 errors only); the kernel got its own copy.
             event = self.onwire_icmp.receive(wire, now)
