@@ -1,5 +1,4 @@
-"""``vmip demo --no-ui --duration 30 --json F`` end to end (builds and removes the lab),
-on the overlay (udp) and, shorter, on native IPv6 (``--driver raw``)."""
+"""``vmip demo --no-ui --duration 30 --json F`` end to end (builds and removes the lab)."""
 
 from __future__ import annotations
 
@@ -16,8 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.mark.root
 @pytest.mark.timeout(90)
-@pytest.mark.parametrize(("driver", "duration"), [("udp", 30), ("raw", 20)])
-def test_demo_reports_handovers_and_tcp_survives(tmp_path, driver: str, duration: int):
+def test_demo_30s_reports_handovers_and_tcp_survives(tmp_path):
     from vmip.lab.netns import list_netns
 
     if list_netns("vmip-"):
@@ -25,8 +23,7 @@ def test_demo_reports_handovers_and_tcp_survives(tmp_path, driver: str, duration
     report_file = tmp_path / "r.json"
     try:
         proc = subprocess.run([sys.executable, "-m", "vmip", "demo", "--no-ui", "--duration",
-                               str(duration), "--driver", driver, "--json", str(report_file)],
-                              capture_output=True,
+                               "30", "--json", str(report_file)], capture_output=True,
                               text=True, timeout=85, env=dict(os.environ, PYTHONPATH=str(REPO)))
     finally:
         leftover = list_netns("vmip-")
@@ -36,9 +33,11 @@ def test_demo_reports_handovers_and_tcp_survives(tmp_path, driver: str, duration
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert leftover == [], f"the demo left namespaces behind: {leftover}"
     report = json.loads(report_file.read_text())
-    # The report says which driver carried it, in JSON and in the table's notes.
-    assert report["driver"] == driver and f"driver: {driver} (" in proc.stdout
-    assert report["links"]["lte0"]["nat"] is (driver == "udp")
+    # The report names the driver that carried it, in JSON and under the table.
+    # (--driver raw is not run here, to keep CI short: tests/lab/test_iro_lab.py
+    # covers the native lab's handovers under TCP.)
+    assert report["driver"] == "udp" and "driver: udp (" in proc.stdout
+    assert report["links"]["lte0"]["nat"] is True
     handovers = report["handovers"]
     assert len(handovers) >= 2
     for h in handovers:
