@@ -176,6 +176,12 @@ def test_start_again_leaves_running_nodes_and_their_keys_alone(started) -> None:
     table = vmip_cli("lab", "start")
     assert table.returncode == 0 and "running" in table.stdout
     assert str(started["nodes"]["mn"]["pid"]) in table.stdout
+    # Another driver under running nodes would rewrite their configs: refused.
+    switch = vmip_cli("lab", "start", "--driver", "raw", timeout=60)
+    assert switch.returncode == 2, switch.stderr
+    assert "run on the udp driver" in switch.stderr and "vmip lab stop" in switch.stderr
+    assert json.loads((LAB_DIR / "lab.json").read_text())["driver"] == "udp"
+    assert {p: p.read_bytes() for p in LAB_DIR.glob("*/keys/*")} == keys_before
 
 
 @pytest.mark.parametrize("mobile", ["mn", "mn2"])
