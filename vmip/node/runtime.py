@@ -55,7 +55,6 @@ from vmip.node import mh_protection
 from vmip.node.control import NodeControl
 from vmip.node.errors import NodeError
 from vmip.node.events import EventHub
-from vmip.node.ike_underlay import sad_address
 from vmip.node.keying import IkeManager
 from vmip.node.keying_policy import static_keys
 from vmip.node.mobility import MobilityAgent
