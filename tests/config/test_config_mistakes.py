@@ -220,6 +220,15 @@ MISTAKES = {
                     replace('endpoint = "192.0.2.50:6275"\n', '')),
         "keys.sa[0].dst", "would be dropped as rx_drop_not_for_us",
         'add own_addresses = ["2001:db8:20::2"] to link[0]'),
+    "raw link without an interface, its peer routed into the TUN": Mistake(
+        "cn", chain(replace('driver = "udp"\ninterface = "eth0"\nbind = "192.0.2.18"\nport = 6275',
+                            'driver = "raw"\nown_addresses = ["2001:db8:20::2"]'),
+                    replace('framing = "udp"', 'framing = "raw"', 3),
+                    replace('endpoint = "192.0.2.2:6275"\n', ''),
+                    replace('endpoint = "192.0.2.34:6275"\n', ''),
+                    replace('endpoint = "192.0.2.50:6275"\n', '')),
+        "link[0].interface", "is also routed into the TUN (tun.routes[0] 2001:db8:100::/64)",
+        'set interface = "eth0"'),
     "TOML duplicate key": Mistake(
         "cn", replace("mtu = 1400", "mtu = 1400\nmtu = 1500"), "tun.mtu",
         "TOML syntax error at line {line}", "each key and [table] may appear once"),

@@ -162,6 +162,7 @@ def build_config(data: Mapping[str, Any], path: str | os.PathLike[str], *,
     _check_peers(ctx, links, peers)
     _check_keys(ctx, keys, ike, policies)
     _check_own_addresses(ctx, node, tun, links, keys)
+    _check_raw_sends(ctx, tun, links, peers)
     _check_policies(ctx, keys, policies)
     if keys.mode is KeyMode.IKE and ike is not None:
         _check_ike_paths(ctx, links, peers, ike, policies)
@@ -713,6 +714,32 @@ def _check_peers(ctx: v.Context, links: tuple[LinkConfig, ...], peers: tuple[Pee
                 ctx.fail(f"peer[{i}].default", f"peer[{default_peer}] is already the default",
                          "set default = true on one peer only")
             default_peer = i
+
+
+def _check_raw_sends(ctx: v.Context, tun: TunConfig, links: tuple[LinkConfig, ...],
+                     peers: tuple[PeerConfig, ...]) -> None:
+    """The kernel routes what a raw link sends with the same table that sends
+    overlay traffic into the TUN: without ``interface`` (SO_BINDTODEVICE) an
+    on-wire packet to a prefix the TUN routes would go back into the TUN."""
+    unbound = [i for i, link in enumerate(links)
+               if link.driver is Driver.RAW and not link.interface]
+    if not unbound:
+        return
+    into_tun = [(f"tun.routes[{j}]", route) for j, route in enumerate(tun.routes)]
+    into_tun += [(f"tun.addresses[{j}]", iface.network) for j, iface in enumerate(tun.addresses)
+                 if iface.network.prefixlen < iface.max_prefixlen]
+    for i, peer in enumerate(peers):
+        if peer.framing is not Driver.RAW:
+            continue
+        for j, prefix in enumerate(peer.prefixes):
+            for where, routed in into_tun:
+                if prefix.version == routed.version and prefix.overlaps(routed):
+                    first = unbound[0]
+                    ctx.fail(f"link[{first}].interface",
+                             f"raw peer[{i}].prefixes[{j}] {prefix} is also routed into the "
+                             f"TUN ({where} {routed}): without an interface the kernel would "
+                             f"send the on-wire packets there back into the TUN",
+                             f'set interface = "eth0" (the underlay interface) on link[{first}]')
 
 
 def _check_own_addresses(ctx: v.Context, node: NodeSection, tun: TunConfig,
