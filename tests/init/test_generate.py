@@ -91,9 +91,11 @@ def test_the_mn_and_the_ha_complete_ike_auth_with_the_generated_certificates(tmp
 
     def ike_config(name: str, peer: str) -> IkeSaConfig:
         ike = configs[name].ike
-        remote = next(p.remote_id for p in ike.peers if p.name.startswith(peer))
+        # The HA pins no MN identity: any the CA certifies (mobile_node_policies).
+        remote = next((p.remote_id for p in ike.peers if p.name.startswith(peer)), None)
         return IkeSaConfig(
-            local_id=Identity.from_text(ike.local_id), remote_id=Identity.from_text(remote),
+            local_id=Identity.from_text(ike.local_id),
+            remote_id=Identity.from_text(remote) if remote else None,
             certificate=crypto.load_certificates(ike.certificate.read_bytes())[0],
             private_key=crypto.load_private_key(ike.private_key.read_bytes()),
             cas=tuple(crypto.load_certificates(ike.ca[0].read_bytes())))
@@ -140,10 +142,14 @@ def test_add_mn_keeps_keys_certificates_and_addresses(tmp_path, capsys):
         before = {str(p.relative_to(directory)): p.read_bytes()
                   for p in directory.rglob("*") if p.is_file() and "keys" in p.parts}
         before_net = load_description(directory)
+        ha_before = (directory / "ha" / "ha.toml").read_bytes()
         capsys.readouterr()
         assert main(["init", str(directory), "--add-mn", "phone"]) == 0
         out = capsys.readouterr().out
-        assert "added mobile node phone" in out and f"{directory}/ha/ha.toml" in out
+        assert "added mobile node phone" in out
+        # IKE: the HA admits the new MN by its certificate, its config is untouched.
+        assert (f"{directory}/ha/ha.toml" in out) == (keys == "static")
+        assert ((directory / "ha" / "ha.toml").read_bytes() == ha_before) == (keys == "ike")
         for path, data in before.items():
             assert (directory / path).read_bytes() == data, path  # nothing re-keyed
         after_net = load_description(directory)
@@ -151,7 +157,10 @@ def test_add_mn_keeps_keys_certificates_and_addresses(tmp_path, capsys):
         configs = _configs(directory)
         assert set(configs) == {"ha", "laptop", "phone", "web"}
         ha_policies = {p.name for p in configs["ha"].policies}
-        assert {"mh-from-phone", "tunnel-to-phone"} <= ha_policies
+        if keys == "static":
+            assert {"mh-from-phone", "tunnel-to-phone"} <= ha_policies
+        else:
+            assert not configs["ha"].ike.peers and configs["ha"].ike.mobile_node_policies
         assert any(p.name == "to-phone" for p in configs["web"].policies)
         # MN-MN: end-to-end ESP both ways, no registration unless the description asks.
         assert {"to-phone", "from-phone"} <= {p.name for p in configs["laptop"].policies}

@@ -163,6 +163,7 @@ def build_config(data: Mapping[str, Any], path: str | os.PathLike[str], *,
     _check_keys(ctx, keys, ike, policies)
     _check_own_addresses(ctx, node, tun, links, keys)
     _check_raw_sends(ctx, tun, links, peers)
+    _check_admission(ctx, node, mobility, ike, policies)
     _check_policies(ctx, keys, policies)
     if keys.mode is KeyMode.IKE and ike is not None:
         _check_ike_paths(ctx, links, peers, ike, policies)
@@ -869,6 +870,33 @@ def _check_ike_paths(ctx: v.Context, links: tuple[LinkConfig, ...], peers: tuple
                              f"{pc.src} is IPv4: over an IPv4 underlay vmip carries IPv6 "
                              "inside the tunnel only",
                              "write the IPv6 prefixes the tunnel carries")
+
+
+def _check_admission(ctx: v.Context, node: NodeSection, mobility: MobilityConfig,
+                     ike: IkeConfig | None, policies: tuple[PolicyConfig, ...]) -> None:
+    """``ike.mobile_node_policies``: an HA admitting MNs by certificate (RFC 4877 §4)."""
+    if ike is None or not ike.mobile_node_policies:
+        return
+    where = "ike.mobile_node_policies"
+    if "ha" not in node.roles:
+        ctx.fail(where, "only a home agent admits mobile nodes by certificate",
+                 'add "ha" to node.roles, or remove mobile_node_policies')
+    if ike.certificate is None:
+        ctx.fail(where, "admitting mobile nodes by certificate needs certificates, not a PSK",
+                 "set certificate, private_key and ca under [ike] (vmip init --keys ike "
+                 "writes them)")
+    protect_out = {pc.name: pc for pc in policies
+                   if str(pc.action) == "protect" and pc.direction is Direction.OUT}
+    prefix = mobility.home_prefix
+    for j, name in enumerate(ike.mobile_node_policies):
+        policy = protect_out.get(name)
+        if policy is None:
+            ctx.fail(f"{where}[{j}]", f"{v.show(name)} is not an outbound protect policy",
+                     "name a [[policy]] with direction = \"out\" and action = \"protect\"")
+        elif prefix is not None and not policy.dst.overlaps(prefix):
+            ctx.fail(f"{where}[{j}]", f"policy {v.show(name)} has dst {policy.dst}, outside the "
+                     f"home prefix {prefix}: no home address can match it",
+                     f'write dst = "{prefix}" in that policy')
 
 
 def _check_policies(ctx: v.Context, keys: KeysConfig, policies: tuple[PolicyConfig, ...]) -> None:

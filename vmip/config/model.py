@@ -396,6 +396,14 @@ class IkeConfig:
                   what="suite"), default=DEFAULT_ESP_PROPOSALS))
     peers: tuple[IkePeerConfig, ...] = field(metadata=section(IkePeerConfig, name="peer",
                                                               array=True))
+    #: HA only: admit any mobile node the CA certifies, bound to the home
+    #: addresses its certificate names (subjectAltName IPs inside the home
+    #: prefix, RFC 4877 §4): these outbound protect policies over the home
+    #: prefix are each MN's traffic selectors, narrowed to its own home
+    #: addresses.  Empty: off (every MN is an [[ike.peer]]).
+    mobile_node_policies: tuple[str, ...] = field(default=(), metadata=key(
+        v.list_of(v.string('"mh-to-mobile-nodes"'), '"mh-to-mobile-nodes"', what="policy name"),
+        default=()))
     psk: bytes | None = field(default=None, repr=False)
 
 

@@ -153,6 +153,13 @@ class IkeSaConfig:
     #: Send NO_NATS_ALLOWED with UPDATE_SA_ADDRESSES (RFC 4555 §3.9); None:
     #: when both addresses are IPv6 and no NAT was detected.
     mobike_no_nats: bool | None = None
+    #: Responder: called once the initiator's AUTH has verified, with this
+    #: config, its identity and end-entity certificate (None with a PSK);
+    #: returns the config for the rest of the IKE SA (e.g. traffic selectors
+    #: scoped to what the identity may use, RFC 4877 §4) or a refusal text,
+    #: answered with AUTHENTICATION_FAILED.  None: no scoping.
+    authorize: Callable[[IkeSaConfig, Identity, x509.Certificate | None],
+                        IkeSaConfig | str] | None = field(default=None, repr=False, compare=False)
 
     def ike_suites(self) -> list[IkeSuite]:
         out: list[IkeSuite] = []
@@ -240,6 +247,8 @@ class IkeSa:
         self.nat_detected = False
         self.encap = False                          # talk on 4500 with the marker
         self.remote_identity: Identity | None = None
+        #: The peer's end-entity certificate once its signature AUTH verified.
+        self.remote_certificate: x509.Certificate | None = None
         #: The peer's AUTH has verified (stays True while the SA is deleted).
         self.authenticated = False
         spi_i = self._new_ike_spi() if role is Role.INITIATOR else b""
@@ -900,6 +909,7 @@ class IkeSa:
                 crypto.verify_auth(chain[0].public_key(), auth.data, octets)
             except IkeCryptoError as exc:
                 return str(exc)
+            self.remote_certificate = chain[0]
         else:
             return f"unsupported AUTH method {auth.method}"
         self.remote_identity = ident
@@ -1077,6 +1087,14 @@ class IkeSa:
     def _on_auth_request(self, ctx: _Ctx, msg: IkeMessage, addr: Addr, now: float) -> None:
         self._now = now
         problem = self._verify_peer_auth(msg, initiator_auth=True)
+        if problem is None and self.config.authorize is not None:
+            assert self.remote_identity is not None
+            scoped = self.config.authorize(self.config, self.remote_identity,
+                                           self.remote_certificate)
+            if isinstance(scoped, str):
+                problem = scoped
+            else:
+                self.config = scoped
         if problem is not None:
             self._send_response(ctx, msg, [NotifyPayload(Notify.AUTHENTICATION_FAILED)], addr)
             self._emit(AuthenticationFailed(self.config.name, problem, False))

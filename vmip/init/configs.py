@@ -164,7 +164,35 @@ def mobile_policies(net: Network, mn: MobileNode) -> list[dict[str, Any]]:
     return policies
 
 
+#: The HA's policies for every mobile node at once (IKE: admission by certificate).
+MN_POLICIES = ("mh-to-mobile-nodes", "tunnel-to-mobile-nodes")
+
+
+def ha_admission_policies(net: Network) -> list[dict[str, Any]]:
+    """The HA's policies with IKE: one set over the whole home prefix.
+
+    Each MN's CHILD_SAs narrow them to the home address its certificate
+    names (``[ike] mobile_node_policies``, RFC 4877 §4), so a new MN needs
+    nothing here.
+    """
+    ha, home = _host(net.ha.address), str(net.home_prefix)
+    return [
+        _policy("mh-from-mobile-nodes", "in", home, ha, "protect", PRIORITY_MH, None, "mh"),
+        _policy(MN_POLICIES[0], "out", ha, home, "protect", PRIORITY_MH, None, "mh"),
+        # A Binding Update must come through ESP (RFC 6275 §5.1): drop any other MH.
+        _policy("unprotected-mh", "in", "::/0", ha, "discard", PRIORITY_UNPROTECTED_MH,
+                protocol="mh"),
+        _policy(MN_POLICIES[1], "out", "::/0", home, "protect", PRIORITY_TUNNEL),
+        _policy("tunnel-from-mobile-nodes", "in", home, "::/0", "protect", PRIORITY_TUNNEL),
+        # The rest of the home prefix's traffic passes as it is (MN-CN traffic in it is ESP).
+        _policy("home-prefix-in", "in", "::/0", home, "bypass", PRIORITY_BYPASS),
+        _policy("home-prefix-out", "out", home, "::/0", "bypass", PRIORITY_BYPASS),
+    ]
+
+
 def ha_policies(net: Network) -> list[dict[str, Any]]:
+    if net.keys == "ike":
+        return ha_admission_policies(net)
     ha = _host(net.ha.address)
     policies = []
     for mn in net.mns:
@@ -217,11 +245,8 @@ def cn_policies(net: Network, cn: Correspondent) -> list[dict[str, Any]]:
 def ike_peers(net: Network, name: str) -> list[dict[str, Any]]:
     """``[[ike.peer]]`` of one node, as the lab's, each peer's identity pinned."""
     if name == net.ha.name:
-        # The MN's IKE comes from its CoA (docs/ike.md): one peer per CoA.
-        return [{"name": f"{mn.name}-{link.name}", "address": str(link.coa),
-                 "remote_id": net.fqdn(mn.name),
-                 "policies": [f"mh-to-{mn.name}", f"tunnel-to-{mn.name}"]}
-                for mn in net.mns for link in mn.links]
+        # No peer per MN: the HA admits every MN the CA certifies (mobile_node_policies).
+        return []
     for cn in net.cns:
         if cn.name == name:
             return [{"name": mn.name, "address": str(mn.home_address),
@@ -264,8 +289,12 @@ def _with_keys(config: dict[str, Any], net: Network, name: str,
             "ca": [f"{KEYS_DIR}/{CA_FILE}"],
             "proposals": list(IKE_PROPOSALS),
             "esp_proposals": list(IKE_ESP_PROPOSALS),
-            "peer": ike_peers(net, name),
         }
+        if name == net.ha.name:
+            config["ike"]["mobile_node_policies"] = list(MN_POLICIES)
+        peers = ike_peers(net, name)
+        if peers:
+            config["ike"]["peer"] = peers
     else:
         config["keys"] = {"mode": "static", "backend": "cryptography",
                           "replay_window": REPLAY_WINDOW,

@@ -80,6 +80,7 @@ from vmip.links.base import coerce_endpoint
 from vmip.log import get_logger
 from vmip.mobility.events import BindingAccepted, CoaChanged
 from vmip.node import ike_mobike
+from vmip.node.admission import ADMITTED_PREFIX, MobileNodeAdmission, is_admitted
 from vmip.node.ike_underlay import RefusalLog, sad_address
 from vmip.node.keying_policy import (
     ChildPlan,
@@ -175,6 +176,10 @@ class IkeManager:
         self.endpoints: dict[str, IkeEndpoint] = {}
         self.children: dict[int, ChildRecord] = {}
         self.peers = {peer.name: peer for peer in self.ike_config.peers}
+        # An HA admitting MNs by certificate (docs/ike.md "Admitting mobile nodes").
+        prefix = config.mobility.home_prefix
+        self.admission = MobileNodeAdmission(self.ike_config.mobile_node_policies, prefix) \
+            if self.ike_config.mobile_node_policies and prefix is not None else None
         self._auth = self._load_auth()
         self._proposed_ts = proposed_ts(config)
         self._policy_entries = policy_entries(config)
@@ -362,8 +367,26 @@ class IkeManager:
             self.endpoints[key] = endpoint
         return endpoint
 
+    def _peer_of(self, sa: IkeSa):
+        """The configured peer an IKE SA is with (an admitted MN: the template)."""
+        peer = self.peers.get(sa.config.name)
+        if peer is None and self.admission is not None and is_admitted(sa.config.name):
+            peer = self.admission.peer(sa.config.name, sa.remote_addr[0])
+        return peer
+
     def _responder_config(self, addr) -> IkeSaConfig | None:
         peer = self._peer_for_address(addr[0])
+        if peer is None and self.admission is not None:
+            # Any initiator may try; its certificate decides (admission.py).
+            peer = self.admission.peer(f"{ADMITTED_PREFIX}{addr[0]}", addr[0])
+            refusal = self._arrival_refusal(addr[0])
+            if refusal is not None:
+                self.counters["ike_refused_wrong_arrival"] += 1
+                log.warning("ike refused", address=addr[0], reason=refusal)
+                return None
+            return replace(self.sa_config(peer, self.local_address_for(peer.address),
+                                          responder=True),
+                           authorize=self.admission.authorize)
         if peer is None:
             self.counters["ike_refused_unknown_peer"] += 1
             return None
@@ -617,7 +640,8 @@ class IkeManager:
                       for p in self.peers.values()],
             "endpoints": {local: {"half_open": ep.half_open_count, **ep.stats}
                           for local, ep in self.endpoints.items()},
-            "counters": dict(self.counters),
+            "counters": dict(self.counters + (self.admission.counters if self.admission
+                                              else Counter())),
         }
 
     def _sas_of(self, name: str) -> list[IkeSa]:
@@ -828,8 +852,8 @@ class IkeManager:
             self._learn_locator(sa, event.remote_addr[0], now)
             if sa.role is Role.INITIATOR:
                 # Further CHILD_SAs of the plan (e.g. the MN-HA tunnel after the MH pair).
-                for plan in self.child_plans(self.peers.get(sa.config.name))[1:] \
-                        if sa.config.name in self.peers else []:
+                peer = self._peer_of(sa)
+                for plan in self.child_plans(peer)[1:] if peer is not None else []:
                     sa.create_child(now, plan.name, plan.local_ts, plan.remote_ts, plan.mode)
         elif isinstance(event, IkeSaRekeyed):
             self.counters["ike_sa_rekeyed"] += 1
@@ -881,7 +905,7 @@ class IkeManager:
         services = self.services
         pairs = [(lts, rts) for lts in event.local_ts for rts in event.remote_ts]
         priorities: dict[Selector, int] = {}
-        peer = self.peers.get(sa.config.name)
+        peer = self._peer_of(sa)
         plans = self.child_plans(peer) if peer is not None else []
         if plans:
             # Keep the pairs one of our policies of this child's kind covers, at

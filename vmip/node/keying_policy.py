@@ -152,8 +152,11 @@ def child_plans(peer, entries_by_name: dict[str, PolicyTs]) -> list[ChildPlan]:
     entries = [entries_by_name[name] for name in names if name in entries_by_name]
     # MH with the HA is always transport (RFC 3776 §5.2.1, draft §7.1),
     # also on the HA, whose IKE peer address is the CoA, not the HoA.
-    transport = [e for e in entries if is_host(e.local) and is_host(e.remote)
-                 and (e.remote.start == peer.address or e.remote.protocol == _MH)]
+    # An HA admitting MNs by certificate names the whole home prefix as the
+    # MH remote end (narrowed to the MN's HoA later, admission.py).
+    transport = [e for e in entries if is_host(e.local)
+                 and ((is_host(e.remote) and e.remote.start == peer.address)
+                      or e.remote.protocol == _MH)]
     tunnel = [e for e in entries if e not in transport]
     plans = []
     by_local: dict[Any, list[PolicyTs]] = {}
