@@ -142,7 +142,12 @@ class DeployLab:
                 _ip("-n", ns, "link", "set", dev, "up")
         for host in self.hosts.values():
             _ip("-n", host.netns, "link", "set", "lo", "up")
+            devices = {dev for a, a_dev, _, b, b_dev, _ in LINKS if a in self.hosts
+                       and b in self.hosts for h, dev in ((a, a_dev), (b, b_dev))
+                       if h == host.name}
             for gateway, dev, metric in ROUTES.get(host.name, []):
+                if dev not in devices:
+                    continue
                 _ip("-n", host.netns, "route", "add", "default", "via", gateway, "dev", dev,
                     "metric", str(metric))
         for name in ROUTERS:
