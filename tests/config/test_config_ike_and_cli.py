@@ -131,6 +131,59 @@ def test_ike_mistakes(ike_dir: Path, edit, key: str, fragment: str) -> None:
     assert fragment in str(error)
 
 
+HA_ADMITTING = """\
+[node]
+name = "ha"
+roles = ["ha"]
+
+[tun]
+addresses = ["2001:db8:100::1/64"]
+
+[[link]]
+name = "net0"
+
+[mobility]
+home_prefix = "2001:db8:100::/64"
+
+[keys]
+mode = "ike"
+
+[[policy]]
+name = "mh-to-mobile-nodes"
+direction = "out"
+src = "2001:db8:100::1/128"
+dst = "2001:db8:100::/64"
+protocol = "mh"
+action = "protect"
+
+[ike]
+certificate = "certs/mn.pem"
+private_key = "certs/mn.key"
+ca = ["certs/ca.pem"]
+mobile_node_policies = ["mh-to-mobile-nodes"]
+"""
+
+
+def test_an_ha_admitting_mobile_nodes_by_certificate(ike_dir: Path) -> None:
+    cfg = _load(ike_dir, HA_ADMITTING)
+    assert cfg.ike.mobile_node_policies == ("mh-to-mobile-nodes",) and cfg.ike.peers == ()
+
+
+@pytest.mark.parametrize("edit, fragment", [
+    (lambda t: t.replace('roles = ["ha"]', 'roles = ["cn"]').replace(
+        '[mobility]\nhome_prefix = "2001:db8:100::/64"', ""), "only a home agent"),
+    (lambda t: t.replace('certificate = "certs/mn.pem"\nprivate_key = "certs/mn.key"\n'
+                         'ca = ["certs/ca.pem"]', 'psk_file = "keys/ike.psk"'), "not a PSK"),
+    (lambda t: t.replace('mobile_node_policies = ["mh-to-mobile-nodes"]',
+                         'mobile_node_policies = ["nope"]'), "not an outbound protect policy"),
+    (lambda t: t.replace('dst = "2001:db8:100::/64"', 'dst = "2001:db8:200::/64"'),
+     "outside the home prefix"),
+])
+def test_admission_mistakes(ike_dir: Path, edit, fragment: str) -> None:
+    error = _error(ike_dir, edit(HA_ADMITTING))
+    assert error.key.startswith("ike.mobile_node_policies") and fragment in str(error), error
+
+
 def test_private_key_must_be_private(ike_dir: Path) -> None:
     (ike_dir / "certs" / "mn.key").chmod(0o640)
     text = MN_IKE.replace('psk_file = "keys/ike.psk"', 'certificate = "certs/mn.pem"\n'

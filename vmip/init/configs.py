@@ -32,7 +32,10 @@ What differs from the lab, and why:
   so ``vmip status`` needs no flag.
 - IKE authenticates with certificates from the network's own CA: each node
   has an FQDN identity (``<name>.<domain>``), each peer's is pinned
-  (``remote_id``).
+  (``remote_id``).  The HA lists no MN: it admits any MN the CA certified,
+  with the home address its certificate names (``mobile_node_policies``,
+  RFC 4877 §4), where the lab's HA has one ``[[ike.peer]]`` per MN CoA; so
+  ``--add-mn`` leaves the HA's config alone.
 """
 
 from __future__ import annotations

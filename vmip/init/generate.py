@@ -246,10 +246,18 @@ What is here: `{name}.toml` (the config), {keys}, `vmip-{name}.service`.
 Its overlay address is {overlay}; `vmip status` and `vmip bindings` on that host
 show it running.  Never copy `ca/ca.key` or another node's directory here.
 
-After `vmip init {directory} --add-mn NAME`, copy `{name}.toml` (and any new
-key files) again and run `systemctl {'restart' if net.keys == 'ike' else 'reload'} \
-vmip-{name}`.
+{_after_add_mn(net, name, role, directory)}
 """
+
+
+def _after_add_mn(net: Network, name: str, role: str, directory: Path) -> str:
+    if role == "ha" and net.keys == "ike":
+        return (f"`vmip init {directory} --add-mn NAME` changes nothing here: this HA "
+                "admits every mobile node\nthe network's CA certifies, with the home address "
+                "its certificate names.")
+    return (f"After `vmip init {directory} --add-mn NAME`, copy `{name}.toml` (and any new\n"
+            f"key files) again and run `systemctl {'restart' if net.keys == 'ike' else 'reload'} "
+            f"vmip-{name}`.")
 
 
 def _top_readme(net: Network, directory: Path) -> str:
