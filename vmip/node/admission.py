@@ -12,8 +12,9 @@ traffic selectors are then scoped to those addresses, so:
 - every CHILD_SA's SPD selectors name only the certified home addresses,
   so a Binding Update (or tunnelled payload) for another home address that
   arrives on such an SA fails the inbound selector check (RFC 4301 §5.2),
-  which is RFC 4877 §4.4's "the HA must check that the home address in the
-  BU is authorized for the IKE identity";
+  the check RFC 4877 §4 asks of the HA (the home address in a BU must be
+  one the IKE identity is authorized for; binding identities to child SA
+  selectors is the Peer Authorization Database's role, RFC 4301 §4.4.3);
 - a certificate naming no home address in the prefix (or a PSK peer) is
   refused with AUTHENTICATION_FAILED.
 
