@@ -18,6 +18,7 @@ Commands run there through ``nsenter``, exactly as written in the guide.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -55,6 +56,15 @@ table ip deploy_nat {
     }
 }
 """
+
+
+#: Commands the lab runs besides ``ip``, with the package that has them.
+TOOLS = {"nsenter": "util-linux", "unshare": "util-linux", "nft": "nftables", "ping": "iputils-ping"}
+
+
+def missing_tools() -> list[str]:
+    """What this machine lacks to build the lab (empty: nothing)."""
+    return [f"{tool} ({package})" for tool, package in TOOLS.items() if shutil.which(tool) is None]
 
 
 def _ip(*args: str) -> None:
@@ -100,7 +110,7 @@ class Host:
     def sh(self, script: str, *, check: bool = True, timeout: float = 60):
         """Run a shell script on the host (errexit), from its home directory."""
         result = subprocess.run(self._argv("set -e\n" + script), capture_output=True, text=True,
-                                timeout=timeout)
+                                timeout=timeout, check=False)
         if check and result.returncode != 0:
             raise AssertionError(f"on {self.name}, exit {result.returncode}:\n{script}\n"
                                  f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}")
@@ -108,8 +118,9 @@ class Host:
 
     def spawn(self, script: str, log: Path) -> subprocess.Popen:
         """Start a long-running command (a node) in the background; its output to *log*."""
-        proc = subprocess.Popen(self._argv("exec " + script), stdout=open(log, "wb"),
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(self._argv("exec " + script), stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
         self.lab.procs.append(proc)
         return proc
 
@@ -176,7 +187,8 @@ class DeployLab:
                 os.killpg(host.holder.pid, signal.SIGKILL)
                 host.holder.wait(5)
         for ns in self.created:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10,
+                           check=False)
         for host in self.hosts.values():
             try:
                 Path(f"/run/vmip/{host.netns}.sock").unlink()

@@ -16,8 +16,7 @@ import json
 import shutil
 
 import pytest
-
-from deploylab import DeployLab, wait_for
+from deploylab import DeployLab, missing_tools, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -53,6 +52,8 @@ def _ha_binding(lab: DeployLab, hoa: str):
 
 @pytest.fixture
 def lab(tmp_path):
+    if missing_tools():
+        pytest.skip("the namespace lab needs " + ", ".join(missing_tools()))
     lab = DeployLab(tmp_path, hosts=("inet", "ha", "wifi", "laptop", "evil"))
     try:
         yield lab.build()

@@ -21,12 +21,10 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from deploylab import DeployLab, wait_for
-
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+from deploylab import DeployLab, missing_tools, wait_for
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "deploy.md"
-BLOCK = re.compile(r"^```sh deploy:(\w+)(:daemon)?\n(.*?)^```", re.M | re.S)
+BLOCK = re.compile(r"^```sh deploy:(\w+)(:daemon)?\n(.*?)^```", re.MULTILINE | re.DOTALL)
 #: The guide's underlay addresses, as scp targets.
 SCP_TARGETS = {"192.0.2.1": "ha", "198.51.100.7": "cn"}
 HOSTS = {"laptop": "laptop", "ha": "ha", "cn": "cn"}
@@ -67,6 +65,8 @@ echo "scp stand-in: unknown host $target" >&2; exit 2
 
 @pytest.fixture
 def lab(tmp_path):
+    if missing_tools():
+        pytest.skip("the namespace lab needs " + ", ".join(missing_tools()))
     lab = DeployLab(tmp_path)
     try:
         yield lab.build()
@@ -74,6 +74,8 @@ def lab(tmp_path):
         lab.close()
 
 
+@pytest.mark.root
+@pytest.mark.slow
 def test_the_deployment_guide_runs_as_written(lab):
     bin_dir = _scp_shim(lab)
     outputs: list[tuple[str, str, str]] = []
@@ -83,7 +85,7 @@ def test_the_deployment_guide_runs_as_written(lab):
             log = lab.workdir / f"daemon-{index}-{host_name}.log"
             proc = host.spawn(script.strip(), log)
 
-            def ready(host=host, proc=proc, log=log):
+            def ready(host=host, proc=proc, log=log, script=script):
                 if proc.poll() is not None:
                     raise AssertionError(f"{script} exited:\n{log.read_text()}")
                 return host.sh("vmip status", check=False).returncode == 0
@@ -104,6 +106,7 @@ def test_the_deployment_guide_runs_as_written(lab):
     assert entries[HA]["state"] == "bound" and entries[CN]["state"] == "bound", entries
     usb_coa = next(link["coa"] for link in config["link"] if link["name"] == "usb0")
     assert entries[HA]["coa"] == usb_coa and entries[CN]["coa"] == usb_coa, entries
+    assert entries[CN]["direct"] == usb_coa, entries  # IRO: MN-CN traffic off the HA path
     # IRO: the CN holds the laptop's binding, at its new CoA.
     cache = json.loads(cn.sh("vmip bindings --json").stdout)["cn"]["binding_cache"]
     assert [e["coa"] for e in cache if e["hoa"] == "fd12:3456:789a::10"] == [usb_coa], cache

@@ -25,7 +25,7 @@ from vmip.init import pki
 from vmip.node.admission import MobileNodeAdmission, certified_home_addresses, scope_selectors
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ike"))
-from ikepair import make_pair  # noqa: E402  (the IKE tests' two-peer driver)
+from ikepair import make_pair
 
 PREFIX = ipaddress.IPv6Network("2001:db8:100::/64")
 HA = ipaddress.IPv6Address("2001:db8:100::1")
