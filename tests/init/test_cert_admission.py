@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 PREFIX = "fd12:3456:789a"
 HA = f"{PREFIX}::1"
 LAPTOP_HOA, EVIL_HOA = f"{PREFIX}::10", f"{PREFIX}::20"
+LAPTOP_COA = f"{PREFIX}:101::2"
 
 
 def _install(host, directory: str, name: str) -> None:
@@ -107,3 +108,31 @@ def test_an_mn_certified_for_one_hoa_cannot_register_another(lab):
     bul = _json(evil, "bindings")["mn"]["binding_update_list"]
     assert all(entry["state"] != "bound" for entry in bul), bul
     laptop.sh(f"ping -c 2 -w 10 {HA}")
+
+
+def test_an_mn_cannot_run_ike_from_another_mns_care_of_address(lab):
+    # evil keeps its own HoA but takes the laptop's CoA, and comes first: were it
+    # admitted, the HA's locator for that CoA would lead to evil, and the
+    # laptop's IKE answers with it.  Its certificate names its own CoA only.
+    laptop, evil, ha = lab["laptop"], lab["evil"], lab["ha"]
+    laptop.sh(f"vmip init ~/net --ha ha=192.0.2.1:6275 --mn laptop:wlan0 --mn evil "
+              f"--home-prefix {PREFIX}::/64")
+    net = laptop.home / "net"
+    shutil.copytree(net / "ha", ha.home / "ha")
+    shutil.copytree(net / "evil", evil.home / "evil")
+    config = evil.home / "evil" / "evil.toml"
+    config.write_text(config.read_text().replace(f"{PREFIX}:201::2", LAPTOP_COA))
+    _install(ha, "ha", "ha")
+    _install(laptop, "net/laptop", "laptop")
+    _install(evil, "evil", "evil")
+    _start(lab, "ha", "ha")
+    _start(lab, "evil", "evil")
+    wait_for(lambda: _json(ha, "ike", "list")["counters"].get(
+        "admission_refused_care_of_address"), "evil refused", 20)
+    assert _ha_binding(lab, EVIL_HOA) is None
+    assert not [e for e in _json(ha, "locators") if e["address"] == LAPTOP_COA]
+    _start(lab, "laptop", "laptop")
+    laptop.sh(f"ping -c 2 -w 30 {HA}")
+    assert _ha_binding(lab, LAPTOP_HOA)["coa"] == LAPTOP_COA
+    evil_ping = evil.sh(f"ping -c 2 -w 4 {HA}", check=False)
+    assert evil_ping.returncode != 0, evil_ping.stdout

@@ -72,9 +72,10 @@ def test_certificates_cover_each_node_identity_and_overlay_address(tmp_path):
         assert crypto.identity_matches_certificate(ident.id_type, ident.data, leaf)
         dns, ips = pki.san_of(config.ike.certificate.read_bytes())
         assert dns == [f"{name}.vmip.internal"]
-        overlay = config.mobility.home_address if name == "laptop" else \
-            config.tun.addresses[0].ip
-        assert ips == [overlay]
+        # An MN's: its home address, then its care-of addresses (what the HA admits).
+        overlay = [config.mobility.home_address, *(link.coa for link in config.links)] \
+            if name == "laptop" else [config.tun.addresses[0].ip]
+        assert ips == overlay
         key = crypto.load_private_key(config.ike.private_key.read_bytes())
         assert key.public_key().public_numbers() == leaf.public_key().public_numbers()
 

@@ -13,6 +13,7 @@ import ipaddress
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 from cryptography import x509
@@ -25,12 +26,14 @@ from vmip.init import pki
 from vmip.node.admission import MobileNodeAdmission, certified_home_addresses, scope_selectors
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ike"))
-from ikepair import make_pair
+from ikepair import A, make_pair  # the IKE tests' two-peer driver
 
 PREFIX = ipaddress.IPv6Network("2001:db8:100::/64")
 HA = ipaddress.IPv6Address("2001:db8:100::1")
 MINE, OTHER = ipaddress.IPv6Address("2001:db8:100::10"), ipaddress.IPv6Address("2001:db8:100::20")
 MH = 135
+#: The MN's IKE address in the pair: its care-of address.
+COA = ipaddress.IPv6Address(A[0])
 
 
 def _mh(start, end=None) -> TrafficSelector:
@@ -60,14 +63,15 @@ def _ha_config(admission: MobileNodeAdmission) -> IkeSaConfig:
                                                ipaddress.IPv6Address("ffff:" * 7 + "ffff"))),
                        remote_ts=(_mh(PREFIX.network_address, top),
                                   _any(PREFIX.network_address, top)),
-                       mode=Mode.TRANSPORT, authorize=admission.authorize,
+                       mode=Mode.TRANSPORT,
+                       authorize=partial(admission.authorize, address=A[0]),
                        **_credentials("ha.test", [HA]))
 
 
-def _mn_config(hoa, certified) -> IkeSaConfig:
+def _mn_config(hoa, certified, care_of=(COA,)) -> IkeSaConfig:
     return IkeSaConfig(name="ha", child_name="ha", remote_id=Identity.from_text("ha.test"),
                        local_ts=(_mh(hoa),), remote_ts=(_mh(HA),), mode=Mode.TRANSPORT,
-                       **_credentials("mn.test", certified))
+                       **_credentials("mn.test", [*certified, *care_of]))
 
 
 def _run(mn: IkeSaConfig):
@@ -116,10 +120,21 @@ def test_a_certificate_without_a_hoa_in_the_prefix_is_refused():
     assert admission.counters["admission_refused_no_home_address"] == 1
 
 
+def test_ike_from_a_care_of_address_the_certificate_does_not_name_is_refused():
+    # Another MN's CoA: were it admitted, the HA's locator for it would follow us.
+    other_coa = ipaddress.IPv6Address("2001:db8::b0")
+    wire, admission = _run(_mn_config(MINE, [MINE], care_of=[other_coa]))
+    assert wire.of("i", AuthenticationFailed) and not wire.of("r", ChildSaCreated)
+    assert admission.counters["admission_refused_care_of_address"] == 1
+    assert admission.may_use(_mn_config(MINE, [MINE]).certificate, A[0])
+    assert not admission.may_use(_mn_config(MINE, [MINE]).certificate, str(other_coa))
+
+
 def test_only_certificates_name_a_hoa():
     admission = MobileNodeAdmission(("mh",), PREFIX)
     config = IkeSaConfig(remote_ts=(_any(PREFIX.network_address, PREFIX.broadcast_address),))
-    assert isinstance(admission.authorize(config, Identity.from_text("mn.test"), None), str)
+    assert isinstance(admission.authorize(config, Identity.from_text("mn.test"), None,
+                                          address=A[0]), str)
     # Addresses outside the prefix, IPv4 ones and duplicates are not home addresses.
     issued = pki.issue(CA, "mn.test", [MINE, MINE, ipaddress.IPv6Address("2001:db8:300::1")])
     cert = x509.load_pem_x509_certificate(issued.certificate_pem)

@@ -186,7 +186,10 @@ def _pki(net: Network, tmp: Path, old: Path | None) -> None:
     _write(tmp / "ca" / CA_FILE, ca.certificate_pem, 0o644)
     _write(tmp / "ca" / "ca.key", ca.key_pem, 0o600)
     addresses = {net.ha.name: [net.ha.address]}
-    addresses.update({mn.name: [mn.home_address] for mn in net.mns})
+    # An MN's certificate names its care-of addresses too: the HA admits its IKE
+    # only from those (vmip/node/admission.py), as it names its home address.
+    addresses.update({mn.name: [mn.home_address, *(link.coa for link in mn.links)]
+                      for mn in net.mns})
     addresses.update({cn.name: [cn.address] for cn in net.cns})
     for name, overlay in addresses.items():
         keys = tmp / name / KEYS_DIR

@@ -57,6 +57,20 @@ def certified_home_addresses(certificate: x509.Certificate,
     return tuple(dict.fromkeys(found))[:MAX_HOME_ADDRESSES]
 
 
+def certified_care_of_addresses(certificate: x509.Certificate | None,
+                                home_prefix: ipaddress.IPv6Network
+                                ) -> tuple[ipaddress.IPv6Address, ...]:
+    """The subjectAltName IPv6 addresses of *certificate* outside *home_prefix*: its CoAs."""
+    if certificate is None:
+        return ()
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    return tuple(dict.fromkeys(a for a in san.get_values_for_type(x509.IPAddress)
+                               if isinstance(a, ipaddress.IPv6Address) and a not in home_prefix))
+
+
 def scope_selectors(allowed: tuple[TrafficSelector, ...],
                     addresses: tuple[ipaddress.IPv6Address, ...]) -> tuple[TrafficSelector, ...]:
     """*allowed* narrowed to single *addresses* (protocol and ports kept)."""
@@ -86,12 +100,26 @@ class MobileNodeAdmission:
         return IkePeerConfig(name=name, address=ipaddress.ip_address(address.split("%")[0]),
                              remote_id=None, initiate=False, policies=self.policies)
 
+    def may_use(self, certificate: x509.Certificate | None, address: str) -> bool:
+        """Is the IKE *address* (the MN's CoA on the overlay) one *certificate* names?"""
+        try:
+            wanted = ipaddress.ip_address(address.split("%")[0])
+        except ValueError:
+            return False
+        return wanted in certified_care_of_addresses(certificate, self.home_prefix)
+
     def authorize(self, config: IkeSaConfig, identity: Identity,
-                  certificate: x509.Certificate | None) -> IkeSaConfig | str:
-        """Bind the authenticated *identity* to its certified home addresses."""
+                  certificate: x509.Certificate | None, *, address: str) -> IkeSaConfig | str:
+        """Bind the authenticated *identity* to its certified home addresses, and
+        check that it runs IKE from one of its certified CoAs (*address*)."""
         if certificate is None:
             self.counters["admission_refused_no_certificate"] += 1
             return "mobile nodes are admitted by certificate only"
+        if not self.may_use(certificate, address):
+            # Another MN's CoA: its locator would follow us (RFC 7296 §2.23).
+            self.counters["admission_refused_care_of_address"] += 1
+            return (f"the certificate of {identity} does not name {address}, the address "
+                    f"its IKE comes from (a care-of address)")
         addresses = certified_home_addresses(certificate, self.home_prefix)
         if not addresses:
             self.counters["admission_refused_no_home_address"] += 1

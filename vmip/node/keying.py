@@ -44,6 +44,7 @@ Decisions the config leaves open (docs/ike.md "Integration"):
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import itertools
 import socket
@@ -386,7 +387,8 @@ class IkeManager:
                 return None
             return replace(self.sa_config(peer, self.local_address_for(peer.address),
                                           responder=True),
-                           authorize=self.admission.authorize)
+                           authorize=functools.partial(self.admission.authorize,
+                                                       address=addr[0]))
         if peer is None:
             self.counters["ike_refused_unknown_peer"] += 1
             return None
@@ -892,6 +894,12 @@ class IkeManager:
         if not sa.authenticated or sa.remote_addr[0] != remote or rx is None \
                 or rx.source != remote:
             self.counters["locator_not_learned"] += 1
+            return
+        if self.admission is not None and is_admitted(sa.config.name) \
+                and not self.admission.may_use(sa.remote_certificate, remote):
+            # An admitted MN's IKE SA moved to an address its certificate does
+            # not name (another MN's CoA): it may not take that locator.
+            self.counters["locator_not_certified"] += 1
             return
         onwire_source, endpoint, link_name = rx.onwire, rx.endpoint, rx.link
         if len(onwire_source) == 16 and self._static_locator(onwire_source) is not None:
