@@ -13,6 +13,7 @@ binding; the laptop keeps working.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -130,9 +131,57 @@ def test_an_mn_cannot_run_ike_from_another_mns_care_of_address(lab):
     wait_for(lambda: _json(ha, "ike", "list")["counters"].get(
         "admission_refused_care_of_address"), "evil refused", 20)
     assert _ha_binding(lab, EVIL_HOA) is None
-    assert not [e for e in _json(ha, "locators") if e["address"] == LAPTOP_COA]
+    locators = _json(ha, "locators")
+    assert not [e for e in locators if e["address"] == LAPTOP_COA], locators
     _start(lab, "laptop", "laptop")
     laptop.sh(f"ping -c 2 -w 30 {HA}")
-    assert _ha_binding(lab, LAPTOP_HOA)["coa"] == LAPTOP_COA
+    binding = wait_for(lambda: _ha_binding(lab, LAPTOP_HOA), "the laptop's binding")
+    assert binding["coa"] == LAPTOP_COA, (binding, _json(ha, "locators"))
     evil_ping = evil.sh(f"ping -c 2 -w 4 {HA}", check=False)
     assert evil_ping.returncode != 0, evil_ping.stdout
+
+
+def test_an_admitted_mn_cannot_move_its_ike_sa_to_another_mns_care_of_address(lab):
+    # evil is admitted from its own certified CoA, then moves (MOBIKE
+    # UPDATE_SA_ADDRESSES) to a link whose CoA is the laptop's: followed, its
+    # tunnel SAs would MIGRATE there and its ESP would take that CoA's locator.
+    laptop, evil, ha = lab["laptop"], lab["evil"], lab["ha"]
+    laptop.sh(f"vmip init ~/net --ha ha=192.0.2.1:6275 --mn laptop:wlan0 --mn evil:net0,net1 "
+              f"--home-prefix {PREFIX}::/64")
+    net = laptop.home / "net"
+    shutil.copytree(net / "ha", ha.home / "ha")
+    shutil.copytree(net / "evil", evil.home / "evil")
+    config = evil.home / "evil" / "evil.toml"
+    # Both links over eth0 (no such interfaces here); the second one on the laptop's CoA.
+    text = re.sub(r'interface = "net[01]"\n', "", config.read_text())
+    config.write_text(text.replace(f"{PREFIX}:202::2", LAPTOP_COA))
+    _install(ha, "ha", "ha")
+    _install(laptop, "net/laptop", "laptop")
+    _install(evil, "evil", "evil")
+    _start(lab, "ha", "ha")
+    _start(lab, "laptop", "laptop")
+    laptop.sh(f"ping -c 2 -w 30 {HA}")
+
+    def laptop_locator():
+        return next((e["endpoint"] for e in _json(ha, "locators")
+                     if e["address"] == LAPTOP_COA), None)
+    before = wait_for(laptop_locator, "the laptop's locator at the HA")
+    _start(lab, "evil", "evil")
+    evil.sh(f"ping -c 2 -w 30 {HA}")  # admitted from its own CoA: it works there
+    evil.sh("vmip mn move net1")
+
+    def evil_moved():
+        bul = _json(evil, "bindings")["mn"]["binding_update_list"]
+        return [e for e in bul if e["peer"] == HA and e["coa"] == LAPTOP_COA]
+    wait_for(evil_moved, "evil on the laptop's CoA", 20)
+    evil.sh(f"ping -c 3 -w 4 {HA}", check=False)  # tunnel traffic from the laptop's CoA
+    # The HA did not follow evil there: no IKE SA, no binding, no locator.
+    ike = _json(ha, "ike", "list")
+    assert not [sa for sa in ike["sas"] if sa["remote_id"] == "evil.vmip.internal"
+                and sa["remote"].startswith(LAPTOP_COA) and sa["state"] == "established"], ike
+    binding = _ha_binding(lab, EVIL_HOA)
+    assert binding is None or binding["coa"] != LAPTOP_COA, binding
+    assert laptop_locator() == before
+    assert _ha_binding(lab, LAPTOP_HOA)["coa"] == LAPTOP_COA
+    laptop.sh(f"ping -c 2 -w 10 {HA}")
+    assert ike["counters"].get("ike_sa_deleted_uncertified_move") == 1, ike["counters"]

@@ -144,6 +144,21 @@ def test_mobile_nodes_not_served_are_dropped_silently():
     assert ha.counters["unknown_mobile_node"] == 1
 
 
+def test_a_care_of_address_the_key_manager_refuses_is_not_bound():
+    # An MN admitted by certificate may register only at the CoAs it names
+    # (vmip/node/admission.py); a BU naming another MN's CoA changes nothing.
+    ha = HomeAgent(HA_ADDR, HOME_PREFIX)
+    ha.care_of_check = lambda hoa, coa: None if coa == WIFI else "not certified"
+    ha.receive(home_bu(1, 10, LTE), HOA, HA_ADDR, OnWire(src=LTE), 0.0)
+    assert ha.binding(HOA) is None and ha.datagrams_to_send(0.0) == [] and events(ha) == []
+    assert ha.counters["care_of_not_certified"] == 1
+    ha.receive(home_bu(2, 10, WIFI), HOA, HA_ADDR, WIFI, 0.0)
+    assert ha.binding(HOA).coa == WIFI
+    # Deregistration (CoA = HoA) is not a binding to a CoA: never checked.
+    ha.receive(home_bu(3, 0, None), HOA, HA_ADDR, None, 0.0)
+    assert ha.binding(HOA) is None
+
+
 def test_correspondent_registrations_are_not_the_has_business():
     ha = HomeAgent(HA_ADDR, HOME_PREFIX)
     mh = home_bu(1, 10, WIFI, flags="A")

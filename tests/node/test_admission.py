@@ -130,6 +130,15 @@ def test_ike_from_a_care_of_address_the_certificate_does_not_name_is_refused():
     assert not admission.may_use(_mn_config(MINE, [MINE]).certificate, str(other_coa))
 
 
+def test_bindings_of_an_admitted_hoa_only_at_its_certified_care_of_addresses():
+    wire, admission = _run(_mn_config(MINE, [MINE]))
+    assert wire.of("r", ChildSaCreated)
+    assert admission.care_of_refusal(MINE, COA) is None
+    assert admission.care_of_refusal(MINE, ipaddress.IPv6Address("2001:db8::b0")) is not None
+    assert admission.care_of_refusal(OTHER, COA) is None  # not admitted here: not ours
+    assert admission.counters["binding_refused_care_of_address"] == 1
+
+
 def test_only_certificates_name_a_hoa():
     admission = MobileNodeAdmission(("mh",), PREFIX)
     config = IkeSaConfig(remote_ts=(_any(PREFIX.network_address, PREFIX.broadcast_address),))

@@ -112,6 +112,9 @@ class HomeAgent(MobilityCore):
         self._serves: Callable[[IPv6Address], bool] = peer_predicate(mobile_nodes)
         self._cache: dict[IPv6Address, BindingCacheEntry] = {}
         self._started_at = clock_now
+        #: (HoA, CoA) -> why that MN may not register at that CoA, or None; set
+        #: by a key manager that knows which CoAs an MN's identity holds.
+        self.care_of_check: Callable[[IPv6Address, IPv6Address], str | None] | None = None
 
     # -- inspection -----------------------------------------------------
 
@@ -205,6 +208,14 @@ class HomeAgent(MobilityCore):
         if hoa not in self.home_prefix:
             self._refuse(bu, hoa, BindingAckStatus.NOT_HOME_SUBNET, reply_to)
             return
+        if self.care_of_check is not None and coa != hoa:
+            refusal = self.care_of_check(hoa, coa)
+            if refusal is not None:
+                # Another MN's CoA: its traffic would follow this binding.  No BA:
+                # the CoA is not this MN's to send one to.
+                self._drop("care_of_not_certified", hoa=hoa, coa=coa)
+                log.warning("home registration refused", hoa=hoa, coa=coa, reason=refusal)
+                return
         entry = self._cache.get(hoa)
         if entry is not None and not sequence_is_newer(bu.sequence, entry.sequence):
             # RFC 6275 §9.5.1: the BA carries the last accepted sequence number.

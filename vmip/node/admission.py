@@ -28,7 +28,7 @@ config.  Pure functions and one small class; the IKE manager
 from __future__ import annotations
 
 import ipaddress
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import replace
 
 from cryptography import x509
@@ -43,6 +43,8 @@ ADMITTED_PREFIX = "mn:"
 #: Home addresses taken from one certificate, at most (a bound on what a
 #: CA-signed certificate can make the HA install).
 MAX_HOME_ADDRESSES = 8
+#: Home addresses whose certified CoAs are remembered (oldest admission forgotten first).
+MAX_REMEMBERED = 65536
 
 
 def certified_home_addresses(certificate: x509.Certificate,
@@ -94,6 +96,19 @@ class MobileNodeAdmission:
         self.policies = policies
         self.home_prefix = home_prefix
         self.counters: Counter[str] = Counter()
+        # HoA -> the CoAs its certificate named at its last admission: a BU may
+        # bind it only there (the HA's care_of_check).
+        self._care_of: OrderedDict[ipaddress.IPv6Address,
+                                   tuple[ipaddress.IPv6Address, ...]] = OrderedDict()
+
+    def care_of_refusal(self, hoa: ipaddress.IPv6Address,
+                        coa: ipaddress.IPv6Address) -> str | None:
+        """Why *hoa* may not be bound to *coa*, or None (unknown HoAs: not ours to judge)."""
+        certified = self._care_of.get(hoa)
+        if certified is None or coa in certified:
+            return None
+        self.counters["binding_refused_care_of_address"] += 1
+        return f"the certificate for {hoa} does not name {coa}"
 
     def peer(self, name: str, address: str) -> IkePeerConfig:
         """The peer an admitted (or still anonymous) MN at IKE *address* stands for."""
@@ -130,6 +145,12 @@ class MobileNodeAdmission:
             self.counters["admission_refused_no_selector"] += 1
             return f"no policy covers the home addresses of {identity}"
         self.counters["admitted"] += 1
+        care_of = certified_care_of_addresses(certificate, self.home_prefix)
+        for hoa in addresses:
+            self._care_of[hoa] = care_of
+            self._care_of.move_to_end(hoa)
+        while len(self._care_of) > MAX_REMEMBERED:
+            self._care_of.popitem(last=False)
         name = f"{ADMITTED_PREFIX}{identity}"
         # The plans' child names follow the IKE SA's (keying_policy.child_plans).
         child = name + config.child_name[len(config.name):] \

@@ -863,7 +863,16 @@ class IkeManager:
         elif isinstance(event, PeerAlive):
             self._learn_locator(sa, event.remote_addr[0], now)
         elif isinstance(event, IkeSaAddressesUpdated):
-            ike_mobike.addresses_updated(self, sa, event, now)
+            if self.admission is not None and is_admitted(sa.config.name) \
+                    and not self.admission.may_use(sa.remote_certificate, event.remote_addr[0]):
+                # An admitted MN moved its IKE SA to an address its certificate
+                # does not name (another MN's CoA): its SAs go rather than follow.
+                self.counters["ike_sa_deleted_uncertified_move"] += 1
+                log.warning("ike sa moved to an uncertified address: deleted", peer=event.name,
+                            remote=event.remote_addr[0])
+                sa.delete(now)
+            else:
+                ike_mobike.addresses_updated(self, sa, event, now)
         elif isinstance(event, (AuthenticationFailed, ChildSaFailed)):
             self.counters[type(event).__name__] += 1
             log.warning("ike " + type(event).__name__, peer=getattr(event, "ike_name", None)

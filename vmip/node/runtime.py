@@ -173,6 +173,10 @@ class Node:
         self.movement: MovementPort | None = None   # on an MN, once started
         self.forwarding = self.mobility.ha is not None
         self.keying = IkeManager(self.services) if str(config.keys.mode) == "ike" else None
+        if self.keying is not None and self.keying.admission is not None \
+                and self.mobility.ha is not None:
+            # MNs admitted by certificate register only at certified CoAs (admission.py).
+            self.mobility.ha.care_of_check = self.keying.admission.care_of_refusal
         self.control_handlers = NodeControl(self)
 
     # -- lifecycle -----------------------------------------------------------
