@@ -113,13 +113,17 @@ def test_the_laptop_registers_and_reaches_the_web_server_then_roams(tmp_path, ca
         world.cleanup()
 
 
-def test_a_mobile_node_added_later_reaches_the_first_one(tmp_path, capsys):
+@pytest.mark.parametrize("keys", ["static", "ike"])
+def test_a_mobile_node_added_later_reaches_the_first_one(tmp_path, capsys, keys):
     # Through the HA, end-to-end ESP: neither knows where the other's CoA is.
     directory = tmp_path / "net"
     assert main(["init", str(directory), "--ha", "ha=192.0.2.1:6275",
                  "--mn", "laptop:wlan0,wwan0", "--cn", "web=198.51.100.7:6275",
-                 "--keys", "static"]) == 0
+                 "--keys", keys]) == 0
+    ha_config = (directory / "ha" / "ha.toml").read_bytes()
     assert main(["init", str(directory), "--add-mn", "phone"]) == 0
+    # IKE: the HA runs its config from before the phone existed (admission by certificate).
+    assert ((directory / "ha" / "ha.toml").read_bytes() == ha_config) == (keys == "ike")
     capsys.readouterr()
     net = load_description(directory)
     ha = str(net.ha.address)
