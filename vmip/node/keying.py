@@ -378,17 +378,7 @@ class IkeManager:
     def _responder_config(self, addr) -> IkeSaConfig | None:
         peer = self._peer_for_address(addr[0])
         if peer is None and self.admission is not None:
-            # Any initiator may try; its certificate decides (admission.py).
-            peer = self.admission.peer(f"{ADMITTED_PREFIX}{addr[0]}", addr[0])
-            refusal = self._arrival_refusal(addr[0])
-            if refusal is not None:
-                self.counters["ike_refused_wrong_arrival"] += 1
-                log.warning("ike refused", address=addr[0], reason=refusal)
-                return None
-            return replace(self.sa_config(peer, self.local_address_for(peer.address),
-                                          responder=True),
-                           authorize=functools.partial(self.admission.authorize,
-                                                       address=addr[0]))
+            return self._admission_config(self.admission, addr[0])
         if peer is None:
             self.counters["ike_refused_unknown_peer"] += 1
             return None
@@ -404,6 +394,32 @@ class IkeManager:
             self._refusals.refuse("ike_refused_no_local_address", peer.name, str(exc))
             return None
         return self.sa_config(peer, local, responder=True)
+
+    def _admission_config(self, admission: MobileNodeAdmission,
+                          address: str) -> IkeSaConfig | None:
+        """An initiator no [[ike.peer]] names: an MN its certificate may admit (admission.py)."""
+        try:
+            ip = ipaddress.ip_address(address.split("%")[0])
+        except ValueError:
+            ip = None
+        if not isinstance(ip, ipaddress.IPv6Address) or ip.ipv4_mapped is not None:
+            # MNs run IKE from their overlay CoA; IKE over an IPv4 underlay is for listed peers.
+            self.counters["ike_refused_unknown_peer"] += 1
+            return None
+        refusal = self._arrival_refusal(address)
+        if refusal is not None:
+            # Anyone can send this: counted, not logged at each datagram.
+            self.counters["ike_refused_wrong_arrival"] += 1
+            log.debug("ike refused", address=address, reason=refusal)
+            return None
+        try:
+            local = self.local_address_for(ip)
+        except KeyingError as exc:
+            self._refusals.refuse("ike_refused_no_local_address", "mobile nodes", str(exc))
+            return None
+        peer = admission.peer(f"{ADMITTED_PREFIX}{address}", address)
+        return replace(self.sa_config(peer, local, responder=True),
+                       authorize=functools.partial(admission.authorize, address=address))
 
     def _arrival_refusal(self, address: str) -> str | None:
         """Why an IKE_SA_INIT naming *address* must be refused, or None.
