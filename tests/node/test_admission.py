@@ -13,7 +13,6 @@ import ipaddress
 import sys
 import time
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 
 from cryptography import x509
@@ -64,7 +63,7 @@ def _ha_config(admission: MobileNodeAdmission) -> IkeSaConfig:
                        remote_ts=(_mh(PREFIX.network_address, top),
                                   _any(PREFIX.network_address, top)),
                        mode=Mode.TRANSPORT,
-                       authorize=partial(admission.authorize, address=A[0]),
+                       authorize=admission.authorize,
                        **_credentials("ha.test", [HA]))
 
 
@@ -142,8 +141,8 @@ def test_bindings_of_an_admitted_hoa_only_at_its_certified_care_of_addresses():
 def test_only_certificates_name_a_hoa():
     admission = MobileNodeAdmission(("mh",), PREFIX)
     config = IkeSaConfig(remote_ts=(_any(PREFIX.network_address, PREFIX.broadcast_address),))
-    assert isinstance(admission.authorize(config, Identity.from_text("mn.test"), None,
-                                          address=A[0]), str)
+    assert isinstance(admission.authorize(config, Identity.from_text("mn.test"), None, A[0]),
+                      str)
     # Addresses outside the prefix, IPv4 ones and duplicates are not home addresses.
     issued = pki.issue(CA, "mn.test", [MINE, MINE, ipaddress.IPv6Address("2001:db8:300::1")])
     cert = x509.load_pem_x509_certificate(issued.certificate_pem)

@@ -154,11 +154,12 @@ class IkeSaConfig:
     #: when both addresses are IPv6 and no NAT was detected.
     mobike_no_nats: bool | None = None
     #: Responder: called once the initiator's AUTH has verified, with this
-    #: config, its identity and end-entity certificate (None with a PSK);
+    #: config, its identity, end-entity certificate (None with a PSK) and the
+    #: address the IKE_AUTH request came from;
     #: returns the config for the rest of the IKE SA (e.g. traffic selectors
     #: scoped to what the identity may use, RFC 4877 §4) or a refusal text,
     #: answered with AUTHENTICATION_FAILED.  None: no scoping.
-    authorize: Callable[[IkeSaConfig, Identity, x509.Certificate | None],
+    authorize: Callable[[IkeSaConfig, Identity, x509.Certificate | None, str],
                         IkeSaConfig | str] | None = field(default=None, repr=False, compare=False)
 
     def ike_suites(self) -> list[IkeSuite]:
@@ -1090,7 +1091,7 @@ class IkeSa:
         if problem is None and self.config.authorize is not None:
             assert self.remote_identity is not None
             scoped = self.config.authorize(self.config, self.remote_identity,
-                                           self.remote_certificate)
+                                           self.remote_certificate, str(addr[0]))
             if isinstance(scoped, str):
                 problem = scoped
             else:

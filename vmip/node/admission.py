@@ -124,9 +124,10 @@ class MobileNodeAdmission:
         return wanted in certified_care_of_addresses(certificate, self.home_prefix)
 
     def authorize(self, config: IkeSaConfig, identity: Identity,
-                  certificate: x509.Certificate | None, *, address: str) -> IkeSaConfig | str:
+                  certificate: x509.Certificate | None, address: str) -> IkeSaConfig | str:
         """Bind the authenticated *identity* to its certified home addresses, and
-        check that it runs IKE from one of its certified CoAs (*address*)."""
+        check that it runs IKE from one of its certified CoAs (*address*, where
+        the IKE_AUTH request came from: the SA's address from then on)."""
         if certificate is None:
             self.counters["admission_refused_no_certificate"] += 1
             return "mobile nodes are admitted by certificate only"

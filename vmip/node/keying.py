@@ -44,7 +44,6 @@ Decisions the config leaves open (docs/ike.md "Integration"):
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import itertools
 import socket
@@ -419,7 +418,7 @@ class IkeManager:
             return None
         peer = admission.peer(f"{ADMITTED_PREFIX}{address}", address)
         return replace(self.sa_config(peer, local, responder=True),
-                       authorize=functools.partial(admission.authorize, address=address))
+                       authorize=admission.authorize)
 
     def _arrival_refusal(self, address: str) -> str | None:
         """Why an IKE_SA_INIT naming *address* must be refused, or None.
