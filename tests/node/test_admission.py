@@ -129,6 +129,24 @@ def test_ike_from_a_care_of_address_the_certificate_does_not_name_is_refused():
     assert not admission.may_use(_mn_config(MINE, [MINE]).certificate, str(other_coa))
 
 
+def test_ike_auth_from_another_address_than_the_certified_one_is_refused():
+    # IKE_SA_INIT from its own CoA, IKE_AUTH from another's: the check is at AUTH,
+    # from where the SA will run (the responder follows the AUTH, RFC 7296 §2.23).
+    admission = MobileNodeAdmission(("mh", "tunnel"), PREFIX)
+    wire = make_pair(_mn_config(MINE, [MINE]), _ha_config(admission))
+
+    def switch_at_auth(direction, data):
+        if direction == "i>r" and data[18] == 35:  # IKE_AUTH (no NAT: no marker)
+            wire.initiator.local_addr = ("2001:db8::b0", 500)
+        return False
+    wire.drop = switch_at_auth
+    wire.now = time.time()
+    wire.initiator.initiate(wire.now)
+    wire.pump()
+    assert wire.of("i", AuthenticationFailed) and not wire.of("r", ChildSaCreated)
+    assert admission.counters["admission_refused_care_of_address"] == 1
+
+
 def test_bindings_of_an_admitted_hoa_only_at_its_certified_care_of_addresses():
     wire, admission = _run(_mn_config(MINE, [MINE]))
     assert wire.of("r", ChildSaCreated)
