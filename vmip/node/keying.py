@@ -39,6 +39,9 @@ Decisions the config leaves open (docs/ike.md "Integration"):
   (:meth:`IkeManager.coa_changed`); a responder refuses an IKE_SA_INIT that
   did not arrive the way its address says (IRO draft §8.1.2).  docs/ike.md
   "The lab on IKE, and mobility".
+- An HA with ``[ike] mobile_node_policies`` answers any IPv6 initiator and
+  admits it by its certificate, bound to the home and care-of addresses the
+  certificate names (:mod:`vmip.node.admission`, RFC 4877 §4).
 """
 
 from __future__ import annotations
