@@ -50,7 +50,7 @@ from vmip.mobility.events import (
     BindingExpired,
     TunnelEndpointChanged,
 )
-from vmip.mobility.timers import earliest
+from vmip.mobility.timers import Deadlines
 from vmip.wire.mh import (
     AotChallenge,
     AotOffer,
@@ -111,6 +111,9 @@ class HomeAgent(MobilityCore):
         self.key_management_mobility = key_management_mobility
         self._serves: Callable[[IPv6Address], bool] = peer_predicate(mobile_nodes)
         self._cache: dict[IPv6Address, BindingCacheEntry] = {}
+        # Expiry times by HoA: the next one in O(log n), not a walk over the
+        # cache after every packet (docs/scale.md).
+        self._expiries: Deadlines[IPv6Address] = Deadlines()
         self._started_at = clock_now
 
     # -- inspection -----------------------------------------------------
@@ -229,6 +232,7 @@ class HomeAgent(MobilityCore):
         entry.sequence = bu.sequence
         entry.lifetime = granted
         entry.expires_at = now + granted
+        self._expiries.schedule(hoa, entry.expires_at)
         if moved:
             self._emit(TunnelEndpointChanged(hoa, coa))
         self._emit(BindingCached(hoa, coa, granted, home=True))
@@ -254,6 +258,7 @@ class HomeAgent(MobilityCore):
             self._refuse(bu, hoa, BindingAckStatus.NOT_HOME_AGENT_FOR_THIS_MOBILE_NODE, onwire_src)
             return
         del self._cache[hoa]
+        self._expiries.cancel(hoa)
         self._emit(TunnelEndpointChanged(hoa, None))
         self._emit(BindingDeregistered(hoa, hoa))
         log.info("home registration deleted", hoa=hoa)
@@ -288,12 +293,17 @@ class HomeAgent(MobilityCore):
     # -- time -----------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        return earliest(*(entry.expires_at for entry in self._cache.values()))
+        return self._expiries.next()
 
     def handle_timer(self, now: float) -> None:
-        for hoa, entry in list(self._cache.items()):
-            if entry.expires_at is not None and entry.expires_at <= now:
-                del self._cache[hoa]
-                self._emit(BindingExpired(hoa, hoa, entry.coa))
-                self._emit(TunnelEndpointChanged(hoa, None))
-                log.info("home registration expired", hoa=hoa, coa=entry.coa)
+        for hoa in self._expiries.pop_due(now):
+            entry = self._cache.get(hoa)
+            if entry is None or entry.expires_at is None:
+                continue
+            if entry.expires_at > now:
+                self._expiries.schedule(hoa, entry.expires_at)
+                continue
+            del self._cache[hoa]
+            self._emit(BindingExpired(hoa, hoa, entry.coa))
+            self._emit(TunnelEndpointChanged(hoa, None))
+            log.info("home registration expired", hoa=hoa, coa=entry.coa)
