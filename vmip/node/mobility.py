@@ -78,7 +78,6 @@ class MobilityAgent:
         mob = cfg.mobility
         self.remap = RemapEngine()
         self.tracker = SpiTracker(services.bus, self.remap, spd=services.spd, sad=services.sad)
-        self.tracker.initial_collect(services.sad.dump(publish=False))
         services.bus.subscribe(self._on_sadb_event)
         self.counters: collections.Counter[str] = collections.Counter()
         # Per (local, HoA) our CN role serves: the CoA its data is accepted
