@@ -146,7 +146,7 @@ def open_state(cfg) -> SeqState | None:
     if str(cfg.keys.mode) != "static":
         return None
     state_dir = getattr(cfg.keys, "state_dir", None) or DEFAULT_STATE_ROOT / cfg.node.name
-    return SeqState.open(state_dir, cfg.node.name)
+    return SeqState.open(state_dir, cfg.node.name, static_sas=len(cfg.keys.sa))
 
 
 def install(keys: StaticKeys, sad: SAD, spd: SPD, now: float, *,
