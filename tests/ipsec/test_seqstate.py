@@ -530,7 +530,7 @@ def test_a_reservation_riding_along_is_dropped_with_its_sa(tmp_path):
     a.close()
 
 
-def test_a_home_agent_with_10000_mns_restarts_with_its_state(tmp_path):
+def test_a_home_agent_with_10000_mns_restarts_with_its_state(tmp_path, caplog):
     """20,000 static SAs (an MH pair per MN) leave 20,000 records, 1.28 MB:
     the limit grows with the config's SAs, so the next start reads them."""
     state_dir = tmp_path / "ha"
@@ -549,6 +549,11 @@ def test_a_home_agent_with_10000_mns_restarts_with_its_state(tmp_path):
     resumed = EspSA(params(Direction.IN, spi=0x1000 + 19999), 0.0)
     state.attach(resumed)
     assert resumed.replay.top == 7
+    # Resuming is counted, not logged at info per SA (two per MN on a HA).
+    with caplog.at_level(logging.INFO, logger="vmip.ipsec.seqstate"):
+        for i in range(1, 401, 2):
+            state.attach(EspSA(params(Direction.IN, spi=0x1000 + i), 0.0))
+    assert state.resumed == 201 and not caplog.records
     state.close()
     # A file far larger than the config explains is still refused, with the fix.
     small = SeqState.open(state_dir, static_sas=2)

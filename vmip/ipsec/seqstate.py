@@ -186,6 +186,8 @@ class SeqState:
         # reserved for them ahead (durable) by another SA's reservation.
         self._cold_out: dict[int, tuple[EspSA, RecordKey]] = {}
         self._ahead: dict[RecordKey, int] = {}
+        #: SAs attached that resumed from a recorded mark.
+        self.resumed = 0
         if fd is not None:
             atexit.register(self.flush)
 
@@ -252,8 +254,10 @@ class SeqState:
             esp.guard_replay(self, mark)
             self._inbound[id(esp)] = (esp, key)
         if mark:
-            log.info("sequence numbers resumed", sa=esp.params.name, spi=f"{esp.spi:#010x}",
-                     direction=key[0], mark=mark)
+            # Debug per SA (a home agent has two per MN); install() says how many at info.
+            self.resumed += 1
+            log.debug("sequence numbers resumed", sa=esp.params.name, spi=f"{esp.spi:#010x}",
+                      direction=key[0], mark=mark)
 
     def detach(self, esp: EspSA) -> None:
         """Stop guarding *esp* (deleted or replaced), writing its inbound mark first."""

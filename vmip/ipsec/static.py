@@ -162,7 +162,8 @@ def install(keys: StaticKeys, sad: SAD, spd: SPD, now: float, *,
             state.attach(esp)
     for pol in keys.policies.values():
         spd.add(pol)
-    log.info("static keys installed", sas=len(keys.sas), policies=len(keys.policies))
+    log.info("static keys installed", sas=len(keys.sas), policies=len(keys.policies),
+             **({"sequence_numbers_resumed": state.resumed} if state is not None else {}))
 
 
 def reload_diff(old: StaticKeys, new: StaticKeys) -> ReloadPlan:
