@@ -392,9 +392,11 @@ def _loop_call_later() -> Scheduler | None:
     import asyncio
 
     try:
-        return asyncio.get_running_loop().call_later
+        loop = asyncio.get_running_loop()
     except RuntimeError:
         return None
+    # No delay: after the callbacks of this loop round (the packets read in it).
+    return lambda delay, fn: loop.call_soon(fn) if delay <= 0 else loop.call_later(delay, fn)
 
 
 def _open_file(directory: Path, node: str, limit: int = MAX_FILE
