@@ -116,6 +116,35 @@ class Logger:
         return self._logger.isEnabledFor(getattr(logging, level.upper()))
 
 
+class LineBudget:
+    """At most *per_second* info lines a second (a burst of as many), by the
+    caller's clock: a home agent registering thousands of MNs logs a sample
+    and says how many lines it left out, instead of one line per BU.
+    """
+
+    __slots__ = ("_last", "_per_second", "_tokens", "suppressed")
+
+    def __init__(self, per_second: float = 10.0) -> None:
+        self._per_second = per_second
+        self._tokens = per_second
+        self._last: float | None = None
+        #: Lines left out since the last one logged.
+        self.suppressed = 0
+
+    def take(self, now: float) -> int | None:
+        """``None``: leave this line out; else log it, with the count left out before it."""
+        if self._last is not None:
+            self._tokens = min(self._per_second,
+                               self._tokens + (now - self._last) * self._per_second)
+        self._last = now
+        if self._tokens < 1:
+            self.suppressed += 1
+            return None
+        self._tokens -= 1
+        left_out, self.suppressed = self.suppressed, 0
+        return left_out
+
+
 def get_logger(name: str) -> Logger:
     """``get_logger(__name__)`` in every module."""
     return Logger(name)

@@ -14,6 +14,7 @@ import os
 import stat
 from ipaddress import IPv6Address
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -30,11 +31,12 @@ from vmip.ipsec.seqstate import (
     WITNESS_NAME,
     SeqState,
     StateFileError,
+    fingerprint,
     format_record,
     parse_state,
 )
 from vmip.ipsec.spd import SPD
-from vmip.ipsec.static import StaticKeys, apply_reload, install, reload_diff
+from vmip.ipsec.static import StaticKeys, apply_reload, install, open_state, reload_diff
 
 A = IPv6Address("2001:db8:a::1")
 B = IPv6Address("2001:db8:b::1")
@@ -71,9 +73,11 @@ class FakeTimers:
 
     def __init__(self) -> None:
         self.pending: list = []
+        self.delays: list[float] = []
 
     def __call__(self, delay: float, callback) -> None:
         self.pending.append(callback)
+        self.delays.append(delay)
 
     def fire(self) -> None:
         pending, self.pending = self.pending, []
@@ -348,25 +352,49 @@ def test_a_receiver_that_stayed_up_accepts_a_restarted_sender(tmp_path, small_bl
 
 
 def test_inbound_marks_trail_the_traffic_with_a_loop(tmp_path):
-    """Idle SA: written at once; under load: at most one write per interval, then idle again."""
+    """Idle: written at the end of the loop round; under load at most once per interval."""
     timers = FakeTimers()
     b = SeqState.open(tmp_path / "b", call_later=timers)
     out, inbound = pair(None, b)
 
-    def mark() -> int:
-        return next(m for (d, _s, _f), (_slot, m) in records(tmp_path / "b").items() if d == "in")
+    def mark() -> int | None:
+        return next((m for (d, _s, _f), (_slot, m) in records(tmp_path / "b").items()
+                     if d == "in"), None)
 
     inbound.unprotect(out.protect(b"x", NH, 0.0), 0.0)
-    assert mark() == 1 and len(timers.pending) == 1
+    assert mark() is None and timers.delays == [0.0]
     for _ in range(3):
         inbound.unprotect(out.protect(b"x", NH, 0.0), 0.0)
-    assert mark() == 1                       # within the interval: not yet
+    assert mark() is None and len(timers.pending) == 1   # one flush for the interval
     timers.fire()
-    assert mark() == 4 and len(timers.pending) == 1
+    assert mark() == 4 and timers.delays == [0.0, seqstate.IN_FLUSH_INTERVAL]
     timers.fire()                            # nothing moved: back to idle
     assert not timers.pending
     inbound.unprotect(out.protect(b"x", NH, 0.0), 0.0)
-    assert mark() == 5                       # idle again: written at once
+    assert mark() == 4 and timers.delays[-1] == 0.0
+    timers.fire()
+    assert mark() == 5
+    b.close()
+
+
+def test_many_idle_inbound_sas_share_one_fsync_per_interval(tmp_path, monkeypatch):
+    """A HA's BUs come round-robin from many MNs, each SA idle in between: the
+    marks of every SA that moved are written together, one fsync, not one per BU."""
+    timers = FakeTimers()
+    b = SeqState.open(tmp_path / "b", call_later=timers)
+    syncs = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(seqstate.os, "fsync", lambda fd: (syncs.append(fd), real_fsync(fd)))
+    pairs = [pair(None, b, spi=0x100 + i, key=bytes([i]) * 20) for i in range(200)]
+    for _round in range(3):
+        for out, inbound in pairs:
+            assert inbound.unprotect(out.protect(b"x", NH, 0.0), 0.0) is not None
+        timers.fire()
+    assert len(syncs) == 3
+    marks = {s: m for (d, s, _f), (_slot, m) in records(tmp_path / "b").items() if d == "in"}
+    assert marks == {0x100 + i: 3 for i in range(200)}
+    timers.fire()
+    assert not timers.pending and len(syncs) == 3    # all idle again: nothing to write
     b.close()
 
 
@@ -455,3 +483,79 @@ def test_install_and_reload_attach_and_detach(tmp_path, small_blocks):
     assert replaced is not out and replaced.seq_guard is state
     assert send(replaced, 1) == [1]          # new key: a new nonce space
     state.close()
+
+
+def test_first_reservations_after_start_share_an_fsync_and_stay_ahead_of_use(tmp_path,
+                                                                             monkeypatch):
+    """A restarted HA answers its MNs one after the other: the first SA's
+    reservation carries the blocks of up to OUT_BATCH others, so 600 SAs cost
+    3 fsyncs, not 600; and every number each SA sends is below a mark that
+    was on disk (synced) before the packet left (RFC 4303 §3.3.3)."""
+    state_dir = tmp_path / "a"
+    a = SeqState.open(state_dir)
+    syncs = []
+    synced: dict[int, int] = {}          # SPI -> outbound mark on disk at the last fsync
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        syncs.append(fd)
+        real_fsync(fd)
+        synced.update({spi: m for (d, spi, _f), (_slot, m) in records(state_dir).items()
+                       if d == "out"})
+
+    monkeypatch.setattr(seqstate.os, "fsync", fsync)
+    sas = [sa(a, Direction.OUT, spi=0x100 + i, key=bytes([i % 256, i // 256]) * 10)
+           for i in range(600)]
+    for _round in range(2):
+        for esp in sas:
+            [number] = send(esp, 1)
+            assert number <= synced[esp.spi]
+    assert len(syncs) == 3                  # ceil(600 / (1 + OUT_BATCH))
+    a.close()
+    # After a restart each SA resumes above everything it sent.
+    a = SeqState.open(state_dir)
+    again = [sa(a, Direction.OUT, spi=0x100 + i, key=bytes([i % 256, i // 256]) * 10)
+             for i in (0, 299, 599)]
+    assert all(send(esp, 1)[0] > 2 for esp in again)
+    a.close()
+
+
+def test_a_reservation_riding_along_is_dropped_with_its_sa(tmp_path):
+    a = SeqState.open(tmp_path / "a")
+    first = sa(a, Direction.OUT, spi=0x101)
+    second = sa(a, Direction.OUT, spi=0x102, key=OTHER_KEY)
+    send(first, 1)                          # reserves second's block too
+    a.detach(second)
+    assert not a._ahead and not a._cold_out
+    a.close()
+
+
+def test_a_home_agent_with_10000_mns_restarts_with_its_state(tmp_path, caplog):
+    """20,000 static SAs (an MH pair per MN) leave 20,000 records, 1.28 MB:
+    the limit grows with the config's SAs, so the next start reads them."""
+    state_dir = tmp_path / "ha"
+    first = SeqState.open(state_dir)
+    first.close()
+    print_ = fingerprint(params(Direction.IN))
+    lines = [format_record("in" if i % 2 else "out", 0x1000 + i, print_, 7) for i in range(20000)]
+    with open(state_dir / FILE_NAME, "ab") as file:
+        file.write(b"".join(lines))
+    assert (state_dir / FILE_NAME).stat().st_size > seqstate.MAX_FILE
+    cfg = SimpleNamespace(keys=SimpleNamespace(mode="static", sa=[None] * 20000,
+                                               state_dir=state_dir),
+                          node=SimpleNamespace(name="ha"))
+    state = open_state(cfg)
+    assert state is not None and state.problem is None
+    resumed = EspSA(params(Direction.IN, spi=0x1000 + 19999), 0.0)
+    state.attach(resumed)
+    assert resumed.replay.top == 7
+    # Resuming is counted, not logged at info per SA (two per MN on a HA).
+    with caplog.at_level(logging.INFO, logger="vmip.ipsec.seqstate"):
+        for i in range(1, 401, 2):
+            state.attach(EspSA(params(Direction.IN, spi=0x1000 + i), 0.0))
+    assert state.resumed == 201 and not caplog.records
+    state.close()
+    # A file far larger than the config explains is still refused, with the fix.
+    small = SeqState.open(state_dir, static_sas=2)
+    assert small.fd is None and "records per static SA" in (small.problem or "")
+    assert "new keys" in (small.fix or "")

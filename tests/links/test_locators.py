@@ -314,3 +314,34 @@ def test_refresh_is_true_only_for_an_unchanged_learned_entry():
     assert table.lookup(MN_COA).last_confirmed == 5.0
     assert table.refresh(key, MN_LTE_NAT, now=6.0, link="wifi") is False
     assert table.lookup(MN_COA).endpoint == MN_WIFI
+
+
+def test_moves_of_many_mns_evict_the_coas_they_left_not_the_live_ones():
+    """10,000 MNs, a table of 12,000: every MN registers, then each one moves
+    twice.  The 20,000 CoAs left behind go first; every live CoA stays."""
+    mns = 10_000
+    table = LocatorTable(max_learned=12_000)
+    hoa = [ipaddress.IPv6Address("2001:db8:100::1:0") + i for i in range(mns)]
+
+    def coa(generation: int, i: int) -> ipaddress.IPv6Address:
+        return ipaddress.IPv6Address(f"2001:db8:{0x31 + generation:x}::") + 0x1_0000 + i
+
+    for generation in range(3):
+        for i in range(mns):
+            table.confirm(coa(generation, i), ("192.0.2.2", 4500), float(generation),
+                          vouched_by=BINDING, home_address=hoa[i])
+    assert table.learned_count() == 12_000
+    live = [table.lookup(coa(2, i)) for i in range(mns)]
+    assert all(entry is not None and entry.source == LEARNED for entry in live)
+    assert table.counters["left_behind"] == 2 * mns
+    assert len(table._owned) == mns
+
+
+def test_a_left_coa_stays_usable_until_room_is_needed():
+    table = LocatorTable(max_learned=8)
+    home = ipaddress.IPv6Address("2001:db8:100::10")
+    old, new = ipaddress.IPv6Address("2001:db8:31::2"), ipaddress.IPv6Address("2001:db8:32::2")
+    table.confirm(old, ("192.0.2.2", 1), 0.0, vouched_by=BINDING, home_address=home)
+    table.confirm(new, ("192.0.2.3", 1), 1.0, vouched_by=BINDING, home_address=home)
+    assert table.lookup(old).endpoint == ("192.0.2.2", 1)   # not forgotten, only first to go
+    assert table.forget(new) and not table._owned

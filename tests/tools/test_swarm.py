@@ -208,7 +208,8 @@ def test_swarm_of_20_holds_every_binding(tmp_path) -> None:
     prefix = f"vsw{os.getpid()}"
     out = tmp_path / "swarm.json"
     cmd = [sys.executable, str(SWARM), "--mns", "20", "--json", str(out), "--rates", "20,40",
-           "--step-seconds", "1", "--grace", "1", "--time-limit", "50", "--ns-prefix", prefix]
+           "--step-seconds", "1", "--grace", "1", "--time-limit", "50", "--ns-prefix", prefix,
+           "--restart"]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
     finally:
@@ -226,5 +227,9 @@ def test_swarm_of_20_holds_every_binding(tmp_path) -> None:
     assert set(result["bu_ba_ms"]) >= {"p50", "p99"}
     assert result["rounds"] and result["rounds"][0][0]["sent"] > 0
     assert result["ha_exit"] == 0
+    # Restarted on its sequence-number state: every MN is accepted again.
+    restart = result["restart"]
+    assert restart["first_exit"] == 0 and restart["state_file_bytes"] > 0
+    assert restart["bindings"] == 20 and restart["registration"]["statuses"] == {"0": 20}
     assert f"{prefix}-ha" not in subprocess.run(["ip", "netns", "list"], capture_output=True,
                                                 text=True, check=False).stdout

@@ -137,22 +137,27 @@ def _run(args) -> int:
     from vmip.config import load_config
     from vmip.node.launch import run_node
 
-    user = None
-    if not args.no_drop:
-        user = args.user or getattr(load_config(args.config, check_key_files=False).node,
-                                    "user", None)
-    if user:
+    def trust_the_node_user(document) -> None:
+        # Key files the node's user owns stay readable after the switch
+        # (SIGHUP reloads them): accept them at start too.  Read from the
+        # parsed document, before its key files are checked: the file is
+        # read once (it holds every MN of a large home agent).
+        node = document.get("node")
+        user = args.user or (node.get("user") if isinstance(node, dict) else None)
+        if not isinstance(user, str) or not user:
+            return
         import pwd
 
         from vmip.config.keyfile import trust_key_file_owner
 
-        # Key files the node's user owns stay readable after the switch
-        # (SIGHUP reloads them): accept them at start too.
         try:
             trust_key_file_owner(pwd.getpwnam(user).pw_uid)
         except KeyError:
             pass  # drop_privileges explains a missing user
-    config = load_config(args.config)
+
+    config = load_config(args.config,
+                         before_check=None if args.no_drop else trust_the_node_user)
+    user = None if args.no_drop else (args.user or getattr(config.node, "user", None))
     logging_cfg = config.logging
     log.setup(args.log_level if args.log_level != "info" else str(logging_cfg.level),
               args.log_format if args.log_format != "text" else str(logging_cfg.format),

@@ -93,11 +93,15 @@ _NOT_GIVEN: Any = object()
 # Entry points
 
 
-def load_config(path: str | os.PathLike[str], *, check_key_files: bool = True) -> NodeConfig:
+def load_config(path: str | os.PathLike[str], *, check_key_files: bool = True,
+                before_check: Callable[[Mapping[str, Any]], None] | None = None) -> NodeConfig:
     """Read and check the config file at *path*.
 
     ``check_key_files=False`` skips opening the key files (for tools that
     only need addresses, e.g. a config generator checking its own output).
+    *before_check* sees the parsed TOML document before it is checked (e.g.
+    ``vmip run`` reads ``node.user`` there, which decides which key-file
+    owner is accepted), so the file is read and parsed once.
     """
     shown = os.fspath(path)
     if "\0" in shown:
@@ -119,11 +123,12 @@ def load_config(path: str | os.PathLike[str], *, check_key_files: bool = True) -
         line = raw[:exc.start].count(b"\n") + 1
         raise ConfigError(shown, f"line {line}", "the file is not UTF-8 text",
                           "save it as UTF-8 (TOML requires it)") from None
-    return parse_config(text, shown, check_key_files=check_key_files)
+    return parse_config(text, shown, check_key_files=check_key_files, before_check=before_check)
 
 
 def parse_config(text: str, path: str | os.PathLike[str], *,
-                 check_key_files: bool = True) -> NodeConfig:
+                 check_key_files: bool = True,
+                 before_check: Callable[[Mapping[str, Any]], None] | None = None) -> NodeConfig:
     """Parse config *text* as if read from *path* (names it in errors, anchors relative paths)."""
     shown = os.fspath(path)
     try:
@@ -135,6 +140,8 @@ def parse_config(text: str, path: str | os.PathLike[str], *,
         # pathological cases (e.g. absurd nesting) the same way.
         raise ConfigError(shown, None, "the file is not valid TOML",
                           "simplify the document; see docs/configuration.md") from None
+    if before_check is not None:
+        before_check(data)
     return build_config(data, shown, check_key_files=check_key_files)
 
 

@@ -257,8 +257,10 @@ class SAD:
         entry.src, entry.dst, entry.dst_packed = new_src, new_dst, new_dst.packed
         self._index(entry)
         info = entry.info()
-        log.info("sa migrated", spi=f"{spi:#010x}", direction=direction.value,
-                 old_src=str(old_src), old_dst=str(old_dst), src=str(new_src), dst=str(new_dst))
+        # Debug: a home agent migrates the tunnel SAs of every MN that moves, per BU
+        # (docs/scale.md); the mobility events at info say why.
+        log.debug("sa migrated", spi=f"{spi:#010x}", direction=direction.value,
+                  old_src=str(old_src), old_dst=str(old_dst), src=str(new_src), dst=str(new_dst))
         self.bus.publish(MigrateEvent(info, old_src=old_src, old_dst=old_dst,
                                       new_src=new_src, new_dst=new_dst))
         return info

@@ -11,10 +11,16 @@ replays of old packets.  This module keeps one small file per node,
   number above the mark it writes ``mark + OUT_BLOCK`` and fsyncs; at start
   it skips to the mark, so a number is never sent twice under one key
   (RFC 4303 §3.3.3), whatever the moment of a crash.  The data path only
-  compares the next number with the cached mark.
-* **inbound**: the highest authenticated number, written after the fact
-  (at once when the SA was idle, then at most every ``IN_FLUSH_INTERVAL``
-  seconds, and at exit).  After a restart every number at or below it is a
+  compares the next number with the cached mark.  The first reservation
+  after start also reserves the blocks of up to ``OUT_BATCH`` other SAs that
+  have not reserved yet, in the same fsync: a home agent answering its
+  MNs' first BUs after a restart pays one fsync per ``OUT_BATCH`` MNs, and
+  each of those marks is on disk before its SA uses a number above it.
+* **inbound**: the highest authenticated number, written after the fact,
+  for every SA that moved at once (one fsync for all of them, however many
+  MNs a home agent serves): at the end of the loop round when nothing was
+  moving, then at most every ``IN_FLUSH_INTERVAL`` seconds while SAs keep
+  moving, and at exit.  After a restart every number at or below it is a
   replay.  It never exceeds what the sender has sent, so a sender that did
   not restart is accepted at once, and one that did restart skips past its
   own reserved mark, which is at least as high.  docs/ipsec.md explains the
@@ -62,10 +68,26 @@ RECORD = 64
 HEADER = b"vmip esp-seq state 1".ljust(RECORD - 1) + b"\n"
 #: Outbound numbers reserved per write (one fsync per OUT_BLOCK packets).
 OUT_BLOCK = 1 << 16
-#: Inbound: at most one write per SA per this many seconds under load.
+#: Outbound SAs not yet reserved since start whose block rides along with another's.
+OUT_BATCH = 256
+#: Inbound: marks are written (all SAs together) at most this long after they moved.
 IN_FLUSH_INTERVAL = 0.1
-#: Largest state file read (a node has a few SAs; each key ever used is a line).
+#: Smallest limit on the state file read (each key ever used is a line).
 MAX_FILE = 1 << 20
+#: Lines allowed per static SA of the config beyond MAX_FILE: the key in use
+#: and earlier keys of that SA, whose marks are kept (an old key put back).
+RECORDS_PER_SA = 8
+
+
+def state_file_limit(static_sas: int) -> int:
+    """The largest state file a node with *static_sas* static SAs reads.
+
+    It grows with the SAs the config holds (a home agent: two or four per
+    MN), so a large node can restart; a file far larger than its config
+    explains is refused as damaged.
+    """
+    return max(MAX_FILE, RECORD * (1 + RECORDS_PER_SA * max(0, static_sas)))
+
 
 _RECORD_RE = re.compile(rb"(in |out) ([0-9a-f]{8}) ([0-9a-f]{16}) ([0-9a-f]{16}) ([0-9a-f]{8}) *\n")
 _WITNESS_TEXT = """\
@@ -153,7 +175,19 @@ class SeqState:
         self._next_slot = max(self._slots.values(), default=0) + 1
         self._call_later = call_later
         self._inbound: dict[int, tuple[EspSA, RecordKey]] = {}
+        # Inbound SAs whose replay top moved since the last flush, and
+        # whether that flush is scheduled: one fsync per interval for all.
+        self._moving: dict[int, tuple[EspSA, RecordKey]] = {}
+        self._flush_armed = False
+        # The last flush wrote something: the next one waits IN_FLUSH_INTERVAL.
+        self._busy = False
         self._failing: set[RecordKey] = set()
+        # Outbound SAs that have not reserved a block since attach, and blocks
+        # reserved for them ahead (durable) by another SA's reservation.
+        self._cold_out: dict[int, tuple[EspSA, RecordKey]] = {}
+        self._ahead: dict[RecordKey, int] = {}
+        #: SAs attached that resumed from a recorded mark.
+        self.resumed = 0
         if fd is not None:
             atexit.register(self.flush)
 
@@ -161,12 +195,16 @@ class SeqState:
 
     @classmethod
     def open(cls, state_dir: str | os.PathLike[str], node: str = "vmip", *,
-             call_later: Scheduler | None = None) -> SeqState:
-        """Open (first start: create) ``state_dir/esp-seq.state`` and lock it."""
+             call_later: Scheduler | None = None, static_sas: int = 0) -> SeqState:
+        """Open (first start: create) ``state_dir/esp-seq.state`` and lock it.
+
+        *static_sas*: how many static SAs the config has; the file may hold
+        up to :func:`state_file_limit` of it.
+        """
         directory = Path(state_dir)
         path = directory / FILE_NAME
         try:
-            fd, records, created = _open_file(directory, node)
+            fd, records, created = _open_file(directory, node, state_file_limit(static_sas))
         except StateFileError as exc:
             fix = (f"write new keys for every static SA on both nodes, then remove {directory} "
                    "(vmip makes it afresh); until then these SAs stay unused")
@@ -210,78 +248,131 @@ class SeqState:
         if key[0] == "out":
             # RFC 4303 §3.3.3: every number up to the mark may have been sent.
             esp.guard_sequence(self, mark)
+            self._cold_out[id(esp)] = (esp, key)
         else:
             # RFC 4303 §3.4.3: everything up to the mark was received before.
             esp.guard_replay(self, mark)
             self._inbound[id(esp)] = (esp, key)
         if mark:
-            log.info("sequence numbers resumed", sa=esp.params.name, spi=f"{esp.spi:#010x}",
-                     direction=key[0], mark=mark)
+            # Debug per SA (a home agent has two per MN); install() says how many at info.
+            self.resumed += 1
+            log.debug("sequence numbers resumed", sa=esp.params.name, spi=f"{esp.spi:#010x}",
+                      direction=key[0], mark=mark)
 
     def detach(self, esp: EspSA) -> None:
         """Stop guarding *esp* (deleted or replaced), writing its inbound mark first."""
         entry = self._inbound.pop(id(esp), None)
+        self._moving.pop(id(esp), None)
+        if self._cold_out.pop(id(esp), None) is not None or self._ahead:
+            self._ahead.pop(_record_key(esp), None)
         if entry is not None:
-            self._write_inbound(*entry)
+            self._write_inbound([entry])
 
     def reserve(self, esp: EspSA, seq: int) -> int:
         """Outbound slow path: the new ceiling (>= *seq*), or 0 if it could not be written."""
         key = _record_key(esp)
+        self._cold_out.pop(id(esp), None)
+        ahead = self._ahead.pop(key, 0)
+        if ahead >= seq:
+            return ahead                     # reserved (and synced) with another SA's block
         mark = min(seq - 1 + OUT_BLOCK, esp.seq_limit)
-        if self.fd is None or not self._write(self.fd, key, mark, esp):
+        batch = [(key, mark, esp)]
+        riders: list[tuple[int, RecordKey, int]] = []
+        for other_id, (other, other_key) in self._cold_out.items():
+            if len(riders) >= OUT_BATCH:
+                break
+            if other_key in self._ahead or other_key == key:
+                continue
+            other_mark = min(other.seq + OUT_BLOCK, other.seq_limit)
+            if other_mark > other.seq:
+                riders.append((other_id, other_key, other_mark))
+                batch.append((other_key, other_mark, other))
+        if not self._write(batch, blame=1):
             return 0
+        for other_id, other_key, other_mark in riders:
+            self._ahead[other_key] = other_mark
+            del self._cold_out[other_id]
         return mark
 
     def replay_advanced(self, esp: EspSA) -> None:
-        """Inbound: *esp* authenticated a packet while idle; write now, then trail."""
+        """Inbound: *esp* authenticated a packet above its mark; write it soon (see module)."""
         entry = self._inbound.get(id(esp))
         if entry is None:
             return
-        self._write_inbound(*entry)
-        self._arm(esp)
+        call_later = self._call_later or _loop_call_later()
+        if call_later is None:
+            self._write_inbound([entry])  # no loop: esp keeps notifying, each top written
+            return
+        esp._replay_notify = False
+        self._moving[id(esp)] = entry
+        if not self._flush_armed:
+            self._flush_armed = True
+            # Idle until now: at the end of this loop round, so a lone packet
+            # is on disk at once; busy: with everything else that moves.
+            call_later(IN_FLUSH_INTERVAL if self._busy else 0.0, self._flush_moving)
 
     def flush(self) -> None:
-        """Write every inbound mark that moved (at exit, on detach)."""
-        for esp, key in list(self._inbound.values()):
-            self._write_inbound(esp, key)
+        """Write every inbound mark that moved (at exit, on close)."""
+        self._write_inbound(list(self._inbound.values()))
 
     # -- internals -------------------------------------------------------------
 
-    def _arm(self, esp: EspSA) -> None:
-        call_later = self._call_later or _loop_call_later()
-        if call_later is None:
-            return  # no loop: esp keeps notifying, each new top is written at once
-        esp._replay_notify = False
-        call_later(IN_FLUSH_INTERVAL, lambda: self._trail(esp))
+    def _flush_moving(self) -> None:
+        """The trailing write: every SA that moved, one fsync; still moving ones stay watched."""
+        self._flush_armed = False
+        moving, self._moving = self._moving, {}
+        live = [entry for entry in moving.values() if id(entry[0]) in self._inbound]
+        moved = {id(esp) for esp, _key in self._write_inbound(live)}
+        self._busy = bool(moved)
+        for esp, key in live:
+            if id(esp) in moved:
+                self._moving[id(esp)] = (esp, key)   # still moving: look again later
+            else:
+                esp._replay_notify = True            # idle: its next packet arms a flush
+        if self._moving:
+            call_later = self._call_later or _loop_call_later()
+            if call_later is not None:
+                self._flush_armed = True
+                call_later(IN_FLUSH_INTERVAL, self._flush_moving)
+            else:
+                for esp, _key in self._moving.values():
+                    esp._replay_notify = True
+                self._moving.clear()
 
-    def _trail(self, esp: EspSA) -> None:
-        entry = self._inbound.get(id(esp))
-        if entry is None:
-            return
-        if self._write_inbound(*entry):
-            self._arm(esp)           # still moving: look again later
-        else:
-            esp._replay_notify = True  # idle: the next packet writes at once
+    def _write_inbound(self, entries: list[tuple[EspSA, RecordKey]]
+                       ) -> list[tuple[EspSA, RecordKey]]:
+        """Write the replay tops that moved, one fsync for all; those written."""
+        if self.fd is None:
+            return []
+        moved = [(esp, key) for esp, key in entries if esp.replay.top > self._marks.get(key, 0)]
+        if moved and self._write([(key, esp.replay.top, esp) for esp, key in moved]):
+            return moved
+        return []
 
-    def _write_inbound(self, esp: EspSA, key: RecordKey) -> bool:
-        """Write the SA's replay top if it moved; True if something was written."""
-        top = esp.replay.top
-        if self.fd is None or top <= self._marks.get(key, 0):
+    def _write(self, records: list[tuple[RecordKey, int, EspSA]], *,
+               blame: int | None = None) -> bool:
+        """pwrite each record into its slot (a new key: the next free one), then one fsync.
+
+        A failure is logged for the first *blame* records (default: all):
+        blocks reserved ahead for other SAs are simply not made.
+        """
+        fd = self.fd
+        if fd is None:
             return False
-        return self._write(self.fd, key, top, esp)
-
-    def _write(self, fd: int, key: RecordKey, mark: int, esp: EspSA) -> bool:
-        slot = self._slots.get(key)
-        new_slot = slot is None
-        if slot is None:
-            slot = self._next_slot
+        new_slots: dict[RecordKey, int] = {}
         try:
-            written = os.pwrite(fd, format_record(*key, mark), slot * RECORD)
-            if written != RECORD:
-                raise OSError(errno.EIO, "short write")
+            for key, mark, _esp in records:
+                slot = self._slots.get(key) or new_slots.get(key)
+                if slot is None:
+                    slot = new_slots[key] = self._next_slot + len(new_slots)
+                written = os.pwrite(fd, format_record(*key, mark), slot * RECORD)
+                if written != RECORD:
+                    raise OSError(errno.EIO, "short write")
             os.fsync(fd)
         except OSError as exc:
-            if key not in self._failing:
+            for key, _mark, esp in records[:blame]:
+                if key in self._failing:
+                    continue
                 self._failing.add(key)
                 log.error("sequence-number state not written", path=str(self.path),
                           sa=esp.params.name, spi=f"{esp.spi:#010x}", direction=key[0],
@@ -289,11 +380,11 @@ class SeqState:
                           fix="free space or repair the disk; sending stays refused until then"
                           if key[0] == "out" else "free space or repair the disk")
             return False
-        self._failing.discard(key)
-        if new_slot:
-            self._slots[key] = slot
-            self._next_slot += 1
-        self._marks[key] = mark
+        self._slots.update(new_slots)
+        self._next_slot += len(new_slots)
+        for key, mark, _esp in records:
+            self._failing.discard(key)
+            self._marks[key] = mark
         return True
 
 
@@ -301,12 +392,15 @@ def _loop_call_later() -> Scheduler | None:
     import asyncio
 
     try:
-        return asyncio.get_running_loop().call_later
+        loop = asyncio.get_running_loop()
     except RuntimeError:
         return None
+    # No delay: after the callbacks of this loop round (the packets read in it).
+    return lambda delay, fn: loop.call_soon(fn) if delay <= 0 else loop.call_later(delay, fn)
 
 
-def _open_file(directory: Path, node: str) -> tuple[int, dict[RecordKey, tuple[int, int]], bool]:
+def _open_file(directory: Path, node: str, limit: int = MAX_FILE
+               ) -> tuple[int, dict[RecordKey, tuple[int, int]], bool]:
     """``(fd, records, created)``; :class:`StateFileError` or :class:`OSError` if not."""
     created_dir = False
     if not directory.exists() and not directory.is_symlink():
@@ -337,7 +431,7 @@ def _open_file(directory: Path, node: str) -> tuple[int, dict[RecordKey, tuple[i
                 raise StateFileError(f"{directory / FILE_NAME} is a symbolic link") from None
             raise
         try:
-            records = _load(fd, directory / FILE_NAME)
+            records = _load(fd, directory / FILE_NAME, limit)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -372,15 +466,19 @@ def _create(dir_fd: int) -> int:
     return fd
 
 
-def _load(fd: int, path: Path) -> dict[RecordKey, tuple[int, int]]:
+def _load(fd: int, path: Path, limit: int = MAX_FILE) -> dict[RecordKey, tuple[int, int]]:
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         raise StateFileError(f"{path} is not a regular file")
     if info.st_mode & 0o022:
         raise StateFileError(f"{path} is writable by group or others "
                              f"(mode {stat.S_IMODE(info.st_mode):04o})", f"run chmod 600 {path}")
-    if info.st_size > MAX_FILE:
-        raise StateFileError(f"{path} is larger than {MAX_FILE} bytes")
+    if info.st_size > limit:
+        raise StateFileError(
+            f"{path} is {info.st_size} bytes, more than the {limit} that "
+            f"{RECORDS_PER_SA} records per static SA of the config allow",
+            "if the config lost many SAs, put them back; else the file is damaged: write "
+            "new keys for every static SA on both nodes, then remove the state directory")
     data = bytearray()
     while len(data) < info.st_size:
         chunk = os.pread(fd, info.st_size - len(data), len(data))

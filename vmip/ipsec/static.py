@@ -146,7 +146,7 @@ def open_state(cfg) -> SeqState | None:
     if str(cfg.keys.mode) != "static":
         return None
     state_dir = getattr(cfg.keys, "state_dir", None) or DEFAULT_STATE_ROOT / cfg.node.name
-    return SeqState.open(state_dir, cfg.node.name)
+    return SeqState.open(state_dir, cfg.node.name, static_sas=len(cfg.keys.sa))
 
 
 def install(keys: StaticKeys, sad: SAD, spd: SPD, now: float, *,
@@ -162,7 +162,8 @@ def install(keys: StaticKeys, sad: SAD, spd: SPD, now: float, *,
             state.attach(esp)
     for pol in keys.policies.values():
         spd.add(pol)
-    log.info("static keys installed", sas=len(keys.sas), policies=len(keys.policies))
+    log.info("static keys installed", sas=len(keys.sas), policies=len(keys.policies),
+             **({"sequence_numbers_resumed": state.resumed} if state is not None else {}))
 
 
 def reload_diff(old: StaticKeys, new: StaticKeys) -> ReloadPlan:

@@ -36,7 +36,10 @@ A learned entry otherwise wins over a static prefix covering the same
 address (it is the most specific and the most recent, authenticated
 knowledge).  Learned entries are bounded: beyond ``max_learned`` the least
 recently confirmed one is forgotten (it falls back to its static entry, if
-any).
+any).  A care-of address that a binding stopped naming goes first: when a
+binding's home address confirms a new CoA, the entry of the CoA it named
+before is put at the head of the eviction order (:func:`max_learned_for`
+sizes the table from the SAs a node has, a home agent's from its MNs).
 
 Addresses may be given as 16 raw octets (the data path reads them straight
 from the packet), :class:`ipaddress.IPv6Address` or text; IPv4 addresses and
@@ -63,6 +66,18 @@ BINDING = "binding"
 
 #: Default bound on learned entries (one per mobile node CoA or peer).
 DEFAULT_MAX_LEARNED = 4096
+#: Upper bound on the table whatever the config says (a few hundred bytes each).
+MAX_LEARNED_LIMIT = 1 << 20
+
+
+def max_learned_for(static_sas: int) -> int:
+    """The learned-entry bound of a node with *static_sas* static SAs.
+
+    Every MN of a home agent has at least an MH SA pair, and one live CoA
+    plus, while it moves, the one it left: one entry per SA keeps both.
+    """
+    return min(MAX_LEARNED_LIMIT, max(DEFAULT_MAX_LEARNED, static_sas))
+
 
 #: Bound on the lookup cache of the static LPM; it is cleared when full.
 _CACHE_LIMIT = 8192
@@ -92,7 +107,8 @@ class Locator:
     Treat instances as read-only; the table updates learned ones in place.
     """
 
-    __slots__ = ("endpoint", "framing", "last_confirmed", "link", "peer", "prefix", "source")
+    __slots__ = ("endpoint", "framing", "last_confirmed", "link", "owner", "peer", "prefix",
+                 "source")
 
     def __init__(self, prefix: ipaddress.IPv6Network, endpoint: Endpoint | None,
                  link: str | None, framing: str, source: str, peer: str | None,
@@ -104,6 +120,8 @@ class Locator:
         self.source = source
         self.peer = peer
         self.last_confirmed = last_confirmed
+        #: Learned through a binding: the home address whose binding named it.
+        self.owner: bytes | None = None
 
     def as_dict(self, now: float | None = None) -> dict[str, Any]:
         """One row of ``vmip locators`` (also the control socket's JSON)."""
@@ -175,6 +193,8 @@ class LocatorTable:
         self._default: Locator | None = None
         # Learned /128s, least recently confirmed first (LRU eviction).
         self._learned: OrderedDict[bytes, Locator] = OrderedDict()
+        # Home address -> the learned CoA its binding vouched for last.
+        self._owned: dict[bytes, bytes] = {}
         self._cache: dict[bytes, Locator | None] = {}
         #: ``confirmed``, ``moved``, ``learned``, ``evicted``, ``observed_elsewhere``.
         self.counters: Counter[str] = Counter()
@@ -302,7 +322,7 @@ class LocatorTable:
 
     def confirm(self, on_wire_source: Any, endpoint: Endpoint, now: float,
                 link: str | None = None, *, vouched_by: str = PEER,
-                framing: str | None = None) -> bool:
+                framing: str | None = None, home_address: Any = None) -> bool:
         """A packet from *on_wire_source* arriving from *endpoint* on *link*
         was authenticated by an SA that vouches for that address as
         *vouched_by* says (``PEER`` or ``BINDING``): point the address there.
@@ -311,7 +331,8 @@ class LocatorTable:
 
         Call only after the ICV *and* the anti-replay check passed: a
         replayed authentic packet from an attacker's address must not move
-        the locator either.
+        the locator either.  With ``BINDING``, *home_address* names the
+        binding: the CoA it named before is the first to be evicted.
         """
         key = address_key(on_wire_source)
         entry = self._learned.get(key)
@@ -319,6 +340,7 @@ class LocatorTable:
         if entry is not None and entry.endpoint == endpoint and entry.link == link:
             entry.last_confirmed = now
             self._learned.move_to_end(key)
+            self._own(entry, key, vouched_by, home_address)
             return False
         refused = self.refusal(key, vouched_by)
         if refused is not None:
@@ -330,6 +352,7 @@ class LocatorTable:
             entry.link = link
             entry.last_confirmed = now
             self._learned.move_to_end(key)
+            self._own(entry, key, vouched_by, home_address)
             self.counters["moved"] += 1
             return True
         covering = self._longest_static_match(key)
@@ -337,13 +360,40 @@ class LocatorTable:
         framing = covering.framing if covering is not None else (framing or "udp")
         peer = covering.peer if covering is not None else None
         network = ipaddress.IPv6Network((int.from_bytes(key, "big"), 128))
-        self._learned[key] = Locator(network, endpoint, link, framing, LEARNED, peer, now)
+        entry = self._learned[key] = Locator(network, endpoint, link, framing, LEARNED, peer, now)
+        self._own(entry, key, vouched_by, home_address)
         self.counters["learned"] += 1
         while len(self._learned) > self.max_learned:
-            self._learned.popitem(last=False)
+            _evicted_key, evicted = self._learned.popitem(last=False)
+            self._disown(evicted, _evicted_key)
             self.counters["evicted"] += 1
         self._cache.pop(key, None)
         return True
+
+    def _own(self, entry: Locator, key: bytes, vouched_by: str, home_address: Any) -> None:
+        """*key* is now the CoA the binding of *home_address* names; the one it
+        named before goes to the head of the eviction order."""
+        if vouched_by != BINDING or home_address is None:
+            return
+        owner = address_key(home_address)
+        previous = self._owned.get(owner)
+        if previous == key:
+            return
+        if entry.owner is not None and entry.owner != owner:
+            self._disown(entry, key)
+        entry.owner = owner
+        self._owned[owner] = key
+        if previous is not None:
+            stale = self._learned.get(previous)
+            if stale is not None and stale.owner == owner:
+                stale.owner = None
+                self._learned.move_to_end(previous, last=False)
+                self.counters["left_behind"] += 1
+
+    def _disown(self, entry: Locator, key: bytes) -> None:
+        if entry.owner is not None and self._owned.get(entry.owner) == key:
+            del self._owned[entry.owner]
+        entry.owner = None
 
     def observe(self, on_wire_source: Any, endpoint: Endpoint) -> bool:
         """An *unauthenticated* packet from *on_wire_source* came from
@@ -358,7 +408,12 @@ class LocatorTable:
 
     def forget(self, on_wire_address: Any) -> bool:
         """Drop the learned entry of an address (e.g. a binding deleted)."""
-        return self._learned.pop(address_key(on_wire_address), None) is not None
+        key = address_key(on_wire_address)
+        entry = self._learned.pop(key, None)
+        if entry is None:
+            return False
+        self._disown(entry, key)
+        return True
 
     # -- display -----------------------------------------------------------
 

@@ -59,6 +59,7 @@ from vmip.mobility.events import (
 from vmip.mobility.timers import (
     INITIAL_BINDACK_TIMEOUT,
     MAX_BINDACK_TIMEOUT,
+    Deadlines,
     Retransmission,
     earliest,
 )
@@ -168,6 +169,11 @@ class Correspondent(MobilityCore):
         self._local_coa = local_coa or (lambda local: None)
         self._rng = rng
         self._peers: dict[IPv6Address, _Peer] = {}
+        # Each peer's next deadline (binding expiry, proof wait, HoA test), so
+        # the next one overall is O(log n), not a walk over every peer after
+        # every packet (docs/scale.md).  Every public entry that may change a
+        # peer's deadlines ends with _reschedule(hoa).
+        self._deadlines: Deadlines[IPv6Address] = Deadlines()
         self._binding_errors = BindingErrorLimiter(BINDING_ERROR_INTERVAL, _BINDING_ERROR_MEMORY)
         self._started_at = clock_now
 
@@ -218,6 +224,20 @@ class Correspondent(MobilityCore):
         ``onwire`` the on-wire source the remap engine replaced with the
         HoA (draft §5.1.1), ``None`` when nothing was remapped.
         """
+        try:
+            self._receive(mh, src, dst, onwire, now)
+        finally:
+            # Every message changes the timers of its sender's HoA only.
+            self._reschedule(src)
+
+    def _receive(
+        self,
+        mh: bytes,
+        src: IPv6Address,
+        dst: IPv6Address,
+        onwire: OnWireArgument,
+        now: float,
+    ) -> None:
         message = self._parse(mh, src, dst)
         if message is None:
             return
@@ -475,6 +495,7 @@ class Correspondent(MobilityCore):
                 f"no accepted registration for {hoa}: nothing to test (draft §4.5.3)"
             )
         self._start_home_test(peer, now)
+        self._reschedule(hoa)
 
     def _start_home_test(self, peer: _Peer, now: float) -> None:
         nonce = self._challenge(peer, peer.binding.hoa, "home-test", now)
@@ -494,49 +515,63 @@ class Correspondent(MobilityCore):
 
     # -- time -----------------------------------------------------------
 
+    def _reschedule(self, hoa: IPv6Address) -> None:
+        peer = self._peers.get(hoa)
+        if peer is None:
+            self._deadlines.cancel(hoa)
+            return
+        home_test: float | None
+        if peer.home_test is not None:
+            home_test = peer.home_test.retransmission.deadline
+        else:
+            home_test = peer.next_home_test if peer.binding.bound else None
+        deadline = earliest(peer.binding.expires_at,
+                            peer.pending.deadline if peer.pending is not None else None,
+                            home_test)
+        # A peer left with nothing pending is dropped at the next timer run.
+        self._deadlines.schedule(hoa, 0.0 if deadline is None else deadline)
+
     def get_timer(self) -> float | None:
-        deadlines: list[float | None] = []
-        for peer in self._peers.values():
-            deadlines.append(peer.binding.expires_at)
-            if peer.pending is not None:
-                deadlines.append(peer.pending.deadline)
-            if peer.home_test is not None:
-                deadlines.append(peer.home_test.retransmission.deadline)
-            elif peer.binding.bound:
-                deadlines.append(peer.next_home_test)
-        return earliest(*deadlines)
+        return self._deadlines.next()
 
     def handle_timer(self, now: float) -> None:
-        for hoa, peer in list(self._peers.items()):
-            pending = peer.pending
-            if pending is not None and pending.deadline <= now:
-                # Draft §4.5.1: no AOTR came; forget the request and the rule
-                # that accepted traffic from the unproven CoA.
-                peer.pending = None
-                self._emit(ProofTimeout(hoa, pending.coa))
-                self._set_accept_from(peer, peer.binding.coa)
-            binding = peer.binding
-            if binding.expires_at is not None and binding.expires_at <= now:
-                expired = binding.coa
-                self._unbind(peer)
-                self._set_accept_from(peer, None)
+        for hoa in self._deadlines.pop_due(now):
+            peer = self._peers.get(hoa)
+            if peer is None:
+                continue
+            self._on_peer_timer(hoa, peer, now)
+            self._reschedule(hoa)
+
+    def _on_peer_timer(self, hoa: IPv6Address, peer: _Peer, now: float) -> None:
+        pending = peer.pending
+        if pending is not None and pending.deadline <= now:
+            # Draft §4.5.1: no AOTR came; forget the request and the rule
+            # that accepted traffic from the unproven CoA.
+            peer.pending = None
+            self._emit(ProofTimeout(hoa, pending.coa))
+            self._set_accept_from(peer, peer.binding.coa)
+        binding = peer.binding
+        if binding.expires_at is not None and binding.expires_at <= now:
+            expired = binding.coa
+            self._unbind(peer)
+            self._set_accept_from(peer, None)
+            peer.home_test = None
+            self._emit(BindingExpired(hoa, hoa, expired))
+            log.info("binding expired", hoa=hoa, coa=expired)
+        due = peer.next_home_test
+        if due is not None and due <= now and peer.home_test is None and binding.bound:
+            assert self.home_test_interval is not None
+            peer.next_home_test = now + self.home_test_interval
+            self._start_home_test(peer, now)
+        test = peer.home_test
+        if test is not None and test.retransmission.deadline <= now:
+            if test.retransmission.attempts >= self.home_test_attempts:
                 peer.home_test = None
-                self._emit(BindingExpired(hoa, hoa, expired))
-                log.info("binding expired", hoa=hoa, coa=expired)
-            due = peer.next_home_test
-            if due is not None and due <= now and peer.home_test is None and binding.bound:
-                assert self.home_test_interval is not None
-                peer.next_home_test = now + self.home_test_interval
-                self._start_home_test(peer, now)
-            test = peer.home_test
-            if test is not None and test.retransmission.deadline <= now:
-                if test.retransmission.attempts >= self.home_test_attempts:
-                    peer.home_test = None
-                    self._emit(HomeAddressTestFailed(hoa))
-                    log.info("home address test failed", hoa=hoa)
-                else:
-                    test.retransmission.expire(now)
-                    # A fresh nonce in every AOTC (draft §4.3.1); earlier ones still match.
-                    test.nonce = self._challenge(peer, hoa, "home-test", now)
-            if peer.pending is None and not peer.binding.bound and peer.home_test is None:
-                del self._peers[hoa]
+                self._emit(HomeAddressTestFailed(hoa))
+                log.info("home address test failed", hoa=hoa)
+            else:
+                test.retransmission.expire(now)
+                # A fresh nonce in every AOTC (draft §4.3.1); earlier ones still match.
+                test.nonce = self._challenge(peer, hoa, "home-test", now)
+        if peer.pending is None and not peer.binding.bound and peer.home_test is None:
+            del self._peers[hoa]

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import IPv6Address, IPv6Network
 
-from vmip.log import get_logger
+from vmip.log import LineBudget, get_logger
 from vmip.mobility.binding import (
     BindingCacheEntry,
     BindingErrorLimiter,
@@ -50,7 +50,7 @@ from vmip.mobility.events import (
     BindingExpired,
     TunnelEndpointChanged,
 )
-from vmip.mobility.timers import earliest
+from vmip.mobility.timers import Deadlines
 from vmip.wire.mh import (
     AotChallenge,
     AotOffer,
@@ -111,6 +111,13 @@ class HomeAgent(MobilityCore):
         self.key_management_mobility = key_management_mobility
         self._serves: Callable[[IPv6Address], bool] = peer_predicate(mobile_nodes)
         self._cache: dict[IPv6Address, BindingCacheEntry] = {}
+        # Expiry times by HoA: the next one in O(log n), not a walk over the
+        # cache after every packet (docs/scale.md).
+        self._expiries: Deadlines[IPv6Address] = Deadlines()
+        # Info lines for bindings made, deleted, expired or refused: a sample
+        # at a bounded rate (refreshes and moves are debug: thousands a second).
+        self._lines = LineBudget()
+        self._last_now = clock_now
         self._started_at = clock_now
         #: (HoA, CoA) -> why that MN may not register at that CoA, or None; set
         #: by a key manager that knows which CoAs an MN's identity holds.
@@ -149,6 +156,7 @@ class HomeAgent(MobilityCore):
         ``src``/``dst`` are SA-level (HoA, HA); ``onwire`` the on-wire
         source the remap engine replaced (the CoA), or ``None``.
         """
+        self._last_now = now
         message = self._parse(mh, src, dst)
         if message is None:
             return
@@ -233,6 +241,7 @@ class HomeAgent(MobilityCore):
         granted_units = min(bu.lifetime_units, self.max_lifetime_units)
         granted = lifetime_seconds(granted_units)
         moved = entry is None or entry.coa != coa
+        created = entry is None
         if entry is None:
             entry = BindingCacheEntry(hoa, self.address, coa, bu.sequence, granted, None, home=True)
             self._cache[hoa] = entry
@@ -240,10 +249,14 @@ class HomeAgent(MobilityCore):
         entry.sequence = bu.sequence
         entry.lifetime = granted
         entry.expires_at = now + granted
+        self._expiries.schedule(hoa, entry.expires_at)
         if moved:
             self._emit(TunnelEndpointChanged(hoa, coa))
         self._emit(BindingCached(hoa, coa, granted, home=True))
-        log.info("home registration accepted", hoa=hoa, coa=coa, lifetime=granted)
+        if created:
+            self._info("home registration created", hoa=hoa, coa=coa, lifetime=granted)
+        else:
+            log.debug("home registration accepted", hoa=hoa, coa=coa, lifetime=granted)
         if bu.ack:
             ack = BindingAck(
                 BindingAckStatus.ACCEPTED,
@@ -265,9 +278,10 @@ class HomeAgent(MobilityCore):
             self._refuse(bu, hoa, BindingAckStatus.NOT_HOME_AGENT_FOR_THIS_MOBILE_NODE, onwire_src)
             return
         del self._cache[hoa]
+        self._expiries.cancel(hoa)
         self._emit(TunnelEndpointChanged(hoa, None))
         self._emit(BindingDeregistered(hoa, hoa))
-        log.info("home registration deleted", hoa=hoa)
+        self._info("home registration deleted", hoa=hoa)
         if bu.ack:
             # Back home the MN answers at its HoA (no ancillary); still away, at its CoA.
             self._send(
@@ -292,19 +306,33 @@ class HomeAgent(MobilityCore):
             self._refused_at[hoa] = reply_to
             while len(self._refused_at) > _REFUSALS_REMEMBERED:
                 del self._refused_at[next(iter(self._refused_at))]
-        log.info("home registration refused", hoa=hoa, status=status)
+        self._info("home registration refused", hoa=hoa, status=status)
         ack = BindingAck(status, bu.sequence if sequence is None else sequence, 0)
         self._send(ack, self.address, hoa, onwire_dst=reply_to)
+
+    def _info(self, event: str, **fields) -> None:
+        left_out = self._lines.take(self._last_now)
+        if left_out is None:
+            return
+        if left_out:
+            fields["lines_left_out"] = left_out
+        log.info(event, **fields)
 
     # -- time -----------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        return earliest(*(entry.expires_at for entry in self._cache.values()))
+        return self._expiries.next()
 
     def handle_timer(self, now: float) -> None:
-        for hoa, entry in list(self._cache.items()):
-            if entry.expires_at is not None and entry.expires_at <= now:
-                del self._cache[hoa]
-                self._emit(BindingExpired(hoa, hoa, entry.coa))
-                self._emit(TunnelEndpointChanged(hoa, None))
-                log.info("home registration expired", hoa=hoa, coa=entry.coa)
+        self._last_now = now
+        for hoa in self._expiries.pop_due(now):
+            entry = self._cache.get(hoa)
+            if entry is None or entry.expires_at is None:
+                continue
+            if entry.expires_at > now:
+                self._expiries.schedule(hoa, entry.expires_at)
+                continue
+            del self._cache[hoa]
+            self._emit(BindingExpired(hoa, hoa, entry.coa))
+            self._emit(TunnelEndpointChanged(hoa, None))
+            self._info("home registration expired", hoa=hoa, coa=entry.coa)

@@ -206,6 +206,11 @@ class SpiTracker:
         self._spd = spd if classify is None else None
         self._spd_generation = self._spd.generation if self._spd is not None else 0
         self._sas: dict[tuple[Direction, int, bytes], _Entry] = {}
+        # Indexes over _sas, so one SPI or one address pair costs O(1) whatever
+        # the number of SAs (a HA holds two per MN): keys by (direction, SPI),
+        # and by SA-level (local, remote).  Kept in step by _put/_pop/_set_info.
+        self._by_spi: dict[tuple[Direction, int], set[tuple[Direction, int, bytes]]] = {}
+        self._by_pair: dict[tuple[object, object], set[tuple[Direction, int, bytes]]] = {}
         self._order = itertools.count()
         self._mh: dict[tuple[str, IPv6Address, IPv6Address], _MhIntent] = {}
         self._data: dict[tuple[str, IPv6Address, IPv6Address], _DataBinding] = {}
@@ -394,22 +399,25 @@ class SpiTracker:
             else:
                 # §6.2.6: soft, "nothing is done as the SA is still valid".
                 self.counters["expire_soft"] += 1
-                entry = self._sas.get(self._key(event.sa))
+                key = self._key(event.sa)
+                entry = self._sas.get(key)
                 if entry is not None:
-                    entry.info = event.sa
+                    self._set_info(key, entry, event.sa)
         elif isinstance(event, MigrateEvent):
             # Tunnel SAs only: their outer addresses already are CoAs (§7.2),
             # so no rule; the table shows the new endpoints.
             self.counters["migrate"] += 1
             old_key = (event.sa.direction, event.sa.spi, event.old_dst.packed)
-            entry = self._sas.pop(old_key, None)
+            entry = self._pop(old_key)
             order = entry.order if entry is not None else next(self._order)
-            self._sas[self._key(event.sa)] = _Entry(event.sa, self._kind(event.sa), order)
+            self._put(self._key(event.sa), _Entry(event.sa, self._kind(event.sa), order))
             self._sync(event.sa.direction, event.sa.spi)
         elif isinstance(event, DumpEvent):
             self.counters["dump"] += 1
             stale = {(key[0], key[1]) for key in self._sas}
             self._sas.clear()
+            self._by_spi.clear()
+            self._by_pair.clear()
             fresh = {self._learn(info) for info in event.sas}
             for direction, spi in stale | fresh:
                 self._sync(direction, spi)
@@ -434,13 +442,52 @@ class SpiTracker:
         kind = self._kind(info)
         entry = self._sas.get(key)
         if entry is None:
-            self._sas[key] = _Entry(info, kind, next(self._order))
+            self._put(key, _Entry(info, kind, next(self._order)))
         else:
-            entry.info, entry.kind = info, kind
+            entry.kind = kind
+            self._set_info(key, entry, info)
         return info.direction, info.spi
 
+    @staticmethod
+    def _pair(info: SaInfo) -> tuple[object, object]:
+        """The SA-level (local, remote) addresses of an SA seen from this node."""
+        return (info.src, info.dst) if info.direction is Direction.OUT else (info.dst, info.src)
+
+    def _put(self, key: tuple[Direction, int, bytes], entry: _Entry) -> None:
+        old = self._sas.get(key)
+        if old is not None:
+            self._unindex(key, old.info)
+        self._sas[key] = entry
+        self._by_spi.setdefault((key[0], key[1]), set()).add(key)
+        self._by_pair.setdefault(self._pair(entry.info), set()).add(key)
+
+    def _pop(self, key: tuple[Direction, int, bytes]) -> _Entry | None:
+        entry = self._sas.pop(key, None)
+        if entry is not None:
+            self._unindex(key, entry.info)
+        return entry
+
+    def _set_info(self, key: tuple[Direction, int, bytes], entry: _Entry, info: SaInfo) -> None:
+        old_pair, new_pair = self._pair(entry.info), self._pair(info)
+        entry.info = info
+        if old_pair != new_pair:
+            self._drop_from(self._by_pair, old_pair, key)
+            self._by_pair.setdefault(new_pair, set()).add(key)
+
+    def _unindex(self, key: tuple[Direction, int, bytes], info: SaInfo) -> None:
+        self._drop_from(self._by_spi, (key[0], key[1]), key)
+        self._drop_from(self._by_pair, self._pair(info), key)
+
+    @staticmethod
+    def _drop_from(index: dict, slot: object, key: tuple[Direction, int, bytes]) -> None:
+        keys = index.get(slot)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del index[slot]
+
     def _forget(self, info: SaInfo) -> None:
-        self._sas.pop(self._key(info), None)
+        self._pop(self._key(info))
         # §6.2.5: every rule of that SPI goes, whoever installed it; another
         # tracked SA with the same SPI (another peer's choice) gets its own back.
         removed = self.engine.remove(info.direction, info.spi)
@@ -452,12 +499,7 @@ class SpiTracker:
         self._sync(info.direction, info.spi)
 
     def _sync_pair(self, local: IPv6Address, remote: IPv6Address) -> int:
-        keys = set()
-        for entry in self._sas.values():
-            info = entry.info
-            pair = (info.src, info.dst) if info.direction is Direction.OUT else (info.dst, info.src)
-            if pair == (local, remote):
-                keys.add((info.direction, info.spi))
+        keys = {(key[0], key[1]) for key in self._by_pair.get((local, remote), ())}
         return sum(self._sync(direction, spi) for direction, spi in keys)
 
     def _sync_all(self) -> int:
@@ -467,8 +509,7 @@ class SpiTracker:
     def _sync(self, direction: Direction, spi: int) -> int:
         """Make the engine hold exactly the rules the SAs with this SPI need."""
         wanted: dict[Field, RemapRule] = {}
-        candidates = [entry for (d, s, _dst), entry in self._sas.items()
-                      if d is direction and s == spi]
+        candidates = [self._sas[key] for key in self._by_spi.get((direction, spi), ())]
         candidates.sort(key=lambda e: e.order)
         contributors = 0
         for entry in candidates:  # the newest SA wins a shared SPI

@@ -6,6 +6,12 @@ here reads a clock.
 
 from __future__ import annotations
 
+import heapq
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+
 # RFC 6275 §12: the first home registration waits longer, since the HA runs
 # DAD for the home address before answering (§11.8).
 INITIAL_BINDACK_TIMEOUT_FIRST_REG = 1.5
@@ -75,3 +81,72 @@ def earliest(*deadlines: float | None) -> float | None:
         if deadline is not None and (found is None or deadline < found):
             found = deadline
     return found
+
+
+class Deadlines(Generic[K]):
+    """The next deadline over many keys (bindings, peers) in O(log n).
+
+    A heap of ``(deadline, serial, key)`` with lazy deletion: rescheduling or
+    cancelling a key leaves its old heap entry behind, recognised as stale by
+    its serial and skipped when it reaches the top.  The heap is rebuilt when
+    stale entries outnumber live ones, so it stays O(live keys) however often
+    keys are rescheduled (a binding refreshed every few minutes, for ever).
+    """
+
+    __slots__ = ("_heap", "_live", "_serial")
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, K]] = []
+        self._live: dict[K, tuple[float, int]] = {}
+        self._serial = 0
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._live
+
+    def get(self, key: K) -> float | None:
+        scheduled = self._live.get(key)
+        return scheduled[0] if scheduled is not None else None
+
+    def schedule(self, key: K, deadline: float | None) -> None:
+        """*key* is due at *deadline* (``None``: never), replacing what it had."""
+        if deadline is None:
+            self._live.pop(key, None)
+            return
+        current = self._live.get(key)
+        if current is not None and current[0] == deadline:
+            return
+        self._serial += 1
+        self._live[key] = (deadline, self._serial)
+        heapq.heappush(self._heap, (deadline, self._serial, key))
+        if len(self._heap) > 2 * len(self._live) + 64:
+            self._heap = [(when, serial, k) for k, (when, serial) in self._live.items()]
+            heapq.heapify(self._heap)
+
+    def cancel(self, key: K) -> None:
+        self._live.pop(key, None)
+
+    def next(self) -> float | None:
+        """The earliest deadline of any key, or ``None``."""
+        heap, live = self._heap, self._live
+        while heap:
+            deadline, serial, key = heap[0]
+            current = live.get(key)
+            if current is not None and current[1] == serial:
+                return deadline
+            heapq.heappop(heap)
+        return None
+
+    def pop_due(self, now: float) -> list[K]:
+        """Every key due at or before *now*, earliest first; they are unscheduled."""
+        due: list[K] = []
+        heap, live = self._heap, self._live
+        while heap and heap[0][0] <= now:
+            _deadline, serial, key = heapq.heappop(heap)
+            current = live.get(key)
+            if current is not None and current[1] == serial:
+                del live[key]
+                due.append(key)
+        return due

@@ -78,7 +78,6 @@ class MobilityAgent:
         mob = cfg.mobility
         self.remap = RemapEngine()
         self.tracker = SpiTracker(services.bus, self.remap, spd=services.spd, sad=services.sad)
-        self.tracker.initial_collect(services.sad.dump(publish=False))
         services.bus.subscribe(self._on_sadb_event)
         self.counters: collections.Counter[str] = collections.Counter()
         # Per (local, HoA) our CN role serves: the CoA its data is accepted
@@ -428,8 +427,12 @@ class MobilityAgent:
         self.pump(now)
 
     def _on_event(self, core: Any, event: ev.MobilityEvent, now: float) -> None:
-        log.info("mobility " + type(event).__name__,
-                 **{k: jsonable(v) for k, v in event_fields(event).items()})
+        # The MN's own events at info; a HA's or CN's come per BU of every MN
+        # it serves (thousands a second), and their cores log a sample.
+        if core is self.mn or log.is_enabled("debug"):
+            (log.info if core is self.mn else log.debug)(
+                "mobility " + type(event).__name__,
+                **{k: jsonable(v) for k, v in event_fields(event).items()})
         tracker = self.tracker
         # Rules first (draft §6.1), then whoever listens (the IKE SA follows the CoA).
         if isinstance(event, ev.CoaChanged):

@@ -48,7 +48,7 @@ from vmip.ipsec.sad import SAD
 from vmip.ipsec.sadb import SadbBus
 from vmip.ipsec.spd import SPD, Action
 from vmip.links.base import LinkDriver
-from vmip.links.locators import BINDING, LEARNED, PEER, LocatorTable
+from vmip.links.locators import BINDING, LEARNED, PEER, LocatorTable, max_learned_for
 from vmip.links.rfc3948 import Rfc3948Driver
 from vmip.log import get_logger
 from vmip.node import mh_protection
@@ -134,7 +134,8 @@ class Node:
         # decrypted in turn (MN-MN, draft §5.2.2 examples 3/4).
         self.engine = IpsecEngine(self.spd, self.sad, now, bus=self.bus,
                                   reentry=self._remap_reentered)
-        self.locators = LocatorTable.from_peers(config.peers)
+        self.locators = LocatorTable.from_peers(config.peers,
+                                                max_learned_for(len(self.keys.sas)))
         self.links: dict[str, LinkDriver] = {}
         self.tun: TunPort | None = None
         self.control: ControlServer | None = None
@@ -345,6 +346,8 @@ class Node:
         plan = static.reload_diff(self.keys, new_keys)
         static.apply_reload(plan, self.sad, self.spd, self.clock(), state=self.seq_state)
         self.keys = plan.result
+        self.locators.max_learned = max(self.locators.max_learned,
+                                        max_learned_for(len(self.keys.sas)))
         self.locators.replace_static(new_config.peers)
         self.config = new_config
         self._index_coas()
@@ -631,7 +634,8 @@ class Node:
             return
         driver = self.links.get(link)
         self.locators.confirm(source, endpoint, now, link=link, vouched_by=vouched_by,
-                              framing=driver.kind if driver is not None else None)
+                              framing=driver.kind if driver is not None else None,
+                              home_address=peer)
 
     def _may_forward_transit(self, packet: bytes) -> bool:
         """A packet that reached us on the wire for another node, without an

@@ -350,6 +350,9 @@ def measure(args: argparse.Namespace, progress: Callable[[str], None]) -> dict:
             },
             "emulator": dict(swarm.counters),
         })
+        if args.restart:
+            result["restart"] = restart_and_register(args, lab, swarm, config, control,
+                                                     deadline, progress)
     finally:
         if swarm is not None:
             swarm.close()
@@ -380,6 +383,32 @@ def measure(args: argparse.Namespace, progress: Callable[[str], None]) -> dict:
         "netns": [lab.ns_ha, lab.ns_mn],
     }
     return result
+
+
+def restart_and_register(args: argparse.Namespace, lab: SwarmLab, swarm: Swarm, config: Path,
+                         control: Path, deadline: float, progress: Callable[[str], None]
+                         ) -> dict:
+    """Stop the HA (SIGTERM), start it again on the same config and state file, and
+    register every MN once more: the sequence-number state of all its static SAs
+    must be read back (docs/ipsec.md), and every MN's next BU accepted."""
+    state_file = lab.workdir / "state" / "esp-seq.state"
+    code = lab.stop_ha(grace=args.stop_timeout)
+    state_bytes = _size(state_file)
+    lab.start_ha(config, control, profile=None)
+    startup_s = wait_ready(lab, control, min(args.start_timeout, deadline - time.monotonic()))
+    pid = lab.ha.pid
+    cpu0 = proc_cpu_seconds(pid)
+    registration = register_all(swarm, window=args.window,
+                                timeout=max(5.0, min(args.register_timeout,
+                                                     deadline - time.monotonic())))
+    registration["ha_cpu_s"] = round(proc_cpu_seconds(pid) - cpu0, 3)
+    bindings = len(control_call(control, "mobility")["ha"]["binding_cache"])
+    counters = control_call(control, "counters")
+    progress(f"restarted in {startup_s:.1f} s with a {state_bytes}-byte state file; "
+             f"{bindings} bindings again in {registration['seconds']:.1f} s")
+    return {"first_exit": code, "state_file_bytes": state_bytes,
+            "startup_s": round(startup_s, 3), "bindings": bindings,
+            "registration": registration, "node_counters": counters["node"]}
 
 
 def _size(path: Path) -> int | None:
@@ -475,6 +504,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="upper bound on the whole run in seconds (default 1800)")
     parser.add_argument("--ns-prefix", help="namespaces PREFIX-ha and PREFIX-mn "
                                             "(default vsw<pid>; must match vsw<digits>)")
+    parser.add_argument("--restart", action="store_true",
+                        help="at the end, restart the HA on its state file and register "
+                        "every MN again")
     parser.add_argument("--keep-workdir", action="store_true")
     parser.add_argument("--cleanup", action="store_true",
                         help="stop and remove what earlier swarm runs left, then exit")
