@@ -5,23 +5,30 @@ Every record carries an event name and key/value fields
 ``text`` for people (``2026-11-26T14:50:00Z INFO mobility binding accepted hoa=... coa=...``)
 and ``json`` (one object per line) for machines.
 
-Secrets never reach a log: any field whose name looks like key material
-(``key``, ``secret``, ``psk``, ``password``, ``nonce_key`` ...) is replaced by
-``<redacted>``, and values of type :class:`Secret` print as ``<redacted>``
-wherever they end up.
+Secrets never reach a log: any field whose name names key material (a word
+of it, between underscores or dashes, is ``key``, ``secret``, ``psk``,
+``password``, ... or ends in ``key``: ``enc_key_in``, ``nonce_key``,
+``privkey``) is replaced by ``<redacted>``, and values of type
+:class:`Secret` print as ``<redacted>`` wherever they end up.  Words that
+only contain those letters (``rekey``, ``rekey_of``, ``keys_mode``'s
+``keys``) are not secrets and stay.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
 
 LEVELS = ("debug", "info", "warning", "error")
 
-_SECRET_WORDS = ("key", "secret", "psk", "password", "passphrase", "keymat", "skeyseed")
+_SECRET_WORDS = frozenset(("key", "secret", "secrets", "psk", "password", "passwd",
+                           "passphrase", "keymat", "skeyseed", "sk", "token", "credential"))
+#: Words ending in "key" that name no key material.
+_NOT_KEYS = frozenset(("rekey",))
 
 
 class Secret(bytes):
@@ -37,7 +44,12 @@ def _is_secret_name(name: str) -> bool:
     lowered = name.lower()
     if lowered.endswith(("_file", "_path", "_len", "_length", "_bits", "_id")):
         return False
-    return any(word in lowered for word in _SECRET_WORDS)
+    for word in re.split(r"[_\-.\s]+", lowered):
+        if word in _SECRET_WORDS or (word.endswith("key") and word not in _NOT_KEYS):
+            return True
+        if word.startswith("sk") and word[2:] in ("d", "ai", "ar", "ei", "er", "pi", "pr"):
+            return True   # SK_d, SK_ai, ... (RFC 7296 §2.14) written as one word
+    return False
 
 
 def redact(fields: dict[str, Any]) -> dict[str, Any]:
