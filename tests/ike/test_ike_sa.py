@@ -247,3 +247,54 @@ def test_garbage_is_dropped_and_counted():
     sa.receive_datagram(b"\x01" * 40, B, w.now)
     assert sa.stats.get("dropped_malformed") == 1
     assert sum(sa.stats.values()) >= 2 and sa.is_established
+
+
+def test_simultaneous_child_rekey_leaves_one_child_pair():
+    """Both sides rekey the same CHILD_SA at once (RFC 7296 §2.8.1): the new
+    SA of the exchange with the lowest of the four nonces is deleted by its
+    initiator; one pair remains, the same on both sides, and its keys work."""
+    cfg = IkeSaConfig(psk=PSK)
+    w = make_pair(cfg, cfg)
+    ci, cr = _established(w)
+    w.initiator.rekey_child(ci.spi_in, w.now)
+    w.responder_sa.rekey_child(cr.spi_in, w.now)
+    w.pump()
+    assert len(w.of("i", ChildSaRekeyed)) == 2 and len(w.of("r", ChildSaRekeyed)) == 2
+    left_i, left_r = list(w.initiator.children.values()), list(w.responder_sa.children.values())
+    assert len(left_i) == 1 and len(left_r) == 1, (left_i, left_r)
+    assert (left_i[0].spi_in, left_i[0].spi_out) == (left_r[0].spi_out, left_r[0].spi_in)
+    assert ci.spi_in not in w.initiator.children
+    assert w.initiator.stats["simultaneous_child_rekeys"] == 1
+    assert w.responder_sa.stats["simultaneous_child_rekeys"] == 1
+    survivor_i = next(e.new for e in w.of("i", ChildSaRekeyed) if e.new.spi_in == left_i[0].spi_in)
+    survivor_r = next(e.new for e in w.of("r", ChildSaRekeyed) if e.new.spi_in == left_r[0].spi_in)
+    _esp_works(survivor_i, survivor_r)
+    # The IKE SA still works.
+    w.initiator.rekey_child(None, w.now)
+    w.pump()
+    assert len(w.initiator.children) == 1 and len(w.of("i", ChildSaRekeyed)) == 3
+
+
+def test_simultaneous_ike_rekey_leaves_one_ike_sa():
+    """Both sides rekey the IKE SA at once (RFC 7296 §2.8.2): one new IKE SA
+    survives on both sides, the redundant one and the old one are deleted,
+    and the survivor carries further exchanges."""
+    cfg = IkeSaConfig(psk=PSK)
+    w = make_pair(cfg, cfg)
+    _established(w)
+    old = (w.initiator.spi_i, w.initiator.spi_r)
+    i, r = w.initiator, w.responder_sa
+    i.rekey_ike(w.now)
+    r.rekey_ike(w.now)
+    w.pump()
+    assert (i.spi_i, i.spi_r) == (r.spi_i, r.spi_r) != old
+    assert i._old is None and r._old is None and i._spare is None and r._spare is None
+    assert i.stats["simultaneous_ike_rekeys"] == 1 and r.stats["simultaneous_ike_rekeys"] == 1
+    assert sorted(i.local_spis()) == [i._ctx.local_spi] and len(r.local_spis()) == 1
+    assert i.is_established and r.is_established
+    i.rekey_child(None, w.now)
+    w.pump()
+    assert w.of("r", ChildSaRekeyed) and len(i.children) == 1 and len(r.children) == 1
+    r.delete(w.now)
+    w.pump()
+    assert w.of("i", IkeSaDeleted)[0].by_peer and not w.responder.sas

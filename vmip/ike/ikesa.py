@@ -147,6 +147,9 @@ class IkeSaConfig:
     dpd_interval: float | None = None
     #: Child SA created with IKE_AUTH; False: IKE SA only.
     initial_child: bool = True
+    #: Send INITIAL_CONTACT in IKE_AUTH: this is the only IKE SA with the peer's
+    #: identity (§2.4); the runtime clears it while another one exists.
+    initial_contact: bool = True
     nonce_len: int = 32
     #: Offer MOBIKE (RFC 4555) in IKE_AUTH; used when the peer offers it too.
     mobike: bool = True
@@ -184,6 +187,9 @@ class _Child:
     remote_ts: tuple[TrafficSelector, ...]
     keys: tuple[bytes, bytes, bytes, bytes] = field(repr=False)  # enc_in, auth_in, enc_out, auth_out
     deleting: bool = False
+    #: CHILD_SAs that rekeyed this one: (inbound SPI, lowest nonce of that
+    #: exchange, we initiated it).  Two means a simultaneous rekey (§2.8.1).
+    successors: list[tuple[int, bytes, bool]] = field(default_factory=list)
 
 
 @dataclass
@@ -252,9 +258,21 @@ class IkeSa:
         self.remote_certificate: x509.Certificate | None = None
         #: The peer's AUTH has verified (stays True while the SA is deleted).
         self.authenticated = False
+        #: The peer's IKE_AUTH carried INITIAL_CONTACT (§2.4).
+        self.peer_initial_contact = False
+        #: Inbound CHILD_SA SPIs reserved (GETSPI) that no CHILD_SA took yet:
+        #: the runtime frees them when the SA fails or is deleted.
+        self.reserved_spis: set[int] = set()
         spi_i = self._new_ike_spi() if role is Role.INITIATOR else b""
         self._ctx = _Ctx(spi_i, bytes(8), role is Role.INITIATOR)
         self._old: _Ctx | None = None
+        #: The redundant new IKE SA of a simultaneous IKE rekey, until its
+        #: DELETE is done (§2.8.2).
+        self._spare: _Ctx | None = None
+        #: The context our own IKE rekey request is pending on, and the peer's
+        #: rekey that crossed it: (its new context, lowest nonce of that exchange).
+        self._ike_rekey_on: _Ctx | None = None
+        self._crossed_ike: tuple[_Ctx, bytes] | None = None
         # IKE_SA_INIT / IKE_AUTH scratch (AUTH signs these, §2.15).
         self._dh: DhKey | None = None
         self._nonce_i = b""
@@ -285,10 +303,12 @@ class IkeSa:
 
     def local_spis(self) -> list[bytes]:
         """Our SPIs of the current (and a rekeyed-away) IKE SA, for demultiplexing."""
-        spis = [self._ctx.local_spi]
-        if self._old is not None:
-            spis.append(self._old.local_spi)
+        spis = [ctx.local_spi for ctx in self._contexts()]
         return [s for s in spis if s and s != bytes(8)]
+
+    def _contexts(self) -> list[_Ctx]:
+        """The current IKE SA context, then a rekeyed-away and a redundant one."""
+        return [ctx for ctx in (self._ctx, self._old, self._spare) if ctx is not None]
 
     @property
     def is_established(self) -> bool:
@@ -370,13 +390,34 @@ class IkeSa:
         self._ctx.queue.append(lambda t: self._start_delete_child(t, child))
         self._kick(now)
 
-    def delete(self, now: float) -> None:
-        """Delete the IKE SA and with it every CHILD_SA (§1.4.1)."""
+    def delete(self, now: float, *, wait: bool = True) -> None:
+        """Delete the IKE SA and with it every CHILD_SA (§1.4.1).
+
+        *wait* False: send the DELETE once and forget the SA at once, without
+        waiting for (or retransmitting to) a peer that may be dead.
+        """
         if self.state is not State.ESTABLISHED:
             self._fail("deleted before it was established", now)
             return
+        if not wait:
+            ctx = self._ctx
+            ctx.queue.clear()
+            msg = IkeMessage(ctx.spi_i, ctx.spi_r, ExchangeType.INFORMATIONAL, ctx.mid_out,
+                             ctx.original_initiator, False, (DeletePayload(ProtocolId.IKE),))
+            ctx.mid_out += 1
+            self._emit_raw(encode_message(msg, ctx.cipher_out))
+            self._deleted(by_peer=False)
+            return
         self._ctx.queue.append(self._start_delete_ike)
         self._kick(now)
+
+    def abandon(self, reason: str, now: float) -> None:
+        """Forget the SA without a word to the peer: it has lost it already
+        (INITIAL_CONTACT of a new IKE SA with the same identity, §2.4)."""
+        if self.is_finished:
+            return
+        log.info("ike sa abandoned", sa=self.config.name, reason=reason)
+        self._deleted(by_peer=True)
 
     def send_liveness_check(self, now: float) -> None:
         """An empty INFORMATIONAL request (§1.4, dead peer detection)."""
@@ -393,8 +434,8 @@ class IkeSa:
 
     def get_timer(self) -> float | None:
         deadlines = []
-        for ctx in (self._ctx, self._old):
-            if ctx is not None and ctx.pending is not None:
+        for ctx in self._contexts():
+            if ctx.pending is not None:
                 deadlines.append(ctx.pending.next_at)
         if (self.state is State.ESTABLISHED and self.config.dpd_interval
                 and self._ctx.pending is None):
@@ -410,13 +451,16 @@ class IkeSa:
         if self.half_open and self.role is Role.RESPONDER and now >= self.created_at + self._give_up_after():
             self._fail("IKE_AUTH never arrived", now)
             return
-        for ctx in (self._ctx, self._old):
-            pending = ctx.pending if ctx is not None else None
+        for ctx in self._contexts():
+            pending = ctx.pending
             if pending is None or now < pending.next_at:
                 continue
             if pending.tries >= self.config.retransmit_tries:
                 if ctx is self._old:
                     self._old = None       # the old SA's delete went unanswered; drop it
+                    continue
+                if ctx is self._spare:
+                    self._spare = None
                     continue
                 if mobike.request_timed_out(self, pending, now):
                     continue               # an address check failed: the old path is tried
@@ -487,6 +531,11 @@ class IkeSa:
             if spi != bytes(8):
                 return spi
 
+    def _allocate_spi(self, now: float) -> int:
+        spi = self._spi_allocator(now)
+        self.reserved_spis.add(spi)
+        return spi
+
     def _need_established(self) -> None:
         if self.state is not State.ESTABLISHED:
             raise RuntimeError(f"IKE SA {self.config.name} is {self.state.value}, not established")
@@ -500,8 +549,8 @@ class IkeSa:
         return self.children[spi_in]
 
     def _ctx_for(self, msg: IkeMessage) -> _Ctx | None:
-        for ctx in (self._ctx, self._old):
-            if ctx is None or msg.spi_i != ctx.spi_i:
+        for ctx in self._contexts():
+            if msg.spi_i != ctx.spi_i:
                 continue
             # SPIr is still zero in IKE_SA_INIT (§3.1); after that it must match.
             if msg.exchange == ExchangeType.IKE_SA_INIT:
@@ -699,6 +748,8 @@ class IkeSa:
         ctx.mid_in += 1
         if via_nat_t and self.role is Role.RESPONDER:
             self.encap = True
+            # We answer from 4500 from now on (§2.23): say so.
+            self.local_addr = (self.local_addr[0], NAT_T_PORT)
         # Authenticated: the peer's address may have changed (NAT rebinding,
         # §2.23).  During IKE_AUTH only once the AUTH verified (_on_auth_request).
         # With MOBIKE only UPDATE_SA_ADDRESSES moves the SA (RFC 4555 §3.5).
@@ -747,7 +798,11 @@ class IkeSa:
             return
         errors = [n for n in find(msg.payloads, NotifyPayload) if n.notify_type <= NOTIFY_ERROR_MAX]
         if errors:
-            self._fail(f"IKE_SA_INIT refused: {_notify_name(errors[0].notify_type)}", now)
+            what = _notify_name(errors[0].notify_type)
+            if errors[0].notify_type == Notify.NO_PROPOSAL_CHOSEN:
+                what += (": the peer accepts none of our IKE proposals "
+                         f"({', '.join(self.config.ike_proposals)})")
+            self._fail(f"IKE_SA_INIT refused by the peer: {what}", now)
             return
         try:
             sa, = find(msg.payloads, SaPayload)
@@ -851,12 +906,13 @@ class IkeSa:
         if self.config.remote_id is not None:
             payloads.append(IdrPayload(self.config.remote_id))
         payloads.append(auth)
-        payloads.append(NotifyPayload(Notify.INITIAL_CONTACT))
+        if self.config.initial_contact:
+            payloads.append(NotifyPayload(Notify.INITIAL_CONTACT))
         payloads += mobike.auth_payloads(self)
         if self.config.initial_child:
             # The inbound SPI is allocated now, before IKE_AUTH completes, so
             # IRO can install its rules in time (IRO draft §6.2.1, GETSPI §6.2.2).
-            self._child_spi = self._spi_allocator(now)
+            self._child_spi = self._allocate_spi(now)
             if self.config.mode is Mode.TRANSPORT:
                 payloads.append(NotifyPayload(Notify.USE_TRANSPORT_MODE))
             payloads += [SaPayload(esp_sa_payload_proposals(self.config.esp_suites(),
@@ -919,8 +975,9 @@ class IkeSa:
     def _on_auth_response(self, msg: IkeMessage, now: float) -> None:
         self._now = now
         if notifies(msg.payloads, Notify.AUTHENTICATION_FAILED):
-            self._emit(AuthenticationFailed(self.config.name, "peer refused our AUTH", True))
-            self._fail("authentication failed", now)
+            reason = self._refused_auth_reason()
+            self._emit(AuthenticationFailed(self.config.name, reason, True))
+            self._fail(f"authentication failed: {reason}", now)
             return
         errors = [n for n in find(msg.payloads, NotifyPayload) if n.notify_type <= NOTIFY_ERROR_MAX]
         if not find(msg.payloads, AuthPayload):
@@ -929,15 +986,29 @@ class IkeSa:
             return
         problem = self._verify_peer_auth(msg, initiator_auth=False)
         if problem is not None:
+            problem = f"we refused the peer's AUTH: {problem}"
             self._emit(AuthenticationFailed(self.config.name, problem, False))
             self._fail(f"authentication failed: {problem}", now)
             return
         mobike.peer_auth(self, msg)
+        self.peer_initial_contact = bool(notifies(msg.payloads, Notify.INITIAL_CONTACT))
         self._established(now)
         if self.config.initial_child:
             assert self._child_spi is not None
             self._finish_child_initiator(msg, self._child_spi, self._nonce_i, self._nonce_r, None,
                                          self.config.child_name, None, now)
+
+    def _refused_auth_reason(self) -> str:
+        """Why the peer answered our IKE_AUTH with AUTHENTICATION_FAILED, as far
+        as we can tell: it names no reason (§2.21.2), so say what it was shown."""
+        ours = self._local_identity()
+        how = "certificate" if self.config.certificate is not None else "PSK"
+        reason = (f"the peer refused our AUTH (AUTHENTICATION_FAILED): it did not accept "
+                  f"our identity {ours} with our {how}")
+        if self.config.remote_id is not None:
+            reason += (f", or it is not {self.config.remote_id}, the identity we asked for "
+                       f"(remote_id, sent as IDr)")
+        return reason
 
     def _established(self, now: float) -> None:
         ctx = self._ctx
@@ -961,6 +1032,9 @@ class IkeSa:
         tsi, tsr = find(msg.payloads, TsiPayload), find(msg.payloads, TsrPayload)
         if errors or len(sas) != 1 or len(tsi) != 1 or len(tsr) != 1:
             reason = _notify_name(errors[0].notify_type) if errors else "SA or TS payload missing"
+            if errors and errors[0].notify_type == Notify.NO_PROPOSAL_CHOSEN:
+                reason += (": the peer accepts none of our ESP proposals "
+                           f"({', '.join(self.config.esp_proposals)})")
             self._emit(ChildSaFailed(self.config.name, name, reason))
             return
         ours = esp_sa_payload_proposals(self.config.esp_suites(), b"", dh is not None)
@@ -1021,6 +1095,7 @@ class IkeSa:
 
     def _child_added(self, child: _Child, rekeyed: _Child | None, now: float) -> None:
         self.children[child.spi_in] = child
+        self.reserved_spis.discard(child.spi_in)
         log.info("child sa created", sa=self.config.name, child=child.name,
                  spi_in=f"{child.spi_in:#010x}", spi_out=f"{child.spi_out:#010x}", suite=child.suite,
                  mode=child.mode.value, rekey=rekeyed is not None)
@@ -1102,6 +1177,7 @@ class IkeSa:
             self._fail(f"authentication failed: {problem}", now)
             return
         self.remote_addr = (str(addr[0]), int(addr[1]))   # §2.23, now that it is authentic
+        self.peer_initial_contact = bool(notifies(msg.payloads, Notify.INITIAL_CONTACT))
         payloads = self._auth_payloads(initiator=False)
         mobike.peer_auth(self, msg)
         if self.mobike.peer_supported:
@@ -1152,7 +1228,7 @@ class IkeSa:
             return [NotifyPayload(Notify.TS_UNACCEPTABLE)], None, "traffic selectors unacceptable"
         transport = bool(notifies(msg.payloads, Notify.USE_TRANSPORT_MODE)) and \
             self.config.mode is Mode.TRANSPORT
-        spi_in = self._spi_allocator(now)
+        spi_in = self._allocate_spi(now)
         spi_out = int.from_bytes(picked[0].spi, "big")
         accepted = accepted_proposal(picked[0], picked[1])
         from dataclasses import replace
@@ -1179,7 +1255,7 @@ class IkeSa:
         pfs = [s.dh for s in esp if s.dh]
         dh = DhKey(pfs[0], self._rng) if pfs else None
         ni = self._rng(self.config.nonce_len)
-        spi_in = self._spi_allocator(now)
+        spi_in = self._allocate_spi(now)
         payloads: list[Payload] = []
         if rekey is not None:
             payloads.append(NotifyPayload(Notify.REKEY_SA, b"", ProtocolId.ESP,
@@ -1208,11 +1284,33 @@ class IkeSa:
                 pass
             self._finish_child_initiator(msg, spi_in, ni, nonces[0].nonce, dh, child_name, rekey, t,
                                          wanted_mode=mode, proposed=(lts, rts))
-            if rekey is not None and any(c.spi_in == spi_in for c in self.children.values()):
+            if rekey is not None and spi_in in self.children:
                 # §2.8: the initiator of the rekey deletes the old SA.
                 self._ctx.queue.appendleft(lambda t2: self._start_delete_child(t2, rekey))
+                self._rekeyed_by(rekey, spi_in, min(ni, nonces[0].nonce), True, t)
 
         self._send_request(ctx, ExchangeType.CREATE_CHILD_SA, payloads, on_response, now)
+
+    def _rekeyed_by(self, old: _Child, spi_in: int, lowest_nonce: bytes, ours: bool,
+                    now: float) -> None:
+        """*old* has a new successor; two of them is a simultaneous rekey.
+
+        §2.8.1: of the two new CHILD_SAs, the one whose exchange had the
+        lowest of the four nonces is redundant, and the side that initiated
+        that exchange deletes it.  Both sides see the same four nonces, so
+        exactly one side deletes.
+        """
+        old.successors.append((spi_in, lowest_nonce, ours))
+        if len(old.successors) != 2:
+            return
+        loser = min(old.successors, key=lambda s: s[1])
+        self._count("simultaneous_child_rekeys")
+        log.info("simultaneous child sa rekey", sa=self.config.name, child=old.name,
+                 redundant=f"{loser[0]:#010x}", deleted_by="us" if loser[2] else "peer")
+        redundant = self.children.get(loser[0])
+        if loser[2] and redundant is not None:
+            self._ctx.queue.append(lambda t: self._start_delete_child(t, redundant))
+            self._kick(now)
 
     def _start_rekey_ike(self, now: float) -> None:
         ctx = self._ctx
@@ -1227,43 +1325,80 @@ class IkeSa:
                                    NoncePayload(ni), KePayload(dh.group, dh.public)]
 
         def on_response(msg: IkeMessage, t: float) -> None:
+            crossed, self._crossed_ike, self._ike_rekey_on = self._crossed_ike, None, None
             errors = [n for n in find(msg.payloads, NotifyPayload) if n.notify_type <= NOTIFY_ERROR_MAX]
             sas, kes, nonces = find(msg.payloads, SaPayload), find(msg.payloads, KePayload), find(msg.payloads, NoncePayload)
+            problem = None
             if errors or len(sas) != 1 or len(kes) != 1 or len(nonces) != 1:
-                log.info("ike rekey refused", sa=self.config.name,
-                         reason=_notify_name(errors[0].notify_type) if errors else "payload missing")
+                problem = _notify_name(errors[0].notify_type) if errors else "payload missing"
+            else:
+                picked = choose(ike_sa_payload_proposals(ordered), sas[0].proposals)
+                if picked is None or len(picked[0].spi) != 8 or kes[0].group != dh.group:
+                    problem = "response unusable"
+                else:
+                    try:
+                        shared = dh.shared_secret(kes[0].data)
+                    except IkeCryptoError as exc:
+                        problem = str(exc)
+            if problem is not None:
+                log.info("ike rekey refused", sa=self.config.name, reason=problem)
+                if crossed is not None:
+                    # The peer's own rekey went through: it is the new IKE SA,
+                    # and the peer, its initiator, deletes the old one.
+                    self._adopt_ike(crossed[0], t)
                 return
-            picked = choose(ike_sa_payload_proposals(ordered), sas[0].proposals)
-            if picked is None or len(picked[0].spi) != 8 or kes[0].group != dh.group:
-                log.info("ike rekey response unusable", sa=self.config.name)
-                return
-            try:
-                shared = dh.shared_secret(kes[0].data)
-            except IkeCryptoError:
-                return
-            self._switch_ike(ike_suite_of(picked[1]), new_spi, picked[0].spi, True, shared, ni,
-                             nonces[0].nonce, t)
+            assert picked is not None
+            new = self._derive_ike(ike_suite_of(picked[1]), new_spi, picked[0].spi, True, shared,
+                                   ni, nonces[0].nonce)
+            ours_lowest = min(ni, nonces[0].nonce)
+            if crossed is not None:
+                # §2.8.2: the new IKE SA of the exchange with the lowest of the
+                # four nonces is redundant; its initiator deletes it, and the
+                # initiator of the survivor deletes the old IKE SA.
+                self._count("simultaneous_ike_rekeys")
+                redundant_is_ours = ours_lowest < crossed[1]
+                log.info("simultaneous ike sa rekey", sa=self.config.name,
+                         redundant="ours" if redundant_is_ours else "peer's")
+                if redundant_is_ours:
+                    self._adopt_ike(crossed[0], t)
+                    self._spare = new
+                    self._send_request(new, ExchangeType.INFORMATIONAL,
+                                       [DeletePayload(ProtocolId.IKE)], self._spare_deleted, t)
+                    return
+                self._spare = crossed[0]    # the peer deletes it; we answer its DELETE
+            self._adopt_ike(new, t)
             old = self._old
             assert old is not None
             old.queue.append(lambda t2: self._start_delete_old(t2, old))
 
+        self._ike_rekey_on = ctx
         self._send_request(ctx, ExchangeType.CREATE_CHILD_SA, payloads, on_response, now)
 
-    def _switch_ike(self, suite: IkeSuite, spi_i: bytes, spi_r: bytes, we_initiated: bool,
-                    shared: bytes, ni: bytes, nr: bytes, now: float) -> None:
-        """Make the rekeyed IKE SA current; the old one awaits its DELETE (§2.18)."""
+    def _spare_deleted(self, msg: IkeMessage, now: float) -> None:
+        self._spare = None
+
+    def _derive_ike(self, suite: IkeSuite, spi_i: bytes, spi_r: bytes, we_initiated: bool,
+                    shared: bytes, ni: bytes, nr: bytes) -> _Ctx:
+        """The context of a rekeyed IKE SA, keyed from the current one's SK_d (§2.18)."""
         old = self._ctx
         assert old.keys is not None and old.suite is not None
         new = _Ctx(spi_i, spi_r, we_initiated)
         seed = crypto.rekey_skeyseed(old.suite.prf, old.keys.sk_d, shared, ni, nr)
         self._install_ike_keys(new, suite, seed, ni, nr)
+        return new
+
+    def _adopt_ike(self, new: _Ctx, now: float) -> None:
+        """Make the rekeyed IKE SA current; the old one awaits its DELETE (§2.18)."""
+        old = self._ctx
         new.queue = old.queue
         old.queue = deque()
         self._old = old
         self._ctx = new
-        self.role = Role.INITIATOR if we_initiated else Role.RESPONDER
-        self._emit(IkeSaRekeyed(self.config.name, old.spi_i, old.spi_r, spi_i, spi_r, str(suite)))
-        log.info("ike sa rekeyed", sa=self.config.name, spi_i=spi_i.hex(), spi_r=spi_r.hex())
+        self.role = Role.INITIATOR if new.original_initiator else Role.RESPONDER
+        self._emit(IkeSaRekeyed(self.config.name, old.spi_i, old.spi_r, new.spi_i, new.spi_r,
+                                str(new.suite)))
+        log.info("ike sa rekeyed", sa=self.config.name, spi_i=new.spi_i.hex(),
+                 spi_r=new.spi_r.hex())
 
     def _start_delete_old(self, now: float, old: _Ctx) -> None:
         def on_response(msg: IkeMessage, t: float) -> None:
@@ -1318,6 +1453,7 @@ class IkeSa:
         self.state = State.DELETED
         ctx.pending = None
         self._old = None
+        self._spare = None
         log.info("ike sa deleted", sa=self.config.name, by_peer=by_peer)
         self._emit(IkeSaDeleted(self.config.name, ctx.spi_i, ctx.spi_r, by_peer))
 
@@ -1351,6 +1487,8 @@ class IkeSa:
         self._send_response(ctx, msg, payloads, addr)
         if child is not None:
             self._child_added(child, rekeyed, now)
+            if rekeyed is not None:
+                self._rekeyed_by(rekeyed, child.spi_in, min(nonces[0].nonce, nr), False, now)
         else:
             self._emit(ChildSaFailed(self.config.name, name, failure or "refused"))
 
@@ -1377,7 +1515,13 @@ class IkeSa:
         accepted = replace(accepted_proposal(picked[0], picked[1]), spi=new_spi)
         self._send_response(ctx, msg, [SaPayload((accepted,)), NoncePayload(nr),
                                        KePayload(dh.group, dh.public)], addr)
-        self._switch_ike(suite, picked[0].spi, new_spi, False, shared, nonce.nonce, nr, now)
+        new = self._derive_ike(suite, picked[0].spi, new_spi, False, shared, nonce.nonce, nr)
+        if self._ike_rekey_on is ctx:
+            # Our own rekey of this IKE SA is under way: which new SA stays is
+            # decided when its response arrives (§2.8.2).
+            self._crossed_ike = (new, min(nonce.nonce, nr))
+            return
+        self._adopt_ike(new, now)
 
     # .............................................. INFORMATIONAL (responder)
     def _on_informational_request(self, ctx: _Ctx, msg: IkeMessage, addr: Addr, now: float) -> None:
@@ -1386,6 +1530,9 @@ class IkeSa:
             self._send_response(ctx, msg, [], addr)
             if ctx is self._old:
                 self._old = None      # the peer finished its IKE rekey
+                return
+            if ctx is self._spare:
+                self._spare = None    # the peer's redundant SA of a simultaneous rekey
                 return
             self._deleted(by_peer=True)
             return
