@@ -394,6 +394,17 @@ class IkeConfig:
     esp_proposals: tuple[str, ...] = field(metadata=key(
         v.list_of(v.choice(tuple(SUITES), '"aes128gcm16"'), '"aes128gcm16"', min_items=1,
                   what="suite"), default=DEFAULT_ESP_PROPOSALS))
+    #: Liveness check (RFC 7296 §2.4) after this many seconds without a
+    #: message from the peer; 0: never.
+    dpd_interval: float = field(metadata=key(
+        v.seconds_between("30", 0, 86400, "an interval (0: no liveness checks)"), default=30.0))
+    #: First retransmission of an IKE request after this long; each next one
+    #: waits twice as long.
+    retransmit_timeout: float = field(metadata=key(
+        v.seconds_between("1", 0.05, 60, "a timeout"), default=1.0))
+    #: Sends of one request before the peer is declared dead (the first counts).
+    retransmit_tries: int = field(metadata=key(
+        v.integer("5", 1, 20, "a number of sends"), default=5))
     peers: tuple[IkePeerConfig, ...] = field(metadata=section(IkePeerConfig, name="peer",
                                                               array=True))
     #: HA only: admit any mobile node the CA certifies, bound to the home

@@ -255,6 +255,18 @@ def seconds(example: str) -> Parser[float]:
     return parse
 
 
+def seconds_between(example: str, lo: float, hi: float, what: str) -> Parser[float]:
+    """A number of seconds from *lo* to *hi* (0 allowed when *lo* is 0)."""
+    def parse(ctx: Context, path: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            wrong_type(ctx, path, value, "a number of seconds", example)
+        if not math.isfinite(value) or value < lo or value > hi or (lo == 0 and value < 0):
+            ctx.fail(path, f"{show(value)} is out of range",
+                     f"write {what} from {show(lo)} to {show(hi)} seconds, such as {example}")
+        return float(value)
+    return parse
+
+
 def address(what: str, example: str, version: int | None = None) -> Parser[Address]:
     kind = {4: "an IPv4 address", 6: "an IPv6 address", None: "an IP address"}[version]
 
