@@ -8,6 +8,7 @@ its control socket (``ike.list``, ``ike.initiate``, ``ike.terminate``,
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from vmip.cli.render import Column, add_json_flag, print_json, print_rows
@@ -100,10 +101,13 @@ def _initiate(args) -> int:
     if args.json:
         print_json(result)
     elif result.get("already"):
-        print(f"an IKE SA with {args.name} exists already ({result['state']})")
+        print(f"vmip: nothing done: an IKE SA with {args.name} exists already "
+              f"({result['state']}); 'vmip ike terminate {args.name}' first to start anew",
+              file=sys.stderr)
     else:
         print(f"IKE SA with {args.name} started ({result['state']}); see 'vmip ike list'")
-    return 0
+    # Nothing started is not success: scripts must be able to tell.
+    return 1 if result.get("already") else 0
 
 
 def _terminate(args) -> int:

@@ -30,6 +30,9 @@ class IkeSaEstablished(IkeEvent):
     remote_id: str
     suite: str
     nat_detected: bool
+    #: The peer sent INITIAL_CONTACT: it holds no other IKE SA with us, so any
+    #: other one we hold with the same identity is stale (RFC 7296 §2.4).
+    initial_contact: bool = False
 
 
 @dataclass(frozen=True)

@@ -1020,7 +1020,8 @@ class IkeSa:
                  spi_r=ctx.spi_r.hex(), peer=str(self.remote_identity), suite=str(ctx.suite))
         self._emit(IkeSaEstablished(self.config.name, ctx.spi_i, ctx.spi_r,
                                     self.role is Role.INITIATOR, self.local_addr, self.remote_addr,
-                                    str(self.remote_identity), str(ctx.suite), self.nat_detected))
+                                    str(self.remote_identity), str(ctx.suite), self.nat_detected,
+                                    self.peer_initial_contact))
 
     def _finish_child_initiator(self, msg: IkeMessage, spi_in: int, ni: bytes, nr: bytes,
                                 dh: DhKey | None, name: str, rekeyed: _Child | None,

@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import itertools
+import random
 import socket
 from collections import Counter
 from collections.abc import Callable
@@ -119,9 +120,22 @@ CHILD_HARD_SECONDS = 3960.0
 #: the policies made from negotiated traffic selectors.
 BYPASS_PRIORITY = 0
 CHILD_POLICY_PRIORITY = 50
-#: Seconds before an ``initiate`` peer whose IKE SA failed is tried again
-#: (MN-CN IKE needs the HA tunnel first: its first tries may go nowhere).
-INITIATE_RETRY_SECONDS = 3.0
+#: Re-establishing an ``initiate`` peer whose IKE SA failed: the first try
+#: after about this long (MN-CN IKE needs the HA tunnel first: its first
+#: tries may go nowhere), doubling per failure up to the cap, each delay
+#: drawn from [3/4, 5/4] of its value so that many nodes do not retry in step.
+INITIATE_RETRY_SECONDS = 2.0
+INITIATE_RETRY_CAP_SECONDS = 120.0
+RETRY_JITTER = 0.25
+#: How long a stopping node waits for the answers to its DELETEs.
+STOP_DELETE_WAIT_SECONDS = 1.0
+
+
+def retry_delay(failures: int, rng: Callable[[], float] = random.random) -> float:
+    """Seconds before try number *failures* + 1 (exponential, capped, jittered)."""
+    base = min(INITIATE_RETRY_CAP_SECONDS,
+               INITIATE_RETRY_SECONDS * 2 ** max(0, min(failures - 1, 30)))
+    return base * (1 - RETRY_JITTER + 2 * RETRY_JITTER * rng())
 
 
 @dataclass(frozen=True)
@@ -155,6 +169,11 @@ class ChildRecord:
     event: ChildSaCreated
     policies: list[str] = field(default_factory=list)
     rekeying: bool = False
+    #: The selectors its policies cover, with their priorities.
+    selectors: dict[Selector, int] = field(default_factory=dict)
+    #: Its outbound policy per selector, while this child carries that
+    #: selector's traffic (see IkeManager._outbound).
+    outbound: dict[Selector, str] = field(default_factory=dict)
     #: Destination addresses the SAD holds the SAs under (inbound, outbound).
     sa_dst_in: Any = None
     sa_dst_out: Any = None
@@ -194,6 +213,18 @@ class IkeManager:
         self._bypass_installed: list[str] = []
         # rfc3948 links: local IKE address -> (driver, UDP 500 socket).
         self._rfc3948: dict[str, tuple[Any, socket.socket | None]] = {}
+        # One outbound policy per (IKE peer, child, selector), always on the
+        # newest CHILD_SA: a rekey, a replacing IKE SA or a simultaneous rekey
+        # never leaves two equal-priority policies where the stale one wins.
+        self._outbound: dict[tuple[str, str, Selector], int] = {}
+        # Re-establishing peers with initiate = true (docs/ike.md "Lifecycle").
+        self._failures: Counter[str] = Counter()
+        self._retries: dict[str, asyncio.TimerHandle] = {}
+        self._retry_at: dict[str, float] = {}
+        self._held: set[str] = set()        # terminated: no retry until initiate
+        self._last_error: dict[str, str] = {}
+        self._stopping = False
+        self._all_gone: asyncio.Event | None = None
         self._subscription = services.bus.subscribe(self._on_sadb_event)
         self._refusals = RefusalLog(self.counters)
         self._internal_error_logged = False
@@ -280,7 +311,8 @@ class IkeManager:
                 name=peer.name, remote_id=remote_id,
                 ike_proposals=tuple(self.ike_config.proposals),
                 esp_proposals=tuple(self.ike_config.esp_proposals), child_name=first.name,
-                local_ts=local_ts, remote_ts=remote_ts, mode=mode, **self._auth)
+                local_ts=local_ts, remote_ts=remote_ts, mode=mode, **self._lifecycle(peer.name),
+                **self._auth)
         local_ts, remote_ts = self._proposed_ts
         host_to_host = (
             not local_ts
@@ -291,7 +323,20 @@ class IkeManager:
             name=peer.name, remote_id=remote_id, ike_proposals=tuple(self.ike_config.proposals),
             esp_proposals=tuple(self.ike_config.esp_proposals), child_name=peer.name,
             local_ts=local_ts, remote_ts=remote_ts,
-            mode=Mode.TRANSPORT if host_to_host else Mode.TUNNEL, **self._auth)
+            mode=Mode.TRANSPORT if host_to_host else Mode.TUNNEL, **self._lifecycle(peer.name),
+            **self._auth)
+
+    def _lifecycle(self, name: str) -> dict[str, Any]:
+        """Liveness and retransmission settings of an IKE SA with peer *name*."""
+        ike = self.ike_config
+        return {
+            "dpd_interval": ike.dpd_interval or None,
+            "retransmit_timeout": ike.retransmit_timeout,
+            "retransmit_tries": ike.retransmit_tries,
+            # INITIAL_CONTACT says "this is our only IKE SA with you" (RFC 7296
+            # §2.4): not while another one is alive, or the peer drops it.
+            "initial_contact": not any(not sa.is_finished for sa in self._sas_of(name)),
+        }
 
     def _peer_for_address(self, address: str):
         try:
@@ -471,11 +516,69 @@ class IkeManager:
         return allocate
 
     def _retry_initiate(self, name: str) -> None:
+        self._retries.pop(name, None)
+        self._retry_at.pop(name, None)
+        if name in self._held or self._stopping:
+            return
         self.counters["initiate_retries"] += 1
         try:
-            self.initiate(name)
+            self._initiate(name)
         except VmipError as exc:
             log.warning("ike initiate retry failed", peer=name, error=str(exc))
+            self._last_error[name] = str(exc)
+            self._schedule_retry(name)
+
+    def _schedule_retry(self, name: str) -> None:
+        """Try *name* again later: exponential backoff with a cap and jitter."""
+        peer = self.peers.get(name)
+        if peer is None or not peer.initiate or name in self._held or self._stopping \
+                or name in self._retries or self._loop is None:
+            return
+        if any(not sa.is_finished for sa in self._sas_of(name)):
+            return     # another IKE SA with the peer is alive or under way
+        self._failures[name] += 1
+        delay = retry_delay(self._failures[name])
+        self._retries[name] = self._loop.call_later(delay, self._retry_initiate, name)
+        self._retry_at[name] = self.services.clock() + delay
+        log.info("ike retry scheduled", peer=name, after_s=round(delay, 1),
+                 failures=self._failures[name])
+
+    def _cancel_retry(self, name: str) -> None:
+        handle = self._retries.pop(name, None)
+        self._retry_at.pop(name, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _free_reservations(self, sa: IkeSa) -> None:
+        """Inbound SPIs reserved for CHILD_SAs that never came: free them now
+        rather than leave larval SAs behind for the SAD's larval lifetime."""
+        try:
+            dst = ipaddress.ip_address(sa.local_addr[0].split("%")[0])
+        except ValueError:
+            return
+        for spi in sorted(sa.reserved_spis):
+            info = self.services.sad.get(spi, Direction.IN, dst)
+            if info is not None and info.state == "larval":
+                self.services.sad.delete(spi, Direction.IN, dst, reason="ike: sa failed")
+                self.counters["larval_freed"] += 1
+        sa.reserved_spis.clear()
+
+    def _initial_contact(self, sa: IkeSa) -> None:
+        """The peer of *sa* holds no other IKE SA with us (INITIAL_CONTACT, RFC
+        7296 §2.4): forget our others with the same authenticated identity."""
+        for other in self._sas_of(sa.config.name):
+            if other is sa or not other.is_established \
+                    or str(other.remote_identity) != str(sa.remote_identity):
+                continue
+            self.counters["ike_sa_replaced_initial_contact"] += 1
+            other.abandon("the peer sent INITIAL_CONTACT on a new IKE SA", self.services.clock())
+            if self._loop is not None:
+                # Its events (children gone) are handled in a pump of their own.
+                self._loop.call_soon(self._pump_all)
+
+    def _pump_all(self) -> None:
+        self._collect_all()
+        self._pump(self.services.clock())
 
     # -- the MN-HA IKE SA follows the CoA -------------------------------------------
 
@@ -573,6 +676,14 @@ class IkeManager:
     # -- control -----------------------------------------------------------------
 
     def initiate(self, name: str) -> dict:
+        """``vmip ike initiate``: start an IKE SA now; lifts a terminate."""
+        if name in self.peers:
+            self._held.discard(name)
+            self._cancel_retry(name)
+            self._failures.pop(name, None)
+        return self._initiate(name)
+
+    def _initiate(self, name: str) -> dict:
         peer = self.peers.get(name)
         if peer is None:
             raise KeyingError(f"no IKE peer {name!r}; peers: {', '.join(self.peers) or 'none'}")
@@ -588,15 +699,46 @@ class IkeManager:
         return {"peer": name, "state": sa.state.value, "already": False}
 
     def terminate(self, name: str) -> dict:
+        """``vmip ike terminate``: DELETE the IKE SAs with *name* and forget them
+        at once (a dead peer is not waited for); no retry until ``initiate``."""
         sas = [sa for sa in self._sas_of(name) if not sa.is_finished]
         if name not in self.peers and not sas:
             raise KeyingError(f"no IKE peer {name!r}; peers: {', '.join(self.peers) or 'none'}")
+        self._held.add(name)
+        self._cancel_retry(name)
         now = self.services.clock()
         for sa in sas:
-            sa.delete(now)
+            sa.delete(now, wait=False)
         self._collect_all()
         self._pump(now)
         return {"peer": name, "terminated": len(sas)}
+
+    async def stop(self, timeout: float = STOP_DELETE_WAIT_SECONDS) -> int:
+        """The node stops: DELETE every established IKE SA (RFC 7296 §1.4.1) and
+        wait at most *timeout* for the answers; returns how many were sent."""
+        self._stopping = True
+        for name in list(self._retries):
+            self._cancel_retry(name)
+        now = self.services.clock()
+        sent = 0
+        for endpoint in self.endpoints.values():
+            for sa in endpoint.sas:
+                if sa.is_established:
+                    sa.delete(now)
+                    sent += 1
+        if not sent:
+            return 0
+        self._all_gone = asyncio.Event()
+        self._collect_all()
+        self._pump(now)
+        try:
+            await asyncio.wait_for(self._all_gone.wait(), timeout)
+        except TimeoutError:
+            self.counters["stop_delete_unanswered"] += 1
+        log.info("ike sas deleted on stop", sent=sent,
+                 answered=not any(sa.is_established or sa.state.value == "deleting"
+                                  for ep in self.endpoints.values() for sa in ep.sas))
+        return sent
 
     def rekey(self, name: str, *, ike: bool = False) -> dict:
         sas = [sa for sa in self._sas_of(name) if sa.is_established]
@@ -656,7 +798,12 @@ class IkeManager:
                 })
         return {
             "sas": rows,
-            "peers": [{"name": p.name, "address": str(p.address), "initiate": p.initiate}
+            "peers": [{"name": p.name, "address": str(p.address), "initiate": p.initiate,
+                       "terminated": p.name in self._held,
+                       "failures": self._failures.get(p.name, 0),
+                       "retry_in_s": round(max(0.0, self._retry_at[p.name] - now), 1)
+                       if p.name in self._retry_at else None,
+                       "last_error": self._last_error.get(p.name)}
                       for p in self.peers.values()],
             "endpoints": {local: {"half_open": ep.half_open_count, **ep.stats}
                           for local, ep in self.endpoints.items()},
@@ -822,6 +969,9 @@ class IkeManager:
                 # Only the event's SA can have been acted on: collecting every
                 # SA here would cost O(SAs) per event.
                 endpoint.collect(item[0])
+        if self._all_gone is not None and not any(
+                not sa.is_finished for ep in self.endpoints.values() for sa in ep.sas):
+            self._all_gone.set()
         self.services.pump.arm()
 
     # -- the pump's side: one timer for the node, this is one of its cores -------------
@@ -861,14 +1011,22 @@ class IkeManager:
                                       else {"by_peer": event.by_peer}))
             self.counters["ike_sa_deleted" if isinstance(event, IkeSaDeleted) else
                           "ike_sa_failed"] += 1
-            peer = self.peers.get(event.name)
-            if isinstance(event, IkeSaFailed) and peer is not None and peer.initiate \
-                    and sa.role is Role.INITIATOR and self._loop is not None:
-                self._loop.call_later(INITIATE_RETRY_SECONDS, self._retry_initiate, peer.name)
+            self._free_reservations(sa)
+            if isinstance(event, IkeSaFailed):
+                self._last_error[event.name] = event.reason
+                # Re-established whoever started it (a peer's rekey makes us
+                # the "responder" of an SA we initiated): the config decides.
+                self._schedule_retry(event.name)
         elif isinstance(event, IkeSaEstablished):
             self.counters["ike_sa_established"] += 1
             log.info("ike sa established", peer=event.name, remote=event.remote_addr[0],
-                     suite=event.suite, initiator=event.initiator, nat=event.nat_detected)
+                     suite=event.suite, initiator=event.initiator, nat=event.nat_detected,
+                     initial_contact=event.initial_contact)
+            self._failures.pop(event.name, None)
+            self._cancel_retry(event.name)
+            self._last_error.pop(event.name, None)
+            if event.initial_contact:
+                self._initial_contact(sa)
             self._learn_locator(sa, event.remote_addr[0], now)
             if sa.role is Role.INITIATOR:
                 # Further CHILD_SAs of the plan (e.g. the MN-HA tunnel after the MH pair).
@@ -893,8 +1051,9 @@ class IkeManager:
                 ike_mobike.addresses_updated(self, sa, event, now)
         elif isinstance(event, (AuthenticationFailed, ChildSaFailed)):
             self.counters[type(event).__name__] += 1
-            log.warning("ike " + type(event).__name__, peer=getattr(event, "ike_name", None)
-                        or event.name, reason=event.reason)
+            name = event.ike_name if isinstance(event, ChildSaFailed) else event.name
+            log.warning("ike " + type(event).__name__, peer=name, reason=event.reason)
+            self._last_error[name] = event.reason
 
     def _static_locator(self, onwire: bytes):
         """The config's own locator for an on-wire address (longest prefix, with an
@@ -995,26 +1154,19 @@ class IkeManager:
                                 reason="ike: reservation at a former address")
             services.sad.add(inbound, now)
         services.sad.add(outbound, now)
-        record = ChildRecord(sa, event, sa_dst_in=inbound.dst, sa_dst_out=outbound.dst)
-        if rekey_of is not None:
-            old = self.children.get(rekey_of)
-            if old is not None:
-                # §2.8: new traffic on the new SA now; the old inbound SA stays until DELETE.
-                for name in [n for n in old.policies if n.endswith("-out")]:
-                    self._remove_policy(name)
-                    old.policies.remove(name)
-        seq = next(self._policy_seq)
-        for index, selector in enumerate(selectors):
-            for direction, spi in ((Direction.OUT, event.spi_out), (Direction.IN, event.spi_in)):
-                name = f"ike-{event.name}-{seq}.{index}-{direction.value}"
-                try:
-                    services.spd.add(Policy(name, direction, selector, Action.PROTECT, (spi,),
-                                        priorities.get(selector, CHILD_POLICY_PRIORITY)))
-                except SpdError as exc:
-                    log.error("ike policy refused", policy=name, error=str(exc))
-                    continue
-                record.policies.append(name)
+        record = ChildRecord(sa, event, sa_dst_in=inbound.dst, sa_dst_out=outbound.dst,
+                             selectors={sel: priorities.get(sel, CHILD_POLICY_PRIORITY)
+                                        for sel in selectors})
+        record_seq = next(self._policy_seq)
         self.children[event.spi_in] = record
+        for index, selector in enumerate(selectors):
+            name = f"ike-{event.name}-{record_seq}.{index}-in"
+            if self._add_policy(name, Direction.IN, selector, event.spi_in,
+                                record.selectors[selector]):
+                record.policies.append(name)
+            # §2.8: new traffic on the new SA now (this also moves it off a
+            # replaced IKE SA's child); the old inbound SA stays until DELETE.
+            self._take_outbound(record, selector)
         self.counters["child_sa_rekeyed" if rekey_of is not None else "child_sa_created"] += 1
         log.info("ike child sa installed", peer=event.ike_name, child=event.name,
                  spi_in=f"{event.spi_in:#010x}", spi_out=f"{event.spi_out:#010x}",
@@ -1027,6 +1179,39 @@ class IkeManager:
         if name in self.services.spd:
             self.services.spd.remove(name)
 
+    def _add_policy(self, name: str, direction: Direction, selector: Selector, spi: int,
+                    priority: int) -> bool:
+        try:
+            self.services.spd.add(Policy(name, direction, selector, Action.PROTECT, (spi,),
+                                         priority))
+        except SpdError as exc:
+            log.error("ike policy refused", policy=name, error=str(exc))
+            return False
+        return True
+
+    @staticmethod
+    def _outbound_key(record: ChildRecord, selector: Selector) -> tuple[str, str, Selector]:
+        return (record.ike_sa.config.name, record.event.name, selector)
+
+    def _take_outbound(self, record: ChildRecord, selector: Selector) -> None:
+        """*record*'s CHILD_SA carries *selector*'s outbound traffic from now on:
+        the policy moves to it from whichever child had it."""
+        key = self._outbound_key(record, selector)
+        holder = self.children.get(self._outbound.get(key, -1))
+        if holder is not None and holder is not record:
+            name = holder.outbound.pop(selector, None)
+            if name is not None:
+                self._remove_policy(name)
+                holder.policies.remove(name)
+                self.counters["outbound_moved"] += 1
+        event = record.event
+        name = f"ike-{event.name}-{next(self._policy_seq)}-out"
+        if self._add_policy(name, Direction.OUT, selector, event.spi_out,
+                            record.selectors[selector]):
+            record.policies.append(name)
+            record.outbound[selector] = name
+            self._outbound[key] = event.spi_in
+
     def _remove_child(self, spi_in: int, reason: str) -> None:
         record = self.children.pop(spi_in, None)
         if record is None:
@@ -1035,6 +1220,18 @@ class IkeManager:
         event = record.event
         for name in record.policies:
             self._remove_policy(name)
+        for selector in record.outbound:
+            # Its traffic goes back to the newest other child with that selector
+            # (the survivor of a simultaneous rekey), if any.
+            key = self._outbound_key(record, selector)
+            if self._outbound.get(key) != spi_in:
+                continue
+            del self._outbound[key]
+            heir = next((other for other in reversed(self.children.values())
+                         if self._outbound_key(other, selector) == key
+                         and selector in other.selectors), None)
+            if heir is not None:
+                self._take_outbound(heir, selector)
         for spi, direction, dst in ((event.spi_in, Direction.IN, record.sa_dst_in),
                                     (event.spi_out, Direction.OUT, record.sa_dst_out)):
             if services.sad.get(spi, direction, dst) is None:

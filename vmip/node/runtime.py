@@ -280,6 +280,10 @@ class Node:
                     self.loop.remove_signal_handler(sig)
                 except (NotImplementedError, RuntimeError, ValueError):
                     pass
+        if self.keying is not None:
+            # On-stop step: DELETE our IKE SAs while the links still carry
+            # them, waiting a bounded time for the answers.
+            await self._close_step_async("IKE deletes", self.keying.stop)
         self.pump.close()
         # After the privilege drop some steps may fail (EPERM): one failure
         # must not leave the TUN, the links or a capture open.
