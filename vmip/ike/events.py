@@ -110,6 +110,9 @@ class ChildSaRekeyed(IkeEvent):
     old_spi_in: int
     old_spi_out: int
     new: ChildSaCreated
+    #: The peer started the rekey: it deletes the old SA, and starts sending on
+    #: the new one only once it has our answer (RFC 7296 §2.8).
+    by_peer: bool = False
 
 
 @dataclass(frozen=True)

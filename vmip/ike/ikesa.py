@@ -1094,7 +1094,8 @@ class IkeSa:
                               c.local_ts, c.remote_ts, self.local_addr, self.remote_addr, self.encap,
                               *c.keys)
 
-    def _child_added(self, child: _Child, rekeyed: _Child | None, now: float) -> None:
+    def _child_added(self, child: _Child, rekeyed: _Child | None, now: float,
+                     by_peer: bool = False) -> None:
         self.children[child.spi_in] = child
         self.reserved_spis.discard(child.spi_in)
         log.info("child sa created", sa=self.config.name, child=child.name,
@@ -1102,7 +1103,7 @@ class IkeSa:
                  mode=child.mode.value, rekey=rekeyed is not None)
         ev = self._child_event(child)
         if rekeyed is not None:
-            self._emit(ChildSaRekeyed(rekeyed.spi_in, rekeyed.spi_out, ev))
+            self._emit(ChildSaRekeyed(rekeyed.spi_in, rekeyed.spi_out, ev, by_peer))
         else:
             self._emit(ev)
 
@@ -1487,7 +1488,7 @@ class IkeSa:
                                                          now, include_nonce=True)
         self._send_response(ctx, msg, payloads, addr)
         if child is not None:
-            self._child_added(child, rekeyed, now)
+            self._child_added(child, rekeyed, now, by_peer=True)
             if rekeyed is not None:
                 self._rekeyed_by(rekeyed, child.spi_in, min(nonces[0].nonce, nr), False, now)
         else:

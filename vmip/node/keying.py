@@ -715,29 +715,38 @@ class IkeManager:
 
     async def stop(self, timeout: float = STOP_DELETE_WAIT_SECONDS) -> int:
         """The node stops: DELETE every established IKE SA (RFC 7296 §1.4.1) and
-        wait at most *timeout* for the answers; returns how many were sent."""
+        wait at most *timeout* in all for the answers; returns how many were sent.
+
+        An MN's IKE with correspondents rides its HA tunnel (docs/ike.md), so
+        those SAs go first and the one with the HA last.
+        """
         self._stopping = True
         for name in list(self._retries):
             self._cancel_retry(name)
-        now = self.services.clock()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        home = str(self._home_agent) if self._home_agent is not None else None
         sent = 0
-        for endpoint in self.endpoints.values():
-            for sa in endpoint.sas:
-                if sa.is_established:
-                    sa.delete(now)
-                    sent += 1
-        if not sent:
-            return 0
-        self._all_gone = asyncio.Event()
-        self._collect_all()
-        self._pump(now)
-        try:
-            await asyncio.wait_for(self._all_gone.wait(), timeout)
-        except TimeoutError:
-            self.counters["stop_delete_unanswered"] += 1
-        log.info("ike sas deleted on stop", sent=sent,
-                 answered=not any(sa.is_established or sa.state.value == "deleting"
-                                  for ep in self.endpoints.values() for sa in ep.sas))
+        for last in (False, True):
+            now = self.services.clock()
+            batch = [sa for ep in self.endpoints.values() for sa in ep.sas
+                     if sa.is_established and (sa.remote_addr[0] == home) == last]
+            for sa in batch:
+                sa.delete(now)
+            if not batch:
+                continue
+            sent += len(batch)
+            self._all_gone = asyncio.Event()
+            self._collect_all()
+            self._pump(now)
+            try:
+                await asyncio.wait_for(self._all_gone.wait(), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                self.counters["stop_delete_unanswered"] += 1
+        if sent:
+            log.info("ike sas deleted on stop", sent=sent,
+                     answered=not any(not sa.is_finished
+                                      for ep in self.endpoints.values() for sa in ep.sas))
         return sent
 
     def rekey(self, name: str, *, ike: bool = False) -> dict:
@@ -970,7 +979,7 @@ class IkeManager:
                 # SA here would cost O(SAs) per event.
                 endpoint.collect(item[0])
         if self._all_gone is not None and not any(
-                not sa.is_finished for ep in self.endpoints.values() for sa in ep.sas):
+                sa.state.value == "deleting" for ep in self.endpoints.values() for sa in ep.sas):
             self._all_gone.set()
         self.services.pump.arm()
 
@@ -998,7 +1007,8 @@ class IkeManager:
         if isinstance(event, ChildSaCreated):
             self._install_child(sa, event, now)
         elif isinstance(event, ChildSaRekeyed):
-            self._install_child(sa, event.new, now, rekey_of=event.old_spi_in)
+            self._install_child(sa, event.new, now, rekey_of=event.old_spi_in,
+                                responder=event.by_peer)
         elif isinstance(event, ChildSaDeleted):
             self._remove_child(event.spi_in, "ike delete" + (" by peer" if event.by_peer else ""))
         elif isinstance(event, (IkeSaDeleted, IkeSaFailed)):
@@ -1095,7 +1105,7 @@ class IkeManager:
         self.services.locators.confirm(onwire_source, endpoint, now, link=link_name)
 
     def _install_child(self, sa: IkeSa, event: ChildSaCreated, now: float,
-                       rekey_of: int | None = None) -> None:
+                       rekey_of: int | None = None, responder: bool = False) -> None:
         services = self.services
         pairs = [(lts, rts) for lts in event.local_ts for rts in event.remote_ts]
         priorities: dict[Selector, int] = {}
@@ -1166,6 +1176,13 @@ class IkeManager:
                 record.policies.append(name)
             # §2.8: new traffic on the new SA now (this also moves it off a
             # replaced IKE SA's child); the old inbound SA stays until DELETE.
+            # Rekeyed by the peer: the old SA keeps our traffic until the peer
+            # deletes it, as the peer may not have the new inbound SA yet.
+            holder = self.children.get(self._outbound.get(self._outbound_key(record, selector),
+                                                          -1))
+            if responder and rekey_of is not None and holder is not None \
+                    and holder.event.spi_in == rekey_of:
+                continue
             self._take_outbound(record, selector)
         self.counters["child_sa_rekeyed" if rekey_of is not None else "child_sa_created"] += 1
         log.info("ike child sa installed", peer=event.ike_name, child=event.name,

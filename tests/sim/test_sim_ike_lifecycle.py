@@ -1,0 +1,141 @@
+"""The life of IKE SAs between running nodes on virtual time (the sim's lab,
+keys.mode = "ike"): simultaneous rekeys by both ends, a dead peer found by
+liveness checks and re-established with backoff, terminate that holds, and
+DELETEs when a node stops (RFC 7296 §2.4, §2.8.1, §2.8.2, §1.4.1)."""
+
+from __future__ import annotations
+
+import asyncio
+from ipaddress import IPv6Address
+
+from vmip.sim.scenario import ProbeStream
+from vmip.sim.world import SimWorld
+
+HA, CN = "2001:db8:100::1", "2001:db8:20::2"
+HOA_MN = "2001:db8:100::10"
+
+
+async def until(world: SimWorld, what: str, check, timeout: float) -> float:
+    """Run the simulation until *check()* holds; returns the virtual time it took."""
+    start = world.loop.time()
+    while not check():
+        if world.loop.time() - start > timeout:
+            raise AssertionError(f"{what}: not within {timeout} virtual seconds")
+        await asyncio.sleep(0.01)
+    return world.loop.time() - start
+
+
+def sas_with(world: SimWorld, node: str, peer: str) -> list[dict]:
+    return [sa for sa in world.nodes[node].keying.listing()["sas"] if sa["name"] == peer]
+
+
+def established(world: SimWorld, node: str, peer: str) -> list[dict]:
+    return [sa for sa in sas_with(world, node, peer)
+            if sa["state"] == "established" and sa["children"]]
+
+
+def peer_row(world: SimWorld, node: str, peer: str) -> dict:
+    return next(p for p in world.nodes[node].keying.listing()["peers"] if p["name"] == peer)
+
+
+def outbound_spis(world: SimWorld, node: str, peer: str) -> set[int]:
+    """SPIs the node's outbound IKE policies for *peer*'s children name."""
+    spd = world.nodes[node].spd
+    names = {c["name"] for sa in sas_with(world, node, peer) for c in sa["children"]}
+    return {p.sa_bundle[0] for p in spd.list() if p.name.endswith("-out")
+            and any(p.name.startswith(f"ike-{n}-") for n in names)}
+
+
+def test_simultaneous_child_and_ike_rekeys_by_both_ends_lose_nothing():
+    with SimWorld(seed=7, keys="ike") as world:
+        async def scenario():
+            await world.start_all()
+            await until(world, "MN-CN IKE SA", lambda: established(world, "mn", "cn")
+                        and established(world, "cn", "mn"), 30)
+            mn, cn = world.nodes["mn"], world.nodes["cn"]
+            probes = ProbeStream(world, "mn", IPv6Address(HOA_MN), IPv6Address(CN), 100)
+            world.tun_sinks["cn"] = probes.received
+            probes.start()
+            await asyncio.sleep(0.5)
+            # Both ends at the same virtual instant: the requests cross.
+            mn.keying.rekey("cn")
+            cn.keying.rekey("mn")
+            await until(world, "child rekeys resolved", lambda: all(
+                sa["stats"].get("simultaneous_child_rekeys") for node, peer in
+                (("mn", "cn"), ("cn", "mn")) for sa in established(world, node, peer)), 10)
+            mn.keying.rekey("cn", ike=True)
+            cn.keying.rekey("mn", ike=True)
+            await until(world, "IKE rekeys resolved", lambda: all(
+                sa["stats"].get("simultaneous_ike_rekeys") for node, peer in
+                (("mn", "cn"), ("cn", "mn")) for sa in established(world, node, peer)), 10)
+            await asyncio.sleep(2.0)
+            probes.stop()
+            await asyncio.sleep(0.5)
+            # One IKE SA and one CHILD_SA pair each side, the same pair.
+            mine, theirs = established(world, "mn", "cn"), established(world, "cn", "mn")
+            assert len(mine) == 1 and len(theirs) == 1
+            assert (mine[0]["spi_i"], mine[0]["spi_r"]) == (theirs[0]["spi_i"], theirs[0]["spi_r"])
+            pairs_mn = {(c["spi_in"], c["spi_out"]) for c in mine[0]["children"]}
+            pairs_cn = {(c["spi_out"], c["spi_in"]) for c in theirs[0]["children"]}
+            assert pairs_mn == pairs_cn and len(pairs_mn) == 1
+            # Traffic goes out on that pair, and nothing was lost on the way.
+            assert outbound_spis(world, "mn", "cn") == {spi_out for _, spi_out in pairs_mn}
+            assert probes.sent > 250 and len(probes.arrivals) == probes.sent
+        world.run(scenario())
+
+
+def test_dead_peer_found_retried_with_backoff_and_recovered():
+    """The CN's link goes dead: the MN's liveness check fails, its IKE SA is
+    dropped, retries come further and further apart; the link comes back and
+    the MN re-establishes by itself (initiate = true)."""
+    with SimWorld(seed=8, keys="ike") as world:
+        async def scenario():
+            await world.start_all()
+            await until(world, "MN-CN IKE SA", lambda: established(world, "mn", "cn"), 30)
+            first = established(world, "mn", "cn")[0]["spi_i"]
+            world.network.set_up("cn", "eth0", False)
+            # Default dpd_interval 30 s, then 5 sends over 31 s.
+            took = await until(world, "the dead peer's IKE SA failing",
+                               lambda: not established(world, "mn", "cn"), 30 + 31 + 5)
+            assert took > 30
+            assert "no response to INFORMATIONAL" in peer_row(world, "mn", "cn")["last_error"]
+            starts = []
+            retries = world.nodes["mn"].keying.counters
+            for _ in range(3):
+                before = retries["initiate_retries"]
+                await until(world, "a retry", lambda: retries["initiate_retries"] > before, 200)
+                starts.append(world.loop.time())
+            gaps = [b - a for a, b in zip(starts, starts[1:])]
+            assert gaps[1] > gaps[0], gaps     # exponential, whatever the jitter
+            assert peer_row(world, "mn", "cn")["failures"] >= 3
+            world.network.set_up("cn", "eth0", True)
+            await until(world, "re-established", lambda: established(world, "mn", "cn"), 200)
+            assert established(world, "mn", "cn")[0]["spi_i"] != first
+            assert peer_row(world, "mn", "cn")["failures"] == 0
+        world.run(scenario())
+
+
+def test_terminate_holds_until_initiate_and_stop_sends_deletes():
+    with SimWorld(seed=9, keys="ike") as world:
+        async def scenario():
+            await world.start_all()
+            mn = world.nodes["mn"]
+            await until(world, "MN-CN IKE SA", lambda: established(world, "mn", "cn"), 30)
+            world.network.set_up("cn", "eth0", False)        # the peer is dead
+            result = mn.keying.terminate("cn")
+            assert result["terminated"] == 1
+            assert not [sa for sa in sas_with(world, "mn", "cn")]   # gone at once
+            assert peer_row(world, "mn", "cn")["terminated"]
+            await asyncio.sleep(300)                          # no retry of its own
+            assert not sas_with(world, "mn", "cn")
+            assert mn.keying.counters["initiate_retries"] == 0
+            world.network.set_up("cn", "eth0", True)
+            assert mn.keying.initiate("cn")["already"] is False
+            await until(world, "initiated again", lambda: established(world, "mn", "cn")
+                        and established(world, "cn", "mn"), 30)
+            # Stopping the MN DELETEs its IKE SAs: the CN drops its side at once.
+            assert established(world, "cn", "mn")
+            await world.stop("mn")
+            assert not [sa for sa in sas_with(world, "cn", "mn") if sa["state"] == "established"]
+            assert world.nodes["cn"].keying.counters["ike_sa_deleted"] >= 1
+        world.run(scenario())
