@@ -1,0 +1,336 @@
+"""The life of a ``vmip run`` node's IKE SAs with strongSwan charon (5.9,
+kernel-libipsec) as the peer, through real failures: charon killed under
+traffic (dead-peer detection, re-establishment), charon restarted and
+initiating with INITIAL_CONTACT, rekeys of both kinds by both ends under a
+ping flood, terminate and stop, and refusals (wrong PSK, proposals) that vmip
+must explain.
+
+Oracles: charon's own SA list, the kernel's ping through both ends, and
+vmip's ``ike list`` / ``spd list`` / ``sa list``.  Each test is bounded by
+short liveness and retransmission settings ([ike] dpd_interval,
+retransmit_timeout, retransmit_tries).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ike"))
+from test_ike_strongswan import CHARON, SWANCTL, Charon, _run  # noqa: E402
+
+from pairlab import netns_exec, wait_for  # noqa: E402
+from test_ike_strongswan_runtime import IN_A, IN_B, PSK, SWANCTL_CONF, vmip_config  # noqa: E402
+from vmip.config.keyfile import write_key_file  # noqa: E402
+
+pytestmark = pytest.mark.root
+
+UNDER_A, UNDER_B = "2001:db8:ff::1", "2001:db8:ff::2"
+
+
+def lifecycle_ike(dpd: float, initiate: bool = True, proposals: str | None = None) -> str:
+    """The runtime test's vmip config with short liveness settings."""
+    extra = (f"dpd_interval = {dpd}\nretransmit_timeout = 0.5\nretransmit_tries = 3\n")
+    def edit(text: str) -> str:
+        text = text.replace('esp_proposals = ["aes128gcm16"]\n',
+                            'esp_proposals = ["aes128gcm16"]\n' + extra)
+        if not initiate:
+            text = text.replace("initiate = true", "initiate = false")
+        if proposals is not None:
+            text = text.replace('proposals = ["aes128gcm16-prfsha256-ecp256"]',
+                                f'proposals = ["{proposals}"]')
+        return text
+    return edit
+
+
+def charon_conf(*, start: bool = False, psk: bytes = PSK, ike: str | None = None,
+                esp: str | None = None) -> str:
+    conf = SWANCTL_CONF.replace(f"secret = 0x{PSK.hex()}", f"secret = 0x{psk.hex()}")
+    if start:
+        conf = conf.replace("mode = tunnel", "mode = tunnel\n        start_action = start")
+        # charon sends INITIAL_CONTACT only towards a remote identity it was
+        # given (not %any).
+        conf = conf.replace("remote { auth = psk }", f"remote {{ auth = psk\n id = {UNDER_A} }}")
+    if ike is not None:
+        conf = conf.replace("proposals = aes128gcm16-prfsha256-ecp256", f"proposals = {ike}", 1)
+    if esp is not None:
+        conf = conf.replace("esp_proposals = aes128gcm16", f"esp_proposals = {esp}")
+    return conf
+
+
+class Interop:
+    """vmip in namespace a (rfc3948 link), charon in b; everything removed on close."""
+
+    def __init__(self, workdir: Path) -> None:
+        pid = os.getpid()
+        self.ns_a, self.ns_b = f"vt{pid}-isl-a", f"vt{pid}-isl-b"
+        self.workdir = workdir
+        self.charon: Charon | None = None
+        self.node: subprocess.Popen | None = None
+        self._created: list[str] = []
+
+    def build(self) -> "Interop":
+        for ns in (self.ns_a, self.ns_b):
+            _run("ip", "netns", "add", ns)
+            self._created.append(ns)
+        _run("ip", "link", "add", "vtisl-a", "netns", self.ns_a, "type", "veth", "peer", "name",
+             "vtisl-b", "netns", self.ns_b)
+        for ns, dev, addr in ((self.ns_a, "vtisl-a", UNDER_A), (self.ns_b, "vtisl-b", UNDER_B)):
+            _run("ip", "-n", ns, "addr", "add", f"{addr}/64", "dev", dev, "nodad")
+            _run("ip", "-n", ns, "link", "set", dev, "up")
+            _run("ip", "-n", ns, "link", "set", "lo", "up")
+        _run("ip", "-n", self.ns_b, "addr", "add", f"{IN_B}/128", "dev", "lo")
+        write_key_file(self.workdir / "ike.psk", PSK)
+        return self
+
+    def start_charon(self, conf: str) -> Charon:
+        (self.workdir / "charon.vici").unlink(missing_ok=True)
+        self.charon = Charon(self.ns_b, self.workdir)
+        self.charon.load(conf)
+        return self.charon
+
+    def kill_charon(self) -> None:
+        assert self.charon is not None
+        self.charon.proc.kill()            # no DELETE: a crash
+        self.charon.proc.wait(5)
+        self.charon = None
+
+    def start_node(self, edit) -> None:
+        (self.workdir / "a.toml").write_text(edit(vmip_config(self.workdir)))
+        log = open(self.workdir / "a.log", "ab")
+        self.node = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns_a, sys.executable, "-m", "vmip", "--log-level",
+             "debug", "run", "-c", str(self.workdir / "a.toml")],
+            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+        wait_for(lambda: self.vmip("status", check=False).returncode == 0, "vmip run ready",
+                 timeout=20, interval=0.05)
+
+    def vmip(self, *args: str, check: bool = True, timeout: float = 30):
+        result = netns_exec(self.ns_a, sys.executable, "-m", "vmip", *args, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"vmip {' '.join(args)}: {result.stderr}\n{self.log()}")
+        return result
+
+    def json(self, *args: str):
+        return json.loads(self.vmip(*args, "--json").stdout)
+
+    def log(self) -> str:
+        path = self.workdir / "a.log"
+        return path.read_text()[-4000:] if path.exists() else ""
+
+    def charon_sas(self) -> str:
+        return self.charon.list_sas() if self.charon is not None else ""
+
+    def close(self) -> None:
+        if self.node is not None and self.node.poll() is None:
+            os.killpg(self.node.pid, signal.SIGKILL)
+            self.node.wait(5)
+        if self.charon is not None:
+            self.charon.stop()
+        for ns in self._created:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+        (Path("/run/vmip") / f"{self.ns_a}.sock").unlink(missing_ok=True)
+
+
+@pytest.fixture
+def interop(tmp_path):
+    if CHARON is None or SWANCTL is None:
+        pytest.skip("strongSwan missing: apt-get install strongswan-swanctl charon-systemd "
+                    "libcharon-extra-plugins")
+    os.chmod(tmp_path, 0o755)
+    lab = Interop(tmp_path)
+    try:
+        yield lab.build()
+    finally:
+        lab.close()
+
+
+def ping(ns: str, *args: str, count: int = 1, wait: float = 1, interval: float = 0.2):
+    return netns_exec(ns, "ping", "-c", str(count), "-i", str(interval), "-W", str(wait),
+                      *args, timeout=count * interval + wait + 20)
+
+
+def pings_from_a(lab: Interop) -> bool:
+    return ping(lab.ns_a, IN_B).returncode == 0
+
+
+def pings_from_b(lab: Interop) -> bool:
+    return ping(lab.ns_b, "-I", IN_B, IN_A).returncode == 0
+
+
+def installed_child(lab: Interop) -> set[str]:
+    """charon's installed CHILD_SA inbound SPIs (hex)."""
+    text = lab.charon_sas()
+    return set(re.findall(r"spi-in=([0-9a-f]+)", text)) if "INSTALLED" in text else set()
+
+
+def ike_rows(lab: Interop) -> list[dict]:
+    return lab.json("ike", "list")["sas"]
+
+
+def peer_row(lab: Interop) -> dict:
+    return lab.json("ike", "list")["peers"][0]
+
+
+def outbound_ike_policies(lab: Interop) -> list[dict]:
+    return [p for p in lab.json("spd", "list") if p["name"].startswith("ike-")
+            and p["direction"] == "out" and p["action"] == "protect"]
+
+
+def test_dead_peer_is_detected_and_re_established(interop):
+    """charon killed under traffic and restarted (without initiating): vmip's
+    liveness check finds it dead and vmip re-establishes by itself."""
+    lab = interop
+    lab.start_charon(charon_conf())
+    lab.start_node(lifecycle_ike(dpd=1))
+    first = wait_for(lambda: installed_child(lab), "charon's CHILD_SA", timeout=25)
+    assert pings_from_a(lab)
+    flood = subprocess.Popen(["ip", "netns", "exec", lab.ns_a, "ping", "-i", "0.05", "-W", "1",
+                              "-w", "30", IN_B], stdout=subprocess.PIPE, text=True)
+    try:
+        lab.kill_charon()
+        killed = time.monotonic()
+        lab.start_charon(charon_conf())
+        again = wait_for(lambda: installed_child(lab) - first, "the re-established CHILD_SA",
+                         timeout=20, interval=0.2)
+        assert again
+        wait_for(lambda: pings_from_a(lab), "ping through the new SAs", timeout=5)
+        recovered = time.monotonic() - killed
+    finally:
+        flood.send_signal(signal.SIGINT)
+        flood.wait(10)
+    rows = ike_rows(lab)
+    assert len(rows) == 1 and rows[0]["state"] == "established", rows
+    counters = lab.json("ike", "list")["counters"]
+    assert counters["ike_sa_failed"] >= 1 and counters["initiate_retries"] >= 1
+    assert recovered < 15, recovered
+    assert len(outbound_ike_policies(lab)) == 1
+
+
+def test_peer_restart_with_initial_contact_recovers_within_10_s(interop):
+    """charon (which initiates) restarted: its new IKE SA carries INITIAL_CONTACT;
+    vmip drops the stale SAs and traffic flows both ways within 10 s, with no
+    liveness checks and no initiation of vmip's own to help it."""
+    lab = interop
+    lab.start_charon(charon_conf(start=True))
+    lab.start_node(lifecycle_ike(dpd=0, initiate=False))
+    first = wait_for(lambda: installed_child(lab), "charon's CHILD_SA", timeout=25)
+    assert pings_from_a(lab) and pings_from_b(lab)
+    lab.kill_charon()
+    restarted = time.monotonic()
+    lab.start_charon(charon_conf(start=True))
+    wait_for(lambda: installed_child(lab) - first, "charon's new CHILD_SA", timeout=10)
+    wait_for(lambda: pings_from_a(lab) and pings_from_b(lab), "ping both ways", timeout=10)
+    took = time.monotonic() - restarted
+    assert took < 10, took
+    rows = ike_rows(lab)
+    assert len(rows) == 1, rows                       # the stale IKE SA is gone
+    assert len(rows[0]["children"]) == 1
+    # NAT-T runs (UDP-encapsulated, on 4500): the listing says 4500, not 500.
+    assert rows[0]["nat_t"] and rows[0]["local"] == f"{UNDER_A}[4500]", rows[0]
+    assert len(outbound_ike_policies(lab)) == 1       # one outbound policy, the new SA's
+    counters = lab.json("ike", "list")["counters"]
+    assert counters["ike_sa_replaced_initial_contact"] == 1
+
+
+def test_rekeys_under_load_lose_no_ping_and_stop_sends_delete(interop):
+    """CHILD_SA and IKE SA rekeys started by either end while pings flow at
+    50/s: not one is lost.  Then vmip stops: charon is told (DELETE)."""
+    lab = interop
+    lab.start_charon(charon_conf())
+    lab.start_node(lifecycle_ike(dpd=5))
+    wait_for(lambda: installed_child(lab), "charon's CHILD_SA", timeout=25)
+    wait_for(lambda: pings_from_a(lab), "a first ping", timeout=5)
+    count = 300
+    flood = subprocess.Popen(["ip", "netns", "exec", lab.ns_a, "ping", "-c", str(count), "-i",
+                              "0.02", "-W", "2", IN_B], stdout=subprocess.PIPE, text=True)
+    try:
+        steps = [lambda: lab.vmip("ike", "rekey", "charon"),
+                 lambda: lab.charon.swanctl("--rekey", "--child", "net"),
+                 lambda: lab.vmip("ike", "rekey", "charon", "--ike"),
+                 lambda: lab.charon.swanctl("--rekey", "--ike", "vmip")]
+        for step in steps:
+            before = installed_child(lab) | {r["spi_i"] + r["spi_r"] for r in ike_rows(lab)}
+            step()
+            wait_for(lambda: (installed_child(lab) | {r["spi_i"] + r["spi_r"]
+                                                      for r in ike_rows(lab)}) - before,
+                     "the rekey", timeout=10, interval=0.1)
+        out, _ = flood.communicate(timeout=30)
+    finally:
+        if flood.poll() is None:
+            flood.kill()
+            flood.wait(5)
+    assert f"{count} packets transmitted, {count} received" in out, out[-400:]
+    counters = lab.json("ike", "list")["counters"]
+    assert counters["child_sa_rekeyed"] >= 2 and counters["ike_sa_rekeyed"] >= 2
+    # Stop: a DELETE tells charon, which drops its IKE SA at once.
+    assert "ESTABLISHED" in lab.charon_sas()
+    os.killpg(lab.node.pid, signal.SIGTERM)
+    assert lab.node.wait(10) == 0
+    wait_for(lambda: "ESTABLISHED" not in lab.charon_sas(), "charon dropping the SA",
+             timeout=5, interval=0.1)
+    assert "ike sas deleted on stop" in lab.log()
+
+
+def test_terminate_on_a_dead_peer_holds_until_initiate(interop):
+    lab = interop
+    lab.start_charon(charon_conf())
+    lab.start_node(lifecycle_ike(dpd=1))
+    first = wait_for(lambda: installed_child(lab), "charon's CHILD_SA", timeout=25)
+    lab.kill_charon()
+    started = time.monotonic()
+    result = lab.vmip("ike", "terminate", "charon")
+    assert time.monotonic() - started < 5 and "1 IKE SA" in result.stdout
+    assert ike_rows(lab) == []                   # gone at once, not after 31 s
+    lab.start_charon(charon_conf())
+    # Longer than the first retry would take (2 s +25 %): terminate holds.
+    time.sleep(4)
+    assert ike_rows(lab) == [] and not installed_child(lab)
+    assert peer_row(lab)["terminated"] is True
+    result = lab.vmip("ike", "initiate", "charon")
+    assert "started" in result.stdout
+    wait_for(lambda: installed_child(lab) - first, "the CHILD_SA initiated again", timeout=15)
+    assert pings_from_a(lab)
+    # Initiating what exists is no success.
+    again = lab.vmip("ike", "initiate", "charon", check=False)
+    assert again.returncode == 1 and "nothing done" in again.stderr
+
+
+def test_wrong_psk_and_proposal_mismatch_are_explained_on_vmip_side(interop):
+    lab = interop
+    lab.start_charon(charon_conf(psk=b"another-psk-than-vmips-0123456789"))
+    lab.start_node(lifecycle_ike(dpd=0))
+    row = wait_for(lambda: (r := peer_row(lab))["last_error"] and r, "the AUTH refusal",
+                   timeout=15)
+    assert "refused our AUTH" in row["last_error"], row
+    assert UNDER_A in row["last_error"] and "PSK" in row["last_error"]
+    # Retried with backoff, and no SPI reserved for the failed SA is left behind.
+    row = wait_for(lambda: (r := peer_row(lab))["failures"] >= 2 and r, "a second failure",
+                   timeout=15)
+    assert row["retry_in_s"] is not None
+    sas = lab.json("sa", "list")
+    assert [sa for sa in sas if sa["state"] == "larval"] == [], sas
+    assert "ike sa failed" in lab.log() and "0123456789" not in lab.log()
+    # IKE proposals charon does not take.
+    lab.charon.load(charon_conf(ike="aes256-sha384-modp3072"))
+    lab.vmip("ike", "terminate", "charon")
+    lab.vmip("ike", "initiate", "charon")
+    row = wait_for(lambda: "IKE proposals" in ((r := peer_row(lab))["last_error"] or "") and r,
+                   "the proposal refusal", timeout=15)
+    assert "NO_PROPOSAL_CHOSEN" in row["last_error"]
+    assert "aes128gcm16-prfsha256-ecp256" in row["last_error"]
+    # ESP proposals charon does not take: the IKE SA stands, the CHILD_SA does not.
+    lab.charon.load(charon_conf(esp="aes256-sha256"))
+    lab.vmip("ike", "terminate", "charon")
+    lab.vmip("ike", "initiate", "charon")
+    row = wait_for(lambda: "ESP proposals" in ((r := peer_row(lab))["last_error"] or "") and r,
+                   "the ESP proposal refusal", timeout=15)
+    assert "aes128gcm16" in row["last_error"]
