@@ -334,3 +334,80 @@ def test_wrong_psk_and_proposal_mismatch_are_explained_on_vmip_side(interop):
     row = wait_for(lambda: "ESP proposals" in ((r := peer_row(lab))["last_error"] or "") and r,
                    "the ESP proposal refusal", timeout=15)
     assert "aes128gcm16" in row["last_error"]
+
+
+def cert_setup(lab: Interop) -> None:
+    """Certificates for both ends: vmip is its address, charon is charon.test."""
+    from test_ike_strongswan import _install_certs
+
+    from ikepair import make_pki
+    from cryptography.hazmat.primitives import serialization
+
+    pki = make_pki({"vmip": UNDER_A, "charon": "charon.test"})
+    pem = serialization.Encoding.PEM
+    (lab.workdir / "vmip.pem").write_bytes(pki.certs["vmip"].public_bytes(pem))
+    (lab.workdir / "ca.pem").write_bytes(pki.ca.public_bytes(pem))
+    key = lab.workdir / "vmip.key"
+    key.write_bytes(pki.keys["vmip"].private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    key.chmod(0o600)
+    lab.start_charon(charon_conf())         # replaced below, with certificates
+    _install_certs(lab.charon, pki)
+
+
+def cert_charon_conf(start: bool) -> str:
+    conf = charon_conf(start=start)
+    conf = conf.replace("local { auth = psk }",
+                        "local { auth = pubkey\n certs = charon.pem\n id = charon.test }")
+    conf = re.sub(r"remote \{ auth = psk[^}]*\}", f"remote {{ auth = pubkey\n id = {UNDER_A} }}",
+                  conf)
+    return re.sub(r"secrets \{.*\}\s*$", "secrets { private-charon { file = charon.key } }\n",
+                  conf, flags=re.DOTALL)
+
+
+def cert_edit(lab: Interop, remote_id: str, initiate: bool):
+    base = lifecycle_ike(dpd=0, initiate=initiate)
+
+    def edit(text: str) -> str:
+        text = base(text).replace(
+            f'psk_file = "{lab.workdir}/ike.psk"',
+            f'certificate = "{lab.workdir}/vmip.pem"\nprivate_key = "{lab.workdir}/vmip.key"\n'
+            f'ca = ["{lab.workdir}/ca.pem"]')
+        return text.replace('name = "charon"\naddress',
+                            f'name = "charon"\nremote_id = "{remote_id}"\naddress')
+    return edit
+
+
+def load_cert_conf(lab: Interop, start: bool) -> None:
+    path = lab.charon.dir / "swanctl" / "swanctl.conf"
+    path.write_text(cert_charon_conf(start))
+    lab.charon.swanctl("--load-all", "--clear", "--file", str(path))
+
+
+def test_wrong_remote_id_with_certificates_says_who_refused_what(interop):
+    lab = interop
+    cert_setup(lab)
+    load_cert_conf(lab, start=False)
+    # vmip initiates asking for wrong.test: charon, which is charon.test, refuses.
+    lab.start_node(cert_edit(lab, "wrong.test", initiate=True))
+    row = wait_for(lambda: (r := peer_row(lab))["last_error"] and r, "the refusal", timeout=15)
+    error = row["last_error"]
+    assert "the peer refused our AUTH" in error and "wrong.test" in error, error
+    assert UNDER_A in error and "certificate" in error
+    os.killpg(lab.node.pid, signal.SIGTERM)
+    lab.node.wait(10)
+    # charon initiates as charon.test; vmip expects wrong.test and says so.
+    load_cert_conf(lab, start=True)
+    lab.start_node(cert_edit(lab, "wrong.test", initiate=False))
+    lab.charon.swanctl_async("--initiate", "--child", "net", "--timeout", "5")
+    row = wait_for(lambda: (r := peer_row(lab))["last_error"] and r, "our refusal", timeout=15)
+    error = row["last_error"]
+    assert "we refused the peer's AUTH" in error, error
+    assert "charon.test" in error and "wrong.test" in error
+    os.killpg(lab.node.pid, signal.SIGTERM)
+    lab.node.wait(10)
+    # The right identity: certificates work through the runtime.
+    load_cert_conf(lab, start=False)
+    lab.start_node(cert_edit(lab, "charon.test", initiate=True))
+    wait_for(lambda: installed_child(lab), "charon's CHILD_SA", timeout=20)
+    assert pings_from_a(lab)

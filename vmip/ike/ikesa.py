@@ -1174,6 +1174,7 @@ class IkeSa:
             else:
                 self.config = scoped
         if problem is not None:
+            problem = f"we refused the peer's AUTH: {problem}"
             self._send_response(ctx, msg, [NotifyPayload(Notify.AUTHENTICATION_FAILED)], addr)
             self._emit(AuthenticationFailed(self.config.name, problem, False))
             self._fail(f"authentication failed: {problem}", now)
