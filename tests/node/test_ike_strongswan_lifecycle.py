@@ -193,6 +193,11 @@ def test_dead_peer_is_detected_and_re_established(interop):
     lab.start_node(lifecycle_ike(dpd=1))
     first = wait_for(lambda: installed_child(lab), "charon's CHILD_SA", timeout=25)
     assert pings_from_a(lab)
+    # charon rekeys the IKE SA: vmip is its "responder" now, and must still
+    # re-establish it (the config says initiate = true).
+    lab.charon.swanctl("--rekey", "--ike", "vmip")
+    wait_for(lambda: [r for r in ike_rows(lab) if r["role"] == "responder"],
+             "vmip the responder of the rekeyed IKE SA", timeout=10)
     flood = subprocess.Popen(["ip", "netns", "exec", lab.ns_a, "ping", "-i", "0.05", "-W", "1",
                               "-w", "30", IN_B], stdout=subprocess.PIPE, text=True)
     try:

@@ -91,7 +91,13 @@ def test_dead_peer_found_retried_with_backoff_and_recovered():
     with SimWorld(seed=8, keys="ike") as world:
         async def scenario():
             await world.start_all()
-            await until(world, "MN-CN IKE SA", lambda: established(world, "mn", "cn"), 30)
+            await until(world, "MN-CN IKE SA", lambda: established(world, "mn", "cn")
+                        and established(world, "cn", "mn"), 30)
+            # The CN rekeys the IKE SA: the MN is its responder from now on,
+            # and must still re-establish it (initiate = true).
+            world.nodes["cn"].keying.rekey("mn", ike=True)
+            await until(world, "the CN's IKE rekey", lambda: [
+                sa for sa in established(world, "mn", "cn") if sa["role"] == "responder"], 10)
             first = established(world, "mn", "cn")[0]["spi_i"]
             world.network.set_up("cn", "eth0", False)
             # Default dpd_interval 30 s, then 5 sends over 31 s.
