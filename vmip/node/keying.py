@@ -1022,10 +1022,13 @@ class IkeManager:
             self.counters["ike_sa_deleted" if isinstance(event, IkeSaDeleted) else
                           "ike_sa_failed"] += 1
             self._free_reservations(sa)
-            if isinstance(event, IkeSaFailed):
-                self._last_error[event.name] = event.reason
+            if isinstance(event, IkeSaFailed) and (sa.authenticated
+                                                   or sa.role is Role.INITIATOR):
                 # Re-established whoever started it (a peer's rekey makes us
                 # the "responder" of an SA we initiated): the config decides.
+                # A half-open responder SA that failed proves nothing about
+                # the peer (anyone can send an IKE_SA_INIT in its name).
+                self._last_error[event.name] = event.reason
                 self._schedule_retry(event.name)
         elif isinstance(event, IkeSaEstablished):
             self.counters["ike_sa_established"] += 1
