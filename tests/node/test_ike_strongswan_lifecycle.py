@@ -31,14 +31,15 @@ from pairlab import netns_exec, wait_for  # noqa: E402
 from test_ike_strongswan_runtime import IN_A, IN_B, PSK, SWANCTL_CONF, vmip_config  # noqa: E402
 from vmip.config.keyfile import write_key_file  # noqa: E402
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 UNDER_A, UNDER_B = "2001:db8:ff::1", "2001:db8:ff::2"
 
 
-def lifecycle_ike(dpd: float, initiate: bool = True, proposals: str | None = None) -> str:
+def lifecycle_ike(dpd: float, initiate: bool = True, proposals: str | None = None,
+                  tries: int = 3):
     """The runtime test's vmip config with short liveness settings."""
-    extra = (f"dpd_interval = {dpd}\nretransmit_timeout = 0.5\nretransmit_tries = 3\n")
+    extra = (f"dpd_interval = {dpd}\nretransmit_timeout = 0.5\nretransmit_tries = {tries}\n")
     def edit(text: str) -> str:
         text = text.replace('esp_proposals = ["aes128gcm16"]\n',
                             'esp_proposals = ["aes128gcm16"]\n' + extra)
@@ -416,3 +417,92 @@ def test_wrong_remote_id_with_certificates_says_who_refused_what(interop):
     lab.start_node(cert_edit(lab, "charon.test", initiate=True))
     wait_for(lambda: installed_child(lab), "charon's CHILD_SA", timeout=20)
     assert pings_from_a(lab)
+
+
+class IkeGate:
+    """nftables in vmip's namespace holding IKE back (UDP 4500 datagrams that
+    start with the non-ESP marker; ESP passes) in either direction."""
+
+    def __init__(self, ns: str) -> None:
+        self.ns = ns
+        self._nft("add table inet ikegate")
+        for chain, hook in (("out", "output"), ("in", "input")):
+            self._nft(f"add chain inet ikegate {chain} {{ type filter hook {hook} priority 0 ; }}")
+
+    def _nft(self, command: str) -> str:
+        return _run("ip", "netns", "exec", self.ns, "nft", *command.split())
+
+    def close(self, chain: str, *, responses_only: bool = False) -> None:
+        port = "dport" if chain == "out" else "sport"
+        # After the UDP header (8 octets): the marker, then the IKE header,
+        # whose flags octet (19) has the Response bit 0x20 (RFC 7296 §3.1).
+        response = " @th,250,1 1" if responses_only else ""
+        self._nft(f"add rule inet ikegate {chain} udp {port} 4500 @th,64,32 0{response} "
+                  "counter drop")
+
+    def open(self, chain: str) -> None:
+        self._nft(f"flush chain inet ikegate {chain}")
+
+    def dropped(self, chain: str) -> int:
+        text = self._nft(f"list chain inet ikegate {chain}")
+        found = re.search(r"packets (\d+)", text)
+        return int(found.group(1)) if found else 0
+
+
+@pytest.mark.parametrize("what", ["child", "ike"])
+def test_simultaneous_rekeys_with_charon(interop, what):
+    """vmip and charon rekey the same SA at once (RFC 7296 §2.8.1/§2.8.2).
+
+    The requests are made to cross: IKE is held back both ways while both
+    ends send their request, then let through towards charon (which answers
+    vmip's while its own is pending), then towards vmip (which answers
+    charon's while its own is pending).  One SA must remain, the same at both
+    ends, and carry traffic."""
+    lab = interop
+    lab.start_charon(charon_conf())
+    lab.start_node(lifecycle_ike(dpd=0, tries=6))
+    wait_for(lambda: installed_child(lab), "charon's CHILD_SA", timeout=25)
+    assert pings_from_a(lab)
+    before = ike_rows(lab)[0]
+    old = (before["spi_i"], before["children"][0]["spi_in"])
+    gate = IkeGate(lab.ns_a)
+    gate.close("out")
+    gate.close("in")
+    if what == "child":
+        lab.vmip("ike", "rekey", "charon")
+        lab.charon.swanctl("--rekey", "--child", "net")
+    else:
+        lab.vmip("ike", "rekey", "charon", "--ike")
+        lab.charon.swanctl("--rekey", "--ike", "vmip")
+    wait_for(lambda: gate.dropped("out") >= 1 and gate.dropped("in") >= 1,
+             "both requests sent", timeout=10, interval=0.05)
+    # vmip's request (retransmitted) reaches charon, whose own is pending: it
+    # answers, but its answer is held back; charon's request (retransmitted)
+    # reaches vmip, whose own is pending: vmip answers it.
+    gate.open("out")
+    gate.open("in")
+    gate.close("in", responses_only=True)
+    answered = "rekey=True" if what == "child" else "ike rekey crossed"
+    wait_for(lambda: answered in (lab.workdir / "a.log").read_text(),
+             "vmip answering charon's rekey", timeout=15, interval=0.05)
+    gate.open("in")                     # and vmip gets charon's answer
+
+    def settled():
+        rows = ike_rows(lab)
+        text = lab.charon_sas()
+        if len(rows) != 1 or len(rows[0]["children"]) != 1 or text.count("INSTALLED") != 1 \
+                or text.count("ESTABLISHED") != 1 or not rows[0]["stats"].get(stat):
+            return None
+        row = rows[0]
+        new = (row["spi_i"], row["children"][0]["spi_in"])
+        return row if new[0 if what == "ike" else 1] != old[0 if what == "ike" else 1] else None
+    stat = f"simultaneous_{what}_rekeys"
+    row = wait_for(settled, "one SA left at both ends", timeout=30, interval=0.2)
+    text = lab.charon_sas()
+    child = row["children"][0]
+    assert f"spi-in={child['spi_out']:08x}" in text and f"spi-out={child['spi_in']:08x}" in text
+    assert f"initiator-spi={row['spi_i']}" in text and f"responder-spi={row['spi_r']}" in text
+    stats = row["stats"]
+    assert stats.get(f"simultaneous_{what}_rekeys") == 1, (stats, lab.log())
+    assert len(outbound_ike_policies(lab)) == 1
+    assert pings_from_a(lab) and pings_from_b(lab)

@@ -1523,6 +1523,7 @@ class IkeSa:
             # Our own rekey of this IKE SA is under way: which new SA stays is
             # decided when its response arrives (§2.8.2).
             self._crossed_ike = (new, min(nonce.nonce, nr))
+            log.info("ike rekey crossed", sa=self.config.name, peer_spi_i=new.spi_i.hex())
             return
         self._adopt_ike(new, now)
 
@@ -1536,6 +1537,17 @@ class IkeSa:
                 return
             if ctx is self._spare:
                 self._spare = None    # the peer's redundant SA of a simultaneous rekey
+                return
+            if ctx is self._ctx and self._crossed_ike is not None:
+                # A simultaneous rekey the peer won, and it deletes the old
+                # IKE SA (§2.8.2) before our own answer came: its new SA is
+                # the one; our request on the old SA is moot.
+                crossed, self._crossed_ike, self._ike_rekey_on = self._crossed_ike, None, None
+                ctx.pending = None
+                self._count("simultaneous_ike_rekeys")
+                log.info("simultaneous ike sa rekey", sa=self.config.name, redundant="ours")
+                self._adopt_ike(crossed[0], now)
+                self._old = None
                 return
             self._deleted(by_peer=True)
             return
