@@ -20,12 +20,15 @@ The node must run with keys.mode = "ike" and an [ike] section; NAME is the
 name of an [[ike.peer]] in its config.
 
 examples:
-  vmip ike list                 IKE SAs with their CHILD_SAs and SPIs
+  vmip ike list                 IKE SAs with their CHILD_SAs and SPIs, then the
+                                peers that failed or were terminated (last error)
   vmip ike list --json          the same, as JSON (with counters and cookie stats)
-  vmip ike initiate ha          start IKE_SA_INIT + IKE_AUTH with peer "ha"
+  vmip ike initiate ha          start IKE_SA_INIT + IKE_AUTH with peer "ha" (exit 1
+                                if an IKE SA with it exists already)
   vmip ike rekey ha             rekey every CHILD_SA with "ha" (CREATE_CHILD_SA)
   vmip ike rekey ha --ike       rekey the IKE SA itself
-  vmip ike terminate ha         DELETE the IKE SA; its CHILD_SAs leave the SAD
+  vmip ike terminate ha         DELETE the IKE SA; its CHILD_SAs leave the SAD; no
+                                retry until 'vmip ike initiate ha'
 
 The ESP SAs IKE made show in "vmip sa list" (origin ike), their policies in
 "vmip spd list" (names ike-<child>-...).
@@ -93,6 +96,17 @@ def _list(args) -> int:
                       "child", Column("spi_in", "SPI IN", kind="hex"),
                       Column("spi_out", "SPI OUT", kind="hex"), "suite", "mode", "age_s"],
                as_json=False, title="IKE SAs", empty="no IKE SA")
+    # Peers that are not simply up: why the last try failed, when the next comes.
+    troubled = [{"peer": p["name"], "initiate": p.get("initiate"),
+                 "state": "terminated" if p.get("terminated") else
+                 f"retry {p['retry_in_s']}s" if p.get("retry_in_s") is not None else "-",
+                 "failures": p.get("failures", 0), "last_error": p.get("last_error")}
+                for p in result.get("peers", [])
+                if p.get("terminated") or p.get("failures") or p.get("last_error")]
+    if troubled:
+        print()
+        print_rows(troubled, ["peer", "state", "failures", "last_error"], as_json=False,
+                   title="IKE peers not up")
     return 0
 
 
