@@ -97,16 +97,17 @@ def _list(args) -> int:
                       Column("spi_out", "SPI OUT", kind="hex"), "suite", "mode", "age_s"],
                as_json=False, title="IKE SAs", empty="no IKE SA")
     # Peers that are not simply up: why the last try failed, when the next comes.
-    troubled = [{"peer": p["name"], "initiate": p.get("initiate"),
+    troubled = [{"peer": p["name"],
                  "state": "terminated" if p.get("terminated") else
-                 f"retry {p['retry_in_s']}s" if p.get("retry_in_s") is not None else "-",
+                 "retrying" if p.get("retry_in_s") is not None else "-",
+                 "retry_in_s": p.get("retry_in_s"),
                  "failures": p.get("failures", 0), "last_error": p.get("last_error")}
                 for p in result.get("peers", [])
                 if p.get("terminated") or p.get("failures") or p.get("last_error")]
     if troubled:
         print()
-        print_rows(troubled, ["peer", "state", "failures", "last_error"], as_json=False,
-                   title="IKE peers not up")
+        print_rows(troubled, ["peer", "state", Column("retry_in_s", "NEXT TRY S"), "failures",
+                              "last_error"], as_json=False, title="IKE peers not up")
     return 0
 
 
