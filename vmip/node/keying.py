@@ -56,6 +56,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
+from vmip.compat import TIMEOUT_ERRORS
 from vmip.config.model import Role as ConfigRole
 from vmip.errors import VmipError
 from vmip.ike import crypto as ike_crypto
@@ -741,7 +742,7 @@ class IkeManager:
             self._pump(now)
             try:
                 await asyncio.wait_for(self._all_gone.wait(), max(0.0, deadline - loop.time()))
-            except TimeoutError:
+            except TIMEOUT_ERRORS:
                 self.counters["stop_delete_unanswered"] += 1
         if sent:
             log.info("ike sas deleted on stop", sent=sent,
