@@ -145,3 +145,33 @@ def test_terminate_holds_until_initiate_and_stop_sends_deletes():
             assert not [sa for sa in sas_with(world, "cn", "mn") if sa["state"] == "established"]
             assert world.nodes["cn"].keying.counters["ike_sa_deleted"] >= 1
         world.run(scenario())
+
+
+def test_a_peers_delete_is_re_established_unless_this_side_terminated():
+    """The CN terminates its IKE SA with the MN: the MN (initiate = true)
+    tries again, and the CN, which terminated, refuses it until it initiates
+    itself; a peer's DELETE alone (a peer restarting) is re-established."""
+    with SimWorld(seed=10, keys="ike") as world:
+        async def scenario():
+            await world.start_all()
+            mn, cn = world.nodes["mn"], world.nodes["cn"]
+            await until(world, "MN-CN IKE SA", lambda: established(world, "mn", "cn")
+                        and established(world, "cn", "mn"), 30)
+            cn.keying.terminate("mn")
+            await until(world, "the MN trying again", lambda:
+                        cn.keying.counters["ike_refused_terminated"] >= 2, 60)
+            assert not established(world, "mn", "cn")
+            assert peer_row(world, "mn", "cn")["last_error"]
+            cn.keying.initiate("mn")                 # lifts the terminate
+            await until(world, "up again", lambda: established(world, "mn", "cn")
+                        and established(world, "cn", "mn"), 30)
+            # A DELETE from the CN without a terminate (a CN restarting, say):
+            # the MN re-establishes by itself.
+            first = established(world, "mn", "cn")[0]["spi_i"]
+            sa = next(s for ep in cn.keying.endpoints.values() for s in ep.sas
+                      if s.config.name == "mn" and s.is_established)
+            sa.delete(world.loop.time())
+            cn.keying._pump_all()
+            await until(world, "re-established after the peer's DELETE", lambda: [
+                s for s in established(world, "mn", "cn") if s["spi_i"] != first], 30)
+        world.run(scenario())

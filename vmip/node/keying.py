@@ -128,6 +128,10 @@ CHILD_POLICY_PRIORITY = 50
 INITIATE_RETRY_SECONDS = 2.0
 INITIATE_RETRY_CAP_SECONDS = 120.0
 RETRY_JITTER = 0.25
+#: An IKE SA that stayed up this long before it went down starts the
+#: backoff afresh; one that a peer deletes again and again right after it is
+#: established keeps backing off.
+RETRY_STABLE_SECONDS = 60.0
 #: How long a stopping node waits for the answers to its DELETEs.
 STOP_DELETE_WAIT_SECONDS = 1.0
 
@@ -429,6 +433,11 @@ class IkeManager:
             return self._admission_config(self.admission, addr[0])
         if peer is None:
             self.counters["ike_refused_unknown_peer"] += 1
+            return None
+        if peer.name in self._held:
+            # Terminated: no IKE SA with it, whichever side starts, until
+            # 'vmip ike initiate' (docs/ike.md "Lifecycle").
+            self.counters["ike_refused_terminated"] += 1
             return None
         refusal = self._arrival_refusal(addr[0])
         if refusal is not None:
@@ -810,7 +819,8 @@ class IkeManager:
             "sas": rows,
             "peers": [{"name": p.name, "address": str(p.address), "initiate": p.initiate,
                        "terminated": p.name in self._held,
-                       "failures": self._failures.get(p.name, 0),
+                       "failures": 0 if any(sa.is_established for sa in self._sas_of(p.name))
+                       else self._failures.get(p.name, 0),
                        "retry_in_s": round(max(0.0, self._retry_at[p.name] - now), 1)
                        if p.name in self._retry_at else None,
                        "last_error": self._last_error.get(p.name)}
@@ -1023,20 +1033,28 @@ class IkeManager:
             self.counters["ike_sa_deleted" if isinstance(event, IkeSaDeleted) else
                           "ike_sa_failed"] += 1
             self._free_reservations(sa)
-            if isinstance(event, IkeSaFailed) and (sa.authenticated
-                                                   or sa.role is Role.INITIATOR):
+            lost = (isinstance(event, IkeSaFailed) and (sa.authenticated
+                                                        or sa.role is Role.INITIATOR)) \
+                or (isinstance(event, IkeSaDeleted) and event.by_peer)
+            if lost:
                 # Re-established whoever started it (a peer's rekey makes us
-                # the "responder" of an SA we initiated): the config decides.
-                # A half-open responder SA that failed proves nothing about
-                # the peer (anyone can send an IKE_SA_INIT in its name).
-                self._last_error[event.name] = event.reason
+                # the "responder" of an SA we initiated) and whoever ended it
+                # (a peer restarting deletes its SAs): the config decides.  A
+                # half-open responder SA that failed proves nothing about the
+                # peer (anyone can send an IKE_SA_INIT in its name).
+                if sa.established_at is not None \
+                        and now - sa.established_at >= RETRY_STABLE_SECONDS:
+                    self._failures.pop(event.name, None)
+                self._last_error[event.name] = event.reason if isinstance(event, IkeSaFailed) \
+                    else "the peer deleted the IKE SA"
                 self._schedule_retry(event.name)
         elif isinstance(event, IkeSaEstablished):
             self.counters["ike_sa_established"] += 1
             log.info("ike sa established", peer=event.name, remote=event.remote_addr[0],
                      suite=event.suite, initiator=event.initiator, nat=event.nat_detected,
                      initial_contact=event.initial_contact)
-            self._failures.pop(event.name, None)
+            # The failure count stays until the SA proves stable (see
+            # RETRY_STABLE_SECONDS): a peer that deletes at once keeps backing off.
             self._cancel_retry(event.name)
             self._last_error.pop(event.name, None)
             if event.initial_contact:
