@@ -75,7 +75,7 @@ from vmip.ike.events import (
     IkeSaRekeyed,
     PeerAlive,
 )
-from vmip.ike.ikesa import IkeSa, IkeSaConfig, Role
+from vmip.ike.ikesa import IkeSa, IkeSaConfig, Role, State
 from vmip.ike.payloads import Identity, TrafficSelector
 from vmip.ipsec.sa import Direction, Lifetime, Mode
 from vmip.ipsec.sad import SadError
@@ -359,6 +359,9 @@ class IkeManager:
         self._loop = loop
         self._install_bypass()
         self.services.pump.add("ike", self)
+        # Stopping: DELETEs to correspondents while the HA tunnel stands (with
+        # the MN's deregistration); the node's close DELETEs the rest after.
+        self.services.on_stop("ike", self.stop_correspondents)
         # The MN-HA IKE SA runs from the CoA and follows it (docs/ike.md).
         self.services.events.subscribe(self._on_node_event)
         for peer in self.peers.values():
@@ -723,41 +726,40 @@ class IkeManager:
         self._pump(now)
         return {"peer": name, "terminated": len(sas)}
 
-    async def stop(self, timeout: float = STOP_DELETE_WAIT_SECONDS) -> int:
-        """The node stops: DELETE every established IKE SA (RFC 7296 §1.4.1) and
-        wait at most *timeout* in all for the answers; returns how many were sent.
+    async def stop_correspondents(self) -> None:
+        """On-stop step (with the MN's deregistration): DELETE the IKE SAs with
+        every peer but our HA, whose tunnel may carry them (MN-CN IKE runs
+        from the HoA through it, docs/ike.md), while that tunnel still
+        stands; the node bounds the wait (STOP_GRACE)."""
+        await self.stop(None, home_agent=False)
 
-        An MN's IKE with correspondents rides its HA tunnel (docs/ike.md), so
-        those SAs go first and the one with the HA last.
-        """
+    async def stop(self, timeout: float | None = STOP_DELETE_WAIT_SECONDS, *,
+                   home_agent: bool = True) -> int:
+        """The node stops: DELETE every established IKE SA (RFC 7296 §1.4.1) and
+        wait for the answers, at most *timeout* (None: the caller bounds it);
+        returns how many were sent.  *home_agent* False leaves the SA with our
+        HA alone (the last one to go: see :meth:`stop_correspondents`)."""
         self._stopping = True
         for name in list(self._retries):
             self._cancel_retry(name)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
         home = str(self._home_agent) if self._home_agent is not None else None
-        sent = 0
-        for last in (False, True):
-            now = self.services.clock()
-            batch = [sa for ep in self.endpoints.values() for sa in ep.sas
-                     if sa.is_established and (sa.remote_addr[0] == home) == last]
-            for sa in batch:
-                sa.delete(now)
-            if not batch:
-                continue
-            sent += len(batch)
-            self._all_gone = asyncio.Event()
-            self._collect_all()
-            self._pump(now)
-            try:
-                await asyncio.wait_for(self._all_gone.wait(), max(0.0, deadline - loop.time()))
-            except TIMEOUT_ERRORS:
-                self.counters["stop_delete_unanswered"] += 1
-        if sent:
-            log.info("ike sas deleted on stop", sent=sent,
-                     answered=not any(not sa.is_finished
-                                      for ep in self.endpoints.values() for sa in ep.sas))
-        return sent
+        now = self.services.clock()
+        batch = [sa for ep in self.endpoints.values() for sa in ep.sas if sa.is_established
+                 and (home_agent or sa.remote_addr[0] != home)]
+        for sa in batch:
+            sa.delete(now)
+        if not batch:
+            return 0
+        self._all_gone = asyncio.Event()
+        self._collect_all()
+        self._pump(now)
+        try:
+            await asyncio.wait_for(self._all_gone.wait(), timeout)
+        except TIMEOUT_ERRORS:
+            self.counters["stop_delete_unanswered"] += 1
+        log.info("ike sas deleted on stop", sent=len(batch),
+                 answered=not any(sa.state is State.DELETING for sa in batch))
+        return len(batch)
 
     def rekey(self, name: str, *, ike: bool = False) -> dict:
         sas = [sa for sa in self._sas_of(name) if sa.is_established]
@@ -990,7 +992,7 @@ class IkeManager:
                 # SA here would cost O(SAs) per event.
                 endpoint.collect(item[0])
         if self._all_gone is not None and not any(
-                sa.state.value == "deleting" for ep in self.endpoints.values() for sa in ep.sas):
+                sa.state is State.DELETING for ep in self.endpoints.values() for sa in ep.sas):
             self._all_gone.set()
         self.services.pump.arm()
 

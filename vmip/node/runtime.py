@@ -281,8 +281,9 @@ class Node:
                 except (NotImplementedError, RuntimeError, ValueError):
                     pass
         if self.keying is not None:
-            # On-stop step: DELETE our IKE SAs while the links still carry
-            # them, waiting a bounded time for the answers.
+            # DELETE our IKE SAs while the links still carry them (bounded
+            # wait for the answers), after the on_stop steps: their last
+            # messages (an MN's deregistration) travel on these SAs.
             await self._close_step_async("IKE deletes", self.keying.stop)
         self.pump.close()
         # After the privilege drop some steps may fail (EPERM): one failure
