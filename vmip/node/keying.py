@@ -221,7 +221,7 @@ class IkeManager:
         # One outbound policy per (IKE peer, child, selector), always on the
         # newest CHILD_SA: a rekey, a replacing IKE SA or a simultaneous rekey
         # never leaves two equal-priority policies where the stale one wins.
-        self._outbound: dict[tuple[str, str, Selector], int] = {}
+        self._outbound: dict[tuple[Any, ...], int] = {}
         # Re-establishing peers with initiate = true (docs/ike.md "Lifecycle").
         self._failures: Counter[str] = Counter()
         self._retries: dict[str, asyncio.TimerHandle] = {}
@@ -1231,8 +1231,13 @@ class IkeManager:
         return True
 
     @staticmethod
-    def _outbound_key(record: ChildRecord, selector: Selector) -> tuple[str, str, Selector]:
-        return (record.ike_sa.config.name, record.event.name, selector)
+    def _outbound_key(record: ChildRecord, selector: Selector) -> tuple[Any, ...]:
+        """What makes two CHILD_SAs successors for *selector*: the same peer,
+        child, mode and priority (a responder names every child of a peer
+        alike, and a tunnel child may also cover an MH transport child's
+        selector, at a lower priority: those two are not one another's)."""
+        return (record.ike_sa.config.name, record.event.name, record.event.mode, selector,
+                record.selectors.get(selector))
 
     def _take_outbound(self, record: ChildRecord, selector: Selector) -> None:
         """*record*'s CHILD_SA carries *selector*'s outbound traffic from now on:
@@ -1269,8 +1274,8 @@ class IkeManager:
                 continue
             del self._outbound[key]
             heir = next((other for other in reversed(self.children.values())
-                         if self._outbound_key(other, selector) == key
-                         and selector in other.selectors), None)
+                         if selector in other.selectors
+                         and self._outbound_key(other, selector) == key), None)
             if heir is not None:
                 self._take_outbound(heir, selector)
         for spi, direction, dst in ((event.spi_in, Direction.IN, record.sa_dst_in),
