@@ -316,7 +316,7 @@ class IkeManager:
                 name=peer.name, remote_id=remote_id,
                 ike_proposals=tuple(self.ike_config.proposals),
                 esp_proposals=tuple(self.ike_config.esp_proposals), child_name=first.name,
-                local_ts=local_ts, remote_ts=remote_ts, mode=mode, **self._lifecycle(peer.name),
+                local_ts=local_ts, remote_ts=remote_ts, mode=mode, **self._lifecycle(peer.name, responder),
                 **self._auth)
         local_ts, remote_ts = self._proposed_ts
         host_to_host = (
@@ -328,10 +328,10 @@ class IkeManager:
             name=peer.name, remote_id=remote_id, ike_proposals=tuple(self.ike_config.proposals),
             esp_proposals=tuple(self.ike_config.esp_proposals), child_name=peer.name,
             local_ts=local_ts, remote_ts=remote_ts,
-            mode=Mode.TRANSPORT if host_to_host else Mode.TUNNEL, **self._lifecycle(peer.name),
+            mode=Mode.TRANSPORT if host_to_host else Mode.TUNNEL, **self._lifecycle(peer.name, responder),
             **self._auth)
 
-    def _lifecycle(self, name: str) -> dict[str, Any]:
+    def _lifecycle(self, name: str, responder: bool) -> dict[str, Any]:
         """Liveness and retransmission settings of an IKE SA with peer *name*."""
         ike = self.ike_config
         return {
@@ -339,8 +339,11 @@ class IkeManager:
             "retransmit_timeout": ike.retransmit_timeout,
             "retransmit_tries": ike.retransmit_tries,
             # INITIAL_CONTACT says "this is our only IKE SA with you" (RFC 7296
-            # §2.4): not while another one is alive, or the peer drops it.
-            "initial_contact": not any(not sa.is_finished for sa in self._sas_of(name)),
+            # §2.4): not while another one is alive, or the peer drops it.  Only
+            # an initiator sends it (a responder's config must cost O(1): anyone
+            # can make us build one).
+            "initial_contact": not responder and not any(
+                not sa.is_finished for sa in self._sas_of(name)),
         }
 
     def _peer_for_address(self, address: str):
@@ -1047,8 +1050,9 @@ class IkeManager:
                 if sa.established_at is not None \
                         and now - sa.established_at >= RETRY_STABLE_SECONDS:
                     self._failures.pop(event.name, None)
-                self._last_error[event.name] = event.reason if isinstance(event, IkeSaFailed) \
-                    else "the peer deleted the IKE SA"
+                if event.name in self.peers:   # bounded: configured peers only
+                    self._last_error[event.name] = event.reason \
+                        if isinstance(event, IkeSaFailed) else "the peer deleted the IKE SA"
                 self._schedule_retry(event.name)
         elif isinstance(event, IkeSaEstablished):
             self.counters["ike_sa_established"] += 1
@@ -1087,7 +1091,8 @@ class IkeManager:
             self.counters[type(event).__name__] += 1
             name = event.ike_name if isinstance(event, ChildSaFailed) else event.name
             log.warning("ike " + type(event).__name__, peer=name, reason=event.reason)
-            self._last_error[name] = event.reason
+            if name in self.peers:   # bounded: an admitted MN's name comes from its address
+                self._last_error[name] = event.reason
 
     def _static_locator(self, onwire: bytes):
         """The config's own locator for an on-wire address (longest prefix, with an
