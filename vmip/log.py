@@ -25,10 +25,14 @@ from typing import Any
 
 LEVELS = ("debug", "info", "warning", "error")
 
-_SECRET_WORDS = frozenset(("key", "secret", "secrets", "psk", "password", "passwd",
-                           "passphrase", "keymat", "skeyseed", "sk", "token", "credential"))
-#: Words ending in "key" that name no key material.
-_NOT_KEYS = frozenset(("rekey",))
+#: Parts of a word that mark key material wherever they appear in it
+#: ("keys", "esp_keys", "keying", "sharedsecret", "pskhex", "passwords").
+_SECRET_PARTS = ("key", "secret", "psk", "passw", "passphrase", "keymat", "token",
+                 "credential")
+#: Words that contain a secret part but name no key material.
+_NOT_KEYS = frozenset(("rekey", "rekeys", "rekeyed", "rekeying"))
+#: Whole field names that contain a secret part but carry no key material.
+_NOT_SECRET_NAMES = frozenset(("keys_mode",))
 
 
 class Secret(bytes):
@@ -44,10 +48,15 @@ def _is_secret_name(name: str) -> bool:
     lowered = name.lower()
     if lowered.endswith(("_file", "_path", "_len", "_length", "_bits", "_id")):
         return False
+    if lowered in _NOT_SECRET_NAMES:
+        return False
     for word in re.split(r"[_\-.\s]+", lowered):
-        if word in _SECRET_WORDS or (word.endswith("key") and word not in _NOT_KEYS):
+        if word in _NOT_KEYS:
+            continue
+        if any(part in word for part in _SECRET_PARTS):
             return True
-        if word.startswith("sk") and word[2:] in ("d", "ai", "ar", "ei", "er", "pi", "pr"):
+        if word == "sk" or (word.startswith("sk") and word[2:] in ("d", "ai", "ar", "ei", "er",
+                                                                   "pi", "pr")):
             return True   # SK_d, SK_ai, ... (RFC 7296 §2.14) written as one word
     return False
 
