@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from vmip.log import get_logger
+from vmip.node.latency_trace import ENV_VAR
 from vmip.node.runtime import Node
 
 log = get_logger(__name__)
@@ -27,6 +29,10 @@ async def run_node(config, *, config_path: Path | None = None, pcap_wire: str | 
     from vmip.privileges import can_drop, check_unprivileged_start, seal_unprivileged
 
     node = Node(config, config_path=config_path, pcap_wire=pcap_wire, pcap_inner=pcap_inner)
+    if os.environ.get(ENV_VAR):   # per-stage timestamps of pings (docs/performance.md)
+        from vmip.node.latency_trace import install_from_env
+
+        install_from_env(node)
     privileged = can_drop()
     if not privileged:
         # Not root (or root without capabilities): say now what cannot work.
