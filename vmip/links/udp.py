@@ -19,7 +19,7 @@ import errno
 import ipaddress
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from vmip.links.base import (
     MAX_DATAGRAM,
@@ -90,6 +90,9 @@ class UdpDriver(LinkDriver):
         # subclass with its own framing (rfc3948) reads and sends per datagram.
         self._gso = type(self).send is UdpDriver.send
         self._gro = False
+        #: ``(begin, end)`` called around each read burst (the node's TUN:
+        #: it writes what the burst queued at its end, docs/performance.md).
+        self.batch_hooks: tuple[Callable[[], None], Callable[[], None]] | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -172,6 +175,18 @@ class UdpDriver(LinkDriver):
     # -- receive -----------------------------------------------------------
 
     def _on_readable(self) -> None:
+        hooks = self.batch_hooks
+        if hooks is None:
+            self._drain()
+            return
+        begin, end = hooks
+        begin()
+        try:
+            self._drain()
+        finally:
+            end()
+
+    def _drain(self) -> None:
         if self._gro:
             self._on_readable_gro()
             return

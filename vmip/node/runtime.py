@@ -193,6 +193,11 @@ class Node:
             self._local |= {link.coa.packed for link in cfg.links if link.coa is not None}
             for link_cfg in sorted(cfg.links, key=lambda link: link.priority):
                 driver = self.ports.make_link(link_cfg)
+                batch_hooks = getattr(self.tun, "begin_batch", None), \
+                    getattr(self.tun, "end_batch", None)
+                if hasattr(driver, "batch_hooks") and None not in batch_hooks:
+                    # A read burst's TUN writes leave at its end, not a loop round later.
+                    driver.batch_hooks = batch_hooks
                 if self.keying is not None and isinstance(driver, Rfc3948Driver):
                     # IKE on port 4500 (non-ESP marker) and 500 go to the IKE manager.
                     await driver.start(self.loop, self._on_link_packet,

@@ -445,6 +445,8 @@ class TunDevice:
         #: Made beforehand by ``vmip tun create``: closing leaves it in place.
         self.prepared = False
         self._pending: list[bytes] = []
+        #: A link driver is handing over one read burst (begin_batch/end_batch).
+        self._batching = False
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -574,17 +576,33 @@ class TunDevice:
         return complete_checksum(packet, header.csum_start, header.csum_offset)
 
     def write_soon(self, packet: bytes) -> None:
-        """Queue a packet; the queue is written once this event-loop round's
-        callbacks have run, TCP segments coalesced (:func:`coalesce_tcp`).
-        Without offload or an event loop it is :meth:`write`."""
+        """Queue a packet; the queue is written, TCP segments coalesced
+        (:func:`coalesce_tcp`), when the link driver's read burst ends
+        (:meth:`end_batch`), or once this event-loop round's callbacks have
+        run for a driver that does not say.  Without offload or an event
+        loop it is :meth:`write`."""
         loop = self._loop
         if not self.offload or loop is None:
             self.write(packet)
             return
         pending = self._pending
         pending.append(packet)
-        if len(pending) == 1:
+        if len(pending) == 1 and not self._batching:
             loop.call_soon(self.flush)
+
+    def begin_batch(self) -> None:
+        """A link driver starts handing over what one wake-up read."""
+        self._batching = True
+
+    def end_batch(self) -> None:
+        """The burst is over: write what it queued now, in this loop round.
+
+        A lone packet (a ping, a request) is written as soon as its driver
+        finds nothing more to read, instead of one loop round later; a burst
+        is still coalesced as a whole (docs/performance.md)."""
+        self._batching = False
+        if self._pending:
+            self.flush()
 
     def flush(self) -> None:
         """Write what :meth:`write_soon` queued; drops are counted, never raised."""
