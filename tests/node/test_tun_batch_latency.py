@@ -18,6 +18,7 @@ import struct
 
 from vmip.config import load_config
 from vmip.config.keyfile import write_key_file
+from vmip.node.latency_trace import LatencyTrace
 from vmip.node.ports import NodePorts
 from vmip.node.runtime import Node
 from vmip.node.tun import VIRTIO_NET_HDR_GSO_TCPV6, VNET_HDR_LEN, TunDevice
@@ -139,7 +140,8 @@ def records(sock: socket.socket) -> list[bytes]:
             return got
 
 
-async def started_pair(tmp_path) -> tuple[dict[str, Node], dict[str, socket.socket]]:
+async def started_pair(tmp_path, trace: bool = False,
+                       ) -> tuple[dict[str, Node], dict[str, socket.socket]]:
     for side in ("a", "b"):
         write_key_file(tmp_path / f"{side}.key", os.urandom(20))
     ports = {"a": free_port(), "b": free_port()}
@@ -158,6 +160,8 @@ async def started_pair(tmp_path) -> tuple[dict[str, Node], dict[str, socket.sock
 
         nodes[me] = Node(load_config(path), config_path=path,
                          ports=NodePorts(open_tun=open_tun, control=False, signals=False))
+        if trace:
+            LatencyTrace(tmp_path / f"trace-{me}.txt").install(nodes[me])
         await nodes[me].start()
     return nodes, peers
 
@@ -211,3 +215,33 @@ def test_a_burst_is_still_coalesced_into_one_tun_write(tmp_path):
             await close_pair(nodes, peers)
 
     asyncio.run(scenario())
+
+
+def test_the_latency_trace_records_every_stage_of_an_echo(tmp_path):
+    """VMIP_TRACE_LATENCY's wrappers: a's outbound stages and b's inbound ones, in order."""
+    async def scenario() -> None:
+        nodes, peers = await started_pair(tmp_path, trace=True)
+        try:
+            a, b = nodes["a"], nodes["b"]
+            peers["a"].send(bytes(VNET_HDR_LEN) + echo_request(5))
+            assert a.tun is not None
+            a.tun._on_readable(a._on_tun_packets, 64)    # as the loop would on a's wake-up
+            b.links["lo"]._on_readable()
+            assert len(records(peers["b"])) == 1
+        finally:
+            await close_pair(nodes, peers)               # the traces are written on close
+
+    asyncio.run(scenario())
+    key = "128:7:5"
+    stages = {}
+    for side in ("a", "b"):
+        for line in (tmp_path / f"trace-{side}.txt").read_text().splitlines():
+            t, stage, k = line.split()
+            assert k == key
+            stages[side, stage] = int(t)
+    order = [("a", "tun_wake"), ("a", "tun_read"), ("a", "encrypt"), ("a", "link_send"),
+             ("b", "link_wake"), ("b", "decrypt"), ("b", "tun_queue"), ("b", "tun_write")]
+    assert set(order) <= set(stages)
+    assert [stages[s] for s in order] == sorted(stages[s] for s in order)
+    # The kernel queued the datagram while a was still inside sendto.
+    assert stages["a", "encrypt"] <= stages["b", "link_rx_kernel"] <= stages["b", "link_wake"]

@@ -212,6 +212,15 @@ class LatencyTrace:
                     trace.record("link_send", key, time.monotonic_ns())
 
             driver.send = traced_send
+            start = driver.start
+
+            async def traced_start(*a: Any, **k: Any) -> None:
+                await start(*a, **k)
+                # The first SIOCGSTAMPNS turns the socket's receive timestamps
+                # on; before it, the kernel would answer with the time of asking.
+                trace._peek_link_stamp(driver)
+
+            driver.start = traced_start
             if on_readable is not None:
                 def traced_on_readable() -> None:
                     trace._link_wake = time.monotonic_ns()

@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seconds", type=float, help="iperf3 duration of each test")
     parser.add_argument("--rounds", type=int, help="repetitions per system")
     parser.add_argument("--ping-count", type=int, help="pings per repetition (0.05 s apart)")
+    parser.add_argument("--ping-interval", type=float, default=0.05, metavar="S",
+                        help="seconds between pings (default 0.05; 1 shows an idle tunnel)")
+    parser.add_argument("--loaded-ping", action="store_true",
+                        help="also ping during each iperf3 test (details.loaded_rtt_ms_samples)")
     parser.add_argument("--openvpn-mode", choices=OPENVPN_MODES, default="auto",
                         help="tls (AES-256-GCM), static (AES-256-CBC+SHA256), or auto: tls, "
                              "falling back to static")
@@ -93,11 +97,15 @@ def options_from(args: argparse.Namespace) -> Options:
         openvpn_mode=args.openvpn_mode,
         keep_workdir=args.keep_workdir,
         quick=args.quick,
+        ping_interval=args.ping_interval,
+        loaded_ping=args.loaded_ping,
     )
     if not 0.5 <= options.seconds <= 600:
         raise ValueError("--seconds must be between 0.5 and 600")
     if not 1 <= options.rounds <= 100:
         raise ValueError("--rounds must be between 1 and 100")
+    if not 0.01 <= options.ping_interval <= 5:
+        raise ValueError("--ping-interval must be between 0.01 and 5")
     if not 1 <= options.ping_count <= 10000:
         raise ValueError("--ping-count must be between 1 and 10000")
     return options

@@ -36,13 +36,18 @@ class Options:
     openvpn_mode: str = "auto"
     keep_workdir: bool = False
     quick: bool = False
+    #: Seconds between pings (ping -i); 1 s shows the cost of an idle tunnel.
+    ping_interval: float = PING_INTERVAL
+    #: Also ping during each iperf3 test (RTT under load).
+    loaded_ping: bool = False
 
 
-def measure_rtt(lab: Lab, target: str, count: int) -> tuple[float, int]:
+def measure_rtt(lab: Lab, target: str, count: int,
+                interval: float = PING_INTERVAL) -> tuple[float, int]:
     """Median RTT (ms) of *count* pings from side a, and how many were lost."""
-    deadline = int(count * PING_INTERVAL + 5)
+    deadline = int(count * interval + 5)
     try:
-        result = lab.run("a", ["ping", "-n", "-c", str(count), "-i", str(PING_INTERVAL),
+        result = lab.run("a", ["ping", "-n", "-c", str(count), "-i", str(interval),
                                "-W", "1", "-w", str(deadline), target], timeout=deadline + 10)
     except subprocess.TimeoutExpired:
         raise MeasureError(f"ping {target} did not end in {deadline + 10} s") from None
@@ -55,8 +60,22 @@ def measure_rtt(lab: Lab, target: str, count: int) -> tuple[float, int]:
     return summary.median, count - len(ping.rtts_ms)
 
 
-def measure_tcp(lab: Lab, target: str, seconds: float) -> IperfResult:
-    """One single-stream iperf3 TCP test from side a to a one-off server on side b."""
+LOADED_PING_DELAY = 1.0
+
+
+def loaded_ping_command(target: str, seconds: float, interval: float) -> list[str]:
+    """ping during an iperf3 test: from 1 s after its start to 0.5 s before its end."""
+    count = max(1, min(1000, int((seconds - LOADED_PING_DELAY - 0.5) / interval)))
+    script = f"sleep {LOADED_PING_DELAY:g}; exec ping -n -c {count} -i {interval:g} -W 1 {target}"
+    return ["sh", "-c", script]
+
+
+def measure_tcp(lab: Lab, target: str, seconds: float,
+                loaded: list[float] | None = None) -> IperfResult:
+    """One single-stream iperf3 TCP test from side a to a one-off server on side b.
+
+    With *loaded* (a list), pings run during the test; their median RTT
+    (ms) is appended to it."""
     # -i 0: no per-second lines to fill the pipe nobody reads after "listening".
     server = lab.spawn("b", ["iperf3", "-s", "-1", "-p", str(IPERF_PORT), "-i", "0",
                              "--forceflush"], stdout_pipe=True)
@@ -64,12 +83,26 @@ def measure_tcp(lab: Lab, target: str, seconds: float) -> IperfResult:
         if not wait_for_line(server, b"Server listening", 10):
             raise MeasureError("iperf3 server did not start listening in 10 s")
         limit = seconds + 20
+        pinger = None
+        if loaded is not None:
+            pinger = lab.spawn("a", loaded_ping_command(target, seconds, PING_INTERVAL),
+                               stdout_pipe=True)
         try:
             result = lab.run("a", ["iperf3", "-c", target, "-p", str(IPERF_PORT),
                                    "-t", f"{seconds:g}", "-J", "--connect-timeout", "3000"],
                              timeout=limit)
         except subprocess.TimeoutExpired:
             raise MeasureError(f"iperf3 -c {target} did not end in {limit:.0f} s") from None
+        if pinger is not None and loaded is not None:
+            try:
+                out, _ = pinger.communicate(timeout=10)
+                during = summarize(parse_ping(out.decode(errors="replace")).rtts_ms)
+                if during is not None:
+                    loaded.append(round(during.median, 4))
+            except (ParseError, subprocess.TimeoutExpired):
+                pass   # no figure for this round; the throughput stands
+            finally:
+                lab.stop(pinger, grace=1)
         try:
             return parse_iperf3_json(result.stdout)
         except ParseError as exc:
@@ -128,7 +161,8 @@ def run_benchmark(options: Options, progress: Progress) -> dict[str, Any]:
                 outcome = outcomes[system.name]
                 line = f"round {round_index + 1}/{options.rounds} {system.name}:"
                 try:
-                    rtt, lost = measure_rtt(lab, system.target, options.ping_count)
+                    rtt, lost = measure_rtt(lab, system.target, options.ping_count,
+                                            options.ping_interval)
                     # ping prints microseconds; more digits are float noise.
                     outcome.rtt_ms.append(round(rtt, 4))
                     outcome.details["pings_lost"] = outcome.details.get("pings_lost", 0) + lost
@@ -137,7 +171,11 @@ def run_benchmark(options: Options, progress: Progress) -> dict[str, Any]:
                     outcome.errors.append(f"round {round_index + 1} rtt: {exc}")
                     line += f" rtt failed ({exc})"
                 try:
-                    tcp = measure_tcp(lab, system.target, options.seconds)
+                    loaded = outcome.details.setdefault("loaded_rtt_ms_samples", []) \
+                        if options.loaded_ping else None
+                    tcp = measure_tcp(lab, system.target, options.seconds, loaded)
+                    if loaded:
+                        line += f", loaded rtt {loaded[-1]:.3f} ms"
                     outcome.tcp_mbps.append(round(tcp.receiver_mbps, 2))
                     outcome.details.setdefault("tcp_retransmits", []).append(tcp.retransmits)
                     line += f", tcp {tcp.receiver_mbps:.0f} Mbit/s"
@@ -164,7 +202,8 @@ def run_benchmark(options: Options, progress: Progress) -> dict[str, Any]:
         "seconds": options.seconds,
         "rounds": options.rounds,
         "ping_count": options.ping_count,
-        "ping_interval_s": PING_INTERVAL,
+        "ping_interval_s": options.ping_interval,
+        "loaded_ping": options.loaded_ping,
         "tunnel_mtu": TUNNEL_MTU,
         "underlay_mtu": 1500,
         "order": orders,
