@@ -32,6 +32,7 @@ from scapy.layers.inet6 import (
 from scapy.packet import Raw
 
 from vmip.node.tun import (
+    TX_QUEUE_LEN,
     IcmpErrorRateLimiter,
     TunDevice,
     TunError,
@@ -131,6 +132,8 @@ def test_tun_comes_up_with_its_addresses_mtu_and_routes(netns, tun):
     (link,) = _ip_json(netns, "link", "show", "dev", TUN_NAME)
     assert link["mtu"] == 1400
     assert "UP" in link["flags"]
+    # A short transmit queue: a ping does not wait behind 500 bulk packets.
+    assert link["txqlen"] == TX_QUEUE_LEN == 64
     assert link["link_type"] == "none"  # a TUN (layer 3), not a TAP
     assert link["ifindex"] == tun.index
 
