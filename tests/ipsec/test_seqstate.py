@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import threading
 from ipaddress import IPv6Address
 from pathlib import Path
 from types import SimpleNamespace
@@ -351,6 +352,12 @@ def test_a_receiver_that_stayed_up_accepts_a_restarted_sender(tmp_path, small_bl
     a.close()
 
 
+def settle(state: SeqState) -> None:
+    """What the syncer thread holds, written and synced now (it would in a moment)."""
+    if state._syncer is not None:
+        state._syncer.write_pending()
+
+
 def test_inbound_marks_trail_the_traffic_with_a_loop(tmp_path):
     """Idle: written at the end of the loop round; under load at most once per interval."""
     timers = FakeTimers()
@@ -373,8 +380,56 @@ def test_inbound_marks_trail_the_traffic_with_a_loop(tmp_path):
     inbound.unprotect(out.protect(b"x", NH, 0.0), 0.0)
     assert mark() == 4 and timers.delays[-1] == 0.0
     timers.fire()
+    settle(b)                                # the syncer thread's write
     assert mark() == 5
     b.close()
+
+
+def test_moving_an_inbound_mark_does_no_disk_io_on_the_loop(tmp_path, monkeypatch):
+    """Once a key has its record, the trailing write and its fsync happen on the
+    syncer thread: the loop round after the packet (its reply, on a node that
+    answers) waits for neither.  A clean stop leaves the last mark on disk."""
+    io_on: list[str] = []
+    real_pwrite, real_fsync = os.pwrite, os.fsync
+    synced = threading.Event()
+
+    def pwrite(fd: int, data: bytes, offset: int) -> int:
+        io_on.append(threading.current_thread().name)
+        return real_pwrite(fd, data, offset)
+
+    def fsync(fd: int) -> None:
+        io_on.append(threading.current_thread().name)
+        real_fsync(fd)
+        synced.set()
+
+    monkeypatch.setattr(seqstate.os, "pwrite", pwrite)
+    monkeypatch.setattr(seqstate.os, "fsync", fsync)
+    timers = FakeTimers()
+    b = SeqState.open(tmp_path / "b", call_later=timers)
+    out, inbound = pair(None, b)
+
+    def mark() -> int | None:
+        return next((m for (d, _s, _f), (_slot, m) in records(tmp_path / "b").items()
+                     if d == "in"), None)
+
+    assert inbound.unprotect(out.protect(b"x", NH, 0.0), 0.0) is not None
+    timers.fire()                            # the key's first record: a new slot, here
+    timers.fire()                            # nothing moved: idle again
+    assert mark() == 1 and not timers.pending
+    me = threading.current_thread().name
+    for expected in (2, 3):                  # twice: an idle SA authenticates a packet
+        io_on.clear()
+        synced.clear()
+        assert inbound.unprotect(out.protect(b"x", NH, 0.0), 0.0) is not None
+        timers.fire()
+        assert me not in io_on
+        assert synced.wait(5), "the syncer thread never wrote the mark"
+        assert mark() == expected and set(io_on) == {"vmip-seq-sync"}
+        timers.fire()                        # idle again
+    inbound.unprotect(out.protect(b"x", NH, 0.0), 0.0)
+    timers.fire()                            # queued for the thread ...
+    b.close()                                # ... and on disk when close returns
+    assert mark() == 4
 
 
 def test_many_idle_inbound_sas_share_one_fsync_per_interval(tmp_path, monkeypatch):
@@ -390,6 +445,7 @@ def test_many_idle_inbound_sas_share_one_fsync_per_interval(tmp_path, monkeypatc
         for out, inbound in pairs:
             assert inbound.unprotect(out.protect(b"x", NH, 0.0), 0.0) is not None
         timers.fire()
+        settle(b)
     assert len(syncs) == 3
     marks = {s: m for (d, s, _f), (_slot, m) in records(tmp_path / "b").items() if d == "in"}
     assert marks == {0x100 + i: 3 for i in range(200)}
