@@ -1,4 +1,4 @@
-"""Inbound TUN writes leave at the end of the link's read burst, not a loop round later.
+"""A lone inbound packet reaches the TUN in the loop round it arrived; a burst is coalesced.
 
 Two real nodes in one process on 127.0.0.1 (udp driver, static ESP SAs), each
 with a real :class:`TunDevice` whose descriptor is one end of a
@@ -195,6 +195,7 @@ def test_a_lone_packet_reaches_the_tun_in_the_round_it_was_received(tmp_path):
 
 
 def test_a_burst_is_still_coalesced_into_one_tun_write(tmp_path):
+    """Three segments of one flow, read in one wake-up: one GSO write at the round's end."""
     async def scenario() -> None:
         nodes, peers = await started_pair(tmp_path)
         try:
@@ -203,6 +204,7 @@ def test_a_burst_is_still_coalesced_into_one_tun_write(tmp_path):
             burst = [tcp_segment(1 + i * size, size) for i in range(3)]
             a._on_tun_packets(burst)
             b.links["lo"]._on_readable()
+            await asyncio.sleep(0)                        # the burst's flush: this round's end
             written = records(peers["b"])
             assert len(written) == 1                      # one write for the burst
             header = written[0][:VNET_HDR_LEN]

@@ -601,14 +601,16 @@ class TunDevice:
         self._batching = True
 
     def end_batch(self) -> None:
-        """The burst is over: write what it queued now, in this loop round.
-
-        A lone packet (a ping, a request) is written as soon as its driver
-        finds nothing more to read, instead of one loop round later; a burst
-        is still coalesced as a whole (docs/performance.md)."""
+        """The read is over.  A lone packet (a ping, a request) is written
+        now, in this loop round, instead of one round later; a burst is
+        flushed, coalesced, once this round's callbacks have run, as before
+        (docs/performance.md)."""
         self._batching = False
-        if self._pending:
+        pending = self._pending
+        if len(pending) == 1:
             self.flush()
+        elif pending and self._loop is not None:
+            self._loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Write what :meth:`write_soon` queued; drops are counted, never raised."""
