@@ -217,3 +217,77 @@ def test_a_stopping_mn_deregisters_on_its_ike_sas_then_deletes_them():
             assert holders(world) == [] and ike_with_mn(world, ("ha",)) == []
             assert world.loop.time() - started <= 2.0
         world.run(scenario())
+
+
+def spoofed_ike_sa_init(now: float) -> bytes:
+    """An IKE_SA_INIT "from" the CN to the MN's HoA, as an off-path host can
+    make it (its own DH, any PSK), in a clear IPv6/UDP packet."""
+    from vmip.ike.ikesa import IkeSa, IkeSaConfig, Role
+    from vmip.wire.ipv6 import build_ipv6_header
+    from vmip.wire.udp import build_udp
+
+    sa = IkeSa(IkeSaConfig(psk=b"x" * 32), Role.INITIATOR, (CN, 500), (HOA_MN, 500), now)
+    sa.initiate(now)
+    (message, _addr), = sa.datagrams_to_send(now)
+    src, dst = IPv6Address(CN).packed, IPv6Address(HOA_MN).packed
+    udp = build_udp(500, 500, message, src, dst)
+    return build_ipv6_header(src, dst, 17, len(udp)) + udp
+
+
+def test_a_spoofed_ike_sa_init_in_the_peers_name_stops_no_re_establishment():
+    """An off-path attacker sends an IKE_SA_INIT in the CN's name to the
+    MN's HoA every 10 s (the HA relays the CN's clear IKE to its MN) while
+    the CN is dead and after it comes back.  The half-open responder SAs it
+    makes carry the CN's name, but they prove nothing about the CN: the MN's
+    retries go on with backoff, re-establish once the CN is back, and the
+    new IKE SA carries INITIAL_CONTACT."""
+    with SimWorld(seed=8, keys="ike") as world:
+        async def scenario():
+            await world.start_all()
+            await until(world, "MN-CN IKE SA", lambda: established(world, "mn", "cn")
+                        and established(world, "cn", "mn"), 30)
+            mn = world.nodes["mn"]
+            ha_endpoint = (str(world.plan.node("ha").links[0].node_ipv4.ip), 6275)
+            attacker = world.add_host("evil", "203.0.113.66", 40066)
+            spoofing = True
+
+            async def spoof() -> None:
+                while spoofing:
+                    attacker.send(spoofed_ike_sa_init(world.loop.time()), ha_endpoint)
+                    await asyncio.sleep(10)
+
+            def half_open_in_cns_name() -> list[dict]:
+                return [sa for sa in sas_with(world, "mn", "cn")
+                        if sa["role"] == "responder" and sa["state"] == "init-done"]
+
+            task = asyncio.ensure_future(spoof())
+            try:
+                # The attack reaches the MN: a half-open responder SA named "cn".
+                await until(world, "a spoofed half-open SA", lambda: half_open_in_cns_name(), 5)
+                world.network.set_up("cn", "eth0", False)
+                await until(world, "the dead peer's IKE SA failing",
+                            lambda: not established(world, "mn", "cn"), 30 + 31 + 5)
+                retries = mn.keying.counters
+                before = retries["initiate_retries"]
+                await until(world, "retries under the spoofing",
+                            lambda: retries["initiate_retries"] >= before + 2, 60)
+                await until(world, "a retry scheduled", lambda: peer_row(world, "mn", "cn")
+                            ["retry_in_s"] is not None, 60)
+                world.network.set_up("cn", "eth0", True)
+                # Within the backoff schedule: the pending retry, and its exchange.
+                due = peer_row(world, "mn", "cn")["retry_in_s"]
+                assert half_open_in_cns_name()
+                took = await until(world, "re-established under the spoofing",
+                                   lambda: established(world, "mn", "cn"), due + 10)
+            finally:
+                spoofing = False
+                task.cancel()
+            assert took <= due + 10
+            # Our INITIAL_CONTACT went out: only a half-open SA was there.
+            ours = next(sa for ep in mn.keying.endpoints.values() for sa in ep.sas
+                        if sa.config.name == "cn" and sa.is_established)
+            assert ours.config.initial_contact
+            cns = next(sa for ep in world.nodes["cn"].keying.endpoints.values()
+                       for sa in ep.sas if sa.config.name == "mn" and sa.is_established)
+            assert cns.peer_initial_contact
+        world.run(scenario())

@@ -342,8 +342,7 @@ class IkeManager:
             # §2.4): not while another one is alive, or the peer drops it.  Only
             # an initiator sends it (a responder's config must cost O(1): anyone
             # can make us build one).
-            "initial_contact": not responder and not any(
-                not sa.is_finished for sa in self._sas_of(name)),
+            "initial_contact": not responder and not self._holds_sa(name),
         }
 
     def _peer_for_address(self, address: str):
@@ -550,7 +549,7 @@ class IkeManager:
         if peer is None or not peer.initiate or name in self._held or self._stopping \
                 or name in self._retries or self._loop is None:
             return
-        if any(not sa.is_finished for sa in self._sas_of(name)):
+        if self._holds_sa(name):
             return     # another IKE SA with the peer is alive or under way
         self._failures[name] += 1
         delay = retry_delay(self._failures[name])
@@ -704,7 +703,7 @@ class IkeManager:
         if peer is None:
             raise KeyingError(f"no IKE peer {name!r}; peers: {', '.join(self.peers) or 'none'}")
         for sa in self._sas_of(name):
-            if not sa.is_finished:
+            if self._counts(sa):
                 return {"peer": name, "state": sa.state.value, "already": True}
         now = self.services.clock()
         local = self.local_address_for(peer.address)
@@ -838,6 +837,18 @@ class IkeManager:
 
     def _sas_of(self, name: str) -> list[IkeSa]:
         return [sa for ep in self.endpoints.values() for sa in ep.sas if sa.config.name == name]
+
+    @staticmethod
+    def _counts(sa: IkeSa) -> bool:
+        """Whether *sa* is an IKE SA with its peer for our initiation, retries
+        and INITIAL_CONTACT: alive, and ours or the peer's own (its AUTH
+        verified).  A half-open responder SA is not: anyone can make one in
+        the peer's name with an IKE_SA_INIT from its address (RFC 7296 §2.6)."""
+        return not sa.is_finished and (sa.role is Role.INITIATOR or sa.authenticated)
+
+    def _holds_sa(self, name: str) -> bool:
+        """An IKE SA with peer *name* is alive or under way (see :meth:`_counts`)."""
+        return any(self._counts(sa) for sa in self._sas_of(name))
 
     # -- transport (rfc3948 links: UDP 500 socket + the driver's port 4500) ----------
 
@@ -1038,15 +1049,19 @@ class IkeManager:
             self.counters["ike_sa_deleted" if isinstance(event, IkeSaDeleted) else
                           "ike_sa_failed"] += 1
             self._free_reservations(sa)
-            lost = (isinstance(event, IkeSaFailed) and (sa.authenticated
-                                                        or sa.role is Role.INITIATOR)) \
+            unproven = sa.role is Role.RESPONDER and not sa.authenticated
+            lost = (isinstance(event, IkeSaFailed) and not unproven) \
                 or (isinstance(event, IkeSaDeleted) and event.by_peer)
-            if lost:
+            if unproven and event.name in self.peers:
+                # A half-open responder SA proves nothing about the peer
+                # (anyone can send an IKE_SA_INIT in its name): no error of
+                # the peer's, no backoff reset; but an initiate peer left with
+                # no IKE SA of its own is tried again.
+                self._schedule_retry(event.name)
+            elif lost:
                 # Re-established whoever started it (a peer's rekey makes us
                 # the "responder" of an SA we initiated) and whoever ended it
-                # (a peer restarting deletes its SAs): the config decides.  A
-                # half-open responder SA that failed proves nothing about the
-                # peer (anyone can send an IKE_SA_INIT in its name).
+                # (a peer restarting deletes its SAs): the config decides.
                 if sa.established_at is not None \
                         and now - sa.established_at >= RETRY_STABLE_SECONDS:
                     self._failures.pop(event.name, None)
