@@ -291,3 +291,28 @@ def test_a_spoofed_ike_sa_init_in_the_peers_name_stops_no_re_establishment():
                        for sa in ep.sas if sa.config.name == "mn" and sa.is_established)
             assert cns.peer_initial_contact
         world.run(scenario())
+
+
+def test_a_dying_spoofed_half_open_sa_leaves_an_initiate_peer_retried():
+    """An MN with no IKE SA with the CN and no retry pending (here: the CN
+    terminated and the hold lifted without initiating; at start, an
+    initiation that failed): when a spoofed half-open SA in the CN's name
+    times out, the MN (initiate = true) schedules a retry and establishes."""
+    with SimWorld(seed=11, keys="ike") as world:
+        async def scenario():
+            await world.start_all()
+            await until(world, "MN-CN IKE SA", lambda: established(world, "mn", "cn"), 30)
+            mn = world.nodes["mn"]
+            mn.keying.terminate("cn")
+            mn.keying._held.discard("cn")
+            assert peer_row(world, "mn", "cn")["retry_in_s"] is None
+            attacker = world.add_host("evil", "203.0.113.66", 40066)
+            attacker.send(spoofed_ike_sa_init(world.loop.time()),
+                          (str(world.plan.node("ha").links[0].node_ipv4.ip), 6275))
+            await until(world, "a spoofed half-open SA", lambda: sas_with(world, "mn", "cn"), 5)
+            await until(world, "it timing out", lambda: not sas_with(world, "mn", "cn")
+                        or all(sa["state"] == "failed" for sa in sas_with(world, "mn", "cn")), 60)
+            await until(world, "established again", lambda: established(world, "mn", "cn"), 10)
+            assert mn.keying.counters["initiate_retries"] == 1
+            assert peer_row(world, "mn", "cn")["last_error"] is None
+        world.run(scenario())
