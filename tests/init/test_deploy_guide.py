@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 import textwrap
-import tomllib
+from vmip.compat import tomllib
 from pathlib import Path
 
 import pytest
