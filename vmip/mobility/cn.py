@@ -208,6 +208,16 @@ class Correspondent(MobilityCore):
         peer = self._peers.get(hoa)
         return peer.pending.coa if peer is not None and peer.pending is not None else None
 
+    def holder_of(self, coa: IPv6Address) -> IPv6Address | None:
+        """The HoA whose binding here names *coa*: bound to it, accepting
+        from it, or proving it."""
+        for hoa, peer in self._peers.items():
+            if coa in (peer.binding.coa, peer.accept_from) or (
+                peer.pending is not None and peer.pending.coa == coa
+            ):
+                return hoa
+        return None
+
     # -- input ----------------------------------------------------------
 
     def receive(
@@ -299,6 +309,16 @@ class Correspondent(MobilityCore):
             self._drop("bu_invalid_coa", hoa=hoa, coa=coa)
             return
         peer = self._peers.get(hoa)
+        if not deregistration and (peer is None or peer.binding.coa != coa):
+            holder = self.holder_of(coa)
+            if holder is not None and holder != hoa:
+                # Another MN's CoA (bound, accepted or being proven): an
+                # authentic BU proves its HoA, never the CoA it names, and the
+                # address test would reach the sender through a locator the
+                # BU itself named.  Silently, as an unusable CoA (RFC 6275
+                # §9.5.1): a BA would go to that other MN.
+                self._drop("bu_coa_in_use", hoa=hoa, coa=coa)
+                return
         if peer is not None and not sequence_is_newer(bu.sequence, peer.binding.sequence):
             self.counters["bu_sequence_out_of_window"] += 1
             ack = BindingAck(
