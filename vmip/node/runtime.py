@@ -641,7 +641,8 @@ class Node:
         owner: ipaddress.IPv6Address | None = peer
         if source == peer.packed:
             vouched_by = PEER
-            # A HA's tunnel SA: its outer source is the CoA a binding names.
+            # A HA's tunnel SA: its outer source is the CoA a binding names,
+            # so it vouches as that binding does (owner rules included).
             owner = self.mobility.holder_of(source)
         elif self.mobility.binds(peer, source):
             vouched_by = BINDING
@@ -662,7 +663,7 @@ class Node:
             self.counters["locator_" + refused] += 1
             return
         driver = self.links.get(link)
-        if vouched_by == BINDING and self.locators.taken(source, peer):
+        if (vouched_by == BINDING or owner is not None) and self.locators.taken(source, owner):
             # Another MN's CoA or a peer's address (docs/security.md).
             self.counters["locator_refused_owned"] += 1
             return
