@@ -371,7 +371,9 @@ class LocatorTable:
         if entry is not None and entry.endpoint == endpoint and entry.link == link:
             entry.last_confirmed = now
             self._learned.move_to_end(key)
-            self._own(entry, key, vouched_by, home_address)
+            if not (vouched_by == PEER and home_address is None and entry.owner is not None):
+                # (An IKE SA with the MN at its CoA keeps the binding's entry its.)
+                self._own(entry, key, vouched_by, home_address)
             return False
         refused = self.refusal(key, vouched_by)
         if refused is not None:

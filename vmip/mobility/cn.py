@@ -169,6 +169,9 @@ class Correspondent(MobilityCore):
         self._local_coa = local_coa or (lambda local: None)
         self._rng = rng
         self._peers: dict[IPv6Address, _Peer] = {}
+        # CoA -> the HoA whose binding names it (holder_of), and the reverse.
+        self._holders: dict[IPv6Address, IPv6Address] = {}
+        self._names: dict[IPv6Address, set[IPv6Address]] = {}
         # Each peer's next deadline (binding expiry, proof wait, HoA test), so
         # the next one overall is O(log n), not a walk over every peer after
         # every packet (docs/scale.md).  Every public entry that may change a
@@ -211,12 +214,26 @@ class Correspondent(MobilityCore):
     def holder_of(self, coa: IPv6Address) -> IPv6Address | None:
         """The HoA whose binding here names *coa*: bound to it, accepting
         from it, or proving it."""
-        for hoa, peer in self._peers.items():
-            if coa in (peer.binding.coa, peer.accept_from) or (
-                peer.pending is not None and peer.pending.coa == coa
-            ):
-                return hoa
-        return None
+        return self._holders.get(coa)
+
+    def _reindex(self, peer: _Peer) -> None:
+        """Keep ``holder_of`` true after *peer*'s CoAs changed."""
+        hoa = peer.binding.hoa
+        named = (peer.binding.coa, peer.accept_from,
+                 peer.pending.coa if peer.pending is not None else None)
+        names = {coa for coa in named if coa is not None}
+        for coa in self._names.pop(hoa, set()) - names:
+            if self._holders.get(coa) == hoa:
+                del self._holders[coa]
+        for coa in names:
+            self._holders.setdefault(coa, hoa)
+        if names:
+            self._names[hoa] = names
+
+    def _unindex(self, hoa: IPv6Address) -> None:
+        for coa in self._names.pop(hoa, set()):
+            if self._holders.get(coa) == hoa:
+                del self._holders[coa]
 
     # -- input ----------------------------------------------------------
 
@@ -349,6 +366,7 @@ class Correspondent(MobilityCore):
         peer.pending = _PendingRegistration(
             coa, bu.sequence, granted_units, bu.ack, now + self.pending_proof_timeout
         )
+        self._reindex(peer)
         self._challenge(peer, coa, "binding", now)
 
     def _accept(
@@ -360,6 +378,7 @@ class Correspondent(MobilityCore):
         binding.sequence = sequence
         binding.lifetime = granted
         binding.expires_at = now + granted
+        self._reindex(peer)
         self._set_send_to(peer, coa)
         self._emit(BindingCached(binding.hoa, coa, granted, home=False))
         if not peer.registered:
@@ -377,6 +396,7 @@ class Correspondent(MobilityCore):
         peer.binding.coa = None
         peer.binding.expires_at = None
         peer.last_ack = None
+        self._reindex(peer)
         self._set_send_to(peer, None)
 
     def _deregister(
@@ -387,6 +407,7 @@ class Correspondent(MobilityCore):
         onwire_src: IPv6Address | None,
     ) -> None:
         peer = self._peers.pop(hoa, None)
+        self._unindex(hoa)
         if peer is not None:
             self._set_accept_from(peer, None)
             self._set_send_to(peer, None)
@@ -402,6 +423,7 @@ class Correspondent(MobilityCore):
         if peer.accept_from != coa:
             peer.accept_from = coa
             self._emit(AcceptFrom(peer.binding.local, peer.binding.hoa, coa))
+        self._reindex(peer)     # also after a pending proof ended
 
     def _set_send_to(self, peer: _Peer, coa: IPv6Address | None) -> None:
         if peer.send_to != coa:
@@ -595,3 +617,4 @@ class Correspondent(MobilityCore):
                 test.nonce = self._challenge(peer, hoa, "home-test", now)
         if peer.pending is None and not peer.binding.bound and peer.home_test is None:
             del self._peers[hoa]
+            self._unindex(hoa)

@@ -101,7 +101,8 @@ class HomeAgent(MobilityCore):
             raise ValueError("max_bindings must be at least 1")
         self.max_bindings = max_bindings
         self._binding_errors = BindingErrorLimiter()
-        # CoA -> the HoA whose home registration names it (one MN per CoA).
+        # CoA -> the HoA whose home registration names it: one binding per
+        # CoA, as _on_home_registration refuses a CoA another HoA holds.
         self._holders: dict[IPv6Address, IPv6Address] = {}
         self.address = IPv6Address(address)
         self.home_prefix = IPv6Network(home_prefix)
@@ -283,7 +284,8 @@ class HomeAgent(MobilityCore):
             return
         del self._cache[hoa]
         self._expiries.cancel(hoa)
-        self._rehold(hoa, entry.coa, None)
+        if entry.coa is not None:     # a CoA names one binding
+            self._holders.pop(entry.coa, None)
         self._emit(TunnelEndpointChanged(hoa, None))
         self._emit(BindingDeregistered(hoa, hoa))
         self._info("home registration deleted", hoa=hoa)
@@ -341,7 +343,8 @@ class HomeAgent(MobilityCore):
                 self._expiries.schedule(hoa, entry.expires_at)
                 continue
             del self._cache[hoa]
-            self._rehold(hoa, entry.coa, None)
+            if entry.coa is not None:     # a CoA names one binding
+                self._holders.pop(entry.coa, None)
             self._emit(BindingExpired(hoa, hoa, entry.coa))
             self._emit(TunnelEndpointChanged(hoa, None))
             self._info("home registration expired", hoa=hoa, coa=entry.coa)
