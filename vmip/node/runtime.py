@@ -453,8 +453,7 @@ class Node:
         locator = self.locators.lookup(wire[24:40])
         reply_at = self._reply_at
         if reply_at is not None and wire[24:40] == reply_at[0] and reply_at[2] in self.links \
-                and (locator is None or locator.endpoint != reply_at[1]
-                     or locator.link != reply_at[2]):
+                and (locator is None or locator.endpoint != reply_at[1]):
             self.counters["tx_reply_at_arrival"] += 1
             locator = Locator(ipaddress.IPv6Network((int.from_bytes(reply_at[0], "big"), 128)),
                               reply_at[1], reply_at[2], self.links[reply_at[2]].kind,
