@@ -345,3 +345,28 @@ def test_a_left_coa_stays_usable_until_room_is_needed():
     table.confirm(new, ("192.0.2.3", 1), 1.0, vouched_by=BINDING, home_address=home)
     assert table.lookup(old).endpoint == ("192.0.2.2", 1)   # not forgotten, only first to go
     assert table.forget(new) and not table._owned
+
+
+Y_HOA, X_HOA = "2001:db8:100::20", "2001:db8:100::10"
+
+
+def test_a_binding_vouch_never_takes_an_entry_another_home_address_owns():
+    table = LocatorTable()
+    assert table.confirm(MN_COA, MN_WIFI, 1.0, vouched_by=BINDING, home_address=Y_HOA)
+    assert not table.confirm(MN_COA, ATTACKER, 2.0, vouched_by=BINDING, home_address=X_HOA)
+    assert table.lookup(MN_COA).endpoint == MN_WIFI
+    assert table.counters["refused_owned"] == 1
+    # Its owner's binding moves it (a NAT rebinding, another link).
+    assert table.confirm(MN_COA, MN_LTE_NAT, 3.0, vouched_by=BINDING, home_address=Y_HOA)
+    assert table.lookup(MN_COA).endpoint == MN_LTE_NAT
+
+
+def test_a_binding_vouch_never_takes_a_peer_entry():
+    table = LocatorTable()
+    assert table.confirm("2001:db8:20::9", GATEWAY, 1.0, vouched_by=PEER)
+    assert not table.confirm("2001:db8:20::9", ATTACKER, 2.0, vouched_by=BINDING,
+                             home_address=X_HOA)
+    assert table.lookup("2001:db8:20::9").endpoint == GATEWAY
+    # The peer's own SA still moves it.
+    assert table.confirm("2001:db8:20::9", HA, 3.0, vouched_by=PEER)
+

@@ -250,3 +250,18 @@ def test_nonce_store_is_bounded_and_keeps_a_few_earlier_nonces():
     store.challenge(HOA, LTE, "binding", rng, 3.0)
     store.challenge(HOA, HOA, "home-test", rng, 4.0)
     assert len(store) == 2 and store.evictions == 1 and store.get(HOA, WIFI) is None
+
+
+def test_one_hoa_naming_many_addresses_evicts_its_own_nonces_not_another_hoas():
+    store = NonceStore(64, per_hoa=8)
+    rng = seeded_rng(5)
+    other = IPv6Address("2001:db8:100::20")
+    kept = store.challenge(other, IPv6Address("2001:db8:41::2"), "binding", rng, 0.0)
+    for index in range(1, 200):
+        store.challenge(HOA, IPv6Address(f"2001:db8:66::{index:x}"), "early-test", rng,
+                        float(index))
+    assert store.get(other, kept.address) is kept
+    assert len(store) == 1 + 8
+    # The flooding HoA's most recent tests are the ones it keeps.
+    assert store.get(HOA, IPv6Address("2001:db8:66::c7")) is not None
+    assert store.get(HOA, IPv6Address("2001:db8:66::1")) is None

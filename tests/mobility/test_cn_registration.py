@@ -313,3 +313,30 @@ def test_messages_for_an_mn_are_not_a_cns_business():
     cn.receive(scapy_ba(0, 1, 1, HA_ADDR, dst=CN_ADDR), HA_ADDR, CN_ADDR, None, 0.0)
     cn.receive(scapy_aotc(bytes(8), src=HOA, dst=CN_ADDR), HOA, CN_ADDR, None, 0.0)
     assert cn.counters["unexpected_type"] == 2 and cn.datagrams_to_send(0.0) == []
+
+
+# --- one MN per CoA (docs/security.md) -------------------------------------------
+
+
+def test_a_coa_another_hoas_binding_names_is_dropped_until_that_binding_leaves_it():
+    cn = make_cn()
+    registered(cn, WIFI, seq=1)
+    assert cn.holder_of(WIFI) == HOA
+    # HOA2's authentic BU naming HOA's CoA: dropped, nothing pending or accepted.
+    bu_from(cn, 1, WIFI, OnWire(src=WIFI), hoa=HOA2)
+    assert cn.counters["bu_coa_in_use"] == 1
+    assert cn.datagrams_to_send(0.0) == [] and cn.pending_coa(HOA2) is None
+    assert cn.accepting_from(HOA2) is None
+    # HOA moves to LTE (pending there): WIFI is nobody's now; LTE is HOA's.
+    bu_from(cn, 2, LTE, OnWire(src=LTE), now=1.0)
+    cn.datagrams_to_send(1.0)
+    events(cn)
+    assert cn.holder_of(WIFI) is None and cn.holder_of(LTE) == HOA
+    bu_from(cn, 2, LTE, OnWire(src=LTE), now=1.0, hoa=HOA2)
+    assert cn.counters["bu_coa_in_use"] == 2
+    # The proof times out: LTE is freed too, and HOA2 may name WIFI now.
+    cn.handle_timer(1.0 + PENDING_PROOF_TIMEOUT)
+    events(cn)
+    assert cn.holder_of(LTE) is None
+    bu_from(cn, 3, WIFI, OnWire(src=WIFI), now=70.0, hoa=HOA2)
+    assert cn.pending_coa(HOA2) == WIFI and cn.holder_of(WIFI) == HOA2

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from scapy.layers.inet6 import MIP6MH_BA
-from test_mipv6_pair_harness import HA_ADDR, HOA, HOME_PREFIX, LTE, WIFI, dissect, scapy_bu
+from test_mipv6_pair_harness import HA_ADDR, HOA, HOA2, HOME_PREFIX, LTE, WIFI, dissect, scapy_bu
 
 from vmip.mobility.binding import (
     OnWire,
@@ -243,3 +243,28 @@ def test_the_binding_error_limiter_remembers_a_bounded_number_of_sources():
     assert not limiter.allow(sources[0], 0.5)           # one a second per source
     assert limiter.allow(sources[5], 1.0)               # the old ones aged out
     assert len(limiter._last) <= 4
+
+
+# --- one MN per CoA (docs/security.md) -------------------------------------------
+
+
+def test_a_coa_another_mns_registration_names_is_dropped_until_it_leaves_it():
+    ha = HomeAgent(HA_ADDR, HOME_PREFIX)
+    ha.receive(home_bu(1, 100, WIFI), HOA, HA_ADDR, OnWire(src=WIFI), 0.0)
+    ha.datagrams_to_send(0.0)
+    events(ha)
+    assert ha.holder_of(WIFI) == HOA
+    # HOA2's authentic BU naming HOA's CoA: dropped silently, no BA, nothing bound.
+    ha.receive(home_bu(1, 100, WIFI, src=HOA2), HOA2, HA_ADDR, OnWire(src=WIFI), 1.0)
+    assert ha.counters["bu_coa_in_use"] == 1
+    assert ha.datagrams_to_send(1.0) == [] and ha.binding(HOA2) is None
+    # HOA moves to LTE: WIFI is free for HOA2.
+    ha.receive(home_bu(2, 100, LTE), HOA, HA_ADDR, OnWire(src=LTE), 2.0)
+    assert ha.holder_of(WIFI) is None and ha.holder_of(LTE) == HOA
+    ha.receive(home_bu(2, 100, WIFI, src=HOA2), HOA2, HA_ADDR, OnWire(src=WIFI), 3.0)
+    assert ha.binding(HOA2).coa == WIFI and ha.holder_of(WIFI) == HOA2
+    # A deregistration and an expiry free their CoAs.
+    ha.receive(home_bu(3, 0, HOA), HOA, HA_ADDR, None, 4.0)
+    assert ha.holder_of(LTE) is None
+    ha.handle_timer(3.0 + 400 + 1)
+    assert ha.binding(HOA2) is None and ha.holder_of(WIFI) is None

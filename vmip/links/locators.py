@@ -32,13 +32,23 @@ learned, and neither are addresses that cannot be a unicast source
 (loopback, multicast, link-local, unspecified).  Refusals
 are counted (``refused_gateway``, ``refused_static``, ``refused_scope``).
 
+A learned entry has an owner.  ``BINDING`` with a *home_address* makes that
+home address its owner; a ``BINDING`` vouch may create an entry or move
+one its home address owns, never one another home address owns nor one a
+``PEER`` vouch made (``refused_owned``): one MN's authentic BU naming
+another MN's CoA, or a peer's address, must not take its traffic
+(docs/security.md, "Locators").  A ``PEER`` vouch moves any learned entry
+(the address is the SA's own) and makes the entry the peer's, or the home
+address's it names.
+
 A learned entry otherwise wins over a static prefix covering the same
 address (it is the most specific and the most recent, authenticated
 knowledge).  Learned entries are bounded: beyond ``max_learned`` the least
 recently confirmed one is forgotten (it falls back to its static entry, if
 any).  A care-of address that a binding stopped naming goes first: when a
 binding's home address confirms a new CoA, the entry of the CoA it named
-before is put at the head of the eviction order (:func:`max_learned_for`
+before is put at the head of the eviction order, so one MN naming many
+addresses evicts its own entries, not other MNs' (:func:`max_learned_for`
 sizes the table from the SAs a node has, a home agent's from its MNs).
 
 Addresses may be given as 16 raw octets (the data path reads them straight
@@ -107,8 +117,8 @@ class Locator:
     Treat instances as read-only; the table updates learned ones in place.
     """
 
-    __slots__ = ("endpoint", "framing", "last_confirmed", "link", "owner", "peer", "prefix",
-                 "source")
+    __slots__ = ("endpoint", "framing", "last_confirmed", "link", "owner", "peer",
+                 "peer_vouched", "prefix", "source")
 
     def __init__(self, prefix: ipaddress.IPv6Network, endpoint: Endpoint | None,
                  link: str | None, framing: str, source: str, peer: str | None,
@@ -122,6 +132,8 @@ class Locator:
         self.last_confirmed = last_confirmed
         #: Learned through a binding: the home address whose binding named it.
         self.owner: bytes | None = None
+        #: Learned through a PEER vouch: no binding may take it.
+        self.peer_vouched = False
 
     def as_dict(self, now: float | None = None) -> dict[str, Any]:
         """One row of ``vmip locators`` (also the control socket's JSON)."""
@@ -320,6 +332,18 @@ class LocatorTable:
             return "refused_static"      # the config names another host here
         return None
 
+    def taken(self, on_wire_source: Any, home_address: Any) -> bool:
+        """Is the learned entry of *on_wire_source* another's than the binding
+        of *home_address*: owned by another home address, or made by a
+        ``PEER`` vouch?  Then that binding may not move it."""
+        entry = self._learned.get(address_key(on_wire_source))
+        if entry is None:
+            return False
+        if entry.peer_vouched:
+            return True
+        owner = address_key(home_address) if home_address is not None else None
+        return entry.owner is not None and entry.owner != owner
+
     def confirm(self, on_wire_source: Any, endpoint: Endpoint, now: float,
                 link: str | None = None, *, vouched_by: str = PEER,
                 framing: str | None = None, home_address: Any = None) -> bool:
@@ -332,15 +356,24 @@ class LocatorTable:
         Call only after the ICV *and* the anti-replay check passed: a
         replayed authentic packet from an attacker's address must not move
         the locator either.  With ``BINDING``, *home_address* names the
-        binding: the CoA it named before is the first to be evicted.
+        binding: it owns the entry, the CoA it named before is the first to be
+        evicted, and an entry another owns is refused (``refused_owned``).
+        With ``PEER``, *home_address* is the binding that names the peer's
+        address, if any (a HA's tunnel SA whose outer source is the CoA).
         """
         key = address_key(on_wire_source)
         entry = self._learned.get(key)
         self.counters["confirmed"] += 1
+        if vouched_by != PEER and entry is not None and self.taken(key, home_address):
+            if entry.endpoint != endpoint or entry.link != link:
+                self.counters["refused_owned"] += 1
+            return False
         if entry is not None and entry.endpoint == endpoint and entry.link == link:
             entry.last_confirmed = now
             self._learned.move_to_end(key)
-            self._own(entry, key, vouched_by, home_address)
+            if not (vouched_by == PEER and home_address is None and entry.owner is not None):
+                # (An IKE SA with the MN at its CoA keeps the binding's entry its.)
+                self._own(entry, key, vouched_by, home_address)
             return False
         refused = self.refusal(key, vouched_by)
         if refused is not None:
@@ -373,7 +406,12 @@ class LocatorTable:
     def _own(self, entry: Locator, key: bytes, vouched_by: str, home_address: Any) -> None:
         """*key* is now the CoA the binding of *home_address* names; the one it
         named before goes to the head of the eviction order."""
-        if vouched_by != BINDING or home_address is None:
+        if vouched_by == PEER and home_address is None:
+            self._disown(entry, key)
+            entry.peer_vouched = True
+            return
+        entry.peer_vouched = False
+        if home_address is None:
             return
         owner = address_key(home_address)
         previous = self._owned.get(owner)

@@ -81,6 +81,10 @@ class ProofCache:
 #: Nonces kept per (HoA, tested address): the latest AOTC's and the ones
 #: before it that a retransmitted (or late) AOTR may still carry.
 NONCES_PER_ADDRESS = 4
+#: Tested addresses kept per HoA: its CoA and a few standby links' (draft
+#: §4.5.2).  One MN naming more addresses evicts its own oldest record,
+#: never another MN's pending nonce.
+RECORDS_PER_HOA = 8
 
 
 @dataclass(slots=True)
@@ -109,13 +113,17 @@ class NonceRecord:
 
 
 class NonceStore:
-    """Nonces of AOTCs sent, keyed by (HoA, tested address); bounded, LRU."""
+    """Nonces of AOTCs sent, keyed by (HoA, tested address); bounded, LRU,
+    and at most ``per_hoa`` records per HoA (its own oldest goes first)."""
 
-    def __init__(self, capacity: int):
-        if capacity < 1:
+    def __init__(self, capacity: int, per_hoa: int = RECORDS_PER_HOA):
+        if capacity < 1 or per_hoa < 1:
             raise ValueError("a nonce store holds at least one nonce")
         self.capacity = capacity
+        self.per_hoa = per_hoa
         self._records: OrderedDict[ProofKey, NonceRecord] = OrderedDict()
+        # HoA -> its tested addresses, least recently challenged first.
+        self._by_hoa: dict[IPv6Address, OrderedDict[IPv6Address, None]] = {}
         self.evictions = 0
 
     def __len__(self) -> int:
@@ -153,10 +161,24 @@ class NonceStore:
                 record.answered = False
         record.waiting.add(purpose)
         self._records.move_to_end(key)
+        own = self._by_hoa.setdefault(hoa, OrderedDict())
+        own[address] = None
+        own.move_to_end(address)
+        while len(own) > self.per_hoa:
+            self._evict((hoa, next(iter(own))))
         while len(self._records) > self.capacity:
-            self._records.popitem(last=False)
-            self.evictions += 1
+            self._evict(next(iter(self._records)))
         return record
+
+    def _evict(self, key: ProofKey) -> None:
+        hoa, address = key
+        del self._records[key]
+        own = self._by_hoa.get(hoa)
+        if own is not None:
+            own.pop(address, None)
+            if not own:
+                del self._by_hoa[hoa]
+        self.evictions += 1
 
     def records(self) -> list[NonceRecord]:
         return list(self._records.values())

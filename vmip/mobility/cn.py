@@ -169,6 +169,9 @@ class Correspondent(MobilityCore):
         self._local_coa = local_coa or (lambda local: None)
         self._rng = rng
         self._peers: dict[IPv6Address, _Peer] = {}
+        # CoA -> the HoA whose binding names it (holder_of), and the reverse.
+        self._holders: dict[IPv6Address, IPv6Address] = {}
+        self._names: dict[IPv6Address, set[IPv6Address]] = {}
         # Each peer's next deadline (binding expiry, proof wait, HoA test), so
         # the next one overall is O(log n), not a walk over every peer after
         # every packet (docs/scale.md).  Every public entry that may change a
@@ -207,6 +210,30 @@ class Correspondent(MobilityCore):
         """The CoA of a BU waiting for its AOTR, if any."""
         peer = self._peers.get(hoa)
         return peer.pending.coa if peer is not None and peer.pending is not None else None
+
+    def holder_of(self, coa: IPv6Address) -> IPv6Address | None:
+        """The HoA whose binding here names *coa*: bound to it, accepting
+        from it, or proving it."""
+        return self._holders.get(coa)
+
+    def _reindex(self, peer: _Peer) -> None:
+        """Keep ``holder_of`` true after *peer*'s CoAs changed."""
+        hoa = peer.binding.hoa
+        named = (peer.binding.coa, peer.accept_from,
+                 peer.pending.coa if peer.pending is not None else None)
+        names = {coa for coa in named if coa is not None}
+        for coa in self._names.pop(hoa, set()) - names:
+            if self._holders.get(coa) == hoa:
+                del self._holders[coa]
+        for coa in names:
+            self._holders.setdefault(coa, hoa)
+        if names:
+            self._names[hoa] = names
+
+    def _unindex(self, hoa: IPv6Address) -> None:
+        for coa in self._names.pop(hoa, set()):
+            if self._holders.get(coa) == hoa:
+                del self._holders[coa]
 
     # -- input ----------------------------------------------------------
 
@@ -299,6 +326,16 @@ class Correspondent(MobilityCore):
             self._drop("bu_invalid_coa", hoa=hoa, coa=coa)
             return
         peer = self._peers.get(hoa)
+        if not deregistration and (peer is None or peer.binding.coa != coa):
+            holder = self.holder_of(coa)
+            if holder is not None and holder != hoa:
+                # Another MN's CoA (bound, accepted or being proven): an
+                # authentic BU proves its HoA, never the CoA it names, and the
+                # address test would reach the sender through a locator the
+                # BU itself named.  Silently, as an unusable CoA (RFC 6275
+                # §9.5.1): a BA would go to that other MN.
+                self._drop("bu_coa_in_use", hoa=hoa, coa=coa)
+                return
         if peer is not None and not sequence_is_newer(bu.sequence, peer.binding.sequence):
             self.counters["bu_sequence_out_of_window"] += 1
             ack = BindingAck(
@@ -329,6 +366,7 @@ class Correspondent(MobilityCore):
         peer.pending = _PendingRegistration(
             coa, bu.sequence, granted_units, bu.ack, now + self.pending_proof_timeout
         )
+        self._reindex(peer)
         self._challenge(peer, coa, "binding", now)
 
     def _accept(
@@ -340,6 +378,7 @@ class Correspondent(MobilityCore):
         binding.sequence = sequence
         binding.lifetime = granted
         binding.expires_at = now + granted
+        self._reindex(peer)
         self._set_send_to(peer, coa)
         self._emit(BindingCached(binding.hoa, coa, granted, home=False))
         if not peer.registered:
@@ -357,6 +396,7 @@ class Correspondent(MobilityCore):
         peer.binding.coa = None
         peer.binding.expires_at = None
         peer.last_ack = None
+        self._reindex(peer)
         self._set_send_to(peer, None)
 
     def _deregister(
@@ -367,6 +407,7 @@ class Correspondent(MobilityCore):
         onwire_src: IPv6Address | None,
     ) -> None:
         peer = self._peers.pop(hoa, None)
+        self._unindex(hoa)
         if peer is not None:
             self._set_accept_from(peer, None)
             self._set_send_to(peer, None)
@@ -382,6 +423,7 @@ class Correspondent(MobilityCore):
         if peer.accept_from != coa:
             peer.accept_from = coa
             self._emit(AcceptFrom(peer.binding.local, peer.binding.hoa, coa))
+        self._reindex(peer)     # also after a pending proof ended
 
     def _set_send_to(self, peer: _Peer, coa: IPv6Address | None) -> None:
         if peer.send_to != coa:
@@ -575,3 +617,4 @@ class Correspondent(MobilityCore):
                 test.nonce = self._challenge(peer, hoa, "home-test", now)
         if peer.pending is None and not peer.binding.bound and peer.home_test is None:
             del self._peers[hoa]
+            self._unindex(hoa)

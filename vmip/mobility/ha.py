@@ -68,8 +68,6 @@ log = get_logger(__name__)
 
 #: Home registrations an HA keeps unless told otherwise (mobility.max_home_bindings).
 DEFAULT_MAX_BINDINGS = 16384
-#: Refused HoAs whose CoA the HA still answers at (see HomeAgent.refused_at).
-_REFUSALS_REMEMBERED = 256
 
 
 class HomeAgent(MobilityCore):
@@ -103,8 +101,9 @@ class HomeAgent(MobilityCore):
             raise ValueError("max_bindings must be at least 1")
         self.max_bindings = max_bindings
         self._binding_errors = BindingErrorLimiter()
-        # The CoA each recently refused HoA sent from (bounded, oldest out first).
-        self._refused_at: dict[IPv6Address, IPv6Address] = {}
+        # CoA -> the HoA whose home registration names it: one binding per
+        # CoA, as _on_home_registration refuses a CoA another HoA holds.
+        self._holders: dict[IPv6Address, IPv6Address] = {}
         self.address = IPv6Address(address)
         self.home_prefix = IPv6Network(home_prefix)
         self.max_lifetime_units = lifetime_units(max_lifetime)
@@ -132,14 +131,9 @@ class HomeAgent(MobilityCore):
     def bindings(self) -> list[BindingCacheEntry]:
         return [replace(entry) for entry in self._cache.values()]
 
-    def refused_at(self, hoa: IPv6Address) -> IPv6Address | None:
-        """The CoA a refused BU of *hoa* came from and named, where its BA goes.
-
-        Vouches for that locator as a binding would (docs/security.md): a
-        refusal to an MN with no binding here (status 130, 132, ...) must
-        reach the CoA its authenticated BU named.
-        """
-        return self._refused_at.get(hoa)
+    def holder_of(self, coa: IPv6Address) -> IPv6Address | None:
+        """The HoA whose home registration names *coa* as its care-of address."""
+        return self._holders.get(coa)
 
     # -- input ----------------------------------------------------------
 
@@ -216,6 +210,16 @@ class HomeAgent(MobilityCore):
         if hoa not in self.home_prefix:
             self._refuse(bu, hoa, BindingAckStatus.NOT_HOME_SUBNET, reply_to)
             return
+        holder = self._holders.get(coa)
+        if holder is not None and holder != hoa:
+            # Another MN's CoA: its tunnel would follow this binding to the
+            # sender.  An authentic BU (the sender's own SA) proves its HoA,
+            # never the CoA it names, so a CoA names one binding at a time;
+            # silently, as an unusable CoA is (RFC 6275 §9.5.1): the BA would
+            # go to that other MN.
+            self._drop("bu_coa_in_use", hoa=hoa, coa=coa)
+            self._info("home registration refused", hoa=hoa, coa=coa, reason="coa in use")
+            return
         if self.care_of_check is not None and coa != hoa:
             refusal = self.care_of_check(hoa, coa)
             if refusal is not None:
@@ -237,7 +241,6 @@ class HomeAgent(MobilityCore):
         if entry is None and len(self._cache) >= self.max_bindings:
             self._refuse(bu, hoa, BindingAckStatus.INSUFFICIENT_RESOURCES, reply_to)
             return
-        self._refused_at.pop(hoa, None)      # the binding vouches for its CoA from now on
         granted_units = min(bu.lifetime_units, self.max_lifetime_units)
         granted = lifetime_seconds(granted_units)
         moved = entry is None or entry.coa != coa
@@ -245,6 +248,8 @@ class HomeAgent(MobilityCore):
         if entry is None:
             entry = BindingCacheEntry(hoa, self.address, coa, bu.sequence, granted, None, home=True)
             self._cache[hoa] = entry
+        if moved:
+            self._rehold(hoa, entry.coa, coa)
         entry.coa = coa
         entry.sequence = bu.sequence
         entry.lifetime = granted
@@ -279,6 +284,8 @@ class HomeAgent(MobilityCore):
             return
         del self._cache[hoa]
         self._expiries.cancel(hoa)
+        if entry.coa is not None:     # a CoA names one binding
+            self._holders.pop(entry.coa, None)
         self._emit(TunnelEndpointChanged(hoa, None))
         self._emit(BindingDeregistered(hoa, hoa))
         self._info("home registration deleted", hoa=hoa)
@@ -300,12 +307,9 @@ class HomeAgent(MobilityCore):
         sequence: int | None = None,
     ) -> None:
         # Refusals are answered whatever the A bit says, so the MN learns why.
+        # The node sends the BA back to the underlay endpoint the BU came
+        # from; a refusal vouches for no locator (docs/security.md).
         self.counters[f"refused_{status}"] += 1
-        if reply_to is not None and reply_to == bu.alternate_care_of_address:
-            self._refused_at.pop(hoa, None)
-            self._refused_at[hoa] = reply_to
-            while len(self._refused_at) > _REFUSALS_REMEMBERED:
-                del self._refused_at[next(iter(self._refused_at))]
         self._info("home registration refused", hoa=hoa, status=status)
         ack = BindingAck(status, bu.sequence if sequence is None else sequence, 0)
         self._send(ack, self.address, hoa, onwire_dst=reply_to)
@@ -317,6 +321,12 @@ class HomeAgent(MobilityCore):
         if left_out:
             fields["lines_left_out"] = left_out
         log.info(event, **fields)
+
+    def _rehold(self, hoa: IPv6Address, old: IPv6Address | None, new: IPv6Address | None) -> None:
+        if old is not None and self._holders.get(old) == hoa:
+            del self._holders[old]
+        if new is not None:
+            self._holders[new] = hoa
 
     # -- time -----------------------------------------------------------
 
@@ -333,6 +343,8 @@ class HomeAgent(MobilityCore):
                 self._expiries.schedule(hoa, entry.expires_at)
                 continue
             del self._cache[hoa]
+            if entry.coa is not None:     # a CoA names one binding
+                self._holders.pop(entry.coa, None)
             self._emit(BindingExpired(hoa, hoa, entry.coa))
             self._emit(TunnelEndpointChanged(hoa, None))
             self._info("home registration expired", hoa=hoa, coa=entry.coa)

@@ -190,34 +190,37 @@ class MobilityAgent:
     def binds(self, peer: IPv6Address, address: bytes, *, home_only: bool = False) -> bool:
         """Does a binding of *peer* (a home address) name *address* as its
         care-of address?  The home registration at our HA role; with
-        ``home_only`` false also our CN role's binding, the CoA it accepts
-        traffic from (draft §4.5.1) and the one whose proof is pending (the
-        AOTC goes there, draft §4.4.2)."""
+        ``home_only`` false also our CN role's binding and the CoA it accepts
+        traffic from (draft §4.5.1).  A refused BU vouches for nothing: its
+        BA goes back to the endpoint the BU came from (``Node._relocate``)."""
         ha = self.ha
         if ha is not None:
             entry = ha.binding(peer)
             if entry is not None and entry.coa is not None and entry.coa.packed == address:
                 return True
-            refused = ha.refused_at(peer)
-            if not home_only and refused is not None and refused.packed == address:
-                return True     # where a refusal BA goes (status 130 to a new MN)
         if home_only:
             return False
         cn = self.cn
         entry = cn.binding(peer)
         if entry is not None and entry.coa is not None and entry.coa.packed == address:
             return True
-        for coa in (cn.accepting_from(peer), cn.pending_coa(peer)):
-            if coa is not None and coa.packed == address:
-                return True
-        return False
+        coa = cn.accepting_from(peer)
+        # Accepted but still being proven: see proposes().
+        return coa is not None and coa.packed == address and coa != cn.pending_coa(peer)
 
-    def tests_address(self, peer: IPv6Address, address: bytes) -> bool:
-        """Is *address* one our CN role is testing for *peer* (an early test,
-        draft §4.5.2)?  The AOTC goes to the address the authenticated AOTO
-        came from; nothing inside the AOTO names it (unlike a BU's AltCoA),
-        so it vouches for a new locator only, never for moving one."""
-        return len(address) == 16 and self.cn.testing(peer, IPv6Address(address))
+    def proposes(self, peer: IPv6Address, address: bytes) -> bool:
+        """Is *address* the CoA a BU of *peer* named whose proof is pending at
+        our CN role (draft §4.4.2)?  Unproven: it vouches for creating a
+        locator only, never for moving one."""
+        coa = self.cn.pending_coa(peer)
+        return coa is not None and coa.packed == address
+
+    def holder_of(self, address: bytes) -> IPv6Address | None:
+        """The home address whose home registration at our HA role names
+        *address* as its CoA (its tunnel SA's outer address), if any."""
+        if self.ha is None or len(address) != 16:
+            return None
+        return self.ha.holder_of(IPv6Address(address))
 
     def is_home_address(self, address: bytes) -> bool:
         """Is *address* a home address this node knows of: inside the prefix

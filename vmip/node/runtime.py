@@ -48,7 +48,7 @@ from vmip.ipsec.sad import SAD
 from vmip.ipsec.sadb import SadbBus
 from vmip.ipsec.spd import SPD, Action
 from vmip.links.base import LinkDriver
-from vmip.links.locators import BINDING, LEARNED, PEER, LocatorTable, max_learned_for
+from vmip.links.locators import BINDING, LEARNED, PEER, Locator, LocatorTable, max_learned_for
 from vmip.links.rfc3948 import Rfc3948Driver
 from vmip.log import get_logger
 from vmip.node import mh_protection
@@ -130,6 +130,9 @@ class Node:
         static.install(self.keys, self.sad, self.spd, now, state=self.seq_state)
         #: Packets this node makes while one inbound packet is handled (see send_inner).
         self._held: list[tuple[bytes, Any]] | None = None
+        # While the held answers leave: (on-wire source, endpoint, link) of the
+        # packet they answer; what goes to that address goes back there.
+        self._reply_at: tuple[bytes, tuple[str, int], str] | None = None
         # ESP inside the HA's tunnel meets the IRO inbound rules before it is
         # decrypted in turn (MN-MN, draft §5.2.2 examples 3/4).
         self.engine = IpsecEngine(self.spd, self.sad, now, bus=self.bus,
@@ -453,6 +456,13 @@ class Node:
             self.counters["tx_drop_not_ipv6"] += 1
             return
         locator = self.locators.lookup(wire[24:40])
+        reply_at = self._reply_at
+        if reply_at is not None and wire[24:40] == reply_at[0] and reply_at[2] in self.links \
+                and (locator is None or locator.endpoint != reply_at[1]):
+            self.counters["tx_reply_at_arrival"] += 1
+            locator = Locator(ipaddress.IPv6Network((int.from_bytes(reply_at[0], "big"), 128)),
+                              reply_at[1], reply_at[2], self.links[reply_at[2]].kind,
+                              LEARNED, None)
         if locator is None:
             self.counters["tx_drop_no_locator"] += 1
             self._unreachable(inner)
@@ -582,8 +592,15 @@ class Node:
             if relocate:
                 held, self._held = self._held, None
                 self._relocate(source, result.sas[0], endpoint, link.name, now)
-                for made, ancillary in held or ():
-                    self.send_inner(made, ancillary, now)
+                # An answer (a BA, refusal or not; an AOTC) goes back to where
+                # the authenticated packet came from, whether or not that
+                # address's locator may point there (docs/security.md).
+                self._reply_at = (source, endpoint, link.name)
+                try:
+                    for made, ancillary in held or ():
+                        self.send_inner(made, ancillary, now)
+                finally:
+                    self._reply_at = None
 
     def _deliver(self, inner: bytes, result, onwire, wire: bytes, endpoint: tuple[str, int],
                  link: LinkDriver, now: float) -> None:
@@ -625,14 +642,21 @@ class Node:
         §2), so any other address in a held-back and re-sent datagram is the
         attacker's choice."""
         peer = sa.params.src
+        owner: ipaddress.IPv6Address | None = peer
         if source == peer.packed:
             vouched_by = PEER
+            # A HA's tunnel SA: its outer source is the CoA a binding names,
+            # so it vouches as that binding does (owner rules included).
+            owner = self.mobility.holder_of(source)
         elif self.mobility.binds(peer, source):
             vouched_by = BINDING
-        elif self.mobility.tests_address(peer, source) \
+        elif self.mobility.proposes(peer, source) \
                 and getattr(self.locators.lookup(source), "source", None) != LEARNED:
-            vouched_by = BINDING      # an early test's address: a new locator only
+            vouched_by = BINDING      # an unproven CoA: a new locator only
         else:
+            # Nothing else vouches: an early test's AOTO or a refused BU names
+            # no address of its sender's; the answer goes back to the arrival
+            # endpoint without an entry (send_inner, _route).
             self.counters["locator_not_vouched"] += 1
             return
         if source in self._local or self.mobility.is_home_address(source):
@@ -643,9 +667,13 @@ class Node:
             self.counters["locator_" + refused] += 1
             return
         driver = self.links.get(link)
+        if (vouched_by == BINDING or owner is not None) and self.locators.taken(source, owner):
+            # Another MN's CoA or a peer's address (docs/security.md).
+            self.counters["locator_refused_owned"] += 1
+            return
         self.locators.confirm(source, endpoint, now, link=link, vouched_by=vouched_by,
                               framing=driver.kind if driver is not None else None,
-                              home_address=peer)
+                              home_address=owner)
 
     def _may_forward_transit(self, packet: bytes) -> bool:
         """A packet that reached us on the wire for another node, without an
