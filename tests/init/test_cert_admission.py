@@ -182,7 +182,10 @@ def test_an_admitted_mn_cannot_move_its_ike_sa_to_another_mns_care_of_address(la
     # The laptop comes and registers at its own CoA.
     _start(lab, "laptop", "laptop")
     laptop.sh(f"ping -c 2 -w 30 {HA}")
-    assert _ha_binding(lab, LAPTOP_HOA)["coa"] == LAPTOP_COA
+    # The HA's cache is read through the control socket while the laptop's
+    # registration may still be settling: wait for its binding, do not race it.
+    wait_for(lambda: (_ha_binding(lab, LAPTOP_HOA) or {}).get("coa") == LAPTOP_COA,
+             "the laptop's binding at its own CoA", 20)
     assert next(e["endpoint"] for e in _json(ha, "locators")
                 if e["address"] == LAPTOP_COA).startswith("203.0.113.1")
     assert ike["counters"].get("ike_sa_deleted_uncertified_move") == 1, ike["counters"]

@@ -241,10 +241,13 @@ def test_close_runs_every_step_when_one_fails(caplog):
     async def link_close() -> None:
         closed.append("link")
 
+    async def no_deletes() -> None:
+        closed.append("ike deletes")
+
     node = types.SimpleNamespace(
         loop=None, ports=types.SimpleNamespace(signals=False),
         pump=types.SimpleNamespace(close=lambda: None), movement=None,
-        keying=types.SimpleNamespace(close=failing),
+        keying=types.SimpleNamespace(close=failing, stop=no_deletes),
         control=types.SimpleNamespace(close=failing_async),
         links={"eth0": types.SimpleNamespace(close=link_close)},
         tun=types.SimpleNamespace(close=lambda: closed.append("tun")),
@@ -255,7 +258,7 @@ def test_close_runs_every_step_when_one_fails(caplog):
     node._close_step_async = functools.partial(Node._close_step_async, node)
     with caplog.at_level(logging.INFO):
         asyncio.run(Node.close(node))
-    assert closed == ["link", "tun", "pcap"]
+    assert closed == ["ike deletes", "link", "tun", "pcap"]
     assert node.tun is None and node.control is None and node.links == {}
     failed = [r.vmip_fields["step"] for r in caplog.records if r.getMessage().startswith("close step")]
     assert failed == ["IKE", "control socket"]
