@@ -9,10 +9,10 @@ line events, deterministic unlike a clock: it must not grow with the MNs
 
 from __future__ import annotations
 
-import sys
 from ipaddress import IPv6Address
 
 import pytest
+from workcount import line_events
 
 from vmip.ipsec.sa import Direction, Mode, SaParams
 from vmip.ipsec.sad import SAD
@@ -27,23 +27,6 @@ MH = 135
 def hoa(i: int) -> IPv6Address:
     return HA + 0x1_0000 + i
 
-
-def line_events(call) -> int:
-    count = 0
-
-    def tracer(frame, event, arg):
-        nonlocal count
-        if event == "line":
-            count += 1
-        return tracer
-
-    previous = sys.gettrace()
-    sys.settrace(tracer)
-    try:
-        call()
-    finally:
-        sys.settrace(previous)
-    return count
 
 
 class _Esp:

@@ -9,8 +9,9 @@ set-up cost about 100×.
 
 from __future__ import annotations
 
-import sys
 from ipaddress import IPv6Address
+
+from workcount import line_events
 
 from vmip.ipsec.sa import Direction, Mode, SaParams
 from vmip.ipsec.sad import SAD
@@ -27,23 +28,6 @@ MH = 135
 def hoa(i: int) -> IPv6Address:
     return HA + 0x1_0000 + i
 
-
-def line_events(call) -> int:
-    count = 0
-
-    def tracer(frame, event, arg):
-        nonlocal count
-        if event == "line":
-            count += 1
-        return tracer
-
-    previous = sys.gettrace()
-    sys.settrace(tracer)
-    try:
-        call()
-    finally:
-        sys.settrace(previous)
-    return count
 
 
 def ha_keys(n: int) -> tuple[SadbBus, SAD, SPD]:

@@ -9,11 +9,11 @@ walk; a heap gives a small constant.
 
 from __future__ import annotations
 
-import sys
 from ipaddress import IPv6Address
 
 import pytest
 from test_mipv6_pair_harness import CN_ADDR, HA_ADDR, HOME_PREFIX, seeded_rng
+from workcount import line_events
 
 from vmip.mobility.binding import OnWire
 from vmip.mobility.cn import Correspondent
@@ -37,24 +37,6 @@ def home_bu(i: int, seq: int, now: float, ha: HomeAgent) -> None:
                        options=(AlternateCareOfAddress(coa(i)),))
     ha.receive(build_mh(bu, hoa(i), HA_ADDR), hoa(i), HA_ADDR, OnWire(coa(i)), now)
 
-
-def line_events(call) -> int:
-    """How many Python lines *call* executes (every frame it enters)."""
-    count = 0
-
-    def tracer(frame, event, arg):
-        nonlocal count
-        if event == "line":
-            count += 1
-        return tracer
-
-    previous = sys.gettrace()
-    sys.settrace(tracer)
-    try:
-        call()
-    finally:
-        sys.settrace(previous)
-    return count
 
 
 def drain(core) -> None:
