@@ -846,19 +846,31 @@ def _check_prepared(name: str, mtu: int,
                     addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
                     routes: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> int:
     """:func:`_check_prepared_now`, off the event loop's thread (see :func:`_configure`)."""
+    return _off_loop(f"tun-check-{name}", _check_prepared_now, name, mtu, addresses, routes)
+
+
+def _off_loop(thread_name: str, work: Callable[..., int], *args: Any) -> int:
+    """``work(*args)``, on a thread of its own when this one runs an event loop.
+
+    pyroute2's synchronous API drives an asyncio loop of its own and fails
+    inside a running one, and the node calls :meth:`TunDevice.open` from
+    its loop.  A thread created here starts in this thread's network
+    namespace (threads inherit it), so the configuration lands in the same
+    namespace as the device.
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return _check_prepared_now(name, mtu, addresses, routes)
+        return work(*args)
     outcome: list[int | BaseException] = []
 
-    def work() -> None:
+    def run() -> None:
         try:
-            outcome.append(_check_prepared_now(name, mtu, addresses, routes))
+            outcome.append(work(*args))
         except BaseException as exc:  # noqa: BLE001 - handed over to the caller's thread
             outcome.append(exc)
 
-    worker = threading.Thread(target=work, name=f"tun-check-{name}")
+    worker = threading.Thread(target=run, name=thread_name)
     worker.start()
     worker.join()
     result = outcome[0]
@@ -906,33 +918,8 @@ def _check_prepared_now(name: str, mtu: int,
 def _configure(name: str, mtu: int,
                addresses: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
                routes: list[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> int:
-    """:func:`_configure_now`, on a thread of its own when this one runs an event loop.
-
-    pyroute2's synchronous API drives an asyncio loop of its own and fails
-    inside a running one, and the node calls :meth:`TunDevice.open` from
-    its loop.  A thread created here starts in this thread's network
-    namespace (threads inherit it), so the configuration lands in the same
-    namespace as the device.
-    """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return _configure_now(name, mtu, addresses, routes)
-    outcome: list[int | BaseException] = []
-
-    def work() -> None:
-        try:
-            outcome.append(_configure_now(name, mtu, addresses, routes))
-        except BaseException as exc:  # noqa: BLE001 - handed over to the caller's thread
-            outcome.append(exc)
-
-    worker = threading.Thread(target=work, name=f"tun-config-{name}")
-    worker.start()
-    worker.join()
-    result = outcome[0]
-    if isinstance(result, BaseException):
-        raise result
-    return result
+    """:func:`_configure_now`, off the event loop's thread (see :func:`_off_loop`)."""
+    return _off_loop(f"tun-config-{name}", _configure_now, name, mtu, addresses, routes)
 
 
 def _configure_now(name: str, mtu: int,
