@@ -22,10 +22,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ike"))
-from test_ike_strongswan import CHARON, SWANCTL, Charon, _run  # noqa: E402
-
-from pairlab import netns_exec, wait_for  # noqa: E402
+from charonpair import CHARON, STRONGSWAN_MISSING, SWANCTL, CharonPair
+from pairlab import netns_exec, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -37,36 +35,23 @@ PRIVATE = ("keys/example.psk", "certificates/vmip/client.key",
            "certificates/private/gateway.key")
 
 
-class ShippedPair:
+class ShippedPair(CharonPair):
+    """The shipped configs/ike/<pair>: vmip.toml in namespace a, swanctl.conf in b."""
+
     def __init__(self, workdir: Path, pair: str, *, vmip_initiates: bool) -> None:
-        pid = os.getpid()
-        self.ns_a, self.ns_b = f"vt{pid}-cp-a", f"vt{pid}-cp-b"
-        self.workdir = workdir
+        super().__init__(workdir, "cp", None)
         self.pair = pair
         self.version = 4 if pair == "gateway-ipv4" else 6
         self.vmip_initiates = vmip_initiates
-        self.created: list[str] = []
-        self.charon: Charon | None = None
-        self.node: subprocess.Popen | None = None
 
-    def build(self) -> "ShippedPair":
-        ns_a, ns_b = self.ns_a, self.ns_b
-        for ns in (ns_a, ns_b):
-            _run("ip", "netns", "add", ns)
-            self.created.append(ns)
-        _run("ip", "link", "add", "vtcp-a", "netns", ns_a, "type", "veth", "peer", "name",
-             "vtcp-b", "netns", ns_b)
+    def open(self) -> "ShippedPair":
+        super().open()
+        self.veth("vtcp-a", "vtcp-b")
         under_a, under_b, length = UNDERLAY[self.version]
-        for ns, dev, addr in ((ns_a, "vtcp-a", under_a), (ns_b, "vtcp-b", under_b)):
-            if self.version == 4:
-                # IPv4 only: no IPv6 on the underlay at all, not even link-local.
-                _run("ip", "netns", "exec", ns, "sysctl", "-qw",
-                     f"net.ipv6.conf.{dev}.disable_ipv6=1")
-            _run("ip", "-n", ns, "addr", "add", f"{addr}/{length}", "dev", dev,
-                 *(("nodad",) if self.version == 6 else ()))
-            _run("ip", "-n", ns, "link", "set", dev, "up")
-            _run("ip", "-n", ns, "link", "set", "lo", "up")
-        _run("ip", "-n", ns_b, "addr", "add", f"{IN_B}/128", "dev", "lo")
+        # IPv4 only: no IPv6 on the underlay at all, not even link-local.
+        self.address(self.ns_a, "vtcp-a", f"{under_a}/{length}", ipv4_only=self.version == 4)
+        self.address(self.ns_b, "vtcp-b", f"{under_b}/{length}", ipv4_only=self.version == 4)
+        self.address(self.ns_b, "lo", f"{IN_B}/128")
         # The shipped files, relative paths intact.
         shutil.copytree(REPO / "configs" / "ike", self.workdir / "ike")
         for private in PRIVATE:
@@ -76,41 +61,16 @@ class ShippedPair:
         text = config.read_text()
         if not self.vmip_initiates:
             config.write_text(text.replace("initiate = true", "initiate = false"))
-        self.charon = Charon(ns_b, self.workdir)
+        charon = self.start_charon(None)
         env = dict(os.environ, SWANCTL_DIR=str(pair_dir))
-        subprocess.run(["ip", "netns", "exec", ns_b, SWANCTL, "--load-all", "--clear", "--file",
-                        str(pair_dir / "swanctl.conf"), "-u", self.charon.vici], check=True,
-                       capture_output=True, text=True, timeout=20, env=env)
-        log = open(self.workdir / "a.log", "wb")
-        self.node = subprocess.Popen(
-            ["ip", "netns", "exec", ns_a, sys.executable, "-m", "vmip", "--log-level", "debug",
-             "run", "-c", str(config)], stdout=subprocess.DEVNULL, stderr=log,
-            start_new_session=True)
-        wait_for(lambda: netns_exec(ns_a, sys.executable, "-m", "vmip", "status").returncode == 0,
-                 "vmip's control socket", timeout=20)
+        subprocess.run(["ip", "netns", "exec", self.ns_b, SWANCTL, "--load-all", "--clear",
+                        "--file", str(pair_dir / "swanctl.conf"), "-u", charon.vici],
+                       check=True, capture_output=True, text=True, timeout=20, env=env)
+        self.start_node(config)
         return self
 
     def log(self) -> str:
-        path = self.workdir / "a.log"
-        ours = path.read_text()[-4000:] if path.exists() else ""
-        return (self.charon.log()[-3000:] if self.charon else "") + ours
-
-    def close(self) -> None:
-        if self.node is not None:
-            self.node.terminate()
-            try:
-                self.node.wait(10)
-            except subprocess.TimeoutExpired:
-                self.node.kill()
-                self.node.wait(5)
-        if self.charon is not None:
-            self.charon.stop()
-        for ns in self.created:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
-        try:
-            (Path("/run/vmip") / f"{self.ns_a}.sock").unlink()
-        except OSError:
-            pass
+        return (self.charon.log()[-3000:] if self.charon else "") + super().log()
 
 
 @pytest.mark.parametrize("pair, vmip_initiates", [
@@ -119,12 +79,10 @@ class ShippedPair:
 def test_shipped_pair_establishes_and_carries_ipv6(tmp_path, pair: str,
                                                    vmip_initiates: bool) -> None:
     if CHARON is None or SWANCTL is None:
-        pytest.skip("strongSwan missing: apt-get install strongswan-swanctl charon-systemd "
-                    "libcharon-extra-plugins")
-    os.chmod(tmp_path, 0o755)
+        pytest.skip(STRONGSWAN_MISSING)
     lab = ShippedPair(tmp_path, pair, vmip_initiates=vmip_initiates)
     try:
-        lab.build()
+        lab.open()
         assert lab.charon is not None
         if not vmip_initiates:
             lab.charon.swanctl("--initiate", "--child", "site", timeout=30)

@@ -15,7 +15,6 @@ its link and roams with UPDATE_SA_ADDRESSES, vmip (responder) follows.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -23,11 +22,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ike"))
-from test_ike_strongswan import CHARON, SWANCTL, Charon, _run  # noqa: E402
-
-from pairlab import netns_exec, wait_for  # noqa: E402
-from vmip.config.keyfile import write_key_file  # noqa: E402
+from charonpair import _run, charon_pair
+from pairlab import netns_exec, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -122,59 +118,20 @@ secrets {{
 
 @pytest.fixture
 def mobike_pair(tmp_path):
-    if CHARON is None or SWANCTL is None:
-        pytest.skip("strongSwan missing: apt-get install strongswan-swanctl charon-systemd "
-                    "libcharon-extra-plugins")
-    pid = os.getpid()
-    ns_a, ns_b = f"vt{pid}-mb-a", f"vt{pid}-mb-b"
-    os.chmod(tmp_path, 0o755)
-    created: list[str] = []
-    charon = None
-    node = None
-    try:
-        for ns in (ns_a, ns_b):
-            _run("ip", "netns", "add", ns)
-            created.append(ns)
-            _run("ip", "-n", ns, "link", "set", "lo", "up")
+    with charon_pair(tmp_path, "mb", PSK) as pair:
         for dev_a, dev_b, addr_a, addr_b in LINKS.values():
-            _run("ip", "link", "add", dev_a, "netns", ns_a, "type", "veth", "peer", "name",
-                 dev_b, "netns", ns_b)
-            for ns, dev, addr in ((ns_a, dev_a, addr_a), (ns_b, dev_b, addr_b)):
-                _run("ip", "netns", "exec", ns, "sysctl", "-qw",
-                     f"net.ipv6.conf.{dev}.disable_ipv6=1")
-                _run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
-                _run("ip", "-n", ns, "link", "set", dev, "up")
+            pair.veth(dev_a, dev_b)
+            pair.address(pair.ns_a, dev_a, f"{addr_a}/24", ipv4_only=True)
+            pair.address(pair.ns_b, dev_b, f"{addr_b}/24", ipv4_only=True)
         # The gateway over either link; link 1 preferred.
         for metric, (dev_a, _dev_b, _addr_a, addr_b) in zip((100, 200), LINKS.values()):
-            _run("ip", "-n", ns_a, "route", "add", f"{GATEWAY}/32", "via", addr_b, "dev", dev_a,
-                 "metric", str(metric))
-        _run("ip", "-n", ns_b, "addr", "add", f"{GATEWAY}/32", "dev", "lo")
-        _run("ip", "-n", ns_b, "addr", "add", f"{IN_B}/128", "dev", "lo")
-        charon = Charon(ns_b, tmp_path)
-        charon.load(SWANCTL_CONF)
-        write_key_file(tmp_path / "ike.psk", PSK)
-        (tmp_path / "a.toml").write_text(vmip_config(tmp_path))
-        log = open(tmp_path / "a.log", "wb")
-        node = subprocess.Popen(["ip", "netns", "exec", ns_a, sys.executable, "-m", "vmip",
-                                 "--log-level", "debug", "run", "-c", str(tmp_path / "a.toml")],
-                                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-        yield ns_a, ns_b, charon, tmp_path
-    finally:
-        if node is not None:
-            node.terminate()
-            try:
-                node.wait(10)
-            except subprocess.TimeoutExpired:
-                node.kill()
-                node.wait(5)
-        if charon is not None:
-            charon.stop()
-        for ns in created:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
-        try:
-            (Path("/run/vmip") / f"{ns_a}.sock").unlink()
-        except OSError:
-            pass
+            pair.run("ip", "-n", pair.ns_a, "route", "add", f"{GATEWAY}/32", "via", addr_b,
+                     "dev", dev_a, "metric", str(metric))
+        pair.address(pair.ns_b, "lo", f"{GATEWAY}/32")
+        pair.address(pair.ns_b, "lo", f"{IN_B}/128")
+        charon = pair.start_charon(SWANCTL_CONF)
+        pair.start_node(vmip_config(tmp_path), wait_ready=False)
+        yield pair.ns_a, pair.ns_b, charon, tmp_path
 
 
 def _field(listing: str, name: str) -> list[str]:
@@ -283,60 +240,19 @@ RESPONDER_SWANCTL = SWANCTL_CONF.replace(f"local_addrs = {GATEWAY}\n", "").repla
 
 @pytest.fixture
 def charon_moves(tmp_path):
-    if CHARON is None or SWANCTL is None:
-        pytest.skip("strongSwan missing: apt-get install strongswan-swanctl charon-systemd "
-                    "libcharon-extra-plugins")
-    pid = os.getpid()
-    ns_a, ns_b = f"vt{pid}-mr-a", f"vt{pid}-mr-b"
-    os.chmod(tmp_path, 0o755)
-    created: list[str] = []
-    charon = None
-    node = None
-    try:
-        for ns in (ns_a, ns_b):
-            _run("ip", "netns", "add", ns)
-            created.append(ns)
-            _run("ip", "-n", ns, "link", "set", "lo", "up")
-        _run("ip", "-n", ns_a, "addr", "add", f"{VMIP_ADDRESS}/32", "dev", "lo")
+    with charon_pair(tmp_path, "mr", PSK) as pair:
+        pair.address(pair.ns_a, "lo", f"{VMIP_ADDRESS}/32")
         for metric, (dev_a, dev_b, addr_a, addr_b) in zip((100, 200), CHARON_LINKS):
-            _run("ip", "link", "add", dev_a, "netns", ns_a, "type", "veth", "peer", "name",
-                 dev_b, "netns", ns_b)
-            for ns, dev, addr in ((ns_a, dev_a, addr_a), (ns_b, dev_b, addr_b)):
-                _run("ip", "netns", "exec", ns, "sysctl", "-qw",
-                     f"net.ipv6.conf.{dev}.disable_ipv6=1")
-                _run("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
-                _run("ip", "-n", ns, "link", "set", dev, "up")
+            pair.veth(dev_a, dev_b)
+            pair.address(pair.ns_a, dev_a, f"{addr_a}/24", ipv4_only=True)
+            pair.address(pair.ns_b, dev_b, f"{addr_b}/24", ipv4_only=True)
             # charon reaches vmip over either link, link 1 first.
-            _run("ip", "-n", ns_b, "route", "add", f"{VMIP_ADDRESS}/32", "via", addr_a, "dev",
-                 dev_b, "metric", str(metric))
-        _run("ip", "-n", ns_b, "addr", "add", f"{IN_B}/128", "dev", "lo")
-        charon = Charon(ns_b, tmp_path)
-        charon.load(RESPONDER_SWANCTL)
-        write_key_file(tmp_path / "ike.psk", PSK)
-        (tmp_path / "a.toml").write_text(responder_config(tmp_path))
-        log = open(tmp_path / "a.log", "wb")
-        node = subprocess.Popen(["ip", "netns", "exec", ns_a, sys.executable, "-m", "vmip",
-                                 "--log-level", "debug", "run", "-c", str(tmp_path / "a.toml")],
-                                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-        wait_for(lambda: netns_exec(ns_a, sys.executable, "-m", "vmip", "status").returncode == 0,
-                 "vmip's control socket", timeout=20)
-        yield ns_a, ns_b, charon, tmp_path
-    finally:
-        if node is not None:
-            node.terminate()
-            try:
-                node.wait(10)
-            except subprocess.TimeoutExpired:
-                node.kill()
-                node.wait(5)
-        if charon is not None:
-            charon.stop()
-        for ns in created:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
-        try:
-            (Path("/run/vmip") / f"{ns_a}.sock").unlink()
-        except OSError:
-            pass
+            pair.run("ip", "-n", pair.ns_b, "route", "add", f"{VMIP_ADDRESS}/32", "via", addr_a,
+                     "dev", dev_b, "metric", str(metric))
+        pair.address(pair.ns_b, "lo", f"{IN_B}/128")
+        charon = pair.start_charon(RESPONDER_SWANCTL)
+        pair.start_node(responder_config(tmp_path))
+        yield pair.ns_a, pair.ns_b, charon, tmp_path
 
 
 def test_vmip_responder_follows_charons_update_sa_addresses(charon_moves):

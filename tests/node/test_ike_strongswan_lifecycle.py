@@ -13,23 +13,18 @@ retransmit_timeout, retransmit_tries).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ike"))
-from test_ike_strongswan import CHARON, SWANCTL, Charon, _run  # noqa: E402
-
-from pairlab import netns_exec, wait_for  # noqa: E402
-from test_ike_strongswan_runtime import IN_A, IN_B, PSK, SWANCTL_CONF, vmip_config  # noqa: E402
-from vmip.config.keyfile import write_key_file  # noqa: E402
+from charonpair import CHARON, STRONGSWAN_MISSING, SWANCTL, CharonPair, _run
+from pairlab import netns_exec, wait_for
+from test_ike_strongswan_runtime import IN_A, IN_B, PSK, SWANCTL_CONF, vmip_config
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -67,89 +62,32 @@ def charon_conf(*, start: bool = False, psk: bytes = PSK, ike: str | None = None
     return conf
 
 
-class Interop:
+class Interop(CharonPair):
     """vmip in namespace a (rfc3948 link), charon in b; everything removed on close."""
 
     def __init__(self, workdir: Path) -> None:
-        pid = os.getpid()
-        self.ns_a, self.ns_b = f"vt{pid}-isl-a", f"vt{pid}-isl-b"
-        self.workdir = workdir
-        self.charon: Charon | None = None
-        self.node: subprocess.Popen | None = None
-        self._created: list[str] = []
+        super().__init__(workdir, "isl", PSK)
+        self.kill_at_close = True
 
-    def build(self) -> "Interop":
-        for ns in (self.ns_a, self.ns_b):
-            _run("ip", "netns", "add", ns)
-            self._created.append(ns)
-        _run("ip", "link", "add", "vtisl-a", "netns", self.ns_a, "type", "veth", "peer", "name",
-             "vtisl-b", "netns", self.ns_b)
-        for ns, dev, addr in ((self.ns_a, "vtisl-a", UNDER_A), (self.ns_b, "vtisl-b", UNDER_B)):
-            _run("ip", "-n", ns, "addr", "add", f"{addr}/64", "dev", dev, "nodad")
-            _run("ip", "-n", ns, "link", "set", dev, "up")
-            _run("ip", "-n", ns, "link", "set", "lo", "up")
-        _run("ip", "-n", self.ns_b, "addr", "add", f"{IN_B}/128", "dev", "lo")
-        write_key_file(self.workdir / "ike.psk", PSK)
+    def open(self) -> "Interop":
+        super().open()
+        self.veth("vtisl-a", "vtisl-b")
+        self.address(self.ns_a, "vtisl-a", f"{UNDER_A}/64")
+        self.address(self.ns_b, "vtisl-b", f"{UNDER_B}/64")
+        self.address(self.ns_b, "lo", f"{IN_B}/128")
         return self
 
-    def start_charon(self, conf: str) -> Charon:
-        (self.workdir / "charon.vici").unlink(missing_ok=True)
-        self.charon = Charon(self.ns_b, self.workdir)
-        self.charon.load(conf)
-        return self.charon
-
-    def kill_charon(self) -> None:
-        assert self.charon is not None
-        self.charon.proc.kill()            # no DELETE: a crash
-        self.charon.proc.wait(5)
-        self.charon = None
-
-    def start_node(self, edit) -> None:
-        (self.workdir / "a.toml").write_text(edit(vmip_config(self.workdir)))
-        log = open(self.workdir / "a.log", "ab")
-        self.node = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns_a, sys.executable, "-m", "vmip", "--log-level",
-             "debug", "run", "-c", str(self.workdir / "a.toml")],
-            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-        wait_for(lambda: self.vmip("status", check=False).returncode == 0, "vmip run ready",
-                 timeout=20, interval=0.05)
-
-    def vmip(self, *args: str, check: bool = True, timeout: float = 30):
-        result = netns_exec(self.ns_a, sys.executable, "-m", "vmip", *args, timeout=timeout)
-        if check and result.returncode != 0:
-            raise AssertionError(f"vmip {' '.join(args)}: {result.stderr}\n{self.log()}")
-        return result
-
-    def json(self, *args: str):
-        return json.loads(self.vmip(*args, "--json").stdout)
-
-    def log(self) -> str:
-        path = self.workdir / "a.log"
-        return path.read_text()[-4000:] if path.exists() else ""
-
-    def charon_sas(self) -> str:
-        return self.charon.list_sas() if self.charon is not None else ""
-
-    def close(self) -> None:
-        if self.node is not None and self.node.poll() is None:
-            os.killpg(self.node.pid, signal.SIGKILL)
-            self.node.wait(5)
-        if self.charon is not None:
-            self.charon.stop()
-        for ns in self._created:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
-        (Path("/run/vmip") / f"{self.ns_a}.sock").unlink(missing_ok=True)
+    def start_node(self, edit) -> None:   # type: ignore[override]
+        super().start_node(edit(vmip_config(self.workdir)))
 
 
 @pytest.fixture
 def interop(tmp_path):
     if CHARON is None or SWANCTL is None:
-        pytest.skip("strongSwan missing: apt-get install strongswan-swanctl charon-systemd "
-                    "libcharon-extra-plugins")
-    os.chmod(tmp_path, 0o755)
+        pytest.skip(STRONGSWAN_MISSING)
     lab = Interop(tmp_path)
     try:
-        yield lab.build()
+        yield lab.open()
     finally:
         lab.close()
 

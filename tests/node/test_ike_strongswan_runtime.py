@@ -8,19 +8,15 @@ Oracle: charon's own SA list and the kernel's ping through both ends
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "ike"))
-from test_ike_strongswan import CHARON, SWANCTL, Charon, _run  # noqa: E402
-
-from pairlab import netns_exec  # noqa: E402
-from test_ike_overlay import wait_for  # noqa: E402
-from vmip.config.keyfile import write_key_file  # noqa: E402
+from charonpair import charon_pair
+from pairlab import netns_exec
+from test_ike_overlay import wait_for
 
 pytestmark = pytest.mark.root
 
@@ -110,53 +106,14 @@ secrets {{
 
 @pytest.fixture
 def interop(tmp_path):
-    if CHARON is None or SWANCTL is None:
-        pytest.skip("strongSwan missing: apt-get install strongswan-swanctl charon-systemd "
-                    "libcharon-extra-plugins")
-    pid = os.getpid()
-    ns_a, ns_b = f"vt{pid}-iks-a", f"vt{pid}-iks-b"
-    os.chmod(tmp_path, 0o755)
-    charon = None
-    node = None
-    created = []
-    try:
-        for ns in (ns_a, ns_b):
-            _run("ip", "netns", "add", ns)
-            created.append(ns)
-        _run("ip", "link", "add", "vtiks-a", "netns", ns_a, "type", "veth", "peer", "name",
-             "vtiks-b", "netns", ns_b)
-        for ns, dev, addr in ((ns_a, "vtiks-a", UNDER_A), (ns_b, "vtiks-b", UNDER_B)):
-            _run("ip", "-n", ns, "addr", "add", f"{addr}/64", "dev", dev, "nodad")
-            _run("ip", "-n", ns, "link", "set", dev, "up")
-            _run("ip", "-n", ns, "link", "set", "lo", "up")
-        _run("ip", "-n", ns_b, "addr", "add", f"{IN_B}/128", "dev", "lo")
-        charon = Charon(ns_b, tmp_path)
-        charon.load(SWANCTL_CONF)
-        write_key_file(tmp_path / "ike.psk", PSK)
-        (tmp_path / "a.toml").write_text(vmip_config(tmp_path))
-        sock = Path("/run/vmip") / f"{ns_a}.sock"
-        log = open(tmp_path / "a.log", "wb")
-        import subprocess
-        node = subprocess.Popen(["ip", "netns", "exec", ns_a, sys.executable, "-m", "vmip",
-                                 "--log-level", "debug", "run", "-c", str(tmp_path / "a.toml")],
-                                stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
-        yield ns_a, ns_b, charon, tmp_path
-    finally:
-        if node is not None:
-            node.terminate()
-            try:
-                node.wait(10)
-            except Exception:
-                node.kill()
-        if charon is not None:
-            charon.stop()
-        for ns in created:
-            import subprocess
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
-        try:
-            (Path("/run/vmip") / f"{ns_a}.sock").unlink()
-        except OSError:
-            pass
+    with charon_pair(tmp_path, "iks", PSK) as pair:
+        pair.veth("vtiks-a", "vtiks-b")
+        pair.address(pair.ns_a, "vtiks-a", f"{UNDER_A}/64")
+        pair.address(pair.ns_b, "vtiks-b", f"{UNDER_B}/64")
+        pair.address(pair.ns_b, "lo", f"{IN_B}/128")
+        charon = pair.start_charon(SWANCTL_CONF)
+        pair.start_node(vmip_config(tmp_path), wait_ready=False)
+        yield pair.ns_a, pair.ns_b, charon, tmp_path
 
 
 def test_vmip_runtime_with_strongswan_ping_both_ways(interop):
