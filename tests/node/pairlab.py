@@ -72,7 +72,8 @@ framing = "udp"
 """
 
 
-def protect_policies(me: str, peer: str, *, out_sa: str = "", in_sa: str = "") -> str:
+def protect_policies(me: str, peer: str, *, out_sa: str = "", in_sa: str = "",
+                     addresses: dict[str, str] = OVERLAY) -> str:
     """Protect everything between the two overlay addresses, each way (on the named SA, if any)."""
     out_line = f'sa = ["{out_sa}"]\n' if out_sa else ""
     in_line = f'sa = ["{in_sa}"]\n' if in_sa else ""
@@ -80,17 +81,44 @@ def protect_policies(me: str, peer: str, *, out_sa: str = "", in_sa: str = "") -
 [[policy]]
 name = "out"
 direction = "out"
-src = "{OVERLAY[me]}/128"
-dst = "{OVERLAY[peer]}/128"
+src = "{addresses[me]}/128"
+dst = "{addresses[peer]}/128"
 action = "protect"
 {out_line}
 [[policy]]
 name = "in"
 direction = "in"
-src = "{OVERLAY[peer]}/128"
-dst = "{OVERLAY[me]}/128"
+src = "{addresses[peer]}/128"
+dst = "{addresses[me]}/128"
 action = "protect"
 {in_line}"""
+
+
+def static_keys(me: str, peer: str, *, key_dir: Path, state_dir: Path,
+                addresses: dict[str, str] = OVERLAY, spis: dict[str, int] = SPI,
+                mode: str = "transport", esn: bool | None = None) -> str:
+    """[keys] with one static aes128gcm16 SA each way, named "out" and "in",
+    between *addresses* (the SA's outer addresses in tunnel mode); each node's
+    key in ``key_dir/<name>.key``."""
+    esn_line = "" if esn is None else f"esn = {str(esn).lower()}\n"
+    sections = f"""
+[keys]
+mode = "static"
+state_dir = "{state_dir}"
+"""
+    for name, src, dst in (("out", me, peer), ("in", peer, me)):
+        sections += f"""
+[[keys.sa]]
+name = "{name}"
+spi = {spis[src]}
+direction = "{name}"
+src = "{addresses[src]}"
+dst = "{addresses[dst]}"
+mode = "{mode}"
+suite = "aes128gcm16"
+key_file = "{key_dir}/{src}.key"
+{esn_line}"""
+    return sections
 
 
 def node_config(me: str, peer: str, keydir: Path, *, extra: str = "", user: str = "",
@@ -98,33 +126,9 @@ def node_config(me: str, peer: str, keydir: Path, *, extra: str = "", user: str 
     """A node of the pair on static transport SAs (one each way) from *keydir*."""
     # Each node's sequence-number state in the test's own directory: the default,
     # /var/lib/vmip/<name>, is shared by every pair named a/b on the machine.
-    return node_sections(me, peer, user=user) + f"""
-[keys]
-mode = "static"
-state_dir = "{keydir.parent}/state-{me}"
-
-[[keys.sa]]
-name = "out"
-spi = {SPI[me]}
-direction = "out"
-src = "{OVERLAY[me]}"
-dst = "{OVERLAY[peer]}"
-mode = "transport"
-suite = "aes128gcm16"
-key_file = "{keydir}/{me}.key"
-esn = {str(esn).lower()}
-
-[[keys.sa]]
-name = "in"
-spi = {SPI[peer]}
-direction = "in"
-src = "{OVERLAY[peer]}"
-dst = "{OVERLAY[me]}"
-mode = "transport"
-suite = "aes128gcm16"
-key_file = "{keydir}/{peer}.key"
-esn = {str(esn).lower()}
-""" + protect_policies(me, peer, out_sa="out", in_sa="in") + f"""{extra}
+    return node_sections(me, peer, user=user) + static_keys(
+        me, peer, key_dir=keydir, state_dir=keydir.parent / f"state-{me}", esn=esn) \
+        + protect_policies(me, peer, out_sa="out", in_sa="in") + f"""{extra}
 """
 
 

@@ -13,7 +13,8 @@ import subprocess
 import sys
 
 import pytest
-from pairlab import OVERLAY, SPI, UNDERLAY6, PairLab, netns_exec, started_pair
+from pairlab import (OVERLAY, UNDERLAY6, PairLab, netns_exec, protect_policies, started_pair,
+                     static_keys)
 
 
 def raw_node_config(me: str, peer: str, lab: PairLab, *, link: str) -> str:
@@ -39,46 +40,9 @@ name = "{peer}"
 prefixes = ["{UNDERLAY6[peer]}/128"]
 framing = "raw"
 
-[keys]
-mode = "static"
-state_dir = "{lab.workdir}/state-{me}"
-
-[[keys.sa]]
-name = "out"
-spi = {SPI[me]}
-direction = "out"
-src = "{UNDERLAY6[me]}"
-dst = "{UNDERLAY6[peer]}"
-mode = "tunnel"
-suite = "aes128gcm16"
-key_file = "{keydir}/{me}.key"
-
-[[keys.sa]]
-name = "in"
-spi = {SPI[peer]}
-direction = "in"
-src = "{UNDERLAY6[peer]}"
-dst = "{UNDERLAY6[me]}"
-mode = "tunnel"
-suite = "aes128gcm16"
-key_file = "{keydir}/{peer}.key"
-
-[[policy]]
-name = "out"
-direction = "out"
-src = "{OVERLAY[me]}/128"
-dst = "{OVERLAY[peer]}/128"
-action = "protect"
-sa = ["out"]
-
-[[policy]]
-name = "in"
-direction = "in"
-src = "{OVERLAY[peer]}/128"
-dst = "{OVERLAY[me]}/128"
-action = "protect"
-sa = ["in"]
-"""
+""" + static_keys(me, peer, key_dir=keydir, state_dir=lab.workdir / f"state-{me}",
+                  addresses=UNDERLAY6, mode="tunnel") \
+        + protect_policies(me, peer, out_sa="out", in_sa="in")
 
 
 #: How each test's link learns the node's own on-wire address.

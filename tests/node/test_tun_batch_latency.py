@@ -16,6 +16,8 @@ import os
 import socket
 import struct
 
+from pairlab import protect_policies, static_keys
+
 from vmip.config import load_config
 from vmip.config.keyfile import write_key_file
 from vmip.node.latency_trace import LatencyTrace
@@ -58,46 +60,9 @@ prefixes = ["{OVERLAY[peer]}/128"]
 endpoint = "127.0.0.1:{ports[peer]}"
 framing = "udp"
 
-[keys]
-mode = "static"
-state_dir = "{tmp}/state-{me}"
-
-[[keys.sa]]
-name = "out"
-spi = {SPI[me]}
-direction = "out"
-src = "{OVERLAY[me]}"
-dst = "{OVERLAY[peer]}"
-mode = "transport"
-suite = "aes128gcm16"
-key_file = "{tmp}/{me}.key"
-
-[[keys.sa]]
-name = "in"
-spi = {SPI[peer]}
-direction = "in"
-src = "{OVERLAY[peer]}"
-dst = "{OVERLAY[me]}"
-mode = "transport"
-suite = "aes128gcm16"
-key_file = "{tmp}/{peer}.key"
-
-[[policy]]
-name = "out"
-direction = "out"
-src = "{OVERLAY[me]}/128"
-dst = "{OVERLAY[peer]}/128"
-action = "protect"
-sa = ["out"]
-
-[[policy]]
-name = "in"
-direction = "in"
-src = "{OVERLAY[peer]}/128"
-dst = "{OVERLAY[me]}/128"
-action = "protect"
-sa = ["in"]
-"""
+""" + static_keys(me, peer, key_dir=tmp, state_dir=tmp / f"state-{me}", addresses=OVERLAY,
+                  spis=SPI) \
+        + protect_policies(me, peer, out_sa="out", in_sa="in", addresses=OVERLAY)
 
 
 class SocketTun:
