@@ -316,3 +316,33 @@ def test_a_dying_spoofed_half_open_sa_leaves_an_initiate_peer_retried():
             assert mn.keying.counters["initiate_retries"] == 1
             assert peer_row(world, "mn", "cn")["last_error"] is None
         world.run(scenario())
+
+
+def test_esp_from_the_peer_counts_as_liveness_so_a_busy_tunnel_sends_no_checks():
+    """RFC 7296 §2.4: ESP received on a CHILD_SA proves the peer alive.  With
+    traffic both ways for three liveness intervals, neither end sends a
+    liveness check; once the traffic stops, the checks come back."""
+    with SimWorld(seed=9, keys="ike") as world:
+        async def scenario():
+            await world.start_all()
+            await until(world, "MN-CN IKE SA", lambda: established(world, "mn", "cn")
+                        and established(world, "cn", "mn"), 30)
+
+            def checks() -> int:
+                return sum(sa["stats"].get("liveness_ok", 0)
+                           for node, peer in (("mn", "cn"), ("cn", "mn"))
+                           for sa in established(world, node, peer))
+            assert checks() == 0
+            to_cn = ProbeStream(world, "mn", IPv6Address(HOA_MN), IPv6Address(CN), 5)
+            to_mn = ProbeStream(world, "cn", IPv6Address(CN), IPv6Address(HOA_MN), 5)
+            world.tun_sinks["cn"] = to_cn.received
+            world.tun_sinks["mn"] = to_mn.received
+            to_cn.start()
+            to_mn.start()
+            await asyncio.sleep(3 * 30 + 5)    # the default dpd_interval is 30 s
+            to_cn.stop()
+            to_mn.stop()
+            assert len(to_cn.arrivals) > 400 and len(to_mn.arrivals) > 400
+            assert checks() == 0
+            await until(world, "a liveness check on the idle tunnel", lambda: checks() > 0, 40)
+        world.run(scenario())

@@ -419,6 +419,22 @@ class IkeSa:
         log.info("ike sa abandoned", sa=self.config.name, reason=reason)
         self._deleted(by_peer=True)
 
+    @property
+    def liveness_due_at(self) -> float | None:
+        """When a liveness check goes out unless the peer is heard from before (None: never)."""
+        if self.state is State.ESTABLISHED and self.config.dpd_interval:
+            return self._last_heard + self.config.dpd_interval
+        return None
+
+    def heard_on_child(self, at: float) -> None:
+        """The peer's ESP was received (authenticated) on one of our CHILD_SAs at *at*.
+
+        RFC 7296 §2.4: a fresh cryptographically protected message on the IKE
+        SA *or any of its child SAs* proves the peer alive, so no liveness
+        check is needed while that traffic flows.
+        """
+        self._last_heard = max(self._last_heard, at)
+
     def send_liveness_check(self, now: float) -> None:
         """An empty INFORMATIONAL request (§1.4, dead peer detection)."""
         self._need_established()

@@ -1017,9 +1017,26 @@ class IkeManager:
         return min(timers) if timers else None
 
     def handle_timer(self, now: float) -> None:
+        self._credit_child_traffic(now)
         for endpoint in list(self.endpoints.values()):
             self.services.pump.guard("ike", endpoint.handle_timer, now)
         self._pump(now)
+
+    def _credit_child_traffic(self, now: float) -> None:
+        """Before a liveness check is due, look at the ESP its CHILD_SAs received:
+        inbound traffic proves the peer alive (RFC 7296 §2.4), so a busy tunnel
+        sends no checks.  Only SAs whose check is due are looked at, each
+        child by an indexed SPI lookup."""
+        sad = self.services.sad
+        for endpoint in self.endpoints.values():
+            for sa in endpoint.sas:
+                due = sa.liveness_due_at
+                if due is None or due > now:
+                    continue
+                for spi_in in sa.children:
+                    esp = sad.lookup_inbound(spi_in)
+                    if esp is not None and esp.last_used_at is not None:
+                        sa.heard_on_child(esp.last_used_at)
 
     def _on_node_event(self, timed: TimedEvent) -> None:
         event = timed.event
