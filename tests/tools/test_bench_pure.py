@@ -305,7 +305,8 @@ def test_plain_table_names_every_system_and_the_skip_reason():
     text = render_plain(build_report(sample_outcomes(), {}))
     for name in SYSTEM_NAMES:
         assert name in text
-    assert "skipped: not installed: openvpn (install: apt-get install openvpn openssl)" in text
+    assert ("skipped: not installed: openvpn (install: apt-get install openvpn openssl; "
+            "every peer: tools/install-deps --bench)") in text
     assert "450" in text and "2.00×" in text
     assert any(line.startswith("vmip: udp driver; vmip 0.1.0")
                for line in note_lines(build_report(sample_outcomes(), {})))
@@ -346,10 +347,275 @@ def absent(_program: str) -> None:
 def test_missing_programs_give_reason_and_install_command(tmp_path):
     wg = WireguardGo().missing(which=absent)
     assert "wireguard-go" in wg.reason
-    assert wg.install == "apt-get install wireguard-go wireguard-tools"
+    # Every program named, and the package of each (unshare is util-linux's).
+    assert wg.install == "apt-get install wireguard-go wireguard-tools util-linux"
+    only_wg = WireguardGo().missing(which=lambda p: None if p == "wg" else f"/usr/bin/{p}")
+    assert only_wg.reason == "not installed: wg"
+    assert only_wg.install == "apt-get install wireguard-tools"
     ovpn = OpenVpn("tls").missing(which=absent)
     assert "openvpn" in ovpn.reason and "apt-get install openvpn" in ovpn.install
     swan = StrongswanLibipsec(plugin_dir=tmp_path).missing(which=absent)
     assert "kernel-libipsec" in swan.reason and "kdf" in swan.reason
     assert "libcharon-extra-plugins" in swan.install
     assert WireguardGo().missing(which=lambda program: f"/usr/bin/{program}") is None
+
+
+# -- the extra iperf3 tests: --bidir, --streams N ------------------------------------
+
+
+def test_bidir_and_streams_options_make_their_cases():
+    from netbench.runner import extra_cases, iperf3_client_command
+
+    options = cli.options_from(cli.build_parser().parse_args(
+        ["--quick", "--bidir", "--streams", "4", "--cpu"]))
+    assert options.bidir and options.streams == 4 and options.cpu
+    cases = extra_cases(options)
+    assert [(case.key, case.args) for case in cases] == [("bidir", ("--bidir",)),
+                                                         ("streams4", ("-P", "4"))]
+    command = iperf3_client_command("2001:db8:a1::2", 4.0, cases[1].args)
+    assert command[:3] == ["iperf3", "-c", "2001:db8:a1::2"] and command[-2:] == ["-P", "4"]
+    assert "-J" in command
+    plain = cli.options_from(cli.build_parser().parse_args([]))
+    assert extra_cases(plain) == [] and not plain.cpu
+    # One stream is the single-stream test every run has: no extra case.
+    assert extra_cases(cli.options_from(cli.build_parser().parse_args(["--streams", "1"]))) == []
+    for bad in (["--streams", "0"], ["--streams", "129"], ["--streams", "four"]):
+        with pytest.raises(SystemExit):
+            cli.main(bad)
+
+
+def bidir_document(forward_bps: float, reverse_bps: float, streams: int = 1) -> dict:
+    document = iperf_document(forward_bps, forward_bps)
+    document["start"]["test_start"]["num_streams"] = streams
+    document["end"]["sum_sent_bidir_reverse"] = {"seconds": 4.0, "bits_per_second": reverse_bps,
+                                                 "sender": False}
+    document["end"]["sum_received_bidir_reverse"] = {"seconds": 4.0,
+                                                     "bits_per_second": reverse_bps,
+                                                     "sender": False}
+    return document
+
+
+def test_iperf3_bidir_sums_both_directions():
+    result = parse_iperf3_json(json.dumps(bidir_document(300e6, 100e6, streams=2)))
+    assert result.receiver_mbps == 300.0 and result.reverse_receiver_mbps == 100.0
+    assert result.total_mbps == 400.0 and result.streams == 2
+    one_way = parse_iperf3_json(json.dumps(iperf_document(250e6, 250e6)))
+    assert one_way.reverse_receiver_mbps is None and one_way.total_mbps == 250.0
+    assert one_way.streams == 1
+    broken = bidir_document(300e6, 100e6)
+    broken["end"]["sum_received_bidir_reverse"]["bits_per_second"] = "fast"
+    with pytest.raises(ParseError, match="bidir_reverse"):
+        parse_iperf3_json(json.dumps(broken))
+
+
+def test_iperf3_from_iperf3_312_bidir_and_parallel_streams():
+    # The layout iperf3 3.12 prints for -c ::1 -t 1 -b 50M --bidir -P 2 -J (abridged).
+    text = json.dumps({
+        "start": {"test_start": {"protocol": "TCP", "num_streams": 2, "reverse": 0}},
+        "end": {"streams": [],
+                "sum_sent": {"seconds": 1.0, "bits_per_second": 100653230.67, "retransmits": 0,
+                             "sender": True},
+                "sum_received": {"seconds": 1.0, "bits_per_second": 100636426.07,
+                                 "sender": True},
+                "sum_sent_bidir_reverse": {"seconds": 1.0, "bits_per_second": 100653230.67,
+                                           "retransmits": 0, "sender": False},
+                "sum_received_bidir_reverse": {"seconds": 1.0, "bits_per_second": 100636426.07,
+                                               "sender": False},
+                "cpu_utilization_percent": {}}})
+    result = parse_iperf3_json(text)
+    assert result.streams == 2
+    assert result.total_mbps == pytest.approx(201.27, abs=0.01)
+
+
+@given(streams=st.one_of(st.integers(), st.text(max_size=5), st.booleans(), st.none()))
+def test_iperf3_stream_count_never_breaks_the_parse(streams):
+    document = iperf_document(1e6, 1e6)
+    document["start"]["test_start"]["num_streams"] = streams
+    result = parse_iperf3_json(json.dumps(document))
+    assert 1 <= result.streams <= 128
+
+
+def case_outcomes() -> list[SystemOutcome]:
+    outcomes = sample_outcomes()
+    outcomes[0].cases = {"bidir": [200.0, 300.0, 250.0], "streams4": [400.0, 500.0, 450.0]}
+    outcomes[2].cases = {"bidir": [400.0, 300.0, 750.0], "streams4": [800.0, 1000.0]}
+    outcomes[2].case_errors = {"streams4": ["round 3: iperf3 -c x: no end"]}
+    return outcomes
+
+
+def test_cases_are_reported_as_same_round_ratios():
+    run = {"cases": {"bidir": {"label": "TCP both ways (--bidir), sum"},
+                     "streams4": {"label": "4 TCP streams (-P 4), sum"}}}
+    report = json.loads(json.dumps(build_report(case_outcomes(), run)))
+    wg = report["systems"]["wireguard-go"]["cases"]
+    assert wg["bidir"]["mbps"] == 400.0 and wg["bidir"]["mbps_samples"] == [400.0, 300.0, 750.0]
+    # Round by round: 400/200, 300/300, 750/250; not the ratio of the medians (400/250).
+    assert wg["bidir"]["ratio_to_vmip"] == {"min": 1.0, "median": 2.0, "max": 3.0}
+    assert report["systems"]["vmip"]["cases"]["bidir"]["ratio_to_vmip"] == \
+        {"min": 1.0, "median": 1.0, "max": 1.0}
+    # A failed repetition: the rounds no longer pair, no ratio rather than a wrong one.
+    assert wg["streams4"]["ratio_to_vmip"] is None
+    assert wg["streams4"]["errors"] == ["round 3: iperf3 -c x: no end"]
+    assert report["systems"]["openvpn"]["cases"]["bidir"]["mbps"] is None
+    assert report["comparison"]["cases"]["bidir"]["vmip_over_wireguard_go"] == {
+        "min": pytest.approx(1 / 3), "median": 0.5, "max": 1.0}
+    lines = comparison_lines(report)
+    assert "bidir: TCP both ways (--bidir), sum; Mbit/s median (min–max), × vmip same round " \
+           "min–median–max" in lines
+    assert "  wireguard-go: 400 (300–750), 1.00–2.00–3.00×" in lines
+    assert "  vmip / wireguard-go, same round: 0.33–0.50–1.00×" in lines
+    assert "  openvpn: –" in lines
+    assert "streams4" in render_plain(report)
+
+
+def test_no_cases_no_case_keys():
+    report = build_report(sample_outcomes(), {})
+    assert "cases" not in report["comparison"]
+    assert all("cases" not in entry for entry in report["systems"].values())
+
+
+# -- --cpu: /proc parsers and one window's figures ------------------------------------
+
+
+PROC_STAT = """cpu  1000 0 500 8000 100 0 200 0 0 0
+cpu0 500 0 250 4000 50 0 100 0 0 0
+cpu1 500 0 250 4000 50 0 100 0 0 0
+intr 12345 0 0
+ctxt 999
+"""
+
+
+def test_proc_stat_parser():
+    from netbench.cpu import CpuTimes, parse_proc_stat
+
+    cpus = parse_proc_stat(PROC_STAT)
+    assert set(cpus) == {"cpu", "cpu0", "cpu1"}
+    assert cpus["cpu0"] == CpuTimes(idle=4050, busy=850, irq=100)
+    with pytest.raises(ParseError):
+        parse_proc_stat("cpu0 1 2 x 4\n")
+    with pytest.raises(ParseError):
+        parse_proc_stat("intr 1 2 3\n")
+
+
+def test_pid_stat_parser_takes_comm_with_spaces_and_parentheses():
+    from netbench.cpu import parse_pid_stat
+
+    # state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime ...
+    fields = "S 1 2 3 0 -1 4194560 10 0 0 0 150 25 0 0 20 0 1"
+    assert parse_pid_stat(f"4242 (a (b) c) {fields}") == ("a (b) c", 175)
+    with pytest.raises(ParseError):
+        parse_pid_stat("4242 (x) S 1 2")
+    with pytest.raises(ParseError):
+        parse_pid_stat("no parentheses")
+
+
+@given(st.text(max_size=300))
+def test_proc_parsers_raise_only_parse_error(text):
+    from netbench.cpu import parse_pid_stat, parse_proc_stat
+
+    for parser in (parse_proc_stat, parse_pid_stat):
+        try:
+            parser(text)
+        except ParseError:
+            pass
+
+
+def test_process_labels_name_vmip_nodes_by_their_config():
+    from netbench.cpu import process_label
+
+    assert process_label("python3", ["/usr/bin/python3", "-m", "vmip", "run", "-c",
+                                     "/tmp/w/vmip-raw-a.toml", "--control-socket", "s"],
+                         "a") == "vmip-raw-a"
+    assert process_label("wireguard-go", ["wireguard-go", "-f", "wg0"], "b") == "wireguard-go@b"
+
+
+def test_cpu_window_figures():
+    from netbench.cpu import TICKS, CpuTimes, _Snapshot, cpu_line, summarize_window
+
+    # 2 s on 2 CPUs: cpu0 fully busy, cpu1 half idle; vmip-a 1 s of CPU, vmip-b 0.5 s,
+    # iperf3 0.2 s; a process that left in between is not counted.
+    before = _Snapshot(10.0, {"cpu0": CpuTimes(100, 100, 10), "cpu1": CpuTimes(100, 100, 0)},
+                       {1: ("vmip-a", 0), 2: ("vmip-b", 0), 3: ("gone@a", 0)})
+    after = _Snapshot(12.0, {"cpu0": CpuTimes(100, 100 + 2 * TICKS, 10 + TICKS // 2),
+                             "cpu1": CpuTimes(100 + TICKS, 100 + TICKS, 0)},
+                      {1: ("vmip-a", TICKS), 2: ("vmip-b", TICKS // 2)})
+    figures = summarize_window(before, after, iperf3_ticks=TICKS // 5)
+    assert figures["cpus"] == 2 and figures["wall_s"] == 2.0
+    assert figures["busy_pct_per_cpu"] == {"cpu0": 100.0, "cpu1": 50.0}
+    assert figures["idle_cores"] == 0.5 and figures["busy_pct"] == 150.0
+    assert figures["processes_pct"] == {"vmip-a": 50.0, "vmip-b": 25.0}
+    assert figures["iperf3_pct"] == 10.0
+    assert figures["irq_pct"] == 25.0
+    assert figures["rest_pct"] == 65.0
+    assert cpu_line(figures) == ("idle 0.50 of 2 cores, vmip-a 50%, vmip-b 25%, iperf3 10%, "
+                                 "rest 65% (of it irq+softirq 25%)")
+
+
+def test_cpu_probe_reads_the_namespaces_processes(tmp_path):
+    import os
+
+    from netbench.cpu import CpuProbe
+
+    probe = CpuProbe(lambda: {os.getpid(): "a"})
+    probe.begin()
+    sum(range(2_000_000))   # some CPU of our own
+    figures = probe.end()
+    assert figures["cpus"] == os.cpu_count()
+    (label, used), = figures["processes_pct"].items()
+    assert label.endswith("@a") and used >= 0
+    assert figures["idle_cores"] is not None and 0 <= figures["idle_cores"] <= figures["cpus"]
+
+
+# -- tools/install-deps: arguments (no install) ----------------------------------------
+
+INSTALL_DEPS = Path(__file__).resolve().parents[2] / "tools" / "install-deps"
+
+
+def install_deps(*args: str):
+    import subprocess
+
+    return subprocess.run(["bash", str(INSTALL_DEPS), *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def dry_run_packages(*args: str) -> list[str]:
+    result = install_deps("--dry-run", *args)
+    assert result.returncode == 0, result.stderr
+    line, = [line for line in result.stdout.splitlines() if line.startswith("packages: ")]
+    return line.removeprefix("packages: ").split()
+
+
+def test_install_deps_bench_adds_every_peer_package_and_nothing_else_changes():
+    from netbench.systems import PACKAGE_OF, SWAN_PACKAGES
+
+    normal, bench = dry_run_packages(), dry_run_packages("--bench")
+    assert "wireguard-go" not in normal and "openvpn" not in normal
+    assert bench[:len(normal)] == normal
+    # Whatever tools/bench/run tells a user to install, --bench installs.
+    assert set(PACKAGE_OF.values()) | set(SWAN_PACKAGES.split()) | {"iperf3", "iputils-ping",
+                                                                     "iproute2"} <= set(bench)
+    assert install_deps("--bench", "--dry-run").stdout == install_deps("--dry-run",
+                                                                       "--bench").stdout
+
+
+def test_install_deps_dry_run_says_what_is_missing_and_installs_nothing():
+    result = install_deps("--dry-run", "--bench")
+    assert result.returncode == 0
+    missing_line, = [line for line in result.stdout.splitlines() if line.startswith("missing: ")]
+    if missing_line != "missing: none":
+        assert "would run: apt-get update && apt-get install" in result.stdout
+    else:
+        assert "apt-get install" not in result.stdout   # idempotent: nothing to do
+
+
+@pytest.mark.parametrize("args", [["--bnech"], ["--bench", "extra"], ["-x"]])
+def test_install_deps_refuses_unknown_arguments(args):
+    result = install_deps(*args, "--dry-run")
+    assert result.returncode == 2
+    assert f"unknown argument '{args[-1]}'" in result.stderr
+    assert "usage: tools/install-deps [--bench]" in result.stderr
+
+
+def test_install_deps_help():
+    result = install_deps("--help")
+    assert result.returncode == 0 and "--bench" in result.stderr

@@ -103,6 +103,40 @@ def test_missing_software_is_skipped_with_install_hint(prefix, tmp_path):
         assert systems[name]["install"].startswith("apt-get install")
     assert systems["underlay"]["status"] == "ok" and systems["underlay"]["tcp_mbps"] > 0
     assert "skipped" in result.stdout
+    # Said as it happens, per peer: what is missing and the exact command.
+    assert ("wireguard-go: skipped (not installed: wireguard-go, wg, unshare; install: "
+            "apt-get install wireguard-go wireguard-tools util-linux, or every peer at once: "
+            "tools/install-deps --bench)") in result.stderr
+    assert "openvpn: skipped (not installed: openvpn" in result.stderr
+    assert "round 1/1 underlay:" in result.stderr   # and the rest went on
+
+
+@pytest.mark.timeout(120)
+def test_bidir_streams_and_cpu_cases_end_to_end(prefix, tmp_path):
+    out = tmp_path / "bench.json"
+    result = bench("--systems", "underlay,vmip", "--seconds", "1", "--rounds", "2",
+                   "--ping-count", "3", "--bidir", "--streams", "2", "--cpu",
+                   "--ns-prefix", prefix, "--json", str(out))
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    for name, entry in report["systems"].items():
+        for key in ("bidir", "streams2"):
+            case = entry["cases"][key]
+            assert len(case["mbps_samples"]) == 2 and case["mbps"] > 0, (name, key, case)
+        # Both directions carried traffic.
+        assert all(forward > 0 and reverse > 0
+                   for forward, reverse in entry["details"]["bidir_mbps_each_way"]), name
+        for key in ("tcp", "bidir", "streams2"):
+            windows = entry["details"]["cpu"][key]
+            assert len(windows) == 2
+            assert all(w["cpus"] == os.cpu_count() and w["iperf3_pct"] > 0 for w in windows)
+    vmip_cpu = report["systems"]["vmip"]["details"]["cpu"]["tcp"][0]["processes_pct"]
+    assert {"vmip-a", "vmip-b"} <= set(vmip_cpu) and vmip_cpu["vmip-b"] > 0
+    ratio = report["systems"]["underlay"]["cases"]["bidir"]["ratio_to_vmip"]
+    assert ratio is not None and ratio["min"] <= ratio["median"] <= ratio["max"]
+    assert report["run"]["cases"]["streams2"]["iperf3_args"] == ["-P", "2"]
+    assert "streams2: 2 TCP streams (-P 2)" in result.stdout
+    assert "cpu during bidir: idle" in result.stderr
 
 
 @pytest.mark.timeout(60)

@@ -32,6 +32,7 @@ EPILOG = """\
 examples:
   tools/bench/run --quick
   tools/bench/run --systems vmip,underlay --seconds 3 --rounds 2 --json /tmp/b.json
+  tools/bench/run --quick --bidir --streams 4 --cpu
   tools/bench/run --cleanup          # remove namespaces an interrupted run left
 
 needs root (namespaces).  Exit status: 0 when every system that was not skipped
@@ -74,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seconds between pings (default 0.05; 1 shows an idle tunnel)")
     parser.add_argument("--loaded-ping", action="store_true",
                         help="also ping during each iperf3 test (details.loaded_rtt_ms_samples)")
+    parser.add_argument("--bidir", action="store_true",
+                        help="also an iperf3 --bidir test per round and system (both directions "
+                             "summed; same-round ratios to vmip)")
+    parser.add_argument("--streams", type=int, default=1, metavar="N",
+                        help="also an iperf3 -P N test per round and system when N > 1 "
+                             "(streams summed; same-round ratios to vmip)")
+    parser.add_argument("--cpu", action="store_true",
+                        help="measure each process's CPU, iperf3's and the machine's idle time "
+                             "during every iperf3 test (details.cpu)")
     parser.add_argument("--openvpn-mode", choices=OPENVPN_MODES, default="auto",
                         help="tls (AES-256-GCM), static (AES-256-CBC+SHA256), or auto: tls, "
                              "falling back to static")
@@ -99,6 +109,9 @@ def options_from(args: argparse.Namespace) -> Options:
         quick=args.quick,
         ping_interval=args.ping_interval,
         loaded_ping=args.loaded_ping,
+        bidir=args.bidir,
+        streams=args.streams,
+        cpu=args.cpu,
     )
     if not 0.5 <= options.seconds <= 600:
         raise ValueError("--seconds must be between 0.5 and 600")
@@ -108,6 +121,8 @@ def options_from(args: argparse.Namespace) -> Options:
         raise ValueError("--ping-interval must be between 0.01 and 5")
     if not 1 <= options.ping_count <= 10000:
         raise ValueError("--ping-count must be between 1 and 10000")
+    if not 1 <= options.streams <= 128:
+        raise ValueError("--streams must be between 1 and 128 (iperf3 -P)")
     return options
 
 

@@ -20,6 +20,16 @@ class IperfResult:
     sender_mbps: float
     seconds: float
     retransmits: int | None
+    #: With ``--bidir``: goodput the client received on the reverse direction
+    #: (b → a); None for a one-way test.
+    reverse_receiver_mbps: float | None = None
+    #: Parallel streams (``-P``), as iperf3 reports them.
+    streams: int = 1
+
+    @property
+    def total_mbps(self) -> float:
+        """Receiver goodput of both directions together (one-way: the forward one)."""
+        return self.receiver_mbps + (self.reverse_receiver_mbps or 0.0)
 
 
 @dataclass(frozen=True)
@@ -70,8 +80,19 @@ def parse_iperf3_json(text: str) -> IperfResult:
     retransmits_raw = document["end"]["sum_sent"].get("retransmits")
     retransmits = (retransmits_raw if isinstance(retransmits_raw, int)
                    and not isinstance(retransmits_raw, bool) else None)
+    reverse_mbps = None
+    if "sum_received_bidir_reverse" in document["end"]:
+        reverse_mbps = _finite_number(
+            _field(document, "end", "sum_received_bidir_reverse", "bits_per_second"),
+            "end.sum_received_bidir_reverse.bits_per_second") / 1e6
+    streams_raw = document.get("start", {}).get("test_start", {}).get("num_streams", 1) \
+        if isinstance(document.get("start"), dict) \
+        and isinstance(document["start"].get("test_start"), dict) else 1
+    streams = streams_raw if isinstance(streams_raw, int) and not isinstance(streams_raw, bool) \
+        and 1 <= streams_raw <= 128 else 1
     return IperfResult(receiver_mbps=received_bps / 1e6, sender_mbps=sent_bps / 1e6,
-                       seconds=seconds, retransmits=retransmits)
+                       seconds=seconds, retransmits=retransmits,
+                       reverse_receiver_mbps=reverse_mbps, streams=streams)
 
 
 # iputils: "64 bytes from 2001:db8::2: icmp_seq=1 ttl=64 time=0.045 ms".  The

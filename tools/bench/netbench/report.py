@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from netbench.stats import Summary, difference, paired_ratios, ratio, summarize
+from netbench.systems import INSTALL_ALL
 
 #: The reference every ratio is taken against.
 REFERENCE = "vmip"
@@ -31,6 +32,11 @@ class SystemOutcome:
     errors: list[str] = field(default_factory=list)
     #: Version, mode, addresses: whatever tells what was measured.
     details: dict[str, Any] = field(default_factory=dict)
+    #: The extra iperf3 tests (``bidir``, ``streams4``): Mbit/s per round,
+    #: both directions or all streams summed.
+    cases: dict[str, list[float]] = field(default_factory=dict)
+    #: Failed repetitions of those, one line each per case.
+    case_errors: dict[str, list[str]] = field(default_factory=dict)
 
     def settle(self) -> None:
         """A system that ran but produced no figure at all has failed."""
@@ -44,8 +50,26 @@ def _median(summary: Summary | None) -> float | None:
     return None if summary is None else summary.median
 
 
+def _case_entry(samples: list[float], reference: SystemOutcome | None, key: str,
+                errors: list[str]) -> dict[str, Any]:
+    summary = summarize(samples)
+    entry: dict[str, Any] = {
+        "mbps": _median(summary),
+        "mbps_min": None if summary is None else summary.minimum,
+        "mbps_max": None if summary is None else summary.maximum,
+        "mbps_samples": list(samples),
+        # this system / vmip, round by round: both measured under that round's load.
+        "ratio_to_vmip": None if reference is None else _summary_dict(
+            paired_ratios(samples, reference.cases.get(key, []))),
+    }
+    if errors:
+        entry["errors"] = list(errors)
+    return entry
+
+
 def _system_entry(outcome: SystemOutcome, reference_tcp: float | None,
-                  reference_rtt: float | None) -> dict[str, Any]:
+                  reference_rtt: float | None, reference: SystemOutcome | None = None,
+                  case_keys: tuple[str, ...] = ()) -> dict[str, Any]:
     tcp = summarize(outcome.tcp_mbps)
     rtt = summarize(outcome.rtt_ms)
     entry: dict[str, Any] = {
@@ -63,6 +87,10 @@ def _system_entry(outcome: SystemOutcome, reference_tcp: float | None,
         "rtt_ratio_to_vmip": ratio(_median(rtt), reference_rtt),
         "details": dict(outcome.details),
     }
+    if case_keys:
+        entry["cases"] = {key: _case_entry(outcome.cases.get(key, []), reference, key,
+                                           outcome.case_errors.get(key, []))
+                          for key in case_keys}
     if outcome.reason:
         entry["reason"] = outcome.reason
     if outcome.install:
@@ -82,7 +110,10 @@ def build_report(outcomes: list[SystemOutcome], run: dict[str, Any]) -> dict[str
     reference = by_name.get(REFERENCE)
     reference_tcp = _median(summarize(reference.tcp_mbps)) if reference else None
     reference_rtt = _median(summarize(reference.rtt_ms)) if reference else None
-    systems = {outcome.name: _system_entry(outcome, reference_tcp, reference_rtt)
+    case_keys = tuple(dict.fromkeys(key for outcome in outcomes for key in outcome.cases)) \
+        or tuple(run.get("cases", {}))
+    systems = {outcome.name: _system_entry(outcome, reference_tcp, reference_rtt, reference,
+                                           case_keys)
                for outcome in outcomes}
 
     def median_of(name: str, metric: str) -> float | None:
@@ -102,6 +133,14 @@ def build_report(outcomes: list[SystemOutcome], run: dict[str, Any]) -> dict[str
         comparison["vmip_raw_over_udp"] = {
             metric: _summary_dict(paired_ratios(getattr(raw, metric), getattr(reference, metric)))
             for metric in ("tcp_mbps", "rtt_ms")}
+    wireguard = by_name.get("wireguard-go")
+    if case_keys:
+        # Per extra test: vmip / wireguard-go round by round (the target's direction).
+        comparison["cases"] = {
+            key: {"vmip_over_wireguard_go": None if reference is None or wireguard is None
+                  else _summary_dict(paired_ratios(reference.cases.get(key, []),
+                                                   wireguard.cases.get(key, [])))}
+            for key in case_keys}
     return {"systems": systems, "comparison": comparison, "run": dict(run)}
 
 
@@ -148,7 +187,7 @@ def note_lines(report: dict[str, Any]) -> list[str]:
         if entry["status"] != "ok":
             note = f"{entry['status']}: {entry.get('reason', '')}"
             if entry.get("install"):
-                note += f" (install: {entry['install']})"
+                note += f" (install: {entry['install']}; every peer: {INSTALL_ALL})"
         else:
             note = str(entry["details"].get("summary", ""))
             version = entry["details"].get("version")
@@ -174,6 +213,32 @@ def comparison_lines(report: dict[str, Any]) -> list[str]:
         if paired is not None:
             lines.append(f"vmip-raw / vmip {what}, same round: {paired['median']:.2f}× "
                          f"(min {paired['min']:.2f}×, max {paired['max']:.2f}×)")
+    lines += case_lines(report)
+    return lines
+
+
+def _range_text(summary: dict[str, float] | None) -> str:
+    if summary is None:
+        return "–"
+    return f"{summary['min']:.2f}–{summary['median']:.2f}–{summary['max']:.2f}×"
+
+
+def case_lines(report: dict[str, Any]) -> list[str]:
+    """The extra iperf3 tests: per system the median and its same-round ratio to vmip."""
+    lines = []
+    for key, case in (report["comparison"].get("cases") or {}).items():
+        label = report["run"].get("cases", {}).get(key, {}).get("label", key)
+        lines.append(f"{key}: {label}; Mbit/s median (min–max), × vmip same round min–median–max")
+        for name, entry in report["systems"].items():
+            figures = (entry.get("cases") or {}).get(key)
+            if figures is None or figures["mbps"] is None:
+                lines.append(f"  {name}: –")
+                continue
+            lines.append(f"  {name}: {figures['mbps']:.0f} ({figures['mbps_min']:.0f}–"
+                         f"{figures['mbps_max']:.0f}), {_range_text(figures['ratio_to_vmip'])}")
+        ratio_vw = case.get("vmip_over_wireguard_go")
+        if ratio_vw is not None:
+            lines.append(f"  vmip / wireguard-go, same round: {_range_text(ratio_vw)}")
     return lines
 
 

@@ -13,12 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from netbench.cpu import CpuProbe, cpu_line
 from netbench.errors import MeasureError, ParseError, SetupError
-from netbench.lab import Lab, LabError, wait_for_line
+from netbench.lab import Lab, LabError, netns_pids, wait_for_line
 from netbench.parse import IperfResult, parse_iperf3_json, parse_ping
 from netbench.report import SystemOutcome, build_report
 from netbench.stats import round_order, summarize
-from netbench.systems import TUNNEL_MTU, System, make_system
+from netbench.systems import INSTALL_ALL, TUNNEL_MTU, System, make_system
 
 IPERF_PORT = 5201
 PING_INTERVAL = 0.05
@@ -40,6 +41,33 @@ class Options:
     ping_interval: float = PING_INTERVAL
     #: Also ping during each iperf3 test (RTT under load).
     loaded_ping: bool = False
+    #: Also an ``iperf3 --bidir`` test per round and system.
+    bidir: bool = False
+    #: Also an ``iperf3 -P N`` test per round and system when N > 1.
+    streams: int = 1
+    #: Measure the CPU of every process and the machine's idle time per test.
+    cpu: bool = False
+
+
+@dataclass(frozen=True)
+class Case:
+    """One kind of iperf3 test run for every system each round."""
+
+    key: str                 # JSON key: "bidir", "streams4"
+    label: str               # for people
+    args: tuple[str, ...]    # added to iperf3 -c
+
+
+def extra_cases(options: Options) -> list[Case]:
+    """The tests besides the single-stream one, in the order they run."""
+    cases = []
+    if options.bidir:
+        cases.append(Case("bidir", "TCP both ways (--bidir), sum", ("--bidir",)))
+    if options.streams > 1:
+        cases.append(Case(f"streams{options.streams}",
+                          f"{options.streams} TCP streams (-P {options.streams}), sum",
+                          ("-P", str(options.streams))))
+    return cases
 
 
 def measure_rtt(lab: Lab, target: str, count: int,
@@ -70,12 +98,21 @@ def loaded_ping_command(target: str, seconds: float, interval: float) -> list[st
     return ["sh", "-c", script]
 
 
+def iperf3_client_command(target: str, seconds: float, args: tuple[str, ...] = ()) -> list[str]:
+    return ["iperf3", "-c", target, "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "-J",
+            "--connect-timeout", "3000", *args]
+
+
 def measure_tcp(lab: Lab, target: str, seconds: float,
-                loaded: list[float] | None = None) -> IperfResult:
-    """One single-stream iperf3 TCP test from side a to a one-off server on side b.
+                loaded: list[float] | None = None, args: tuple[str, ...] = (),
+                cpu: CpuProbe | None = None, cpu_out: list[dict[str, Any]] | None = None,
+                ) -> IperfResult:
+    """One iperf3 TCP test (single stream unless *args* say otherwise) from
+    side a to a one-off server on side b.
 
     With *loaded* (a list), pings run during the test; their median RTT
-    (ms) is appended to it."""
+    (ms) is appended to it.  With *cpu*, the CPU figures of the test
+    (netbench.cpu) are appended to *cpu_out*."""
     # -i 0: no per-second lines to fill the pipe nobody reads after "listening".
     server = lab.spawn("b", ["iperf3", "-s", "-1", "-p", str(IPERF_PORT), "-i", "0",
                              "--forceflush"], stdout_pipe=True)
@@ -87,12 +124,18 @@ def measure_tcp(lab: Lab, target: str, seconds: float,
         if loaded is not None:
             pinger = lab.spawn("a", loaded_ping_command(target, seconds, PING_INTERVAL),
                                stdout_pipe=True)
+        if cpu is not None:
+            cpu.begin()
         try:
-            result = lab.run("a", ["iperf3", "-c", target, "-p", str(IPERF_PORT),
-                                   "-t", f"{seconds:g}", "-J", "--connect-timeout", "3000"],
-                             timeout=limit)
+            result = lab.run("a", iperf3_client_command(target, seconds, args), timeout=limit)
         except subprocess.TimeoutExpired:
             raise MeasureError(f"iperf3 -c {target} did not end in {limit:.0f} s") from None
+        if cpu is not None and cpu_out is not None:
+            try:
+                server.wait(5)   # -1: it ends after the test; reaped, its CPU counts
+            except subprocess.TimeoutExpired:
+                pass
+            cpu_out.append(cpu.end())
         if pinger is not None and loaded is not None:
             try:
                 out, _ = pinger.communicate(timeout=10)
@@ -132,12 +175,19 @@ def run_benchmark(options: Options, progress: Progress) -> dict[str, Any]:
             outcome = outcomes[system.name]
             outcome.status = "skipped"
             outcome.reason, outcome.install = missing.reason, missing.install
-            progress(f"{system.name}: skipped ({missing.reason}; install: {missing.install})")
+            progress(f"{system.name}: skipped ({missing.reason}; install: {missing.install}, "
+                     f"or every peer at once: {INSTALL_ALL})")
         else:
             active.append(system)
 
     lab = Lab(options.prefix, keep_workdir=options.keep_workdir)
     orders: list[list[str]] = []
+    cases = extra_cases(options)
+
+    def namespace_pids() -> dict[int, str]:
+        return {pid: side for side in ("a", "b") for pid in netns_pids(lab.netns[side])}
+
+    probe = CpuProbe(namespace_pids) if options.cpu else None
     try:
         lab.build()
         progress(f"namespaces {lab.netns['a']} and {lab.netns['b']} up, work dir {lab.workdir}")
@@ -170,19 +220,46 @@ def run_benchmark(options: Options, progress: Progress) -> dict[str, Any]:
                 except (MeasureError, OSError, subprocess.SubprocessError) as exc:
                     outcome.errors.append(f"round {round_index + 1} rtt: {exc}")
                     line += f" rtt failed ({exc})"
+                cpu_lines = []
                 try:
                     loaded = outcome.details.setdefault("loaded_rtt_ms_samples", []) \
                         if options.loaded_ping else None
-                    tcp = measure_tcp(lab, system.target, options.seconds, loaded)
+                    cpu_out = outcome.details.setdefault("cpu", {}).setdefault("tcp", []) \
+                        if probe is not None else None
+                    tcp = measure_tcp(lab, system.target, options.seconds, loaded,
+                                      cpu=probe, cpu_out=cpu_out)
                     if loaded:
                         line += f", loaded rtt {loaded[-1]:.3f} ms"
                     outcome.tcp_mbps.append(round(tcp.receiver_mbps, 2))
                     outcome.details.setdefault("tcp_retransmits", []).append(tcp.retransmits)
                     line += f", tcp {tcp.receiver_mbps:.0f} Mbit/s"
+                    if cpu_out:
+                        cpu_lines.append(f"  cpu during tcp: {cpu_line(cpu_out[-1])}")
                 except (MeasureError, OSError, subprocess.SubprocessError) as exc:
                     outcome.errors.append(f"round {round_index + 1} tcp: {exc}")
                     line += f", tcp failed ({exc})"
+                for case in cases:
+                    try:
+                        cpu_out = outcome.details.setdefault("cpu", {}).setdefault(case.key, []) \
+                            if probe is not None else None
+                        result = measure_tcp(lab, system.target, options.seconds, None,
+                                             case.args, cpu=probe, cpu_out=cpu_out)
+                        outcome.cases.setdefault(case.key, []).append(round(result.total_mbps, 2))
+                        if result.reverse_receiver_mbps is not None:
+                            outcome.details.setdefault(f"{case.key}_mbps_each_way", []).append(
+                                [round(result.receiver_mbps, 2),
+                                 round(result.reverse_receiver_mbps, 2)])
+                        line += f", {case.key} {result.total_mbps:.0f} Mbit/s"
+                        if cpu_out:
+                            cpu_lines.append(f"  cpu during {case.key}: {cpu_line(cpu_out[-1])}")
+                    except (MeasureError, OSError, subprocess.SubprocessError) as exc:
+                        # A missing sample breaks this case's round pairing only.
+                        outcome.case_errors.setdefault(case.key, []).append(
+                            f"round {round_index + 1}: {exc}")
+                        line += f", {case.key} failed ({exc})"
                 progress(line)
+                for cpu_text in cpu_lines:
+                    progress(cpu_text)
     finally:
         progress("tearing down")
         # A second Ctrl-C must not cut the teardown short and leave namespaces.
@@ -204,6 +281,9 @@ def run_benchmark(options: Options, progress: Progress) -> dict[str, Any]:
         "ping_count": options.ping_count,
         "ping_interval_s": options.ping_interval,
         "loaded_ping": options.loaded_ping,
+        "cases": {case.key: {"label": case.label, "iperf3_args": list(case.args)}
+                  for case in cases},
+        "cpu": options.cpu,
         "tunnel_mtu": TUNNEL_MTU,
         "underlay_mtu": 1500,
         "order": orders,

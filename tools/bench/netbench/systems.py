@@ -48,6 +48,20 @@ def _missing_programs(programs: list[str], which: Which) -> list[str]:
     return [program for program in programs if which(program) is None]
 
 
+#: The Debian package of each program a reference system runs.
+PACKAGE_OF = {"wireguard-go": "wireguard-go", "wg": "wireguard-tools", "unshare": "util-linux",
+              "openvpn": "openvpn", "openssl": "openssl"}
+
+#: Installs every reference system at once (tools/install-deps).
+INSTALL_ALL = "tools/install-deps --bench"
+
+
+def install_command(programs: list[str]) -> str:
+    """The exact apt-get command that brings *programs* (each once, in order)."""
+    packages = dict.fromkeys(PACKAGE_OF[program] for program in programs)
+    return "apt-get install " + " ".join(packages)
+
+
 def interface_mtu(lab: Lab, side: str, interface: str) -> int | None:
     result = lab.run(side, ["ip", "-o", "link", "show", "dev", interface], timeout=10)
     match = re.search(r"\bmtu (\d+)", result.stdout)
@@ -309,8 +323,7 @@ class WireguardGo(System):
     def missing(self, which: Which = shutil.which) -> Missing | None:
         absent = _missing_programs(["wireguard-go", "wg", "unshare"], which)
         if absent:
-            return Missing(f"not installed: {', '.join(absent)}",
-                           "apt-get install wireguard-go wireguard-tools")
+            return Missing(f"not installed: {', '.join(absent)}", install_command(absent))
         return None
 
     def _in_own_run_dir(self, lab: Lab, side: str, command: str) -> list[str]:
@@ -394,7 +407,7 @@ class OpenVpn(System):
         needed = ["openvpn"] + (["openssl"] if self.mode == "tls" else [])
         absent = _missing_programs(needed, which)
         if absent:
-            return Missing(f"not installed: {', '.join(absent)}", "apt-get install openvpn openssl")
+            return Missing(f"not installed: {', '.join(absent)}", install_command(absent))
         return None
 
     def _common(self, side: str) -> list[str]:
