@@ -9,7 +9,12 @@ proves it receives at its address.
 Half-open responder SAs are what an unauthenticated sender makes us keep, so
 they are bounded per source (``max_half_open_per_source``) and in total
 (``max_sas``), and every datagram costs O(1) in their number: counts are kept
-as SAs come and go, and their timers sit in a heap.  The *source* a runtime
+as SAs come and go, and their timers sit in a heap.  Established SAs are
+many on a home agent keying its mobile nodes (one or more each), and the
+node asks for the next timer after every packet it handles: their deadlines
+sit in a heap of their own, and only the SAs that queued something since the
+last look (``IkeSa.on_output``) are collected, so a datagram, a
+``get_timer`` or a due timer costs O(log n) in the established SAs, not O(n).  The *source* a runtime
 passes with a datagram is where it really came from (the underlay UDP
 endpoint); the cookie is bound to it as well as to the on-wire address, which
 the sender picks.
@@ -65,9 +70,17 @@ class IkeEndpoint:
         self.cookie_threshold = cookie_threshold
         self.max_sas = max_sas
         self.max_half_open_per_source = max_half_open_per_source
-        # Authenticated SAs and our own initiations (few; iterated), and the
-        # half-open responder SAs (attacker-made; never iterated per datagram).
+        # Authenticated SAs and our own initiations, and the half-open
+        # responder SAs (attacker-made); neither is iterated per datagram.
         self._active: dict[IkeSa, None] = {}
+        # SAs that queued datagrams or events since they were last collected.
+        self._dirty: dict[IkeSa, None] = {}
+        # The active SAs' deadlines: a heap with lazy deletion (an entry is
+        # live while it equals _active_deadline[sa]).
+        self._active_heap: list[tuple[float, int, IkeSa]] = []
+        self._active_deadline: dict[IkeSa, float] = {}
+        # Every SA served (active or half-open) by its config's name (a peer).
+        self._by_name: dict[str, dict[IkeSa, None]] = {}
         self._embryos: dict[IkeSa, _Embryo] = {}
         self._by_spi: dict[bytes, IkeSa] = {}
         self._spis: dict[IkeSa, tuple[bytes, ...]] = {}
@@ -86,6 +99,23 @@ class IkeEndpoint:
     def sas(self) -> list[IkeSa]:
         return [*self._active, *self._embryos]
 
+    def sas_named(self, name: str) -> list[IkeSa]:
+        """The SAs with one peer (``config.name``), oldest first: O(their number)."""
+        return list(self._by_name.get(name, ()))
+
+    def _serve(self, sa: IkeSa) -> None:
+        sa.on_output = self._touched
+        self._by_name.setdefault(sa.config.name, {})[sa] = None
+
+    def _unserve(self, sa: IkeSa) -> None:
+        if sa.on_output == self._touched:
+            sa.on_output = None
+        members = self._by_name.get(sa.config.name)
+        if members is not None:
+            members.pop(sa, None)
+            if not members:
+                del self._by_name[sa.config.name]
+
     def initiate(self, config: IkeSaConfig, remote_addr: Addr, now: float) -> IkeSa:
         sa = IkeSa(config, Role.INITIATOR, self.local_addr, remote_addr, now,
                    spi_allocator=self._allocator(remote_addr), rng=self._rng)
@@ -97,6 +127,10 @@ class IkeEndpoint:
         """Stop serving *sa*: it moves to the endpoint of another local address."""
         self._release_embryo(sa)
         self._active.pop(sa, None)
+        self._active_deadline.pop(sa, None)
+        self._dirty.pop(sa, None)
+        # What it queued goes with it; the new endpoint's attach collects it.
+        self._unserve(sa)
         self._forget_spis(sa)
 
     def attach(self, sa: IkeSa) -> None:
@@ -131,21 +165,25 @@ class IkeEndpoint:
         self._collect(sa)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Addr]]:
-        # Half-open SAs only send when a datagram or their timer drives them;
-        # _collect moved that into _out already.
+        # _collect moves every SA's datagrams into _out; SAs acted on
+        # directly (a rekey, a delete) said so through on_output.
+        self._collect_dirty()
         out, self._out = self._out, []
-        for sa in self._active:
-            out += sa.datagrams_to_send(now)
         return out
 
     def get_timer(self) -> float | None:
+        self._collect_dirty()
         self._drop_stale_timers()
-        timers = [t for t in (sa.get_timer() for sa in self._active) if t is not None]
+        heap = self._active_heap
+        while heap and self._active_deadline.get(heap[0][2]) != heap[0][0]:
+            heapq.heappop(heap)
+        timers = [heap[0][0]] if heap else []
         if self._heap:
             timers.append(self._heap[0][0])
         return min(timers) if timers else None
 
     def handle_timer(self, now: float) -> None:
+        self._collect_dirty()
         while self._heap and self._heap[0][0] <= now:
             deadline, _, sa = heapq.heappop(self._heap)
             embryo = self._embryos.get(sa)
@@ -154,11 +192,19 @@ class IkeEndpoint:
             embryo.deadline = None
             sa.handle_timer(now)
             self._collect(sa)
-        for sa in list(self._active):
-            timer = sa.get_timer()
-            if timer is not None and now >= timer:
+        due = []
+        heap = self._active_heap
+        while heap and heap[0][0] <= now:
+            deadline, _, sa = heapq.heappop(heap)
+            if self._active_deadline.get(sa) == deadline:
+                del self._active_deadline[sa]
+                due.append(sa)
+        # Taken off the heap first: an SA re-armed at or before now waits
+        # for the next call instead of looping here.
+        for sa in due:
+            if sa in self._active:
                 sa.handle_timer(now)
-            self._collect(sa)
+                self._collect(sa)
 
     def next_event(self) -> tuple[IkeSa, IkeEvent] | None:
         return self._events.popleft() if self._events else None
@@ -179,8 +225,19 @@ class IkeEndpoint:
     def _count(self, what: str) -> None:
         self.stats[what] = self.stats.get(what, 0) + 1
 
+    def _touched(self, sa: IkeSa) -> None:
+        self._dirty[sa] = None
+
+    def _collect_dirty(self) -> None:
+        while self._dirty:
+            sa = next(iter(self._dirty))
+            del self._dirty[sa]
+            if sa in self._active or sa in self._embryos:
+                self._collect(sa)
+
     def _add(self, sa: IkeSa) -> None:
         self._active[sa] = None
+        self._serve(sa)
         self._collect(sa)
 
     def _forget_spis(self, sa: IkeSa) -> None:
@@ -201,6 +258,7 @@ class IkeEndpoint:
             self._per_source.pop(embryo.source, None)
 
     def _collect(self, sa: IkeSa) -> None:
+        self._dirty.pop(sa, None)
         while (ev := sa.next_event()) is not None:
             self._events.append((sa, ev))
         embryo = self._embryos.get(sa)
@@ -209,9 +267,12 @@ class IkeEndpoint:
             if not sa.is_finished:
                 self._active[sa] = None     # authenticated: an ordinary SA now
             embryo = None
+        # The SA's datagrams, in the order SAs were collected.
+        self._out += sa.datagrams_to_send(0.0)
         if sa.is_finished:
-            self._out += sa.datagrams_to_send(0.0)
             self._active.pop(sa, None)
+            self._active_deadline.pop(sa, None)
+            self._unserve(sa)
             self._forget_spis(sa)
             return
         spis = tuple(sa.local_spis())
@@ -221,13 +282,23 @@ class IkeEndpoint:
             for spi in spis:
                 self._by_spi[spi] = sa
         if embryo is not None:
-            self._out += sa.datagrams_to_send(0.0)
             deadline = sa.get_timer()
             if deadline != embryo.deadline:
                 embryo.deadline = deadline
                 if deadline is not None:
                     heapq.heappush(self._heap, (deadline, next(self._seq), sa))
                     self._compact_timers()
+        elif sa in self._active:
+            deadline = sa.get_timer()
+            if deadline is None:
+                self._active_deadline.pop(sa, None)
+            elif self._active_deadline.get(sa) != deadline:
+                self._active_deadline[sa] = deadline
+                heapq.heappush(self._active_heap, (deadline, next(self._seq), sa))
+                if len(self._active_heap) > 2 * len(self._active_deadline) + 64:
+                    self._active_heap = [(t, next(self._seq), one)
+                                         for one, t in self._active_deadline.items()]
+                    heapq.heapify(self._active_heap)
 
     def _drop_stale_timers(self) -> None:
         while self._heap:
@@ -300,6 +371,7 @@ class IkeEndpoint:
             self._count("cookie_accepted")
         sa = IkeSa(config, Role.RESPONDER, self.local_addr, addr, now,
                    spi_allocator=self._allocator(addr), rng=self._rng)
+        self._serve(sa)
         key = (body[:8], str(addr[0]), int(addr[1]))
         self._embryos[sa] = _Embryo(key, cap_key)
         self._half_open[key] = sa

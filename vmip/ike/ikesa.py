@@ -249,6 +249,10 @@ class IkeSa:
         self._last_heard = now
         self._events: deque[IkeEvent] = deque()
         self._out: list[tuple[bytes, Addr]] = []
+        #: Called with this SA when it queues a datagram or an event: how an
+        #: endpoint serving many SAs finds the ones with something to
+        #: collect without looking at every SA (see IkeEndpoint).
+        self.on_output: Callable[[IkeSa], None] | None = None
         self.children: dict[int, _Child] = {}       # by inbound SPI
         self.stats: dict[str, int] = {}
         self.nat_detected = False
@@ -586,9 +590,13 @@ class IkeSa:
             self._out.append((NON_ESP_MARKER + data, addr or self.remote_addr))
         else:
             self._out.append((data, addr or self.remote_addr))
+        if self.on_output is not None:
+            self.on_output(self)
 
     def _emit(self, ev: IkeEvent) -> None:
         self._events.append(ev)
+        if self.on_output is not None:
+            self.on_output(self)
 
     def _fail(self, reason: str, now: float) -> None:
         if self.is_finished:

@@ -202,7 +202,17 @@ class IkeManager:
         self.counters: Counter[str] = Counter()
         self.endpoints: dict[str, IkeEndpoint] = {}
         self.children: dict[int, ChildRecord] = {}
+        # Indexes of children, so an SADB expiry or an IKE SA's end costs
+        # O(its children), not O(every child of every peer): outbound SPI ->
+        # inbound SPIs, IKE SA -> inbound SPIs (insertion-ordered).
+        self._children_by_spi_out: dict[int, dict[int, None]] = {}
+        self._children_by_ike_sa: dict[IkeSa, dict[int, None]] = {}
         self.peers = {peer.name: peer for peer in self.ike_config.peers}
+        # A new IKE_SA_INIT finds its peer by address in O(1); the first
+        # peer configured with an address wins, as a walk in order would.
+        self._peer_by_address: dict[Any, Any] = {}
+        for peer in self.ike_config.peers:
+            self._peer_by_address.setdefault(peer.address, peer)
         # An HA admitting MNs by certificate (docs/ike.md "Admitting mobile nodes").
         prefix = config.mobility.home_prefix
         self.admission = MobileNodeAdmission(self.ike_config.mobile_node_policies, prefix) \
@@ -350,10 +360,7 @@ class IkeManager:
             wanted = ipaddress.ip_address(address.split("%")[0])
         except ValueError:
             return None
-        for peer in self.peers.values():
-            if peer.address == wanted:
-                return peer
-        return None
+        return self._peer_by_address.get(wanted)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -592,7 +599,7 @@ class IkeManager:
                 self._loop.call_soon(self._pump_all)
 
     def _pump_all(self) -> None:
-        self._collect_all()
+        # The abandoned SAs queued their events (IkeSa.on_output): no sweep.
         self._pump(self.services.clock())
 
     # -- the MN-HA IKE SA follows the CoA -------------------------------------------
@@ -836,7 +843,7 @@ class IkeManager:
         }
 
     def _sas_of(self, name: str) -> list[IkeSa]:
-        return [sa for ep in self.endpoints.values() for sa in ep.sas if sa.config.name == name]
+        return [sa for ep in self.endpoints.values() for sa in ep.sas_named(name)]
 
     @staticmethod
     def _counts(sa: IkeSa) -> bool:
@@ -1056,9 +1063,8 @@ class IkeManager:
         elif isinstance(event, ChildSaDeleted):
             self._remove_child(event.spi_in, "ike delete" + (" by peer" if event.by_peer else ""))
         elif isinstance(event, (IkeSaDeleted, IkeSaFailed)):
-            for spi_in, record in list(self.children.items()):
-                if record.ike_sa is sa:
-                    self._remove_child(spi_in, "ike sa gone")
+            for spi_in in list(self._children_by_ike_sa.get(sa, ())):
+                self._remove_child(spi_in, "ike sa gone")
             level = log.info if isinstance(event, IkeSaDeleted) else log.warning
             level("ike sa " + ("deleted" if isinstance(event, IkeSaDeleted) else "failed"),
                   peer=event.name, **({"reason": event.reason} if isinstance(event, IkeSaFailed)
@@ -1229,7 +1235,7 @@ class IkeManager:
                              selectors={sel: priorities.get(sel, CHILD_POLICY_PRIORITY)
                                         for sel in selectors})
         record_seq = next(self._policy_seq)
-        self.children[event.spi_in] = record
+        self._index_child(event.spi_in, record)
         for index, selector in enumerate(selectors):
             name = f"ike-{event.name}-{record_seq}.{index}-in"
             if self._add_policy(name, Direction.IN, selector, event.spi_in,
@@ -1295,10 +1301,31 @@ class IkeManager:
             record.outbound[selector] = name
             self._outbound[key] = event.spi_in
 
+    def _index_child(self, spi_in: int, record: ChildRecord) -> None:
+        previous = self.children.get(spi_in)
+        if previous is not None:
+            self._unindex_child(spi_in, previous)
+        self.children[spi_in] = record
+        self._children_by_spi_out.setdefault(record.event.spi_out, {})[spi_in] = None
+        self._children_by_ike_sa.setdefault(record.ike_sa, {})[spi_in] = None
+
+    def _unindex_child(self, spi_in: int, record: ChildRecord) -> None:
+        by_spi = self._children_by_spi_out.get(record.event.spi_out)
+        if by_spi is not None:
+            by_spi.pop(spi_in, None)
+            if not by_spi:
+                del self._children_by_spi_out[record.event.spi_out]
+        by_sa = self._children_by_ike_sa.get(record.ike_sa)
+        if by_sa is not None:
+            by_sa.pop(spi_in, None)
+            if not by_sa:
+                del self._children_by_ike_sa[record.ike_sa]
+
     def _remove_child(self, spi_in: int, reason: str) -> None:
         record = self.children.pop(spi_in, None)
         if record is None:
             return
+        self._unindex_child(spi_in, record)
         services = self.services
         event = record.event
         for name in record.policies:
@@ -1338,11 +1365,10 @@ class IkeManager:
         self._loop.call_soon(self._expired, spi_in, event.kind)
 
     def _child_of(self, spi: int, direction: Direction) -> int | None:
-        for spi_in, record in self.children.items():
-            if (direction is Direction.IN and spi_in == spi) or \
-                    (direction is Direction.OUT and record.event.spi_out == spi):
-                return spi_in
-        return None
+        if direction is Direction.IN:
+            return spi if spi in self.children else None
+        # Two peers may pick the same outbound SPI: the oldest child, as before.
+        return next(iter(self._children_by_spi_out.get(spi, ())), None)
 
     def _expired(self, spi_in: int, kind: str) -> None:
         record = self.children.get(spi_in)
@@ -1364,5 +1390,6 @@ class IkeManager:
                 self._remove_child(spi_in, "hard expire")
         except (VmipError, RuntimeError) as exc:
             log.warning("ike expire not handled", spi_in=f"{spi_in:#010x}", error=str(exc))
-        self._collect_all()
+        # Only this child's IKE SA was acted on: its endpoint collects it
+        # (on_output); collecting every SA would cost O(SAs) per expiry.
         self._pump(now)
