@@ -136,3 +136,22 @@ def test_an_sa_acted_on_directly_still_sends_and_re_arms():
     assert [addr for _data, addr in out] == [mn_address(3)]
     # Its retransmission deadline (now + 1 s) is ahead of every DPD deadline.
     assert swarm.ha.get_timer() == swarm.now + 1.0 < before
+
+
+def test_the_due_sas_are_found_without_walking_and_stay_due():
+    def due_work(n: int) -> tuple[int, Swarm, list]:
+        swarm = Swarm(n)
+        first = swarm.ha.get_timer()
+        found: list = []
+        work = line_events(lambda: found.extend(swarm.ha.due(first)))
+        return work, swarm, found
+
+    (small, _, _), (large, swarm, found) = due_work(SMALL), due_work(LARGE)
+    assert large < 1.2 * small, (small, large)
+    assert [sa.remote_addr for sa in found] == [mn_address(0)]
+    # Looking did not handle them: the timer still fires the liveness check.
+    first = swarm.ha.get_timer()
+    assert swarm.ha.due(first) == found
+    swarm.ha.handle_timer(first)
+    assert [addr for _data, addr in swarm.ha.datagrams_to_send(first)] == [mn_address(0)]
+    assert swarm.ha.due(first) == []

@@ -182,6 +182,19 @@ class IkeEndpoint:
             timers.append(self._heap[0][0])
         return min(timers) if timers else None
 
+    def due(self, now: float) -> list[IkeSa]:
+        """The established SAs whose timer is due at *now*, without handling
+        them: O(k log n) for k due SAs (:meth:`handle_timer` still will)."""
+        self._collect_dirty()
+        heap, found = self._active_heap, []
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)
+            if self._active_deadline.get(entry[2]) == entry[0]:
+                found.append(entry)
+        for entry in found:
+            heapq.heappush(heap, entry)
+        return [entry[2] for entry in found]
+
     def handle_timer(self, now: float) -> None:
         self._collect_dirty()
         while self._heap and self._heap[0][0] <= now:

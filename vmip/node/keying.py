@@ -1036,7 +1036,9 @@ class IkeManager:
         child by an indexed SPI lookup."""
         sad = self.services.sad
         for endpoint in self.endpoints.values():
-            for sa in endpoint.sas:
+            # The SAs whose timer is due, from the endpoint's deadline heap:
+            # not a walk over every IKE SA at each timer.
+            for sa in endpoint.due(now):
                 due = sa.liveness_due_at
                 if due is None or due > now:
                     continue
