@@ -6,7 +6,7 @@ the mutation fuzzing starts from bytes our own builders did not make.
 
 from __future__ import annotations
 
-from ipaddress import IPv6Address
+from ipaddress import IPv4Address, IPv6Address
 
 from hypothesis import strategies as st
 from scapy.all import raw
@@ -45,13 +45,25 @@ nonces = st.binary(min_size=8, max_size=8)
 
 unknown_mobility_options = st.builds(
     mh.UnknownMobilityOption,
-    st.integers(2, 255).filter(lambda t: t not in (2, 3, 88)),
+    st.integers(2, 255).filter(lambda t: t not in (2, 3, 35, 88)),
     st.binary(max_size=40),
 )
 mobility_options = st.one_of(
     st.builds(mh.BindingRefreshAdvice, u16),
     st.builds(mh.AlternateCareOfAddress, ipv6_addresses),
     st.builds(mh.NonceOption, nonces),
+    st.builds(
+        mh.BindingIdentifier,
+        u16,
+        u8,
+        st.booleans(),
+        st.booleans(),
+        st.one_of(
+            st.none(),
+            ipv6_addresses,
+            st.binary(min_size=4, max_size=4).map(IPv4Address),
+        ),
+    ),
     unknown_mobility_options,
 )
 option_tuples = st.lists(mobility_options, max_size=5).map(tuple)

@@ -29,6 +29,10 @@ SEQUENCE_MODULUS = 1 << 16
 _HALF = SEQUENCE_MODULUS // 2
 MAX_LIFETIME_UNITS = 0xFFFF
 UNSPECIFIED = IPv6Address("::")
+#: RFC 5648 bindings an HA or CN keeps per HoA unless told otherwise
+#: (mobility.max_care_of_addresses), and the most it may be told.
+DEFAULT_MAX_BIDS_PER_HOA = 4
+MAX_BIDS_PER_HOA_LIMIT = 16
 
 
 class MobilityError(VmipError):

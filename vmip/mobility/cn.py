@@ -29,6 +29,8 @@ from ipaddress import IPv6Address
 from vmip.log import get_logger
 from vmip.mobility.aot import NonceStore, ProofCache, Rng
 from vmip.mobility.binding import (
+    DEFAULT_MAX_BIDS_PER_HOA,
+    MAX_BIDS_PER_HOA_LIMIT,
     BindingCacheEntry,
     BindingErrorLimiter,
     MobilityCore,
@@ -144,8 +146,13 @@ class Correspondent(MobilityCore):
         clock_now: float = 0.0,
         home_test_on_registration: bool = False,
         home_test_interval: float | None = None,
+        max_bids_per_hoa: int = DEFAULT_MAX_BIDS_PER_HOA,
     ):
         super().__init__()
+        if not 0 <= max_bids_per_hoa <= MAX_BIDS_PER_HOA_LIMIT:
+            raise ValueError(f"max_bids_per_hoa must be 0..{MAX_BIDS_PER_HOA_LIMIT}")
+        #: RFC 5648 bindings kept per HoA; 0: no RFC 5648 support at all.
+        self.max_bids_per_hoa = max_bids_per_hoa
         if lifetime_units(max_lifetime) < 1:
             raise ValueError("max_lifetime must be at least 4 seconds")
         if home_test_attempts < 1:

@@ -26,6 +26,9 @@ Two kinds:
                                     the IPsec data SAs local <-> hoa; ``None``: remove it
   :class:`SendTo`             CN    outbound data rule "exp. dst: hoa, remap. dst: coa";
                                     ``None``: remove it (traffic to the HoA, via the HA)
+  :class:`CareOfAddressesChanged` MN  the CoAs registered by BID (RFC 5648), primary first
+  :class:`PathsChanged`       all   the bound (BID, CoA) paths with one peer: accept data
+                                    from / send data to each (docs/multi-coa.md)
   ==========================  ====  ==================================================
 
   Only IPsec data SAs are ever affected: non-IPsec traffic keeps using the
@@ -135,6 +138,39 @@ class SendTo(Action):
     coa: IPv6Address | None
 
 
+@dataclass(frozen=True, slots=True)
+class CareOfAddressesChanged(Action):
+    """MN side, multiple care-of addresses (RFC 5648): the CoAs it now uses, by BID.
+
+    ``coas`` is the full set, the primary (preferred) one first; empty when
+    none is usable.  The primary one is also reported by :class:`CoaChanged`.
+    """
+
+    hoa: IPv6Address
+    coas: tuple[tuple[int, IPv6Address], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PathsChanged(Action):
+    """The bound paths towards one peer, by BID (RFC 5648): the new full sets.
+
+    ``local``/``peer`` are SA-level: on the MN its HoA and the CN or HA; on
+    a CN or HA its own address and the MN's HoA.  ``accept``: the (BID,
+    MN's CoA) pairs data is accepted from (CN/HA), or direct data is allowed
+    on (MN); ``send``: the pairs that may be sent to (on a CN only after the
+    CoA's address ownership test, draft §4.5.1).  On the MN and the HA
+    ``send`` equals ``accept``.  Both empty: no multi-CoA binding with that
+    peer any more (today's single-binding events rule).  Emitted only when
+    BIDs are in use with that peer; the lowest bound BID comes first on a
+    CN or HA, the primary first on the MN.
+    """
+
+    local: IPv6Address
+    peer: IPv6Address
+    accept: tuple[tuple[int, IPv6Address], ...]
+    send: tuple[tuple[int, IPv6Address], ...]
+
+
 # ---------------------------------------------------------------------------
 # Reports: registration (MN side)
 
@@ -149,6 +185,8 @@ class BindingUpdateSent(Report):
     sequence: int
     lifetime: int
     attempt: int
+    #: The Binding Identifier (RFC 5648 §6.1) the BU carried; ``None``: none.
+    bid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +205,8 @@ class BindingAccepted(Report):
     #: Home registrations: the K bit of the BA, i.e. the HA's key management
     #: follows the CoA (RFC 6275 §11.7.3); false when the MN did not ask.
     key_management_mobility: bool = False
+    #: The BID of the acknowledged binding (RFC 5648); ``None``: a single binding.
+    bid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +217,7 @@ class BindingRefused(Report):
     hoa: IPv6Address
     coa: IPv6Address | None
     status: int
+    bid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +233,7 @@ class RegistrationTimeout(Report):
     hoa: IPv6Address
     coa: IPv6Address | None
     stage: TimeoutStage
+    bid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +285,7 @@ class BindingCached(Report):
     coa: IPv6Address
     lifetime: int
     home: bool
+    bid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +294,8 @@ class BindingDeregistered(Report):
 
     peer: IPv6Address
     hoa: IPv6Address
+    #: Only this BID's binding was removed (RFC 5648 §5.6); ``None``: all of them.
+    bid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +305,7 @@ class BindingExpired(Report):
     peer: IPv6Address
     hoa: IPv6Address
     coa: IPv6Address | None
+    bid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,12 +377,14 @@ __all__ = [
     "BindingExpired",
     "BindingRefused",
     "BindingUpdateSent",
+    "CareOfAddressesChanged",
     "CoaChanged",
     "CoaProven",
     "DataPathChanged",
     "HomeAddressProven",
     "HomeAddressTestFailed",
     "MobilityEvent",
+    "PathsChanged",
     "ProofTimeout",
     "RegistrationTimeout",
     "Report",

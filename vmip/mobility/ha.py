@@ -32,6 +32,8 @@ from ipaddress import IPv6Address, IPv6Network
 
 from vmip.log import LineBudget, get_logger
 from vmip.mobility.binding import (
+    DEFAULT_MAX_BIDS_PER_HOA,
+    MAX_BIDS_PER_HOA_LIMIT,
     BindingCacheEntry,
     BindingErrorLimiter,
     MobilityCore,
@@ -93,8 +95,13 @@ class HomeAgent(MobilityCore):
         key_management_mobility: bool = True,
         max_bindings: int = DEFAULT_MAX_BINDINGS,
         clock_now: float = 0.0,
+        max_bids_per_hoa: int = DEFAULT_MAX_BIDS_PER_HOA,
     ):
         super().__init__()
+        if not 0 <= max_bids_per_hoa <= MAX_BIDS_PER_HOA_LIMIT:
+            raise ValueError(f"max_bids_per_hoa must be 0..{MAX_BIDS_PER_HOA_LIMIT}")
+        #: RFC 5648 bindings kept per HoA; 0: no RFC 5648 support at all.
+        self.max_bids_per_hoa = max_bids_per_hoa
         if lifetime_units(max_lifetime) < 1:
             raise ValueError("max_lifetime must be at least 4 seconds")
         if max_bindings < 1:

@@ -180,8 +180,12 @@ class MobileNode(MobilityCore):
         initial_sequence: int | None = None,
         peer_coa: Callable[[IPv6Address], IPv6Address | None] | None = None,
         correspondents_with_home: bool = False,
+        multiple_care_of: bool = False,
     ):
         super().__init__()
+        #: RFC 5648: one binding per BID (link) with every peer, through
+        #: :meth:`set_care_of_addresses`; false: never a BID option.
+        self.multiple_care_of = multiple_care_of
         # True: on a move between foreign links whose HoA binding is still
         # live at the HA, BUs to the CNs leave with the home BU instead of
         # after the home BA (RFC 6275 §11.7.2 only asks that the HoA be valid).

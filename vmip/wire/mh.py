@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
-from ipaddress import IPv6Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import ClassVar
 
 from vmip.wire import proto
@@ -51,14 +51,21 @@ class MobilityOptionType(enum.IntEnum):
     PADN = 1
     BINDING_REFRESH_ADVICE = 2
     ALTERNATE_CARE_OF_ADDRESS = 3
+    BINDING_IDENTIFIER = 35  # RFC 5648 §6.1 (IANA)
     NONCE = 88
 
 
 class BindingAckStatus(enum.IntEnum):
-    """Binding Acknowledgement status (RFC 6275 §6.1.8); below 128 means accepted."""
+    """Binding Acknowledgement status (RFC 6275 §6.1.8); below 128 means accepted.
+
+    The MCOA_* values are RFC 5648 §6.2's, as IANA assigned them (the RFC
+    left the accepted ones "TBD"; 4 and 5 are what IANA and Wireshark use).
+    """
 
     ACCEPTED = 0
     ACCEPTED_PREFIX_DISCOVERY_NECESSARY = 1
+    MCOA_NOTCOMPLETE = 4
+    MCOA_RETURNHOME_WO_NDP = 5
     REASON_UNSPECIFIED = 128
     ADMINISTRATIVELY_PROHIBITED = 129
     INSUFFICIENT_RESOURCES = 130
@@ -71,6 +78,12 @@ class BindingAckStatus(enum.IntEnum):
     EXPIRED_CARE_OF_NONCE_INDEX = 137
     EXPIRED_NONCES = 138
     REGISTRATION_TYPE_CHANGE_DISALLOWED = 139
+    MCOA_MALFORMED = 164
+    MCOA_NON_MCOA_BINDING_EXISTS = 165
+    MCOA_PROHIBITED = 166
+    MCOA_UNKNOWN_COA = 167
+    MCOA_BULK_REGISTRATION_PROHIBITED = 168
+    MCOA_SIMULTANEOUS_HOME_AND_FOREIGN_PROHIBITED = 169
 
 
 class BindingErrorStatus(enum.IntEnum):
@@ -97,7 +110,9 @@ _BU_HOME = 0x4000
 _BU_LINK_LOCAL = 0x2000
 _BU_KEY_MGMT = 0x1000
 _BA_KEY_MGMT = 0x80
-
+_BID_FIXED = struct.Struct("!HBB")  # BID, status, H|O|reserved
+_BID_HOME = 0x80
+_BID_OVERWRITE = 0x40
 
 
 class MobilityHeaderError(WireError):
@@ -148,6 +163,62 @@ class AlternateCareOfAddress:
 
 
 @dataclass(frozen=True, slots=True)
+class BindingIdentifier:
+    """Binding Identifier (RFC 5648 §6.1): which of an MN's bindings a BU or BA is about.
+
+    ``bid`` (16 bits) names the binding; ``status`` (8 bits) is 0 in a BU
+    and the binding's own BA status in a BA (§6.1); ``simultaneous_home``
+    is the H flag (home and foreign bindings at once, §5.6),
+    ``overwrite`` the O flag (the BU replaces every binding, §5.7).
+    ``care_of_address``, IPv6 or IPv4, is present only when the option
+    names the CoA itself (bulk registration, §5.3); absent, the CoA is
+    the BU's Alternate CoA or source as in RFC 6275.  Option Len is 4, 8
+    (IPv4) or 20 (IPv6); alignment 2n (§6.1).
+    """
+
+    bid: int
+    status: int = 0
+    simultaneous_home: bool = False
+    overwrite: bool = False
+    care_of_address: IPv6Address | IPv4Address | None = None
+
+    option_type: ClassVar[int] = MobilityOptionType.BINDING_IDENTIFIER
+
+    def __post_init__(self) -> None:
+        check_range(self.bid, 16, "binding identifier")
+        check_range(self.status, 8, "BID status")
+        if self.care_of_address is not None and not isinstance(
+            self.care_of_address, (IPv6Address, IPv4Address)
+        ):
+            raise FieldValueError("a BID option's care-of address is an IPv6 or IPv4 address")
+
+    def encode(self) -> tuple[bytes, int, int]:
+        flags = (_BID_HOME if self.simultaneous_home else 0) | (
+            _BID_OVERWRITE if self.overwrite else 0
+        )
+        address = self.care_of_address.packed if self.care_of_address is not None else b""
+        value = _BID_FIXED.pack(self.bid, self.status, flags) + address
+        return bytes((self.option_type, len(value))) + value, 2, 0
+
+
+def _parse_binding_identifier(value: bytes, offset: int) -> BindingIdentifier:
+    # RFC 5648 §6.1: Option Len 4 (no CoA), 8 (IPv4 CoA) or 20 (IPv6 CoA).
+    if len(value) not in (4, 8, 20):
+        raise MobilityHeaderError(
+            f"Binding Identifier option of length {len(value)}, expected 4, 8 or 20", offset - 1
+        )
+    bid, status, flags = _BID_FIXED.unpack_from(value)
+    address: IPv6Address | IPv4Address | None = None
+    if len(value) == 8:
+        address = IPv4Address(value[4:])
+    elif len(value) == 20:
+        address = IPv6Address(value[4:])
+    # The reserved bits are ignored on receipt (RFC 6275 §6.1.7 convention).
+    return BindingIdentifier(bid, status, bool(flags & _BID_HOME),
+                             bool(flags & _BID_OVERWRITE), address)
+
+
+@dataclass(frozen=True, slots=True)
 class NonceOption:
     """IRO Nonce option (draft §"Nonce option"): 8 random octets, alignment 8n+6."""
 
@@ -171,7 +242,13 @@ class UnknownMobilityOption(RawOption):
     data: bytes = b""
 
 
-MobilityOption = BindingRefreshAdvice | AlternateCareOfAddress | NonceOption | UnknownMobilityOption
+MobilityOption = (
+    BindingRefreshAdvice
+    | AlternateCareOfAddress
+    | BindingIdentifier
+    | NonceOption
+    | UnknownMobilityOption
+)
 
 # Known option types with their exact data length.
 _OPTION_LENGTHS: dict[int, int] = {
@@ -184,6 +261,9 @@ _OPTION_LENGTHS: dict[int, int] = {
 def _parse_options(data: bytes, start: int, end: int) -> tuple[MobilityOption, ...]:
     options: list[MobilityOption] = []
     for option_type, offset, length in iter_options(data, start, end, "mobility options"):
+        if option_type == MobilityOptionType.BINDING_IDENTIFIER:
+            options.append(_parse_binding_identifier(data[offset : offset + length], offset))
+            continue
         expected = _OPTION_LENGTHS.get(option_type)
         if expected is None:
             options.append(UnknownMobilityOption(option_type, data[offset : offset + length]))
@@ -208,6 +288,10 @@ def _first(options: tuple[MobilityOption, ...], kind: type) -> object | None:
         if isinstance(option, kind):
             return option
     return None
+
+
+def _binding_identifiers(options: tuple[MobilityOption, ...]) -> tuple[BindingIdentifier, ...]:
+    return tuple(option for option in options if isinstance(option, BindingIdentifier))
 
 
 # ---------------------------------------------------------------------------
@@ -256,6 +340,11 @@ class BindingUpdate:
         option = _first(self.options, AlternateCareOfAddress)
         return option.address if isinstance(option, AlternateCareOfAddress) else None
 
+    @property
+    def binding_identifiers(self) -> tuple[BindingIdentifier, ...]:
+        """Every Binding Identifier option (RFC 5648 §6.1), in order: more than one is a bulk registration."""
+        return _binding_identifiers(self.options)
+
     def fixed(self) -> bytes:
         flags = (
             (_BU_ACK if self.ack else 0)
@@ -298,6 +387,11 @@ class BindingAck:
     def refresh_advice(self) -> BindingRefreshAdvice | None:
         option = _first(self.options, BindingRefreshAdvice)
         return option if isinstance(option, BindingRefreshAdvice) else None
+
+    @property
+    def binding_identifiers(self) -> tuple[BindingIdentifier, ...]:
+        """Every Binding Identifier option (RFC 5648 §6.1), in order."""
+        return _binding_identifiers(self.options)
 
     def fixed(self) -> bytes:
         flags = _BA_KEY_MGMT if self.key_management_mobility else 0
