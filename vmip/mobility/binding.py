@@ -156,10 +156,19 @@ class BindingCacheEntry:
     lifetime: int
     expires_at: float | None
     home: bool = False
+    #: The Binding Identifier (RFC 5648 §6.1) of this binding; ``None``: a
+    #: binding made without one (the only one its HoA has).
+    bid: int | None = None
 
     @property
     def bound(self) -> bool:
         return self.coa is not None
+
+
+def paths_of(entries: Collection[BindingCacheEntry]) -> tuple[tuple[int, IPv6Address], ...]:
+    """``(bid, coa)`` of the bound BID entries, lowest BID first (PathsChanged order)."""
+    return tuple(sorted((entry.bid, entry.coa) for entry in entries
+                        if entry.bid is not None and entry.coa is not None))
 
 
 # ---------------------------------------------------------------------------

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from ipaddress import IPv6Address
+from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address, IPv6Address
 
 from vmip.log import get_logger
-from vmip.mobility.aot import NonceStore, ProofCache, Rng
+from vmip.mobility.aot import RECORDS_PER_HOA, NonceStore, ProofCache, Rng
 from vmip.mobility.binding import (
     DEFAULT_MAX_BIDS_PER_HOA,
     MAX_BIDS_PER_HOA_LIMIT,
@@ -55,6 +55,7 @@ from vmip.mobility.events import (
     CoaProven,
     HomeAddressProven,
     HomeAddressTestFailed,
+    PathsChanged,
     ProofTimeout,
     SendTo,
 )
@@ -75,6 +76,7 @@ from vmip.wire.mh import (
     BindingAckStatus,
     BindingError,
     BindingErrorStatus,
+    BindingIdentifier,
     BindingUpdate,
     UnknownMobilityMessage,
 )
@@ -109,10 +111,28 @@ class _HomeTest:
 
 
 @dataclass(slots=True)
+class _BidBinding:
+    """One BID's binding of an MN (RFC 5648): the same states as a single one."""
+
+    entry: BindingCacheEntry          # coa None while the CoA waits for its proof
+    pending: _PendingRegistration | None = None
+    accept_from: IPv6Address | None = None
+    last_ack: BindingAck | None = None
+
+
+@dataclass(slots=True)
 class _Peer:
-    """Everything the CN holds for one HoA."""
+    """Everything the CN holds for one HoA.
+
+    With BIDs (RFC 5648) ``bids`` holds each binding; ``binding``,
+    ``accept_from`` and ``send_to`` then follow the primary one (the lowest
+    BID accepted from / bound), for the single-binding events and callers.
+    """
 
     binding: BindingCacheEntry
+    bids: dict[int, _BidBinding] = field(default_factory=dict)
+    paths: tuple[tuple[tuple[int, IPv6Address], ...], tuple[tuple[int, IPv6Address], ...]] = (
+        (), ())
     pending: _PendingRegistration | None = None
     accept_from: IPv6Address | None = None
     send_to: IPv6Address | None = None
@@ -171,7 +191,9 @@ class Correspondent(MobilityCore):
         self.home_test_interval = home_test_interval
         self.proofs = ProofCache(proof_cache_size)
         # Every proof starts as a nonce; keep at least as many nonces as proofs.
-        self.nonces = NonceStore(max(proof_cache_size, 64))
+        # Each BID's CoA is proven on its own: room for all of an MN's at once.
+        self.nonces = NonceStore(max(proof_cache_size, 64),
+                                 per_hoa=max(RECORDS_PER_HOA, max_bids_per_hoa + 4))
         self._known: Callable[[IPv6Address], bool] = peer_predicate(known_peers)
         self._local_coa = local_coa or (lambda local: None)
         self._rng = rng
@@ -197,7 +219,8 @@ class Correspondent(MobilityCore):
         return replace(peer.binding)
 
     def bindings(self) -> list[BindingCacheEntry]:
-        return [replace(peer.binding) for peer in self._peers.values() if peer.binding.bound]
+        """Every bound binding: per HoA its only one, or each BID's, lowest first."""
+        return [entry for hoa in self._peers for entry in self.bindings_of(hoa)]
 
     def accepting_from(self, hoa: IPv6Address) -> IPv6Address | None:
         """The CoA whose IPsec data is accepted for ``hoa`` (draft §4.5.1), if any."""
@@ -216,18 +239,56 @@ class Correspondent(MobilityCore):
     def pending_coa(self, hoa: IPv6Address) -> IPv6Address | None:
         """The CoA of a BU waiting for its AOTR, if any."""
         peer = self._peers.get(hoa)
-        return peer.pending.coa if peer is not None and peer.pending is not None else None
+        if peer is None:
+            return None
+        if peer.pending is not None:
+            return peer.pending.coa
+        for bid in sorted(peer.bids):
+            pending = peer.bids[bid].pending
+            if pending is not None:
+                return pending.coa
+        return None
+
+    def pending_coas(self, hoa: IPv6Address) -> set[IPv6Address]:
+        """Every CoA of *hoa* whose BU waits for its AOTR (any BID)."""
+        peer = self._peers.get(hoa)
+        if peer is None:
+            return set()
+        found = {held.pending.coa for held in peer.bids.values() if held.pending is not None}
+        if peer.pending is not None:
+            found.add(peer.pending.coa)
+        return found
+
+    def bindings_of(self, hoa: IPv6Address) -> list[BindingCacheEntry]:
+        """The bound bindings of *hoa*: each BID's (RFC 5648), lowest first, or its only one."""
+        peer = self._peers.get(hoa)
+        if peer is None:
+            return []
+        if peer.bids:
+            return [replace(peer.bids[bid].entry) for bid in sorted(peer.bids)
+                    if peer.bids[bid].entry.bound]
+        return [replace(peer.binding)] if peer.binding.bound else []
+
+    def paths(
+        self, hoa: IPv6Address
+    ) -> tuple[tuple[tuple[int, IPv6Address], ...], tuple[tuple[int, IPv6Address], ...]]:
+        """``(accept, send)`` of *hoa*'s BID bindings, as the last PathsChanged said."""
+        peer = self._peers.get(hoa)
+        return peer.paths if peer is not None else ((), ())
 
     def holder_of(self, coa: IPv6Address) -> IPv6Address | None:
         """The HoA whose binding here names *coa*: bound to it, accepting
-        from it, or proving it."""
+        from it, or proving it (under any of its BIDs)."""
         return self._holders.get(coa)
 
     def _reindex(self, peer: _Peer) -> None:
         """Keep ``holder_of`` true after *peer*'s CoAs changed."""
         hoa = peer.binding.hoa
-        named = (peer.binding.coa, peer.accept_from,
-                 peer.pending.coa if peer.pending is not None else None)
+        named = [peer.binding.coa, peer.accept_from,
+                 peer.pending.coa if peer.pending is not None else None]
+        for held in peer.bids.values():
+            named += [held.entry.coa, held.accept_from,
+                      held.pending.coa if held.pending is not None else None]
         names = {coa for coa in named if coa is not None}
         for coa in self._names.pop(hoa, set()) - names:
             if self._holders.get(coa) == hoa:
@@ -319,6 +380,16 @@ class Correspondent(MobilityCore):
             # Draft §3.3: the AltCoA must be the address the BU came from on the wire.
             self._drop("bu_altcoa_mismatch", hoa=hoa, altcoa=alternate, onwire=wire_src)
             return
+        # RFC 5648 off (max_bids_per_hoa 0): the BID option is skipped like
+        # any unknown option (RFC 6275 §6.2.1), as a node predating it does.
+        identifiers = bu.binding_identifiers if self.max_bids_per_hoa else ()
+        option = identifiers[0] if identifiers else None
+        if option is not None and option.care_of_address is not None \
+                and option.care_of_address != wire_src:
+            # A CoA named in the BID option is no more proven than an AltCoA
+            # (draft §3.3): it must be the on-wire source too.
+            self._drop("bu_bid_coa_mismatch", hoa=hoa, onwire=wire_src)
+            return
         coa = alternate or wire_src
         deregistration = bu.lifetime_units == 0 or coa == hoa
         if alternate is None and not deregistration:
@@ -331,6 +402,9 @@ class Correspondent(MobilityCore):
             # RFC 6275 §9.5.1: a CoA is a unicast routable address; ours, or
             # another MN's HoA, would make us send its traffic astray.
             self._drop("bu_invalid_coa", hoa=hoa, coa=coa)
+            return
+        if option is not None:
+            self._on_bid_update(bu, identifiers, hoa, local, coa, onwire_src, deregistration, now)
             return
         peer = self._peers.get(hoa)
         if not deregistration and (peer is None or peer.binding.coa != coa):
@@ -356,6 +430,9 @@ class Correspondent(MobilityCore):
         if peer is None:
             peer = _Peer(BindingCacheEntry(hoa, local, None, bu.sequence, 0, None))
             self._peers[hoa] = peer
+        elif peer.bids:
+            # RFC 5648 §5.6: a BU without a BID replaces every binding of the HoA.
+            self._clear_bids(peer)
         peer.binding.sequence = bu.sequence
         peer.binding.local = local
         granted_units = min(bu.lifetime_units, self.max_lifetime_units)
@@ -388,12 +465,7 @@ class Correspondent(MobilityCore):
         self._reindex(peer)
         self._set_send_to(peer, coa)
         self._emit(BindingCached(binding.hoa, coa, granted, home=False))
-        if not peer.registered:
-            peer.registered = True
-            if self.home_test_interval is not None:
-                peer.next_home_test = now + self.home_test_interval
-            if self.home_test_on_registration and peer.home_test is None:
-                self._start_home_test(peer, now)
+        self._registered(peer, now)
         log.info("binding accepted", hoa=binding.hoa, coa=coa, lifetime=granted)
         peer.last_ack = BindingAck(BindingAckStatus.ACCEPTED, sequence, units)
         if ack:
@@ -416,8 +488,14 @@ class Correspondent(MobilityCore):
         peer = self._peers.pop(hoa, None)
         self._unindex(hoa)
         if peer is not None:
+            if peer.bids or peer.paths != ((), ()):
+                # RFC 5648 §5.6: lifetime 0 without a BID deletes every binding.
+                peer.bids.clear()
+                self._sync_bids(peer)
             self._set_accept_from(peer, None)
             self._set_send_to(peer, None)
+            # The setters re-index what the peer still names: it is gone.
+            self._unindex(hoa)
             self._emit(BindingDeregistered(hoa, hoa))
             log.info("binding deleted", hoa=hoa)
         if bu.ack:
@@ -425,6 +503,203 @@ class Correspondent(MobilityCore):
             self._reply(
                 BindingAck(BindingAckStatus.ACCEPTED, bu.sequence, 0), local, hoa, onwire_src
             )
+
+    # -- multiple care-of addresses (RFC 5648) ----------------------------
+
+    def _on_bid_update(
+        self,
+        bu: BindingUpdate,
+        identifiers: tuple[BindingIdentifier, ...],
+        hoa: IPv6Address,
+        local: IPv6Address,
+        coa: IPv6Address,
+        onwire_src: IPv6Address | None,
+        deregistration: bool,
+        now: float,
+    ) -> None:
+        option = identifiers[0]
+        bid = option.bid
+        status: int | None = None
+        if len(identifiers) > 1:
+            # RFC 5648 §5.3 bulk registration: each CoA needs its own proof
+            # from its own address here (draft §4.5.1), so one BID per BU.
+            status = BindingAckStatus.MCOA_BULK_REGISTRATION_PROHIBITED
+        elif option.simultaneous_home:
+            status = BindingAckStatus.MCOA_SIMULTANEOUS_HOME_AND_FOREIGN_PROHIBITED
+        elif bid == 0 or isinstance(option.care_of_address, IPv4Address):
+            status = BindingAckStatus.MCOA_MALFORMED
+        if status is not None:
+            self.counters["bid_refused"] += 1
+            self._refuse_bid(bu, status, bid, local, hoa, onwire_src)
+            return
+        peer = self._peers.get(hoa)
+        held = peer.bids.get(bid) if peer is not None else None
+        if not deregistration:
+            holder = self.holder_of(coa)
+            if holder is not None and holder != hoa:
+                # Another MN's CoA: refused for every BID as for a single binding.
+                self._drop("bu_coa_in_use", hoa=hoa, coa=coa)
+                return
+        if held is not None and not sequence_is_newer(bu.sequence, held.entry.sequence):
+            # RFC 6275 §9.5.1 per binding: each BID keeps its own sequence number.
+            self.counters["bu_sequence_out_of_window"] += 1
+            self._refuse_bid(bu, BindingAckStatus.SEQUENCE_NUMBER_OUT_OF_WINDOW, bid, local,
+                             hoa, onwire_src, held.entry.sequence)
+            return
+        if deregistration:
+            if peer is not None and held is not None:
+                # RFC 5648 §5.6: lifetime 0 with a BID removes that binding only.
+                del peer.bids[bid]
+                self._sync_bids(peer)
+                self._emit(BindingDeregistered(hoa, hoa, bid))
+                log.info("binding deleted", hoa=hoa, bid=bid)
+            if bu.ack:
+                self._reply(BindingAck(BindingAckStatus.ACCEPTED, bu.sequence, 0,
+                                       options=(BindingIdentifier(bid),)), local, hoa, onwire_src)
+            return
+        single = peer is not None and not peer.bids and (
+            peer.binding.bound or peer.pending is not None)
+        if single and not option.overwrite:
+            # RFC 5648 §5.7: a binding made without a BID stands unless the
+            # BU says (O flag) that it overwrites it.
+            self._refuse_bid(bu, BindingAckStatus.MCOA_NON_MCOA_BINDING_EXISTS, bid, local, hoa,
+                             onwire_src)
+            return
+        if held is None and peer is not None and len(peer.bids) >= self.max_bids_per_hoa \
+                and not option.overwrite:
+            # A flood of BIDs is refused and counted, never stored.
+            self.counters["bid_limit"] += 1
+            self._refuse_bid(bu, BindingAckStatus.INSUFFICIENT_RESOURCES, bid, local, hoa,
+                             onwire_src)
+            return
+        if peer is None:
+            peer = _Peer(BindingCacheEntry(hoa, local, None, bu.sequence, 0, None, bid=bid))
+            self._peers[hoa] = peer
+        peer.binding.local = local
+        if option.overwrite:
+            # RFC 5648 §5.7: every other binding of the HoA goes.
+            if single:
+                peer.pending = None
+                self._unbind(peer)
+            for other in [b for b in peer.bids if b != bid]:
+                del peer.bids[other]
+        # One CoA names one binding: held by this HoA under another BID, it
+        # moved to this one (docs/multi-coa.md).
+        for other, binding in list(peer.bids.items()):
+            if other != bid and coa in (binding.entry.coa, binding.accept_from):
+                del peer.bids[other]
+                self.counters["bid_coa_moved"] += 1
+        if held is None:
+            held = _BidBinding(BindingCacheEntry(hoa, local, None, bu.sequence, 0, None, bid=bid))
+            peer.bids[bid] = held
+        held.entry.sequence = bu.sequence
+        held.entry.local = local
+        granted_units = min(bu.lifetime_units, self.max_lifetime_units)
+        # Draft §4.5.1: receive from the new CoA at once, proof or not.
+        held.accept_from = coa
+        if held.entry.coa == coa or self.proofs.use(hoa, coa):
+            self.proofs.add(hoa, coa, now)
+            held.pending = None
+            self._accept_bid(peer, bid, held, coa, granted_units, bu.sequence, bu.ack, now)
+            return
+        if held.entry.bound:
+            # The link's CoA changed: until the new one is proven, nothing is
+            # sent on this BID's path.
+            held.entry.coa = None
+            held.entry.expires_at = None
+            held.last_ack = None
+        held.pending = _PendingRegistration(
+            coa, bu.sequence, granted_units, bu.ack, now + self.pending_proof_timeout
+        )
+        self._sync_bids(peer)
+        self._challenge(peer, coa, "binding", now)
+
+    def _accept_bid(
+        self, peer: _Peer, bid: int, held: _BidBinding, coa: IPv6Address, units: int,
+        sequence: int, ack: bool, now: float,
+    ) -> None:
+        entry = held.entry
+        granted = lifetime_seconds(units)
+        entry.coa = coa
+        entry.sequence = sequence
+        entry.lifetime = granted
+        entry.expires_at = now + granted
+        self._sync_bids(peer)
+        self._emit(BindingCached(entry.hoa, coa, granted, home=False, bid=bid))
+        self._registered(peer, now)
+        log.info("binding accepted", hoa=entry.hoa, coa=coa, bid=bid, lifetime=granted)
+        # RFC 5648 §6.1: the BA echoes the BID with this binding's status.
+        held.last_ack = BindingAck(BindingAckStatus.ACCEPTED, sequence, units,
+                                   options=(BindingIdentifier(bid),))
+        if ack:
+            self._reply(held.last_ack, entry.local, entry.hoa, coa)
+
+    def _registered(self, peer: _Peer, now: float) -> None:
+        if not peer.registered:
+            peer.registered = True
+            if self.home_test_interval is not None:
+                peer.next_home_test = now + self.home_test_interval
+            if self.home_test_on_registration and peer.home_test is None:
+                self._start_home_test(peer, now)
+
+    def _refuse_bid(
+        self, bu: BindingUpdate, status: int, bid: int, local: IPv6Address, hoa: IPv6Address,
+        onwire_src: IPv6Address | None, sequence: int | None = None,
+    ) -> None:
+        self.counters[f"refused_{status}"] += 1
+        ack = BindingAck(status, bu.sequence if sequence is None else sequence, 0,
+                         options=(BindingIdentifier(bid, status),))
+        # Back to the endpoint the BU came from; a refusal vouches for no locator.
+        self._reply(ack, local, hoa, onwire_src)
+
+    def _clear_bids(self, peer: _Peer) -> None:
+        """Forget every BID binding of *peer* (a BU without BID replaces them)."""
+        peer.bids.clear()
+        self._sync_bids(peer)
+        peer.binding.bid = None
+
+    def _sync_bids(self, peer: _Peer) -> None:
+        """After a BID binding changed: the primary binding's events, and PathsChanged.
+
+        The primary is the lowest BID (RFC 5648 has no preference field,
+        docs/multi-coa.md): AcceptFrom names the lowest BID accepted from,
+        SendTo and :meth:`binding` the lowest one bound (proven).
+        """
+        hoa = peer.binding.hoa
+        accept = tuple(sorted((bid, held.accept_from) for bid, held in peer.bids.items()
+                              if held.accept_from is not None))
+        send = tuple(sorted((bid, held.entry.coa) for bid, held in peer.bids.items()
+                            if held.entry.coa is not None))
+        if peer.bids:
+            binding = peer.binding
+            if send:
+                primary = peer.bids[send[0][0]]
+                binding.coa = primary.entry.coa
+                binding.sequence = primary.entry.sequence
+                binding.lifetime = primary.entry.lifetime
+                binding.expires_at = primary.entry.expires_at
+                binding.bid = send[0][0]
+                peer.last_ack = primary.last_ack
+            else:
+                binding.coa = None
+                binding.expires_at = None
+                binding.bid = None
+                peer.last_ack = None
+            peer.pending = None
+            self._set_accept_from(peer, accept[0][1] if accept else None)
+            self._set_send_to(peer, send[0][1] if send else None)
+        elif peer.paths != ((), ()):
+            # The last BID went: so did the primary binding it stood for.
+            peer.binding.coa = None
+            peer.binding.expires_at = None
+            peer.binding.bid = None
+            peer.last_ack = None
+            self._set_accept_from(peer, None)
+            self._set_send_to(peer, None)
+        self._reindex(peer)
+        if (accept, send) != peer.paths:
+            peer.paths = (accept, send)
+            self._emit(PathsChanged(peer.binding.local, hoa, accept, send))
 
     def _set_accept_from(self, peer: _Peer, coa: IPv6Address | None) -> None:
         if peer.accept_from != coa:
@@ -484,7 +759,9 @@ class Correspondent(MobilityCore):
             self._emit(CoaProven(hoa, wire_src))
             log.info("care-of address proven", hoa=hoa, coa=wire_src)
         answered = False
-        if "binding" in record.waiting and peer is not None:
+        if "binding" in record.waiting and peer is not None and peer.bids:
+            answered = self._bid_proven(peer, wire_src, now)
+        elif "binding" in record.waiting and peer is not None:
             pending = peer.pending
             if pending is not None and pending.coa == wire_src:
                 peer.pending = None
@@ -502,6 +779,23 @@ class Correspondent(MobilityCore):
             answered = True
         if not answered:
             self.counters["aotr_nothing_pending"] += 1
+
+    def _bid_proven(self, peer: _Peer, coa: IPv6Address, now: float) -> bool:
+        """A proof of *coa* came: accept the BID waiting for it, or resend its lost BA."""
+        hoa = peer.binding.hoa
+        for bid, held in list(peer.bids.items()):
+            pending = held.pending
+            if pending is not None and pending.coa == coa:
+                held.pending = None
+                self._accept_bid(peer, bid, held, coa, pending.lifetime_units, pending.sequence,
+                                 pending.ack, now)
+                return True
+            if held.entry.coa == coa and held.last_ack is not None:
+                # The MN resent its AOTR: the BA was lost (draft §4.5.1).
+                self.counters["ba_resent"] += 1
+                self._reply(held.last_ack, held.entry.local, hoa, coa)
+                return True
+        return False
 
     def _on_aoto(
         self, hoa: IPv6Address, local: IPv6Address, wire_src: IPv6Address, now: float
@@ -576,7 +870,10 @@ class Correspondent(MobilityCore):
             home_test = peer.next_home_test if peer.binding.bound else None
         deadline = earliest(peer.binding.expires_at,
                             peer.pending.deadline if peer.pending is not None else None,
-                            home_test)
+                            home_test,
+                            *(held.entry.expires_at for held in peer.bids.values()),
+                            *(held.pending.deadline for held in peer.bids.values()
+                              if held.pending is not None))
         # A peer left with nothing pending is dropped at the next timer run.
         self._deadlines.schedule(hoa, 0.0 if deadline is None else deadline)
 
@@ -592,6 +889,8 @@ class Correspondent(MobilityCore):
             self._reschedule(hoa)
 
     def _on_peer_timer(self, hoa: IPv6Address, peer: _Peer, now: float) -> None:
+        if peer.bids:
+            self._bid_timers(hoa, peer, now)
         pending = peer.pending
         if pending is not None and pending.deadline <= now:
             # Draft §4.5.1: no AOTR came; forget the request and the rule
@@ -600,7 +899,7 @@ class Correspondent(MobilityCore):
             self._emit(ProofTimeout(hoa, pending.coa))
             self._set_accept_from(peer, peer.binding.coa)
         binding = peer.binding
-        if binding.expires_at is not None and binding.expires_at <= now:
+        if not peer.bids and binding.expires_at is not None and binding.expires_at <= now:
             expired = binding.coa
             self._unbind(peer)
             self._set_accept_from(peer, None)
@@ -622,6 +921,29 @@ class Correspondent(MobilityCore):
                 test.retransmission.expire(now)
                 # A fresh nonce in every AOTC (draft §4.3.1); earlier ones still match.
                 test.nonce = self._challenge(peer, hoa, "home-test", now)
-        if peer.pending is None and not peer.binding.bound and peer.home_test is None:
+        if peer.pending is None and not peer.binding.bound and peer.home_test is None \
+                and not peer.bids:
             del self._peers[hoa]
             self._unindex(hoa)
+
+    def _bid_timers(self, hoa: IPv6Address, peer: _Peer, now: float) -> None:
+        for bid, held in list(peer.bids.items()):
+            pending = held.pending
+            if pending is not None and pending.deadline <= now:
+                # Draft §4.5.1: no AOTR came; forget the request and the unproven CoA.
+                held.pending = None
+                held.accept_from = held.entry.coa
+                self._emit(ProofTimeout(hoa, pending.coa))
+            entry = held.entry
+            if entry.expires_at is not None and entry.expires_at <= now:
+                expired = entry.coa
+                entry.coa = None
+                entry.expires_at = None
+                held.accept_from = None
+                self._emit(BindingExpired(hoa, hoa, expired, bid))
+                log.info("binding expired", hoa=hoa, coa=expired, bid=bid)
+            if held.pending is None and not entry.bound:
+                del peer.bids[bid]
+        self._sync_bids(peer)
+        if not peer.binding.bound:
+            peer.home_test = None

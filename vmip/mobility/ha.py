@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import replace
-from ipaddress import IPv6Address, IPv6Network
+from ipaddress import IPv4Address, IPv6Address, IPv6Network
 
 from vmip.log import LineBudget, get_logger
 from vmip.mobility.binding import (
@@ -42,6 +42,7 @@ from vmip.mobility.binding import (
     lifetime_seconds,
     lifetime_units,
     onwire_of,
+    paths_of,
     peer_predicate,
     sequence_is_newer,
     unroutable_care_of,
@@ -50,9 +51,10 @@ from vmip.mobility.events import (
     BindingCached,
     BindingDeregistered,
     BindingExpired,
+    PathsChanged,
     TunnelEndpointChanged,
 )
-from vmip.mobility.timers import Deadlines
+from vmip.mobility.timers import Deadlines, earliest
 from vmip.wire.mh import (
     AotChallenge,
     AotOffer,
@@ -62,6 +64,7 @@ from vmip.wire.mh import (
     BindingAckStatus,
     BindingError,
     BindingErrorStatus,
+    BindingIdentifier,
     BindingUpdate,
     UnknownMobilityMessage,
 )
@@ -120,6 +123,13 @@ class HomeAgent(MobilityCore):
         # Expiry times by HoA: the next one in O(log n), not a walk over the
         # cache after every packet (docs/scale.md).
         self._expiries: Deadlines[IPv6Address] = Deadlines()
+        # RFC 5648: HoA -> BID -> binding, for HoAs registered with BIDs;
+        # then _cache[hoa] is the primary one (lowest BID).  Bounded:
+        # max_bids_per_hoa per HoA, max_bindings HoAs.
+        self._bids: dict[IPv6Address, dict[int, BindingCacheEntry]] = {}
+        self._bid_expiries: Deadlines[tuple[IPv6Address, int]] = Deadlines()
+        # The (BID, CoA) paths last reported per HoA (PathsChanged).
+        self._paths: dict[IPv6Address, tuple[tuple[int, IPv6Address], ...]] = {}
         # Info lines for bindings made, deleted, expired or refused: a sample
         # at a bounded rate (refreshes and moves are debug: thousands a second).
         self._lines = LineBudget()
@@ -136,10 +146,12 @@ class HomeAgent(MobilityCore):
         return replace(entry) if entry is not None else None
 
     def bindings(self) -> list[BindingCacheEntry]:
-        return [replace(entry) for entry in self._cache.values()]
+        """Every binding: per HoA its only one, or each BID's (RFC 5648), lowest first."""
+        return [binding for hoa in self._cache for binding in self.bindings_of(hoa)]
 
     def holder_of(self, coa: IPv6Address) -> IPv6Address | None:
-        """The HoA whose home registration names *coa* as its care-of address."""
+        """The HoA whose home registration names *coa* as its care-of address
+        (under any of its BIDs)."""
         return self._holders.get(coa)
 
     # -- input ----------------------------------------------------------
@@ -206,7 +218,14 @@ class HomeAgent(MobilityCore):
         if not self._serves(hoa):
             self._drop("unknown_mobile_node", hoa=hoa)
             return
-        coa = bu.alternate_care_of_address or onwire_src or hoa
+        # RFC 5648 off (max_bids_per_hoa 0): the BID option is skipped like
+        # any unknown option (RFC 6275 §6.2.1), as a node predating it does.
+        identifiers = bu.binding_identifiers if self.max_bids_per_hoa else ()
+        option = identifiers[0] if identifiers else None
+        option_coa = option.care_of_address if option is not None else None
+        if isinstance(option_coa, IPv4Address):
+            option_coa = None          # refused below, once the MN's locator is known
+        coa = option_coa or bu.alternate_care_of_address or onwire_src or hoa
         if coa != hoa and (unroutable_care_of(coa) or coa in self.home_prefix):
             # RFC 6275 §9.5.1: a CoA is unicast routable; one in the home
             # prefix (our address, another HoA) would loop the tunnel.
@@ -217,13 +236,19 @@ class HomeAgent(MobilityCore):
         if hoa not in self.home_prefix:
             self._refuse(bu, hoa, BindingAckStatus.NOT_HOME_SUBNET, reply_to)
             return
+        if option is not None:
+            malformed = self._mcoa_malformed(bu, identifiers)
+            if malformed is not None:
+                self.counters["bid_refused"] += 1
+                self._refuse(bu, hoa, malformed, reply_to)
+                return
         holder = self._holders.get(coa)
         if holder is not None and holder != hoa:
             # Another MN's CoA: its tunnel would follow this binding to the
             # sender.  An authentic BU (the sender's own SA) proves its HoA,
             # never the CoA it names, so a CoA names one binding at a time;
             # silently, as an unusable CoA is (RFC 6275 §9.5.1): the BA would
-            # go to that other MN.
+            # go to that other MN.  The same holds for every BID (RFC 5648).
             self._drop("bu_coa_in_use", hoa=hoa, coa=coa)
             self._info("home registration refused", hoa=hoa, coa=coa, reason="coa in use")
             return
@@ -235,6 +260,10 @@ class HomeAgent(MobilityCore):
                 self._drop("care_of_not_certified", hoa=hoa, coa=coa)
                 log.warning("home registration refused", hoa=hoa, coa=coa, reason=refusal)
                 return
+        if option is not None:
+            self._on_bid_registration(bu, hoa, option.bid, option.overwrite, coa, onwire_src,
+                                      reply_to, now)
+            return
         entry = self._cache.get(hoa)
         if entry is not None and not sequence_is_newer(bu.sequence, entry.sequence):
             # RFC 6275 §9.5.1: the BA carries the last accepted sequence number.
@@ -248,6 +277,11 @@ class HomeAgent(MobilityCore):
         if entry is None and len(self._cache) >= self.max_bindings:
             self._refuse(bu, hoa, BindingAckStatus.INSUFFICIENT_RESOURCES, reply_to)
             return
+        if hoa in self._bids:
+            # RFC 5648 §5.6: a BU without a BID replaces every binding of
+            # the HoA with this one.
+            self._drop_bids(hoa, keep=None)
+            entry = self._cache.get(hoa)
         granted_units = min(bu.lifetime_units, self.max_lifetime_units)
         granted = lifetime_seconds(granted_units)
         moved = entry is None or entry.coa != coa
@@ -278,6 +312,180 @@ class HomeAgent(MobilityCore):
             )
             self._send(ack, self.address, hoa, onwire_dst=coa)
 
+    # -- multiple care-of addresses (RFC 5648) ----------------------------
+
+    def _mcoa_malformed(
+        self, bu: BindingUpdate, identifiers: tuple[BindingIdentifier, ...]
+    ) -> int | None:
+        """The RFC 5648 status refusing a BU with BID options, or ``None``."""
+        if len(identifiers) > 1:
+            # RFC 5648 §5.3 bulk registration: optional; one BID per BU here.
+            return BindingAckStatus.MCOA_BULK_REGISTRATION_PROHIBITED
+        option = identifiers[0]
+        if option.simultaneous_home:
+            # §5.6 home and foreign at once: the HA does not defend the HoA on
+            # the home link while bindings stand (no proxy ND in vmip).
+            return BindingAckStatus.MCOA_SIMULTANEOUS_HOME_AND_FOREIGN_PROHIBITED
+        if option.bid == 0 or isinstance(option.care_of_address, IPv4Address):
+            # BID 0 is never assigned; an IPv4 CoA needs RFC 5555, not supported.
+            return BindingAckStatus.MCOA_MALFORMED
+        return None
+
+    def bindings_of(self, hoa: IPv6Address) -> list[BindingCacheEntry]:
+        """Every binding of *hoa*: its BIDs' (RFC 5648), lowest BID first, or its only one."""
+        bids = self._bids.get(hoa)
+        if bids is not None:
+            return [replace(bids[bid]) for bid in sorted(bids)]
+        entry = self._cache.get(hoa)
+        return [replace(entry)] if entry is not None else []
+
+    def _on_bid_registration(
+        self,
+        bu: BindingUpdate,
+        hoa: IPv6Address,
+        bid: int,
+        overwrite: bool,
+        coa: IPv6Address,
+        onwire_src: IPv6Address | None,
+        reply_to: IPv6Address | None,
+        now: float,
+    ) -> None:
+        bids = self._bids.get(hoa)
+        entry = bids.get(bid) if bids is not None else None
+        if entry is not None and not sequence_is_newer(bu.sequence, entry.sequence):
+            # RFC 6275 §9.5.1, per binding: each BID keeps its own sequence number.
+            self._refuse(bu, hoa, BindingAckStatus.SEQUENCE_NUMBER_OUT_OF_WINDOW, reply_to,
+                         entry.sequence, bid)
+            return
+        if bu.lifetime_units == 0 or coa == hoa:
+            if entry is None:
+                # RFC 6275 §10.3.2: no such binding to delete.
+                self._refuse(bu, hoa, BindingAckStatus.NOT_HOME_AGENT_FOR_THIS_MOBILE_NODE,
+                             onwire_src, bid=bid)
+                return
+            # RFC 5648 §5.6: lifetime 0 with a BID removes that binding only.
+            self._remove_bid(hoa, bid)
+            self._emit(BindingDeregistered(hoa, hoa, bid))
+            self._info("home registration deleted", hoa=hoa, bid=bid)
+            self._bids_changed(hoa)
+            if bu.ack:
+                self._send(BindingAck(BindingAckStatus.ACCEPTED, bu.sequence, 0,
+                                      options=(BindingIdentifier(bid),)),
+                           self.address, hoa, onwire_dst=onwire_src)
+            return
+        single = self._cache.get(hoa) if bids is None else None
+        if single is not None and not overwrite:
+            # RFC 5648 §5.7: a binding made without a BID stands; the MN must
+            # say (O flag) that this BU overwrites it.
+            self._refuse(bu, hoa, BindingAckStatus.MCOA_NON_MCOA_BINDING_EXISTS, reply_to,
+                         bid=bid)
+            return
+        if entry is None:
+            count = len(bids) if bids is not None else 0
+            if count >= self.max_bids_per_hoa and not overwrite:
+                # A flood of BIDs is refused and counted, never stored.
+                self.counters["bid_limit"] += 1
+                self._refuse(bu, hoa, BindingAckStatus.INSUFFICIENT_RESOURCES, reply_to, bid=bid)
+                return
+            if hoa not in self._cache and len(self._cache) >= self.max_bindings:
+                self._refuse(bu, hoa, BindingAckStatus.INSUFFICIENT_RESOURCES, reply_to, bid=bid)
+                return
+        if overwrite:
+            # RFC 5648 §5.7: every other binding of the HoA goes.
+            if single is not None:
+                self._forget_single(hoa)
+            if bids is not None:
+                for other in [b for b in bids if b != bid]:
+                    self._remove_bid(hoa, other)
+        bids = self._bids.setdefault(hoa, {})
+        # One CoA names one binding: a CoA this HoA holds under another BID
+        # moved to this one (the newest BU tells where it is; the old BID's
+        # binding is stale).  Within one HoA's own SA: nothing widens.
+        for other, held in list(bids.items()):
+            if other != bid and held.coa == coa:
+                self._remove_bid(hoa, other)
+                self.counters["bid_coa_moved"] += 1
+        granted_units = min(bu.lifetime_units, self.max_lifetime_units)
+        granted = lifetime_seconds(granted_units)
+        if entry is None:
+            entry = BindingCacheEntry(hoa, self.address, coa, bu.sequence, granted, None,
+                                      home=True, bid=bid)
+            bids[bid] = entry
+            self._info("home registration created", hoa=hoa, coa=coa, bid=bid, lifetime=granted)
+        elif entry.coa != coa and entry.coa is not None and self._holders.get(entry.coa) == hoa:
+            del self._holders[entry.coa]
+        self._holders[coa] = hoa
+        entry.coa = coa
+        entry.sequence = bu.sequence
+        entry.lifetime = granted
+        entry.expires_at = now + granted
+        self._bid_expiries.schedule((hoa, bid), entry.expires_at)
+        self._emit(BindingCached(hoa, coa, granted, home=True, bid=bid))
+        self._bids_changed(hoa)
+        if bu.ack:
+            ack = BindingAck(
+                BindingAckStatus.ACCEPTED,
+                bu.sequence,
+                granted_units,
+                key_management_mobility=bu.key_management_mobility and self.key_management_mobility,
+                options=(BindingIdentifier(bid),),
+            )
+            self._send(ack, self.address, hoa, onwire_dst=coa)
+
+    def _remove_bid(self, hoa: IPv6Address, bid: int) -> None:
+        bids = self._bids.get(hoa)
+        entry = bids.pop(bid, None) if bids is not None else None
+        if entry is None:
+            return
+        self._bid_expiries.cancel((hoa, bid))
+        if entry.coa is not None and self._holders.get(entry.coa) == hoa:
+            del self._holders[entry.coa]
+
+    def _forget_single(self, hoa: IPv6Address) -> None:
+        entry = self._cache.pop(hoa, None)
+        self._expiries.cancel(hoa)
+        if entry is not None and entry.coa is not None and self._holders.get(entry.coa) == hoa:
+            del self._holders[entry.coa]
+
+    def _drop_bids(self, hoa: IPv6Address, keep: int | None) -> None:
+        """Forget every BID binding of *hoa* (a BU without BID replaces them)."""
+        bids = self._bids.get(hoa)
+        if bids is None:
+            return
+        for bid in list(bids):
+            if bid != keep:
+                self._remove_bid(hoa, bid)
+        if not bids:
+            del self._bids[hoa]
+            self._cache.pop(hoa, None)
+            if self._paths.pop(hoa, None):
+                self._emit(PathsChanged(self.address, hoa, (), ()))
+
+    def _bids_changed(self, hoa: IPv6Address) -> None:
+        """After a BID binding of *hoa* changed: the primary (lowest BID) and the paths."""
+        bids = self._bids.get(hoa, {})
+        old = self._cache.get(hoa)
+        old_coa = old.coa if old is not None else None
+        if bids:
+            primary = bids[min(bids)]
+            self._cache[hoa] = primary
+            new_coa = primary.coa
+        else:
+            self._bids.pop(hoa, None)
+            self._cache.pop(hoa, None)
+            new_coa = None
+        if new_coa != old_coa:
+            # The tunnel follows the primary binding: the lowest BID bound
+            # (RFC 5648 has no preference field; docs/multi-coa.md).
+            self._emit(TunnelEndpointChanged(hoa, new_coa))
+        paths = paths_of(list(bids.values()))
+        if paths != self._paths.get(hoa, ()):
+            if paths:
+                self._paths[hoa] = paths
+            else:
+                self._paths.pop(hoa, None)
+            self._emit(PathsChanged(self.address, hoa, paths, paths))
+
     def _deregister(
         self,
         bu: BindingUpdate,
@@ -289,10 +497,14 @@ class HomeAgent(MobilityCore):
             # RFC 6275 §10.3.2: no binding to delete.
             self._refuse(bu, hoa, BindingAckStatus.NOT_HOME_AGENT_FOR_THIS_MOBILE_NODE, onwire_src)
             return
-        del self._cache[hoa]
-        self._expiries.cancel(hoa)
-        if entry.coa is not None:     # a CoA names one binding
-            self._holders.pop(entry.coa, None)
+        if hoa in self._bids:
+            # RFC 5648 §5.6: lifetime 0 without a BID deletes every binding.
+            self._drop_bids(hoa, keep=None)
+        else:
+            del self._cache[hoa]
+            self._expiries.cancel(hoa)
+            if entry.coa is not None:     # a CoA names one binding
+                self._holders.pop(entry.coa, None)
         self._emit(TunnelEndpointChanged(hoa, None))
         self._emit(BindingDeregistered(hoa, hoa))
         self._info("home registration deleted", hoa=hoa)
@@ -312,13 +524,19 @@ class HomeAgent(MobilityCore):
         status: int,
         reply_to: IPv6Address | None,
         sequence: int | None = None,
+        bid: int | None = None,
     ) -> None:
         # Refusals are answered whatever the A bit says, so the MN learns why.
         # The node sends the BA back to the underlay endpoint the BU came
         # from; a refusal vouches for no locator (docs/security.md).
         self.counters[f"refused_{status}"] += 1
         self._info("home registration refused", hoa=hoa, status=status)
-        ack = BindingAck(status, bu.sequence if sequence is None else sequence, 0)
+        if bid is None and self.max_bids_per_hoa:
+            identifiers = bu.binding_identifiers
+            bid = identifiers[0].bid if identifiers else None
+        # RFC 5648 §6.1: the BA echoes the BID with the status of that binding.
+        options = (BindingIdentifier(bid, status),) if bid is not None else ()
+        ack = BindingAck(status, bu.sequence if sequence is None else sequence, 0, options=options)
         self._send(ack, self.address, hoa, onwire_dst=reply_to)
 
     def _info(self, event: str, **fields) -> None:
@@ -338,10 +556,12 @@ class HomeAgent(MobilityCore):
     # -- time -----------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        return self._expiries.next()
+        return earliest(self._expiries.next(), self._bid_expiries.next())
 
     def handle_timer(self, now: float) -> None:
         self._last_now = now
+        if self._bids:
+            self._expire_bids(now)
         for hoa in self._expiries.pop_due(now):
             entry = self._cache.get(hoa)
             if entry is None or entry.expires_at is None:
@@ -355,3 +575,17 @@ class HomeAgent(MobilityCore):
             self._emit(BindingExpired(hoa, hoa, entry.coa))
             self._emit(TunnelEndpointChanged(hoa, None))
             self._info("home registration expired", hoa=hoa, coa=entry.coa)
+
+    def _expire_bids(self, now: float) -> None:
+        for hoa, bid in self._bid_expiries.pop_due(now):
+            bids = self._bids.get(hoa)
+            entry = bids.get(bid) if bids is not None else None
+            if entry is None or entry.expires_at is None:
+                continue
+            if entry.expires_at > now:
+                self._bid_expiries.schedule((hoa, bid), entry.expires_at)
+                continue
+            self._remove_bid(hoa, bid)
+            self._emit(BindingExpired(hoa, hoa, entry.coa, bid))
+            self._info("home registration expired", hoa=hoa, coa=entry.coa, bid=bid)
+            self._bids_changed(hoa)
