@@ -35,7 +35,7 @@ from __future__ import annotations
 import enum
 import os
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv6Address
 
@@ -60,8 +60,10 @@ from vmip.mobility.events import (
     BindingExpired,
     BindingRefused,
     BindingUpdateSent,
+    CareOfAddressesChanged,
     CoaChanged,
     DataPathChanged,
+    PathsChanged,
     RegistrationTimeout,
     TunnelEndpointChanged,
 )
@@ -83,6 +85,7 @@ from vmip.wire.mh import (
     BindingAckStatus,
     BindingError,
     BindingErrorStatus,
+    BindingIdentifier,
     BindingRefreshRequest,
     BindingUpdate,
 )
@@ -95,6 +98,9 @@ log = get_logger(__name__)
 MAX_SEQUENCE_RESYNCS = 3
 #: BU sequence numbers remembered per registration, to match BAs and measure RTTs.
 _SENT_MEMORY = 16
+#: Care-of addresses (BIDs) an MN registers at most (RFC 5648): bounds the
+#: binding update list at (1 + CNs) x this.
+MAX_CARE_OF_ADDRESSES = 16
 
 
 class EntryState(enum.Enum):
@@ -134,6 +140,14 @@ class BindingUpdateListEntry:
     bu_times: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_UPDATE_RATE))
     #: A BU the rate limit held back goes out then, built afresh.
     deferred_until: float | None = None
+    #: The Binding Identifier this entry registers (RFC 5648 §6.1): one
+    #: entry per (peer, BID); ``None``: no BID option (a single binding).
+    bid: int | None = None
+    #: Set the O flag (RFC 5648 §5.7): the peer has not yet acknowledged a
+    #: BID from us, so this BU replaces whatever it holds for the HoA.
+    overwrite: bool = False
+    #: A removed BID's deregistration leaves from this remaining CoA.
+    via: IPv6Address | None = None
 
     def deadline(self) -> float | None:
         refresh = self.refresh_at if self.state is EntryState.BOUND else None
@@ -213,6 +227,18 @@ class MobileNode(MobilityCore):
                 raise ValueError(f"{address} cannot be a correspondent of this MN")
             self._correspondents[address] = self._new_entry(address, home=False)
         self._early_tests: dict[tuple[IPv6Address, IPv6Address], _EarlyTest] = {}
+        # RFC 5648 (multiple_care_of): the usable CoAs by BID, the primary
+        # one's BID (its CoA is _coa; _home and _correspondents hold its
+        # entries), every other BID's entry per peer, the peers that
+        # acknowledged a BID and those that showed they have no RFC 5648.
+        self._coas: dict[int, IPv6Address] = {}
+        self._primary: int | None = None
+        self._secondary: dict[IPv6Address, dict[int, BindingUpdateListEntry]] = {}
+        self._mcoa_peers: set[IPv6Address] = set()
+        self._legacy: set[IPv6Address] = set()
+        # What DataPathChanged / PathsChanged last said, per peer.
+        self._reported_direct: dict[IPv6Address, IPv6Address | None] = {}
+        self._paths: dict[IPv6Address, tuple[tuple[int, IPv6Address], ...]] = {}
 
     def _new_entry(self, peer: IPv6Address, home: bool) -> BindingUpdateListEntry:
         if self._initial_sequence is not None:
@@ -234,8 +260,39 @@ class MobileNode(MobilityCore):
         return self._coa is None
 
     def entries(self) -> list[BindingUpdateListEntry]:
-        """Copies of the binding update list: the HA first, then the CNs."""
-        return [replace(self._home)] + [replace(e) for e in self._correspondents.values()]
+        """Copies of the binding update list: the HA first, then the CNs; per
+        peer the primary BID's entry first, then its other BIDs' (``bid``)."""
+        return [replace(entry) for peer in [self.home_agent, *self._correspondents]
+                for entry in self._entries_of(peer)]
+
+    @property
+    def primary_bid(self) -> int | None:
+        """The BID whose CoA is :attr:`coa`, the preferred link (RFC 5648); ``None``: none."""
+        return self._primary
+
+    @property
+    def care_of_addresses(self) -> dict[int, IPv6Address]:
+        """The usable CoAs by BID, the primary first (empty without multiple_care_of)."""
+        return dict(self._coas)
+
+    def paths(self, peer: IPv6Address) -> tuple[tuple[int, IPv6Address], ...]:
+        """The (BID, CoA) paths to *peer* as the last PathsChanged said (empty: none)."""
+        return self._paths.get(IPv6Address(peer), ())
+
+    def _entries_of(self, peer: IPv6Address) -> list[BindingUpdateListEntry]:
+        primary = self._entry_for(peer)
+        if primary is None:
+            return []
+        others = self._secondary.get(peer, {})
+        return [primary, *(others[bid] for bid in sorted(others))]
+
+    def _target(self, entry: BindingUpdateListEntry) -> IPv6Address | None:
+        """The CoA *entry* registers: its BID's, or the primary one (no BID)."""
+        if entry.via is not None:
+            return entry.via
+        if entry.bid is None or entry is self._entry_for(entry.peer):
+            return self._coa
+        return self._coas.get(entry.bid)
 
     def entry(self, peer: IPv6Address) -> BindingUpdateListEntry | None:
         found = self._entry_for(peer)
@@ -256,6 +313,13 @@ class MobileNode(MobilityCore):
         HA accepts.  Returning home deregisters with the HA, then the CNs.
         """
         new = None if coa is None or IPv6Address(coa) == self.hoa else IPv6Address(coa)
+        if self.multiple_care_of and new is not None:
+            self.set_care_of_addresses({self._primary or 1: new}, now)
+            return
+        if self.multiple_care_of and (self._coas or self._secondary):
+            # Home (RFC 5648 §5.6): one BU without BID and lifetime 0 deletes
+            # every binding; the other BIDs are forgotten here.
+            self._forget_bids(now)
         if new == self._coa:
             return
         old, self._coa = self._coa, new
@@ -294,9 +358,270 @@ class MobileNode(MobilityCore):
         # A peer that refused our last BU holds nothing of ours unless an
         # earlier binding is still running (expires_at).
         live = (EntryState.REGISTERING, EntryState.PROVING, EntryState.BOUND)
+        if self._coas or self._secondary:
+            # RFC 5648 §5.6: lifetime 0 without a BID deletes every binding
+            # of the HoA at once; the BU leaves from the primary CoA.
+            coas = dict(self._coas)
+            self._forget_bids(now)
+            self._coas = coas
         for entry in [*self._correspondents.values(), self._home]:
             if entry.state in live or entry.expires_at is not None:
                 self._start_registration(entry, now, deregistration=True)
+
+    # -- multiple care-of addresses (RFC 5648) ----------------------------
+
+    def set_care_of_addresses(self, coas: Mapping[int, IPv6Address], now: float) -> None:
+        """The usable CoAs by BID (RFC 5648): one binding per BID with the HA and every CN.
+
+        Each BID's BU leaves from its own CoA (IRO remaps the source to it,
+        draft §3.3) and each CoA is proven at each CN by its own AOT
+        (draft §4.5.1).  A BID no longer in *coas* is deregistered (lifetime
+        0 with its BID) from a remaining CoA.  The primary BID stays unless
+        it went; then the first of *coas* is.  The primary binding drives
+        :class:`CoaChanged`, :class:`TunnelEndpointChanged` and
+        :class:`DataPathChanged` as with :meth:`set_coa`; every BID is in
+        :class:`PathsChanged`.  Other BIDs go to a peer only once it
+        acknowledged the primary's BID; a peer answering without one has no
+        RFC 5648 and keeps one binding, the primary (docs/multi-coa.md).
+        Empty *coas*: no usable link; the primary's binding is left to run.
+        """
+        if not self.multiple_care_of:
+            raise MobilityError("multiple_care_of is off: use set_coa")
+        new: dict[int, IPv6Address] = {}
+        for bid, coa in coas.items():
+            if not 1 <= int(bid) <= 0xFFFF:
+                raise ValueError(f"BID {bid} is not 1..65535 (BID 0 is never sent)")
+            address = IPv6Address(coa)
+            if address == self.hoa:
+                raise ValueError("the home address is no care-of address: set_coa(None) at home")
+            if address in new.values():
+                raise ValueError(f"{address} given for two BIDs: a CoA names one binding")
+            new[int(bid)] = address
+        if len(new) > MAX_CARE_OF_ADDRESSES:
+            raise ValueError(f"at most {MAX_CARE_OF_ADDRESSES} care-of addresses")
+        if not new:
+            if self._primary is None or self._coa is None:
+                return
+            # Nothing to send from: the other BIDs' paths stop at once; their
+            # deregistrations go out if the primary link still carries them.
+            new = {self._primary: self._coa}
+        primary = self._primary if self._primary in new else next(iter(new))
+        self._apply_coas(primary, new, now)
+
+    def set_primary(self, bid: int, now: float) -> None:
+        """The preferred link changed to *bid*'s: it becomes the primary binding.
+
+        With peers that acknowledged BIDs only the order changes (their
+        bindings all stand); a peer without RFC 5648 re-registers its one
+        binding to the new primary CoA.
+        """
+        if bid not in self._coas:
+            raise MobilityError(f"BID {bid} has no care-of address")
+        if bid != self._primary:
+            self._apply_coas(bid, self._coas, now)
+
+    def probe(self, bid: int, now: float) -> bool:
+        """Refresh *bid*'s home binding now, as a link-quality keepalive.
+
+        Only if that BID is bound at the HA and nothing is in flight for it;
+        its BindingUpdateSent / BindingAccepted (or RegistrationTimeout)
+        carry the BID.  False: no probe sent.
+        """
+        if not self.multiple_care_of:
+            return False
+        if bid == self._primary:
+            entry: BindingUpdateListEntry | None = self._home
+        else:
+            entry = self._secondary.get(self.home_agent, {}).get(bid)
+        if (entry is None or entry.state is not EntryState.BOUND
+                or entry.retransmission is not None or entry.deferred_until is not None):
+            return False
+        self.counters["probes"] += 1
+        self._start_registration(entry, now)
+        return True
+
+    def _apply_coas(self, primary: int, coas: Mapping[int, IPv6Address], now: float) -> None:
+        ordered = {primary: coas[primary], **{b: c for b, c in coas.items() if b != primary}}
+        old_list = list(self._coas.items())
+        old_coa = self._coa
+        self._coas = ordered
+        if self._primary != primary:
+            self._swap_primary(primary)
+        self._primary = primary
+        if list(ordered.items()) != old_list:
+            self._emit(CareOfAddressesChanged(self.hoa, tuple(ordered.items())))
+        new_coa = ordered[primary]
+        if new_coa != old_coa:
+            self._primary_moved(old_coa, new_coa, now)
+        # BIDs gone: deregistered from a remaining CoA (RFC 5648 §5.6).
+        for peer in [self.home_agent, *self._correspondents]:
+            for bid, entry in list(self._secondary.get(peer, {}).items()):
+                if bid not in ordered:
+                    self._retire(entry, now)
+        self._register_secondaries(self.home_agent, now)
+        if self._home.expires_at is not None:
+            # The HoA is valid (RFC 6275 §11.7.2): the CNs learn the new BIDs.
+            for peer in self._correspondents:
+                self._register_secondaries(peer, now)
+        self._report_all()
+
+    def _swap_primary(self, primary: int) -> None:
+        for peer in [self.home_agent, *self._correspondents]:
+            current = self._entry_for(peer)
+            assert current is not None
+            if peer in self._legacy:
+                continue      # one binding, no BID: it follows the primary CoA
+            if current.bid is None:
+                current.bid = primary
+                current.overwrite = peer not in self._mcoa_peers
+                continue
+            others = self._secondary.setdefault(peer, {})
+            others[current.bid] = current
+            chosen = others.pop(primary, None)
+            if chosen is None:
+                chosen = self._new_entry(peer, home=current.home)
+                chosen.bid = primary
+                chosen.overwrite = peer not in self._mcoa_peers
+            chosen.via = None
+            chosen.unsupported = current.unsupported
+            if current.home:
+                self._home = chosen
+            else:
+                self._correspondents[peer] = chosen
+
+    def _primary_moved(self, old: IPv6Address | None, new: IPv6Address, now: float) -> None:
+        """The primary CoA changed (movement as :meth:`set_coa` reports it)."""
+        self._coa = new
+        home_valid = self._home.expires_at is not None and self._home.expires_at > now
+        for entry in self._correspondents.values():
+            if self._up_to_date(entry) and entry.direct == new:
+                self._report_paths(entry.peer)      # swapped in, already bound there
+                continue
+            self._set_direct(entry, False)
+            entry.retransmission = None
+            entry.aotr_nonce = None
+            if not entry.unsupported:
+                entry.state = EntryState.IDLE
+            self._report_paths(entry.peer)
+        self._early_tests.clear()
+        self._emit(CoaChanged(self.hoa, old, new))
+        self._emit(TunnelEndpointChanged(self.hoa, new))
+        log.info("care-of address changed", hoa=self.hoa, old=old, new=new, bid=self._primary)
+        if self._up_to_date(self._home) and self._home.state is not EntryState.REFUSED:
+            self._register_correspondents(now)
+            return
+        self._start_registration(self._home, now)
+        if home_valid and (self.correspondents_with_home or old is not None):
+            # The HoA binding is live: a CN's BU need not wait for the home BA.
+            self._register_correspondents(now)
+
+    def _register_secondaries(self, peer: IPv6Address, now: float) -> None:
+        """Register every non-primary BID with *peer*, once it acknowledged a BID."""
+        primary = self._entry_for(peer)
+        if (primary is None or primary.unsupported or peer in self._legacy
+                or peer not in self._mcoa_peers or self._coa is None):
+            return
+        others = self._secondary.setdefault(peer, {})
+        for bid in self._coas:
+            if bid == self._primary:
+                continue
+            entry = others.get(bid)
+            if entry is None:
+                entry = self._new_entry(peer, home=primary.home)
+                entry.bid = bid
+                others[bid] = entry
+            entry.via = None
+            if not self._up_to_date(entry):
+                self._start_registration(entry, now)
+        if not others:
+            del self._secondary[peer]
+
+    def _retire(self, entry: BindingUpdateListEntry, now: float) -> None:
+        """A BID went: deregister it (lifetime 0, its BID) from the primary CoA."""
+        live = entry.state in (EntryState.REGISTERING, EntryState.PROVING, EntryState.BOUND)
+        if entry.state is EntryState.DEREGISTERING:
+            return
+        if (live or entry.expires_at is not None) and self._coa is not None:
+            entry.via = self._coa
+            self._start_registration(entry, now, deregistration=True)
+            return
+        self._discard(entry)
+
+    def _discard(self, entry: BindingUpdateListEntry) -> None:
+        others = self._secondary.get(entry.peer)
+        if others is None or entry.bid is None or others.get(entry.bid) is not entry:
+            return
+        del others[entry.bid]
+        if not others:
+            del self._secondary[entry.peer]
+        self._report_paths(entry.peer)
+
+    def _drop_secondaries(self) -> None:
+        """Every non-primary BID forgotten; primary entries send no BID."""
+        self._secondary.clear()
+        for peer in [self.home_agent, *self._correspondents]:
+            primary = self._entry_for(peer)
+            assert primary is not None
+            primary.bid = None
+            primary.overwrite = False
+            self._report_paths(peer)
+
+    def _forget_bids(self, now: float) -> None:
+        had = bool(self._coas)
+        self._coas = {}
+        self._primary = None
+        self._mcoa_peers.clear()
+        self._drop_secondaries()
+        if had:
+            self._emit(CareOfAddressesChanged(self.hoa, ()))
+
+    def _fall_back(self, peer: IPv6Address) -> None:
+        """*peer* answered a BID without one: it has no RFC 5648; one binding with it."""
+        if peer in self._legacy:
+            return
+        self._legacy.add(peer)
+        self._mcoa_peers.discard(peer)
+        self.counters["mcoa_unsupported_peer"] += 1
+        log.warning("peer without multiple care-of address support: one binding with it",
+                    peer=peer, hoa=self.hoa)
+        primary = self._entry_for(peer)
+        assert primary is not None
+        primary.bid = None
+        primary.overwrite = False
+        for entry in self._secondary.pop(peer, {}).values():
+            entry.direct = None
+        self._report_paths(peer)
+
+    def _ack_entry(
+        self, primary: BindingUpdateListEntry, ack: BindingAck, now: float
+    ) -> BindingUpdateListEntry | None:
+        """The BUL entry a BA answers: by its BID option (RFC 5648 §6.1)."""
+        identifiers = ack.binding_identifiers
+        peer = primary.peer
+        if identifiers:
+            bid = identifiers[0].bid
+            if primary.bid == bid:
+                return primary
+            found = self._secondary.get(peer, {}).get(bid)
+            if found is None:
+                self._drop("ba_unknown_bid", src=peer, bid=bid)
+            return found
+        if primary.bid is None:
+            return primary
+        # We sent a BID and the answer has none: the peer skipped the option
+        # (RFC 6275 §6.2.1), it predates RFC 5648.
+        owner = next((entry for entry in self._secondary.get(peer, {}).values()
+                      if ack.sequence in entry.sent_at), None)
+        self._fall_back(peer)
+        if owner is not None:
+            # It took another BID's CoA for the only binding: put the primary back.
+            self._start_registration(primary, now)
+            return None
+        return primary
+
+    def _report_all(self) -> None:
+        for peer in [self.home_agent, *self._correspondents]:
+            self._report_paths(peer)
 
     def offer_address_test(self, peer: IPv6Address, address: IPv6Address, now: float) -> None:
         """Early test (draft §4.5.2): offer ``peer`` to prove ``address`` (an AOTO sent from it).
@@ -327,8 +652,8 @@ class MobileNode(MobilityCore):
         self, entry: BindingUpdateListEntry, now: float, deregistration: bool | None = None
     ) -> None:
         if deregistration is None:
-            deregistration = self._coa is None
-        entry.coa = self._coa
+            deregistration = self._target(entry) is None
+        entry.coa = self._target(entry)
         entry.requested_units = 0 if deregistration else self.lifetime_units
         entry.state = EntryState.DEREGISTERING if deregistration else EntryState.REGISTERING
         entry.sent_at.clear()
@@ -364,13 +689,19 @@ class MobileNode(MobilityCore):
         while len(entry.sent_at) > _SENT_MEMORY:
             del entry.sent_at[next(iter(entry.sent_at))]
         named = entry.coa if entry.coa is not None else self.hoa
+        options: tuple[AlternateCareOfAddress | BindingIdentifier, ...] = (
+            AlternateCareOfAddress(named),)
+        if entry.bid is not None:
+            # RFC 5648 §6.1: the CoA is the AltCoA (IRO puts it on the wire,
+            # draft §3.3), so the BID option carries none.
+            options += (BindingIdentifier(entry.bid, overwrite=entry.overwrite),)
         bu = BindingUpdate(
             entry.sequence,
             entry.requested_units,
             ack=True,
             home_registration=entry.home,
             key_management_mobility=entry.home and self.key_management_mobility,
-            options=(AlternateCareOfAddress(named),),
+            options=options,
         )
         attempt = entry.retransmission.attempts if entry.retransmission is not None else 1
         self._send(bu, self.hoa, entry.peer, entry.coa, self._towards(entry.peer, attempt == 1))
@@ -382,6 +713,7 @@ class MobileNode(MobilityCore):
                 entry.sequence,
                 lifetime_seconds(entry.requested_units),
                 attempt,
+                self._link_bid(entry),
             )
         )
 
@@ -416,11 +748,50 @@ class MobileNode(MobilityCore):
             self._send_aotr(test.peer, test.address, test.nonce, first)
 
     def _set_direct(self, entry: BindingUpdateListEntry, direct: bool) -> None:
-        target = self._coa if direct else None
+        target = self._target(entry) if direct else None
         if entry.home or entry.direct == target:
             return
         entry.direct = target
-        self._emit(DataPathChanged(self.hoa, target, entry.peer, target is not None))
+        self._report_paths(entry.peer)
+
+    def _report_paths(self, peer: IPv6Address) -> None:
+        """DataPathChanged for the primary entry, PathsChanged for every BID, when changed."""
+        primary = self._entry_for(peer)
+        if primary is None:
+            return
+        if not primary.home:
+            direct = primary.direct
+            if self._reported_direct.get(peer) != direct:
+                if direct is None:
+                    self._reported_direct.pop(peer, None)
+                else:
+                    self._reported_direct[peer] = direct
+                self._emit(DataPathChanged(self.hoa, direct, peer, direct is not None))
+        paths: tuple[tuple[int, IPv6Address], ...] = ()
+        if self.multiple_care_of and peer not in self._legacy:
+            paths = tuple((entry.bid, coa) for entry in self._entries_of(peer)
+                          if entry.bid is not None
+                          and (coa := self._path_coa(entry)) is not None)
+        if paths != self._paths.get(peer, ()):
+            if paths:
+                self._paths[peer] = paths
+            else:
+                self._paths.pop(peer, None)
+            self._emit(PathsChanged(self.hoa, peer, paths, paths))
+
+    def _path_coa(self, entry: BindingUpdateListEntry) -> IPv6Address | None:
+        if not entry.home:
+            return entry.direct
+        # The HA: a binding it holds naming the CoA this BID still uses.
+        if entry.expires_at is None or entry.state is EntryState.DEREGISTERING:
+            return None
+        return entry.coa if entry.coa is not None and entry.coa == self._target(entry) else None
+
+    def _link_bid(self, entry: BindingUpdateListEntry) -> int | None:
+        """The BID of the link a message of *entry* uses: its own, or the primary's."""
+        if entry.bid is not None:
+            return entry.bid
+        return self._primary if self.multiple_care_of and entry.coa is not None else None
 
     def _register_correspondents(self, now: float) -> None:
         """After the home registration (or return home): bring every CN up to date."""
@@ -433,14 +804,17 @@ class MobileNode(MobilityCore):
                 if entry.expires_at is not None or entry.coa is not None:
                     self._start_registration(entry, now, deregistration=True)
                 continue
-            up_to_date = entry.coa == self._coa and entry.state in (
-                EntryState.BOUND,
-                EntryState.REGISTERING,
-                EntryState.PROVING,
-                EntryState.REFUSED,
-            )
-            if not up_to_date:
+            if not self._up_to_date(entry):
                 self._start_registration(entry, now)
+            self._register_secondaries(entry.peer, now)
+
+    def _up_to_date(self, entry: BindingUpdateListEntry) -> bool:
+        return entry.coa == self._target(entry) and entry.state in (
+            EntryState.BOUND,
+            EntryState.REGISTERING,
+            EntryState.PROVING,
+            EntryState.REFUSED,
+        )
 
     # -- input ----------------------------------------------------------
 
@@ -469,7 +843,11 @@ class MobileNode(MobilityCore):
             self._drop("unknown_peer", src=src)
             return
         if isinstance(message, BindingAck):
-            self._on_binding_ack(entry, message, now)
+            owner = self._ack_entry(entry, message, now)
+            if owner is not None:
+                self._on_binding_ack(owner, message, now)
+            if self.multiple_care_of:
+                self._report_paths(self.home_agent)
         elif isinstance(message, BindingRefreshRequest):
             self._on_refresh_request(entry, now)
         elif isinstance(message, BindingError):
@@ -489,8 +867,27 @@ class MobileNode(MobilityCore):
         if entry.state not in waiting:
             self._drop("ba_unexpected", src=entry.peer)
             return
+        if entry.bid is not None and ack.binding_identifiers:
+            # The peer echoed our BID: it speaks RFC 5648; no more O flag.
+            if entry.overwrite and ack.status != BindingAckStatus.MCOA_NON_MCOA_BINDING_EXISTS:
+                entry.overwrite = False
+            if entry is self._entry_for(entry.peer) and ack.status != \
+                    BindingAckStatus.MCOA_PROHIBITED:
+                self._mcoa_peers.add(entry.peer)
         if ack.status == BindingAckStatus.SEQUENCE_NUMBER_OUT_OF_WINDOW:
             self._resynchronise(entry, ack, now)
+            return
+        if ack.status == BindingAckStatus.MCOA_NON_MCOA_BINDING_EXISTS and entry.bid is not None \
+                and entry.sent_at.get(ack.sequence) is not None:
+            # RFC 5648 §5.7: a binding without BID stands; overwrite it (O flag).
+            entry.overwrite = True
+            self._resynchronise(entry, ack, now, keep_sequence=True)
+            return
+        if ack.status == BindingAckStatus.MCOA_PROHIBITED and entry.bid is not None \
+                and entry is self._entry_for(entry.peer) and ack.sequence in entry.sent_at:
+            # RFC 5648 §6.2: the peer will not keep several bindings: one, the primary.
+            self._fall_back(entry.peer)
+            self._start_registration(entry, now, deregistration=entry.requested_units == 0)
             return
         sent = entry.sent_at.get(ack.sequence)
         if sent is None:
@@ -510,7 +907,8 @@ class MobileNode(MobilityCore):
             entry.retransmission = None
             entry.aotr_nonce = None
             self._set_direct(entry, False)
-            self._emit(BindingRefused(entry.peer, self.hoa, entry.coa, ack.status))
+            self._emit(BindingRefused(entry.peer, self.hoa, entry.coa, ack.status,
+                                      self._link_bid(entry)))
             log.info("binding refused", peer=entry.peer, status=ack.status)
             return
         granted = lifetime_seconds(min(ack.lifetime_units, entry.requested_units))
@@ -538,11 +936,16 @@ class MobileNode(MobilityCore):
         if entry.home:
             self.home_key_management = key_management
         self._emit(BindingAccepted(entry.peer, self.hoa, entry.coa, granted, rtt,
-                                   key_management))
-        log.info("binding accepted", peer=entry.peer, coa=entry.coa, lifetime=granted, rtt=rtt)
+                                   key_management, self._link_bid(entry)))
+        log.info("binding accepted", peer=entry.peer, coa=entry.coa, lifetime=granted, rtt=rtt,
+                 bid=entry.bid)
+        primary = entry is self._entry_for(entry.peer)
         if not entry.home:
             self._set_direct(entry, True)
-        elif entry.coa == self._coa:
+            if primary:
+                self._register_secondaries(entry.peer, now)
+        elif primary and entry.coa == self._coa:
+            self._register_secondaries(entry.peer, now)
             self._register_correspondents(now)
 
     def _finish_deregistration(self, entry: BindingUpdateListEntry, now: float) -> None:
@@ -553,20 +956,27 @@ class MobileNode(MobilityCore):
         entry.lifetime = 0
         entry.sent_at.clear()
         self._set_direct(entry, False)
-        self._emit(BindingDeregistered(entry.peer, self.hoa))
-        log.info("binding deleted", peer=entry.peer)
-        if entry.home and self._coa is None:
+        self._emit(BindingDeregistered(entry.peer, self.hoa, entry.bid))
+        log.info("binding deleted", peer=entry.peer, bid=entry.bid)
+        if entry.via is not None or (entry.bid is not None and entry.bid not in self._coas):
+            self._discard(entry)       # a BID that went: its entry with it
+        elif entry is self._home and self._coa is None:
             self._register_correspondents(now)
 
-    def _resynchronise(self, entry: BindingUpdateListEntry, ack: BindingAck, now: float) -> None:
+    def _resynchronise(
+        self, entry: BindingUpdateListEntry, ack: BindingAck, now: float,
+        keep_sequence: bool = False,
+    ) -> None:
         # RFC 6275 §11.7.3: status 135 carries the peer's last accepted
         # sequence number; continue from it with a new BU.
-        self.counters["sequence_out_of_window"] += 1
+        if not keep_sequence:
+            self.counters["sequence_out_of_window"] += 1
         if entry.resyncs >= MAX_SEQUENCE_RESYNCS:
             self._drop("sequence_resync_limit", src=entry.peer)
             return
         entry.resyncs += 1
-        entry.sequence = ack.sequence
+        if not keep_sequence:
+            entry.sequence = ack.sequence
         entry.sent_at.clear()
         if entry.state is EntryState.PROVING:
             entry.state = EntryState.REGISTERING
@@ -589,10 +999,13 @@ class MobileNode(MobilityCore):
         if error.status == BindingErrorStatus.UNRECOGNIZED_MH_TYPE and not entry.home:
             # RFC 6275 §11.3.6: the CN does not speak this protocol (here: IRO's
             # AOT*); stop route optimisation with it.
+            for other in self._secondary.pop(entry.peer, {}).values():
+                other.direct = None
             entry.unsupported = True
             entry.state = EntryState.REFUSED
             entry.retransmission = None
             self._set_direct(entry, False)
+            self._report_paths(entry.peer)
 
     def _on_challenge(
         self,
@@ -607,14 +1020,20 @@ class MobileNode(MobilityCore):
             self._send_aotr(entry.peer, self.hoa, challenge.nonce)
             return
         test = self._early_tests.get((entry.peer, address))
-        if address == self._coa:
+        # The entry registering this address: the primary's, or another BID's
+        # (each CoA is proven on its own, from itself: draft §4.5.1).
+        owners = [candidate for candidate in self._entries_of(entry.peer)
+                  if candidate.via is None and candidate.coa == address]
+        if address == self._coa or owners:
             self._send_aotr(entry.peer, address, challenge.nonce)
-            if entry.coa == address and entry.state in (EntryState.REGISTERING, EntryState.PROVING):
+            for owner in owners:
+                if owner.state not in (EntryState.REGISTERING, EntryState.PROVING):
+                    continue
                 # Draft §4.5.1: the challenge answers the BU; the AOTR is resent from now on.
-                if entry.state is EntryState.REGISTERING:
-                    entry.retransmission = Retransmission(now, INITIAL_BINDACK_TIMEOUT)
-                entry.state = EntryState.PROVING
-                entry.aotr_nonce = challenge.nonce
+                if owner.state is EntryState.REGISTERING:
+                    owner.retransmission = Retransmission(now, INITIAL_BINDACK_TIMEOUT)
+                owner.state = EntryState.PROVING
+                owner.aotr_nonce = challenge.nonce
             if test is not None:
                 test.nonce = challenge.nonce
                 test.retransmission.restart(now)
@@ -648,12 +1067,18 @@ class MobileNode(MobilityCore):
         return earliest(
             self._home.deadline(),
             *(entry.deadline() for entry in self._correspondents.values()),
+            *(entry.deadline() for others in self._secondary.values()
+              for entry in others.values()),
             *(test.retransmission.deadline for test in self._early_tests.values()),
         )
 
     def handle_timer(self, now: float) -> None:
-        for entry in [self._home, *self._correspondents.values()]:
+        for entry in [self._home, *self._correspondents.values(),
+                      *(entry for others in list(self._secondary.values())
+                        for entry in list(others.values()))]:
             self._entry_timers(entry, now)
+        if self.multiple_care_of:
+            self._report_all()
         for key, test in list(self._early_tests.items()):
             if test.retransmission.deadline > now:
                 continue
@@ -678,7 +1103,7 @@ class MobileNode(MobilityCore):
             if entry.state is EntryState.BOUND:
                 entry.state = EntryState.IDLE
             self._set_direct(entry, False)
-            self._emit(BindingExpired(entry.peer, self.hoa, expired_coa))
+            self._emit(BindingExpired(entry.peer, self.hoa, expired_coa, self._link_bid(entry)))
             log.info("binding expired", peer=entry.peer, coa=expired_coa)
         if (
             entry.state is EntryState.BOUND
@@ -695,7 +1120,8 @@ class MobileNode(MobilityCore):
             if timed_out:
                 # No BA after the AOTRs: start over with a BU (it gets a BA at
                 # once if the proof arrived, an AOTC otherwise).
-                self._emit(RegistrationTimeout(entry.peer, self.hoa, entry.coa, "aotr"))
+                self._emit(RegistrationTimeout(entry.peer, self.hoa, entry.coa, "aotr",
+                                               self._link_bid(entry)))
                 self._set_direct(entry, False)
                 entry.state = EntryState.REGISTERING
                 entry.aotr_nonce = None
@@ -704,11 +1130,18 @@ class MobileNode(MobilityCore):
                 self._send_aotr(entry.peer, entry.coa, entry.aotr_nonce, first=False)
             return
         if timed_out:
-            self._emit(RegistrationTimeout(entry.peer, self.hoa, entry.coa, "bu"))
-            log.info("registration timeout", peer=entry.peer, coa=entry.coa)
+            self._emit(RegistrationTimeout(entry.peer, self.hoa, entry.coa, "bu",
+                                           self._link_bid(entry)))
+            log.info("registration timeout", peer=entry.peer, coa=entry.coa, bid=entry.bid)
+            if entry.via is not None:
+                # A gone BID's deregistration went unanswered: the binding
+                # will expire at the peer; stop asking.
+                entry.retransmission = None
+                self._discard(entry)
+                return
             if not entry.home:
                 self._set_direct(entry, False)
-            else:
+            elif entry is self._home:
                 # The HA is silent: correspondent registrations need not wait
                 # for it any longer (draft appendix C: IRO survives HA failures).
                 self._register_correspondents(now)
