@@ -768,7 +768,9 @@ class MobileNode(MobilityCore):
                     self._reported_direct[peer] = direct
                 self._emit(DataPathChanged(self.hoa, direct, peer, direct is not None))
         paths: tuple[tuple[int, IPv6Address], ...] = ()
-        if self.multiple_care_of and peer not in self._legacy:
+        if self.multiple_care_of and peer in self._mcoa_peers:
+            # Only once the peer acknowledged a BID: until then (and with a
+            # peer without RFC 5648) the single-binding events tell it all.
             paths = tuple((entry.bid, coa) for entry in self._entries_of(peer)
                           if entry.bid is not None
                           and (coa := self._path_coa(entry)) is not None)
