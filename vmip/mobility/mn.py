@@ -361,9 +361,7 @@ class MobileNode(MobilityCore):
         if self._coas or self._secondary:
             # RFC 5648 §5.6: lifetime 0 without a BID deletes every binding
             # of the HoA at once; the BU leaves from the primary CoA.
-            coas = dict(self._coas)
-            self._forget_bids(now)
-            self._coas = coas
+            self._drop_secondaries()
         for entry in [*self._correspondents.values(), self._home]:
             if entry.state in live or entry.expires_at is not None:
                 self._start_registration(entry, now, deregistration=True)
@@ -511,8 +509,8 @@ class MobileNode(MobilityCore):
             self._register_correspondents(now)
             return
         self._start_registration(self._home, now)
-        if home_valid and (self.correspondents_with_home or old is not None):
-            # The HoA binding is live: a CN's BU need not wait for the home BA.
+        if home_valid and self.correspondents_with_home:
+            # As set_coa: the HoA binding is live, a CN's BU need not wait.
             self._register_correspondents(now)
 
     def _register_secondaries(self, peer: IPv6Address, now: float) -> None:
@@ -609,9 +607,18 @@ class MobileNode(MobilityCore):
         if primary.bid is None:
             return primary
         # We sent a BID and the answer has none: the peer skipped the option
-        # (RFC 6275 §6.2.1), it predates RFC 5648.
+        # (RFC 6275 §6.2.1), it predates RFC 5648.  Only a BA answering a BU
+        # of ours says so (a stale one answers nothing: dropped by sequence);
+        # a 135 carries the peer's sequence, so it counts while our first
+        # BID BU to that peer waits.
         owner = next((entry for entry in self._secondary.get(peer, {}).values()
                       if ack.sequence in entry.sent_at), None)
+        answers = owner is not None or ack.sequence in primary.sent_at or (
+            ack.status == BindingAckStatus.SEQUENCE_NUMBER_OUT_OF_WINDOW
+            and peer not in self._mcoa_peers and primary.state in (
+                EntryState.REGISTERING, EntryState.PROVING, EntryState.DEREGISTERING))
+        if not answers:
+            return primary          # dropped there as ba_sequence_mismatch / ba_unexpected
         self._fall_back(peer)
         if owner is not None:
             # It took another BID's CoA for the only binding: put the primary back.
