@@ -165,3 +165,21 @@ def test_without_multiple_care_of_no_bid_option_is_ever_sent():
     assert all(bids_of(d.mh) == () for d in net.sent("ha", BA) + net.sent("cn", BA))
     assert [(b.bid, b.coa) for b in ha.ha.bindings() + cn.cn.bindings()] == [
         (None, WIFI), (None, WIFI)]
+
+
+def test_a_bu_held_by_the_rate_limit_leaves_when_its_timer_fires():
+    # Single CoA as well: at times[0] + 1.0, now - times[0] can round below
+    # 1.0; the held BU then never left and the timer fired for ever.
+    core = MobileNode(HOA, HA_ADDR, [CN_ADDR])
+    start = 1.0 + 0.7053780962062304
+    assert (start + 1.0) - start < 1.0          # the rounding this is about
+    for coa in (WIFI, LTE, WIFI2, WIFI):
+        core.set_coa(coa, start)
+    assert core.counters["bu_rate_limited"] == 1
+    core.datagrams_to_send(start)
+    deadline = core.get_timer()
+    assert deadline == start + 1.0
+    core.handle_timer(deadline)
+    sent = [mh.parse_mh(out.packet[40:]) for out in core.datagrams_to_send(deadline)]
+    assert [m.alternate_care_of_address for m in sent] == [WIFI]
+    assert core.get_timer() > deadline

@@ -441,7 +441,7 @@ class MobileNode(MobilityCore):
     def _apply_coas(self, primary: int, coas: Mapping[int, IPv6Address], now: float) -> None:
         ordered = {primary: coas[primary], **{b: c for b, c in coas.items() if b != primary}}
         old_list = list(self._coas.items())
-        old_coa = self._coa
+        old_coa, old_primary = self._coa, self._primary
         self._coas = ordered
         if self._primary != primary:
             self._swap_primary(primary)
@@ -449,7 +449,9 @@ class MobileNode(MobilityCore):
         if list(ordered.items()) != old_list:
             self._emit(CareOfAddressesChanged(self.hoa, tuple(ordered.items())))
         new_coa = ordered[primary]
-        if new_coa != old_coa:
+        if new_coa != old_coa or primary != old_primary:
+            # Moved, or the primary is now a BID not yet registered (its link
+            # took over the old primary's address): as a movement.
             self._primary_moved(old_coa, new_coa, now)
         # BIDs gone: deregistered from a remaining CoA (RFC 5648 §5.6).
         for peer in [self.home_agent, *self._correspondents]:
@@ -501,10 +503,12 @@ class MobileNode(MobilityCore):
             if not entry.unsupported:
                 entry.state = EntryState.IDLE
             self._report_paths(entry.peer)
-        self._early_tests.clear()
-        self._emit(CoaChanged(self.hoa, old, new))
-        self._emit(TunnelEndpointChanged(self.hoa, new))
-        log.info("care-of address changed", hoa=self.hoa, old=old, new=new, bid=self._primary)
+        if old != new:
+            self._early_tests.clear()
+            self._emit(CoaChanged(self.hoa, old, new))
+            self._emit(TunnelEndpointChanged(self.hoa, new))
+            log.info("care-of address changed", hoa=self.hoa, old=old, new=new,
+                     bid=self._primary)
         if self._up_to_date(self._home) and self._home.state is not EntryState.REFUSED:
             self._register_correspondents(now)
             return
@@ -539,7 +543,10 @@ class MobileNode(MobilityCore):
         live = entry.state in (EntryState.REGISTERING, EntryState.PROVING, EntryState.BOUND)
         if entry.state is EntryState.DEREGISTERING:
             return
-        if (live or entry.expires_at is not None) and self._coa is not None:
+        # As going home does: any BU sent (coa set) may have made a binding
+        # whose BA never reached us.
+        if (live or entry.expires_at is not None or entry.coa is not None) \
+                and self._coa is not None:
             entry.via = self._coa
             self._start_registration(entry, now, deregistration=True)
             return
@@ -683,7 +690,10 @@ class MobileNode(MobilityCore):
 
     def _transmit_bu(self, entry: BindingUpdateListEntry, now: float) -> None:
         times = entry.bu_times
-        if len(times) == MAX_UPDATE_RATE and now - times[0] < 1.0:
+        # Compared as deferred_until is computed: now - times[0] < 1.0 can
+        # hold at times[0] + 1.0 itself (rounding), and the timer would
+        # fire for ever without sending.
+        if len(times) == MAX_UPDATE_RATE and now < times[0] + 1.0:
             # RFC 6275 §11.8 MAX_UPDATE_RATE: later, with whatever CoA is current then.
             if entry.deferred_until is None:
                 self.counters["bu_rate_limited"] += 1
