@@ -339,6 +339,14 @@ class HomeAgent(MobilityCore):
         entry = self._cache.get(hoa)
         return [replace(entry)] if entry is not None else []
 
+    def paths(
+        self, hoa: IPv6Address
+    ) -> tuple[tuple[tuple[int, IPv6Address], ...], tuple[tuple[int, IPv6Address], ...]]:
+        """``(accept, send)`` of *hoa*'s BID bindings as the last PathsChanged
+        said (the same set twice at an HA; empty: no BIDs)."""
+        paths = self._paths.get(hoa, ())
+        return paths, paths
+
     def _on_bid_registration(
         self,
         bu: BindingUpdate,
