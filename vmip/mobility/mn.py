@@ -275,13 +275,11 @@ class MobileNode(MobilityCore):
         """The usable CoAs by BID, the primary first (empty without multiple_care_of)."""
         return dict(self._coas)
 
-    def paths(
-        self, peer: IPv6Address
-    ) -> tuple[tuple[tuple[int, IPv6Address], ...], tuple[tuple[int, IPv6Address], ...]]:
-        """``(accept, send)`` (BID, CoA) paths with *peer* as the last
-        PathsChanged said (both the same on the MN; empty: none)."""
-        paths = self._paths.get(IPv6Address(peer), ())
-        return paths, paths
+    def paths(self, peer: IPv6Address) -> tuple[tuple[int, IPv6Address], ...]:
+        """The (BID, CoA) paths with *peer* as the last PathsChanged said
+        (its ``accept``, which equals ``send`` on the MN), primary first;
+        empty: none."""
+        return self._paths.get(IPv6Address(peer), ())
 
     def _entries_of(self, peer: IPv6Address) -> list[BindingUpdateListEntry]:
         primary = self._entry_for(peer)
