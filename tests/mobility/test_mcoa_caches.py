@@ -265,3 +265,29 @@ def test_a_cn_deregistration_releases_the_coa_for_another_mn():
     assert cn.holder_of(WIFI) is None
     assert [a.status for a in send(cn, bu(50, WIFI, None, home=False), hoa=HOA2)] == [0]
     assert cn.holder_of(WIFI) == HOA2
+
+
+@pytest.mark.parametrize(("make", "home"), CORES)
+@pytest.mark.parametrize("bad", [IPv6Address("fe80::1"), IPv6Address("ff02::1"),
+                                 IPv6Address("::ffff:192.0.2.1")])
+def test_every_bids_coa_gets_the_single_coa_checks(make, home, bad):
+    core = make()
+    send(core, bu(10, WIFI, 1, home=home))
+    assert send(core, bu(11, bad, 2, home=home)) == []
+    assert core.counters["bu_invalid_coa"] == 1
+    assert bids(core) == [(1, WIFI)]
+
+
+def test_a_bid_coa_in_the_home_prefix_is_refused_at_the_ha():
+    ha = ha_core()
+    assert send(ha, bu(10, IPv6Address("2001:db8:100::99"), 1)) == []
+    assert ha.counters["bu_invalid_coa"] == 1 and ha.bindings() == []
+
+
+def test_the_has_care_of_check_applies_to_every_bid():
+    ha = ha_core()
+    ha.care_of_check = lambda hoa, coa: "not certified" if coa == LTE else None
+    send(ha, bu(10, WIFI, 1))
+    assert send(ha, bu(11, LTE, 2)) == []
+    assert ha.counters["care_of_not_certified"] == 1
+    assert bids(ha) == [(1, WIFI)]
