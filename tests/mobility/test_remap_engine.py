@@ -25,6 +25,7 @@ from vmip.ipsec.sa import SaParams
 from vmip.mobility.ancillary import UNSPECIFIED, Ancillary
 from vmip.mobility.remap import (
     ANCILLARY,
+    MAX_EXPECTED,
     Direction,
     Field,
     RemapEngine,
@@ -125,6 +126,15 @@ def test_rules_list_in_installation_order_and_in_the_drafts_syntax():
     lambda: RemapRule(OUT, 5, SRC, "not an address", COA),
     lambda: RemapRule(OUT, 5, SRC, "fe80::1%eth0", COA),
     lambda: RemapRule(OUT, 5, SRC, b"\x00" * 16, COA),
+    # A set of expected addresses: incoming only, no wildcard, no repeats, bounded.
+    lambda: RemapRule(OUT, 5, SRC, HOA, COA, also_expected=(STRANGER,)),
+    lambda: RemapRule(IN, 5, SRC, WILDCARD, HOA, also_expected=(COA,)),
+    lambda: RemapRule(IN, 5, SRC, COA, HOA, also_expected=(WILDCARD,)),
+    lambda: RemapRule(IN, 5, SRC, COA, HOA, also_expected=(COA,)),
+    lambda: RemapRule(IN, 5, SRC, COA, HOA, also_expected=(COA_LTE, COA_LTE)),
+    lambda: RemapRule(IN, 5, SRC, COA, HOA, also_expected=str(COA_LTE)),  # type: ignore
+    lambda: RemapRule(IN, 5, SRC, COA, HOA, also_expected=tuple(
+        IPv6Address(int(STRANGER) + i) for i in range(MAX_EXPECTED))),
 ])
 def test_impossible_rules_are_refused_with_remap_error(build):
     with pytest.raises(RemapError):
@@ -334,6 +344,48 @@ def test_replace_address_moves_every_rule_naming_the_old_coa():
     assert engine.replace_address(COA_LTE, COA_LTE) == 0
     with pytest.raises(RemapError):
         engine.replace_address(WILDCARD, COA)
+
+
+def test_a_set_of_expected_addresses_accepts_each_of_them_and_nothing_else():
+    # RFC 5648: one binding per link, so the HoA's data may come from either CoA.
+    engine = RemapEngine()
+    engine.add(RemapRule(IN, 43, SRC, COA, HOA, also_expected=(COA_LTE,),
+                         copy_to_ancillary=True))
+    engine.add(RemapRule(IN, 44, DST, COA, HOA, also_expected=(COA_LTE,)))
+    for coa in (COA, COA_LTE):
+        packet, onwire = engine.inbound(esp_packet(coa, CN, 43))
+        assert addresses(packet) == (HOA, CN) and onwire == coa.packed
+        packet, _ = engine.inbound(esp_packet(CN, coa, 44))
+        assert addresses(packet) == (CN, HOA)
+    assert engine.inbound(esp_packet(STRANGER, CN, 43)) is None
+    assert engine.inbound(esp_packet(CN, STRANGER, 44)) is None
+    assert engine.counters["in_src_mismatch"] == engine.counters["in_dst_mismatch"] == 1
+    # The HA tunnel's SA-level address passes unchanged, as with one address.
+    assert engine.inbound(esp_packet(HOA, CN, 43))[1] == UNSPECIFIED
+    text = "dir: in, SPI: 43, exp. src: {2001:db8:31::2, 2001:db8:32::2}, " \
+           "remap. src: 2001:db8:100::10 (ancillary)"
+    assert engine.format_rules()[0] == text
+    assert parse_rule(text) == engine.get(IN, 43, SRC)
+    assert parse_rule(text.replace("{2001:db8:31::2, 2001:db8:32::2}", "{CoA1,CoA2}"),
+                      {"CoA1": COA, "CoA2": COA_LTE}) == engine.get(IN, 43, SRC)
+    # One address in braces is the plain rule.
+    assert parse_rule("dir: in, SPI: 44, exp. dst: {2001:db8:31::2}, "
+                      "remap. dst: 2001:db8:100::10") == RemapRule(IN, 44, DST, COA, HOA)
+    for bad in ("{}", "{2001:db8:31::2,}", "{2001:db8:31::2, ::}", "{a, b",
+                "{2001:db8:31::2, 2001:db8:31::2}"):
+        with pytest.raises(RemapError):
+            parse_rule(f"dir: in, SPI: 44, exp. dst: {bad}, remap. dst: 2001:db8:100::10")
+
+
+def test_replace_address_inside_a_set_keeps_each_address_once():
+    engine = RemapEngine()
+    engine.add(RemapRule(IN, 43, DST, COA, HOA, also_expected=(COA_LTE,)))
+    assert engine.replace_address(COA_LTE, STRANGER) == 1
+    assert engine.get(IN, 43, DST).expected_addresses == (COA, STRANGER)
+    assert engine.inbound(esp_packet(CN, STRANGER, 43)) is not None
+    assert engine.inbound(esp_packet(CN, COA_LTE, 43)) is None
+    assert engine.replace_address(STRANGER, COA) == 1     # both names now the same CoA
+    assert engine.get(IN, 43, DST) == RemapRule(IN, 43, DST, COA, HOA)
 
 
 # -- with real ESP on both sides -----------------------------------------------

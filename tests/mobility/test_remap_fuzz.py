@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from vmip.mobility.ancillary import UNSPECIFIED, Ancillary
 from vmip.mobility.remap import (
     ANCILLARY,
+    MAX_EXPECTED,
     Direction,
     Field,
     RemapEngine,
@@ -26,7 +27,10 @@ FUZZ = settings(max_examples=300, deadline=None,
 HOA = IPv6Address("2001:db8:100::10")
 COA = IPv6Address("2001:db8:31::2")
 CN = IPv6Address("2001:db8:20::2")
+COA2 = IPv6Address("2001:db8:32::2")
 RULE_SPIS = (42, 43, 0x1301)
+#: An SPI whose inbound rules expect a set (two bindings of one HoA, RFC 5648).
+SET_SPI = 44
 
 
 def loaded_engine(missing_ancillary: str = "pass") -> RemapEngine:
@@ -37,17 +41,21 @@ def loaded_engine(missing_ancillary: str = "pass") -> RemapEngine:
         engine.add(RemapRule(Direction.IN, spi, Field.SRC, IPv6Address(0), CN,
                              copy_to_ancillary=True))
         engine.add(RemapRule(Direction.IN, spi, Field.DST, COA, HOA, copy_to_ancillary=True))
+    engine.add(RemapRule(Direction.IN, SET_SPI, Field.SRC, COA, HOA, also_expected=(COA2,)))
+    engine.add(RemapRule(Direction.IN, SET_SPI, Field.DST, COA, HOA, also_expected=(COA2,),
+                         copy_to_ancillary=True))
     return engine
 
 
-addresses = st.one_of(st.sampled_from([HOA.packed, COA.packed, CN.packed, UNSPECIFIED]),
+addresses = st.one_of(st.sampled_from([HOA.packed, COA.packed, COA2.packed, CN.packed,
+                                       UNSPECIFIED]),
                       st.binary(min_size=16, max_size=16))
 
 
 @st.composite
 def ipv6_esp_like(draw) -> bytes:
     """IPv6 headers that often carry ESP (directly or behind options) with a ruled SPI."""
-    spi = draw(st.one_of(st.sampled_from(RULE_SPIS), st.integers(0, 0xFFFFFFFF)))
+    spi = draw(st.one_of(st.sampled_from((*RULE_SPIS, SET_SPI)), st.integers(0, 0xFFFFFFFF)))
     body = draw(st.binary(max_size=64))
     next_header = draw(st.sampled_from([50, 50, 0, 60, 43, 44, 51, 6, 59]))
     if next_header in (0, 60):  # an options header then ESP
@@ -119,7 +127,8 @@ def test_mn_outbound_then_cn_inbound_gives_the_sa_level_packet_back(coa, body):
 
 words = st.sampled_from(["dir", ":", ",", "in", "out", " ", "SPI", "42", "0x1f", "exp.", "src",
                          "dst", "remap.", "::", "ancillary", "(ancillary)", "or", "HoA",
-                         "2001:db8::1", "fe80::1%2", "#", "incoming", "99999999999", "\n"])
+                         "2001:db8::1", "fe80::1%2", "#", "incoming", "99999999999", "\n",
+                         "{", "}", "{2001:db8::1, 2001:db8::2}", "{HoA,"])
 
 
 def test_parse_rule_refuses_non_text():
@@ -139,8 +148,13 @@ def valid_rules(draw) -> RemapRule:
     direction = draw(st.sampled_from(list(Direction)))
     field = draw(st.sampled_from(list(Field)))
     expected = draw(ipv6)
+    also: tuple[IPv6Address, ...] = ()
     if field is Field.SRC and draw(st.booleans()):
         expected = IPv6Address(0)
+    elif direction is Direction.IN and draw(st.booleans()):
+        # Several bindings of one HoA: a set, in the order given.
+        more = draw(st.lists(ipv6, max_size=MAX_EXPECTED - 1, unique=True))
+        also = tuple(a for a in more if a != expected)
     fallback = None
     copy = False
     if direction is Direction.OUT and draw(st.booleans()):
@@ -150,7 +164,7 @@ def valid_rules(draw) -> RemapRule:
         remap = draw(ipv6)
         copy = direction is Direction.IN and draw(st.booleans())
     return RemapRule(direction, draw(st.integers(1, 0xFFFFFFFF)), field, expected, remap,
-                     copy, fallback=fallback)
+                     copy, fallback=fallback, also_expected=also)
 
 
 @FUZZ
@@ -183,4 +197,30 @@ def test_parse_rule_raises_only_remap_error(text):
     assert isinstance(rule, RemapRule)
     assert parse_rule(format_rule(rule)) == RemapRule(
         rule.direction, rule.spi, rule.field, rule.expected, rule.remap,
-        rule.copy_to_ancillary, fallback=rule.fallback)
+        rule.copy_to_ancillary, fallback=rule.fallback, also_expected=rule.also_expected)
+
+
+@FUZZ
+@given(st.lists(addresses, min_size=1, max_size=4), addresses)
+def test_a_set_rule_accepts_exactly_its_addresses(expected, source):
+    # RFC 5648 bindings: the inbound rule of the HoA's data takes any bound
+    # CoA, and nothing else (the SA-level address passes unchanged).
+    wanted = [IPv6Address(a) for a in dict.fromkeys(expected)
+              if a != UNSPECIFIED and a != HOA.packed]
+    if not wanted:
+        return
+    engine = RemapEngine()
+    engine.add(RemapRule(Direction.IN, 9, Field.SRC, wanted[0], HOA,
+                         also_expected=tuple(wanted[1:]), copy_to_ancillary=True))
+    payload = struct.pack(">II", 9, 1) + bytes(8)
+    packet = bytes([0x60, 0, 0, 0]) + struct.pack(">HBB", len(payload), 50, 64) \
+        + source + CN.packed + payload
+    for form in (packet, bytearray(packet), memoryview(packet)):
+        result = engine.inbound(form)
+        if source == HOA.packed:
+            assert result is not None and result[1] == UNSPECIFIED
+        elif IPv6Address(source) in wanted:
+            assert result is not None and result[0][8:24] == HOA.packed
+            assert result[1] == source
+        else:
+            assert result is None

@@ -12,6 +12,8 @@ packets of ``--size`` bytes, with ``--rules`` other SPIs holding rules:
 - ``out_src_ancillary``: rule 1 with the CoA as ancillary data;
 - ``in_dst``: example 1's inbound "exp. dst: CoA, remap. dst: HoA";
 - ``in_wildcard_copy``: rule 2, "exp. src: ::, remap. src: HoA (ancillary)";
+- ``in_src_set``: a CN's data rule with two bindings (RFC 5648),
+  "exp. src: {CoA1, CoA2}, remap. src: HoA", a packet from CoA2;
 - ``baseline_copy``: ``bytes`` concatenation of the packet (what any rewrite costs).
 
 Not a test.
@@ -35,6 +37,7 @@ from vmip.mobility.remap import ANCILLARY, Field, RemapEngine, RemapRule
 
 HOA = IPv6Address("2001:db8:100::10")
 COA = IPv6Address("2001:db8:31::2")
+COA2 = IPv6Address("2001:db8:32::2")
 CN = IPv6Address("2001:db8:20::2")
 IN, OUT = Direction.IN, Direction.OUT
 
@@ -65,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     engine.add(RemapRule(IN, 43, Field.DST, COA, HOA))
     engine.add(RemapRule(OUT, 48, Field.SRC, HOA, ANCILLARY))
     engine.add(RemapRule(IN, 51, Field.SRC, IPv6Address(0), HOA, copy_to_ancillary=True))
+    with_sets = "also_expected" in RemapRule.__dataclass_fields__   # older engines: skip
+    if with_sets:
+        engine.add(RemapRule(IN, 53, Field.SRC, COA, HOA, also_expected=(COA2,)))
 
     size, number = args.size, args.number
     no_rule = packet(HOA, CN, 7, size)
@@ -73,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     out_ancillary = packet(HOA, CN, 48, size)
     in_dst = packet(CN, COA, 43, size)
     in_wildcard = packet(COA, CN, 51, size)
+    in_set = packet(COA2, CN, 53, size)
     coa = COA.packed
     checks = (engine.outbound(out_static), engine.outbound(out_ancillary, coa),
               engine.inbound(in_dst), engine.inbound(in_wildcard))
@@ -89,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "out_src_ancillary": best(lambda: engine.outbound(out_ancillary, coa), number),
         "in_dst": best(lambda: engine.inbound(in_dst), number),
         "in_wildcard_copy": best(lambda: engine.inbound(in_wildcard), number),
+        **({"in_src_set": best(lambda: engine.inbound(in_set), number)} if with_sets else {}),
         "baseline_copy": best(lambda: out_static[:8] + coa + out_static[24:], number),
     }
     print(f"remap engine, {size}-byte packets, {len(engine)} rules, "

@@ -40,6 +40,10 @@ Decisions the draft leaves open (docs/iro-remap.md):
   ("remap. src: ancillary or CoA") for coarse SAs that carry MH and data
   alike (§5.1.3 first bullet), where the MH rule and the data rule of the
   draft would otherwise compete for the one slot per field.
+- An incoming rule may expect a bounded set of addresses ("exp. src:
+  {CoA1, CoA2}", at most :data:`MAX_EXPECTED`): with several bindings of one
+  HoA (RFC 5648, one per link) its data may arrive from or at any bound CoA,
+  and §5.1.2 still allows one rule per (direction, SPI, field).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from vmip.wire.proto import ESP
 
 __all__ = [
     "ANCILLARY",
+    "MAX_EXPECTED",
     "Direction",
     "Field",
     "RemapEngine",
@@ -76,6 +81,9 @@ _ESP_SPI_LEN = 4
 _SPI_MAX = 0xFFFFFFFF
 _SPI = struct.Struct(">I")
 _UNSPECIFIED_ADDRESS = IPv6Address(0)
+#: Most addresses one incoming rule may expect: an RFC 5648 binding per link
+#: of the MN, bounded as the HA's and CN's ``max_care_of_addresses`` is.
+MAX_EXPECTED = 16
 
 
 class RemapError(VmipError):
@@ -129,6 +137,9 @@ class RemapRule:
     leave the field alone).  ``copy_to_ancillary``: the "(ancillary)" mark of
     inbound rules, hand the replaced on-wire address to MIPv6.  ``owner``
     names who installed the rule, for listings and :meth:`RemapEngine.remove_owner`.
+    ``also_expected``: incoming rules only, more addresses accepted like
+    ``expected`` (the other bound CoAs of the HoA; ``expected`` is the
+    primary one), at most :data:`MAX_EXPECTED` in all, never the wildcard.
     """
 
     direction: Direction
@@ -139,6 +150,7 @@ class RemapRule:
     copy_to_ancillary: bool = False
     owner: str = ""
     fallback: IPv6Address | None = None
+    also_expected: tuple[IPv6Address, ...] = ()
 
     def __post_init__(self) -> None:
         direction = self.direction
@@ -188,6 +200,31 @@ class RemapRule:
             raise RemapError("'(ancillary)' marks incoming rules only (draft §5.2.1)")
         if not isinstance(self.owner, str):
             raise RemapError("owner must be a string")
+        also = self.also_expected
+        if also:
+            if isinstance(also, (str, bytes)) or not isinstance(also, (tuple, list)):
+                raise RemapError("also_expected must be a tuple of IPv6 addresses")
+            if direction is Direction.OUT:
+                # Outgoing rules expect the SA-level address, which is one.
+                raise RemapError("a set of expected addresses is for incoming rules only")
+            if expected == _UNSPECIFIED_ADDRESS:
+                raise RemapError("the wildcard :: already accepts any source; it takes no set")
+            if len(also) + 1 > MAX_EXPECTED:
+                raise RemapError(f"a rule expects at most {MAX_EXPECTED} addresses, "
+                                 f"not {len(also) + 1}")
+            seen = {expected}
+            checked = []
+            for item in also:
+                address = _as_address(item, "expected address")
+                if address == _UNSPECIFIED_ADDRESS:
+                    raise RemapError("the wildcard :: cannot be one of several expected addresses")
+                if address in seen:
+                    raise RemapError(f"expected address {address} is listed twice")
+                seen.add(address)
+                checked.append(address)
+            object.__setattr__(self, "also_expected", tuple(checked))
+        elif not isinstance(also, tuple):
+            object.__setattr__(self, "also_expected", ())
 
     @property
     def key(self) -> tuple[Direction, int, Field]:
@@ -197,9 +234,15 @@ class RemapRule:
     def is_wildcard(self) -> bool:
         return self.expected == _UNSPECIFIED_ADDRESS
 
+    @property
+    def expected_addresses(self) -> tuple[IPv6Address, ...]:
+        """Every address the rule expects, ``expected`` first."""
+        return (self.expected, *self.also_expected)
+
     def names(self, address: IPv6Address) -> bool:
         """Does the rule mention *address* (expected, remap or fallback)?"""
-        return address in (self.expected, self.remap, self.fallback)
+        return address in (self.expected, self.remap, self.fallback) \
+            or address in self.also_expected
 
     def __str__(self) -> str:
         return format_rule(self)
@@ -210,7 +253,8 @@ def format_rule(rule: RemapRule, *, with_owner: bool = False) -> str:
 
     ``dir: out, SPI: 42, exp. src: 2001:db8::10, remap. src: ancillary``;
     an inbound copy is marked ``(ancillary)``; a fallback is written
-    ``ancillary or ADDRESS``.  *with_owner* appends ``# owner``.
+    ``ancillary or ADDRESS``; several expected addresses ``{A, B}``.
+    *with_owner* appends ``# owner``.
     """
     name = rule.field.value
     if rule.remap is ANCILLARY:
@@ -219,7 +263,11 @@ def format_rule(rule: RemapRule, *, with_owner: bool = False) -> str:
         target = str(rule.remap)
     if rule.copy_to_ancillary:
         target += " (ancillary)"
-    text = (f"dir: {rule.direction.value}, SPI: {rule.spi}, exp. {name}: {rule.expected}, "
+    if rule.also_expected:
+        expected = "{" + ", ".join(str(a) for a in rule.expected_addresses) + "}"
+    else:
+        expected = str(rule.expected)
+    text = (f"dir: {rule.direction.value}, SPI: {rule.spi}, exp. {name}: {expected}, "
             f"remap. {name}: {target}")
     if with_owner and rule.owner:
         text += f"  # {rule.owner}"
@@ -229,7 +277,7 @@ def format_rule(rule: RemapRule, *, with_owner: bool = False) -> str:
 _RULE_TEXT = re.compile(
     r"\s*dir\s*:\s*(?P<direction>[a-z]+)\s*,"
     r"\s*SPI\s*:\s*(?P<spi>0x[0-9a-f]+|[0-9]+)\s*,"
-    r"\s*exp\.\s*(?P<field>src|dst)\s*:\s*(?P<expected>[^\s,]+)\s*,"
+    r"\s*exp\.\s*(?P<field>src|dst)\s*:\s*(?P<expected>\{[^{}]*\}|[^\s,{}]+)\s*,"
     r"\s*remap\.\s*(?P<remap_field>src|dst)\s*:\s*(?P<target>[^,#]*?)"
     r"\s*(?:#\s*(?P<owner>.*?)\s*)?",
     re.IGNORECASE,
@@ -289,9 +337,22 @@ def parse_rule(text: str, names: Mapping[str, IPv6Address] | None = None, *,
         if target_match["fallback"] is not None:
             raise RemapError("'or ADDRESS' follows 'ancillary' only")
         remap = address(value, "remap address")
-    return RemapRule(direction, spi, field, address(match["expected"], "expected address"),
+    expected_text = match["expected"]
+    if expected_text.startswith("{"):
+        tokens = [token.strip() for token in expected_text[1:-1].split(",")]
+        if not all(tokens):
+            raise RemapError(f"expected addresses {expected_text!r}: write '{{A, B}}', "
+                             "addresses separated by commas")
+        if len(tokens) > MAX_EXPECTED:
+            raise RemapError(f"a rule expects at most {MAX_EXPECTED} addresses, "
+                             f"not {len(tokens)}")
+        expected = [address(token, "expected address") for token in tokens]
+    else:
+        expected = [address(expected_text, "expected address")]
+    return RemapRule(direction, spi, field, expected[0],
                      remap, copy_to_ancillary=target_match["copy"] is not None,
-                     owner=owner or (match["owner"] or ""), fallback=fallback)
+                     owner=owner or (match["owner"] or ""), fallback=fallback,
+                     also_expected=tuple(expected[1:]))
 
 
 def parse_rules(text: str, names: Mapping[str, IPv6Address] | None = None, *,
@@ -308,14 +369,24 @@ def parse_rules(text: str, names: Mapping[str, IPv6Address] | None = None, *,
 
 
 # A compiled rule: (expected or None for the wildcard, remap or None for
-# ancillary, fallback or None, copy_to_ancillary), all addresses packed.
-_Compiled = tuple[bytes | None, bytes | None, bytes | None, bool]
+# ancillary, fallback or None, copy_to_ancillary), all addresses packed; a
+# set of expected addresses is a tuple (looked at only when the first
+# comparison fails, so a one-address rule costs what it did; at most
+# MAX_EXPECTED short compares, and bytearray or memoryview slices compare too).
+_Compiled = tuple[bytes | tuple[bytes, ...] | None, bytes | None, bytes | None, bool]
 
 
 def _compile(rule: RemapRule | None) -> _Compiled | None:
     if rule is None:
         return None
-    return (None if rule.is_wildcard else rule.expected.packed,
+    expected: bytes | tuple[bytes, ...] | None
+    if rule.is_wildcard:
+        expected = None
+    elif rule.also_expected:
+        expected = tuple(a.packed for a in rule.expected_addresses)
+    else:
+        expected = rule.expected.packed
+    return (expected,
             None if rule.remap is ANCILLARY else rule.remap.packed,
             None if rule.fallback is None else rule.fallback.packed,
             rule.copy_to_ancillary)
@@ -397,9 +468,13 @@ class RemapEngine:
         for key, rule in self._rules.items():
             if not rule.names(old):
                 continue
+            expected = [new if a == old else a for a in rule.expected_addresses]
+            # The set may name *new* already: once is enough.
+            expected = [a for i, a in enumerate(expected) if a not in expected[:i]]
             updated = replace(
                 rule,
-                expected=new if rule.expected == old else rule.expected,
+                expected=expected[0],
+                also_expected=tuple(expected[1:]),
                 remap=new if rule.remap == old else rule.remap,
                 fallback=new if rule.fallback == old else rule.fallback,
             )
@@ -594,7 +669,8 @@ class RemapEngine:
             current = packet[8:24]
             if current == target:
                 self.counters["in_src_unchanged"] += 1
-            elif expected is None or expected == current:
+            elif expected is None or expected == current or (
+                    type(expected) is tuple and current in expected):
                 new_src = target
                 if copy:
                     on_wire_src = bytes(current)
@@ -606,7 +682,8 @@ class RemapEngine:
             current = packet[24:40]
             if current == target:
                 self.counters["in_dst_unchanged"] += 1
-            elif expected is None or expected == current:
+            elif expected is None or expected == current or (
+                    type(expected) is tuple and current in expected):
                 new_dst = target
                 if copy:
                     on_wire_dst = bytes(current)
