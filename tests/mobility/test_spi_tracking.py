@@ -20,7 +20,14 @@ from vmip.ipsec.sad import SAD
 from vmip.ipsec.sadb import ExpireEvent, SadbBus, SaInfo
 from vmip.ipsec.spd import SPD, Action, Policy, Selector
 from vmip.mobility.ancillary import UNSPECIFIED
-from vmip.mobility.remap import ANCILLARY, Field, RemapEngine, RemapError, RemapRule
+from vmip.mobility.remap import (
+    ANCILLARY,
+    Field,
+    RemapEngine,
+    RemapError,
+    RemapRule,
+    format_rule,
+)
 from vmip.mobility.spi_tracking import Role, SpiTracker, classify_sa
 
 IN, OUT = Direction.IN, Direction.OUT
@@ -342,6 +349,88 @@ def test_a_cn_accepts_from_a_new_coa_at_once_and_sends_to_it_after_the_proof():
     assert cn.engine.outbound(unproven) is unproven  # still to the HoA, via the HA
     cn.tracker.bind_data(CN, HOA, COA, Role.CN)  # AOTR checked
     assert addresses(cn.engine.outbound(esp_packet(CN, HOA, 0x146))) == (CN, COA)
+
+
+# -- several bindings of one HoA (RFC 5648, one per link) -----------------------------------
+
+COA_3 = IPv6Address("2001:db8:33::2")
+
+
+def test_an_mn_with_two_bindings_accepts_at_both_coas_and_picks_per_packet():
+    node = mn_with_fine_grained_sas()
+    node.tracker.track_mh(HOA, CN, Role.MN, coa=COA, others=(COA_LTE,))
+    node.tracker.bind_data(HOA, CN, COA, Role.MN, others=(COA_LTE,))
+    # MH answers and data come to either CoA.
+    for spi in (0x145, 0x143):
+        assert node.rule(IN, spi, DST).expected_addresses == (COA, COA_LTE)
+        for coa in (COA, COA_LTE):
+            assert addresses(node.engine.inbound(esp_packet(CN, coa, spi))[0]) == (CN, HOA)
+        assert node.engine.inbound(esp_packet(CN, COA_3, spi)) is None
+    # Outbound data: "ancillary or CoA", the send path names the link's CoA.
+    rule = node.rule(OUT, 0x142, SRC)
+    assert rule.remap is ANCILLARY and rule.fallback == COA
+    assert addresses(node.engine.outbound(esp_packet(HOA, CN, 0x142))) == (COA, CN)
+    assert addresses(node.engine.outbound(esp_packet(HOA, CN, 0x142), COA_LTE)) == (COA_LTE, CN)
+    # One binding again: example 1's static rules.
+    node.tracker.bind_data(HOA, CN, COA_LTE, Role.MN)
+    assert node.rule(OUT, 0x142, SRC).remap == COA_LTE
+    assert node.rule(IN, 0x143, DST).expected_addresses == (COA_LTE,)
+    assert node.rule(IN, 0x145, DST).expected_addresses == (COA, COA_LTE)   # MH: both still ours
+    node.tracker.set_care_of_addresses([COA_LTE])
+    assert node.rule(IN, 0x143, DST) == RemapRule(IN, 0x143, DST, COA_LTE, HOA,
+                                                  owner=f"iro-mn:{CN}")
+    assert node.rule(IN, 0x145, DST).expected_addresses == (COA_LTE,)
+
+
+def test_a_cn_with_two_bindings_accepts_from_both_and_sends_to_the_primary_by_default():
+    cn = Node()
+    data = (data_selector(CN, HOA),)
+    cn.sad.add(params(0x146, OUT, CN, HOA, selectors=data), 0.0)
+    cn.sad.add(params(0x147, IN, HOA, CN, selectors=data), 0.0)
+    cn.tracker.bind_data(CN, HOA, COA, Role.CN, others=(COA_LTE,))
+    assert format_rule(cn.rule(IN, 0x147, SRC)) == (
+        f"dir: in, SPI: 327, exp. src: {{{COA}, {COA_LTE}}}, remap. src: {HOA}")
+    for coa in (COA, COA_LTE):
+        assert addresses(cn.engine.inbound(esp_packet(coa, CN, 0x147))[0]) == (HOA, CN)
+    assert cn.engine.inbound(esp_packet(COA_3, CN, 0x147)) is None
+    assert format_rule(cn.rule(OUT, 0x146, DST)) == (
+        f"dir: out, SPI: 326, exp. dst: {HOA}, remap. dst: ancillary or {COA}")
+    assert addresses(cn.engine.outbound(esp_packet(CN, HOA, 0x146))) == (CN, COA)
+    assert addresses(cn.engine.outbound(esp_packet(CN, HOA, 0x146), COA_LTE)) == (CN, COA_LTE)
+    # Accepting from a second CoA before its proof: the outbound CoA stays the proven one.
+    cn.tracker.bind_data(CN, HOA, COA, Role.CN, outbound=False, outbound_coa=COA_LTE,
+                         others=(COA_3,))
+    assert cn.rule(IN, 0x147, SRC).expected_addresses == (COA, COA_3)
+    assert cn.rule(OUT, 0x146, DST).fallback == COA_LTE
+    with pytest.raises(RemapError):
+        cn.tracker.bind_data(CN, HOA, COA, Role.CN, others=[
+            IPv6Address(int(COA_3) + i) for i in range(16)])
+
+
+def test_move_per_coa_with_several_bindings():
+    node = mn_with_fine_grained_sas()
+    node.tracker.track_mh(HOA, CN, Role.MN, coa=COA, others=(COA_LTE,))
+    node.tracker.bind_data(HOA, CN, COA, Role.MN, others=(COA_LTE,))
+    # One CoA changes: only it does, in every set.
+    node.tracker.move(COA_LTE, COA_3)
+    assert node.rule(IN, 0x143, DST).expected_addresses == (COA, COA_3)
+    assert node.rule(IN, 0x145, DST).expected_addresses == (COA, COA_3)
+    # A secondary CoA goes: the primary stays, outbound too.
+    node.tracker.move(COA_3, None)
+    assert node.rule(IN, 0x143, DST).expected_addresses == (COA,)
+    assert node.rule(OUT, 0x142, SRC).remap == COA
+    # The primary goes while another is bound: the other one takes its place.
+    node.tracker.track_mh(HOA, CN, Role.MN, coa=COA, others=(COA_LTE,))
+    node.tracker.bind_data(HOA, CN, COA, Role.MN, others=(COA_LTE,))
+    node.tracker.move(COA, None)
+    assert node.rule(IN, 0x143, DST).expected_addresses == (COA_LTE,)
+    assert node.rule(IN, 0x145, DST).expected_addresses == (COA_LTE,)
+    assert node.rule(OUT, 0x142, SRC).remap == COA_LTE
+    assert addresses(node.engine.outbound(esp_packet(HOA, CN, 0x142))) == (COA_LTE, CN)
+    # The last one goes: home, as with one binding.
+    node.tracker.move(COA_LTE, None)
+    assert node.rule(IN, 0x143, DST) is None and node.rule(OUT, 0x142, SRC) is None
+    assert node.rule(IN, 0x145, DST) is None
 
 
 # -- MIGRATE, classification, conflicts ------------------------------------------------------

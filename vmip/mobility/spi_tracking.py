@@ -14,6 +14,13 @@ and removes them when the SA goes.  Intents:
   "post-binding steps"; examples 1 and 3 of §5.2.2).
 - :meth:`SpiTracker.move` — the MN's CoA changed (§6.1): every rule naming
   the old CoA names the new one.
+- :meth:`SpiTracker.set_care_of_addresses` — an MN with one binding per link
+  (RFC 5648): its MH answers may arrive at any of its CoAs.
+
+With several bindings of one HoA (RFC 5648; ``others`` of :meth:`bind_data`),
+the inbound data rule expects the set of bound CoAs ("exp. src: {CoA1,
+CoA2}") and the outbound one is "ancillary or <primary CoA>": the send path
+picks the CoA per packet, a packet without a choice takes the primary one.
 
 The rules, per SA seen from this node (local/remote are the SA-level
 addresses: the HoA on the MN's side, never a CoA):
@@ -81,7 +88,14 @@ from vmip.ipsec.sadb import (
     UpdateEvent,
 )
 from vmip.log import get_logger
-from vmip.mobility.remap import ANCILLARY, Field, RemapEngine, RemapError, RemapRule
+from vmip.mobility.remap import (
+    ANCILLARY,
+    MAX_EXPECTED,
+    Field,
+    RemapEngine,
+    RemapError,
+    RemapRule,
+)
 from vmip.wire.proto import MOBILITY
 
 if TYPE_CHECKING:
@@ -129,6 +143,7 @@ def classify_sa(sa: SaInfo, spd: SPD | None = None) -> SaKind:
 class _MhIntent:
     role: Role
     coa: IPv6Address | None = None  # role MN only: the CoA our MH is remapped to
+    others: tuple[IPv6Address, ...] = ()  # role MN: our other CoAs (RFC 5648 bindings)
 
 
 @dataclass
@@ -136,6 +151,23 @@ class _DataBinding:
     role: Role
     inbound_coa: IPv6Address | None   # remap traffic arriving from/at this CoA
     outbound_coa: IPv6Address | None  # send to/from this CoA
+    #: The other bound CoAs (RFC 5648), accepted inbound like inbound_coa; when
+    #: there are any, outbound is "ancillary or outbound_coa" (chosen per packet).
+    others: tuple[IPv6Address, ...] = ()
+
+
+def _without(addresses: Iterable[IPv6Address], *skip: IPv6Address | None) -> tuple[IPv6Address, ...]:
+    """*addresses* in order, each once, none of *skip*."""
+    result: list[IPv6Address] = []
+    for address in addresses:
+        if address not in skip and address not in result:
+            result.append(address)
+    return tuple(result)
+
+
+def _replaced(addresses: tuple[IPv6Address, ...], old: IPv6Address,
+              new: IPv6Address | None) -> tuple[IPv6Address, ...]:
+    return tuple(a for a in (new if a == old else a for a in addresses) if a is not None)
 
 
 @dataclass(frozen=True)
@@ -247,23 +279,27 @@ class SpiTracker:
     # -- intents -------------------------------------------------------------
 
     def track_mh(self, local: IPv6Address, remote: IPv6Address, role: Role | str, *,
-                 coa: IPv6Address | None = None) -> int:
+                 coa: IPv6Address | None = None, others: Iterable[IPv6Address] = ()) -> int:
         """MH SAs between *local* and *remote* get IRO's MH rules.
 
         Role MN: *local* is our HoA, *remote* a CN or our HA, *coa* our
-        current CoA (``None`` at home: no inbound rule is needed).  Role CN
-        or HA: *local* is our address, *remote* the MN's HoA.  Returns how
-        many rules changed.
+        current CoA (``None`` at home: no inbound rule is needed), *others*
+        our other CoAs when we hold one binding per link (RFC 5648): MH
+        answers may come to any of them.  Role CN or HA: *local* is our
+        address, *remote* the MN's HoA.  Returns how many rules changed.
         """
         self._refresh()
         role = _as_role(role)
         local = _address(local, "local address")
         remote = _address(remote, "remote address")
+        more = tuple(_address(a, "care-of address") for a in others)
+        if (coa is not None or more) and role is not Role.MN:
+            raise RemapError("only the MN side of an intent has a CoA of its own")
         if coa is not None:
-            if role is not Role.MN:
-                raise RemapError("only the MN side of an intent has a CoA of its own")
             coa = _address(coa, "care-of address")
-        self._mh[(_side(role), local, remote)] = _MhIntent(role, coa)
+        elif more:
+            coa, more = more[0], more[1:]
+        self._mh[(_side(role), local, remote)] = _MhIntent(role, coa, _without(more, coa))
         log.info("iro tracking mh", role=role.value, local=str(local), remote=str(remote),
                  coa=str(coa) if coa else "")
         return self._sync_pair(local, remote)
@@ -279,7 +315,8 @@ class SpiTracker:
 
     def bind_data(self, local: IPv6Address, remote: IPv6Address, coa: IPv6Address,
                   role: Role | str = Role.MN, *, inbound: bool = True,
-                  outbound: bool = True, outbound_coa: IPv6Address | None = None) -> int:
+                  outbound: bool = True, outbound_coa: IPv6Address | None = None,
+                  others: Iterable[IPv6Address] = ()) -> int:
         """IPsec data SAs between *local* and *remote* follow *coa* (draft §3.6).
 
         Role MN: *local* is our HoA, *remote* the CN (or the other MN's HoA),
@@ -290,8 +327,11 @@ class SpiTracker:
         the proof (§4.5.1): ``bind_data(..., outbound=False)`` at the BU,
         ``bind_data(...)`` after the AOTR.  *outbound_coa*, if given, is
         where outbound data goes instead of *coa* (inbound and outbound
-        CoAs differ).  Applies to the SAs there now and to those added
-        later.  Returns how many rules changed.
+        CoAs differ).  *others*: the other bound CoAs of the HoA (RFC 5648,
+        one binding per link; at most 15), accepted inbound too; with any,
+        the outbound rule is "ancillary or" the outbound CoA, so that the
+        send path picks the path per packet.  Applies to the SAs there now
+        and to those added later.  Returns how many rules changed.
         """
         self._refresh()
         role = _as_role(role)
@@ -299,10 +339,14 @@ class SpiTracker:
         remote = _address(remote, "remote address")
         coa = _address(coa, "care-of address")
         send = _address(outbound_coa, "outbound care-of address") if outbound_coa else None
+        more = _without((_address(a, "care-of address") for a in others), coa)
+        if len(more) >= MAX_EXPECTED:
+            raise RemapError(f"at most {MAX_EXPECTED} care-of addresses per binding, "
+                             f"not {len(more) + 1}")
         if not inbound and not outbound and send is None:
             return self.unbind(local, remote, role)
         self._data[(_side(role), local, remote)] = _DataBinding(
-            role, coa if inbound else None, send or (coa if outbound else None))
+            role, coa if inbound else None, send or (coa if outbound else None), more)
         log.info("iro data binding", role=role.value, local=str(local), remote=str(remote),
                  coa=str(coa), inbound=inbound, outbound=outbound)
         return self._sync_pair(local, remote)
@@ -323,8 +367,11 @@ class SpiTracker:
 
         MN-side intents and bindings that named *old_coa* (``None``: at home)
         now name *new_coa*; every engine rule naming *old_coa*, whoever
-        installed it, is rewritten.  *new_coa* ``None`` (back home): MN-side
-        data bindings on *old_coa* end and the MH inbound rules go.
+        installed it, is rewritten.  *new_coa* ``None``: *old_coa* is gone.
+        Where it was one of several CoAs (RFC 5648 bindings) only it goes,
+        and when it was the primary one the next one takes its place.  Where
+        it was the only one (back home), MN-side data bindings on it end and
+        the MH inbound rules go.
         """
         self._refresh()
         new = None if new_coa is None else _address(new_coa, "new care-of address")
@@ -332,23 +379,56 @@ class SpiTracker:
         if old == new:
             return 0
         for (side, _local, _remote), intent in self._mh.items():
-            if side == "mn" and intent.coa == old:
+            if side != "mn":
+                continue
+            if old is None:
+                if intent.coa is None:
+                    intent.coa = new
+                continue
+            if intent.coa == old:
                 intent.coa = new
+                if new is None and intent.others:
+                    intent.coa, intent.others = intent.others[0], intent.others[1:]
+            intent.others = _without(_replaced(intent.others, old, new), intent.coa)
         for key, binding in list(self._data.items()):
             if key[0] != "mn" or old is None:
                 continue
-            if new is None and old in (binding.inbound_coa, binding.outbound_coa):
+            if new is None and not binding.others \
+                    and old in (binding.inbound_coa, binding.outbound_coa):
                 del self._data[key]
                 continue
             if binding.inbound_coa == old:
                 binding.inbound_coa = new
+                if new is None:
+                    binding.inbound_coa, binding.others = binding.others[0], binding.others[1:]
             if binding.outbound_coa == old:
-                binding.outbound_coa = new
+                binding.outbound_coa = new if new is not None else binding.inbound_coa
+            binding.others = _without(_replaced(binding.others, old, new), binding.inbound_coa)
         changed = 0
         if old is not None and new is not None:
             changed += self.engine.replace_address(old, new)
         log.info("iro move", old=str(old) if old else "home", new=str(new) if new else "home")
         return changed + self._sync_all()
+
+    def set_care_of_addresses(self, coas: Iterable[IPv6Address]) -> int:
+        """An MN's CoAs, primary first (RFC 5648: one binding per link).
+
+        Every MN-side MH intent expects its answers at any of them; an empty
+        list is home (no MH inbound rule).  Data bindings keep the sets their
+        peers accepted (:meth:`bind_data`'s *others*).  Returns how many
+        rules changed.
+        """
+        self._refresh()
+        ordered = _without(_address(a, "care-of address") for a in coas)
+        if len(ordered) > MAX_EXPECTED:
+            raise RemapError(f"at most {MAX_EXPECTED} care-of addresses, not {len(ordered)}")
+        primary = ordered[0] if ordered else None
+        touched = set()
+        for (side, local, remote), intent in self._mh.items():
+            if side == "mn" and (intent.coa, intent.others) != (primary, ordered[1:]):
+                intent.coa, intent.others = primary, ordered[1:]
+                touched.add((local, remote))
+        return sum(self._sync_pair(local, remote) for local, remote in touched)
 
     # -- the table -------------------------------------------------------------
 
@@ -574,16 +654,25 @@ class SpiTracker:
                                              owner=owner,
                                              fallback=data.outbound_coa if data else None)
             elif data is not None and data.outbound_coa is not None:
-                rules[Field.SRC] = RemapRule(Direction.OUT, spi, Field.SRC, local,
-                                             data.outbound_coa, owner=owner)  # example 1
+                if data.others:
+                    # Several bindings: the send path names the CoA per packet.
+                    rules[Field.SRC] = RemapRule(Direction.OUT, spi, Field.SRC, local, ANCILLARY,
+                                                 owner=owner, fallback=data.outbound_coa)
+                else:
+                    rules[Field.SRC] = RemapRule(Direction.OUT, spi, Field.SRC, local,
+                                                 data.outbound_coa, owner=owner)  # example 1
         else:
-            coa = mh.coa if mh is not None else None
-            if coa is None and data is not None:
-                coa = data.inbound_coa
-            if coa is not None:
-                # §3.1 rule 4 (MH: the on-wire CoA goes to MIPv6, §3.3) / example 1.
-                rules[Field.DST] = RemapRule(Direction.IN, spi, Field.DST, coa, local,
-                                             copy_to_ancillary=mh is not None, owner=owner)
+            expected: tuple[IPv6Address, ...] = ()
+            if mh is not None and mh.coa is not None:
+                expected = (mh.coa, *mh.others)
+            if data is not None and data.inbound_coa is not None:
+                expected = _without((*expected, data.inbound_coa, *data.others))
+            if expected:
+                # §3.1 rule 4 (MH: the on-wire CoA goes to MIPv6, §3.3) / example 1;
+                # any bound CoA when there are several (RFC 5648).
+                rules[Field.DST] = RemapRule(Direction.IN, spi, Field.DST, expected[0], local,
+                                             copy_to_ancillary=mh is not None, owner=owner,
+                                             also_expected=expected[1:MAX_EXPECTED])
 
         # The peer's mobility (role CN or HA): the peer's HoA is the source
         # coming in and the destination going out.
@@ -598,8 +687,13 @@ class SpiTracker:
                                              owner=owner,
                                              fallback=binding.outbound_coa if binding else None)
             elif binding is not None and binding.outbound_coa is not None:
-                rules[Field.DST] = RemapRule(Direction.OUT, spi, Field.DST, remote,
-                                             binding.outbound_coa, owner=owner)  # example 3
+                if binding.others:
+                    # Several bindings: the send path names the CoA per packet.
+                    rules[Field.DST] = RemapRule(Direction.OUT, spi, Field.DST, remote, ANCILLARY,
+                                                 owner=owner, fallback=binding.outbound_coa)
+                else:
+                    rules[Field.DST] = RemapRule(Direction.OUT, spi, Field.DST, remote,
+                                                 binding.outbound_coa, owner=owner)  # example 3
         else:
             if intent is not None:
                 # §3.1 rule 2 / §5.1.3: any source, handed to MIPv6 to check.
@@ -607,5 +701,6 @@ class SpiTracker:
                                              copy_to_ancillary=True, owner=owner)
             elif binding is not None and binding.inbound_coa is not None:
                 rules[Field.SRC] = RemapRule(Direction.IN, spi, Field.SRC, binding.inbound_coa,
-                                             remote, owner=owner)  # example 3
+                                             remote, owner=owner,   # example 3
+                                             also_expected=binding.others)
         return rules
