@@ -229,6 +229,17 @@ MISTAKES = {
                     replace('endpoint = "192.0.2.50:6275"\n', '')),
         "link[0].interface", "is also routed into the TUN (tun.routes[0] 2001:db8:100::/64)",
         'set interface = "eth0"'),
+    "multiple_care_of on a node without the mn role": Mistake(
+        "cn", replace("[mobility]\n", "[mobility]\nmultiple_care_of = true\n"),
+        "mobility.multiple_care_of",
+        "is only used by a mobile node", 'add "mn" to node.roles'),
+    "multiple_care_of not a boolean": Mistake(
+        "mn", replace('tunnel = "esp"', 'tunnel = "esp"\nmultiple_care_of = "yes"'),
+        "mobility.multiple_care_of", 'expected true or false, got a string "yes"',
+        "write multiple_care_of = true"),
+    "max_care_of_addresses above 16": Mistake(
+        "cn", replace("[mobility]\n", "[mobility]\nmax_care_of_addresses = 17\n"),
+        "mobility.max_care_of_addresses", "17", "0"),
     "TOML duplicate key": Mistake(
         "cn", replace("mtu = 1400", "mtu = 1400\nmtu = 1500"), "tun.mtu",
         "TOML syntax error at line {line}", "each key and [table] may appear once"),

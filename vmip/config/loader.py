@@ -36,6 +36,7 @@ from vmip.config.model import (
     DEFAULT_KEEPALIVE,
     DEFAULT_PORTS,
     LIFETIME_KEYS,
+    MAX_CARE_OF_ADDRESSES,
     PROTOCOL_NUMBERS,
     Action,
     Address,
@@ -651,7 +652,8 @@ def _check_roles(ctx: v.Context, node: NodeSection, tun: TunConfig, links: tuple
         coas[link.coa] = i
 
     mn_only = {"home_address": mobility.home_address, "home_agent": mobility.home_agent,
-               "correspondents": mobility.correspondents}
+               "correspondents": mobility.correspondents,
+               "multiple_care_of": mobility.multiple_care_of}
     if not is_mn:
         for key, value in mn_only.items():
             if value:
@@ -680,6 +682,12 @@ def _check_roles(ctx: v.Context, node: NodeSection, tun: TunConfig, links: tuple
     if not coas:
         ctx.fail("link", "a mobile node needs at least one link with a care-of address",
                  'add coa = "2001:db8:31::2" to a [[link]]')
+    if mobility.multiple_care_of and len(coas) > MAX_CARE_OF_ADDRESSES:
+        # One binding per link, and one IRO rule expects at most this many CoAs.
+        ctx.fail("mobility.multiple_care_of",
+                 f"{len(coas)} links have a care-of address; with multiple_care_of "
+                 f"at most {MAX_CARE_OF_ADDRESSES} may",
+                 f"keep coa on {MAX_CARE_OF_ADDRESSES} links, or set multiple_care_of = false")
     home_address = mobility.home_address
     if prefix is None:
         # Interface identifiers are 64 bits (RFC 4291 §2.5.1), so a home

@@ -109,6 +109,10 @@ MAX_BINDING_LIFETIME = 0xFFFF * 4
 DEFAULT_PROOF_CACHE_SIZE = 1024
 #: HA: home registrations kept at most (RFC 6275 §9.5.1 status 130 beyond).
 DEFAULT_MAX_HOME_BINDINGS = 16384
+#: HA/CN: RFC 5648 bindings kept per home address, default and most (the
+#: cores' max_bids_per_hoa; one IRO remap rule expects at most 16 CoAs).
+DEFAULT_MAX_CARE_OF_ADDRESSES = 4
+MAX_CARE_OF_ADDRESSES = 16
 DEFAULT_REPLAY_WINDOW = 1024
 DEFAULT_PRIORITY = 100
 # RFC 3948 §4: NAT keepalives every 20 s unless told otherwise.
@@ -251,6 +255,14 @@ class MobilityConfig:
     #: CN: seconds between HoA tests of each registered MN (draft §4.5.3).
     home_test_interval: float | None = field(metadata=key(
         v.seconds("3600"), default=None, unset="none (no regular HoA test)"))
+    #: MN: one binding per usable link at once (RFC 5648 Binding Identifiers,
+    #: BID = the link's 1-based position in the [[link]] list).
+    multiple_care_of: bool = field(metadata=key(v.boolean("true"), default=False))
+    #: HA and CN: bindings kept per home address (RFC 5648); 0: no RFC 5648
+    #: support at all (the BID option is skipped like any unknown option).
+    max_care_of_addresses: int = field(metadata=key(
+        v.integer("4", 0, MAX_CARE_OF_ADDRESSES, "a number of bindings"),
+        default=DEFAULT_MAX_CARE_OF_ADDRESSES))
 
 
 #: The keys of an SA's ``lifetime`` table: soft and hard limit of each unit.
