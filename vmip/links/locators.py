@@ -41,6 +41,11 @@ another MN's CoA, or a peer's address, must not take its traffic
 (the address is the SA's own) and makes the entry the peer's, or the home
 address's it names.
 
+A home address with several bindings at once (RFC 5648, one per link of
+the MN) owns every CoA they name: :meth:`LocatorTable.set_bound` tells the
+table which, so confirming one leaves none of the others behind, and the
+entries of a CoA no binding names any more are forgotten.
+
 A learned entry otherwise wins over a static prefix covering the same
 address (it is the most specific and the most recent, authenticated
 knowledge).  Learned entries are bounded: beyond ``max_learned`` the least
@@ -207,6 +212,9 @@ class LocatorTable:
         self._learned: OrderedDict[bytes, Locator] = OrderedDict()
         # Home address -> the learned CoA its binding vouched for last.
         self._owned: dict[bytes, bytes] = {}
+        # Home address -> every CoA its bindings name, when it has several
+        # (RFC 5648); as many entries as the mobility cores hold such HoAs.
+        self._siblings: dict[bytes, frozenset[bytes]] = {}
         self._cache: dict[bytes, Locator | None] = {}
         #: ``confirmed``, ``moved``, ``learned``, ``evicted``, ``observed_elsewhere``.
         self.counters: Counter[str] = Counter()
@@ -421,7 +429,7 @@ class LocatorTable:
             self._disown(entry, key)
         entry.owner = owner
         self._owned[owner] = key
-        if previous is not None:
+        if previous is not None and previous not in self._siblings.get(owner, ()):
             stale = self._learned.get(previous)
             if stale is not None and stale.owner == owner:
                 stale.owner = None
@@ -432,6 +440,33 @@ class LocatorTable:
         if entry.owner is not None and self._owned.get(entry.owner) == key:
             del self._owned[entry.owner]
         entry.owner = None
+
+    def set_bound(self, home_address: Any, addresses: Iterable[Any]) -> int:
+        """The bindings of *home_address* name exactly *addresses* now (several
+        with RFC 5648, one per link of the MN).  Its entries for them stay its
+        own whichever is confirmed last; the ones it owned that are no longer
+        named are forgotten (the binding of that link is gone).  Returns how
+        many entries were forgotten."""
+        owner = address_key(home_address)
+        keep = frozenset(address_key(address) for address in addresses)
+        before = self._siblings.get(owner, frozenset())
+        previous = self._owned.get(owner)
+        if previous is not None:
+            before = before | {previous}
+        forgotten = 0
+        for key in before - keep:
+            entry = self._learned.get(key)
+            if entry is not None and entry.owner == owner:
+                del self._learned[key]
+                self._disown(entry, key)
+                self._cache.pop(key, None)
+                forgotten += 1
+        if len(keep) > 1:
+            self._siblings[owner] = keep
+        else:
+            self._siblings.pop(owner, None)
+        self.counters["forgotten_unbound"] += forgotten
+        return forgotten
 
     def observe(self, on_wire_source: Any, endpoint: Endpoint) -> bool:
         """An *unauthenticated* packet from *on_wire_source* came from

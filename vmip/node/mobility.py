@@ -15,7 +15,10 @@ the runtime calls:
   (each with its ancillary data), and turns their actions into SAD MIGRATEs
   (the tunnel follows the CoA) and IRO data bindings (the tracker);
 - movement: :meth:`MobilityAgent.move` (draft §6.1: rules first, then the
-  BUs to the HA and every CN).
+  BUs to the HA and every CN); with ``multiple_care_of``,
+  :meth:`MobilityAgent.set_care_of_links` (one binding per usable link,
+  RFC 5648) and :meth:`MobilityAgent.paths_to` (the bound paths to a peer,
+  best first, for the send path; docs/multi-coa.md).
 
 Every decision the draft leaves open is in docs/iro.md.
 """
@@ -44,6 +47,7 @@ from vmip.mobility.spi_tracking import Role as TrackRole
 from vmip.mobility.spi_tracking import SpiTracker
 from vmip.node.events import event_fields, jsonable
 from vmip.node.movement import PreviousCoas
+from vmip.node.paths import BoundPath, PathTable
 from vmip.node.services import NodeServices
 from vmip.node.tun import IcmpErrorRateLimiter
 from vmip.wire import proto
@@ -94,6 +98,17 @@ class MobilityAgent:
         self._mn_tunnels: dict[IPv6Address, list[list[Any]]] | None = None
         self._mn_tunnels_generation = -1
         self.local_addresses = {a.ip for a in cfg.tun.addresses if a.version == 6}
+        # RFC 5648: the bound paths per peer (docs/multi-coa.md).
+        self.paths = PathTable(self._link_of_bid)
+        self.multiple_care_of = False
+        # MN with multiple_care_of: our CoAs by BID, primary first (the last
+        # CareOfAddressesChanged); per peer, the CoA DataPathChanged named
+        # for direct data (None: through the HA).
+        self._own_coas: tuple[tuple[int, IPv6Address], ...] = ()
+        self._mn_direct: dict[IPv6Address, IPv6Address | None] = {}
+        # The CN role's multi-CoA paths per (local, HoA): (accept, send) CoAs.
+        self._cn_multi: dict[tuple[IPv6Address, IPv6Address],
+                             tuple[tuple[IPv6Address, ...], tuple[IPv6Address, ...]]] = {}
 
         self.mn: MobileNode | None = None
         # Packets still arriving at the CoA the MN just left (docs/demo.md, rx_previous_coa).
@@ -102,6 +117,7 @@ class MobilityAgent:
         self.hoa_packed = b""
         self.home_agent: IPv6Address | None = None
         if cfg.has_role(ConfigRole.MN):
+            self.multiple_care_of = bool(mob.multiple_care_of)
             self.hoa = mob.home_address
             self.hoa_packed = self.hoa.packed
             self.home_agent = mob.home_agent
@@ -114,7 +130,9 @@ class MobilityAgent:
                                  correspondents_with_home=True,
                                  # K (RFC 6275 §11.7.1): with IKE the MN-HA IKE SA
                                  # follows the CoA (IkeManager.coa_changed).
-                                 key_management_mobility=str(cfg.keys.mode) == "ike")
+                                 key_management_mobility=str(cfg.keys.mode) == "ike",
+                                 # RFC 5648: one binding per link (set_care_of_links).
+                                 multiple_care_of=self.multiple_care_of)
             # A clean stop deletes our bindings instead of leaving them to expire.
             services.on_stop("mobility", self.deregister)
         self._deregistered: asyncio.Event | None = None
@@ -125,13 +143,15 @@ class MobilityAgent:
             prefix: IPv6Network = mob.home_prefix
             self.ha_address = next(a for a in self.local_addresses if a in prefix)
             self.ha = HomeAgent(self.ha_address, prefix, max_lifetime=mob.binding_lifetime,
-                                max_bindings=mob.max_home_bindings, clock_now=now)
+                                max_bindings=mob.max_home_bindings, clock_now=now,
+                                max_bids_per_hoa=mob.max_care_of_addresses)
         self.cn = Correspondent(known_peers=self._known_peer,
                                 max_lifetime=mob.binding_lifetime,
                                 proof_cache_size=mob.proof_cache_size, clock_now=now,
                                 home_test_on_registration=mob.home_test_on_registration,
                                 home_test_interval=mob.home_test_interval,
-                                local_coa=self._local_coa)
+                                local_coa=self._local_coa,
+                                max_bids_per_hoa=mob.max_care_of_addresses)
         self._register_intents()
 
     # -- set-up ----------------------------------------------------------------
@@ -198,6 +218,8 @@ class MobilityAgent:
             entry = ha.binding(peer)
             if entry is not None and entry.coa is not None and entry.coa.packed == address:
                 return True
+        if self.paths.bound(peer, address, home_only=home_only):
+            return True     # one of several bindings (RFC 5648): HA, or proven at the CN
         if home_only:
             return False
         cn = self.cn
@@ -213,14 +235,17 @@ class MobilityAgent:
         our CN role (draft §4.4.2)?  Unproven: it vouches for creating a
         locator only, never for moving one."""
         coa = self.cn.pending_coa(peer)
-        return coa is not None and coa.packed == address
+        if coa is not None and coa.packed == address:
+            return True
+        # Another BID's CoA, accepted at its BU and not proven yet (RFC 5648).
+        return self.paths.accepting(peer, address) and not self.paths.bound(peer, address)
 
     def holder_of(self, address: bytes) -> IPv6Address | None:
         """The home address whose home registration at our HA role names
         *address* as its CoA (its tunnel SA's outer address), if any."""
         if self.ha is None or len(address) != 16:
             return None
-        return self.ha.holder_of(IPv6Address(address))
+        return self.ha.holder_of(IPv6Address(address)) or self.paths.holder_of(address)
 
     def is_home_address(self, address: bytes) -> bool:
         """Is *address* a home address this node knows of: inside the prefix
@@ -236,8 +261,117 @@ class MobilityAgent:
     def start(self, coa: IPv6Address | None, now: float) -> None:
         """An MN starts away from home on *coa*: register with the HA and the CNs."""
         if self.mn is not None and coa is not None:
+            if self.multiple_care_of:
+                # The movement watcher adds the other usable links at its first look.
+                link = self._link_of_coa(coa)
+                if link is not None:
+                    self.set_care_of_links([link], link, now)
+                    return
             self.mn.set_coa(coa, now)
         self.pump(now)
+
+    # -- several bindings at once (RFC 5648; docs/multi-coa.md) --------------------
+
+    def bid_of_link(self, link: str) -> int | None:
+        """An MN's BID for *link*: its 1-based position in the config's [[link]] list."""
+        for index, each in enumerate(self.services.config.links, start=1):
+            if each.name == link:
+                return index
+        return None
+
+    def _link_of_bid(self, bid: int) -> str | None:
+        links = self.services.config.links
+        return links[bid - 1].name if 1 <= bid <= len(links) else None
+
+    def _link_of_coa(self, coa: IPv6Address) -> str | None:
+        for each in self.services.config.links:
+            if each.coa == coa:
+                return each.name
+        return None
+
+    def set_care_of_links(self, links: list[str], primary: str | None, now: float) -> None:
+        """MN with ``multiple_care_of``: one binding per link of *links* (those with
+        a CoA), *primary* the preferred one.  A link left out is deregistered by
+        the core over a remaining one; one added is registered at once."""
+        mn = self.mn
+        if mn is None or not self.multiple_care_of:
+            raise ValueError("this node is not a mobile node with multiple_care_of")
+        coas: dict[int, IPv6Address] = {}
+        order = ([primary] if primary in links else []) + [x for x in links if x != primary]
+        for link in order:
+            bid, coa = self.bid_of_link(link), self.services.link_coa(link)
+            if bid is not None and isinstance(coa, IPv6Address):
+                coas[bid] = coa
+        mn.set_care_of_addresses(coas, now)
+        wanted = self.bid_of_link(primary) if primary is not None else None
+        if wanted is not None and wanted in coas and mn.primary_bid != wanted:
+            mn.set_primary(wanted, now)
+        self.pump(now)
+
+    def paths_to(self, peer: bytes) -> list[BoundPath]:
+        """The bound paths for direct IPsec data to *peer* (the inner destination,
+        16 bytes), best first: on an MN the primary link first; on a CN the
+        path the MN's latest authenticated data came on, else its primary.
+        ``[]``: no multi-CoA binding, send as with one (ancillary None).  The
+        list is shared: read it, never change it."""
+        return self.paths.paths_to(peer)
+
+    def data_arrived(self, source: bytes, on_wire_source: bytes) -> None:
+        """An authenticated data packet from *source* (SA-level) arrived from
+        *on_wire_source*: a CN's best path to a HoA follows the MN's choice."""
+        self.paths.arrived(source, on_wire_source)
+
+    def _sync_mn_rules(self) -> None:
+        """MN with ``multiple_care_of``: the MH and data rules from what the core
+        last said.  Every CoA of ours is expected inbound on every bound SA
+        (they are all ours; ESP still judges the packet); outbound data leaves
+        from the CoA the send path names, else the primary one."""
+        hoa = self.hoa
+        if hoa is None:
+            return
+        own = tuple(coa for _bid, coa in self._own_coas)
+        self.tracker.set_care_of_addresses(own)
+        mn = self.mn
+        peers = set(self._mn_direct)
+        if mn is not None:
+            peers |= {entry.peer for entry in mn.entries()}
+        # The HA's data goes through the tunnel, as with one binding.
+        peers.discard(self.home_agent)   # type: ignore[arg-type]
+        for peer in peers:
+            direct = self._mn_direct.get(peer)
+            accept = tuple(coa for _bid, coa in (mn.paths(peer) if mn is not None else ()))
+            if direct is None and not accept:
+                self.tracker.unbind(hoa, peer, TrackRole.MN)
+                continue
+            if accept:
+                primary = own[0] if own and own[0] in accept else accept[0]
+            else:
+                # A peer without RFC 5648: its one binding follows the primary CoA
+                # (draft §6.1, rules first; the core re-registers it).
+                primary = own[0] if own else direct   # type: ignore[assignment]
+            assert primary is not None
+            others = tuple(c for c in (*own, *accept, direct) if c is not None and c != primary)
+            self.tracker.bind_data(hoa, peer, primary, TrackRole.MN, others=others)
+
+    def _peer_paths_changed(self, core: Any, event: ev.PathsChanged) -> None:
+        """A CN's or HA's bound paths of one MN (RFC 5648)."""
+        accept, send = event.accept, event.send
+        if core is self.ha:
+            removed = self.paths.peer_paths(event.peer, accept, send, home_agent=True)
+        else:
+            key = (event.local, event.peer)
+            if accept or send:
+                self._cn_multi[key] = (tuple(coa for _bid, coa in accept),
+                                       tuple(coa for _bid, coa in send))
+            else:
+                self._cn_multi.pop(key, None)
+            removed = self.paths.peer_paths(event.peer, accept, send)
+            self._cn_rules(event.local, event.peer)
+        # The locators of a binding's CoAs are that HoA's; those of a binding
+        # that went are forgotten (a new BU from there learns them again).
+        self.services.locators.set_bound(event.peer, self._bound_coas(event.peer))
+        if removed:
+            self.counters["paths_removed"] += len(removed)
 
     # -- per packet ---------------------------------------------------------------
 
@@ -437,16 +571,44 @@ class MobilityAgent:
                 "mobility " + type(event).__name__,
                 **{k: jsonable(v) for k, v in event_fields(event).items()})
         tracker = self.tracker
+        multiple = self.multiple_care_of and core is self.mn
         # Rules first (draft §6.1), then whoever listens (the IKE SA follows the CoA).
-        if isinstance(event, ev.CoaChanged):
+        if isinstance(event, ev.CoaChanged) and multiple:
+            # The primary CoA changed; the others may still be bound: the rules
+            # are made again from the whole set, never by replacing one address.
+            own = [pair for pair in self._own_coas if pair[1] not in (event.old, event.new)]
+            if event.new is not None:
+                bid = self.bid_of_link(self._link_of_coa(event.new) or "")
+                own.insert(0, (bid or 0, event.new))
+            self._own_coas = tuple(own)
+            self._sync_mn_rules()
+            self.previous_coas.moved(event.old, event.new, now)
+        elif isinstance(event, ev.CoaChanged):
             tracker.move(event.old, event.new)
             self.previous_coas.moved(event.old, event.new, now)
+        elif isinstance(event, ev.CareOfAddressesChanged):
+            self._own_coas = event.coas
+            self._sync_mn_rules()
+        elif isinstance(event, ev.PathsChanged):
+            if core is self.mn:
+                if event.peer != self.home_agent:
+                    # The HA's data goes through the tunnel (primary CoA), not direct.
+                    self.paths.mn_paths(event.peer, event.accept)
+                self._sync_mn_rules()
+            else:
+                self._peer_paths_changed(core, event)
         elif isinstance(event, ev.TunnelEndpointChanged):
             if event.coa is not None:
                 if core is self.mn:
                     self._migrate_own_tunnel(event.coa, now)
                 elif core is self.ha:
                     self._migrate_mn_tunnel(event.hoa, event.coa, now)
+        elif isinstance(event, ev.DataPathChanged) and multiple:
+            if event.direct and event.coa is not None:
+                self._mn_direct[event.peer] = event.coa
+            else:
+                self._mn_direct.pop(event.peer, None)
+            self._sync_mn_rules()
         elif isinstance(event, ev.DataPathChanged):
             if event.direct and event.coa is not None:
                 tracker.bind_data(event.hoa, event.peer, event.coa, TrackRole.MN)
@@ -471,22 +633,63 @@ class MobilityAgent:
             accept = event.coa
         else:
             send = event.coa
+            self.paths.primary(event.hoa, send)
         if accept is None and send is None:
             self._cn_paths.pop(key, None)
-            self.tracker.unbind(event.local, event.hoa, TrackRole.CN)
+        else:
+            self._cn_paths[key] = (accept, send)
+        self._cn_rules(event.local, event.hoa)
+
+    def _cn_rules(self, local: IPv6Address, hoa: IPv6Address) -> None:
+        """The CN role's data rules for one MN, from its primary binding
+        (AcceptFrom, SendTo) and its other bindings (PathsChanged, RFC 5648):
+        inbound from every CoA accepted, outbound to the primary proven one,
+        or the one the send path names."""
+        key = (local, hoa)
+        accept, send = self._cn_paths.get(key, (None, None))
+        multi = self._cn_multi.get(key)
+        if multi is not None:
+            accepted = tuple(dict.fromkeys(
+                c for c in (accept, *multi[0]) if c is not None))
+            if send is None and multi[1]:
+                send = multi[1][0]
+            if len(accepted) > 1:
+                self.tracker.bind_data(local, hoa, accepted[0], TrackRole.CN, outbound=False,
+                                       outbound_coa=send, others=accepted[1:])
+                return
+            accept = accepted[0] if accepted else None
+        if accept is None and send is None:
+            self.tracker.unbind(local, hoa, TrackRole.CN)
             return
-        self._cn_paths[key] = (accept, send)
         if accept is not None and send is not None and accept != send:
-            self.tracker.bind_data(event.local, event.hoa, accept, TrackRole.CN,
+            self.tracker.bind_data(local, hoa, accept, TrackRole.CN,
                                    outbound=False, outbound_coa=send)
         elif accept is not None:
-            self.tracker.bind_data(event.local, event.hoa, accept, TrackRole.CN,
-                                   outbound=send is not None)
+            self.tracker.bind_data(local, hoa, accept, TrackRole.CN, outbound=send is not None)
         else:
             assert send is not None
-            self.tracker.bind_data(event.local, event.hoa, send, TrackRole.CN, inbound=False)
+            self.tracker.bind_data(local, hoa, send, TrackRole.CN, inbound=False)
 
     # -- the tunnel follows the CoA (the MIGRATE equivalent, docs/mobility.md) -----
+
+    def _bound_coas(self, hoa: IPv6Address) -> list[IPv6Address]:
+        """Every CoA a binding of *hoa* names at our HA or CN role."""
+        coas: list[IPv6Address] = []
+        if self.ha is not None:
+            entry = self.ha.binding(hoa)
+            if entry is not None and entry.coa is not None:
+                coas.append(entry.coa)
+        entry = self.cn.binding(hoa)
+        if entry is not None and entry.coa is not None:
+            coas.append(entry.coa)
+        accepted = self.cn.accepting_from(hoa)
+        if accepted is not None:
+            coas.append(accepted)
+        for local_hoa, (accept, _send) in self._cn_multi.items():
+            if local_hoa[1] == hoa:
+                coas.extend(accept)
+        coas.extend(self.paths.home_coas(hoa))
+        return coas
 
     def _migrate_own_tunnel(self, coa: IPv6Address, now: float) -> None:
         sad = self.services.sad
@@ -554,6 +757,14 @@ class MobilityAgent:
     def move(self, coa: IPv6Address, now: float) -> None:
         if self.mn is None:
             raise ValueError("this node is not a mobile node")
+        link = self._link_of_coa(coa) if self.multiple_care_of else None
+        if link is not None:
+            # The link of *coa* becomes the primary one; the others stay bound.
+            current = [name for name in (self._link_of_bid(bid) for bid, _ in self._own_coas)
+                       if name is not None]
+            self.set_care_of_links(current + [link] if link not in current else current,
+                                   link, now)
+            return
         self.mn.set_coa(coa, now)
         self.pump(now)
 

@@ -40,6 +40,13 @@ these are vmip's choices, documented in docs/operations.md):
   usable standby link when a CN accepts the current CoA, has its CoA
   proven to the CNs over that link (``services.early_test``), so the move
   there needs no address test round trip.
+- with ``[mobility] multiple_care_of`` (RFC 5648, docs/multi-coa.md) every
+  usable, reachable link holds a binding of its own
+  (``services.set_care_of_links``): a link that comes up is registered at
+  once, one that goes down is removed at once (the core deregisters its
+  BID over a remaining link), and the policy's choice is the primary one.
+  The hold-down still applies to making a better link primary again.  No
+  early tests: a link with its own binding has its CoA proven already.
 """
 
 from __future__ import annotations
@@ -163,6 +170,11 @@ class MovementPolicy:
         self._evaluate(now)
 
     # -- outputs -----------------------------------------------------------------
+
+    def usable_links(self, now: float) -> list[str]:
+        """Usable, reachable links, best first (the current one wherever it ranks)."""
+        return sorted((name for name, s in self._links.items()
+                       if s.usable and self._reachable(s, now)), key=self._rank)
 
     def standby(self, now: float) -> list[str]:
         """Usable, reachable links other than the current one, best first."""
@@ -427,6 +439,9 @@ class MovementWatcher:
         self.errors = 0
         #: Early tests of standby links' CoAs offered to CNs (draft §4.5.2).
         self.early_tests = 0
+        #: RFC 5648: one binding per usable link (the links and the primary last handed over).
+        self.multiple_care_of = bool(getattr(services.config.mobility, "multiple_care_of", False))
+        self._bound_links: tuple[tuple[str, ...], str | None] = ((), None)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -540,6 +555,8 @@ class MovementWatcher:
         before = set(self.policy.standby(now))
         self.policy.observe_all(usable, now)
         self._act()
+        if self.multiple_care_of:
+            return   # every usable link has a binding of its own: nothing to prove early
         # A link that just became usable is where the MN may move next: after
         # the hold-down if it is better, at once if the current link fails.
         # Prove its CoA to the CNs now, over that link (draft §4.5.2), so the
@@ -586,7 +603,8 @@ class MovementWatcher:
         """A CN accepted our current CoA: prove the standby links' CoAs to it too
         (draft §4.5.2 names multi-homed nodes with "a list of possible CoAs
         they will switch to if they lose their primary connectivity")."""
-        if event.peer == self.services.config.mobility.home_agent or event.lifetime == 0:
+        if event.peer == self.services.config.mobility.home_agent or event.lifetime == 0 \
+                or self.multiple_care_of:
             return
         current = self.services.active_link
         if current is None or event.coa != self.services.link_coa(current):
@@ -609,6 +627,9 @@ class MovementWatcher:
         last = None
         while (decision := self.policy.next_decision()) is not None:
             last = decision   # only where the policy ended up matters
+        if self.multiple_care_of:
+            self._bind_links(last)
+            return
         if last is not None and last.link != self.services.active_link:
             decision, previous = last, self.services.active_link
             try:
@@ -619,6 +640,33 @@ class MovementWatcher:
                 return
             entry = {"t": self.services.wall_clock(), "from": previous, "to": decision.link,
                      "reason": decision.reason}
+            self._history.entries.append(entry)
+            log.info("automatic move", **{k: v or "-" for k, v in entry.items() if k != "t"})
+
+    def _bind_links(self, decision: MoveDecision | None) -> None:
+        """RFC 5648: a binding on every usable, reachable link, the policy's
+        choice primary.  Nothing usable: the bindings stay (a short outage)."""
+        links = self.policy.usable_links(self.services.clock())
+        if not links:
+            return
+        current = self.policy.current
+        primary = current if current in links else links[0]
+        wanted = (tuple(links), primary)
+        if wanted == self._bound_links and primary == self.services.active_link:
+            return
+        previous = self.services.active_link
+        try:
+            self.services.set_care_of_links(links, primary)
+        except Exception as exc:  # noqa: BLE001 - counted and logged; try again next look
+            self.errors += 1
+            log.warning("binding the usable links failed", links=",".join(links),
+                        error=str(exc))
+            return
+        self._bound_links = wanted
+        if primary != previous:
+            entry = {"t": self.services.wall_clock(), "from": previous, "to": primary,
+                     "reason": decision.reason if decision is not None else "primary",
+                     "links": ",".join(links)}
             self._history.entries.append(entry)
             log.info("automatic move", **{k: v or "-" for k, v in entry.items() if k != "t"})
 

@@ -627,6 +627,10 @@ class Node:
                 return
             if self.mobility.receive_mh(inner, onwire, now):
                 return
+        if result.sas and wire[8:24] != inner[8:24]:
+            # Authenticated (ICV, anti-replay) data from a CoA: with several
+            # bindings the CN's best path follows it (docs/multi-coa.md).
+            self.mobility.data_arrived(inner[8:24], wire[8:24])
         if self.tun is not None:
             # Queued: the TUN writes once per loop round, coalescing TCP (GRO).
             self.tun.write_soon(inner)
@@ -765,6 +769,21 @@ class Node:
         self.mobility.move(coa, self.clock())
         log.info("moved", old_link=old or "-", new_link=link_name, coa=str(coa))
         return {"link": link_name, "coa": str(coa), "previous": old}
+
+    def set_care_of_links(self, links: list[str], primary: str | None) -> dict:
+        """An MN with ``multiple_care_of``: one binding per link of *links*, the
+        primary on *primary*, which becomes the access link (RFC 5648)."""
+        if not self.is_mobile or not self.mobility.multiple_care_of:
+            raise NodeError("set_care_of_links needs a mobile node with "
+                            "[mobility] multiple_care_of = true")
+        unknown = [link for link in links if link not in self.links]
+        if unknown:
+            raise NodeError(f"no link {unknown[0]!r}; links: {', '.join(self.links)}")
+        old = self.active_link
+        if primary is not None:
+            self.active_link = primary
+        self.mobility.set_care_of_links(links, primary, self.clock())
+        return {"links": links, "link": primary, "previous": old}
 
     def _move_underlay(self, link_name: str) -> dict:
         """A node that is no MN but has several rfc3948 links (an IPsec client of a

@@ -53,6 +53,7 @@ class NodeHandle(Protocol):
     def move(self, link: str) -> dict: ...
 
     def on_stop(self, name: str, step: Callable[[], Awaitable[None]]) -> None: ...
+    def set_care_of_links(self, links: list[str], primary: str | None) -> dict: ...
     def early_test(self, link: str, peer: Any = None) -> int: ...
 
 
@@ -116,3 +117,7 @@ class NodeServices:
     def early_test(self, link: str, peer: Any = None) -> int:
         """Prove *link*'s CoA to the CNs before moving there (draft §4.5.2)."""
         return self._node.early_test(link, peer)
+
+    def set_care_of_links(self, links: list[str], primary: str | None) -> dict:
+        """MN with ``multiple_care_of``: one binding per link, *primary* preferred."""
+        return self._node.set_care_of_links(links, primary)
