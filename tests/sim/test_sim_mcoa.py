@@ -260,6 +260,11 @@ def test_wifi_dies_abruptly_traffic_goes_on_over_lte_and_nothing_goes_to_the_dea
                   if info.mode is Mode.TUNNEL and info.direction is Direction.OUT
                   and info.dst in (WIFI, LTE)]
         assert tunnel == [LTE]
+        # The CN and the HA forgot where wifi's CoA was; lte's stays theirs.
+        for node in ("cn", "ha"):
+            learned = {row["address"] for row in world.nodes[node].locators.rows()
+                       if row["source"] == "learned"}
+            assert str(WIFI) not in learned and str(LTE) in learned, (node, learned)
 
 
 def test_wifi_comes_back_and_is_registered_again_then_primary_after_the_hold_down() -> None:
@@ -404,3 +409,31 @@ def test_an_attacker_cannot_move_the_cns_mirror_or_get_a_packet_accepted() -> No
         remap = {k: after[2].get(k, 0) - before[2].get(k, 0) for k in after[2]}
         assert remap.get("in_src_mismatch", 0) == 1    # the unbound source
         assert world.nodes["cn"].mobility.paths.counters["mirror_moved"] == 1
+
+
+def test_a_clean_stop_deregisters_every_binding() -> None:
+    """RFC 6275 §11.7.1 with RFC 5648: the MN's lifetime-0 BUs remove all its
+    bindings at the HA and the CN, and their BAs still reach it (its MH rules
+    keep expecting its CoAs while it deregisters)."""
+    with SimWorld(seed=9, profiles=CLEAN, layout="split") as world:
+        configure(world)
+
+        async def scenario():
+            await start(world)
+            await until(world, "both links bound", lambda: both_bound(world), 5)
+            node = world.nodes["mn"]
+            stopping = world.loop.time()
+            await world.stop("mn")
+            return node, stopping
+
+        node, stopping = world.run(scenario())
+        assert node.counters["stop_step_timeout"] == 0, "the MN did not hear its BAs"
+        answered = {timed.event.peer for timed in node.events.timeline
+                    if timed.t >= stopping and isinstance(timed.event, ev.BindingAccepted)
+                    and timed.event.lifetime == 0}
+        assert answered == {HA, CN}
+        assert world.nodes["ha"].mobility.ha.binding(HOA) is None
+        assert world.nodes["cn"].mobility.cn.bindings() == []
+        assert world.nodes["cn"].mobility.paths_to(HOA.packed) == []
+        assert world.nodes["ha"].mobility.holder_of(WIFI.packed) is None
+        assert world.nodes["ha"].mobility.holder_of(LTE.packed) is None

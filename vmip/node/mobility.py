@@ -109,6 +109,9 @@ class MobilityAgent:
         # The CN role's multi-CoA paths per (local, HoA): (accept, send) CoAs.
         self._cn_multi: dict[tuple[IPv6Address, IPv6Address],
                              tuple[tuple[IPv6Address, ...], tuple[IPv6Address, ...]]] = {}
+        # HoAs whose bound CoAs changed at our HA or CN role: their locators
+        # are brought in step at the end of the pump.
+        self._locators_to_bind: set[IPv6Address] = set()
 
         self.mn: MobileNode | None = None
         # Packets still arriving at the CoA the MN just left (docs/demo.md, rx_previous_coa).
@@ -368,8 +371,9 @@ class MobilityAgent:
             removed = self.paths.peer_paths(event.peer, accept, send)
             self._cn_rules(event.local, event.peer)
         # The locators of a binding's CoAs are that HoA's; those of a binding
-        # that went are forgotten (a new BU from there learns them again).
-        self.services.locators.set_bound(event.peer, self._bound_coas(event.peer))
+        # that went are forgotten (a new BU from there learns them again),
+        # once the answer to the BU that removed it has left (end of pump).
+        self._locators_to_bind.add(event.peer)
         if removed:
             self.counters["paths_removed"] += len(removed)
 
@@ -548,6 +552,9 @@ class MobilityAgent:
                                              Ancillary.of(out.onwire_src, out.onwire_dst), now)
             if not busy:
                 break
+        while self._locators_to_bind:
+            hoa = self._locators_to_bind.pop()
+            self.services.locators.set_bound(hoa, self._bound_coas(hoa))
         self.services.pump.arm()
         if self._deregistered is not None and not self._deregistering():
             self._deregistered.set()
@@ -587,7 +594,10 @@ class MobilityAgent:
             tracker.move(event.old, event.new)
             self.previous_coas.moved(event.old, event.new, now)
         elif isinstance(event, ev.CareOfAddressesChanged):
-            self._own_coas = event.coas
+            if event.coas:
+                self._own_coas = event.coas
+            # None usable, or deregistering: the answers still come to the CoAs
+            # we had, so their MH rules stay.
             self._sync_mn_rules()
         elif isinstance(event, ev.PathsChanged):
             if core is self.mn:
