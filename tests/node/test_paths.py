@@ -1,0 +1,170 @@
+"""Several bindings per HoA around the cores: the path table, locators, the watcher.
+
+Running nodes are in tests/sim/test_sim_mcoa.py; these pin the sans-IO parts.
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv6Address
+from types import SimpleNamespace
+
+from vmip.links.locators import BINDING, LocatorTable
+from vmip.mobility.ancillary import UNSPECIFIED, Ancillary
+from vmip.node.movement import MovementWatcher
+from vmip.node.paths import BoundPath, PathTable
+
+HOA = IPv6Address("2001:db8:100::10")
+OTHER_HOA = IPv6Address("2001:db8:100::20")
+CN = IPv6Address("2001:db8:20::2")
+WIFI, LTE, SAT = (IPv6Address(f"2001:db8:3{i}::2") for i in (1, 2, 3))
+
+
+def remotes(table: PathTable, peer: IPv6Address) -> list[IPv6Address | None]:
+    return [path.remote for path in table.paths_to(peer.packed)]
+
+
+def test_a_path_hands_its_addresses_to_the_remap_engine() -> None:
+    mn_side = BoundPath(2, "lte0", LTE, None)
+    assert mn_side.ancillary() == Ancillary(LTE.packed, UNSPECIFIED)
+    assert BoundPath(1, None, None, WIFI).ancillary() == Ancillary(UNSPECIFIED, WIFI.packed)
+
+
+def test_the_mn_side_lists_its_links_primary_first() -> None:
+    table = PathTable({1: "wifi0", 2: "lte0"}.get)
+    assert table.paths_to(CN.packed) == []
+    table.mn_paths(CN, ((2, LTE), (1, WIFI)))
+    assert table.paths_to(CN.packed) == [BoundPath(2, "lte0", LTE, None),
+                                         BoundPath(1, "wifi0", WIFI, None)]
+    table.mn_paths(CN, ())
+    assert table.paths_to(CN.packed) == []
+
+
+def test_the_cn_side_mirrors_the_mn_then_its_primary_then_the_bids() -> None:
+    table = PathTable()
+    pairs = ((1, WIFI), (2, LTE), (3, SAT))
+    table.peer_paths(HOA, pairs, pairs)
+    assert remotes(table, HOA) == [WIFI, LTE, SAT]          # lowest BID first
+    table.primary(HOA, LTE)
+    assert remotes(table, HOA) == [LTE, WIFI, SAT]          # the MN's primary
+    table.arrived(HOA.packed, SAT.packed)
+    assert remotes(table, HOA) == [SAT, LTE, WIFI]          # where its data came from
+    assert table.mirror(HOA) == SAT and table.counters["mirror_moved"] == 1
+    table.arrived(HOA.packed, SAT.packed)
+    assert table.counters["mirror_moved"] == 1
+    # Only a bound CoA of that HoA is mirrored; other HoAs' data changes nothing.
+    table.arrived(HOA.packed, IPv6Address("2001:db8:666::1").packed)
+    table.arrived(OTHER_HOA.packed, WIFI.packed)
+    assert table.mirror(HOA) == SAT and table.counters["mirror_moved"] == 1
+    # A CoA accepted but not proven yet (draft §4.5.1) is no path to send on.
+    removed = table.peer_paths(HOA, pairs, ((1, WIFI), (2, LTE)))
+    assert removed == () and remotes(table, HOA) == [LTE, WIFI]
+    # The mirrored binding goes: so does the mirror.
+    removed = table.peer_paths(HOA, ((1, WIFI), (2, LTE)), ((1, WIFI), (2, LTE)))
+    assert removed == (SAT,) and table.mirror(HOA) is None
+    assert table.peer_paths(HOA, (), ()) == (WIFI, LTE)
+    assert table.paths_to(HOA.packed) == []
+
+
+def test_the_ha_side_names_holders_and_sends_nothing_direct() -> None:
+    table = PathTable()
+    table.peer_paths(HOA, ((1, WIFI), (2, LTE)), ((1, WIFI), (2, LTE)), home_agent=True)
+    assert table.holder_of(WIFI.packed) == HOA and table.holder_of(LTE.packed) == HOA
+    assert table.bound(HOA, LTE.packed, home_only=True)
+    assert table.paths_to(HOA.packed) == []     # the tunnel goes to the primary CoA
+    assert table.peer_paths(HOA, ((2, LTE),), ((2, LTE),), home_agent=True) == (WIFI,)
+    assert table.holder_of(WIFI.packed) is None
+    assert not table.bound(HOA, WIFI.packed)
+
+
+def test_mn_to_mn_combines_our_links_with_the_other_mns_best_coa() -> None:
+    table = PathTable({1: "wifi0", 2: "lte0"}.get)
+    table.mn_paths(OTHER_HOA, ((1, WIFI), (2, LTE)))
+    far = IPv6Address("2001:db8:41::2")
+    table.peer_paths(OTHER_HOA, ((1, far),), ((1, far),))
+    assert table.paths_to(OTHER_HOA.packed) == [BoundPath(1, "wifi0", WIFI, far),
+                                                BoundPath(2, "lte0", LTE, far)]
+
+
+def test_a_hoa_with_several_bindings_owns_all_their_locators() -> None:
+    table = LocatorTable()
+    table.set_bound(HOA, [WIFI, LTE])
+    assert table.confirm(WIFI, ("192.0.2.34", 6275), 1.0, "eth0", vouched_by=BINDING,
+                         home_address=HOA)
+    assert table.confirm(LTE, ("203.0.113.1", 40000), 2.0, "eth0", vouched_by=BINDING,
+                         home_address=HOA)
+    # Confirming lte left wifi's entry its own: another MN's binding cannot take it.
+    assert table.counters["left_behind"] == 0
+    assert table.taken(WIFI, OTHER_HOA) and table.taken(LTE, OTHER_HOA)
+    assert not table.confirm(WIFI, ("198.51.100.9", 6275), 3.0, "eth0", vouched_by=BINDING,
+                             home_address=OTHER_HOA)
+    assert table.lookup(WIFI).endpoint == ("192.0.2.34", 6275)
+    # Wifi's binding goes: its entry goes too; lte's stays.
+    assert table.set_bound(HOA, [LTE]) == 1
+    assert table.lookup(WIFI) is None and table.lookup(LTE) is not None
+    # An entry another HoA owns is never forgotten on this HoA's account.
+    table.confirm(SAT, ("198.51.100.7", 6275), 4.0, "eth0", vouched_by=BINDING,
+                  home_address=OTHER_HOA)
+    assert table.set_bound(HOA, []) == 1          # lte, not sat
+    assert table.lookup(SAT) is not None
+
+
+class _Services:
+    """What the movement watcher uses of the node, with multiple_care_of."""
+
+    def __init__(self) -> None:
+        links = [SimpleNamespace(name="wifi0", interface="wifi0", priority=10, bind=None),
+                 SimpleNamespace(name="lte0", interface="lte0", priority=20, bind=None)]
+        self.config = SimpleNamespace(links=links,
+                                      mobility=SimpleNamespace(multiple_care_of=True,
+                                                               home_agent=None))
+        self.active_link: str | None = "wifi0"
+        self.now = 0.0
+        self.calls: list[tuple[list[str], str | None]] = []
+        self.moves: list[str] = []
+        self.early: list[str] = []
+        self.events = SimpleNamespace(subscribe=lambda f: None, unsubscribe=lambda f: None)
+        self.pump = SimpleNamespace(add=lambda *a: None, remove=lambda *a: None,
+                                    arm=lambda: None)
+
+    def clock(self) -> float:
+        return self.now
+
+    def wall_clock(self) -> float:
+        return self.now
+
+    def link_names(self) -> list[str]:
+        return ["wifi0", "lte0"]
+
+    def set_care_of_links(self, links: list[str], primary: str | None) -> dict:
+        self.calls.append((list(links), primary))
+        self.active_link = primary
+        return {}
+
+    def move(self, link: str) -> dict:
+        self.moves.append(link)
+        return {}
+
+    def early_test(self, link: str, peer=None) -> int:
+        self.early.append(link)
+        return 1
+
+
+def test_the_watcher_binds_every_usable_link_and_keeps_the_hold_down_for_the_primary() -> None:
+    services = _Services()
+    watcher = MovementWatcher(services, dump=lambda: ([], []))
+    watcher._loop = SimpleNamespace(call_soon=lambda f, *a: f(*a))   # type: ignore[assignment]
+    watcher._apply({"wifi0": True, "lte0": True})
+    assert services.calls == [(["wifi0", "lte0"], "wifi0")]
+    watcher._apply({"wifi0": True, "lte0": True})
+    assert len(services.calls) == 1                  # nothing changed, nothing sent
+    services.now = 1.0
+    watcher._apply({"wifi0": False, "lte0": True})   # wifi dies: removed at once
+    assert services.calls[-1] == (["lte0"], "lte0")
+    services.now = 2.0
+    watcher._apply({"wifi0": True, "lte0": True})    # back: bound at once, not primary
+    assert services.calls[-1] == (["wifi0", "lte0"], "lte0")
+    services.now = 2.0 + watcher.policy.hold_down
+    watcher.handle_timer(services.now)
+    assert services.calls[-1] == (["wifi0", "lte0"], "wifi0")
+    # No early tests and no single-CoA moves with a binding per link.
+    assert services.early == [] and services.moves == []
