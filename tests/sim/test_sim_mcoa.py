@@ -90,7 +90,26 @@ def esp_spi(packet: bytes) -> int | None:
     return struct.unpack_from(">I", packet, 40)[0]
 
 
-def test_both_links_are_bound_at_the_ha_and_the_cn_and_data_is_accepted_on_both() -> None:
+def bindings_text(world: SimWorld, node: str, monkeypatch, capsys) -> tuple[str, dict]:
+    """What ``vmip bindings`` prints for *node* (and its ``--json``), through the
+    node's control handler."""
+    import argparse
+    import json
+
+    from vmip.cli import node as cli_node
+
+    handler = world.nodes[node].control_handlers.handlers()["mobility"]
+    client = type("Client", (), {"call": lambda self, command, **args: handler(args)})()
+    monkeypatch.setattr(cli_node, "_client", lambda args: client)
+    capsys.readouterr()
+    cli_node._bindings(argparse.Namespace(json=False))
+    text = capsys.readouterr().out
+    cli_node._bindings(argparse.Namespace(json=True))
+    return text, json.loads(capsys.readouterr().out)
+
+
+def test_both_links_are_bound_at_the_ha_and_the_cn_and_data_is_accepted_on_both(
+        monkeypatch, capsys) -> None:
     with SimWorld(seed=3, profiles=CLEAN, layout="split") as world:
         configure(world)
 
@@ -142,6 +161,19 @@ def test_both_links_are_bound_at_the_ha_and_the_cn_and_data_is_accepted_on_both(
                   if info.mode is Mode.TUNNEL and info.direction is Direction.OUT
                   and info.dst in (WIFI, LTE)]
         assert [info.dst for info in tunnel] == [WIFI]
+        # vmip bindings shows the BIDs and the paths.
+        text, status = bindings_text(world, "mn", monkeypatch, capsys)
+        assert "bound paths" in text and "lte0" in text and str(LTE) in text
+        assert status["mn"]["care_of_addresses"] == [
+            {"bid": 1, "link": "wifi0", "coa": str(WIFI)},
+            {"bid": 2, "link": "lte0", "coa": str(LTE)}]
+        assert [p["bid"] for p in status["paths"][0]["paths"]] == [1, 2]
+        assert {(e["peer"], e["bid"]) for e in status["mn"]["binding_update_list"]} == {
+            (str(HA), 1), (str(HA), 2), (str(CN), 1), (str(CN), 2)}
+        text, status = bindings_text(world, "cn", monkeypatch, capsys)
+        assert "bound paths" in text and str(LTE) in text
+        assert sorted(e["bid"] for e in status["cn"]["binding_cache"]) == [1, 2]
+        assert status["paths"][0]["mirror"] == str(LTE)    # its latest data came on lte
 
 
 ECHO_PORT = 7   # the lab's MN sends UDP port 7 to the CN through the HA's tunnel

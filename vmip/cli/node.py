@@ -297,14 +297,24 @@ def _bindings(args) -> int:
     if "mn" in status:
         mn = status["mn"]
         print_rows(mn["binding_update_list"],
-                   ["peer", "home", "state", "coa", "sequence", "lifetime", "direct"],
+                   ["peer", "bid", "home", "state", "coa", "sequence", "lifetime", "direct"],
                    title=f"binding update list (HoA {mn['hoa']}, CoA {mn['coa']})")
     if "ha" in status:
-        print_rows(status["ha"]["binding_cache"], ["hoa", "coa", "sequence", "lifetime"],
+        print_rows(status["ha"]["binding_cache"], ["hoa", "bid", "coa", "sequence", "lifetime"],
                    title=f"home agent {status['ha']['address']}: binding cache")
     cn = status["cn"]
-    print_rows(cn["binding_cache"], ["hoa", "local", "coa", "sequence", "lifetime"],
+    print_rows(cn["binding_cache"], ["hoa", "bid", "local", "coa", "sequence", "lifetime"],
                title=f"correspondent: binding cache ({cn.get('proofs')} proven CoAs)")
+    # Several bindings per HoA (RFC 5648): the paths data may take, best first.
+    rows = [{"role": entry["role"], "peer": entry["peer"], "order": order, "bid": path["bid"],
+             "link": path["link"] or "-", "via": path["local"] or path["remote"],
+             "mirror": "yes" if entry.get("mirror") and entry["mirror"] == path["remote"]
+             else ""}
+            for entry in status.get("paths", []) for order, path in
+            enumerate(entry.get("paths", []), start=1)]
+    if rows:
+        print_rows(rows, ["role", "peer", "order", "bid", "link", "via", "mirror"],
+                   title="bound paths (RFC 5648), best first")
     return 0
 
 

@@ -800,10 +800,15 @@ class MobilityAgent:
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = {"counters": dict(self.counters),
                                   "remap": dict(self.remap.counters)}
+        result["paths"] = self.paths.status()
         if self.mn is not None:
             result["mn"] = {
                 "hoa": str(self.hoa), "home_agent": str(self.home_agent),
                 "coa": str(self.mn.coa) if self.mn.coa else None,
+                "multiple_care_of": self.multiple_care_of,
+                # RFC 5648: our CoAs by BID, the primary first.
+                "care_of_addresses": [{"bid": bid, "link": self._link_of_bid(bid),
+                                       "coa": str(coa)} for bid, coa in self._own_coas],
                 "binding_update_list": [_entry_dict(e) for e in self.mn.entries()],
                 "counters": dict(self.mn.counters),
             }
