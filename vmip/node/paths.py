@@ -125,7 +125,7 @@ class PathTable:
             now = {coa for _bid, coa in accept}
             return tuple(coa for _bid, coa in before if coa not in now)
         entry = self._cn.get(key)
-        before_cn = set(entry.accept) if entry is not None else set()
+        before_cn = dict(entry.accept) if entry is not None else {}
         if accept or send:
             if entry is None:
                 entry = self._cn[key] = _PeerSide({}, ())
@@ -136,8 +136,10 @@ class PathTable:
         else:
             self._cn.pop(key, None)
         self._rebuild(key)
-        remaining = set(entry.accept) if entry is not None and (accept or send) else set()
-        return tuple(IPv6Address(coa) for coa in before_cn - remaining)
+        remaining = entry.accept if entry is not None and (accept or send) else {}
+        return tuple(IPv6Address(coa) for coa, _bid in sorted(before_cn.items(),
+                                                               key=lambda item: item[1])
+                     if coa not in remaining)
 
     def primary(self, hoa: IPv6Address, coa: IPv6Address | None) -> None:
         """CN side: the MN's primary binding is sent to *coa* (the core's SendTo)."""
