@@ -801,6 +801,7 @@ class MobilityAgent:
         result: dict[str, Any] = {"counters": dict(self.counters),
                                   "remap": dict(self.remap.counters)}
         result["paths"] = self.paths.status()
+        result["paths_counters"] = dict(self.paths.counters)
         if self.mn is not None:
             result["mn"] = {
                 "hoa": str(self.hoa), "home_agent": str(self.home_agent),
