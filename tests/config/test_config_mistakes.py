@@ -240,6 +240,12 @@ MISTAKES = {
     "max_care_of_addresses above 16": Mistake(
         "cn", replace("[mobility]\n", "[mobility]\nmax_care_of_addresses = 17\n"),
         "mobility.max_care_of_addresses", "17", "0"),
+    "more links with a CoA than bindings per HoA": Mistake(
+        "mn", chain(replace('tunnel = "esp"', 'tunnel = "esp"\nmultiple_care_of = true'),
+                    append("".join(f'\n[[link]]\nname = "extra{i}"\ncoa = "2001:db8:5{i:x}::2"\n'
+                                   for i in range(15)))),
+        "mobility.multiple_care_of", "17 links have a care-of address",
+        "keep coa on 16 links, or set multiple_care_of = false"),
     "TOML duplicate key": Mistake(
         "cn", replace("mtu = 1400", "mtu = 1400\nmtu = 1500"), "tun.mtu",
         "TOML syntax error at line {line}", "each key and [table] may appear once"),
