@@ -491,3 +491,27 @@ def test_a_clean_stop_deregisters_every_binding() -> None:
         assert world.nodes["cn"].mobility.paths_to(HOA.packed) == []
         assert world.nodes["ha"].mobility.holder_of(WIFI.packed) is None
         assert world.nodes["ha"].mobility.holder_of(LTE.packed) is None
+
+
+def test_an_ike_rekey_keeps_every_coa_in_the_mns_rules() -> None:
+    """IKEv2 keys: a CHILD_SA rekey brings new SPIs (draft §6.3), whose MH rules
+    must still expect both CoAs, as must the old ones until they go."""
+    with SimWorld(seed=10, profiles=CLEAN, keys="ike") as world:
+        configure(world)
+
+        def mh_sets() -> set[tuple[IPv6Address, ...]]:
+            return {rule.expected_addresses for rule in world.nodes["mn"].mobility.remap.rules()
+                    if rule.direction is Direction.IN and rule.owner == f"iro-mn:{HA}"}
+
+        async def scenario():
+            await start(world)
+            await until(world, "both links bound", lambda: both_bound(world), 30)
+            assert mh_sets() == {(WIFI, LTE)}
+            spis = {r.spi for r in world.nodes["mn"].mobility.remap.rules()}
+            world.nodes["mn"].keying.rekey("ha")
+            await until(world, "a rekeyed SA with rules", lambda: {
+                r.spi for r in world.nodes["mn"].mobility.remap.rules()} - spis, 10)
+            await asyncio.sleep(0.5)
+            return mh_sets()
+
+        assert world.run(scenario()) == {(WIFI, LTE)}

@@ -174,8 +174,11 @@ class MobilityAgent:
         for local, remote in sorted(self._transport_peers()):
             if mn is not None and local == hoa:
                 if remote == self.home_agent or remote in mn_correspondents(mn):
-                    # As an MN: our BUs leave from the CoA (rule 1), answers come back to it (rule 4).
-                    self.tracker.track_mh(local, remote, TrackRole.MN, coa=mn.coa)
+                    # As an MN: our BUs leave from the CoA (rule 1), answers come back to it
+                    # (rule 4), or to any of our CoAs with several bindings (RFC 5648).
+                    self.tracker.track_mh(local, remote, TrackRole.MN, coa=mn.coa,
+                                          others=[coa for _bid, coa in self._own_coas
+                                                  if coa != mn.coa])
                 if remote == self.home_agent:
                     continue
             if self.ha is not None and local == self.ha_address \
@@ -695,9 +698,10 @@ class MobilityAgent:
         accepted = self.cn.accepting_from(hoa)
         if accepted is not None:
             coas.append(accepted)
-        for local_hoa, (accept, _send) in self._cn_multi.items():
-            if local_hoa[1] == hoa:
-                coas.extend(accept)
+        for local in self.local_addresses:    # a few addresses, however many MNs
+            multi = self._cn_multi.get((local, hoa))
+            if multi is not None:
+                coas.extend(multi[0])
         coas.extend(self.paths.home_coas(hoa))
         return coas
 
