@@ -9,6 +9,8 @@ from ipaddress import IPv6Address
 from types import SimpleNamespace
 
 from vmip.links.locators import BINDING, LocatorTable
+from vmip.mobility.events import RegistrationTimeout
+from vmip.node.events import TimedEvent
 from vmip.mobility.ancillary import UNSPECIFIED, Ancillary
 from vmip.node.movement import MovementWatcher
 from vmip.node.paths import BoundPath, PathTable
@@ -16,6 +18,7 @@ from vmip.node.paths import BoundPath, PathTable
 HOA = IPv6Address("2001:db8:100::10")
 OTHER_HOA = IPv6Address("2001:db8:100::20")
 CN = IPv6Address("2001:db8:20::2")
+HA = IPv6Address("2001:db8:100::1")
 WIFI, LTE, SAT = (IPv6Address(f"2001:db8:3{i}::2") for i in (1, 2, 3))
 
 
@@ -116,7 +119,7 @@ class _Services:
                  SimpleNamespace(name="lte0", interface="lte0", priority=20, bind=None)]
         self.config = SimpleNamespace(links=links,
                                       mobility=SimpleNamespace(multiple_care_of=True,
-                                                               home_agent=None))
+                                                               home_agent=HA))
         self.active_link: str | None = "wifi0"
         self.now = 0.0
         self.calls: list[tuple[list[str], str | None]] = []
@@ -134,6 +137,9 @@ class _Services:
 
     def link_names(self) -> list[str]:
         return ["wifi0", "lte0"]
+
+    def link_coa(self, link: str | None) -> IPv6Address | None:
+        return {"wifi0": WIFI, "lte0": LTE}.get(link or "")
 
     def set_care_of_links(self, links: list[str], primary: str | None) -> dict:
         self.calls.append((list(links), primary))
@@ -168,3 +174,16 @@ def test_the_watcher_binds_every_usable_link_and_keeps_the_hold_down_for_the_pri
     assert services.calls[-1] == (["wifi0", "lte0"], "wifi0")
     # No early tests and no single-CoA moves with a binding per link.
     assert services.early == [] and services.moves == []
+
+
+def test_a_link_whose_home_registration_went_unanswered_leaves_the_set_for_a_while() -> None:
+    services = _Services()
+    watcher = MovementWatcher(services, dump=lambda: ([], []))
+    watcher._loop = SimpleNamespace(call_soon=lambda f, *a: f(*a))   # type: ignore[assignment]
+    watcher._apply({"wifi0": True, "lte0": True})
+    timeout = RegistrationTimeout(peer=HA, hoa=HOA, coa=LTE, stage="bu", bid=2)
+    watcher._on_mobility_event(TimedEvent(0.0, timeout))
+    assert services.calls[-1] == (["wifi0"], "wifi0")     # the secondary went, primary stays
+    services.now = watcher.policy.unreachable_penalty
+    watcher._apply({"wifi0": True, "lte0": True})
+    assert services.calls[-1] == (["wifi0", "lte0"], "wifi0")

@@ -593,6 +593,14 @@ class MovementWatcher:
             return
         if event.peer != self.services.config.mobility.home_agent:
             return
+        if self.multiple_care_of:
+            # Every link has a binding of its own: the one whose CoA went
+            # unanswered leaves the set for a while, primary or not.
+            for link in self.services.link_names():
+                if event.coa is not None and event.coa == self.services.link_coa(link):
+                    self.policy.reachability_lost(link, self.services.clock())
+                    self._act()
+            return
         current = self.services.active_link
         if current is None or event.coa != self.services.link_coa(current):
             return
