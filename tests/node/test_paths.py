@@ -9,9 +9,9 @@ from ipaddress import IPv6Address
 from types import SimpleNamespace
 
 from vmip.links.locators import BINDING, LocatorTable
+from vmip.mobility.ancillary import UNSPECIFIED, Ancillary
 from vmip.mobility.events import RegistrationTimeout
 from vmip.node.events import TimedEvent
-from vmip.mobility.ancillary import UNSPECIFIED, Ancillary
 from vmip.node.movement import MovementWatcher
 from vmip.node.paths import BoundPath, PathTable
 

@@ -13,9 +13,9 @@ import asyncio
 import struct
 from ipaddress import IPv6Address
 
+from vmip.ipsec.sa import Direction, Mode
 from vmip.lab.emulation import LinkProfile
 from vmip.mobility import events as ev
-from vmip.ipsec.sa import Direction, Mode
 from vmip.sim.scenario import ProbeStream, udp_probe
 from vmip.sim.world import SimWorld
 
@@ -134,13 +134,22 @@ def test_both_links_are_bound_at_the_ha_and_the_cn_and_data_is_accepted_on_both(
                     sent_from.append(wire[8:24])
                 node._flush(sends)
             await asyncio.sleep(0.5)
+            # The HA takes the MN's reverse tunnel from its other bound CoA too.
+            node = world.nodes["mn"]
+            inner = echo_probe(HOA, CN, 77)
+            wire = node.mobility.outbound(node.engine.outbound(inner, world.loop.time()).packet,
+                                          None, world.loop.time())
+            assert wire is not None and wire[8:24] == WIFI.packed     # the primary's tunnel
+            node.links["lte0"].send(wire[:8] + LTE.packed + wire[24:], ("192.0.2.2", 6275))
+            await asyncio.sleep(0.2)
             return mn, cn, got, sent_from, log
 
         mn, cn, got, sent_from, log = world.run(scenario())
         ha = world.nodes["ha"].mobility
         assert [p.link for p in mn.paths_to(CN.packed)] == ["wifi0", "lte0"]   # primary first
         assert sent_from == [WIFI.packed] * 3 + [LTE.packed] * 3
-        assert len(got) == 6, "the CN did not accept the MN's data from both CoAs"
+        assert len(got) == 7, "the CN did not accept the MN's data from both CoAs"
+        assert echo_seq(got[-1]) == 77, "the HA did not forward the tunnel packet from lte"
         # Each copy left on its own link.
         data = [(link, packet[8:24]) for _t, node, link, packet in log
                 if node == "mn" and esp_spi(packet) == MN_CN_DATA_SPI]
