@@ -473,6 +473,8 @@ def test_an_attacker_cannot_move_the_cns_mirror_or_get_a_packet_accepted() -> No
         remap = {k: after[2].get(k, 0) - before[2].get(k, 0) for k in after[2]}
         assert remap.get("in_src_mismatch", 0) == 1    # the unbound source
         assert world.nodes["cn"].mobility.paths.counters["mirror_moved"] == 1
+        counters = world.nodes["cn"].control_handlers.handlers()["counters"]({})
+        assert counters["paths"] == {"mirror_moved": 1}
 
 
 def test_a_clean_stop_deregisters_every_binding() -> None:

@@ -173,6 +173,7 @@ class NodeControl:
             "links": {name: dict(d.counters) for name, d in self.node.links.items()},
             "mobility": dict(self.node.mobility.counters),
             "remap": dict(self.node.mobility.remap.counters),
+            "paths": dict(self.node.mobility.paths.counters),   # RFC 5648 bound paths
             "icmp": dict(self.node.onwire_icmp.counters),
             "tun": self.node.tun.status() if self.node.tun is not None else {},
         }
