@@ -187,3 +187,21 @@ def test_a_link_whose_home_registration_went_unanswered_leaves_the_set_for_a_whi
     services.now = watcher.policy.unreachable_penalty
     watcher._apply({"wifi0": True, "lte0": True})
     assert services.calls[-1] == (["wifi0", "lte0"], "wifi0")
+
+
+def test_a_flapping_link_is_bound_again_only_after_the_rebind_window() -> None:
+    services = _Services()
+    watcher = MovementWatcher(services, dump=lambda: ([], []))
+    watcher._loop = SimpleNamespace(call_soon=lambda f, *a: f(*a))   # type: ignore[assignment]
+    watcher._apply({"wifi0": True, "lte0": True})                   # t=0: both bound
+    services.now = 0.1
+    watcher._apply({"wifi0": True, "lte0": False})                  # lte goes: at once
+    assert services.calls[-1] == (["wifi0"], "wifi0")
+    services.now = 0.2
+    watcher._apply({"wifi0": True, "lte0": True})                   # back too soon: held
+    assert services.calls[-1] == (["wifi0"], "wifi0")
+    assert watcher.get_timer() == 1.0 and watcher.rebinds_held == 1
+    services.now = 1.0
+    watcher.handle_timer(1.0)
+    assert services.calls[-1] == (["wifi0", "lte0"], "wifi0")
+    assert watcher.get_timer() is None

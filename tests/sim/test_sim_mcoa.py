@@ -337,6 +337,7 @@ def test_wifi_comes_back_and_is_registered_again_then_primary_after_the_hold_dow
         async def scenario():
             await start(world)
             await until(world, "both links bound", lambda: both_bound(world), 5)
+            await asyncio.sleep(1.0)   # wifi has been up a while: not a flapping link
             world.set_link("mn", "wifi0", False)
             await until(world, "lte only", lambda: bound_bids(world, CN) == {2: LTE}, 2)
             mn = world.nodes["mn"]
@@ -526,3 +527,35 @@ def test_an_ike_rekey_keeps_every_coa_in_the_mns_rules() -> None:
             return mh_sets()
 
         assert world.run(scenario()) == {(WIFI, LTE)}
+
+
+def test_a_flapping_wifi_ends_with_both_links_bound_and_bus_rate_limited() -> None:
+    """Wifi goes down and up every 0.1 s, eleven times, while lte stays: each
+    change adds or removes wifi's binding.  RFC 6275 §11.8 holds per binding
+    (at most three BUs a second for one BID to one peer), and once wifi stays
+    up both links end bound at the HA and the CN, the CN's paths with them."""
+    with SimWorld(seed=11, profiles=CLEAN, layout="split") as world:
+        configure(world)
+
+        async def scenario():
+            await start(world)
+            await until(world, "both links bound", lambda: both_bound(world), 5)
+            begin = world.loop.time()
+            for flip in range(11):
+                world.set_link("mn", "wifi0", flip % 2 == 1)
+                await asyncio.sleep(0.1)
+            world.set_link("mn", "wifi0", True)
+            await until(world, "both bound again", lambda: both_bound(world), 10)
+            return begin
+
+        begin = world.run(scenario())
+        sent: dict[tuple[IPv6Address, int | None], list[float]] = {}
+        for timed in world.nodes["mn"].events.timeline:
+            if timed.t >= begin and isinstance(timed.event, ev.BindingUpdateSent):
+                sent.setdefault((timed.event.peer, timed.event.bid), []).append(timed.t)
+        assert sent, "no BU during the flapping"
+        assert world.nodes["mn"].movement.status()["rebinds_held"] > 0
+        for key, times in sent.items():
+            assert max(sum(1 for t in times if start_at <= t < start_at + 1.0)
+                       for start_at in times) <= 3, (key, times)
+        assert world.nodes["mn"].mobility.remap.counters["bad_ancillary"] == 0

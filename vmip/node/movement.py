@@ -76,6 +76,11 @@ DEFAULT_UNREACHABLE_PENALTY = 10.0
 RESCAN_INTERVAL = 2.0
 #: How many decisions ``status()`` remembers.
 HISTORY = 32
+#: A binding per link (RFC 5648): a link whose binding came or went more
+#: than once in the last REBIND_WINDOW seconds is added again only after
+#: that, so that a flapping link costs at most MAX_UPDATE_RATE (3) BUs a
+#: second for its BID (RFC 6275 §11.8).  Removing a dead link never waits.
+REBIND_WINDOW = 1.0
 
 _IFF_UP = 0x1
 _IFA_F_TENTATIVE = 0x40
@@ -442,6 +447,12 @@ class MovementWatcher:
         #: RFC 5648: one binding per usable link (the links and the primary last handed over).
         self.multiple_care_of = bool(getattr(services.config.mobility, "multiple_care_of", False))
         self._bound_links: tuple[tuple[str, ...], str | None] = ((), None)
+        # Per link, when its binding last came or went (two are enough, see
+        # REBIND_WINDOW), and when a link held back may be bound again.
+        self._rebinds: dict[str, deque[float]] = {}
+        self._rebind_at: float | None = None
+        #: Links held back because they came and went too often (REBIND_WINDOW).
+        self.rebinds_held = 0
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -487,6 +498,7 @@ class MovementWatcher:
         now = self.services.clock()
         return {"automatic": self._thread is not None, **self.policy.status(now),
                 "scans": self.scans, "errors": self.errors, "early_tests": self.early_tests,
+                "bound_links": list(self._bound_links[0]), "rebinds_held": self.rebinds_held,
                 "decisions": list(self._history.entries)}
 
     # -- the netlink thread ------------------------------------------------------
@@ -654,11 +666,24 @@ class MovementWatcher:
     def _bind_links(self, decision: MoveDecision | None) -> None:
         """RFC 5648: a binding on every usable, reachable link, the policy's
         choice primary.  Nothing usable: the bindings stay (a short outage)."""
-        links = self.policy.usable_links(self.services.clock())
-        if not links:
+        now = self.services.clock()
+        usable = self.policy.usable_links(now)
+        if not usable:
             return
         current = self.policy.current
-        primary = current if current in links else links[0]
+        primary = current if current in usable else usable[0]
+        bound = set(self._bound_links[0])
+        links = []
+        self._rebind_at = None
+        for link in usable:
+            recent = [t for t in self._rebinds.get(link, ()) if t > now - REBIND_WINDOW]
+            if link in bound or link == primary or len(recent) <= 1:
+                links.append(link)
+                continue
+            # A flapping link: bound again once its older change is a window old.
+            self.rebinds_held += 1
+            again = recent[-2] + REBIND_WINDOW
+            self._rebind_at = again if self._rebind_at is None else min(self._rebind_at, again)
         wanted = (tuple(links), primary)
         if wanted == self._bound_links and primary == self.services.active_link:
             return
@@ -670,6 +695,8 @@ class MovementWatcher:
             log.warning("binding the usable links failed", links=",".join(links),
                         error=str(exc))
             return
+        for link in bound.symmetric_difference(links):
+            self._rebinds.setdefault(link, deque(maxlen=2)).append(now)
         self._bound_links = wanted
         if primary != previous:
             entry = {"t": self.services.wall_clock(), "from": previous, "to": primary,
@@ -681,7 +708,8 @@ class MovementWatcher:
     # -- the pump's side ----------------------------------------------------------
 
     def get_timer(self) -> float | None:
-        return self.policy.get_timer()
+        deadlines = [t for t in (self.policy.get_timer(), self._rebind_at) if t is not None]
+        return min(deadlines) if deadlines else None
 
     def handle_timer(self, now: float) -> None:
         self._sync_forced()
