@@ -372,6 +372,8 @@ class MobilityAgent:
             else:
                 self._cn_multi.pop(key, None)
             removed = self.paths.peer_paths(event.peer, accept, send)
+            # The primary binding's CoA (the last SendTo) ranks after the mirror.
+            self.paths.primary(event.peer, self._cn_paths.get(key, (None, None))[1])
             self._cn_rules(event.local, event.peer)
         # The locators of a binding's CoAs are that HoA's; those of a binding
         # that went are forgotten (a new BU from there learns them again),
