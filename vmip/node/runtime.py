@@ -780,9 +780,9 @@ class Node:
         if unknown:
             raise NodeError(f"no link {unknown[0]!r}; links: {', '.join(self.links)}")
         old = self.active_link
+        self.mobility.set_care_of_links(links, primary, self.clock())
         if primary is not None:
             self.active_link = primary
-        self.mobility.set_care_of_links(links, primary, self.clock())
         return {"links": links, "link": primary, "previous": old}
 
     def _move_underlay(self, link_name: str) -> dict:
