@@ -155,38 +155,71 @@ class MobilityAgent:
                                 home_test_interval=mob.home_test_interval,
                                 local_coa=self._local_coa,
                                 max_bids_per_hoa=mob.max_care_of_addresses)
+        # Inbound transport SAs by (SPI, destination) -> (local, remote), and
+        # how many SAs each pair and each remote has: kept by the SADB
+        # subscription, so neither a CN's check of a BU's HoA nor an SA an
+        # IKE exchange adds dumps the SAD (O(1) each instead of O(SAs)).
+        self._transport_in: dict[tuple[int, Any], tuple[IPv6Address, IPv6Address]] = {}
+        self._transport_pairs: collections.Counter[tuple[IPv6Address, IPv6Address]] = \
+            collections.Counter()
+        self._transport_remotes: collections.Counter[IPv6Address] = collections.Counter()
+        for info in self.services.sad.dump(publish=False):
+            self._note_transport(info)
         self._register_intents()
 
     # -- set-up ----------------------------------------------------------------
 
     def _transport_peers(self) -> set[tuple[IPv6Address, IPv6Address]]:
         """(local, remote) address pairs of our inbound transport SAs."""
-        pairs = set()
-        for info in self.services.sad.dump(publish=False):
-            if info.direction is Direction.IN and info.mode is Mode.TRANSPORT \
-                    and isinstance(info.dst, IPv6Address) and isinstance(info.src, IPv6Address):
-                pairs.add((info.dst, info.src))
-        return pairs
+        return set(self._transport_pairs)
+
+    def _note_transport(self, info) -> tuple[IPv6Address, IPv6Address] | None:
+        """An SA was added or changed: record it if it is an inbound transport
+        SA; returns its (local, remote) pair when no other SA had that pair."""
+        key = (info.spi, info.dst)
+        self._forget_transport(key)
+        if info.direction is not Direction.IN or info.mode is not Mode.TRANSPORT \
+                or not isinstance(info.dst, IPv6Address) or not isinstance(info.src, IPv6Address):
+            return None
+        pair = (info.dst, info.src)
+        self._transport_in[key] = pair
+        self._transport_pairs[pair] += 1
+        self._transport_remotes[info.src] += 1
+        return pair if self._transport_pairs[pair] == 1 else None
+
+    def _forget_transport(self, key: tuple[int, Any]) -> None:
+        pair = self._transport_in.pop(key, None)
+        if pair is None:
+            return
+        self._transport_pairs[pair] -= 1
+        if self._transport_pairs[pair] <= 0:
+            del self._transport_pairs[pair]
+        self._transport_remotes[pair[1]] -= 1
+        if self._transport_remotes[pair[1]] <= 0:
+            del self._transport_remotes[pair[1]]
 
     def _register_intents(self) -> None:
         """Which SAs get IRO's MH rules (draft §3.2 pre-binding steps, §7 for the HA)."""
-        mn, hoa = self.mn, self.hoa
-        for local, remote in sorted(self._transport_peers()):
-            if mn is not None and local == hoa:
-                if remote == self.home_agent or remote in mn_correspondents(mn):
-                    # As an MN: our BUs leave from the CoA (rule 1), answers come back to it
-                    # (rule 4), or to any of our CoAs with several bindings (RFC 5648).
-                    self.tracker.track_mh(local, remote, TrackRole.MN, coa=mn.coa,
-                                          others=[coa for _bid, coa in self._own_coas
-                                                  if coa != mn.coa])
-                if remote == self.home_agent:
-                    continue
-            if self.ha is not None and local == self.ha_address \
-                    and remote in self.ha.home_prefix:
-                self.tracker.track_mh(local, remote, TrackRole.HA)
-                continue
-            # As a CN (every node is one): BUs from the peer's CoA (rule 2), answers to it (rule 3).
-            self.tracker.track_mh(local, remote, TrackRole.CN)
+        for local, remote in sorted(self._transport_pairs):
+            self._register_intent(local, remote)
+
+    def _register_intent(self, local: IPv6Address, remote: IPv6Address) -> None:
+        mn = self.mn
+        if mn is not None and local == self.hoa:
+            if remote == self.home_agent or remote in mn_correspondents(mn):
+                # As an MN: our BUs leave from the CoA (rule 1), answers come back to it
+                # (rule 4), or to any of our CoAs with several bindings (RFC 5648).
+                self.tracker.track_mh(local, remote, TrackRole.MN, coa=mn.coa,
+                                      others=[coa for _bid, coa in self._own_coas
+                                              if coa != mn.coa])
+            if remote == self.home_agent:
+                return
+        if self.ha is not None and local == self.ha_address \
+                and remote in self.ha.home_prefix:
+            self.tracker.track_mh(local, remote, TrackRole.HA)
+            return
+        # As a CN (every node is one): BUs from the peer's CoA (rule 2), answers to it (rule 3).
+        self.tracker.track_mh(local, remote, TrackRole.CN)
 
     def _on_sadb_event(self, event: SadbEvent) -> None:
         """An SA came or went: the reverse tunnel SA may have changed, and a
@@ -195,9 +228,14 @@ class MobilityAgent:
         self.tunnel_changed()
         if isinstance(event, (AddEvent, UpdateEvent, DeleteEvent)):
             self._mn_tunnels = None      # a MIGRATE is ours: the index follows it itself
-        if isinstance(event, (AddEvent, UpdateEvent)) and event.sa.mode is Mode.TRANSPORT \
-                and event.sa.direction is Direction.IN:
-            self._register_intents()
+        if isinstance(event, (AddEvent, UpdateEvent)):
+            # Only a pair no SA had before needs its intent (a rekey's new SA
+            # of a known pair is tracked by the SpiTracker already).
+            pair = self._note_transport(event.sa)
+            if pair is not None:
+                self._register_intent(*pair)
+        elif isinstance(event, DeleteEvent):
+            self._forget_transport((event.sa.spi, event.sa.dst))
 
     def _peer_coa(self, peer: IPv6Address) -> IPv6Address | None:
         binding = self.cn.binding(peer)
@@ -209,7 +247,7 @@ class MobilityAgent:
 
     def _known_peer(self, hoa: IPv6Address) -> bool:
         """A CN serves a HoA it shares an SA with (draft §8.1.2: proof of HoA ownership)."""
-        return any(remote == hoa for _local, remote in self._transport_peers())
+        return hoa in self._transport_remotes
 
     # -- what a binding vouches for (locators, forwarding: docs/security.md) ---------
 
