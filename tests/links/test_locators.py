@@ -370,3 +370,39 @@ def test_a_binding_vouch_never_takes_a_peer_entry():
     # The peer's own SA still moves it.
     assert table.confirm("2001:db8:20::9", HA, 3.0, vouched_by=PEER)
 
+
+
+def test_static_with_endpoint_ignores_learned_default_and_endpointless_prefixes():
+    table = lab_table(max_learned=5000)
+    table.add_static("2001:db8:20:1::/64", None, peer="cn-later")   # no endpoint yet
+    table.confirm("2001:db8:99::5", MN_WIFI, 1.0)                   # learned /128
+    assert table.lookup("2001:db8:99::5").endpoint == MN_WIFI
+    assert table.static_with_endpoint(ipaddress.IPv6Address("2001:db8:99::5").packed) is None
+    assert table.static_with_endpoint("2001:db8:20::7").endpoint == CN
+    # The longer prefix has no endpoint: the /48 with one answers.
+    assert table.static_with_endpoint("2001:db8:20:1::9").peer == "cn"
+    assert table.static_with_endpoint("2001:db8:100::1").peer == "ha-home"
+    assert table.static_with_endpoint("2001:db8:99::1") is None     # the default peer only
+
+
+def test_ike_config_locator_lookup_costs_the_same_with_many_learned_locators():
+    """An IKE_SA_INIT from an on-wire source, and each authenticated IKE
+    message that may move a locator, look up the config's locator
+    (IkeManager._static_locator): an HA's learned locators (one per MN) must
+    not make that a walk."""
+    from types import SimpleNamespace
+
+    from workcount import line_events
+
+    from vmip.node.keying import IkeManager
+
+    def work(learned: int) -> int:
+        table = lab_table(max_learned=learned + 10)
+        for i in range(learned):
+            table.confirm(ipaddress.IPv6Address(f"2001:db8:77::{i + 1:x}"), ("192.0.2.9", i + 1),
+                          1.0)
+        manager = SimpleNamespace(services=SimpleNamespace(locators=table))
+        key = ipaddress.IPv6Address("2001:db8:20::7").packed
+        assert IkeManager._static_locator(manager, key).endpoint == CN
+        return line_events(lambda: IkeManager._static_locator(manager, key))
+    assert work(10) == work(2000)

@@ -310,6 +310,23 @@ class LocatorTable:
                 return entry
         return None
 
+    def static_with_endpoint(self, address: Any) -> Locator | None:
+        """The config's own entry for *address*: the longest static prefix that
+        has an endpoint, ignoring what was learned, the default peer and ``::/0``.
+
+        One dict probe per distinct prefix length, whatever the number of
+        learned locators (an HA holds one per MN).
+        """
+        value = int.from_bytes(address_key(address), "big")
+        static = self._static
+        for length in self._static_lengths:
+            if length == 0:
+                continue
+            entry = static[length].get(value >> (128 - length))
+            if entry is not None and entry.endpoint is not None:
+                return entry
+        return None
+
     # -- learning ----------------------------------------------------------
 
     def refresh(self, on_wire_source: bytes, endpoint: Endpoint, now: float,

@@ -1137,15 +1137,7 @@ class IkeManager:
     def _static_locator(self, onwire: bytes):
         """The config's own locator for an on-wire address (longest prefix, with an
         endpoint), ignoring what was learned and the default peer."""
-        address = ipaddress.IPv6Address(onwire)
-        best = None
-        for entry in self.services.locators.entries():
-            if entry.source != "static" or entry.endpoint is None or address not in entry.prefix \
-                    or entry.prefix.prefixlen == 0:
-                continue
-            if best is None or entry.prefix.prefixlen > best.prefix.prefixlen:
-                best = entry
-        return best
+        return self.services.locators.static_with_endpoint(onwire)
 
     def _learn_locator(self, sa: IkeSa, remote: str, now: float) -> None:
         """An authenticated IKE message: the sender's locator may move.
