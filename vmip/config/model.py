@@ -263,6 +263,10 @@ class MobilityConfig:
     max_care_of_addresses: int = field(metadata=key(
         v.integer("4", 0, MAX_CARE_OF_ADDRESSES, "a number of bindings"),
         default=DEFAULT_MAX_CARE_OF_ADDRESSES))
+    #: MN with multiple_care_of: seconds without a request on a bound link
+    #: before a binding refresh measures it (vmip.node.quality); 0: never.
+    link_probe_interval: float = field(metadata=key(
+        v.seconds_between("5", 0, 3600, "an interval"), default=5.0))
 
 
 #: The keys of an SA's ``lifetime`` table: soft and hard limit of each unit.

@@ -48,7 +48,8 @@ class NodeControl:
             "mn.move": self._mn_move,
             "remap.list": self._remap_list,
             "mobility": lambda args: {**self.node.mobility.status(), "movement": (
-                self.node.movement.status() if self.node.movement is not None else None)},
+                self.node.movement.status() if self.node.movement is not None else None),
+                "link_quality": self.node.link_quality.status(self.node.clock())},
             "events": self._events,
             **(self._ike_handlers() if self.node.keying is not None else {}),
         })
@@ -116,6 +117,8 @@ class NodeControl:
                           "wire": dict(self.node.wire_reassembly.counters)},
             "control": str(self.node.control_path),
             "active_link": self.node.active_link,
+            # RTT and loss measured per link (vmip.node.quality; docs/control.md).
+            "link_quality": self.node.link_quality.status(now),
             "path_mtu": self.node.onwire_icmp.rows(now),
             "capture": {
                 "wire": str(self.node.pcap_wire.path) if self.node.pcap_wire else None,

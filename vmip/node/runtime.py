@@ -62,6 +62,8 @@ from vmip.node.onwire_icmp import OnWireIcmp
 from vmip.node.pcap import PcapWriter
 from vmip.node.ports import REAL_PORTS, MovementPort, NodePorts, TunPort
 from vmip.node.pump import Pump
+from vmip.node.quality import LinkQuality
+from vmip.node.quality import install as install_link_quality
 from vmip.node.services import NodeServices
 from vmip.wire import proto
 from vmip.wire.errors import WireError
@@ -166,8 +168,11 @@ class Node:
         self.active_link: str | None = None
         self._link_of_coa: dict[bytes, str] = {}
         self._index_coas()
+        #: RTT and loss per link, from the MN's signalling (vmip.node.quality).
+        self.link_quality = LinkQuality()
         self.services = NodeServices(self)
         self.mobility = MobilityAgent(self.services, now)
+        self.quality_feed, self.link_prober = install_link_quality(self)
         self.pump.add("sad", self.sad)
         self.pump.add("mobility", self.mobility)
         # The SAD's deadlines only move when an SA does, and every such change

@@ -3,10 +3,11 @@
 The helpers around the sans-IO cores (the mobility agent, the IKE manager,
 the movement watcher) need a few things from the node: the clocks, the SAD,
 SPD and SADB bus, the locator table, a way to send a packet the node made,
-the links' care-of addresses, the wire capture, the event hub and the pump
-that keeps their timers.  :class:`NodeServices` is exactly that list.  A
-helper gets one instead of the node, so it cannot reach into the node's
-private state, and a test can hand it a stand-in.
+the links' care-of addresses, the wire capture, the event hub, the pump
+that keeps their timers and the links' measured quality.
+:class:`NodeServices` is exactly that list.  A helper gets one instead of
+the node, so it cannot reach into the node's private state, and a test can
+hand it a stand-in.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from vmip.links.locators import LocatorTable
     from vmip.node.events import EventHub
     from vmip.node.pump import Pump
+    from vmip.node.quality import LinkQuality
 
 
 class NodeHandle(Protocol):
@@ -37,6 +39,7 @@ class NodeHandle(Protocol):
     locators: LocatorTable
     events: EventHub
     pump: Pump
+    link_quality: LinkQuality
     active_link: str | None
     loop: asyncio.AbstractEventLoop | None
 
@@ -69,6 +72,8 @@ class NodeServices:
         self.locators = node.locators
         self.events = node.events
         self.pump = node.pump
+        #: RTT and loss per link (vmip.node.quality): the MN picks its best link by it.
+        self.link_quality = node.link_quality
 
     @property
     def config(self) -> Any:

@@ -1,0 +1,493 @@
+"""Link quality: round-trip time and loss per link, measured from the MN's own signalling.
+
+Three pieces, each usable alone:
+
+- :class:`LinkQuality`, sans-IO (numbers and times in, figures out, never
+  raises): per link a smoothed RTT and its variation with RFC 6298 §2's
+  arithmetic (SRTT/RTTVAR, alpha 1/8, beta 1/4, the first sample R sets
+  SRTT = R and RTTVAR = R/2), a loss rate that is a decaying average of
+  request outcomes (answered 0, unanswered 1; the first outcomes are
+  averaged plainly, then each new one weighs :data:`LOSS_GAIN`), and how
+  many samples and how old they are.  :meth:`LinkQuality.best` ranks links
+  (see there).  Bounded: at most ``max_links`` links are kept.
+- :class:`QualityFeed` turns the mobility core's report events into
+  samples: Binding Update → Binding Acknowledgement, BU → Address Ownership
+  Test Challenge, AOTR → BA, early tests (AOTO → AOTC, AOTR → AOTS), with
+  retransmissions as losses.  A request belongs to the link whose
+  care-of address it names (the node's ``[[link]]`` CoAs; an RFC 5648 BID
+  names the same link, its 1-based position in that list).
+- :class:`LinkProber` keeps bound but idle links measured when the MN
+  registers one binding per link (``mobility.multiple_care_of``): every
+  ``mobility.link_probe_interval`` seconds without a request on a link it
+  asks the MN core for a binding refresh over it (``MobileNode.probe``).
+
+docs/multi-coa.md, "Link quality", says what the figures mean.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from ipaddress import IPv6Address
+from typing import Any
+
+from vmip.log import get_logger
+from vmip.mobility import events as ev
+
+log = get_logger(__name__)
+
+#: RFC 6298 §2.3: SRTT gain and RTTVAR gain.
+ALPHA = 1 / 8
+BETA = 1 / 4
+#: Weight of each new outcome in the loss average once more than 1/LOSS_GAIN were seen.
+LOSS_GAIN = 1 / 8
+#: Consecutive unanswered requests after which a link counts as failing.
+FAILING_STREAK = 2
+#: The loss rate used in the score is capped here: a link that lost
+#: everything still has a finite (huge) score, so ties stay ordered.
+MAX_SCORED_LOSS = 0.99
+#: An outstanding request older than SRTT + 4 RTTVAR (RFC 6298 §2.3's RTO,
+#: with this floor instead of its 1 s: signalling answers at once) makes
+#: its link count as failing until an answer comes.
+MIN_OVERDUE = 0.25
+#: Samples above this are not round trips of a live link (a BA to a BU
+#: that waited for a link to come back): ignored.
+MAX_SAMPLE = 60.0
+#: Seconds without any news after which a link's figures are stale.
+DEFAULT_STALE_AFTER = 30.0
+DEFAULT_MAX_LINKS = 64
+
+#: Ranks of :meth:`LinkQuality.best`, best first.
+GOOD, STALE, UNKNOWN, FAILING = "good", "stale", "unknown", "failing"
+_RANK = {GOOD: 0, STALE: 1, UNKNOWN: 2, FAILING: 3}
+
+
+@dataclass(frozen=True, slots=True)
+class LinkStats:
+    """What is known of one link at one instant (times in ms, ages in s)."""
+
+    srtt_ms: float | None       # None until the first RTT sample
+    rttvar_ms: float | None
+    loss: float                 # 0..1, decaying average of request outcomes
+    samples: int                # RTT samples taken
+    outcomes: int               # requests whose fate is known (answered or not)
+    lost_in_row: int            # unanswered requests since the last answer
+    age_s: float | None         # since the last sample or outcome
+    score_ms: float | None      # srtt / (1 - loss): expected time to get a message through
+    state: str                  # good, stale, unknown, failing (see LinkQuality.best)
+
+
+class _Link:
+    __slots__ = ("last_news", "last_request", "loss", "lost_in_row", "outcomes",
+                 "pending_since", "rttvar", "samples", "srtt")
+
+    def __init__(self) -> None:
+        self.srtt: float | None = None
+        self.rttvar = 0.0
+        self.loss = 0.0
+        self.samples = 0
+        self.outcomes = 0
+        self.lost_in_row = 0
+        self.last_news: float | None = None
+        self.last_request: float | None = None
+        self.pending_since: float | None = None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+class LinkQuality:
+    """RTT and loss per link (sans-IO, bounded; see the module doc).
+
+    Bad input (a negative, infinite or NaN time, a link name that is not a
+    string) is ignored and counted in :attr:`ignored`; no method raises.
+    """
+
+    def __init__(self, *, stale_after: float = DEFAULT_STALE_AFTER,
+                 max_links: int = DEFAULT_MAX_LINKS) -> None:
+        self.stale_after = stale_after
+        self.max_links = max(1, max_links)
+        self._links: dict[str, _Link] = {}
+        self.ignored = 0
+
+    # -- input -------------------------------------------------------------------
+
+    def _entry(self, link: Any, now: Any) -> _Link | None:
+        if not isinstance(link, str) or not _finite(now):
+            self.ignored += 1
+            return None
+        entry = self._links.get(link)
+        if entry is None:
+            if len(self._links) >= self.max_links:
+                # Links are few (the config's); past the cap the one heard of least recently goes.
+                oldest = min(self._links, key=lambda name: self._links[name].last_news or -math.inf)
+                del self._links[oldest]
+            entry = self._links[link] = _Link()
+        return entry
+
+    def rtt_sample(self, link: str, seconds: float, now: float) -> None:
+        """One round trip over *link* took *seconds* (RFC 6298 §2.2, §2.3)."""
+        if not _finite(seconds) or not 0 <= seconds <= MAX_SAMPLE:
+            self.ignored += 1
+            return
+        entry = self._entry(link, now)
+        if entry is None:
+            return
+        if entry.srtt is None:
+            entry.srtt, entry.rttvar = seconds, seconds / 2
+        else:
+            entry.rttvar = (1 - BETA) * entry.rttvar + BETA * abs(entry.srtt - seconds)
+            entry.srtt = (1 - ALPHA) * entry.srtt + ALPHA * seconds
+        entry.samples += 1
+        entry.last_news = now
+
+    def request_sent(self, link: str, now: float) -> None:
+        """A request that expects an answer left on *link* (for the overdue rule and the prober)."""
+        entry = self._entry(link, now)
+        if entry is None:
+            return
+        entry.last_request = now
+        if entry.pending_since is None:
+            entry.pending_since = now
+
+    def outcome(self, link: str, answered: bool, now: float) -> None:
+        """A request on *link* was answered, or given up on (retransmitted, timed out)."""
+        entry = self._entry(link, now)
+        if entry is None:
+            return
+        entry.outcomes += 1
+        gain = max(LOSS_GAIN, 1 / entry.outcomes)
+        entry.loss += gain * ((0.0 if answered else 1.0) - entry.loss)
+        entry.loss = min(max(entry.loss, 0.0), 1.0)
+        entry.lost_in_row = 0 if answered else entry.lost_in_row + 1
+        entry.pending_since = None
+        entry.last_news = now
+
+    def forget(self, link: str) -> None:
+        self._links.pop(link, None)
+
+    # -- output ------------------------------------------------------------------
+
+    def last_request(self, link: str) -> float | None:
+        entry = self._links.get(link)
+        return entry.last_request if entry is not None else None
+
+    def _state(self, entry: _Link | None, now: float) -> str:
+        if entry is None:
+            return UNKNOWN
+        if entry.lost_in_row >= FAILING_STREAK or (entry.srtt is None and entry.lost_in_row):
+            return FAILING
+        if entry.pending_since is not None and entry.srtt is not None \
+                and now - entry.pending_since > max(entry.srtt + 4 * entry.rttvar, MIN_OVERDUE):
+            return FAILING
+        if entry.srtt is None:
+            return UNKNOWN
+        if entry.last_news is None or now - entry.last_news > self.stale_after:
+            return STALE
+        return GOOD
+
+    @staticmethod
+    def _score(entry: _Link) -> float | None:
+        if entry.srtt is None:
+            return None
+        # Expected delivery time: each attempt gets through with 1 - loss
+        # (geometric), each costs about one SRTT.
+        return entry.srtt / (1 - min(entry.loss, MAX_SCORED_LOSS))
+
+    def link(self, link: str, now: float) -> LinkStats | None:
+        """The figures of *link*, or None when nothing was ever heard of it."""
+        entry = self._links.get(link) if isinstance(link, str) else None
+        if entry is None:
+            return None
+        score = self._score(entry)
+        age = None
+        if entry.last_news is not None and _finite(now):
+            age = max(now - entry.last_news, 0.0)
+        return LinkStats(
+            srtt_ms=entry.srtt * 1000 if entry.srtt is not None else None,
+            rttvar_ms=entry.rttvar * 1000 if entry.srtt is not None else None,
+            loss=entry.loss, samples=entry.samples, outcomes=entry.outcomes,
+            lost_in_row=entry.lost_in_row, age_s=age,
+            score_ms=score * 1000 if score is not None else None,
+            state=self._state(entry, now) if _finite(now) else UNKNOWN)
+
+    def best(self, links: Iterable[str], now: float) -> str | None:
+        """The link to send on among *links*, or None when none has any figure.
+
+        Links rank by state first: ``good`` (an RTT known, fresh, answering),
+        ``stale`` (no news for ``stale_after`` seconds), ``unknown`` (no RTT
+        yet), ``failing`` (:data:`FAILING_STREAK` requests in a row
+        unanswered, or one outstanding past its RTO): a link whose last
+        requests all went unanswered loses against any that answers.  In a
+        state, the lowest score wins (SRTT / (1 - loss), the expected time
+        to get a message through); ties keep the order of *links*.
+        """
+        if not _finite(now):
+            return None
+        ranked = []
+        known = False
+        try:
+            candidates = list(links)
+        except Exception:   # noqa: BLE001 - an odd iterable is bad input, not a reason to fail
+            self.ignored += 1
+            return None
+        for index, name in enumerate(candidates):
+            if not isinstance(name, str):
+                continue
+            entry = self._links.get(name)
+            state = self._state(entry, now)
+            score = self._score(entry) if entry is not None else None
+            known = known or entry is not None
+            ranked.append((_RANK[state], score if score is not None else math.inf, index, name))
+        if not known:
+            return None
+        return min(ranked)[3]
+
+    def status(self, now: float) -> dict[str, dict[str, Any]]:
+        """Per link its figures, rounded for people (``best`` marks the best of all)."""
+        best = self.best(self._links, now)
+        result: dict[str, dict[str, Any]] = {}
+        for name in sorted(self._links):
+            stats = self.link(name, now)
+            if stats is None:
+                continue
+            result[name] = {
+                "srtt_ms": _round(stats.srtt_ms), "rttvar_ms": _round(stats.rttvar_ms),
+                "loss": round(stats.loss, 4), "samples": stats.samples,
+                "outcomes": stats.outcomes, "lost_in_row": stats.lost_in_row,
+                "age_s": _round(stats.age_s), "score_ms": _round(stats.score_ms),
+                "state": stats.state, "best": name == best,
+            }
+        return result
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 3) if value is not None else None
+
+
+# -- the feeds: the MN's signalling ----------------------------------------------------
+
+#: Request/answer exchanges followed at once (one per peer and address; bounded).
+MAX_EXCHANGES = 256
+
+
+@dataclass(slots=True)
+class _Exchange:
+    link: str
+    kind: str             # "bu", "aotr" (registration proof), "aoto", "test-aotr" (early test)
+    sent_at: float
+    retransmitted: bool   # Karn: no RTT from a request that left more than once
+
+
+class QualityFeed:
+    """The MN's report events → :class:`LinkQuality` samples and outcomes.
+
+    Round trips: BU → BA (the BA's own ``rtt``, matched to its BU by
+    sequence number, so also right after retransmissions), BU → AOTC and
+    AOTR → BA when the CN asks for a proof (draft §4.5.1), AOTO → AOTC and
+    AOTR → AOTS for early tests (§4.5.2).  Losses: a BU, AOTR or AOTO sent
+    again, and an early test given up, but only towards a peer that
+    answered before (over any link): a peer that never answered (not
+    running, not reachable at all) says nothing about our link.  An answer
+    of any kind (a refusal too) counts as answered: the link carried it.
+    """
+
+    def __init__(self, services: Any, quality: LinkQuality) -> None:
+        self.services = services
+        self.quality = quality
+        self._exchanges: dict[tuple[IPv6Address, IPv6Address], _Exchange] = {}
+        #: Peers that answered some request of ours (bounded with the exchanges).
+        self._answering: dict[IPv6Address, None] = {}
+        services.events.subscribe(self._on_event)
+
+    def close(self) -> None:
+        self.services.events.unsubscribe(self._on_event)
+
+    def link_of(self, address: Any, bid: Any = None) -> str | None:
+        """The link whose care-of address is *address*; else the link BID *bid* names."""
+        names = self.services.link_names()
+        if address is not None:
+            for name in names:
+                if self.services.link_coa(name) == address:
+                    return str(name)
+        if isinstance(bid, int) and not isinstance(bid, bool):
+            configured = [link.name for link in self.services.config.links]
+            if 1 <= bid <= len(configured) and configured[bid - 1] in names:
+                return str(configured[bid - 1])
+        return None
+
+    def _remember(self, key: tuple[IPv6Address, IPv6Address], exchange: _Exchange) -> None:
+        self._exchanges.pop(key, None)
+        if len(self._exchanges) >= MAX_EXCHANGES:
+            del self._exchanges[next(iter(self._exchanges))]
+        self._exchanges[key] = exchange
+        self.quality.request_sent(exchange.link, exchange.sent_at)
+
+    def _answered(self, peer: IPv6Address, link: str, now: float) -> None:
+        self._answering.pop(peer, None)
+        if len(self._answering) >= MAX_EXCHANGES:
+            del self._answering[next(iter(self._answering))]
+        self._answering[peer] = None
+        self.quality.outcome(link, True, now)
+
+    def _lost(self, peer: IPv6Address, link: str, now: float) -> None:
+        if peer in self._answering:
+            self.quality.outcome(link, False, now)
+
+    def _on_event(self, timed: Any) -> None:
+        event = timed.event
+        if not isinstance(event, ev.Report):
+            return
+        now = self.services.clock()
+        quality = self.quality
+        if isinstance(event, ev.BindingUpdateSent):
+            link = self.link_of(event.coa, getattr(event, "bid", None))
+            if link is None or event.coa is None:
+                return
+            key = (event.peer, event.coa)
+            if event.attempt > 1:
+                previous = self._exchanges.get(key)
+                # The BU (or AOTR) before this one went unanswered.
+                self._lost(event.peer, previous.link if previous is not None else link, now)
+            self._remember(key, _Exchange(link, "bu", now, event.attempt > 1))
+        elif isinstance(event, ev.AotResponseSent):
+            key = (event.peer, event.address)
+            exchange = self._exchanges.get(key)
+            if exchange is None:
+                return      # a HoA test (through the HA), or a challenge we did not ask for
+            if exchange.kind in ("bu", "aoto"):
+                # The AOTC answered the BU or the AOTO.
+                if not exchange.retransmitted:
+                    quality.rtt_sample(exchange.link, now - exchange.sent_at, now)
+                self._answered(event.peer, exchange.link, now)
+                kind = "aotr" if exchange.kind == "bu" else "test-aotr"
+                self._remember(key, _Exchange(exchange.link, kind, now, False))
+            else:
+                # The same AOTR again: the one before went unanswered.
+                self._lost(event.peer, exchange.link, now)
+                self._remember(key, _Exchange(exchange.link, exchange.kind, now, True))
+        elif isinstance(event, ev.AotOfferSent):
+            key = (event.peer, event.address)
+            link = self.link_of(event.address)
+            if link is None:
+                return
+            again = key in self._exchanges and self._exchanges[key].kind == "aoto"
+            if again:
+                self._lost(event.peer, link, now)
+            self._remember(key, _Exchange(link, "aoto", now, again))
+        elif isinstance(event, ev.BindingAccepted):
+            link = self.link_of(event.coa, getattr(event, "bid", None))
+            exchange = self._exchanges.pop((event.peer, event.coa), None) \
+                if event.coa is not None else None
+            if exchange is None:
+                return
+            if exchange.kind == "bu":
+                # The core matched this BA to its BU by sequence number: never ambiguous.
+                quality.rtt_sample(exchange.link, event.rtt, now)
+            elif not exchange.retransmitted:
+                quality.rtt_sample(exchange.link, now - exchange.sent_at, now)
+            self._answered(event.peer, link or exchange.link, now)
+        elif isinstance(event, (ev.BindingRefused, ev.AotStatusReceived)):
+            address = event.coa if isinstance(event, ev.BindingRefused) else event.address
+            if address is None:
+                return
+            exchange = self._exchanges.pop((event.peer, address), None)
+            if exchange is None:
+                return
+            if not exchange.retransmitted:
+                quality.rtt_sample(exchange.link, now - exchange.sent_at, now)
+            self._answered(event.peer, exchange.link, now)
+        elif isinstance(event, ev.BindingDeregistered):
+            # A deregistration's BA (the event names no CoA): whichever BU is out to that peer.
+            for key in [k for k in self._exchanges if k[0] == event.peer]:
+                exchange = self._exchanges.pop(key)
+                if exchange.kind == "bu":
+                    if not exchange.retransmitted:
+                        quality.rtt_sample(exchange.link, now - exchange.sent_at, now)
+                    self._answered(event.peer, exchange.link, now)
+        elif isinstance(event, ev.RegistrationTimeout) and event.stage == "early-test" \
+                and event.coa is not None:
+            # The MN gives up an early test: its last AOTO or AOTR went unanswered.
+            exchange = self._exchanges.pop((event.peer, event.coa), None)
+            if exchange is not None:
+                self._lost(event.peer, exchange.link, now)
+
+
+# -- the prober: bound but idle links ------------------------------------------------------
+
+class LinkProber:
+    """Every ``mobility.link_probe_interval`` seconds without a request on a
+    bound link, a binding refresh over it (``MobileNode.probe(bid, now)``).
+
+    Only on an MN with ``mobility.multiple_care_of`` (one binding per link:
+    the refresh of one binding measures its link).  A driven core of the
+    node's pump; *probe* is ``(bid, now) -> sent``.
+    """
+
+    def __init__(self, services: Any, quality: LinkQuality,
+                 probe: Callable[[int, float], bool]) -> None:
+        self.services = services
+        self.quality = quality
+        self.probe = probe
+        self._next: dict[str, float] = {}
+        self.probes = 0
+
+    def interval(self) -> float:
+        mobility = self.services.config.mobility
+        if not getattr(mobility, "multiple_care_of", False):
+            return 0.0
+        return float(getattr(mobility, "link_probe_interval", 0.0) or 0.0)
+
+    def _links(self) -> list[tuple[int, str]]:
+        """(BID, link) of every running link with a CoA: BID = position in ``[[link]]``."""
+        running = set(self.services.link_names())
+        return [(bid, link.name) for bid, link in enumerate(self.services.config.links, 1)
+                if link.name in running and link.coa is not None]
+
+    def _due(self, link: str, interval: float, now: float) -> float:
+        last = self.quality.last_request(link)
+        due = self._next.get(link, now)
+        if last is not None:
+            due = max(due, last + interval)
+        return due
+
+    def get_timer(self) -> float | None:
+        interval = self.interval()
+        if interval <= 0:
+            return None
+        now = self.services.clock()
+        dues = [self._due(link, interval, now) for _, link in self._links()]
+        return min(dues) if dues else None
+
+    def handle_timer(self, now: float) -> None:
+        interval = self.interval()
+        if interval <= 0:
+            return
+        for bid, link in self._links():
+            if self._due(link, interval, now) > now:
+                continue
+            # Sent or not (no binding on that link yet, one in flight), look again in one interval.
+            self._next[link] = now + interval
+            if self.probe(bid, now):
+                self.probes += 1
+
+
+def install(node: Any) -> tuple[QualityFeed, LinkProber | None]:
+    """Feed ``node.link_quality`` from the node's events; on an MN, the prober on its pump."""
+    quality = node.link_quality
+    feed = QualityFeed(node.services, quality)
+    prober = None
+    mobility = node.mobility
+    if mobility.mn is not None:
+        def probe(bid: int, now: float) -> bool:
+            send = getattr(mobility.mn, "probe", None)
+            if send is None or not send(bid, now):
+                return False
+            mobility.pump(now)    # the refresh BU leaves now
+            return True
+        prober = LinkProber(node.services, quality, probe)
+        node.pump.add("link_prober", prober)
+    return feed, prober
