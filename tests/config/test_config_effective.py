@@ -106,7 +106,7 @@ def test_defaults_are_filled_in(tmp_path: Path) -> None:
         "correspondents": [], "binding_lifetime": 420, "tunnel": "esp", "proof_cache_size": 1024,
         "max_home_bindings": 16384,
         "home_test_on_registration": False,
-        "multiple_care_of": False, "max_care_of_addresses": 4,
+        "multiple_care_of": False, "max_care_of_addresses": 4, "link_probe_interval": 5.0,
     }
     assert effective["keys"] == {"mode": "static", "backend": "cryptography",
                                  "replay_window": 1024,

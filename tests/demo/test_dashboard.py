@@ -41,8 +41,11 @@ def test_render_fits_80x24_and_shows_the_state(snapshots):
     lines = _fits(text, 80, 24)
     assert lines[0].startswith("vmip top · mn (mn) · link wifi0 · CoA 2001:db8:31::2")
     wifi = next(line for line in lines if line.startswith("wifi0"))
-    # The recording's wifi0 counters went 1100→1200 rx and 1180→1300 tx in 1 s.
-    assert wifi.split()[1:] == ["active", "up", "100", "120"]
+    # The recording's wifi0 counters went 1100→1200 rx and 1180→1300 tx in 1 s;
+    # its link quality: 11.6 ms smoothed RTT, no loss, the best of two links.
+    assert wifi.split()[1:] == ["active", "up", "best", "12ms", "0%", "100", "120"]
+    lte = next(line for line in lines if line.startswith("lte0"))
+    assert lte.split()[1:] == ["up", "62ms", "0.5%", "0", "0"]
     assert any("2001:db8:20::2" in line and "direct" in line for line in lines)
     assert any("2001:db8:10::2" in line and "home agent" in line for line in lines)
     assert any(line.startswith("mn-cn-out") and "0x2001" in line for line in lines)

@@ -332,6 +332,20 @@ def test_feed_early_tests_measure_the_tested_link():
     assert stats.lost_in_row == 2 and stats.state == FAILING
 
 
+def test_feed_leaves_out_exchanges_with_other_mobile_nodes():
+    services = FakeServices()
+    quality = LinkQuality()
+    other_mn = IPv6Address("2001:db8:100::20")
+    QualityFeed(services, quality, peer_is_mobile=lambda peer: peer == other_mn)
+    # Its first BU goes through both home agents: 16 ms, not this link's 12.
+    _at(services, 0.0, ev.BindingUpdateSent(other_mn, HOA, WIFI, 1, 420, 1))
+    _at(services, 0.016, ev.BindingAccepted(other_mn, HOA, WIFI, 420, 0.016))
+    assert quality.link("wifi0", 0.016) is None
+    _at(services, 1.0, ev.BindingUpdateSent(HA, HOA, WIFI, 2, 420, 1))
+    _at(services, 1.012, ev.BindingAccepted(HA, HOA, WIFI, 420, 0.012))
+    assert quality.link("wifi0", 1.012).srtt_ms == pytest.approx(12.0)
+
+
 def test_feed_maps_a_bid_when_no_coa_matches():
     _services, _quality, feed = _feed()
     assert feed.link_of(LTE) == "lte0"

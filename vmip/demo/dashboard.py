@@ -98,6 +98,27 @@ def flow_paths(snapshot: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def rtt_text(milliseconds: Any) -> str:
+    """A smoothed RTT for the link table: ``4.2ms``, ``62ms``, ``1.3s``; ``-`` if unknown."""
+    if not isinstance(milliseconds, (int, float)) or milliseconds < 0:
+        return "-"
+    if milliseconds < 10:
+        return f"{milliseconds:.1f}ms"
+    if milliseconds < 1000:
+        return f"{milliseconds:.0f}ms"
+    return f"{milliseconds / 1000:.1f}s"
+
+
+def loss_text(loss: Any) -> str:
+    """A loss rate (0..1) as a percentage: ``0%``, ``0.5%``, ``12%``."""
+    if not isinstance(loss, (int, float)) or not 0 <= loss <= 1:
+        return "-"
+    percent = loss * 100
+    if percent == 0:
+        return "0%"
+    return f"{percent:.1f}%" if percent < 10 else f"{percent:.0f}%"
+
+
 def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
 
@@ -150,10 +171,11 @@ def render(snapshot: Mapping[str, Any], previous: Mapping[str, Any] | None = Non
         parts.append(Text(_clip(f"! {', '.join(errors)}: {message}", width), style="red"))
         used += 1
 
-    # Links: priority, usability (movement watcher), rates.
+    # Links: priority, usability (movement watcher), measured quality, rates.
     rates = link_rates(previous, snapshot)
-    links = _table("link", "state", "rx pkt/s", "tx pkt/s")
+    links = _table("link", "state", "rtt", "loss", "rx pkt/s", "tx pkt/s")
     mv_links = movement.get("links", {}) if isinstance(movement, dict) else {}
+    measured = status.get("link_quality") or {}
     for link in status.get("links", []):
         lname = link.get("name", "?")
         link_state = []
@@ -164,8 +186,16 @@ def render(snapshot: Mapping[str, Any], previous: Mapping[str, Any] | None = Non
             link_state.append("up" if info.get("usable") else "DOWN")
             if not info.get("reachable", True):
                 link_state.append("unreach")
+        quality = measured.get(lname) if isinstance(measured, dict) else None
+        quality = quality if isinstance(quality, dict) else {}
+        if quality.get("state") in ("failing", "stale"):
+            link_state.append(str(quality["state"]))
+        elif quality.get("best") and len(measured) > 1:
+            link_state.append("best")
         rx, tx = rates.get(lname, (0.0, 0.0))
-        links.add_row(lname, " ".join(link_state) or "-", f"{rx:.0f}", f"{tx:.0f}")
+        links.add_row(lname, " ".join(link_state) or "-", rtt_text(quality.get("srtt_ms")),
+                      loss_text(quality.get("loss")) if quality else "-",
+                      f"{rx:.0f}", f"{tx:.0f}")
     parts.append(links)
     used += 1 + len(status.get("links", []))
 

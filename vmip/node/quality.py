@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from ipaddress import IPv6Address
+from ipaddress import IPv6Address, IPv6Network
 from typing import Any
 
 from vmip.log import get_logger
@@ -293,11 +293,17 @@ class QualityFeed:
     answered before (over any link): a peer that never answered (not
     running, not reachable at all) says nothing about our link.  An answer
     of any kind (a refusal too) counts as answered: the link carried it.
+
+    Exchanges with another mobile node (*peer_is_mobile*) are left out: their
+    round trip crosses that node's own access link, and its first
+    transmission may go through the home agents (draft §5.2.2 example 4).
     """
 
-    def __init__(self, services: Any, quality: LinkQuality) -> None:
+    def __init__(self, services: Any, quality: LinkQuality,
+                 peer_is_mobile: Callable[[IPv6Address], bool] | None = None) -> None:
         self.services = services
         self.quality = quality
+        self.peer_is_mobile = peer_is_mobile or (lambda peer: False)
         self._exchanges: dict[tuple[IPv6Address, IPv6Address], _Exchange] = {}
         #: Peers that answered some request of ours (bounded with the exchanges).
         self._answering: dict[IPv6Address, None] = {}
@@ -339,7 +345,9 @@ class QualityFeed:
 
     def _on_event(self, timed: Any) -> None:
         event = timed.event
-        if not isinstance(event, ev.Report):
+        peer = getattr(event, "peer", None)
+        if not isinstance(event, ev.Report) or not isinstance(peer, IPv6Address) \
+                or self.peer_is_mobile(peer):
             return
         now = self.services.clock()
         quality = self.quality
@@ -478,9 +486,19 @@ class LinkProber:
 def install(node: Any) -> tuple[QualityFeed, LinkProber | None]:
     """Feed ``node.link_quality`` from the node's events; on an MN, the prober on its pump."""
     quality = node.link_quality
-    feed = QualityFeed(node.services, quality)
-    prober = None
     mobility = node.mobility
+    home_prefix = node.config.mobility.home_prefix
+    if home_prefix is None and mobility.hoa is not None:
+        home_prefix = IPv6Network(f"{mobility.hoa}/64", strict=False)
+
+    def peer_is_mobile(peer: IPv6Address) -> bool:
+        # Another MN: registered with our CN role, or on our own home link (not our HA).
+        if mobility.cn.knows_mobile(peer):
+            return True
+        return home_prefix is not None and peer in home_prefix and peer != mobility.home_agent
+
+    feed = QualityFeed(node.services, quality, peer_is_mobile)
+    prober = None
     if mobility.mn is not None:
         def probe(bid: int, now: float) -> bool:
             send = getattr(mobility.mn, "probe", None)
