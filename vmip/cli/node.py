@@ -315,6 +315,12 @@ def _bindings(args) -> int:
     if rows:
         print_rows(rows, ["role", "peer", "order", "bid", "link", "via", "mirror"],
                    title="bound paths (RFC 5648), best first")
+    quality = status.get("link_quality") or {}
+    if "mn" in status or quality:
+        # Measured from the MN's own signalling over each link (docs/multi-coa.md).
+        print_rows([{"link": name, **row} for name, row in quality.items()],
+                   ["link", "state", "srtt_ms", "rttvar_ms", "loss", "samples", "age_s",
+                    "best"], title="link quality", empty="(nothing measured yet)")
     return 0
 
 

@@ -118,6 +118,19 @@ def format_bool(value: Any) -> str:
     return "yes" if value else "no"
 
 
+def format_milliseconds(value: float) -> str:
+    """A time given in milliseconds (a smoothed RTT): ``12 ms``, ``1.3 s``."""
+    return format_duration(float(value) / 1000)
+
+
+def format_percent(value: float) -> str:
+    """A fraction 0..1 (a loss rate) in percent: ``0%``, ``0.5%``, ``12%``."""
+    percent = float(value) * 100
+    if percent == 0:
+        return "0%"
+    return f"{percent:.1f}%" if abs(percent) < 10 else f"{percent:.0f}%"
+
+
 #: Protocol numbers people know by name (IANA "Protocol Numbers").
 PROTOCOL_NAMES: Final = {proto.ICMP: "icmp", proto.TCP: "tcp", proto.UDP: "udp",
                          proto.ICMPV6: "icmpv6", proto.MOBILITY: "mh"}
@@ -185,6 +198,8 @@ FORMATTERS: Final[dict[str, Callable[[Any], str]]] = {
     "count": format_count,
     "hex": format_hex,
     "bool": format_bool,
+    "milliseconds": format_milliseconds,
+    "percent": format_percent,
     "ago": format_ago,
     "selector": format_selector,
     "sa_bundle": format_sa_bundle,
@@ -199,13 +214,19 @@ KEY_KINDS: Final[dict[str, str]] = {
     "confirmed_ago": "ago", "last_confirmed": "hidden",
     "packets": "count", "bytes": "bytes", "uptime_s": "duration", "age_s": "duration",
     "default": "bool", "priority": "count",
+    # Link quality (vmip.node.quality): smoothed RTT and variation, loss rate.
+    "srtt_ms": "milliseconds", "rttvar_ms": "milliseconds", "score_ms": "milliseconds",
+    "loss": "percent", "best": "bool", "samples": "count",
 }
 #: Headers for keys whose name says less than it could in a table.
 KEY_HEADERS: Final[dict[str, str]] = {"confirmed_ago": "CONFIRMED", "uptime_s": "UPTIME",
-                                      "age_s": "AGE", "direction": "DIR", "priority": "PRIO"}
+                                      "age_s": "AGE", "direction": "DIR", "priority": "PRIO",
+                                      "srtt_ms": "RTT", "rttvar_ms": "RTTVAR",
+                                      "score_ms": "SCORE"}
 
 # Numbers line up on the right, like in every `ip -s` or `ss` listing.
-_RIGHT_ALIGNED: Final = frozenset({"bytes", "bitrate", "duration", "count", "ago"})
+_RIGHT_ALIGNED: Final = frozenset({"bytes", "bitrate", "duration", "count", "ago",
+                                   "milliseconds", "percent"})
 
 
 # -- columns ------------------------------------------------------------------
