@@ -120,6 +120,8 @@ class Node:
         self.counters: Counter[str] = Counter()
         self.events = EventHub(ports.wall_clock)
         self.pump = Pump(clock, self.counters)
+        #: RTT and loss per link, from the MN's signalling (vmip.node.quality).
+        self.link_quality = LinkQuality()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.bus = SadbBus()
         self.sad = SAD(self.bus)
@@ -168,11 +170,8 @@ class Node:
         self.active_link: str | None = None
         self._link_of_coa: dict[bytes, str] = {}
         self._index_coas()
-        #: RTT and loss per link, from the MN's signalling (vmip.node.quality).
-        self.link_quality = LinkQuality()
         self.services = NodeServices(self)
         self.mobility = MobilityAgent(self.services, now)
-        self.quality_feed, self.link_prober = install_link_quality(self)
         self.pump.add("sad", self.sad)
         self.pump.add("mobility", self.mobility)
         # The SAD's deadlines only move when an SA does, and every such change
@@ -187,6 +186,7 @@ class Node:
             # MNs admitted by certificate register only at certified CoAs (admission.py).
             self.mobility.ha.care_of_check = self.keying.admission.care_of_refusal
         self.control_handlers = NodeControl(self)
+        self.quality_feed, self.link_prober = install_link_quality(self)
 
     # -- lifecycle -----------------------------------------------------------
 
