@@ -54,3 +54,20 @@ def test_vmip_bindings_prints_a_link_quality_table(start_server, capsys):
                             "no"]
     assert main(["bindings", "--socket", str(server.path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["link_quality"] == MOBILITY["link_quality"]
+
+
+def test_vmip_top_link_table_shows_rtt_loss_and_a_failing_link():
+    from vmip.demo.dashboard import render_text
+
+    status = {"name": "mn", "roles": ["mn"], "active_link": "wifi0", "uptime_s": 9,
+              "links": [{"name": "wifi0"}, {"name": "lte0"}, {"name": "eth9"}],
+              "link_quality": MOBILITY["link_quality"]}
+    snapshot = {"t": 1.0, "status": status, "sas": [], "remap": {"rules": []},
+                "mobility": MOBILITY, "events": [], "counters": {"links": {}}}
+    text = render_text(snapshot, None, width=80, height=24)
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line.split()}
+    assert rows["link"] == ["link", "state", "rtt", "loss", "rx", "pkt/s", "tx", "pkt/s"]
+    assert rows["wifi0"] == ["wifi0", "active", "best", "12ms", "0%", "0", "0"]
+    assert rows["lte0"] == ["lte0", "failing", "62ms", "25%", "0", "0"]
+    assert rows["eth9"] == ["eth9", "-", "-", "-", "0", "0"]     # nothing measured
+    assert max(len(line) for line in text.splitlines()) <= 80
