@@ -109,3 +109,51 @@ def test_a_lossy_link_shows_loss_and_a_clean_one_none():
             assert wifi.srtt_ms == pytest.approx(WIFI_RTT_MS, abs=0.5)
             assert _Control(mn).call("status")["link_quality"]["wifi0"]["loss"] > 0.1
         world.run(scenario())
+
+
+def _multiple_care_of_supported() -> bool:
+    from vmip.config.model import MobilityConfig
+    from vmip.config.schema import keys_of
+    from vmip.mobility.mn import MobileNode
+
+    return "multiple_care_of" in keys_of(MobilityConfig) and hasattr(MobileNode, "probe")
+
+
+@pytest.mark.skipif(not _multiple_care_of_supported(),
+                    reason="needs [mobility] multiple_care_of and MobileNode.probe (RFC 5648 "
+                           "bindings per link) in this tree")
+def test_with_a_binding_per_link_probes_keep_both_measured_and_a_silent_link_loses():
+    with SimWorld(seed=7, profiles=_profiles()) as world:
+        path = world.config_paths["mn"]
+        text = path.read_text().replace(
+            'correspondents = ["2001:db8:20::2", "2001:db8:100::20"]',
+            'correspondents = ["2001:db8:20::2"]')    # mn2 is not started
+        assert 'tunnel = "esp"' in text
+        path.write_text(text.replace(
+            'tunnel = "esp"',
+            'tunnel = "esp"\nmultiple_care_of = true\nlink_probe_interval = 1', 1))
+
+        async def scenario():
+            for name in ("ha", "cn", "mn"):
+                await world.start(name)
+            mn = world.nodes["mn"]
+            await asyncio.sleep(10)
+            now = mn.clock()
+            wifi, lte = mn.link_quality.link("wifi0", now), mn.link_quality.link("lte0", now)
+            # Both links bound, so both are refreshed at the HA every second.
+            assert mn.link_prober is not None and mn.link_prober.probes >= 10
+            assert wifi.srtt_ms == pytest.approx(WIFI_RTT_MS, abs=0.5)
+            assert lte.srtt_ms == pytest.approx(LTE_RTT_MS, abs=0.5)
+            assert wifi.age_s <= 1.1 and lte.age_s <= 1.1
+            assert mn.link_quality.best(["lte0", "wifi0"], now) == "wifi0"
+
+            # wifi0 dies without warning (no link-down event: the MN keeps both
+            # bindings): its next probe goes unanswered and lte0 becomes the best.
+            world.network.set_up("mn", "wifi0", False)
+            died = mn.clock()
+            while mn.link_quality.best(["wifi0", "lte0"], mn.clock()) != "lte0":
+                assert mn.clock() - died < 5, "wifi0 still the best link 5 s after it died"
+                await asyncio.sleep(0.01)
+            assert mn.clock() - died <= 1.0 + 0.3   # one probe interval, then 250 ms
+            assert _Control(mn).call("status")["link_quality"]["wifi0"]["state"] == "failing"
+        world.run(scenario())
