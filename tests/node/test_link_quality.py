@@ -199,6 +199,48 @@ def test_loss_moves_the_obvious_way(history, answered):
         assert (after <= before.loss + 1e-12) if answered else (after >= before.loss - 1e-12)
 
 
+@given(st.lists(st.floats(0.0, 60.0), min_size=1, max_size=20), st.floats(0.0, 60.0))
+def test_a_sample_pulls_srtt_towards_itself(history, sample):
+    quality = LinkQuality()
+    for t, value in enumerate(history):
+        quality.rtt_sample("wifi0", value, float(t))
+    before = quality.link("wifi0", 0.0).srtt_ms
+    quality.rtt_sample("wifi0", sample, 100.0)
+    after = quality.link("wifi0", 100.0).srtt_ms
+    low, high = sorted((before, sample * 1000))
+    assert low - 1e-6 <= after <= high + 1e-6
+
+
+_history = st.lists(st.tuples(st.sampled_from(["a", "b"]), st.floats(0.001, 5.0),
+                              st.booleans()), max_size=20)
+
+
+@given(_history)
+def test_a_loss_on_the_other_link_never_changes_the_choice(history):
+    quality = LinkQuality()
+    for t, (name, rtt, ok) in enumerate(history):
+        quality.rtt_sample(name, rtt, t * 0.01)
+        quality.outcome(name, ok, t * 0.01)
+    now = len(history) * 0.01
+    chosen = quality.best(["a", "b"], now)
+    if chosen is None:
+        return
+    quality.outcome("b" if chosen == "a" else "a", False, now)
+    assert quality.best(["a", "b"], now) == chosen
+
+
+@given(_history, st.sampled_from(["a", "b"]))
+def test_a_loss_never_lowers_a_links_score(history, name):
+    quality = LinkQuality()
+    quality.rtt_sample(name, 0.05, 0.0)
+    for t, (link, rtt, ok) in enumerate(history):
+        quality.rtt_sample(link, rtt, t * 0.01)
+        quality.outcome(link, ok, t * 0.01)
+    before = quality.link(name, 1.0).score_ms
+    quality.outcome(name, False, 1.0)
+    assert quality.link(name, 1.0).score_ms >= before - 1e-9
+
+
 @given(st.floats(0.001, 10.0), st.floats(0.001, 10.0), st.lists(st.booleans(), max_size=20))
 def test_same_outcomes_the_faster_link_wins(fast, slow, outcomes):
     if math.isclose(fast, slow):
