@@ -170,6 +170,13 @@ def test_a_silent_link_fails_within_one_probe_interval_and_its_rto():
     net.run(probed + 0.26)
     assert quality.best(["wifi0", "lte0"], net.now) == "lte0"
     assert quality.link("wifi0", net.now).state == FAILING
+    # And stays so through the MN's retransmissions of that probe (every check
+    # 50 ms apart): a retransmission is no answer.
+    t = probed + 0.3
+    while t < 16.0:
+        net.run(t)
+        assert quality.best(["wifi0", "lte0"], net.now) == "lte0", f"wifi0 back at {t}"
+        t += 0.05
     net.run(16.0)
     wifi = quality.link("wifi0", 16.0)
     # Its probe sent again at +1 s and +3 s (RFC 6275 §11.8 back-off): two losses.

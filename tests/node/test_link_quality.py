@@ -113,6 +113,22 @@ def test_an_overdue_request_makes_its_link_fail_until_answered():
     assert quality.best(["wifi0", "lte0"], 1.4) == "wifi0"
 
 
+def test_a_silent_link_stays_failing_through_its_retransmissions():
+    quality = LinkQuality()
+    for link, rtt in (("wifi0", 0.010), ("lte0", 0.060)):
+        quality.rtt_sample(link, rtt, 0.0)
+        quality.outcome(link, True, 0.0)
+    quality.request_sent("wifi0", 1.0)           # a probe, never answered
+    for t in (1.3, 1.99):
+        assert quality.best(["wifi0", "lte0"], t) == "lte0"
+    quality.outcome("wifi0", False, 2.0)         # sent again at +1 s: one loss
+    quality.request_sent("wifi0", 2.0)
+    for t in (2.0, 2.1, 2.9):
+        assert quality.best(["wifi0", "lte0"], t) == "lte0"
+    quality.outcome("wifi0", True, 3.0)
+    assert quality.best(["wifi0", "lte0"], 3.0) == "wifi0"
+
+
 def test_stale_figures_rank_after_fresh_ones_and_unknown_links_give_none():
     quality = LinkQuality(stale_after=30.0)
     assert quality.best(["wifi0", "lte0"], 0.0) is None

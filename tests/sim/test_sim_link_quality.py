@@ -156,4 +156,8 @@ def test_with_a_binding_per_link_probes_keep_both_measured_and_a_silent_link_los
                 await asyncio.sleep(0.01)
             assert mn.clock() - died <= 1.0 + 0.3   # one probe interval, then 250 ms
             assert _Control(mn).call("status")["link_quality"]["wifi0"]["state"] == "failing"
+            # It stays so while the MN sends that probe again (1 s, 2 s ... later).
+            while mn.clock() - died < 8:
+                await asyncio.sleep(0.05)
+                assert mn.link_quality.best(["wifi0", "lte0"], mn.clock()) == "lte0"
         world.run(scenario())

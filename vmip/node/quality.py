@@ -145,7 +145,9 @@ class LinkQuality:
         entry.last_news = now
 
     def request_sent(self, link: str, now: float) -> None:
-        """A request that expects an answer left on *link* (for the overdue rule and the prober)."""
+        """A request that expects an answer left on *link* (for the overdue rule and the prober).
+
+        The link is *pending* from its oldest request not followed by any answer."""
         entry = self._entry(link, now)
         if entry is None:
             return
@@ -162,8 +164,13 @@ class LinkQuality:
         gain = max(LOSS_GAIN, 1 / entry.outcomes)
         entry.loss += gain * ((0.0 if answered else 1.0) - entry.loss)
         entry.loss = min(max(entry.loss, 0.0), 1.0)
-        entry.lost_in_row = 0 if answered else entry.lost_in_row + 1
-        entry.pending_since = None
+        if answered:
+            entry.lost_in_row = 0
+            entry.pending_since = None
+        else:
+            # Still nothing answered since the oldest request: it stays overdue
+            # (a retransmission must not make a silent link look fine again).
+            entry.lost_in_row += 1
         entry.last_news = now
 
     def forget(self, link: str) -> None:
