@@ -490,11 +490,11 @@ class LinkProber:
                 self.probes += 1
 
 
-def install(node: Any) -> tuple[QualityFeed, LinkProber | None]:
-    """Feed ``node.link_quality`` from the node's events; on an MN, the prober on its pump."""
-    quality = node.link_quality
-    mobility = node.mobility
-    home_prefix = node.config.mobility.home_prefix
+def install(services: Any, mobility: Any) -> tuple[QualityFeed, LinkProber | None]:
+    """Feed ``services.link_quality`` from the node's events; on an MN (*mobility*
+    has an MN core), the prober on the node's pump."""
+    quality = services.link_quality
+    home_prefix = services.config.mobility.home_prefix
     if home_prefix is None and mobility.hoa is not None:
         home_prefix = IPv6Network(f"{mobility.hoa}/64", strict=False)
 
@@ -504,7 +504,7 @@ def install(node: Any) -> tuple[QualityFeed, LinkProber | None]:
             return True
         return home_prefix is not None and peer in home_prefix and peer != mobility.home_agent
 
-    feed = QualityFeed(node.services, quality, peer_is_mobile)
+    feed = QualityFeed(services, quality, peer_is_mobile)
     prober = None
     if mobility.mn is not None:
         def probe(bid: int, now: float) -> bool:
@@ -513,6 +513,6 @@ def install(node: Any) -> tuple[QualityFeed, LinkProber | None]:
                 return False
             mobility.pump(now)    # the refresh BU leaves now
             return True
-        prober = LinkProber(node.services, quality, probe)
-        node.pump.add("link_prober", prober)
+        prober = LinkProber(services, quality, probe)
+        services.pump.add("link_prober", prober)
     return feed, prober

@@ -186,7 +186,7 @@ class Node:
             # MNs admitted by certificate register only at certified CoAs (admission.py).
             self.mobility.ha.care_of_check = self.keying.admission.care_of_refusal
         self.control_handlers = NodeControl(self)
-        self.quality_feed, self.link_prober = install_link_quality(self)
+        self.quality_feed, self.link_prober = install_link_quality(self.services, self.mobility)
 
     # -- lifecycle -----------------------------------------------------------
 
