@@ -17,7 +17,8 @@ def register(subparsers) -> None:
     top = subparsers.add_parser(
         "top", help="live dashboard of a running node (bindings, SAs, remap, links, events)",
         description="Live dashboard of the vmip node of this network namespace (or the one "
-                    "listening on --socket): links and their packet rates, bindings and the "
+                    "listening on --socket): links with their measured round-trip time, loss "
+                    "and packet rates, bindings and the "
                     "path of each flow (direct or via the HA), SAs, IRO remap rules and the "
                     "mobility event timeline.  Ctrl-C quits.")
     top.add_argument("--socket", type=Path, metavar="PATH",
