@@ -194,6 +194,32 @@ def test_never_raises_and_stays_in_range(ops):
             assert row["rttvar_ms"] is None or row["rttvar_ms"] >= 0
 
 
+_timed_ops = st.lists(st.tuples(st.sampled_from(["rtt", "ok", "lost", "request", "best"]),
+                                st.sampled_from(["wifi0", "lte0"]),
+                                st.floats(0.0, 2.0), st.floats(0.0, 40.0)), max_size=50)
+
+
+@settings(max_examples=300)
+@given(_timed_ops)
+def test_the_kept_answer_of_best_is_always_the_fresh_one(ops):
+    quality = LinkQuality(stale_after=5.0)
+    now = 0.0
+    for op, name, value, step in ops:
+        now += step / 10
+        if op == "rtt":
+            quality.rtt_sample(name, value, now)
+        elif op in ("ok", "lost"):
+            quality.outcome(name, op == "ok", now)
+        elif op == "request":
+            quality.request_sent(name, now)
+        for links in (["wifi0", "lte0"], ["lte0"]):
+            # The same question at later and later times: the kept answer must
+            # expire when a link goes stale or a request becomes overdue.
+            for later in (0.0, 0.1, 0.26, 0.3, 1.0, 4.99, 5.0, 5.01, 7.0):
+                fresh = quality._rank(tuple(links), now + later)[0]
+                assert quality.best(links, now + later) == fresh, (links, now, later)
+
+
 @given(st.lists(st.floats(0.0, 60.0), min_size=1, max_size=40))
 def test_srtt_stays_between_the_smallest_and_largest_sample(samples):
     quality = LinkQuality()

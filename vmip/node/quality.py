@@ -112,6 +112,10 @@ class LinkQuality:
         self.max_links = max(1, max_links)
         self._links: dict[str, _Link] = {}
         self.ignored = 0
+        # best() runs per packet on the send path: its last answer is kept
+        # until the figures change (_version) or time crosses a state boundary.
+        self._version = 0
+        self._memo: tuple[tuple[str, ...], int, float, float, str | None] | None = None
 
     # -- input -------------------------------------------------------------------
 
@@ -119,6 +123,7 @@ class LinkQuality:
         if not isinstance(link, str) or not _finite(now):
             self.ignored += 1
             return None
+        self._version += 1
         entry = self._links.get(link)
         if entry is None:
             if len(self._links) >= self.max_links:
@@ -174,6 +179,7 @@ class LinkQuality:
         entry.last_news = now
 
     def forget(self, link: str) -> None:
+        self._version += 1
         self._links.pop(link, None)
 
     # -- output ------------------------------------------------------------------
@@ -234,24 +240,44 @@ class LinkQuality:
         """
         if not _finite(now):
             return None
-        ranked = []
-        known = False
         try:
-            candidates = list(links)
+            key = tuple(links)
         except Exception:   # noqa: BLE001 - an odd iterable is bad input, not a reason to fail
             self.ignored += 1
             return None
+        memo = self._memo
+        if memo is not None and memo[1] == self._version and memo[2] <= now < memo[3] \
+                and memo[0] == key:
+            return memo[4]
+        chosen, until = self._rank(key, now)
+        self._memo = (key, self._version, now, until, chosen)
+        return chosen
+
+    def _rank(self, candidates: tuple[Any, ...], now: float) -> tuple[str | None, float]:
+        """best()'s answer, and until when it holds if no figure changes."""
+        ranked = []
+        known = False
+        until = math.inf
         for index, name in enumerate(candidates):
             if not isinstance(name, str):
                 continue
             entry = self._links.get(name)
             state = self._state(entry, now)
             score = self._score(entry) if entry is not None else None
-            known = known or entry is not None
+            if entry is not None:
+                known = True
+                # When time alone changes this link's state: it goes stale, or
+                # its oldest unanswered request becomes overdue (a hair early:
+                # the comparisons in _state may round the other way).
+                if entry.srtt is not None and entry.last_news is not None:
+                    until = min(until, entry.last_news + self.stale_after - 1e-9)
+                    if entry.pending_since is not None:
+                        rto = max(entry.srtt + 4 * entry.rttvar, MIN_OVERDUE)
+                        until = min(until, entry.pending_since + rto - 1e-9)
             ranked.append((_RANK[state], score if score is not None else math.inf, index, name))
         if not known:
-            return None
-        return min(ranked)[3]
+            return None, math.inf
+        return min(ranked)[3], max(now, until)
 
     def status(self, now: float) -> dict[str, dict[str, Any]]:
         """Per link its figures, rounded for people (``best`` marks the best of all)."""
