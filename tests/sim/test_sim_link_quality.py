@@ -161,3 +161,67 @@ def test_with_a_binding_per_link_probes_keep_both_measured_and_a_silent_link_los
                 await asyncio.sleep(0.05)
                 assert mn.link_quality.best(["wifi0", "lte0"], mn.clock()) == "lte0"
         world.run(scenario())
+
+
+def _flows_supported() -> bool:
+    import importlib.util
+
+    return _multiple_care_of_supported() and importlib.util.find_spec("vmip.node.flows") \
+        is not None
+
+
+@pytest.mark.skipif(not _flows_supported(),
+                    reason="needs per-flow sending over bound paths (vmip.node.flows) and "
+                           "multi-CoA bindings in this tree")
+def test_best_link_data_follows_the_measured_quality():
+    from ipaddress import IPv6Address
+
+    from vmip.sim.scenario import ProbeStream
+
+    hoa, cn = IPv6Address("2001:db8:100::10"), IPv6Address("2001:db8:20::2")
+    with SimWorld(seed=9, profiles=_profiles()) as world:
+        path = world.config_paths["mn"]
+        text = path.read_text().replace(
+            'correspondents = ["2001:db8:20::2", "2001:db8:100::20"]',
+            'correspondents = ["2001:db8:20::2"]')
+        path.write_text(text.replace(
+            'tunnel = "esp"',
+            'tunnel = "esp"\nmultiple_care_of = true\nlink_probe_interval = 1', 1))
+        # The MN's ESP to the CN, by the link it left on, with the time it left.
+        sent: list[tuple[float, str]] = []
+
+        def see(sender, packet: bytes, destination) -> bool:
+            if sender.node == "mn" and len(packet) >= 48 and packet[6] == 50 \
+                    and packet[24:40] == cn.packed:
+                sent.append((world.loop.time(), sender.name))
+            return False
+        world.network.interceptors.append(see)
+
+        def links_between(start: float, end: float) -> set[str]:
+            return {link for t, link in sent if start <= t < end}
+
+        async def scenario():
+            for name in ("ha", "cn", "mn"):
+                await world.start(name)
+            await asyncio.sleep(5)
+            probes = ProbeStream(world, "mn", hoa, cn, 50)   # no [[flow]]: "best"
+            probes.start()
+            await asyncio.sleep(2)
+            assert links_between(5.5, 7.0) == {"wifi0"}
+            # wifi0 slows to 200 ms each way: its next probes show it, and the
+            # data moves to lte0 without any link going down.
+            world.network.shape("mn", "wifi0", LinkProfile(delay_ms=200.0))
+            slowed = world.loop.time()
+            await asyncio.sleep(5)
+            assert links_between(slowed + 3, slowed + 5) == {"lte0"}
+            # wifi0 fast again, then dead without warning: back on it, then off it
+            # within one probe interval and 250 ms.
+            world.network.shape("mn", "wifi0", LinkProfile(delay_ms=WIFI_MS))
+            await asyncio.sleep(20)
+            back = world.loop.time()
+            assert links_between(back - 2, back) == {"wifi0"}
+            world.network.set_up("mn", "wifi0", False)
+            await asyncio.sleep(3)
+            assert links_between(back + 1.3, back + 3) == {"lte0"}
+            probes.stop()
+        world.run(scenario())
