@@ -32,10 +32,7 @@ from dataclasses import dataclass
 from ipaddress import IPv6Address, IPv6Network
 from typing import Any
 
-from vmip.log import get_logger
 from vmip.mobility import events as ev
-
-log = get_logger(__name__)
 
 #: RFC 6298 §2.3: SRTT gain and RTTVAR gain.
 ALPHA = 1 / 8
@@ -102,8 +99,9 @@ def _finite(value: Any) -> bool:
 class LinkQuality:
     """RTT and loss per link (sans-IO, bounded; see the module doc).
 
-    Bad input (a negative, infinite or NaN time, a link name that is not a
-    string) is ignored and counted in :attr:`ignored`; no method raises.
+    Bad input (a negative sample or one above :data:`MAX_SAMPLE`, an
+    infinite or NaN time, a link name that is not a string) is ignored and
+    counted in :attr:`ignored`; no method raises.
     """
 
     def __init__(self, *, stale_after: float = DEFAULT_STALE_AFTER,
@@ -233,7 +231,8 @@ class LinkQuality:
         Links rank by state first: ``good`` (an RTT known, fresh, answering),
         ``stale`` (no news for ``stale_after`` seconds), ``unknown`` (no RTT
         yet), ``failing`` (:data:`FAILING_STREAK` requests in a row
-        unanswered, or one outstanding past its RTO): a link whose last
+        unanswered, or no answer for longer than the RTO since the oldest
+        request still unanswered): a link whose last
         requests all went unanswered loses against any that answers.  In a
         state, the lowest score wins (SRTT / (1 - loss), the expected time
         to get a message through); ties keep the order of *links*.
