@@ -36,13 +36,25 @@ def fresh_nonce(rng: Rng) -> bytes:
 
 
 class ProofCache:
-    """Proven (HoA, CoA) pairs, at most ``capacity``, least recently used evicted first."""
+    """Proven (HoA, CoA) pairs, at most ``capacity``, and at most ``per_hoa``
+    per HoA; least recently used evicted first.
 
-    def __init__(self, capacity: int):
-        if capacity < 1:
+    The per-HoA bound keeps one MN from flushing every other MN's proofs:
+    it may prove as many addresses as it controls (a whole prefix on its
+    link), and with RFC 5648 each of its BIDs adds one.  Beyond ``per_hoa``
+    its own least recently used proof goes, never another MN's.  A proof
+    only spares a new AOT (draft §4.5.1); a binding that stands keeps its
+    CoA without one.
+    """
+
+    def __init__(self, capacity: int, per_hoa: int | None = None):
+        if capacity < 1 or (per_hoa is not None and per_hoa < 1):
             raise ValueError("a proof cache holds at least one proof")
         self.capacity = capacity
+        self.per_hoa = capacity if per_hoa is None else min(per_hoa, capacity)
         self._proofs: OrderedDict[ProofKey, float] = OrderedDict()
+        # HoA -> its proven CoAs, least recently used first.
+        self._by_hoa: dict[IPv6Address, OrderedDict[IPv6Address, None]] = {}
         self.evictions = 0
 
     def __len__(self) -> int:
@@ -61,21 +73,41 @@ class ProofCache:
         if key not in self._proofs:
             return False
         self._proofs.move_to_end(key)
+        self._by_hoa[hoa].move_to_end(coa)
         return True
 
     def add(self, hoa: IPv6Address, coa: IPv6Address, now: float) -> bool:
-        """Record a proof; true if it is new.  Evicts the least recently used beyond capacity."""
+        """Record a proof; true if it is new.  Evicts the HoA's own least
+        recently used beyond ``per_hoa``, the least recently used overall
+        beyond ``capacity``."""
         key = (hoa, coa)
         new = key not in self._proofs
         self._proofs[key] = now
         self._proofs.move_to_end(key)
+        own = self._by_hoa.setdefault(hoa, OrderedDict())
+        own[coa] = None
+        own.move_to_end(coa)
+        while len(own) > self.per_hoa:
+            self._evict((hoa, next(iter(own))))
         while len(self._proofs) > self.capacity:
-            self._proofs.popitem(last=False)
-            self.evictions += 1
+            self._evict(next(iter(self._proofs)))
         return new
 
     def discard(self, hoa: IPv6Address, coa: IPv6Address) -> None:
-        self._proofs.pop((hoa, coa), None)
+        if self._proofs.pop((hoa, coa), None) is not None:
+            self._forget(hoa, coa)
+
+    def _evict(self, key: ProofKey) -> None:
+        del self._proofs[key]
+        self._forget(*key)
+        self.evictions += 1
+
+    def _forget(self, hoa: IPv6Address, coa: IPv6Address) -> None:
+        own = self._by_hoa.get(hoa)
+        if own is not None:
+            own.pop(coa, None)
+            if not own:
+                del self._by_hoa[hoa]
 
 
 #: Nonces kept per (HoA, tested address): the latest AOTC's and the ones

@@ -189,11 +189,13 @@ class Correspondent(MobilityCore):
         # HoA, §8.1.2 and appendix G), and one every ``home_test_interval`` s.
         self.home_test_on_registration = home_test_on_registration
         self.home_test_interval = home_test_interval
-        self.proofs = ProofCache(proof_cache_size)
+        # Each BID's CoA is proven on its own: room for all of an MN's at
+        # once, and a few more; one MN proving a whole prefix of addresses
+        # evicts its own proofs, never another MN's (per_hoa).
+        per_hoa = max(RECORDS_PER_HOA, max_bids_per_hoa + 4)
+        self.proofs = ProofCache(proof_cache_size, per_hoa=per_hoa)
         # Every proof starts as a nonce; keep at least as many nonces as proofs.
-        # Each BID's CoA is proven on its own: room for all of an MN's at once.
-        self.nonces = NonceStore(max(proof_cache_size, 64),
-                                 per_hoa=max(RECORDS_PER_HOA, max_bids_per_hoa + 4))
+        self.nonces = NonceStore(max(proof_cache_size, 64), per_hoa=per_hoa)
         self._known: Callable[[IPv6Address], bool] = peer_predicate(known_peers)
         self._local_coa = local_coa or (lambda local: None)
         self._rng = rng
