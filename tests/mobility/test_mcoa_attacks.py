@@ -3,11 +3,14 @@ valid SA and HoA: what it can make a CN believe about other MNs."""
 
 from __future__ import annotations
 
+import random
 from ipaddress import IPv6Address
 
+import pytest
 from test_mipv6_pair_harness import CN_ADDR, HOA, HOA2, LTE, WIFI, seeded_rng
 
 from vmip.mobility.cn import Correspondent
+from vmip.mobility.events import SendTo
 from vmip.wire import mh
 
 
@@ -51,3 +54,57 @@ def test_one_mn_proving_a_whole_prefix_never_evicts_another_mns_proofs():
     cn.receive(mh.build_mh(back, HOA, CN_ADDR), HOA, CN_ADDR, WIFI, 3.1)
     answers = [mh.parse_mh(out.packet[40:]) for out in cn.datagrams_to_send(3.1)]
     assert [type(answer) for answer in answers] == [mh.BindingAck]
+
+
+ATTACKER_OWN = (IPv6Address("2001:db8:31::1"), IPv6Address("2001:db8:31::2"))
+NOT_ATTACKERS = (IPv6Address("2001:db8:99::1"), IPv6Address("2001:db8:99::2"))
+VICTIM_COA = IPv6Address("2001:db8:55::1")
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_bid_swaps_overwrites_and_deregistrations_never_send_to_an_unproven_coa(seed):
+    """An MN with its own SA sends any mix of BUs: with and without BID, the
+    O flag, lifetime 0, the same CoA under several BIDs, on-wire sources
+    that differ from the AltCoA, replays and reordered sequence numbers,
+    naming its own addresses, other hosts' and another MN's bound CoA.  It
+    answers the AOTCs that reach its own addresses only.  Whatever the
+    order, the CN sends data only to addresses the attacker proved (draft
+    §4.5.1, per BID and per CoA), and the other MN's binding is untouched."""
+    rng = random.Random(seed)
+    cn = Correspondent(known_peers=[HOA, HOA2], rng=seeded_rng(seed), max_bids_per_hoa=3)
+    register_and_prove(cn, HOA2, 7, VICTIM_COA, 1, 1.0)
+    victim = [(entry.bid, entry.coa) for entry in cn.bindings_of(HOA2)]
+    assert victim == [(1, VICTIM_COA)]
+    sequences: dict[int | None, int] = {}
+    sent_to: IPv6Address | None = None
+    now = 1.0
+    for _ in range(60):
+        now += rng.choice((0.1, 0.5, 3.0, 40.0))
+        cn.handle_timer(now)
+        bid = rng.choice((None, 1, 2, 3, 4))
+        coa = rng.choice(ATTACKER_OWN + NOT_ATTACKERS + (VICTIM_COA,))
+        wire = coa if rng.random() < 0.9 else rng.choice(ATTACKER_OWN + NOT_ATTACKERS)
+        options: tuple = (mh.AlternateCareOfAddress(coa),)
+        if bid is not None:
+            options += (mh.BindingIdentifier(bid, overwrite=rng.random() < 0.2),)
+        sequence = (sequences.get(bid, 3) + rng.choice((1, 1, 1, 0, -1))) % 65536
+        sequences[bid] = sequence
+        bu = mh.BindingUpdate(sequence, rng.choice((100, 100, 0)), ack=True, options=options)
+        cn.receive(mh.build_mh(bu, HOA, CN_ADDR), HOA, CN_ADDR, wire, now)
+        for out in cn.datagrams_to_send(now):
+            challenge = mh.parse_mh(out.packet[40:])
+            if isinstance(challenge, mh.AotChallenge) and out.onwire_dst in ATTACKER_OWN:
+                aotr = mh.AotResponse(challenge.nonce)
+                cn.receive(mh.build_mh(aotr, HOA, CN_ADDR), HOA, CN_ADDR, out.onwire_dst, now)
+        cn.datagrams_to_send(now)
+        while (event := cn.next_event()) is not None:
+            if isinstance(event, SendTo) and event.hoa == HOA:
+                sent_to = event.coa
+        _accept, send = cn.paths(HOA)
+        assert {coa for _bid, coa in send} <= set(ATTACKER_OWN)
+        assert sent_to is None or sent_to in ATTACKER_OWN
+        bound = cn.binding(HOA)
+        assert bound is None or bound.coa in ATTACKER_OWN
+        if now < 1.0 + 400:      # the victim's binding has not expired
+            assert cn.holder_of(VICTIM_COA) == HOA2
+            assert [(entry.bid, entry.coa) for entry in cn.bindings_of(HOA2)] == victim
