@@ -7,10 +7,20 @@ import random
 from ipaddress import IPv6Address
 
 import pytest
-from test_mipv6_pair_harness import CN_ADDR, HOA, HOA2, LTE, WIFI, seeded_rng
+from test_mipv6_pair_harness import (
+    CN_ADDR,
+    HA_ADDR,
+    HOA,
+    HOA2,
+    HOME_PREFIX,
+    LTE,
+    WIFI,
+    seeded_rng,
+)
 
 from vmip.mobility.cn import Correspondent
 from vmip.mobility.events import SendTo
+from vmip.mobility.ha import HomeAgent
 from vmip.wire import mh
 
 
@@ -108,3 +118,81 @@ def test_bid_swaps_overwrites_and_deregistrations_never_send_to_an_unproven_coa(
         if now < 1.0 + 400:      # the victim's binding has not expired
             assert cn.holder_of(VICTIM_COA) == HOA2
             assert [(entry.bid, entry.coa) for entry in cn.bindings_of(HOA2)] == victim
+
+
+# -- a BU held back on the path and released after its BID was removed -------------
+
+
+def ack_statuses(core, message: mh.BindingUpdate, wire: IPv6Address, now: float,
+                 hoa: IPv6Address = HOA) -> list[int]:
+    local = core.address if isinstance(core, HomeAgent) else CN_ADDR
+    core.receive(mh.build_mh(message, hoa, local), hoa, local, wire, now)
+    return [answer.status for out in core.datagrams_to_send(now)
+            if isinstance(answer := mh.parse_mh(out.packet[40:]), mh.BindingAck)]
+
+
+def bid_bu(sequence: int, coa: IPv6Address, bid: int, lifetime: int = 100, *,
+           home: bool, overwrite: bool = False) -> mh.BindingUpdate:
+    return mh.BindingUpdate(sequence, lifetime, ack=True, home_registration=home, options=(
+        mh.AlternateCareOfAddress(coa), mh.BindingIdentifier(bid, overwrite=overwrite)))
+
+
+def held_back_setup(home: bool):
+    if home:
+        core = HomeAgent(HA_ADDR, HOME_PREFIX, mobile_nodes=[HOA])
+    else:
+        core = Correspondent(known_peers=[HOA], rng=seeded_rng(5))
+        for coa in (WIFI, LTE):
+            core.proofs.add(HOA, coa, 0.0)    # proven before (proofs have no lifetime)
+    return core
+
+
+@pytest.mark.parametrize("home", [True, False], ids=["ha", "cn"])
+def test_a_held_back_bu_released_after_its_bid_was_deregistered_binds_nothing(home):
+    """BID 1 on wifi, BID 2 on lte.  An attacker on the wifi path holds back
+    BID 1's refresh (an ESP packet the receiver has not seen yet: its
+    anti-replay window takes it later).  Wifi goes, the MN deregisters BID 1
+    from lte.  The released refresh must not bind BID 1 to the wifi address
+    again: the MN left it, and it may be someone else's now.  The BID's
+    sequence number outlives its binding (RFC 6275 §9.5.1 per binding, as
+    RFC 5648 keys bindings by BID)."""
+    core = held_back_setup(home)
+    assert ack_statuses(core, bid_bu(100, WIFI, 1, home=home), WIFI, 1.0) == [0]
+    assert ack_statuses(core, bid_bu(500, LTE, 2, home=home), LTE, 1.0) == [0]
+    held_back = bid_bu(101, WIFI, 1, home=home)
+    deregistration = bid_bu(102, LTE, 1, lifetime=0, home=home)
+    assert ack_statuses(core, deregistration, LTE, 2.0) == [0]
+    assert [(entry.bid, entry.coa) for entry in core.bindings_of(HOA)] == [(2, LTE)]
+    statuses = ack_statuses(core, held_back, WIFI, 3.0)
+    assert [(entry.bid, entry.coa) for entry in core.bindings_of(HOA)] == [(2, LTE)]
+    assert statuses == [mh.BindingAckStatus.SEQUENCE_NUMBER_OUT_OF_WINDOW]
+    # The MN itself comes back on wifi with a newer number: bound as before.
+    assert ack_statuses(core, bid_bu(103, WIFI, 1, home=home), WIFI, 4.0) == [0]
+    assert [(entry.bid, entry.coa) for entry in core.bindings_of(HOA)] == [(1, WIFI), (2, LTE)]
+
+
+@pytest.mark.parametrize("home", [True, False], ids=["ha", "cn"])
+def test_a_held_back_bid_bu_released_after_the_o_flag_or_a_bu_without_bid_binds_nothing(home):
+    """The same when BID 2 went with the O flag (RFC 5648 §5.7) or with a BU
+    without BID (§5.6): its last sequence number still counts."""
+    for replacement in (bid_bu(101, WIFI, 1, home=home, overwrite=True),
+                        mh.BindingUpdate(101, 100, ack=True, home_registration=home,
+                                         options=(mh.AlternateCareOfAddress(WIFI),))):
+        core = held_back_setup(home)
+        assert ack_statuses(core, bid_bu(100, WIFI, 1, home=home), WIFI, 1.0) == [0]
+        assert ack_statuses(core, bid_bu(500, LTE, 2, home=home), LTE, 1.0) == [0]
+        held_back = bid_bu(501, LTE, 2, home=home, overwrite=True)
+        assert ack_statuses(core, replacement, WIFI, 2.0) == [0]
+        before = [(entry.bid, entry.coa) for entry in core.bindings_of(HOA)]
+        assert LTE not in [coa for _bid, coa in before]
+        local = core.address if home else CN_ADDR
+        core.receive(mh.build_mh(held_back, HOA, local), HOA, local, LTE, 3.0)
+        answers = [answer for out in core.datagrams_to_send(3.0)
+                   if isinstance(answer := mh.parse_mh(out.packet[40:]), mh.BindingAck)]
+        assert [(entry.bid, entry.coa) for entry in core.bindings_of(HOA)] == before
+        assert [a.status for a in answers] == [mh.BindingAckStatus.SEQUENCE_NUMBER_OUT_OF_WINDOW]
+        if replacement.binding_identifiers:
+            # The MN's own next BU for BID 2 goes on from the 135 (RFC 6275 §11.7.3).
+            resumed = bid_bu((answers[0].sequence + 1) % 65536, LTE, 2, home=home)
+            assert ack_statuses(core, resumed, LTE, 4.0) == [0]
+            assert (2, LTE) in [(entry.bid, entry.coa) for entry in core.bindings_of(HOA)]

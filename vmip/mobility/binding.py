@@ -60,6 +60,28 @@ def next_sequence(sequence: int) -> int:
     return (sequence + 1) % SEQUENCE_MODULUS
 
 
+#: How far past a removed BID binding's last accepted sequence number its
+#: next BU must be, when no deregistration of that BID said where its
+#: sender's counter stood: more BUs than an MN sends for one BID unanswered.
+RETIRED_SEQUENCE_SKIP = 1024
+
+
+def retired_sequence(last_accepted: int, deregistered_by: int | None) -> int:
+    """What a BU for a removed RFC 5648 binding must be newer than.
+
+    A deregistration of that BID is newer than every BU its sender sent
+    for it before, so its number is the mark.  A binding removed for
+    another reason (another BID's O flag or CoA, a BU without BID, expiry)
+    leaves only its last accepted number, and a BU held back on the path
+    may be newer than that: the mark is ``RETIRED_SEQUENCE_SKIP`` past it,
+    so the MN's next BU for the BID gets a 135 carrying the mark and goes
+    on from there (RFC 6275 §11.7.3), which a held-back BU cannot.
+    """
+    if deregistered_by is not None:
+        return deregistered_by
+    return (last_accepted + RETIRED_SEQUENCE_SKIP) % SEQUENCE_MODULUS
+
+
 # ---------------------------------------------------------------------------
 # Lifetimes (RFC 6275 §6.1.7: 16 bits of 4-second units)
 

@@ -22,6 +22,7 @@ decision the draft leaves open.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Address, IPv6Address
@@ -41,6 +42,7 @@ from vmip.mobility.binding import (
     lifetime_units,
     onwire_of,
     peer_predicate,
+    retired_sequence,
     sequence_is_newer,
     unroutable_care_of,
 )
@@ -138,6 +140,8 @@ class _Peer:
     send_to: IPv6Address | None = None
     last_ack: BindingAck | None = None
     home_test: _HomeTest | None = None
+    #: BID -> the last sequence number of its removed binding (see _retire_bid).
+    retired: OrderedDict[int, int] = field(default_factory=OrderedDict)
     registered: bool = False          # a registration was accepted (home_test_on_registration)
     next_home_test: float | None = None   # home_test_interval
 
@@ -542,16 +546,19 @@ class Correspondent(MobilityCore):
                 # Another MN's CoA: refused for every BID as for a single binding.
                 self._drop("bu_coa_in_use", hoa=hoa, coa=coa)
                 return
-        if held is not None and not sequence_is_newer(bu.sequence, held.entry.sequence):
-            # RFC 6275 §9.5.1 per binding: each BID keeps its own sequence number.
+        last = held.entry.sequence if held is not None else (
+            peer.retired.get(bid) if peer is not None else None)
+        if last is not None and not sequence_is_newer(bu.sequence, last):
+            # RFC 6275 §9.5.1 per binding: each BID keeps its own sequence
+            # number, also once its binding was removed (_retire_bid).
             self.counters["bu_sequence_out_of_window"] += 1
             self._refuse_bid(bu, BindingAckStatus.SEQUENCE_NUMBER_OUT_OF_WINDOW, bid, local,
-                             hoa, onwire_src, held.entry.sequence)
+                             hoa, onwire_src, last)
             return
         if deregistration:
             if peer is not None and held is not None:
                 # RFC 5648 §5.6: lifetime 0 with a BID removes that binding only.
-                del peer.bids[bid]
+                self._retire_bid(peer, bid, bu.sequence)
                 self._sync_bids(peer)
                 self._emit(BindingDeregistered(hoa, hoa, bid))
                 log.info("binding deleted", hoa=hoa, bid=bid)
@@ -584,16 +591,17 @@ class Correspondent(MobilityCore):
                 peer.pending = None
                 self._unbind(peer)
             for other in [b for b in peer.bids if b != bid]:
-                del peer.bids[other]
+                self._retire_bid(peer, other)
         # One CoA names one binding: held by this HoA under another BID, it
         # moved to this one (docs/multi-coa.md).
         for other, binding in list(peer.bids.items()):
             if other != bid and coa in (binding.entry.coa, binding.accept_from):
-                del peer.bids[other]
+                self._retire_bid(peer, other)
                 self.counters["bid_coa_moved"] += 1
         if held is None:
             held = _BidBinding(BindingCacheEntry(hoa, local, None, bu.sequence, 0, None, bid=bid))
             peer.bids[bid] = held
+            peer.retired.pop(bid, None)
         held.entry.sequence = bu.sequence
         held.entry.local = local
         granted_units = min(bu.lifetime_units, self.max_lifetime_units)
@@ -656,9 +664,28 @@ class Correspondent(MobilityCore):
 
     def _clear_bids(self, peer: _Peer) -> None:
         """Forget every BID binding of *peer* (a BU without BID replaces them)."""
-        peer.bids.clear()
+        for bid in list(peer.bids):
+            self._retire_bid(peer, bid)
         self._sync_bids(peer)
         peer.binding.bid = None
+
+    def _retire_bid(self, peer: _Peer, bid: int, deregistered_by: int | None = None) -> None:
+        """Remove *bid*'s binding but remember a sequence number its next BU must exceed.
+
+        ESP's anti-replay window takes a BU an on-path attacker held back
+        and releases after the BID was deregistered, replaced (RFC 5648
+        §5.6, §5.7), moved, or had expired; the CoA it names, proven once
+        (proofs have no lifetime, draft §4.5.1), would be bound again though
+        the MN left it.  So while the HoA has a binding here its BUs for
+        that BID stay under RFC 6275 §9.5.1 (per BID, as RFC 5648 keys
+        bindings); see :func:`retired_sequence`.  At most
+        ``max_bids_per_hoa + 4`` per HoA, the oldest forgotten first.
+        """
+        held = peer.bids.pop(bid)
+        peer.retired[bid] = retired_sequence(held.entry.sequence, deregistered_by)
+        peer.retired.move_to_end(bid)
+        while len(peer.retired) > self.max_bids_per_hoa + 4:
+            peer.retired.popitem(last=False)
 
     def _sync_bids(self, peer: _Peer) -> None:
         """After a BID binding changed: the primary binding's events, and PathsChanged.
@@ -945,7 +972,7 @@ class Correspondent(MobilityCore):
                 self._emit(BindingExpired(hoa, hoa, expired, bid))
                 log.info("binding expired", hoa=hoa, coa=expired, bid=bid)
             if held.pending is None and not entry.bound:
-                del peer.bids[bid]
+                self._retire_bid(peer, bid)
         self._sync_bids(peer)
         if not peer.binding.bound:
             peer.home_test = None

@@ -26,6 +26,7 @@ bounded binding cache, status 130 beyond it (§9.5.1).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, IPv6Network
@@ -44,6 +45,7 @@ from vmip.mobility.binding import (
     onwire_of,
     paths_of,
     peer_predicate,
+    retired_sequence,
     sequence_is_newer,
     unroutable_care_of,
 )
@@ -128,6 +130,9 @@ class HomeAgent(MobilityCore):
         # max_bids_per_hoa per HoA, max_bindings HoAs.
         self._bids: dict[IPv6Address, dict[int, BindingCacheEntry]] = {}
         self._bid_expiries: Deadlines[tuple[IPv6Address, int]] = Deadlines()
+        # HoA -> BID -> the last sequence number of a removed BID binding, kept
+        # while the HoA has a binding here (_remove_bid); bounded per HoA.
+        self._retired: dict[IPv6Address, OrderedDict[int, int]] = {}
         # The (BID, CoA) paths last reported per HoA (PathsChanged).
         self._paths: dict[IPv6Address, tuple[tuple[int, IPv6Address], ...]] = {}
         # Info lines for bindings made, deleted, expired or refused: a sample
@@ -360,10 +365,14 @@ class HomeAgent(MobilityCore):
     ) -> None:
         bids = self._bids.get(hoa)
         entry = bids.get(bid) if bids is not None else None
-        if entry is not None and not sequence_is_newer(bu.sequence, entry.sequence):
-            # RFC 6275 §9.5.1, per binding: each BID keeps its own sequence number.
+        retired = self._retired.get(hoa)
+        last = entry.sequence if entry is not None else (
+            retired.get(bid) if retired is not None else None)
+        if last is not None and not sequence_is_newer(bu.sequence, last):
+            # RFC 6275 §9.5.1, per binding: each BID keeps its own sequence
+            # number, also once its binding was removed (_remove_bid).
             self._refuse(bu, hoa, BindingAckStatus.SEQUENCE_NUMBER_OUT_OF_WINDOW, reply_to,
-                         entry.sequence, bid)
+                         last, bid)
             return
         if bu.lifetime_units == 0 or coa == hoa:
             if entry is None:
@@ -372,7 +381,7 @@ class HomeAgent(MobilityCore):
                              onwire_src, bid=bid)
                 return
             # RFC 5648 §5.6: lifetime 0 with a BID removes that binding only.
-            self._remove_bid(hoa, bid)
+            self._remove_bid(hoa, bid, bu.sequence)
             self._emit(BindingDeregistered(hoa, hoa, bid))
             self._info("home registration deleted", hoa=hoa, bid=bid)
             self._bids_changed(hoa)
@@ -419,6 +428,9 @@ class HomeAgent(MobilityCore):
             entry = BindingCacheEntry(hoa, self.address, coa, bu.sequence, granted, None,
                                       home=True, bid=bid)
             bids[bid] = entry
+            retired = self._retired.get(hoa)
+            if retired is not None:
+                retired.pop(bid, None)
             self._info("home registration created", hoa=hoa, coa=coa, bid=bid, lifetime=granted)
         elif entry.coa != coa and entry.coa is not None and self._holders.get(entry.coa) == hoa:
             del self._holders[entry.coa]
@@ -440,7 +452,7 @@ class HomeAgent(MobilityCore):
             )
             self._send(ack, self.address, hoa, onwire_dst=coa)
 
-    def _remove_bid(self, hoa: IPv6Address, bid: int) -> None:
+    def _remove_bid(self, hoa: IPv6Address, bid: int, deregistered_by: int | None = None) -> None:
         bids = self._bids.get(hoa)
         entry = bids.pop(bid, None) if bids is not None else None
         if entry is None:
@@ -448,6 +460,16 @@ class HomeAgent(MobilityCore):
         self._bid_expiries.cancel((hoa, bid))
         if entry.coa is not None and self._holders.get(entry.coa) == hoa:
             del self._holders[entry.coa]
+        # ESP's anti-replay window takes a BU an on-path attacker held back
+        # and releases after this BID was deregistered, replaced (RFC 5648
+        # §5.6, §5.7), moved or expired: its sequence number still counts
+        # while the HoA has a binding here (retired_sequence), or the tunnel
+        # could follow a CoA the MN left.
+        retired = self._retired.setdefault(hoa, OrderedDict())
+        retired[bid] = retired_sequence(entry.sequence, deregistered_by)
+        retired.move_to_end(bid)
+        while len(retired) > self.max_bids_per_hoa + 4:
+            retired.popitem(last=False)
 
     def _forget_single(self, hoa: IPv6Address) -> None:
         entry = self._cache.pop(hoa, None)
@@ -481,6 +503,7 @@ class HomeAgent(MobilityCore):
         else:
             self._bids.pop(hoa, None)
             self._cache.pop(hoa, None)
+            self._retired.pop(hoa, None)     # no binding left: RFC 6275 §9.5.1
             new_coa = None
         if new_coa != old_coa:
             # The tunnel follows the primary binding: the lowest BID bound
@@ -505,9 +528,11 @@ class HomeAgent(MobilityCore):
             # RFC 6275 §10.3.2: no binding to delete.
             self._refuse(bu, hoa, BindingAckStatus.NOT_HOME_AGENT_FOR_THIS_MOBILE_NODE, onwire_src)
             return
+        self._retired.pop(hoa, None)
         if hoa in self._bids:
             # RFC 5648 §5.6: lifetime 0 without a BID deletes every binding.
             self._drop_bids(hoa, keep=None)
+            self._retired.pop(hoa, None)
         else:
             del self._cache[hoa]
             self._expiries.cancel(hoa)
@@ -578,6 +603,7 @@ class HomeAgent(MobilityCore):
                 self._expiries.schedule(hoa, entry.expires_at)
                 continue
             del self._cache[hoa]
+            self._retired.pop(hoa, None)
             if entry.coa is not None:     # a CoA names one binding
                 self._holders.pop(entry.coa, None)
             self._emit(BindingExpired(hoa, hoa, entry.coa))

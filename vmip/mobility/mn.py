@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import enum
 import os
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv6Address
@@ -101,6 +101,8 @@ _SENT_MEMORY = 16
 #: Care-of addresses (BIDs) an MN registers at most (RFC 5648): bounds the
 #: binding update list at (1 + CNs) x this.
 MAX_CARE_OF_ADDRESSES = 16
+#: (peer, BID) sequence numbers kept for BIDs that went (a few peers' worth).
+_MAX_REMEMBERED_BID_SEQUENCES = 64 * MAX_CARE_OF_ADDRESSES
 
 
 class EntryState(enum.Enum):
@@ -234,6 +236,10 @@ class MobileNode(MobilityCore):
         self._coas: dict[int, IPv6Address] = {}
         self._primary: int | None = None
         self._secondary: dict[IPv6Address, dict[int, BindingUpdateListEntry]] = {}
+        # (peer, BID) -> the last sequence number sent for a BID whose entry
+        # went: a BID that comes back goes on from there, since its peer
+        # keeps that number (docs/multi-coa.md, "held back").  Bounded.
+        self._bid_sequences: OrderedDict[tuple[IPv6Address, int], int] = OrderedDict()
         self._mcoa_peers: set[IPv6Address] = set()
         self._legacy: set[IPv6Address] = set()
         # What DataPathChanged / PathsChanged last said, per peer.
@@ -532,6 +538,10 @@ class MobileNode(MobilityCore):
             entry = others.get(bid)
             if entry is None:
                 entry = self._new_entry(peer, home=primary.home)
+                last = self._bid_sequences.pop((peer, bid), None)
+                if last is not None:
+                    # Its peer refuses (135) numbers up to its deregistration's.
+                    entry.sequence = last
                 entry.bid = bid
                 others[bid] = entry
             entry.via = None
@@ -561,6 +571,10 @@ class MobileNode(MobilityCore):
         del others[entry.bid]
         if not others:
             del self._secondary[entry.peer]
+        self._bid_sequences[(entry.peer, entry.bid)] = entry.sequence
+        self._bid_sequences.move_to_end((entry.peer, entry.bid))
+        while len(self._bid_sequences) > _MAX_REMEMBERED_BID_SEQUENCES:
+            self._bid_sequences.popitem(last=False)
         self._report_paths(entry.peer)
 
     def _drop_secondaries(self) -> None:
