@@ -183,3 +183,20 @@ def test_a_bu_held_by_the_rate_limit_leaves_when_its_timer_fires():
     sent = [mh.parse_mh(out.packet[40:]) for out in core.datagrams_to_send(deadline)]
     assert [m.alternate_care_of_address for m in sent] == [WIFI]
     assert core.get_timer() > deadline
+
+
+def test_a_bid_that_comes_back_goes_on_from_its_last_sequence_number():
+    """lte goes (BID 2 deregistered at the HA and the CN, which keep its last
+    number against BUs held back on the path) and comes back: its BUs go on
+    from that number, so neither peer answers 135 and both bind it again at
+    the first BU."""
+    net, ha, cn, mn = both_bound()
+    mn.mn.set_care_of_addresses({1: WIFI}, 6.0)
+    net.run(12.0)
+    assert [(b.bid, b.coa) for b in ha.ha.bindings_of(HOA)] == [(1, WIFI)]
+    assert [(b.bid, b.coa) for b in cn.cn.bindings_of(HOA)] == [(1, WIFI)]
+    mn.mn.set_care_of_addresses({1: WIFI, 2: LTE}, 12.0)
+    net.run(18.0)
+    assert [(b.bid, b.coa) for b in ha.ha.bindings_of(HOA)] == [(1, WIFI), (2, LTE)]
+    assert [(b.bid, b.coa) for b in cn.cn.bindings_of(HOA)] == [(1, WIFI), (2, LTE)]
+    assert mn.mn.counters["sequence_out_of_window"] == 0
