@@ -100,3 +100,22 @@ def test_the_send_hook_puts_the_same_esp_packet_on_every_path() -> None:
     assert counters["flows"] == [{"name": "probes", "send": "duplicate",
                                   "packets": probes.sent}]
     assert counters["node"]["tx_duplicate_copies"] == probes.sent
+
+
+def test_a_node_takes_its_flows_from_the_config_and_a_reload_replaces_them() -> None:
+    with SimWorld(seed=3) as world:
+        path = world.config_paths["mn"]
+        original = path.read_text()
+        path.write_text(original + '\n[[flow]]\nname = "voice"\nprotocol = "udp"\n'
+                        'remote_ports = "5060"\nsend = "duplicate"\n')
+
+        async def scenario():
+            mn = await world.start("mn")
+            before = [(rule.name, str(rule.mode)) for rule in mn.flows.policy.rules]
+            path.write_text(original + '\n[[flow]]\nname = "bulk"\nsend = "link:lte0"\n')
+            refused = mn.reload()
+            return mn, before, refused
+        mn, before, refused = world.run(scenario())
+        after = [(rule.name, str(rule.mode)) for rule in mn.flows.policy.rules]
+    assert before == [("voice", "duplicate")]
+    assert refused is None and after == [("bulk", "link:lte0")]
