@@ -14,6 +14,9 @@ from vmip.mobility.ancillary import Ancillary
 from vmip.node.flows import DUPLICATE, FlowPolicy, FlowRule, FlowSender
 from vmip.sim.scenario import ProbeStream
 from vmip.sim.world import SimWorld
+from vmip.wire import proto
+from vmip.wire.ipv6 import build_ipv6_header
+from vmip.wire.udp import build_udp
 
 HA, CN = "2001:db8:100::1", "2001:db8:20::2"
 HOA = "2001:db8:100::10"
@@ -119,3 +122,196 @@ def test_a_node_takes_its_flows_from_the_config_and_a_reload_replaces_them() -> 
         after = [(rule.name, str(rule.mode)) for rule in mn.flows.policy.rules]
     assert before == [("voice", "duplicate")]
     assert refused is None and after == [("bulk", "link:lte0")]
+
+
+# -- with multiple care-of addresses (RFC 5648) -------------------------------------
+
+DUP_PORT, BEST_PORT, LINK_PORT = 7001, 7002, 7003
+RATE = 100.0
+#: The MN's MH SA towards the CN in the split layout (vmip.sim.layouts): the
+#: data SA is the other one.
+MN_CN_MH_SPI = 0x1501
+
+
+class Stream:
+    """UDP datagrams one way at RATE per second, each carrying its number."""
+
+    def __init__(self, world: SimWorld, sender: str, src: str, dst: str, port: int) -> None:
+        self.world, self.sender, self.port = world, sender, port
+        self.src, self.dst = IPv6Address(src), IPv6Address(dst)
+        self.sent_at: list[float] = []
+        self.arrived: Counter[int] = Counter()
+        self._handle = None
+
+    def start(self) -> None:
+        self._tick()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+
+    def _tick(self) -> None:
+        seq = len(self.sent_at)
+        payload = seq.to_bytes(4, "big") + bytes(60)
+        segment = build_udp(self.port, self.port, payload, self.src.packed, self.dst.packed)
+        packet = build_ipv6_header(self.src.packed, self.dst.packed, proto.UDP,
+                                   len(segment)) + segment
+        self.world.tuns[self.sender].inject(packet)
+        self.sent_at.append(self.world.loop.time())
+        self._handle = self.world.loop.call_later(1.0 / RATE, self._tick)
+
+    def received(self, packet: bytes) -> bool:
+        if len(packet) < 52 or packet[6] != proto.UDP or packet[8:24] != self.src.packed \
+                or int.from_bytes(packet[42:44], "big") != self.port:
+            return False
+        self.arrived[int.from_bytes(packet[48:52], "big")] += 1
+        return True
+
+    def lost(self) -> list[int]:
+        return [seq for seq in range(len(self.sent_at)) if not self.arrived[seq]]
+
+
+def sink(*streams: Stream):
+    return lambda packet: any(stream.received(packet) for stream in streams)
+
+
+def multi_coa_world(mn_flows: str, cn_flows: str = "", **kwargs) -> SimWorld:
+    """The lab's world (split SA layout) with an MN bound on both links and these flows."""
+    world = SimWorld(profiles=CLEAN, layout="split", **kwargs)
+    mn = world.config_paths["mn"]
+    mn.write_text(mn.read_text().replace("[mobility]\n", "[mobility]\nmultiple_care_of = true\n",
+                                         1) + mn_flows)
+    cn = world.config_paths["cn"]
+    cn.write_text(cn.read_text() + cn_flows)
+    return world
+
+
+def flow(name: str, port: int, send: str, remote: str | None = None) -> str:
+    where = f'remote = "{remote}"\n' if remote else ""
+    return (f'\n[[flow]]\nname = "{name}"\nprotocol = "udp"\n{where}'
+            f'local_ports = {port}\nremote_ports = {port}\nsend = "{send}"\n')
+
+
+async def both_links_bound(world: SimWorld) -> None:
+    hoa, cn = IPv6Address(HOA).packed, IPv6Address(CN).packed
+    await until(world, "both links bound at the CN", lambda: (
+        len(world.nodes["mn"].mobility.paths_to(cn)) == 2
+        and len(world.nodes["cn"].mobility.paths_to(hoa)) == 2), 10)
+
+
+class DataOnLinks:
+    """The (SPI, sequence number) of the MN's data ESP to the CN seen on each link."""
+
+    def __init__(self, world: SimWorld) -> None:
+        self.by_link: dict[str, Counter[tuple[int, int]]] = {"wifi0": Counter(),
+                                                             "lte0": Counter()}
+        world.network.interceptors.append(self._see)
+
+    def _see(self, sender, packet: bytes, destination) -> bool:
+        if sender.node == "mn" and len(packet) >= 48 and packet[6] == 50 \
+                and packet[24:40] == IPv6Address(CN).packed:
+            spi = int.from_bytes(packet[40:44], "big")
+            if spi != MN_CN_MH_SPI:
+                self.by_link[sender.name][(spi, int.from_bytes(packet[44:48], "big"))] += 1
+        return False
+
+
+def esp_drops(node) -> Counter[str]:
+    drops: Counter[str] = Counter()
+    for info in node.sad.dump(publish=False):
+        esp = node.sad.esp(info.spi, info.direction, info.dst)
+        if esp is not None:
+            drops.update(esp.drops)
+    return drops
+
+
+def test_a_duplicate_flow_goes_on_both_links_and_reaches_the_cn_once() -> None:
+    with multi_coa_world(flow("dup", DUP_PORT, "duplicate"), seed=7) as world:
+        async def scenario():
+            await world.start_all()
+            await both_links_bound(world)
+            seen = DataOnLinks(world)
+            dup = Stream(world, "mn", HOA, CN, DUP_PORT)
+            world.tun_sinks["cn"] = sink(dup)
+            dup.start()
+            await asyncio.sleep(2.0)
+            dup.stop()
+            await asyncio.sleep(0.5)
+            return dup, seen
+        dup, seen = world.run(scenario())
+        mn, cn = world.nodes["mn"], world.nodes["cn"]
+        sent = len(dup.sent_at)
+        assert sent >= 199
+        assert dup.arrived == Counter(range(sent))            # every datagram exactly once
+        wifi, lte = seen.by_link["wifi0"], seen.by_link["lte0"]
+        assert set(wifi) == set(lte) and len(wifi) == sent     # the same ESP on both links
+        assert max(wifi.values()) == max(lte.values()) == 1
+        assert mn.counters["tx_duplicate_copies"] == sent
+        assert mn.counters["tx_duplicate_bytes"] > 0
+        drops = esp_drops(cn)
+        assert drops["duplicate"] == sent and drops["replay"] == 0 and drops["icv"] == 0
+
+
+def test_a_link_dying_loses_nothing_of_a_duplicate_flow() -> None:
+    """Both directions, a duplicate flow and a best flow each; wifi0's carrier
+    drops mid-stream with no warning (no deregistration first).  The duplicate
+    flows lose nothing; a best flow loses at most what the dead link held and
+    what the CN sent before the MN's next packet moved its choice (one lte RTT)."""
+    mn_flows = flow("dup", DUP_PORT, "duplicate")
+    cn_flows = flow("dup", DUP_PORT, "duplicate", remote=HOA)
+    with multi_coa_world(mn_flows, cn_flows, seed=11) as world:
+        async def scenario():
+            await world.start_all()
+            await both_links_bound(world)
+            streams = {
+                "mn-dup": Stream(world, "mn", HOA, CN, DUP_PORT),
+                "mn-best": Stream(world, "mn", HOA, CN, BEST_PORT),
+                "cn-dup": Stream(world, "cn", CN, HOA, DUP_PORT),
+                "cn-best": Stream(world, "cn", CN, HOA, BEST_PORT),
+            }
+            world.tun_sinks["cn"] = sink(streams["mn-dup"], streams["mn-best"])
+            world.tun_sinks["mn"] = sink(streams["cn-dup"], streams["cn-best"])
+            for stream in streams.values():
+                stream.start()
+            await asyncio.sleep(1.0)
+            killed = world.loop.time()
+            world.set_link("mn", "wifi0", False)
+            await asyncio.sleep(2.0)
+            for stream in streams.values():
+                stream.stop()
+            await asyncio.sleep(0.5)
+            return streams, killed
+        streams, killed = world.run(scenario())
+    for name, stream in streams.items():
+        assert len(stream.sent_at) >= 299, name
+        assert all(count == 1 for count in stream.arrived.values()), name
+    assert streams["mn-dup"].lost() == [] and streams["cn-dup"].lost() == []
+    # A best flow: only datagrams sent around the moment wifi0 died.
+    in_flight = 0.005 + 2 * 0.030 + 1 / RATE
+    for name in ("mn-best", "cn-best"):
+        stream = streams[name]
+        lost = stream.lost()
+        assert all(killed - 0.006 <= stream.sent_at[seq] <= killed + in_flight
+                   for seq in lost), (name, lost, [stream.sent_at[s] - killed for s in lost])
+    assert streams["cn-best"].lost(), "the best flow lost nothing: the test shows no difference"
+
+
+def test_a_link_flow_goes_only_on_its_link() -> None:
+    with multi_coa_world(flow("lte-only", LINK_PORT, "link:lte0"), seed=5) as world:
+        async def scenario():
+            await world.start_all()
+            await both_links_bound(world)
+            seen = DataOnLinks(world)
+            stream = Stream(world, "mn", HOA, CN, LINK_PORT)
+            world.tun_sinks["cn"] = sink(stream)
+            stream.start()
+            await asyncio.sleep(1.0)
+            stream.stop()
+            await asyncio.sleep(0.5)
+            return stream, seen
+        stream, seen = world.run(scenario())
+        counters = world.nodes["mn"].counters
+    sent = len(stream.sent_at)
+    assert stream.arrived == Counter(range(sent))
+    assert len(seen.by_link["lte0"]) == sent and not seen.by_link["wifi0"]
+    assert counters["tx_duplicate_copies"] == 0 and counters["tx_flow_link_unbound"] == 0
