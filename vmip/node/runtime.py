@@ -174,7 +174,7 @@ class Node:
         # Which bound path(s) each flow takes when a peer has several (flows.py).
         quality = getattr(self.services, "link_quality", None)
         self.flows = FlowSender(FlowPolicy.from_config(config.flows),
-                                getattr(self.mobility, "paths_to", None),
+                                self.mobility.paths_to,
                                 quality.best if quality is not None else None, self.counters)
         # The SAD's deadlines only move when an SA does, and every such change
         # is an SADB event: re-arm then, never per packet.
