@@ -296,6 +296,41 @@ def test_a_link_dying_loses_nothing_of_a_duplicate_flow() -> None:
     assert streams["cn-best"].lost(), "the best flow lost nothing: the test shows no difference"
 
 
+def test_a_link_dying_silently_loses_nothing_of_a_duplicate_flow() -> None:
+    """wifi0 stops carrying anything and nobody is told (no carrier event: the
+    MN keeps both bindings and goes on sending on wifi0): the duplicate flows
+    still lose nothing, the best flows lose what they keep sending on wifi0."""
+    mn_flows = flow("dup", DUP_PORT, "duplicate")
+    cn_flows = flow("dup", DUP_PORT, "duplicate", remote=HOA)
+    with multi_coa_world(mn_flows, cn_flows, seed=13) as world:
+        async def scenario():
+            await world.start_all()
+            await both_links_bound(world)
+            streams = {
+                "mn-dup": Stream(world, "mn", HOA, CN, DUP_PORT),
+                "mn-best": Stream(world, "mn", HOA, CN, BEST_PORT),
+                "cn-dup": Stream(world, "cn", CN, HOA, DUP_PORT),
+                "cn-best": Stream(world, "cn", CN, HOA, BEST_PORT),
+            }
+            world.tun_sinks["cn"] = sink(streams["mn-dup"], streams["mn-best"])
+            world.tun_sinks["mn"] = sink(streams["cn-dup"], streams["cn-best"])
+            for stream in streams.values():
+                stream.start()
+            await asyncio.sleep(1.0)
+            world.network.set_up("mn", "wifi0", False)
+            await asyncio.sleep(1.0)
+            for stream in streams.values():
+                stream.stop()
+            await asyncio.sleep(0.5)
+            return streams
+        streams = world.run(scenario())
+    for name, stream in streams.items():
+        assert len(stream.sent_at) >= 199, name
+        assert all(count == 1 for count in stream.arrived.values()), name
+    assert streams["mn-dup"].lost() == [] and streams["cn-dup"].lost() == []
+    assert streams["mn-best"].lost() and streams["cn-best"].lost()
+
+
 def test_a_link_flow_goes_only_on_its_link() -> None:
     with multi_coa_world(flow("lte-only", LINK_PORT, "link:lte0"), seed=5) as world:
         async def scenario():
