@@ -217,7 +217,7 @@ def test_replayed_packet_is_dropped():
     sent = mn.engine.outbound(udp(), 1.0).packet
     assert cn.engine.inbound(sent, 1.0).drop is None
     assert cn.engine.inbound(sent, 1.1).drop == "esp_failed"
-    assert cn.sad.lookup_inbound(0x1001).drops["replay"] == 1
+    assert cn.sad.lookup_inbound(0x1001).drops["duplicate"] == 1
 
 
 def test_inbound_selector_check_uses_the_policies_of_the_sa():

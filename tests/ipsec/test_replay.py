@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vmip.ipsec.replay import MAX_WINDOW, REPLAY, REPLAY_OLD, ReplayWindow
+from vmip.ipsec.replay import DUPLICATE, MAX_WINDOW, REPLAY_OLD, ReplayWindow
 
 
 class SetModel:
@@ -26,7 +26,7 @@ class SetModel:
             return None
         if self.top - seq >= self.size:
             return REPLAY_OLD
-        return REPLAY if seq in self.received else None
+        return DUPLICATE if seq in self.received else None
 
     def accept(self, seq: int) -> None:
         self.received.add(seq)

@@ -248,6 +248,9 @@ def _counters(args) -> int:
     for link, values in sorted(counters.get("links", {}).items()):
         for name, value in sorted(values.items()):
             rows.append({"where": f"link {link}", "counter": name, "value": value})
+    for flow in counters.get("flows", []):
+        rows.append({"where": f"flow {flow['name']}", "counter": f"packets ({flow['send']})",
+                     "value": flow["packets"]})
     tun = counters.get("tun", {})
     for name in ("rx_packets", "tx_packets", "tx_dropped", "tx_errors", "icmp_errors_sent"):
         if name in tun:

@@ -44,6 +44,7 @@ from vmip.config.model import (
     Direction,
     Driver,
     Endpoint,
+    FlowConfig,
     IkeConfig,
     IkePeerConfig,
     KeyMode,
@@ -161,6 +162,7 @@ def build_config(data: Mapping[str, Any], path: str | os.PathLike[str], *,
     keys = _parse_keys(ctx, root, node)
     policies = tuple(_parse_policy(ctx, table, i)
                      for i, table in enumerate(root.tables("policy")))
+    flows = tuple(_parse_flow(ctx, table) for table in root.tables("flow"))
     ike_table = root.table("ike")
     ike = _parse_ike(ctx, ike_table) if ike_table is not None else None
     control = _parse_control(ctx, root, node)
@@ -173,11 +175,12 @@ def build_config(data: Mapping[str, Any], path: str | os.PathLike[str], *,
     _check_raw_sends(ctx, tun, links, peers)
     _check_admission(ctx, node, mobility, ike, policies)
     _check_policies(ctx, keys, policies)
+    _check_flows(ctx, node, links, flows)
     if keys.mode is KeyMode.IKE and ike is not None:
         _check_ike_paths(ctx, links, peers, ike, policies)
     config = NodeConfig(
         source=ctx.source, node=node, tun=tun, links=links, peers=peers, mobility=mobility,
-        keys=keys, policies=policies, ike=ike, control=control, logging=logging_,
+        keys=keys, policies=policies, flows=flows, ike=ike, control=control, logging=logging_,
     )
     _log.debug("config loaded", file=ctx.file, node=node.name,
                roles=",".join(node.roles), sas=len(keys.sa), policies=len(policies))
@@ -525,6 +528,39 @@ def _parse_policy(ctx: v.Context, entry: tuple[str, Mapping[str, Any]],
         ctx.fail(table.path("mh_type"), "an MH type selector needs protocol = \"mh\"",
                  'add protocol = "mh" to this policy')
     return table.build(PolicyConfig, **selector)
+
+
+_SEND_HINT = 'write "best", "duplicate" or "link:<name of a [[link]]>", such as "link:lte0"'
+
+
+def _flow_send(ctx: v.Context, path: str, value: Any) -> str:
+    text = v.string('"duplicate"')(ctx, path, value)
+    if text in ("best", "duplicate"):
+        return text
+    if text.startswith("link:"):
+        if not v.NAME_RE.fullmatch(text[5:]):
+            ctx.fail(path, f"{v.show(text)} does not name a link", _SEND_HINT)
+        return text
+    close = v.suggest(text, ("best", "duplicate"))
+    ctx.fail(path, f"{v.show(text)} is not a way to send",
+             f'did you mean "{close}"? ' + _SEND_HINT if close else _SEND_HINT)
+
+
+def _parse_flow(ctx: v.Context, entry: tuple[str, Mapping[str, Any]]) -> FlowConfig:
+    where, data = entry
+    table = _Table(ctx, data, where, FlowConfig)
+    name = table.value("name")
+    protocol = table.value("protocol")
+    remote = table.value("remote")
+    ports = {key: table.value(key) for key in ("local_ports", "remote_ports")}
+    for key, value in ports.items():
+        # Ports are read where the protocol's header has them (RFC 4301 §4.4.1.1).
+        if value is not None and protocol not in PORTED_PROTOCOLS:
+            ctx.fail(table.path(key), "ports need a protocol that has them",
+                     f'add protocol = "tcp" or "udp" to this flow, or remove {key}')
+    send = table.get("send", _flow_send, "best", example='"duplicate"')
+    return table.build(FlowConfig, name=name, protocol=protocol, remote=remote, send=send,
+                       **ports)
 
 
 def _private_file(ctx: v.Context, table: _Table, key: str,
@@ -945,6 +981,32 @@ def _check_policies(ctx: v.Context, keys: KeysConfig, policies: tuple[PolicyConf
                          f"SA {v.quote(name)} is {sas[name].direction.value}bound but the policy "
                          f"is {policy.direction.value}bound",
                          "name SAs of the policy's direction")
+
+
+def _check_flows(ctx: v.Context, node: NodeSection, links: tuple[LinkConfig, ...],
+                 flows: tuple[FlowConfig, ...]) -> None:
+    """Flow names are unique; ``send = "link:X"`` names a link of this MN that has a CoA."""
+    _check_unique_names(ctx, "flow", flows)
+    by_name = {link.name: (i, link) for i, link in enumerate(links)}
+    bound = [link.name for link in links if link.coa is not None]
+    for i, flow in enumerate(flows):
+        if not flow.send.startswith("link:"):
+            continue
+        where, wanted = f"flow[{i}].send", flow.send[5:]
+        if Role.MN not in node.roles:
+            ctx.fail(where, "only a mobile node picks the link a flow leaves on (its care-of "
+                     "addresses); other nodes send where the mobile node's bindings lead",
+                     'write send = "best" or "duplicate"')
+        if wanted not in by_name:
+            close = v.suggest(wanted, list(by_name))
+            ctx.fail(where, f"no [[link]] is named {v.quote(wanted)}",
+                     f'did you mean "link:{close}"?' if close
+                     else f"name one of the links with a care-of address: {', '.join(bound)}")
+        index, link = by_name[wanted]
+        if link.coa is None:
+            ctx.fail(where, f"link[{index}] ({v.quote(wanted)}) has no care-of address, so no "
+                     "binding runs over it", f"add coa to link[{index}], or name one of "
+                     f"{', '.join(bound)}")
 
 
 # --------------------------------------------------------------------------

@@ -38,6 +38,7 @@ __all__ = [
     "Direction",
     "Driver",
     "Endpoint",
+    "FlowConfig",
     "IkeConfig",
     "IkePeerConfig",
     "Interface",
@@ -372,6 +373,30 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class FlowConfig:
+    """One ``[[flow]]``: how this node sends the packets it matches when a peer
+    has several bound paths (multiple care-of addresses, docs/multi-coa.md).
+
+    Matched on the inner packet as it leaves, before ESP; the first flow that
+    matches wins, a packet no flow matches is sent as ``"best"``.
+    """
+
+    name: str = field(metadata=key(v.name('"voice"'), example='"voice"'))
+    protocol: int | None = field(metadata=key(v.protocol, default=None, show=v.show_protocol))
+    #: The inner destination; None: any.
+    remote: IPv6Network | None = field(metadata=key(
+        v.prefix_or_address("the inner destination", '"2001:db8:20::2/128"'), default=None,
+        unset="any destination"))
+    #: Inner source ports (ours) and destination ports (the peer's); tcp/udp only.
+    local_ports: PortRange | None = field(metadata=key(v.port_range, default=None,
+                                                       show=v.show_ports))
+    remote_ports: PortRange | None = field(metadata=key(v.port_range, default=None,
+                                                        show=v.show_ports))
+    #: "best", "duplicate" or "link:<name of a [[link]]>" (checked by the loader).
+    send: str = field(metadata=key(v.string('"duplicate"'), default="best"))
+
+
+@dataclass(frozen=True)
 class IkePeerConfig:
     name: str = field(metadata=key(v.name('"ha"'), example='"ha"'))
     address: Address = field(metadata=key(
@@ -463,6 +488,7 @@ class NodeConfig:
     keys: KeysConfig = field(metadata=section(KeysConfig))
     policies: tuple[PolicyConfig, ...] = field(metadata=section(PolicyConfig, name="policy",
                                                                 array=True))
+    flows: tuple[FlowConfig, ...] = field(metadata=section(FlowConfig, name="flow", array=True))
     ike: IkeConfig | None = field(metadata=section(IkeConfig,
                                                    unset='not used (keys.mode = "static")'))
     control: ControlConfig = field(metadata=section(ControlConfig))

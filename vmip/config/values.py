@@ -341,6 +341,24 @@ def network(what: str, example: str, version: int | None = None,
     return parse
 
 
+def prefix_or_address(what: str, example: str) -> Parser[IPv6Network]:
+    """An IPv6 prefix, or one IPv6 address standing for its /128."""
+    prefix = network(what, example, 6)
+
+    def parse(ctx: Context, path: str, value: Any) -> IPv6Network:
+        if isinstance(value, str) and "/" not in value and "%" not in value:
+            try:
+                address = ip_address(value)
+            except ValueError:
+                address = None
+            if isinstance(address, IPv6Address):
+                return IPv6Network((int(address), 128))
+        result = prefix(ctx, path, value)
+        assert isinstance(result, IPv6Network)
+        return result
+    return parse
+
+
 def interface(what: str, example: str) -> Parser[Interface]:
     def parse(ctx: Context, path: str, value: Any) -> Interface:
         if not isinstance(value, str):

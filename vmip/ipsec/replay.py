@@ -20,6 +20,12 @@ Choices (documented in docs/ipsec.md):
   1), so a packet whose 64-bit number infers to 0 or below is "replay_old".
 * No resynchronisation after a run of ICV failures (the optional procedure
   of appendix A3): an SA that loses 2^32 packets in a row is rekeyed instead.
+* A number whose bit is set because this window accepted it is a
+  ``duplicate``: an exact copy of an authenticated packet, which multi-CoA
+  duplicate mode sends on purpose (docs/multi-coa.md) and which an in-window
+  replay cannot be told apart from; dropped before the ICV all the same.
+  Only numbers marked by :meth:`ReplayWindow.resume` (received before a
+  restart, never seen by this window) are ``replay``.
 """
 
 from __future__ import annotations
@@ -31,14 +37,15 @@ _INFERENCE_WINDOW_WITHOUT_REPLAY = 1 << 31
 #: Largest window accepted: ESN inference (appendix A2) needs W < 2^32.
 MAX_WINDOW = 1 << 31
 
-REPLAY = "replay"  # the bit for this number is set: a duplicate
+DUPLICATE = "duplicate"  # this window accepted the number already: a copy
+REPLAY = "replay"  # marked as received by a restart's resume, not seen here
 REPLAY_OLD = "replay_old"  # left of the window, or a number never sent
 
 
 class ReplayWindow:
     """Receiver state of one SA: highest authenticated sequence number and bitmap."""
 
-    __slots__ = ("_inference_window", "_mask", "bitmap", "esn", "size", "top")
+    __slots__ = ("_inference_window", "_mask", "_resumed", "bitmap", "esn", "size", "top")
 
     def __init__(self, size: int = 1024, esn: bool = False) -> None:
         if not 0 <= size <= MAX_WINDOW:
@@ -49,6 +56,8 @@ class ReplayWindow:
         self.top = 0
         self.bitmap = 0
         self._mask = (1 << size) - 1
+        #: Numbers up to here count as received from before a restart (resume).
+        self._resumed = 0
         self._inference_window = size or _INFERENCE_WINDOW_WITHOUT_REPLAY
 
     def infer(self, seq_low: int) -> int:
@@ -92,7 +101,7 @@ class ReplayWindow:
         if behind >= self.size:
             return REPLAY_OLD
         if (self.bitmap >> behind) & 1:
-            return REPLAY
+            return REPLAY if seq <= self._resumed else DUPLICATE
         return None
 
     def accept(self, seq: int) -> None:
@@ -118,6 +127,7 @@ class ReplayWindow:
         if mark > self.top:
             self.top = mark
             self.bitmap = self._mask
+            self._resumed = mark
 
     def seen(self, seq: int) -> bool:
         """Whether ``seq`` is marked as received (for tests and diagnostics)."""

@@ -178,6 +178,8 @@ class NodeControl:
             "remap": dict(self.node.mobility.remap.counters),
             "paths": dict(self.node.mobility.paths.counters),   # RFC 5648 bound paths
             "icmp": dict(self.node.onwire_icmp.counters),
+            # Packets per [[flow]] (classified only towards peers with several paths).
+            "flows": self.node.flows.policy.status(),
             "tun": self.node.tun.status() if self.node.tun is not None else {},
         }
 

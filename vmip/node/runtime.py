@@ -55,6 +55,7 @@ from vmip.node import mh_protection
 from vmip.node.control import NodeControl
 from vmip.node.errors import NodeError
 from vmip.node.events import EventHub
+from vmip.node.flows import FlowPolicy, FlowSender
 from vmip.node.keying import IkeManager
 from vmip.node.keying_policy import static_keys
 from vmip.node.mobility import MobilityAgent
@@ -174,6 +175,11 @@ class Node:
         self.mobility = MobilityAgent(self.services, now)
         self.pump.add("sad", self.sad)
         self.pump.add("mobility", self.mobility)
+        # Which bound path(s) each flow takes when a peer has several (flows.py).
+        quality = getattr(self.services, "link_quality", None)
+        self.flows = FlowSender(FlowPolicy.from_config(config.flows),
+                                self.mobility.paths_to,
+                                quality.best if quality is not None else None, self.counters)
         # The SAD's deadlines only move when an SA does, and every such change
         # is an SADB event: re-arm then, never per packet.
         self.bus.subscribe(self._on_sadb_event)
@@ -369,6 +375,7 @@ class Node:
         self.locators.replace_static(new_config.peers)
         self.config = new_config
         self._index_coas()
+        self.flows.policy = FlowPolicy.from_config(new_config.flows)
         self.counters["reloads"] += 1
         self.pump.arm()
         log.info("config reloaded", added_sas=len(plan.add_sas), removed_sas=len(plan.remove_sas),
@@ -416,6 +423,16 @@ class Node:
         wire = result.packet
         if wire is None:
             return
+        if ancillary is None:
+            # Several bound paths to the peer: the flow's policy picks one, or
+            # all of them for the same ESP bytes (duplicate mode, flows.py).
+            copies = self.flows.copies(inner, wire, now)
+            if copies is not None:
+                for chosen in copies:
+                    out = self.mobility.outbound(wire, chosen, now)
+                    if out is not None:
+                        self._route(inner, out, sends, fragmented)
+                return
         wire = self.mobility.outbound(wire, ancillary, now)
         if wire is None:
             return

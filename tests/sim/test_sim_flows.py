@@ -1,0 +1,352 @@
+"""Per-flow sending and duplicate mode through running nodes (in-process network,
+virtual time): which links carry each flow, and what reaches the other TUN."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass
+from ipaddress import IPv6Address, IPv6Network
+
+from vmip.demo.run import UDP_PORT
+from vmip.lab.emulation import LinkProfile
+from vmip.mobility.ancillary import Ancillary
+from vmip.node.flows import DUPLICATE, FlowPolicy, FlowRule, FlowSender
+from vmip.sim.scenario import ProbeStream
+from vmip.sim.world import SimWorld
+from vmip.wire import proto
+from vmip.wire.ipv6 import build_ipv6_header
+from vmip.wire.udp import build_udp
+
+HA, CN = "2001:db8:100::1", "2001:db8:20::2"
+HOA = "2001:db8:100::10"
+COA = {"wifi0": "2001:db8:31::2", "lte0": "2001:db8:32::2"}
+CLEAN = {("mn", "wifi0"): LinkProfile(delay_ms=5.0), ("mn", "lte0"): LinkProfile(delay_ms=30.0)}
+#: The probes' flow: UDP to the probe port at the CN.
+PROBES = FlowRule("probes", DUPLICATE, protocol=17, remote=IPv6Network(f"{CN}/128"),
+                  remote_ports=(UDP_PORT, UDP_PORT))
+
+
+async def until(world: SimWorld, what: str, check, timeout: float) -> None:
+    start = world.loop.time()
+    while not check():
+        if world.loop.time() - start > timeout:
+            raise AssertionError(f"{what}: not within {timeout} virtual seconds")
+        await asyncio.sleep(0.005)
+
+
+def bound_on_wifi(world: SimWorld) -> bool:
+    status = world.nodes["mn"].mobility.status()
+    entries = {e["peer"]: e for e in status["mn"]["binding_update_list"]}
+    return all(entries.get(p, {}).get("state") == "bound" and entries[p]["coa"] == COA["wifi0"]
+               for p in (HA, CN))
+
+
+class EspOnLinks:
+    """Which (SPI, sequence number) of the MN's ESP to the CN left on which link."""
+
+    def __init__(self, world: SimWorld) -> None:
+        self.by_link: dict[str, Counter[tuple[int, int]]] = {"wifi0": Counter(),
+                                                             "lte0": Counter()}
+        world.network.interceptors.append(self._see)
+
+    def _see(self, sender, packet: bytes, destination) -> bool:
+        if sender.node == "mn" and len(packet) >= 48 and packet[6] == 50 \
+                and packet[24:40] == IPv6Address(CN).packed:
+            spi, seq = int.from_bytes(packet[40:44], "big"), int.from_bytes(packet[44:48], "big")
+            self.by_link[sender.name][(spi, seq)] += 1
+        return False
+
+
+@dataclass(frozen=True)
+class FakePath:
+    link: str
+
+    def ancillary(self) -> Ancillary:
+        return Ancillary.of(IPv6Address(COA[self.link]))
+
+
+def test_the_send_hook_puts_the_same_esp_packet_on_every_path() -> None:
+    """The node's send path with stand-in bound paths: a duplicate flow leaves
+    as the same ESP packet (SPI and sequence number) on wifi0 and on lte0,
+    each from that link's CoA; the CN's TUN gets each probe once; the
+    node counts the extra copies and their bytes."""
+    with SimWorld(seed=3, profiles=CLEAN) as world:
+        async def scenario():
+            await world.start_all()
+            await until(world, "registered on wifi", lambda: bound_on_wifi(world), 5)
+            mn = world.nodes["mn"]
+            paths = [FakePath("wifi0"), FakePath("lte0")]
+            mn.flows = FlowSender(FlowPolicy([PROBES]),
+                                  lambda peer: paths if peer == IPv6Address(CN).packed else [],
+                                  None, mn.counters)
+            seen = EspOnLinks(world)
+            probes = ProbeStream(world, "mn", IPv6Address(HOA), IPv6Address(CN), 100)
+            world.tun_sinks["cn"] = probes.received
+            probes.start()
+            await asyncio.sleep(1.0)
+            probes.stop()
+            await asyncio.sleep(0.5)
+            return mn, probes, seen, mn.control_handlers._counters({})
+        mn, probes, seen, counters = world.run(scenario())
+    received = Counter(arrival.seq for arrival in probes.arrivals)
+    assert probes.sent >= 99 and received == Counter(range(probes.sent))
+    wifi, lte = seen.by_link["wifi0"], seen.by_link["lte0"]
+    # The lab's SA also carries the MN's Mobility Headers, sent on one path:
+    # exactly the probes' ESP packets went on both links, each once per link.
+    assert len(set(wifi) & set(lte)) == probes.sent
+    assert max(wifi.values()) == max(lte.values()) == 1
+    assert mn.counters["tx_duplicate_copies"] == probes.sent
+    assert mn.counters["tx_duplicate_bytes"] > 0
+    assert mn.counters["tx_duplicate_bytes"] % probes.sent == 0   # one ESP size per probe
+    # `vmip counters`: the packets of each flow.
+    assert counters["flows"] == [{"name": "probes", "send": "duplicate",
+                                  "packets": probes.sent}]
+    assert counters["node"]["tx_duplicate_copies"] == probes.sent
+
+
+def test_a_node_takes_its_flows_from_the_config_and_a_reload_replaces_them() -> None:
+    with SimWorld(seed=3) as world:
+        path = world.config_paths["mn"]
+        original = path.read_text()
+        path.write_text(original + '\n[[flow]]\nname = "voice"\nprotocol = "udp"\n'
+                        'remote_ports = "5060"\nsend = "duplicate"\n')
+
+        async def scenario():
+            mn = await world.start("mn")
+            before = [(rule.name, str(rule.mode)) for rule in mn.flows.policy.rules]
+            path.write_text(original + '\n[[flow]]\nname = "bulk"\nsend = "link:lte0"\n')
+            refused = mn.reload()
+            return mn, before, refused
+        mn, before, refused = world.run(scenario())
+        after = [(rule.name, str(rule.mode)) for rule in mn.flows.policy.rules]
+    assert before == [("voice", "duplicate")]
+    assert refused is None and after == [("bulk", "link:lte0")]
+
+
+# -- with multiple care-of addresses (RFC 5648) -------------------------------------
+
+DUP_PORT, BEST_PORT, LINK_PORT = 7001, 7002, 7003
+RATE = 100.0
+#: The MN's MH SA towards the CN in the split layout (vmip.sim.layouts): the
+#: data SA is the other one.
+MN_CN_MH_SPI = 0x1501
+
+
+class Stream:
+    """UDP datagrams one way at RATE per second, each carrying its number."""
+
+    def __init__(self, world: SimWorld, sender: str, src: str, dst: str, port: int) -> None:
+        self.world, self.sender, self.port = world, sender, port
+        self.src, self.dst = IPv6Address(src), IPv6Address(dst)
+        self.sent_at: list[float] = []
+        self.arrived: Counter[int] = Counter()
+        self._handle = None
+
+    def start(self) -> None:
+        self._tick()
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+
+    def _tick(self) -> None:
+        seq = len(self.sent_at)
+        payload = seq.to_bytes(4, "big") + bytes(60)
+        segment = build_udp(self.port, self.port, payload, self.src.packed, self.dst.packed)
+        packet = build_ipv6_header(self.src.packed, self.dst.packed, proto.UDP,
+                                   len(segment)) + segment
+        self.world.tuns[self.sender].inject(packet)
+        self.sent_at.append(self.world.loop.time())
+        self._handle = self.world.loop.call_later(1.0 / RATE, self._tick)
+
+    def received(self, packet: bytes) -> bool:
+        if len(packet) < 52 or packet[6] != proto.UDP or packet[8:24] != self.src.packed \
+                or int.from_bytes(packet[42:44], "big") != self.port:
+            return False
+        self.arrived[int.from_bytes(packet[48:52], "big")] += 1
+        return True
+
+    def lost(self) -> list[int]:
+        return [seq for seq in range(len(self.sent_at)) if not self.arrived[seq]]
+
+
+def sink(*streams: Stream):
+    return lambda packet: any(stream.received(packet) for stream in streams)
+
+
+def multi_coa_world(mn_flows: str, cn_flows: str = "", **kwargs) -> SimWorld:
+    """The lab's world (split SA layout) with an MN bound on both links and these flows."""
+    world = SimWorld(profiles=CLEAN, layout="split", **kwargs)
+    mn = world.config_paths["mn"]
+    mn.write_text(mn.read_text().replace("[mobility]\n", "[mobility]\nmultiple_care_of = true\n",
+                                         1) + mn_flows)
+    cn = world.config_paths["cn"]
+    cn.write_text(cn.read_text() + cn_flows)
+    return world
+
+
+def flow(name: str, port: int, send: str, remote: str | None = None) -> str:
+    where = f'remote = "{remote}"\n' if remote else ""
+    return (f'\n[[flow]]\nname = "{name}"\nprotocol = "udp"\n{where}'
+            f'local_ports = {port}\nremote_ports = {port}\nsend = "{send}"\n')
+
+
+async def both_links_bound(world: SimWorld) -> None:
+    hoa, cn = IPv6Address(HOA).packed, IPv6Address(CN).packed
+    await until(world, "both links bound at the CN", lambda: (
+        len(world.nodes["mn"].mobility.paths_to(cn)) == 2
+        and len(world.nodes["cn"].mobility.paths_to(hoa)) == 2), 10)
+
+
+class DataOnLinks:
+    """The (SPI, sequence number) of the MN's data ESP to the CN seen on each link."""
+
+    def __init__(self, world: SimWorld) -> None:
+        self.by_link: dict[str, Counter[tuple[int, int]]] = {"wifi0": Counter(),
+                                                             "lte0": Counter()}
+        world.network.interceptors.append(self._see)
+
+    def _see(self, sender, packet: bytes, destination) -> bool:
+        if sender.node == "mn" and len(packet) >= 48 and packet[6] == 50 \
+                and packet[24:40] == IPv6Address(CN).packed:
+            spi = int.from_bytes(packet[40:44], "big")
+            if spi != MN_CN_MH_SPI:
+                self.by_link[sender.name][(spi, int.from_bytes(packet[44:48], "big"))] += 1
+        return False
+
+
+def esp_drops(node) -> Counter[str]:
+    drops: Counter[str] = Counter()
+    for info in node.sad.dump(publish=False):
+        esp = node.sad.esp(info.spi, info.direction, info.dst)
+        if esp is not None:
+            drops.update(esp.drops)
+    return drops
+
+
+def test_a_duplicate_flow_goes_on_both_links_and_reaches_the_cn_once() -> None:
+    with multi_coa_world(flow("dup", DUP_PORT, "duplicate"), seed=7) as world:
+        async def scenario():
+            await world.start_all()
+            await both_links_bound(world)
+            seen = DataOnLinks(world)
+            dup = Stream(world, "mn", HOA, CN, DUP_PORT)
+            world.tun_sinks["cn"] = sink(dup)
+            dup.start()
+            await asyncio.sleep(2.0)
+            dup.stop()
+            await asyncio.sleep(0.5)
+            return dup, seen
+        dup, seen = world.run(scenario())
+        mn, cn = world.nodes["mn"], world.nodes["cn"]
+        sent = len(dup.sent_at)
+        assert sent >= 199
+        assert dup.arrived == Counter(range(sent))            # every datagram exactly once
+        wifi, lte = seen.by_link["wifi0"], seen.by_link["lte0"]
+        assert set(wifi) == set(lte) and len(wifi) == sent     # the same ESP on both links
+        assert max(wifi.values()) == max(lte.values()) == 1
+        assert mn.counters["tx_duplicate_copies"] == sent
+        assert mn.counters["tx_duplicate_bytes"] > 0
+        drops = esp_drops(cn)
+        assert drops["duplicate"] == sent and drops["replay"] == 0 and drops["icv"] == 0
+
+
+def test_a_link_dying_loses_nothing_of_a_duplicate_flow() -> None:
+    """Both directions, a duplicate flow and a best flow each; wifi0's carrier
+    drops mid-stream with no warning (no deregistration first).  The duplicate
+    flows lose nothing; a best flow loses at most what the dead link held and
+    what the CN sent before the MN's next packet moved its choice (one lte RTT)."""
+    mn_flows = flow("dup", DUP_PORT, "duplicate")
+    cn_flows = flow("dup", DUP_PORT, "duplicate", remote=HOA)
+    with multi_coa_world(mn_flows, cn_flows, seed=11) as world:
+        async def scenario():
+            await world.start_all()
+            await both_links_bound(world)
+            streams = {
+                "mn-dup": Stream(world, "mn", HOA, CN, DUP_PORT),
+                "mn-best": Stream(world, "mn", HOA, CN, BEST_PORT),
+                "cn-dup": Stream(world, "cn", CN, HOA, DUP_PORT),
+                "cn-best": Stream(world, "cn", CN, HOA, BEST_PORT),
+            }
+            world.tun_sinks["cn"] = sink(streams["mn-dup"], streams["mn-best"])
+            world.tun_sinks["mn"] = sink(streams["cn-dup"], streams["cn-best"])
+            for stream in streams.values():
+                stream.start()
+            await asyncio.sleep(1.0)
+            killed = world.loop.time()
+            world.set_link("mn", "wifi0", False)
+            await asyncio.sleep(2.0)
+            for stream in streams.values():
+                stream.stop()
+            await asyncio.sleep(0.5)
+            return streams, killed
+        streams, killed = world.run(scenario())
+    for name, stream in streams.items():
+        assert len(stream.sent_at) >= 299, name
+        assert all(count == 1 for count in stream.arrived.values()), name
+    assert streams["mn-dup"].lost() == [] and streams["cn-dup"].lost() == []
+    # A best flow: only datagrams sent around the moment wifi0 died.
+    in_flight = 0.005 + 2 * 0.030 + 1 / RATE
+    for name in ("mn-best", "cn-best"):
+        stream = streams[name]
+        lost = stream.lost()
+        assert all(killed - 0.006 <= stream.sent_at[seq] <= killed + in_flight
+                   for seq in lost), (name, lost, [stream.sent_at[s] - killed for s in lost])
+    assert streams["cn-best"].lost(), "the best flow lost nothing: the test shows no difference"
+
+
+def test_a_link_dying_silently_loses_nothing_of_a_duplicate_flow() -> None:
+    """wifi0 stops carrying anything and nobody is told (no carrier event: the
+    MN keeps both bindings and goes on sending on wifi0): the duplicate flows
+    still lose nothing, the best flows lose what they keep sending on wifi0."""
+    mn_flows = flow("dup", DUP_PORT, "duplicate")
+    cn_flows = flow("dup", DUP_PORT, "duplicate", remote=HOA)
+    with multi_coa_world(mn_flows, cn_flows, seed=13) as world:
+        async def scenario():
+            await world.start_all()
+            await both_links_bound(world)
+            streams = {
+                "mn-dup": Stream(world, "mn", HOA, CN, DUP_PORT),
+                "mn-best": Stream(world, "mn", HOA, CN, BEST_PORT),
+                "cn-dup": Stream(world, "cn", CN, HOA, DUP_PORT),
+                "cn-best": Stream(world, "cn", CN, HOA, BEST_PORT),
+            }
+            world.tun_sinks["cn"] = sink(streams["mn-dup"], streams["mn-best"])
+            world.tun_sinks["mn"] = sink(streams["cn-dup"], streams["cn-best"])
+            for stream in streams.values():
+                stream.start()
+            await asyncio.sleep(1.0)
+            world.network.set_up("mn", "wifi0", False)
+            await asyncio.sleep(1.0)
+            for stream in streams.values():
+                stream.stop()
+            await asyncio.sleep(0.5)
+            return streams
+        streams = world.run(scenario())
+    for name, stream in streams.items():
+        assert len(stream.sent_at) >= 199, name
+        assert all(count == 1 for count in stream.arrived.values()), name
+    assert streams["mn-dup"].lost() == [] and streams["cn-dup"].lost() == []
+    assert streams["mn-best"].lost() and streams["cn-best"].lost()
+
+
+def test_a_link_flow_goes_only_on_its_link() -> None:
+    with multi_coa_world(flow("lte-only", LINK_PORT, "link:lte0"), seed=5) as world:
+        async def scenario():
+            await world.start_all()
+            await both_links_bound(world)
+            seen = DataOnLinks(world)
+            stream = Stream(world, "mn", HOA, CN, LINK_PORT)
+            world.tun_sinks["cn"] = sink(stream)
+            stream.start()
+            await asyncio.sleep(1.0)
+            stream.stop()
+            await asyncio.sleep(0.5)
+            return stream, seen
+        stream, seen = world.run(scenario())
+        counters = world.nodes["mn"].counters
+    sent = len(stream.sent_at)
+    assert stream.arrived == Counter(range(sent))
+    assert len(seen.by_link["lte0"]) == sent and not seen.by_link["wifi0"]
+    assert counters["tx_duplicate_copies"] == 0 and counters["tx_flow_link_unbound"] == 0
