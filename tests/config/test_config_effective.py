@@ -190,6 +190,7 @@ action = "bypass"
                         'key_file = "keys/mn-to-cn.key"\n'
                         'lifetime = { soft_bytes = 1000000, hard_bytes = 2000000, '
                         'soft_packets = 10, hard_seconds = 3600.5 }\nesn = false\nreplay_window = 0')
+    text = text.replace("[mobility]\n", "[mobility]\nmax_care_of_addresses = 0\n", 1)
     cfg = parse_config(text, configs / "cn.toml")
     ssh, ping, brr, v4 = cfg.policies[-4:]
     assert (ssh.protocol, ssh.src_ports, ssh.dst_ports) == (6, (1024, 65535), (22, 22))

@@ -328,3 +328,21 @@ def test_key_material_never_appears_in_errors(configs: Path) -> None:
             load_config(configs / "mn.toml")
         assert caught.value.key == "keys.sa[4].key_file"
         assert secret[:8] not in str(caught.value)
+
+
+def test_no_replay_window_is_refused_while_peers_may_send_copies(configs: Path) -> None:
+    """Duplicate mode sends the same ESP packet on every path: only the
+    receiver's replay window drops the extra copies (RFC 4303 §3.4.3)."""
+    from vmip.config import parse_config
+    base = configs / "cn.toml"
+    text = base.read_text()
+    assert "replay_window = 1024\n" in text
+    no_window = text.replace("replay_window = 1024\n", "replay_window = 0\n", 1)
+    sa_without = text.replace('name = "mn-in"\n', 'name = "mn-in"\nreplay_window = 0\n', 1)
+    for mistake, key in ((no_window, "keys.replay_window"),
+                         (sa_without, "keys.sa[0].replay_window")):
+        with pytest.raises(ConfigError) as caught:
+            parse_config(mistake, base)
+        assert caught.value.key == key and "max_care_of_addresses = 0" in str(caught.value)
+    allowed = no_window.replace("[mobility]\n", "[mobility]\nmax_care_of_addresses = 0\n", 1)
+    assert parse_config(allowed, base).keys.replay_window == 0

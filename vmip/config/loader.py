@@ -171,6 +171,7 @@ def build_config(data: Mapping[str, Any], path: str | os.PathLike[str], *,
     mobility = _check_roles(ctx, node, tun, links, mobility)
     _check_peers(ctx, links, peers)
     _check_keys(ctx, keys, ike, policies)
+    _check_replay_for_copies(ctx, keys, mobility)
     _check_own_addresses(ctx, node, tun, links, keys)
     _check_raw_sends(ctx, tun, links, peers)
     _check_admission(ctx, node, mobility, ike, policies)
@@ -867,6 +868,28 @@ def _check_keys(ctx: v.Context, keys: KeysConfig, ike: IkeConfig | None,
                      f"to {sa.dst}",
                      f"pick another SPI, such as {free:#x}")
         used[slot] = i
+
+
+def _check_replay_for_copies(ctx: v.Context, keys: KeysConfig, mobility: MobilityConfig) -> None:
+    """Anti-replay is what drops the extra copies of duplicate mode.
+
+    A peer with several bindings here may send each ESP packet on every path
+    (docs/multi-coa.md); the receiver's replay window accepts the first copy
+    and drops the others (RFC 4303 §3.4.3).  Without a window every copy would
+    reach the TUN, and an authentic packet re-sent from another bound CoA
+    would look fresh.
+    """
+    if not (mobility.max_care_of_addresses or mobility.multiple_care_of):
+        return
+    fix = ("give it a window (at least 32; the default is 1024), or set "
+           "max_care_of_addresses = 0 and multiple_care_of = false under [mobility]")
+    problem = ("0 turns anti-replay off, but with several care-of addresses a peer may "
+               "send each packet on every path, and every copy would be delivered")
+    if keys.replay_window == 0:
+        ctx.fail("keys.replay_window", problem, fix)
+    for i, sa in enumerate(keys.sa):
+        if sa.direction is Direction.IN and sa.replay_window == 0:
+            ctx.fail(f"keys.sa[{i}].replay_window", problem, fix)
 
 
 def _check_ike_paths(ctx: v.Context, links: tuple[LinkConfig, ...], peers: tuple[PeerConfig, ...],
