@@ -176,10 +176,8 @@ class Node:
         self.pump.add("sad", self.sad)
         self.pump.add("mobility", self.mobility)
         # Which bound path(s) each flow takes when a peer has several (flows.py).
-        quality = getattr(self.services, "link_quality", None)
-        self.flows = FlowSender(FlowPolicy.from_config(config.flows),
-                                self.mobility.paths_to,
-                                quality.best if quality is not None else None, self.counters)
+        self.flows = FlowSender(FlowPolicy.from_config(config.flows), self.mobility.paths_to,
+                                self.link_quality.best, self.counters)
         # The SAD's deadlines only move when an SA does, and every such change
         # is an SADB event: re-arm then, never per packet.
         self.bus.subscribe(self._on_sadb_event)
