@@ -15,7 +15,9 @@ UDP packet behind a hop-by-hop header:
 - ``copies_no_paths``: ``FlowSender.copies`` towards a peer without
   multi-CoA paths (the cost every node pays per packet sent);
 - ``copies_duplicate_2``: a duplicate flow over two paths (classification,
-  two ancillary records, the counters).
+  two ancillary records, the counters);
+- ``copies_best_2``: a best flow over an MN's two paths, the link picked by
+  the node's :class:`~vmip.node.quality.LinkQuality` (both links measured).
 
 Not a test; numbers depend on the machine.
 """
@@ -35,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from vmip.mobility.ancillary import Ancillary
 from vmip.node.flows import DUPLICATE, FlowMode, FlowPolicy, FlowRule, FlowSender
+from vmip.node.quality import LinkQuality
 from vmip.wire import proto
 from vmip.wire.ipv6 import build_ipv6_header
 from vmip.wire.udp import build_udp
@@ -97,6 +100,14 @@ def main() -> int:
     paths = [_Path("wifi0", "2001:db8:31::2"), _Path("lte0", "2001:db8:32::2")]
     duplicate = FlowSender(FlowPolicy(rules(10)), lambda peer: paths, None, Counter())
     results["copies_duplicate_2"] = best_of(lambda: duplicate.copies(data, esp, 1.0))
+    quality = LinkQuality()
+    for second in range(5):
+        quality.rtt_sample("wifi0", 0.012, float(second))
+        quality.rtt_sample("lte0", 0.062, float(second))
+    best = FlowSender(FlowPolicy(rules(10)), lambda peer: paths, quality.best, Counter())
+    other = packet(dport=80)   # no flow: best
+    assert best.copies(other, esp, 5.0) == [paths[0].ancillary()]
+    results["copies_best_2"] = best_of(lambda: best.copies(other, esp, 5.0))
     width = max(map(len, results))
     for name, value in results.items():
         print(f"{name:<{width}}  {value:7.3f} µs")
