@@ -114,6 +114,9 @@ class LabPlan:
     #: How the nodes carry on-wire packets: ``udp`` (the overlay over the IPv4
     #: underlay, through the lte NAT) or ``raw`` (native IPv6, routed).
     driver: str = "udp"
+    #: The multi-CoA variant of the node configs (docs/multi-coa.md): the MN
+    #: registers one binding per link and sends by ``[[flow]]`` policy.
+    multi_coa: bool = False
 
     def node(self, name: str) -> LabNode:
         for node in self.nodes:
@@ -185,7 +188,8 @@ def check_driver(driver: str) -> None:
         raise LabUsageError(f"--driver must be one of {', '.join(LAB_DRIVERS)}, not {driver!r}")
 
 
-def default_plan(lab_dir: Path = LAB_DIR, driver: str = DEFAULT_DRIVER) -> LabPlan:
+def default_plan(lab_dir: Path = LAB_DIR, driver: str = DEFAULT_DRIVER, *,
+                 multi_coa: bool = False) -> LabPlan:
     """The fixed lab addressing plan (docs/lab.md has it as a table)."""
     check_driver(driver)
     return LabPlan(
@@ -204,6 +208,7 @@ def default_plan(lab_dir: Path = LAB_DIR, driver: str = DEFAULT_DRIVER) -> LabPl
         ),
         lab_dir=lab_dir,
         driver=driver,
+        multi_coa=multi_coa,
     )
 
 

@@ -81,7 +81,7 @@ class SimWorld:
 
     def __init__(self, *, seed: int = 0, workdir: Path | None = None,
                  profiles: dict[tuple[str, str], LinkProfile] | None = None,
-                 keys: str = "static", layout: str = "lab") -> None:
+                 keys: str = "static", layout: str = "lab", multi_coa: bool = False) -> None:
         self._tmp = None
         if workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="vmip-sim-")
@@ -89,7 +89,8 @@ class SimWorld:
         self.workdir = workdir
         self.loop = VirtualTimeLoop()
         self.network = SimNetwork(self.loop, seed)
-        self.plan: LabPlan = default_plan(lab_dir=workdir)
+        # multi_coa: the lab's multi-CoA configs (vmip.lab.configs, docs/multi-coa.md).
+        self.plan: LabPlan = default_plan(lab_dir=workdir, multi_coa=multi_coa)
         self.keys = keys
         self.config_paths = lab_configs.write_node_configs(self.plan, keys)
         if layout not in LAYOUTS:

@@ -1,0 +1,89 @@
+"""The multi-CoA variant of the lab's generated configs (``vmip demo --multi-coa``).
+
+Oracle: the shared multi-CoA contract (docs/multi-coa.md: ``[[flow]]`` keys,
+first match wins, ports read from the inner packet) restated here as a small
+matcher, and the demo's traffic classes (docs/demo.md, "Multi-CoA").
+"""
+
+from __future__ import annotations
+
+from ipaddress import IPv6Address, IPv6Network
+from pathlib import Path
+
+import pytest
+
+from vmip.compat import tomllib
+from vmip.lab import configs
+from vmip.lab.topology import default_plan
+
+HOA, HOA2, CN = "2001:db8:100::10", "2001:db8:100::20", "2001:db8:20::2"
+
+
+def _load(tmp_path: Path, multi_coa: bool) -> dict[str, dict]:
+    plan = default_plan(tmp_path, multi_coa=multi_coa)
+    paths = configs.write_node_configs(plan)
+    return {name: tomllib.loads(path.read_text()) for name, path in paths.items()}
+
+
+def _ports(spec: str) -> range:
+    low, _, high = spec.partition("-")
+    return range(int(low), int(high or low) + 1)
+
+
+def classify(flows: list[dict], protocol: str, remote: str, local_port: int | None,
+             remote_port: int | None) -> str:
+    """The contract's first-match rule; a packet matching no flow is "best"."""
+    for flow in flows:
+        if flow.get("protocol", "any") not in ("any", protocol):
+            continue
+        if "remote" in flow and IPv6Address(remote) not in IPv6Network(flow["remote"]):
+            continue
+        if "local_ports" in flow and local_port not in _ports(flow["local_ports"]):
+            continue
+        if "remote_ports" in flow and remote_port not in _ports(flow["remote_ports"]):
+            continue
+        return flow.get("send", "best")
+    return "best"
+
+
+def test_the_default_lab_has_no_multi_coa_key(tmp_path: Path) -> None:
+    # Single-CoA labs stay exactly as before: no BIDs, no flows, no binding limit.
+    for name, config in _load(tmp_path, False).items():
+        assert "flow" not in config, name
+        mobility = config.get("mobility", {})
+        assert "multiple_care_of" not in mobility and "max_care_of_addresses" not in mobility
+
+
+def test_only_mn_registers_one_binding_per_link(tmp_path: Path) -> None:
+    loaded = _load(tmp_path, True)
+    assert loaded["mn"]["mobility"]["multiple_care_of"] is True
+    # BID = 1-based position of the [[link]]: wifi0 1, lte0 2 (the contract's numbering).
+    assert [link["name"] for link in loaded["mn"]["link"]] == ["wifi0", "lte0"]
+    # mn2 stays single-CoA: the HA and the CN serve both kinds of MN at once.
+    assert "multiple_care_of" not in loaded["mn2"]["mobility"] and "flow" not in loaded["mn2"]
+    for name in ("ha", "cn"):
+        assert loaded[name]["mobility"]["max_care_of_addresses"] == 2
+    assert "flow" not in loaded["ha"]
+
+
+@pytest.mark.parametrize(("protocol", "mn_port", "cn_port", "mode"), [
+    ("udp", 5002, 5002, "duplicate"),     # the interactive probes
+    ("icmpv6", None, None, "duplicate"),  # ping (echo request and reply)
+    ("udp", 5003, 5003, "best"),          # the best-link probes
+    ("tcp", 40000, 5001, "best"),         # the bulk stream: the MN's ephemeral port to 5001
+])
+def test_each_side_sends_each_demo_class_in_its_mode(tmp_path: Path, protocol: str,
+                                                      mn_port: int | None, cn_port: int | None,
+                                                      mode: str) -> None:
+    loaded = _load(tmp_path, True)
+    assert classify(loaded["mn"]["flow"], protocol, CN, mn_port, cn_port) == mode
+    assert classify(loaded["cn"]["flow"], protocol, HOA, cn_port, mn_port) == mode
+
+
+def test_other_traffic_is_best_and_mn2_is_not_duplicated(tmp_path: Path) -> None:
+    loaded = _load(tmp_path, True)
+    # The CN's flows name mn's home address: mn2's probes to the same port are "best".
+    assert classify(loaded["cn"]["flow"], "udp", HOA2, 5002, 5002) == "best"
+    assert classify(loaded["mn"]["flow"], "udp", CN, 5002, 7) == "best"
+    names = [flow["name"] for flow in loaded["mn"]["flow"]]
+    assert len(names) == len(set(names))
