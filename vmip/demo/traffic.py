@@ -3,7 +3,10 @@
 Run as ``python -m vmip.demo.traffic --role mn|cn ...`` inside a namespace.
 Both roles send UDP probes to the peer at ``--rate`` per second, each
 carrying a sequence number and the wall-clock send time, and record every
-probe they receive with its arrival time.  The CN side accepts one TCP
+probe they receive with its arrival time.  ``--probe-class NAME=PORT``
+(repeatable) runs one such stream per class, each on its own port pair
+(the multi-CoA demo maps port 5002 to a duplicated flow and 5003 to the
+best link); the classes' send times are staggered across the interval.  The CN side accepts one TCP
 connection and counts the bytes it reads; the MN side connects and writes
 at a paced rate.  Every ``STATUS_INTERVAL`` the agent rewrites a small
 status file (atomic rename); on SIGTERM or after ``--duration`` it writes
@@ -13,6 +16,7 @@ the full record (``--out``) and exits.  Every loop is bounded in time.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import signal
@@ -20,6 +24,7 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,29 +38,51 @@ TCP_WRITES_PER_S = 50
 TCP_SAMPLE_INTERVAL = 0.05
 
 
+class ProbeClass:
+    """One probe stream: its port (the same at both ends), socket, counts and arrivals."""
+
+    def __init__(self, name: str, local: str, port: int, peer_port: int) -> None:
+        self.name, self.port, self.peer_port = name, port, peer_port
+        self.sent = 0
+        self.arrivals: list[tuple[int, float, float]] = []
+        self.sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        self.sock.bind((local, port))
+        self.sock.settimeout(0.2)
+
+
+def parse_probe_class(text: str) -> tuple[str, int]:
+    """``NAME=PORT`` -> (name, port), for ``--probe-class``."""
+    name, sep, port = text.partition("=")
+    if not sep or not name or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"--probe-class wants NAME=PORT (PORT 1..65535), "
+                                         f"not {text!r}")
+    return name, int(port)
+
+
 class Agent:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.stop = threading.Event()
         self.started = time.time()
-        self.arrivals: list[tuple[int, float, float]] = []
-        self.sent = 0
+        specs = args.probe_class or [("probes", args.udp_port)]
+        if len({name for name, _ in specs}) != len(specs):
+            raise SystemExit("--probe-class names must differ")
+        self.classes = [
+            ProbeClass(name, args.local, port,
+                       port if args.probe_class else (args.peer_udp_port or args.udp_port))
+            for name, port in specs]
         self.tcp_samples: list[tuple[float, int]] = []
         self.tcp_bytes = 0
         self.tcp_error: str | None = None
         self.tcp_error_at: float | None = None
         self.tcp_connected_at: float | None = None
         self._lock = threading.Lock()
-        family = socket.AF_INET6
-        self.udp = socket.socket(family, socket.SOCK_DGRAM)
-        self.udp.bind((args.local, args.udp_port))
-        self.udp.settimeout(0.2)
 
     # -- UDP probes ----------------------------------------------------------------
 
-    def send_probes(self) -> None:
+    def send_probes(self, probes: ProbeClass, offset: float = 0.0) -> None:
         interval = 1.0 / self.args.rate
-        next_at = time.monotonic()
+        next_at = time.monotonic() + offset
         seq = 0
         while not self.stop.is_set():
             now = time.monotonic()
@@ -63,9 +90,9 @@ class Agent:
                 self.stop.wait(next_at - now)
                 continue
             try:
-                self.udp.sendto(PROBE.pack(MAGIC, seq, time.time()),
-                                (self.args.peer, self.args.peer_udp_port or self.args.udp_port))
-                self.sent = seq + 1
+                probes.sock.sendto(PROBE.pack(MAGIC, seq, time.time()),
+                                   (self.args.peer, probes.peer_port))
+                probes.sent = seq + 1
             except OSError:
                 pass  # no route for a moment during a handover: the probe counts as lost
             seq += 1
@@ -73,10 +100,10 @@ class Agent:
             if next_at < now - 1.0:
                 next_at = now   # we were descheduled: do not burst to catch up
 
-    def receive_probes(self) -> None:
+    def receive_probes(self, probes: ProbeClass) -> None:
         while not self.stop.is_set():
             try:
-                data, _ = self.udp.recvfrom(2048)
+                data, _ = probes.sock.recvfrom(2048)
             except TimeoutError:
                 continue
             except OSError:
@@ -87,7 +114,17 @@ class Agent:
             magic, seq, sent = PROBE.unpack_from(data)
             if magic == MAGIC:
                 with self._lock:
-                    self.arrivals.append((seq, sent, received))
+                    probes.arrivals.append((seq, sent, received))
+
+    def workers(self) -> list[Callable[[], None]]:
+        """One sender and one receiver per probe class, the TCP end of the role."""
+        spacing = 1.0 / self.args.rate / len(self.classes)
+        out: list[Callable[[], None]] = []
+        for index, probes in enumerate(self.classes):
+            out.append(functools.partial(self.receive_probes, probes))
+            out.append(functools.partial(self.send_probes, probes, index * spacing))
+        out.append(self.tcp_server if self.args.role == "cn" else self.tcp_client)
+        return out
 
     # -- TCP -----------------------------------------------------------------------
 
@@ -164,11 +201,15 @@ class Agent:
     # -- records -------------------------------------------------------------------
 
     def record(self) -> dict[str, Any]:
+        first = self.classes[0]
         with self._lock:
             return {
                 "role": self.args.role, "local": self.args.local, "peer": self.args.peer,
-                "rate": self.args.rate, "started": self.started, "probes_sent": self.sent,
-                "arrivals": list(self.arrivals),
+                "rate": self.args.rate, "started": self.started, "probes_sent": first.sent,
+                # The first class, as before classes existed; every class below.
+                "arrivals": list(first.arrivals),
+                "probe_classes": {c.name: {"port": c.port, "sent": c.sent,
+                                           "arrivals": list(c.arrivals)} for c in self.classes},
                 "tcp": {"bytes": self.tcp_bytes, "samples": list(self.tcp_samples),
                         "error": self.tcp_error, "error_at": self.tcp_error_at,
                         "connected_at": self.tcp_connected_at},
@@ -176,9 +217,11 @@ class Agent:
 
     def status(self) -> dict[str, Any]:
         with self._lock:
-            last = self.arrivals[-1][2] if self.arrivals else None
-            return {"t": time.time(), "role": self.args.role, "probes_sent": self.sent,
-                    "probes_received": len(self.arrivals), "last_arrival": last,
+            lasts = [c.arrivals[-1][2] for c in self.classes if c.arrivals]
+            return {"t": time.time(), "role": self.args.role,
+                    "probes_sent": sum(c.sent for c in self.classes),
+                    "probes_received": sum(len(c.arrivals) for c in self.classes),
+                    "last_arrival": max(lasts) if lasts else None,
                     "tcp_bytes": self.tcp_bytes, "tcp_connected": self.tcp_connected_at is not None,
                     "tcp_error": self.tcp_error}
 
@@ -198,6 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--udp-port", type=int, default=5002)
     parser.add_argument("--peer-udp-port", type=int, default=None,
                         help="the peer's probe port (default: --udp-port)")
+    parser.add_argument("--probe-class", type=parse_probe_class, action="append",
+                        metavar="NAME=PORT",
+                        help="one probe stream per class, on PORT at both ends (repeatable; "
+                             "default: one stream on --udp-port)")
     parser.add_argument("--tcp-port", type=int, default=5001)
     parser.add_argument("--duration", type=float, default=3600.0)
     parser.add_argument("--out", type=Path, required=True)
@@ -210,9 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     agent = Agent(args)
     signal.signal(signal.SIGTERM, lambda *_: agent.stop.set())
     signal.signal(signal.SIGINT, lambda *_: agent.stop.set())
-    workers = [agent.receive_probes, agent.send_probes,
-               agent.tcp_server if args.role == "cn" else agent.tcp_client]
-    threads = [threading.Thread(target=w, daemon=True) for w in workers]
+    threads = [threading.Thread(target=w, daemon=True) for w in agent.workers()]
     for thread in threads:
         thread.start()
     end = time.monotonic() + args.duration
