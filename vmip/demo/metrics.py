@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import bisect
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -236,4 +236,282 @@ def summary(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "aot": {kind: sum(1 for r in reports if r["aot"] == kind)
                 for kind in ("early", "on-move")},
         "tcp_survived_all": all(r["tcp_survived"] for r in reports),
+    }
+
+
+# --- multi-CoA: one binding per link, flows sent duplicated or on the best link --------------
+#
+# Definitions (docs/demo.md, "Multi-CoA"):
+#
+# - a *handover* is a link change the demo made (a trigger): with one binding
+#   per link nothing waits for the MN to move its CoA, so every link change
+#   is a row, whether or not the MN's primary CoA changed;
+# - a copy of a probe is *carried* on a link when the sender's bound paths
+#   towards the peer include that link at the send time (the MN's, resp. the
+#   CN's, latest ``PathsChanged``; without one, the primary CoA only) and the
+#   link stays up until the copy has crossed it (its one-way delay);
+# - a lost probe of the duplicate class is *background* (``background_lost``)
+#   when it is the kind of loss the emulated random loss of the one link that
+#   carried it explains: a single probe (both neighbours of the same class and
+#   direction arrived) sent while one link carried copies, and no more of
+#   them in a direction and window than the emulator dropped datagrams there
+#   (when the emulator's counts are known);
+# - ``lost_packets.duplicate`` counts every other lost probe of the duplicate
+#   class sent in the window: any loss while two links carried copies (one
+#   copy is enough), any burst, anything beyond the emulator's drops;
+# - ``lost_packets.best`` counts every lost probe of the best-link class sent
+#   in the window, the emulated loss of the link it used included (as the
+#   single-CoA report's ``lost_packets``);
+# - ``duplicate_overhead_bytes``: the extra bytes the duplicated copies cost
+#   in the window, the MN's and the CN's ``tx_duplicate_bytes`` counters read
+#   at the link change that opens it and at the one that closes it.
+
+#: The probe classes of the multi-CoA demo (vmip.lab.configs.demo_flows).
+DUPLICATE, BEST = "duplicate", "best"
+DIRECTIONS = ("mn_to_cn", "cn_to_mn")
+
+
+@dataclass(frozen=True, slots=True)
+class ClassStreams:
+    """One probe class's arrivals, per direction."""
+
+    mn_to_cn: Sequence[Arrival]
+    cn_to_mn: Sequence[Arrival]
+
+    def direction(self, name: str) -> Sequence[Arrival]:
+        return self.mn_to_cn if name == "mn_to_cn" else self.cn_to_mn
+
+
+#: A cumulative counter read at a moment: ``(t, {key: value})``.
+Snapshot = tuple[float, Mapping[str, float]]
+
+
+def _change_times(trigger: Trigger) -> float:
+    # A link is taken down from the moment the demo asks (what is in flight may
+    # die at once) and counts as up only once the change is in place.
+    if trigger.action == "down":
+        return trigger.t
+    return trigger.done if trigger.done is not None else trigger.t
+
+
+def link_up(triggers: Sequence[Trigger], link: str, t: float) -> bool:
+    """Whether *link* was up at *t* (every link starts up; the triggers change that)."""
+    state = True
+    for trigger in sorted(triggers, key=_change_times):
+        if trigger.link == link and _change_times(trigger) <= t:
+            state = trigger.action == "up"
+    return state
+
+
+def carries(triggers: Sequence[Trigger], link: str, t: float, one_way: float) -> bool:
+    """A copy sent on *link* at *t* crossed it: up at *t* and not taken down before it arrived."""
+    if not link_up(triggers, link, t):
+        return False
+    return not any(tr.link == link and tr.action == "down" and t < tr.t <= t + one_way
+                   for tr in triggers)
+
+
+def bound_links(events: Sequence[Mapping[str, Any]], peer: str, fields: Sequence[str],
+                coa_links: Mapping[str, str], primary: str | None, t: float) -> list[str]:
+    """The links a node sent copies towards *peer* on at *t*: its latest ``PathsChanged``
+    for that peer (the first of *fields* that is not empty), else the *primary* link."""
+    latest: Mapping[str, Any] | None = None
+    for e in events:
+        if e.get("event") == "PathsChanged" and str(e.get("peer")) == peer \
+                and e.get("t", 0.0) <= t and (latest is None or e["t"] >= latest["t"]):
+            latest = e
+    if latest is not None:
+        for name in fields:
+            paths = latest.get(name) or []
+            if paths:
+                return [coa_links.get(str(coa), str(coa)) for _, coa in paths]
+    return [primary] if primary is not None else []
+
+
+def primary_link(events: Sequence[Mapping[str, Any]], coa_links: Mapping[str, str],
+                 t: float, kind: str = "CoaChanged", key: str = "new") -> str | None:
+    """The link of the latest *kind* event's CoA at or before *t* (the MN's primary
+    CoA: ``CoaChanged.new``; the CN's: ``SendTo.coa``)."""
+    value = None
+    for e in sorted(events, key=lambda e: e.get("t", 0.0)):
+        if e.get("event") == kind and e.get("t", 0.0) <= t:
+            value = e.get(key)
+    return None if value is None else coa_links.get(str(value), str(value))
+
+
+def window_delta(snapshots: Sequence[Snapshot], start: float, end: float) -> dict[str, float] | None:
+    """How much each counter grew between the last reading at or before *start*
+    and the last one at or before *end*; None when either is missing."""
+    def at(moment: float) -> Mapping[str, float] | None:
+        found = None
+        for t, values in sorted(snapshots, key=lambda s: s[0]):
+            if t <= moment:
+                found = values
+        return found
+
+    first, last = at(start), at(end)
+    if first is None or last is None:
+        return None
+    return {key: last[key] - first.get(key, 0) for key in last}
+
+
+def split_duplicate_losses(arrivals: Sequence[Arrival], lost: Sequence[int],
+                           single_carrier: Callable[[float], bool],
+                           emulated_drops: float | None) -> tuple[list[int], list[int]]:
+    """``(handover losses, background losses)`` among the *lost* sequence numbers
+    of one direction of the duplicate class (see the notes above)."""
+    sent_at = {a.seq: a.sent for a in arrivals}
+    handover: list[int] = []
+    background: list[int] = []
+    for seq in sorted(lost):
+        before, after = sent_at.get(seq - 1), sent_at.get(seq + 1)
+        if before is not None and after is not None and single_carrier((before + after) / 2) and (
+                emulated_drops is None or len(background) < emulated_drops):
+            background.append(seq)
+        else:
+            handover.append(seq)
+    return handover, background
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 1)
+
+
+def multi_coa_reports(*, triggers: Sequence[Trigger], events: Sequence[Mapping[str, Any]],
+                      cn_events: Sequence[Mapping[str, Any]], hoa: str, cn: str,
+                      coa_links: Mapping[str, str], one_way: Mapping[str, float],
+                      streams: Mapping[str, ClassStreams], interval: float, end: float,
+                      tcp_samples: Sequence[tuple[float, int]] | None = (),
+                      tcp_error_at: float | None = None,
+                      overhead: Sequence[Snapshot] = (),
+                      emulated_drops: Sequence[Snapshot] | None = None,
+                      ping: Sequence[Arrival] | None = None) -> list[dict[str, Any]]:
+    """One record per link change of the multi-CoA demo (see the notes above).
+
+    *streams* maps ``"duplicate"`` and ``"best"`` to their probes; *one_way*
+    each link's one-way delay (s); *overhead* readings of ``{"mn": bytes,
+    "cn": bytes}`` of ``tx_duplicate_bytes`` taken at each link change and at
+    the end; *emulated_drops* readings of ``{"mn_to_cn": n, "cn_to_mn": n}``,
+    the datagrams the link emulator dropped on the MN's links; *tcp_samples*
+    None where no TCP ran (the simulator: ``tcp_survived`` is then None).
+    """
+    ordered = sorted(triggers, key=lambda tr: tr.t)
+    mn_events = sorted(events, key=lambda e: e.get("t", 0.0))
+    cn_sorted = sorted(cn_events, key=lambda e: e.get("t", 0.0))
+
+    def single_carrier(direction: str) -> Callable[[float], bool]:
+        def check(t: float) -> bool:
+            if direction == "mn_to_cn":
+                links = bound_links(mn_events, cn, ("accept", "send"), coa_links,
+                                    primary_link(mn_events, coa_links, t), t)
+            else:
+                links = bound_links(cn_sorted, hoa, ("send",), coa_links,
+                                    primary_link(cn_sorted, coa_links, t, "SendTo", "coa"), t)
+            alive = [link for link in set(links)
+                     if carries(ordered, link, t, one_way.get(link, 0.0))]
+            return len(alive) <= 1
+        return check
+
+    reports = []
+    previous_move: float | None = None
+    for index, trigger in enumerate(ordered):
+        start = trigger.t
+        stop = ordered[index + 1].t if index + 1 < len(ordered) else end
+        origin = trigger.done if trigger.done is not None else trigger.t
+        moves = [e for e in mn_events if e.get("event") == "CoaChanged" and start <= e["t"] < stop]
+        move = moves[0] if moves else None
+        since, previous_move = previous_move, (move["t"] if move else previous_move)
+        drops = window_delta(emulated_drops, start, stop) if emulated_drops is not None else None
+        lost: dict[str, dict[str, int]] = {DUPLICATE: {}, BEST: {}}
+        background: dict[str, int] = {}
+        interruption: dict[str, dict[str, float | None]] = {DUPLICATE: {}, BEST: {}}
+        for direction in DIRECTIONS:
+            for name in (DUPLICATE, BEST):
+                arrivals = streams[name].direction(direction)
+                interruption[name][direction] = interruption_ms(arrivals, start, stop, interval)
+                missing = lost_sequences(arrivals, start, stop)
+                if name == BEST:
+                    lost[BEST][direction] = len(missing)
+                    continue
+                handover, quiet = split_duplicate_losses(
+                    arrivals, missing, single_carrier(direction),
+                    None if drops is None else drops.get(direction, 0))
+                lost[DUPLICATE][direction], background[direction] = len(handover), len(quiet)
+        cost = window_delta(overhead, start, stop)
+        changes = [e["t"] for e in (*mn_events, *cn_sorted)
+                   if e.get("event") in ("PathsChanged", "CareOfAddressesChanged")
+                   and start <= e.get("t", 0.0) < stop]
+        bu_ba, aot = ({}, None) if move is None else registration_times(
+            mn_events, move.get("new"), move["t"], stop, since)
+        before = primary_link(mn_events, coa_links, start)
+        after = primary_link(mn_events, coa_links, stop - 1e-9)
+        ping_lost = None if ping is None else len(lost_sequences(ping, start, stop))
+        reports.append({
+            "from": before, "to": after, "t": start,
+            "trigger": {"link": trigger.link, "action": trigger.action, "t": start},
+            # The link died without warning: the case the duplicate mode is for.
+            "abrupt": trigger.action == "down",
+            "interruption_ms": interruption,
+            "lost_packets": {DUPLICATE: sum(lost[DUPLICATE].values()),
+                             BEST: sum(lost[BEST].values())},
+            "lost": lost,
+            "background_lost": background,
+            "emulated_drops": None if drops is None else {d: int(drops.get(d, 0))
+                                                         for d in DIRECTIONS},
+            "duplicate_overhead_bytes": None if cost is None else int(sum(cost.values())),
+            "duplicate_overhead_bytes_by_node": None if cost is None else
+            {node: int(value) for node, value in sorted(cost.items())},
+            "ping_lost": ping_lost,
+            "bu_ba_ms": max(bu_ba.values()) if bu_ba else None,
+            "bu_ba_ms_by_peer": bu_ba,
+            "aot": aot,
+            "tcp_survived": None if tcp_samples is None else
+            tcp_survived(tcp_samples, tcp_error_at, start, stop),
+            "timeline_ms": {"link_change": _ms(origin - trigger.t),
+                            "moved": None if move is None else _ms(move["t"] - origin),
+                            "settled": _ms(max(changes) - origin) if changes else None},
+        })
+    return reports
+
+
+def multi_coa_summary(reports: Sequence[Mapping[str, Any]],
+                      rtt_ms: Mapping[str, float]) -> dict[str, Any]:
+    """Totals over the run and the targets (docs/multi-coa.md): no duplicate-class
+    loss on an abrupt handover, best-link interruption within one RTT of the
+    link that remains, TCP alive after every handover."""
+    abrupt = [r for r in reports if r["abrupt"]]
+    best = [max((v for v in r["interruption_ms"][BEST].values() if v is not None), default=None)
+            if all(v is not None for v in r["interruption_ms"][BEST].values()) else None
+            for r in reports]
+    measured = [w for w in best if w is not None]
+    over_rtt = []
+    for r, worst in zip(reports, best):
+        if not r["abrupt"]:
+            continue
+        limit = rtt_ms.get(str(r["to"]))
+        if worst is None or limit is None or worst > limit:
+            over_rtt.append({"t": r["t"], "interruption_ms": worst, "rtt_ms": limit})
+    costs = [r["duplicate_overhead_bytes"] for r in reports]
+    tcp = [r["tcp_survived"] for r in reports]
+    tcp_all = None if any(v is None for v in tcp) else all(tcp)
+    return {
+        "handovers": len(reports),
+        "abrupt_handovers": len(abrupt),
+        "lost_packets": {DUPLICATE: sum(r["lost_packets"][DUPLICATE] for r in reports),
+                         BEST: sum(r["lost_packets"][BEST] for r in reports)},
+        "lost_packets_duplicate_abrupt": sum(r["lost_packets"][DUPLICATE] for r in abrupt),
+        "background_lost": sum(sum(r["background_lost"].values()) for r in reports),
+        "duplicate_overhead_bytes": None if any(c is None for c in costs) else int(sum(costs)),
+        # Worse direction of the best-link class, as the single-CoA report's.
+        "interruption_ms_p50": percentile(measured, 0.5),
+        "interruption_ms_p90": percentile(measured, 0.9),
+        "interruption_ms_max": max(measured) if measured else None,
+        "tcp_survived_all": tcp_all,
+        "targets": {
+            "duplicate_lossless_on_abrupt": all(r["lost_packets"][DUPLICATE] == 0
+                                                for r in abrupt) and bool(abrupt),
+            "best_within_one_rtt": not over_rtt and bool(abrupt),
+            "best_over_rtt": over_rtt,
+            "tcp_survived": tcp_all,
+        },
     }
