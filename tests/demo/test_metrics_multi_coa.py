@@ -198,3 +198,15 @@ def test_every_link_change_is_a_row_even_without_a_move() -> None:
         ("wifi0", "wifi0", None), ("wifi0", "wifi0", None)]
     # The bound paths still changed: the MN's and the CN's last change, from the link change.
     assert rows[0]["timeline_ms"]["settled"] == pytest.approx(40.0, abs=0.1)
+
+
+def test_a_move_at_the_instant_of_the_link_change_is_from_the_old_link() -> None:
+    # The simulator's movement detection moves at the very instant of the change.
+    events = [e if e["t"] != 105.004 else {**e, "t": DOWN} for e in MN_EVENTS]
+    rows = multi_coa_reports(
+        triggers=TRIGGERS, events=events, cn_events=CN_EVENTS, hoa=HOA, cn=CN,
+        coa_links=COA_LINKS, one_way=ONE_WAY,
+        streams={"duplicate": ClassStreams(stream(), stream()),
+                 "best": ClassStreams(stream(), stream())}, interval=INTERVAL, end=END)
+    assert [(r["from"], r["to"]) for r in rows] == [("wifi0", "lte0"), ("lte0", "wifi0")]
+    assert rows[0]["timeline_ms"]["moved"] == -20.0   # before the change was in place

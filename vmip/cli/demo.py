@@ -16,7 +16,13 @@ def register(subparsers) -> None:
                     "ping from the MN's home address to the CN, takes wifi0 down and up so the "
                     "MN hands over wifi → lte → wifi by itself, shows a live dashboard and ends "
                     "with a report per handover.  Everything is removed at the end, on Ctrl-C "
-                    "and on errors.  See docs/demo.md.")
+                    "and on errors.  With --multi-coa the MN registers one binding per link "
+                    "(wifi0 and lte0 at once): the interactive traffic (UDP probes on port "
+                    "5002, ping) is sent duplicated on every bound path, a second probe "
+                    "stream (5003) and the TCP stream on the best link, and the report has a "
+                    "row per link change with the duplicated probes lost, lte's background "
+                    "loss, the best-link interruption and the bytes the duplicates cost.  "
+                    "See docs/demo.md.")
     demo.add_argument("--duration", type=float, default=60.0, metavar="S",
                       help="seconds of traffic and handovers (default 60; one link change "
                            "every 5 s)")
@@ -29,6 +35,10 @@ def register(subparsers) -> None:
     demo.add_argument("--driver", choices=("udp", "raw"), default="udp",
                       help="how the nodes carry on-wire packets: udp (default, the overlay "
                            "through the lte NAT) or raw (native IPv6, routed)")
+    demo.add_argument("--multi-coa", action="store_true",
+                      help="one binding per link; interactive traffic duplicated on every "
+                           "path, bulk on the best link; the multi-CoA report "
+                           "(docs/multi-coa.md)")
     demo.set_defaults(func=_demo)
 
 
@@ -39,7 +49,7 @@ def _demo(args: argparse.Namespace) -> int:
         raise UsageError("--duration must be between 10 and 3600 seconds")
     options = DemoOptions(duration=args.duration, ui=not args.no_ui, json_path=args.json,
                           pcap_dir=args.pcap_dir, keys=args.keys,
-                          driver=args.driver)
+                          driver=args.driver, multi_coa=args.multi_coa)
     try:
         report = run_demo(options)
     except KeyboardInterrupt:

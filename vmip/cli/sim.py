@@ -16,9 +16,15 @@ def register(subparsers) -> None:
                     "a simulated underlay on virtual time.  UDP probes flow both ways between "
                     "the MN's home address and the CN while the MN's wifi goes down and up "
                     "every 5 s; the report is the demo's (interruption per direction, packets "
-                    "lost, BU → BA, AOT).  The same seed gives the same report, byte for "
-                    "byte.  Runs as any user, on any machine.  See docs/sim.md.",
-        epilog="example:\n  vmip sim --duration 60 --seed 7 --json report.json",
+                    "lost, BU → BA, AOT).  With --multi-coa the MN keeps one binding per "
+                    "link (wifi0 and lte0 at once) and sends the probes of port 5002 "
+                    "duplicated on every bound path and those of port 5003 on the best "
+                    "link; the report has a row per link change with each class's losses, "
+                    "lte's background loss and the bytes the duplicates cost.  The same "
+                    "seed gives the same report, byte for byte.  Runs as any user, on any "
+                    "machine.  See docs/sim.md.",
+        epilog="examples:\n  vmip sim --duration 60 --seed 7 --json report.json\n"
+               "  vmip sim --multi-coa --duration 40",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     sim.add_argument("--scenario", choices=("roaming",), default="roaming",
                      help="what to simulate (default roaming: wifi → lte → wifi)")
@@ -28,6 +34,9 @@ def register(subparsers) -> None:
                      help="seed of every random draw (loss, jitter); default 1")
     sim.add_argument("--json", type=Path, metavar="FILE",
                      help="write the report as JSON (the same for the same seed)")
+    sim.add_argument("--multi-coa", action="store_true",
+                     help="one binding per link, probes duplicated (port 5002) and on the "
+                          "best link (5003); the multi-CoA report (docs/multi-coa.md)")
     sim.set_defaults(func=_sim)
 
 
@@ -41,5 +50,5 @@ def _sim(args: argparse.Namespace) -> int:
     if not 10 <= args.duration <= 3600:
         raise UsageError("--duration must be between 10 and 3600 virtual seconds")
     report = run_sim(SimOptions(scenario=args.scenario, duration=args.duration, seed=args.seed,
-                                json_path=args.json))
+                                json_path=args.json, multi_coa=args.multi_coa))
     return 0 if report["summary"]["handovers"] > 0 else 1

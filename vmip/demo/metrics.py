@@ -443,7 +443,8 @@ def multi_coa_reports(*, triggers: Sequence[Trigger], events: Sequence[Mapping[s
                    and start <= e.get("t", 0.0) < stop]
         bu_ba, aot = ({}, None) if move is None else registration_times(
             mn_events, move.get("new"), move["t"], stop, since)
-        before = primary_link(mn_events, coa_links, start)
+        # Strictly before the change: a move can share its instant (the simulator's).
+        before = primary_link(mn_events, coa_links, start - 1e-6)
         after = primary_link(mn_events, coa_links, stop - 1e-9)
         ping_lost = None if ping is None else len(lost_sequences(ping, start, stop))
         reports.append({

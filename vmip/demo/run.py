@@ -6,6 +6,12 @@ other processes (the nodes, the traffic agents).  One loop, ticking every
 ``TICK`` seconds, refreshes the dashboard and fires the scheduled link
 changes; everything is torn down in ``finally`` (and SIGTERM/SIGHUP are
 turned into the same path as Ctrl-C).
+
+``DemoOptions.multi_coa`` (``vmip demo --multi-coa``): the lab's multi-CoA
+configs (:mod:`vmip.lab.configs`), two probe classes (duplicated, best link)
+and the multi-CoA report (:func:`vmip.demo.metrics.multi_coa_reports`); at
+each link change the demo also reads the MN's and the CN's
+``tx_duplicate_bytes`` and the lte emulator's drop counters.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from vmip.control.client import ControlClient
 from vmip.demo import metrics
 from vmip.demo.dashboard import collect, render
 from vmip.errors import UsageError, VmipError
+from vmip.lab.configs import BEST_PROBE_PORT, DUPLICATE_PROBE_PORT, TCP_STREAM_PORT
 from vmip.log import get_logger
 
 log = get_logger(__name__)
@@ -43,7 +50,12 @@ WIFI_ONE_WAY_MS = 5.0
 LTE_ONE_WAY_MS = 30.0
 LTE_LOSS = 0.005          # per direction: ≈ 1% for a round trip
 PROBE_RATE = 100.0        # probes per second, each direction
-UDP_PORT, TCP_PORT = 5002, 5001
+UDP_PORT, TCP_PORT = DUPLICATE_PROBE_PORT, TCP_STREAM_PORT
+#: The multi-CoA demo's probe classes, by port (the configs' [[flow]] tables).
+PROBE_CLASSES = {metrics.DUPLICATE: DUPLICATE_PROBE_PORT, metrics.BEST: BEST_PROBE_PORT}
+#: Round trip of each of the MN's links (the best-link target: one RTT of the link that remains).
+LINK_RTT_MS = {"wifi0": 2 * WIFI_ONE_WAY_MS, "lte0": 2 * LTE_ONE_WAY_MS}
+PING_INTERVAL = 0.2
 REGISTRATION_TIMEOUT = 20.0
 
 
@@ -64,6 +76,8 @@ class DemoOptions:
     changes: int | None = None
     period: float = DEFAULT_PERIOD
     shape: bool = True
+    #: One binding per link, flows duplicated or on the best link (docs/multi-coa.md).
+    multi_coa: bool = False
 
 
 @dataclass
@@ -75,6 +89,86 @@ class _Run:
     triggers: list[metrics.Trigger] = field(default_factory=list)
     wifi_up: bool = True
     lab_built: bool = False
+    multi_coa: bool = False
+    #: Multi-CoA: ``tx_duplicate_bytes`` of the MN and the CN at each link change.
+    overhead: list[metrics.Snapshot] = field(default_factory=list)
+    clients: dict[str, ControlClient] = field(default_factory=dict)
+    drops: _EmulatorDrops | None = None
+
+
+#: The router's view of the MN's link: "in" comes from the MN, "out" goes to it.
+EMULATOR_DIRECTIONS = {"in": "mn_to_cn", "out": "cn_to_mn"}
+
+
+class _EmulatorDrops:
+    """The lte emulator's random drops on the MN's lte0, per direction, read at
+    each link change: the shapers write their counters on SIGUSR1 (a moment
+    later), so a reading is asked for at the change and collected on a later tick.
+    None where the link is shaped by netem, which keeps no such counters here."""
+
+    def __init__(self, plan: Any) -> None:
+        from vmip.lab.emulation import shaper_pids
+
+        self.plan = plan
+        self.ifname = plan.node("mn").link("lte0").router_ifname
+        pids = shaper_pids(plan.router_netns, plan.emulation_dir)
+        self.pids = {direction: pids[(self.ifname, direction)] for direction in EMULATOR_DIRECTIONS
+                     if (self.ifname, direction) in pids}
+        self.readings: list[metrics.Snapshot] = []
+        self._pending: list[tuple[float, float]] = []   # (moment, signalled at)
+        self.failed = not self.pids or len(self.pids) != len(EMULATOR_DIRECTIONS)
+
+    def request(self, moment: float) -> None:
+        if self.failed:
+            return
+        for pid in self.pids.values():
+            try:
+                os.kill(pid, signal.SIGUSR1)
+            except OSError:
+                self.failed = True
+                return
+        self._pending.append((moment, time.time()))
+
+    def collect(self, *, wait: float = 0.0) -> None:
+        """Turn the answered requests into readings (waiting up to *wait* s for them)."""
+        from vmip.lab.emulation import status_path
+
+        deadline = time.monotonic() + wait
+        while self._pending and not self.failed:
+            moment, signalled = self._pending[0]
+            values = {}
+            for direction, name in EMULATOR_DIRECTIONS.items():
+                path = status_path(self.plan.emulation_dir, self.plan.router_netns, self.ifname,
+                                   direction)
+                try:
+                    if path.stat().st_mtime < signalled - 0.01:
+                        break
+                    values[name] = json.loads(path.read_text())["dropped_loss"]
+                except (OSError, ValueError, KeyError):
+                    break
+            if len(values) == len(EMULATOR_DIRECTIONS):
+                self.readings.append((moment, values))
+                self._pending.pop(0)
+                continue
+            if time.monotonic() >= deadline:
+                if time.time() - signalled > 5.0:
+                    self.failed = True   # a shaper that never answers: no readings at all
+                return
+            time.sleep(0.02)
+
+    def result(self) -> list[metrics.Snapshot] | None:
+        return None if self.failed else self.readings
+
+
+def duplicate_bytes(counters: Any) -> int:
+    """``tx_duplicate_bytes`` in a node's ``counters`` answer (whichever section holds
+    it; 0 when no section does: that node never duplicated anything)."""
+    if not isinstance(counters, dict):
+        return 0
+    for section in counters.values():
+        if isinstance(section, dict) and "tx_duplicate_bytes" in section:
+            return int(section["tx_duplicate_bytes"])
+    return 0
 
 
 _MAIN_PID = os.getpid()
@@ -108,8 +202,8 @@ def run_demo(options: DemoOptions, *, out: Callable[[str], None] = print) -> dic
     from vmip.lab.topology import default_plan
 
     _check_environment()
-    plan = default_plan(driver=options.driver)
-    run = _Run(plan, Path(tempfile.mkdtemp(prefix="vmip-demo-")))
+    plan = default_plan(driver=options.driver, multi_coa=options.multi_coa)
+    run = _Run(plan, Path(tempfile.mkdtemp(prefix="vmip-demo-")), multi_coa=options.multi_coa)
     global _MAIN_PID
     _MAIN_PID = os.getpid()
     old_handlers = {}
@@ -159,6 +253,7 @@ def _run(run: _Run, options: DemoOptions, out: Callable[[str], None]) -> dict[st
         _shape(plan)
     mn_client = ControlClient(_socket(plan, "mn"))
     clients = {name: ControlClient(_socket(plan, name)) for name in ("mn", "cn", "ha")}
+    run.clients = clients
     _wait_registered(mn_client)
     hoa, cn_addr = str(plan.node("mn").overlay_addresses[0]), str(plan.node("cn").overlay_addresses[0])
     coa_links = {str(addr): name for name, addr in plan.node("mn").care_of_addresses.items()}
@@ -166,6 +261,9 @@ def _run(run: _Run, options: DemoOptions, out: Callable[[str], None]) -> dict[st
     _wait_traffic(run)
     out("traffic flows: TCP stream, UDP probes and ping from the MN's HoA to the CN")
 
+    if run.multi_coa:
+        run.drops = _EmulatorDrops(plan) if options.shape else None
+        _read_counters(run, time.time())
     started = time.time()
     settle = 2.0
     tail = 3.0
@@ -199,11 +297,17 @@ def _run(run: _Run, options: DemoOptions, out: Callable[[str], None]) -> dict[st
                 live.update(render(snapshot, previous, width=console.width,
                                    height=console.height, extra=extra), refresh=True)
                 previous = snapshot
+            if run.drops is not None:
+                run.drops.collect()
             time.sleep(max(0.0, min(TICK, end_at - time.time())))
     finally:
         if live is not None:
             live.stop()
     end = time.time()
+    if run.multi_coa:
+        _read_counters(run, end)
+        if run.drops is not None:
+            run.drops.collect(wait=2.0)
     events = mn_client.call("events")
     cn_events = _safe(lambda: clients["cn"].call("events"))
     cn_events = cn_events if isinstance(cn_events, list) else []
@@ -214,23 +318,29 @@ def _run(run: _Run, options: DemoOptions, out: Callable[[str], None]) -> dict[st
     to_arrivals = lambda rec: [metrics.Arrival(*a) for a in rec.get("arrivals", [])]
     tcp = cn_rec.get("tcp", {})
     errors = [t for t in (tcp.get("error_at"), mn_rec.get("tcp", {}).get("error_at")) if t]
-    handovers = metrics.handover_reports(
-        triggers=run.triggers, events=events, coa_links=coa_links,
-        mn_to_cn=to_arrivals(cn_rec), cn_to_mn=to_arrivals(mn_rec),
-        interval=1.0 / PROBE_RATE, tcp_samples=[tuple(s) for s in tcp.get("samples", [])],
-        tcp_error_at=min(errors) if errors else None, end=end, cn_events=cn_events)
-    report = {
-        "handovers": handovers,
-        "summary": metrics.summary(handovers),
+    tcp_samples = [tuple(s) for s in tcp.get("samples", [])]
+    report: dict[str, Any]
+    if run.multi_coa:
+        report = _multi_coa_report(run, events, cn_events, coa_links, mn_rec, cn_rec,
+                                   tcp_samples, min(errors) if errors else None, end,
+                                   hoa, cn_addr)
+    else:
+        handovers = metrics.handover_reports(
+            triggers=run.triggers, events=events, coa_links=coa_links,
+            mn_to_cn=to_arrivals(cn_rec), cn_to_mn=to_arrivals(mn_rec),
+            interval=1.0 / PROBE_RATE, tcp_samples=tcp_samples,
+            tcp_error_at=min(errors) if errors else None, end=end, cn_events=cn_events)
+        report = {"handovers": handovers, "summary": metrics.summary(handovers),
+                  "probes": {"rate_per_s": PROBE_RATE,
+                             "mn_to_cn": {"sent": mn_rec.get("probes_sent"),
+                                          "received": len(cn_rec.get("arrivals", []))},
+                             "cn_to_mn": {"sent": cn_rec.get("probes_sent"),
+                                          "received": len(mn_rec.get("arrivals", []))}}}
+    report.update({
         "driver": plan.driver,
         "links": {"wifi0": {"rtt_ms": 2 * WIFI_ONE_WAY_MS},
                   "lte0": {"rtt_ms": 2 * LTE_ONE_WAY_MS, "loss_per_direction": LTE_LOSS,
                            "nat": plan.driver != "raw"}},
-        "probes": {"rate_per_s": PROBE_RATE,
-                   "mn_to_cn": {"sent": mn_rec.get("probes_sent"),
-                                "received": len(cn_rec.get("arrivals", []))},
-                   "cn_to_mn": {"sent": cn_rec.get("probes_sent"),
-                                "received": len(mn_rec.get("arrivals", []))}},
         "tcp": {"bytes": tcp.get("bytes"), "error": tcp.get("error") or
                 mn_rec.get("tcp", {}).get("error")},
         "ping": ping,
@@ -239,11 +349,61 @@ def _run(run: _Run, options: DemoOptions, out: Callable[[str], None]) -> dict[st
         "duration_s": round(end - started, 1),
         "keys": options.keys,
         "final_snapshots": final,
-    }
+    })
     if options.json_path is not None:
         options.json_path.write_text(json.dumps(report, indent=2))
-    out(format_report(report))
+    out(format_multi_coa_report(report) if run.multi_coa else format_report(report))
     return report
+
+
+def _read_counters(run: _Run, moment: float) -> None:
+    """Multi-CoA: the MN's and the CN's duplicate bytes, and the emulator's drops, now."""
+    readings = {}
+    for name in ("mn", "cn"):
+        try:
+            readings[name] = float(duplicate_bytes(run.clients[name].call("counters")))
+        except VmipError as exc:
+            log.warning("demo could not read a node's counters", node=name, error=str(exc))
+            return   # a missing reading leaves that window's cost unknown, never 0
+    run.overhead.append((moment, readings))
+    if run.drops is not None:
+        run.drops.request(moment)
+
+
+def _class_arrivals(record: dict[str, Any], name: str) -> list[metrics.Arrival]:
+    classes = record.get("probe_classes", {})
+    return [metrics.Arrival(*a) for a in classes.get(name, {}).get("arrivals", [])]
+
+
+def _multi_coa_report(run: _Run, events: list, cn_events: list, coa_links: dict[str, str],
+                      mn_rec: dict[str, Any], cn_rec: dict[str, Any],
+                      tcp_samples: list, tcp_error_at: float | None, end: float,
+                      hoa: str, cn: str) -> dict[str, Any]:
+    streams = {name: metrics.ClassStreams(_class_arrivals(cn_rec, name),
+                                          _class_arrivals(mn_rec, name))
+               for name in PROBE_CLASSES}
+    handovers = metrics.multi_coa_reports(
+        triggers=run.triggers, events=events, cn_events=cn_events, hoa=hoa, cn=cn,
+        coa_links=coa_links,
+        one_way={"wifi0": WIFI_ONE_WAY_MS / 1000.0, "lte0": LTE_ONE_WAY_MS / 1000.0},
+        streams=streams, interval=1.0 / PROBE_RATE, end=end, tcp_samples=tcp_samples,
+        tcp_error_at=tcp_error_at, overhead=run.overhead,
+        emulated_drops=run.drops.result() if run.drops is not None else None,
+        ping=_ping_arrivals(run))
+    classes = {}
+    for name, port in PROBE_CLASSES.items():
+        classes[name] = {
+            "port": port,
+            "mn_to_cn": {"sent": mn_rec.get("probe_classes", {}).get(name, {}).get("sent"),
+                         "received": len(streams[name].mn_to_cn)},
+            "cn_to_mn": {"sent": cn_rec.get("probe_classes", {}).get(name, {}).get("sent"),
+                         "received": len(streams[name].cn_to_mn)}}
+    return {"handovers": handovers,
+            "summary": metrics.multi_coa_summary(handovers, LINK_RTT_MS),
+            "multi_coa": True,
+            "probes": {"rate_per_s": PROBE_RATE, "classes": classes},
+            "traffic_modes": {"probes 5002": "duplicate", "ping": "duplicate",
+                              "probes 5003": "best", "tcp 5001": "best"}}
 
 
 def _safe(fn: Callable[[], Any]) -> Any:
@@ -315,13 +475,18 @@ def _start_traffic(run: _Run, hoa: str, cn: str) -> None:
                 "--peer", peer, "--rate", str(PROBE_RATE), "--udp-port", str(UDP_PORT),
                 "--tcp-port", str(TCP_PORT), "--out", str(run.workdir / f"{role}.json"),
                 "--status", str(run.workdir / f"{role}.status")]
+        if run.multi_coa:
+            for name, port in PROBE_CLASSES.items():
+                argv += ["--probe-class", f"{name}={port}"]
         with open(run.workdir / f"{role}.log", "wb") as log_file:   # the child keeps its copy
             run.agents[role] = popen_in(netns, argv, stdout=log_file, stderr=subprocess.STDOUT,
                                         env=_child_env())
         if role == "cn":
             _wait_file(run.workdir / "cn.status", 5.0)
     with open(run.workdir / "ping.log", "wb") as ping_log:
-        run.ping = popen_in("vmip-mn", ["ping", "-6", "-n", "-i", "0.2", "-I", hoa, cn],
+        # -D: each reply's wall-clock time, for the per-window losses (multi-CoA).
+        run.ping = popen_in("vmip-mn", ["ping", "-6", "-n", "-D", "-i", str(PING_INTERVAL),
+                                        "-I", hoa, cn],
                             stdout=ping_log, stderr=subprocess.STDOUT)
 
 
@@ -366,6 +531,8 @@ def _toggle_wifi(run: _Run) -> None:
     from vmip.lab import manage
 
     up = not run.wifi_up
+    if run.multi_coa:
+        _read_counters(run, time.time())   # closes the window before this change
     asked = time.time()
     manage.set_link_state(run.plan, "mn", "wifi0", up)
     # Both ends: the lab's netlink calls take a while; detection counts from their end.
@@ -407,6 +574,23 @@ def _ping_summary(run: _Run) -> dict[str, Any]:
     return {"transmitted": int(match.group(1)) if match else None,
             "received": int(match.group(2)) if match else len(rtts),
             "rtt_ms_median": sorted(rtts)[len(rtts) // 2] if rtts else None}
+
+
+def parse_ping_arrivals(text: str) -> list[metrics.Arrival]:
+    """``ping -D`` replies as arrivals: (icmp_seq, sent = received - RTT, received)."""
+    arrivals = []
+    for match in re.finditer(r"^\[(\d+\.\d+)\].*?icmp_seq=(\d+).*?time=([\d.]+) ms",
+                             text, re.MULTILINE):
+        received, seq, rtt = float(match.group(1)), int(match.group(2)), float(match.group(3))
+        arrivals.append(metrics.Arrival(seq, received - rtt / 1000.0, received))
+    return arrivals
+
+
+def _ping_arrivals(run: _Run) -> list[metrics.Arrival] | None:
+    try:
+        return parse_ping_arrivals((run.workdir / "ping.log").read_text(errors="replace"))
+    except OSError:
+        return None
 
 
 def _status_lines(run: _Run, clients: dict[str, ControlClient], started: float,
@@ -474,4 +658,57 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"driver: {driver} ({DRIVER_NOTES.get(driver, driver)})")
     lines.append("move: link change in place -> MN's CoA changed; CN: -> CN sends to the new "
                  "CoA (ms)")
+    return "\n".join(lines)
+
+
+def _kb(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1000:.1f}"
+
+
+def _met(value: bool | None) -> str:
+    return "-" if value is None else "met" if value else "NOT met"
+
+
+def format_multi_coa_report(report: dict[str, Any]) -> str:
+    """The multi-CoA table: a row per link change (plain text, fits 80 columns)."""
+    fmt = lambda v: "-" if v is None else f"{v:.0f}"
+    lines = [f"{'':16}{'duplicate':>10}  {'best: interruption, lost':>24}",
+             (f"{'#':>2} {'from':6} {'to':6} {'lost':>5} {'bg':>3} {'mn→cn ms':>9} "
+              f"{'cn→mn ms':>9} {'lost':>5} {'dup kB':>7} {'TCP':>4} {'move':>5} {'settle':>6}")]
+    for i, h in enumerate(report["handovers"], 1):
+        best = h["interruption_ms"]["best"]
+        lines.append(
+            f"{i:>2} {h['from']!s:6} {h['to']!s:6} {h['lost_packets']['duplicate']:>5} "
+            f"{sum(h['background_lost'].values()):>3} {fmt(best['mn_to_cn']):>9} "
+            f"{fmt(best['cn_to_mn']):>9} {h['lost_packets']['best']:>5} "
+            f"{_kb(h['duplicate_overhead_bytes']):>7} {_tcp_cell(h['tcp_survived']):>4} "
+            f"{fmt(h['timeline_ms']['moved']):>5} {fmt(h['timeline_ms']['settled']):>6}")
+    s = report["summary"]
+    lines.append(
+        f"{s['handovers']} handovers ({s['abrupt_handovers']} abrupt); duplicated: "
+        f"{s['lost_packets_duplicate_abrupt']} lost on abrupt, "
+        f"{s['lost_packets']['duplicate']} in all, {s['background_lost']} background")
+    lines.append(f"best link: interruption p50 {fmt(s['interruption_ms_p50'])} ms, max "
+                 f"{fmt(s['interruption_ms_max'])} ms; {s['lost_packets']['best']} probes lost")
+    cost = s["duplicate_overhead_bytes"]
+    duration = report.get("duration_s")
+    rate = (f" ({cost / duration / 1000:.1f} kB/s)" if cost is not None and duration
+            else "")
+    lines.append(f"duplicate mode cost {_kb(cost)} kB{rate} of extra copies (MN + CN)")
+    targets = s["targets"]
+    over = targets["best_over_rtt"]
+    worst = max((o["interruption_ms"] for o in over if o["interruption_ms"] is not None),
+                default=None)
+    lines.append("target 0 duplicated probes lost on abrupt handovers: "
+                 + _met(targets["duplicate_lossless_on_abrupt"]))
+    lines.append("target best-link gap ≤ 1 RTT of the link left: "
+                 + _met(targets["best_within_one_rtt"])
+                 + (f" ({len(over)} over, worst {fmt(worst)} ms)" if over else ""))
+    lines.append("target TCP survived every handover: " + _met(targets["tcp_survived"]))
+    driver = report.get("driver")
+    if driver is not None:
+        lines.append(f"driver: {driver} ({DRIVER_NOTES.get(driver, driver)})")
+    lines.append("duplicate lost: both ways; bg: lte's random loss while lte alone carried")
+    lines.append("ms after the link change: move -> MN's primary CoA changed, "
+                 "settle -> paths")
     return "\n".join(lines)

@@ -13,6 +13,14 @@ simulator does not claim either: there is no TCP stream (``tcp_survived`` is
 
 A run is a function of its seed: the same seed gives the same report, byte
 for byte (``--json``).  Virtual time runs as fast as the nodes compute.
+
+``multi_coa`` (``vmip sim --multi-coa``) runs the lab's multi-CoA configs
+(:mod:`vmip.lab.configs`): the MN registers one binding per link, two probe
+classes run both ways (port 5002, duplicated on every bound path; port 5003,
+on the best path) and the report is the multi-CoA demo's
+(:func:`vmip.demo.metrics.multi_coa_reports`): a row per link change with
+the losses of each class, the background loss of lte (counted from the
+simulated link's own drops) and the bytes the duplicates cost.
 """
 
 from __future__ import annotations
@@ -28,8 +36,17 @@ from pathlib import Path
 from typing import Any
 
 from vmip.demo import metrics
-from vmip.demo.run import LTE_LOSS, LTE_ONE_WAY_MS, PROBE_RATE, UDP_PORT, WIFI_ONE_WAY_MS
+from vmip.demo.run import (
+    LTE_LOSS,
+    LTE_ONE_WAY_MS,
+    PROBE_RATE,
+    UDP_PORT,
+    WIFI_ONE_WAY_MS,
+    duplicate_bytes,
+)
+from vmip.lab.configs import BEST_PROBE_PORT, DUPLICATE_PROBE_PORT
 from vmip.lab.emulation import LinkProfile
+from vmip.sim.network import AccessLink
 from vmip.sim.world import SimWorld
 from vmip.wire import proto
 from vmip.wire.ipv6 import build_ipv6_header
@@ -42,6 +59,8 @@ DEFAULT_DURATION = 60.0
 DEFAULT_PERIOD = 5.0
 #: Virtual seconds the nodes get to register before the probes start.
 SETTLE = 3.0
+#: Round trip of each of the MN's links: the best-link target is one of the link that remains.
+LINK_RTT_MS = {"wifi0": 2 * WIFI_ONE_WAY_MS, "lte0": 2 * LTE_ONE_WAY_MS}
 
 
 @dataclass
@@ -51,6 +70,8 @@ class SimOptions:
     period: float = DEFAULT_PERIOD
     seed: int = 1
     json_path: Path | None = None
+    #: The multi-CoA configs, two probe classes and the multi-CoA report.
+    multi_coa: bool = False
 
 
 def demo_profiles() -> dict[tuple[str, str], LinkProfile]:
@@ -59,17 +80,18 @@ def demo_profiles() -> dict[tuple[str, str], LinkProfile]:
             ("mn", "lte0"): LinkProfile(delay_ms=LTE_ONE_WAY_MS, loss=LTE_LOSS)}
 
 
-def udp_probe(src: IPv6Address, dst: IPv6Address, seq: int, sent: float) -> bytes:
+def udp_probe(src: IPv6Address, dst: IPv6Address, seq: int, sent: float,
+              port: int = UDP_PORT) -> bytes:
     payload = PROBE.pack(seq, sent)
-    segment = build_udp(UDP_PORT, UDP_PORT, payload, src.packed, dst.packed)
+    segment = build_udp(port, port, payload, src.packed, dst.packed)
     return build_ipv6_header(src.packed, dst.packed, proto.UDP, len(segment)) + segment
 
 
-def probe_of(packet: bytes) -> tuple[int, float] | None:
-    """``(seq, sent)`` if *packet* is a probe (IPv6, UDP right after it, our port)."""
+def probe_of(packet: bytes, port: int = UDP_PORT) -> tuple[int, float] | None:
+    """``(seq, sent)`` if *packet* is a probe (IPv6, UDP right after it, to *port*)."""
     if len(packet) < 48 + PROBE.size or packet[0] >> 4 != 6 or packet[6] != proto.UDP:
         return None
-    if int.from_bytes(packet[42:44], "big") != UDP_PORT:
+    if int.from_bytes(packet[42:44], "big") != port:
         return None
     seq, sent = PROBE.unpack_from(packet, 48)
     return seq, sent
@@ -79,15 +101,21 @@ class ProbeStream:
     """Probes one way, at a fixed rate, from one node's TUN to another's."""
 
     def __init__(self, world: SimWorld, sender: str, src: IPv6Address, dst: IPv6Address,
-                 rate: float) -> None:
+                 rate: float, port: int = UDP_PORT, offset: float = 0.0) -> None:
         self.world, self.sender, self.src, self.dst = world, sender, src, dst
         self.interval = 1.0 / rate
+        self.port = port
+        #: Seconds after start() of the first probe (streams side by side do not send together).
+        self.offset = offset
         self.sent = 0
         self.arrivals: list[metrics.Arrival] = []
         self._handle: asyncio.TimerHandle | None = None
 
     def start(self) -> None:
-        self._tick()
+        if self.offset > 0:
+            self._handle = self.world.loop.call_later(self.offset, self._tick)
+        else:
+            self._tick()
 
     def stop(self) -> None:
         if self._handle is not None:
@@ -98,12 +126,12 @@ class ProbeStream:
         loop = self.world.loop
         tun = self.world.tuns.get(self.sender)
         if tun is not None and self.sender in self.world.nodes:
-            tun.inject(udp_probe(self.src, self.dst, self.sent, loop.time()))
+            tun.inject(udp_probe(self.src, self.dst, self.sent, loop.time(), self.port))
             self.sent += 1
         self._handle = loop.call_later(self.interval, self._tick)
 
     def received(self, packet: bytes) -> bool:
-        probe = probe_of(packet)
+        probe = probe_of(packet, self.port)
         if probe is None or packet[8:24] != self.src.packed:
             return False
         self.arrivals.append(metrics.Arrival(probe[0], probe[1], self.world.loop.time()))
@@ -115,8 +143,10 @@ def run_sim(options: SimOptions, *, out: Callable[[str], None] = print) -> dict[
     if options.scenario not in SCENARIOS:
         raise ValueError(f"unknown scenario {options.scenario!r}; known: {', '.join(SCENARIOS)}")
     started = time.monotonic()
-    with SimWorld(seed=options.seed, profiles=demo_profiles()) as world:
-        report = world.run(_roaming(world, options))
+    with SimWorld(seed=options.seed, profiles=demo_profiles(),
+                  multi_coa=options.multi_coa) as world:
+        scenario = _roaming_multi_coa if options.multi_coa else _roaming
+        report = world.run(scenario(world, options))
     report["wall_s"] = round(time.monotonic() - started, 2)
     if options.json_path is not None:
         # Everything but the wall time is a function of the seed.
@@ -124,6 +154,123 @@ def run_sim(options: SimOptions, *, out: Callable[[str], None] = print) -> dict[
         options.json_path.write_text(json.dumps(stable, indent=2, sort_keys=True) + "\n")
     out(format_sim_report(report))
     return report
+
+
+async def _link_schedule(world: SimWorld, options: SimOptions, begin: float,
+                         before_change: Callable[[], None] = lambda: None
+                         ) -> list[metrics.Trigger]:
+    """The demo's schedule: the MN's wifi0 down, then up, every ``period`` from *begin*;
+    *before_change* runs at each change, just before it (counter readings)."""
+    loop = world.loop
+    triggers: list[metrics.Trigger] = []
+    wifi_up = True
+    end = begin + options.duration
+    next_change = begin + options.period
+    while next_change < end - 1e-9:
+        await asyncio.sleep(next_change - loop.time())
+        before_change()
+        wifi_up = not wifi_up
+        world.set_link("mn", "wifi0", wifi_up)
+        now = loop.time()
+        triggers.append(metrics.Trigger(now, "wifi0", "up" if wifi_up else "down", done=now))
+        next_change += options.period
+    await asyncio.sleep(max(0.0, end - loop.time()))
+    return triggers
+
+
+class LinkDrops:
+    """The simulated underlay's random drops on one of the MN's links, per direction:
+    what the emulated loss took, to tell it from a handover's (vmip.demo.metrics)."""
+
+    def __init__(self, world: SimWorld, node: str, link: str) -> None:
+        self.node, self.link = node, link
+        self.counts = {"mn_to_cn": 0, "cn_to_mn": 0}
+        world.network.observers.append(self._observe)
+
+    def _observe(self, src: AccessLink, dst: AccessLink | None, packet: bytes,
+                 verdict: str) -> None:
+        if verdict != "lost":
+            return
+        if (src.node, src.name) == (self.node, self.link):
+            self.counts["mn_to_cn"] += 1
+        elif dst is not None and (dst.node, dst.name) == (self.node, self.link):
+            self.counts["cn_to_mn"] += 1
+
+
+async def _roaming_multi_coa(world: SimWorld, options: SimOptions) -> dict[str, Any]:
+    loop = world.loop
+    await world.start_all()
+    plan = world.plan
+    hoa = IPv6Address(plan.node("mn").overlay_addresses[0])
+    cn = IPv6Address(plan.node("cn").overlay_addresses[0])
+    await asyncio.sleep(SETTLE)
+    interval = 1.0 / PROBE_RATE
+    # Two classes both ways; the best-link one half an interval later.
+    classes = {metrics.DUPLICATE: (DUPLICATE_PROBE_PORT, 0.0),
+               metrics.BEST: (BEST_PROBE_PORT, interval / 2)}
+    to_cn = {name: ProbeStream(world, "mn", hoa, cn, PROBE_RATE, port, offset)
+             for name, (port, offset) in classes.items()}
+    to_mn = {name: ProbeStream(world, "cn", cn, hoa, PROBE_RATE, port, offset)
+             for name, (port, offset) in classes.items()}
+    world.tun_sinks["cn"] = lambda packet: any(s.received(packet) for s in to_cn.values())
+    world.tun_sinks["mn"] = lambda packet: any(s.received(packet) for s in to_mn.values())
+    drops = LinkDrops(world, "mn", "lte0")
+    overhead: list[metrics.Snapshot] = []
+    emulated: list[metrics.Snapshot] = []
+
+    def read_counters() -> None:
+        now = loop.time()
+        overhead.append((now, {name: duplicate_bytes({"node": dict(world.nodes[name].counters)})
+                               for name in ("mn", "cn")}))
+        emulated.append((now, dict(drops.counts)))
+
+    for stream in (*to_cn.values(), *to_mn.values()):
+        stream.start()
+    begin = loop.time()
+    read_counters()
+    triggers = await _link_schedule(world, options, begin, read_counters)
+    end = loop.time()
+    for stream in (*to_cn.values(), *to_mn.values()):
+        stream.stop()
+    # Probes in flight land within a second; the readings close the last window.
+    await asyncio.sleep(1.0)
+    read_counters()
+    mn, cn_node = world.nodes["mn"], world.nodes["cn"]
+    coa_links = {str(link.coa): link.name for link in mn.config.links if link.coa is not None}
+    streams = {name: metrics.ClassStreams(to_cn[name].arrivals, to_mn[name].arrivals)
+               for name in classes}
+    handovers = metrics.multi_coa_reports(
+        triggers=triggers, events=mn.events.records(), cn_events=cn_node.events.records(),
+        hoa=str(hoa), cn=str(cn), coa_links=coa_links,
+        one_way={"wifi0": WIFI_ONE_WAY_MS / 1000.0, "lte0": LTE_ONE_WAY_MS / 1000.0},
+        streams=streams, interval=interval, end=end,
+        tcp_samples=None,    # no TCP in the simulator
+        overhead=[(t, v) for t, v in overhead if t < end] + [(end, overhead[-1][1])],
+        emulated_drops=[(t, v) for t, v in emulated if t < end] + [(end, emulated[-1][1])])
+    summary = metrics.multi_coa_summary(handovers, LINK_RTT_MS)
+    return {
+        "handovers": _rounded(handovers),
+        "summary": _rounded(summary),
+        "multi_coa": True,
+        "links": {"wifi0": {"rtt_ms": LINK_RTT_MS["wifi0"]},
+                  "lte0": {"rtt_ms": LINK_RTT_MS["lte0"], "loss_per_direction": LTE_LOSS,
+                           "nat": True}},
+        "probes": {"rate_per_s": PROBE_RATE,
+                   "classes": {name: {"port": port,
+                                      "mn_to_cn": {"sent": to_cn[name].sent,
+                                                   "received": len(to_cn[name].arrivals)},
+                                      "cn_to_mn": {"sent": to_mn[name].sent,
+                                                   "received": len(to_mn[name].arrivals)}}
+                               for name, (port, _) in classes.items()}},
+        "emulated_drops": dict(drops.counts),
+        "triggers": [{"t": round(t.t - begin, 6), "link": t.link, "action": t.action}
+                     for t in triggers],
+        "duration_s": options.duration,
+        "scenario": options.scenario,
+        "seed": options.seed,
+        "simulated": True,
+        "network": dict(sorted(world.network.counters.items())),
+    }
 
 
 async def _roaming(world: SimWorld, options: SimOptions) -> dict[str, Any]:
@@ -140,18 +287,8 @@ async def _roaming(world: SimWorld, options: SimOptions) -> dict[str, Any]:
     to_cn.start()
     to_mn.start()
     begin = loop.time()
-    triggers: list[metrics.Trigger] = []
-    wifi_up = True
+    triggers = await _link_schedule(world, options, begin)
     end = begin + options.duration
-    next_change = begin + options.period
-    while next_change < end - 1e-9:
-        await asyncio.sleep(next_change - loop.time())
-        wifi_up = not wifi_up
-        world.set_link("mn", "wifi0", wifi_up)
-        now = loop.time()
-        triggers.append(metrics.Trigger(now, "wifi0", "up" if wifi_up else "down", done=now))
-        next_change += options.period
-    await asyncio.sleep(max(0.0, end - loop.time()))
     to_cn.stop()
     to_mn.stop()
     # Probes in flight land within a second.
@@ -198,9 +335,18 @@ def _rounded(value: Any) -> Any:
 
 
 def format_sim_report(report: dict[str, Any]) -> str:
-    from vmip.demo.run import format_report
+    from vmip.demo.run import format_multi_coa_report, format_report
 
     probes = report["probes"]
+    if report.get("multi_coa"):
+        lines = [format_multi_coa_report(report)]
+        for name, counts in probes["classes"].items():
+            lines.append(f"probes {name}: mn→cn {counts['mn_to_cn']['received']}/"
+                         f"{counts['mn_to_cn']['sent']}, cn→mn {counts['cn_to_mn']['received']}/"
+                         f"{counts['cn_to_mn']['sent']}")
+        lines.append(f"{report['duration_s']:.0f} s simulated (seed {report['seed']}) in "
+                     f"{report.get('wall_s', 0):.1f} s")
+        return "\n".join(lines)
     lines = [format_report(report)]
     lines.append(f"probes: mn→cn {probes['mn_to_cn']['received']}/{probes['mn_to_cn']['sent']}, "
                  f"cn→mn {probes['cn_to_mn']['received']}/{probes['cn_to_mn']['sent']}; "

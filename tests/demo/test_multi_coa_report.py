@@ -1,0 +1,67 @@
+"""The multi-CoA demo's table, its ping and counter readers."""
+
+from __future__ import annotations
+
+from vmip.demo.metrics import Arrival
+from vmip.demo.run import duplicate_bytes, format_multi_coa_report, parse_ping_arrivals
+
+
+def row(frm: str, to: str, abrupt: bool, dup: int, bg: int, best: tuple[float, float],
+        cost: int | None) -> dict:
+    return {"from": frm, "to": to, "abrupt": abrupt, "t": 0.0,
+            "interruption_ms": {"best": {"mn_to_cn": best[0], "cn_to_mn": best[1]},
+                                "duplicate": {"mn_to_cn": 0.0, "cn_to_mn": 0.0}},
+            "lost_packets": {"duplicate": dup, "best": 3},
+            "background_lost": {"mn_to_cn": bg, "cn_to_mn": 0},
+            "duplicate_overhead_bytes": cost, "tcp_survived": True,
+            "timeline_ms": {"moved": 4.0, "settled": 71.0}}
+
+
+REPORT = {
+    "handovers": [row("wifi0", "lte0", True, 0, 2, (31.0, 58.0), 1500),
+                  row("lte0", "wifi0", False, 0, 1, (0.0, 0.0), 248000)],
+    "summary": {"handovers": 2, "abrupt_handovers": 1, "lost_packets": {"duplicate": 0, "best": 6},
+                "lost_packets_duplicate_abrupt": 0, "background_lost": 3,
+                "duplicate_overhead_bytes": 249500, "interruption_ms_p50": 0.0,
+                "interruption_ms_max": 58.0,
+                "targets": {"duplicate_lossless_on_abrupt": True, "best_within_one_rtt": False,
+                            "best_over_rtt": [{"t": 0.0, "interruption_ms": 72.0, "rtt_ms": 60}],
+                            "tcp_survived": True}},
+    "duration_s": 10.0, "driver": "udp",
+}
+
+
+def test_the_table_has_a_row_per_link_change_and_says_which_target_missed() -> None:
+    text = format_multi_coa_report(REPORT)
+    lines = text.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    first = next(line for line in lines if line.startswith(" 1 "))
+    assert first.split() == ["1", "wifi0", "lte0", "0", "2", "31", "58", "3", "1.5", "ok", "4",
+                             "71"]
+    assert any(line.startswith(" 2 lte0   wifi0") for line in lines)
+    assert ("2 handovers (1 abrupt); duplicated: 0 lost on abrupt, 0 in all, "
+            "3 background") in lines
+    assert "duplicate mode cost 249.5 kB (24.9 kB/s)" in text
+    assert "target 0 duplicated probes lost on abrupt handovers: met" in lines
+    assert ("target best-link gap ≤ 1 RTT of the link left: NOT met "
+            "(1 over, worst 72 ms)") in lines
+    assert "target TCP survived every handover: met" in lines
+    assert "driver: udp (overlay over the IPv4 underlay, lte behind NAT)" in lines
+
+
+def test_ping_replies_become_arrivals_sent_one_rtt_earlier() -> None:
+    text = ("PING 2001:db8:20::2(2001:db8:20::2) from 2001:db8:100::10 : 56 data bytes\n"
+            "[1700000000.250000] 64 bytes from 2001:db8:20::2: icmp_seq=1 ttl=64 time=10.0 ms\n"
+            "[1700000000.700000] 64 bytes from 2001:db8:20::2: icmp_seq=3 ttl=64 time=60.0 ms\n"
+            "\n--- 2001:db8:20::2 ping statistics ---\n"
+            "3 packets transmitted, 2 received, 33.3333% packet loss, time 402ms\n")
+    assert parse_ping_arrivals(text) == [Arrival(1, 1700000000.24, 1700000000.25),
+                                         Arrival(3, 1700000000.64, 1700000000.7)]
+
+
+def test_duplicate_bytes_is_found_in_whichever_section_holds_it() -> None:
+    assert duplicate_bytes({"node": {"tx_packets": 9, "tx_duplicate_bytes": 4096},
+                            "ipsec": {}}) == 4096
+    assert duplicate_bytes({"mobility": {"tx_duplicate_bytes": 7}}) == 7
+    # A node that never duplicated has no such counter: it cost nothing.
+    assert duplicate_bytes({"node": {"tx_packets": 9}}) == 0 and duplicate_bytes("x") == 0
