@@ -65,3 +65,24 @@ def test_duplicate_bytes_is_found_in_whichever_section_holds_it() -> None:
     assert duplicate_bytes({"mobility": {"tx_duplicate_bytes": 7}}) == 7
     # A node that never duplicated has no such counter: it cost nothing.
     assert duplicate_bytes({"node": {"tx_packets": 9}}) == 0 and duplicate_bytes("x") == 0
+
+
+def test_the_benchmark_groups_link_changes_by_kind() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "tools" / "bench" / "handover.py"
+    spec = importlib.util.spec_from_file_location("bench_handover", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    handovers = [dict(h, trigger={"action": "down" if h["abrupt"] else "up"})
+                 for h in REPORT["handovers"]]
+    result = bench.analyse_multi_coa({**REPORT, "handovers": handovers * 2,
+                                      "links": {"wifi0": {"rtt_ms": 10.0},
+                                                "lte0": {"rtt_ms": 60.0}},
+                                      "summary": {**REPORT["summary"], "tcp_survived_all": True}})
+    down, up = result["groups"]
+    assert (down["action"], down["to"], down["count"], down["rtt_ms"]) == ("down", "lte0", 2, 60.0)
+    assert (down["best_p50_ms"], down["best_max_ms"], down["background_lost"]) == (58.0, 58.0, 4)
+    assert (up["to"], up["overhead_bytes"]) == ("wifi0", 496000)
