@@ -210,3 +210,16 @@ def test_a_move_at_the_instant_of_the_link_change_is_from_the_old_link() -> None
                  "best": ClassStreams(stream(), stream())}, interval=INTERVAL, end=END)
     assert [(r["from"], r["to"]) for r in rows] == [("wifi0", "lte0"), ("lte0", "wifi0")]
     assert rows[0]["timeline_ms"]["moved"] == -20.0   # before the change was in place
+
+
+def test_the_primary_link_without_a_first_coa_change() -> None:
+    from vmip.demo.metrics import primary_link
+
+    # The MN's first registrations named its paths, primary first, but no CoaChanged.
+    events = [paths(100.0, "mn", WIFI, LTE),
+              {"t": 105.0, "event": "CareOfAddressesChanged", "hoa": HOA, "coas": [[2, LTE]]},
+              {"t": 106.0, "event": "CareOfAddressesChanged", "hoa": HOA, "coas": []}]
+    assert primary_link(events, COA_LINKS, 99.0) is None
+    assert primary_link(events, COA_LINKS, 101.0) == "wifi0"
+    assert primary_link(events, COA_LINKS, 105.5) == "lte0"
+    assert primary_link(events, COA_LINKS, 107.0) is None     # no CoA usable at all

@@ -86,3 +86,30 @@ def test_the_benchmark_groups_link_changes_by_kind() -> None:
     assert (down["action"], down["to"], down["count"], down["rtt_ms"]) == ("down", "lte0", 2, 60.0)
     assert (down["best_p50_ms"], down["best_max_ms"], down["background_lost"]) == (58.0, 58.0, 4)
     assert (up["to"], up["overhead_bytes"]) == ("wifi0", 496000)
+
+
+class RingNode:
+    """A node's ``events`` command over a timeline that keeps only its last 3 events."""
+
+    def __init__(self) -> None:
+        self.timeline: list[dict] = []
+
+    def publish(self, t: float) -> None:
+        self.timeline = (self.timeline + [{"t": t, "event": "PathsChanged"}])[-3:]
+
+    def call(self, command: str, since: float = 0) -> list[dict]:
+        assert command == "events"
+        return [e for e in self.timeline if e["t"] > since]
+
+
+def test_the_event_log_keeps_what_the_node_forgets() -> None:
+    from vmip.demo.run import EventLog
+
+    node = RingNode()
+    log = EventLog(node)
+    for t in range(1, 11):
+        node.publish(float(t))
+        if t % 2 == 0:
+            log.poll()
+    assert [e["t"] for e in log.events] == [float(t) for t in range(1, 11)]
+    assert len(node.timeline) == 3

@@ -331,11 +331,25 @@ def bound_links(events: Sequence[Mapping[str, Any]], peer: str, fields: Sequence
 def primary_link(events: Sequence[Mapping[str, Any]], coa_links: Mapping[str, str],
                  t: float, kind: str = "CoaChanged", key: str = "new") -> str | None:
     """The link of the latest *kind* event's CoA at or before *t* (the MN's primary
-    CoA: ``CoaChanged.new``; the CN's: ``SendTo.coa``)."""
+    CoA: ``CoaChanged.new``; the CN's: ``SendTo.coa``).  On the MN a
+    ``CareOfAddressesChanged`` (primary first) counts too, and before any of
+    them the first path of its first ``PathsChanged`` (the primary first)."""
     value = None
+    found = False
+    first_path = None
     for e in sorted(events, key=lambda e: e.get("t", 0.0)):
-        if e.get("event") == kind and e.get("t", 0.0) <= t:
-            value = e.get(key)
+        if e.get("t", 0.0) > t:
+            break
+        if e.get("event") == kind:
+            value, found = e.get(key), True
+        elif kind == "CoaChanged" and e.get("event") == "CareOfAddressesChanged":
+            coas = e.get("coas") or []
+            value, found = (coas[0][1] if coas else None), True
+        elif kind == "CoaChanged" and e.get("event") == "PathsChanged" and first_path is None:
+            paths = e.get("accept") or []
+            first_path = paths[0][1] if paths else None
+    if not found:
+        value = first_path
     return None if value is None else coa_links.get(str(value), str(value))
 
 

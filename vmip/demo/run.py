@@ -56,6 +56,8 @@ PROBE_CLASSES = {metrics.DUPLICATE: DUPLICATE_PROBE_PORT, metrics.BEST: BEST_PRO
 #: Round trip of each of the MN's links (the best-link target: one RTT of the link that remains).
 LINK_RTT_MS = {"wifi0": 2 * WIFI_ONE_WAY_MS, "lte0": 2 * LTE_ONE_WAY_MS}
 PING_INTERVAL = 0.2
+#: Seconds between two reads of the MN's and the CN's new events (EventLog).
+EVENT_POLL = 1.0
 REGISTRATION_TIMEOUT = 20.0
 
 
@@ -160,6 +162,33 @@ class _EmulatorDrops:
         return None if self.failed else self.readings
 
 
+class EventLog:
+    """A node's event timeline, gathered during the run: the node keeps only its
+    last few hundred events (``vmip.node.events.TIMELINE``), fewer than a long
+    run with one binding per link makes, so the demo asks for the new ones
+    (``events`` with ``since``) every ``EVENT_POLL`` seconds and at the end."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.events: list[dict[str, Any]] = []
+        self.last_poll = 0.0
+
+    def poll(self) -> None:
+        since = self.events[-1]["t"] if self.events else 0
+        try:
+            new = self.client.call("events", since=since) if since else self.client.call("events")
+        except VmipError as exc:
+            log.warning("demo could not read a node's events", error=str(exc))
+            return
+        if isinstance(new, list):
+            self.events.extend(e for e in new if isinstance(e, dict) and e.get("t", 0) > since)
+        self.last_poll = time.monotonic()
+
+    def poll_every(self, seconds: float) -> None:
+        if time.monotonic() - self.last_poll >= seconds:
+            self.poll()
+
+
 def duplicate_bytes(counters: Any) -> int:
     """``tx_duplicate_bytes`` in a node's ``counters`` answer (whichever section holds
     it; 0 when no section does: that node never duplicated anything)."""
@@ -255,6 +284,7 @@ def _run(run: _Run, options: DemoOptions, out: Callable[[str], None]) -> dict[st
     clients = {name: ControlClient(_socket(plan, name)) for name in ("mn", "cn", "ha")}
     run.clients = clients
     _wait_registered(mn_client)
+    logs = {name: EventLog(clients[name]) for name in ("mn", "cn")}
     hoa, cn_addr = str(plan.node("mn").overlay_addresses[0]), str(plan.node("cn").overlay_addresses[0])
     coa_links = {str(addr): name for name, addr in plan.node("mn").care_of_addresses.items()}
     _start_traffic(run, hoa, cn_addr)
@@ -299,6 +329,8 @@ def _run(run: _Run, options: DemoOptions, out: Callable[[str], None]) -> dict[st
                 previous = snapshot
             if run.drops is not None:
                 run.drops.collect()
+            for event_log in logs.values():
+                event_log.poll_every(EVENT_POLL)
             time.sleep(max(0.0, min(TICK, end_at - time.time())))
     finally:
         if live is not None:
@@ -308,9 +340,9 @@ def _run(run: _Run, options: DemoOptions, out: Callable[[str], None]) -> dict[st
         _read_counters(run, end)
         if run.drops is not None:
             run.drops.collect(wait=2.0)
-    events = mn_client.call("events")
-    cn_events = _safe(lambda: clients["cn"].call("events"))
-    cn_events = cn_events if isinstance(cn_events, list) else []
+    for event_log in logs.values():
+        event_log.poll()
+    events, cn_events = logs["mn"].events, logs["cn"].events
     final = {name: _safe(functools.partial(collect, client)) for name, client in clients.items()}
     records = _stop_traffic(run)
     ping = _ping_summary(run)

@@ -46,6 +46,7 @@ from vmip.demo.run import (
 )
 from vmip.lab.configs import BEST_PROBE_PORT, DUPLICATE_PROBE_PORT
 from vmip.lab.emulation import LinkProfile
+from vmip.node.events import event_record
 from vmip.sim.network import AccessLink
 from vmip.sim.world import SimWorld
 from vmip.wire import proto
@@ -178,6 +179,15 @@ async def _link_schedule(world: SimWorld, options: SimOptions, begin: float,
     return triggers
 
 
+class Timeline:
+    """Every event a node publishes from now on, after those it still remembers:
+    a node keeps only its last few hundred (vmip.node.events.TIMELINE)."""
+
+    def __init__(self, node: Any) -> None:
+        self.records = node.events.records()
+        node.events.subscribe(lambda timed: self.records.append(event_record(timed)))
+
+
 class LinkDrops:
     """The simulated underlay's random drops on one of the MN's links, per direction:
     what the emulated loss took, to tell it from a handover's (vmip.demo.metrics)."""
@@ -215,6 +225,7 @@ async def _roaming_multi_coa(world: SimWorld, options: SimOptions) -> dict[str, 
     world.tun_sinks["cn"] = lambda packet: any(s.received(packet) for s in to_cn.values())
     world.tun_sinks["mn"] = lambda packet: any(s.received(packet) for s in to_mn.values())
     drops = LinkDrops(world, "mn", "lte0")
+    timelines = {name: Timeline(world.nodes[name]) for name in ("mn", "cn")}
     overhead: list[metrics.Snapshot] = []
     emulated: list[metrics.Snapshot] = []
 
@@ -235,12 +246,12 @@ async def _roaming_multi_coa(world: SimWorld, options: SimOptions) -> dict[str, 
     # Probes in flight land within a second; the readings close the last window.
     await asyncio.sleep(1.0)
     read_counters()
-    mn, cn_node = world.nodes["mn"], world.nodes["cn"]
+    mn = world.nodes["mn"]
     coa_links = {str(link.coa): link.name for link in mn.config.links if link.coa is not None}
     streams = {name: metrics.ClassStreams(to_cn[name].arrivals, to_mn[name].arrivals)
                for name in classes}
     handovers = metrics.multi_coa_reports(
-        triggers=triggers, events=mn.events.records(), cn_events=cn_node.events.records(),
+        triggers=triggers, events=timelines["mn"].records, cn_events=timelines["cn"].records,
         hoa=str(hoa), cn=str(cn), coa_links=coa_links,
         one_way={"wifi0": WIFI_ONE_WAY_MS / 1000.0, "lte0": LTE_ONE_WAY_MS / 1000.0},
         streams=streams, interval=interval, end=end,
