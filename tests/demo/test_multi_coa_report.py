@@ -113,3 +113,17 @@ def test_the_event_log_keeps_what_the_node_forgets() -> None:
             log.poll()
     assert [e["t"] for e in log.events] == [float(t) for t in range(1, 11)]
     assert len(node.timeline) == 3
+
+
+def test_the_multi_coa_demo_waits_for_every_binding_with_the_ha_and_the_cn() -> None:
+    from vmip.demo.run import registered
+
+    ha, cn, mn2 = "2001:db8:100::1", "2001:db8:20::2", "2001:db8:100::20"
+    entries = [{"peer": ha, "state": "bound"}, {"peer": ha, "state": "bound"},
+               {"peer": cn, "state": "bound"}, {"peer": cn, "state": "registering"},
+               {"peer": mn2, "state": "bound"}, {"peer": mn2, "state": "registering"}]
+    assert not registered(entries, {ha, cn})       # the CN's lte0 binding is not there yet
+    entries[3]["state"] = "bound"
+    assert registered(entries, {ha, cn})           # mn2's lte0 binding cannot come (NAT)
+    assert not registered(entries)                 # the single-CoA demo waits for all
+    assert not registered(entries[:2], {ha, cn})   # no entry for the CN at all
