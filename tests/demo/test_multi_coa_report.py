@@ -127,3 +127,13 @@ def test_the_multi_coa_demo_waits_for_every_binding_with_the_ha_and_the_cn() -> 
     assert registered(entries, {ha, cn})           # mn2's lte0 binding cannot come (NAT)
     assert not registered(entries)                 # the single-CoA demo waits for all
     assert not registered(entries[:2], {ha, cn})   # no entry for the CN at all
+
+
+def test_the_live_status_line_shows_what_the_duplicates_cost_so_far(tmp_path) -> None:
+    from vmip.demo.run import _Run, _status_lines
+
+    run = _Run(plan=None, workdir=tmp_path, multi_coa=True)
+    run.overhead = [(1.0, {"mn": 1000.0, "cn": 0.0}), (6.0, {"mn": 150000.0, "cn": 100000.0})]
+    assert _status_lines(run, {}, 0.0, 10.0)[1].endswith(" · dup 250 kB")
+    run.multi_coa = False
+    assert "dup" not in _status_lines(run, {}, 0.0, 10.0)[1]

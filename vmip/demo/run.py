@@ -645,11 +645,15 @@ def _status_lines(run: _Run, clients: dict[str, ControlClient], started: float,
     last = run.triggers[-1] if run.triggers else None
     change = f"last change: {last.link} {last.action} {now - last.t:.1f}s ago" if last else \
         "no link change yet"
+    # Multi-CoA: the duplicates' extra bytes as of the last link change (MN + CN).
+    cost = (f" · dup {sum(run.overhead[-1][1].values()) / 1e3:.0f} kB"
+            if run.multi_coa and run.overhead else "")
     return [(f"demo {now - started:.0f}/{end_at - started:.0f}s · wifi0 "
              f"{'up' if run.wifi_up else 'DOWN'} · {change}"),
             (f"probes mn→cn {cn.get('probes_received', 0)}/{mn.get('probes_sent', 0)} · cn→mn "
              f"{mn.get('probes_received', 0)}/{cn.get('probes_sent', 0)} · TCP "
-             f"{cn.get('tcp_bytes', 0) / 1e6:.1f} MB{' ERROR' if cn.get('tcp_error') else ''}")]
+             f"{cn.get('tcp_bytes', 0) / 1e6:.1f} MB{' ERROR' if cn.get('tcp_error') else ''}"
+             f"{cost}")]
 
 
 def _save_captures(run: _Run, pcap_dir: Path) -> None:
