@@ -152,6 +152,10 @@ def test_best_class_interruption_loss_and_the_cost_of_duplicates() -> None:
     rows = report(ClassStreams(stream(), stream()), best, overhead=overhead,
                   tcp_samples=[(104.0, 10), (106.0, 20), (111.0, 30)])
     assert rows[0]["interruption_ms"]["best"]["cn_to_mn"] == pytest.approx(60.0, abs=0.5)
+    # The last probe before the silence arrived (104.99 + 30 ms) as the change was in
+    # place (105.02), the first after it 70 ms later.
+    assert rows[0]["best_gap_ms"]["cn_to_mn"] == [pytest.approx(0.0, abs=0.1),
+                                                  pytest.approx(70.0, abs=0.1)]
     assert rows[0]["lost_packets"]["best"] == 6 and rows[0]["lost"]["best"]["cn_to_mn"] == 6
     # wifi0 down: nothing is duplicated on a dead link (100 bytes: before the CN heard of it).
     assert rows[0]["duplicate_overhead_bytes"] == 100

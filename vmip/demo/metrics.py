@@ -61,23 +61,35 @@ def _sorted(arrivals: Iterable[Arrival]) -> list[Arrival]:
     return sorted(arrivals, key=lambda a: a.received)
 
 
-def interruption_ms(arrivals: Sequence[Arrival], start: float, end: float,
-                    interval: float) -> float | None:
-    """Longest arrival gap overlapping [start, end), minus *interval*, in ms."""
+def longest_gap(arrivals: Sequence[Arrival], start: float, end: float,
+                interval: float) -> tuple[float, float] | None:
+    """The arrival times around the longest silence overlapping [start, end)
+    (see :func:`interruption_ms`); None when there is none to speak of."""
     ordered = _sorted(arrivals)
     times = [a.received for a in ordered]
     if not times or times[-1] < start:
-        return None  # nothing arrived after the trigger: the stream died
+        return None
     first = max(bisect.bisect_left(times, start) - 1, 0)
     last = bisect.bisect_left(times, end)
-    longest = 0.0
+    longest: tuple[float, float] | None = None
     for i in range(first, min(last + 1, len(times) - 1)):
         gap_start, gap_end = times[i], times[i + 1]
         # A gap whose first missing arrival was due at or after *end* is the
         # next window's (the next link change stopped the stream).
         if gap_end < start or gap_start + interval >= end:
             continue
-        longest = max(longest, gap_end - gap_start)
+        if longest is None or gap_end - gap_start > longest[1] - longest[0]:
+            longest = (gap_start, gap_end)
+    return longest
+
+
+def interruption_ms(arrivals: Sequence[Arrival], start: float, end: float,
+                    interval: float) -> float | None:
+    """Longest arrival gap overlapping [start, end), minus *interval*, in ms."""
+    if not arrivals or max(a.received for a in arrivals) < start:
+        return None  # nothing arrived after the trigger: the stream died
+    gap = longest_gap(arrivals, start, end, interval)
+    longest = 0.0 if gap is None else gap[1] - gap[0]
     return round(max(longest - interval, 0.0) * 1000.0, 1)
 
 
@@ -439,10 +451,15 @@ def multi_coa_reports(*, triggers: Sequence[Trigger], events: Sequence[Mapping[s
         lost: dict[str, dict[str, int]] = {DUPLICATE: {}, BEST: {}}
         background: dict[str, int] = {}
         interruption: dict[str, dict[str, float | None]] = {DUPLICATE: {}, BEST: {}}
+        gaps: dict[str, list[float | None] | None] = {}
         for direction in DIRECTIONS:
             for name in (DUPLICATE, BEST):
                 arrivals = streams[name].direction(direction)
                 interruption[name][direction] = interruption_ms(arrivals, start, stop, interval)
+                if name == BEST:
+                    gap = longest_gap(arrivals, start, stop, interval)
+                    gaps[direction] = None if gap is None else [_ms(gap[0] - origin),
+                                                                _ms(gap[1] - origin)]
                 missing = lost_sequences(arrivals, start, stop)
                 if name == BEST:
                     lost[BEST][direction] = len(missing)
@@ -467,6 +484,9 @@ def multi_coa_reports(*, triggers: Sequence[Trigger], events: Sequence[Mapping[s
             # The link died without warning: the case the duplicate mode is for.
             "abrupt": trigger.action == "down",
             "interruption_ms": interruption,
+            # Where the best-link class's longest silence was: its last arrival
+            # before it and the first after, in ms from the link change in place.
+            "best_gap_ms": gaps,
             "lost_packets": {DUPLICATE: sum(lost[DUPLICATE].values()),
                              BEST: sum(lost[BEST].values())},
             "lost": lost,
