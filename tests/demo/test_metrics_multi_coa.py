@@ -227,3 +227,15 @@ def test_the_primary_link_without_a_first_coa_change() -> None:
     assert primary_link(events, COA_LINKS, 101.0) == "wifi0"
     assert primary_link(events, COA_LINKS, 105.5) == "lte0"
     assert primary_link(events, COA_LINKS, 107.0) is None     # no CoA usable at all
+
+
+def test_the_settled_delay_tells_which_link_a_class_ran_on() -> None:
+    # Best-link probes on wifi0 (5 ms) until it died, then on lte0 (30 ms), back on
+    # wifi0 once it is bound again (112.05).
+    on_wifi = lambda sent: sent < DOWN or sent >= 112.05  # noqa: E731
+    best = [Arrival(a.seq, a.sent, a.sent + (0.005 if on_wifi(a.sent) else 0.030))
+            for a in stream()]
+    rows = report(ClassStreams(stream(), stream()), ClassStreams(best, best))
+    assert rows[0]["one_way_ms"]["best"] == {"mn_to_cn": 30.0, "cn_to_mn": 30.0}
+    assert rows[1]["one_way_ms"]["best"] == {"mn_to_cn": 5.0, "cn_to_mn": 5.0}
+    assert rows[0]["one_way_ms"]["duplicate"]["mn_to_cn"] == 30.0

@@ -399,6 +399,16 @@ def split_duplicate_losses(arrivals: Sequence[Arrival], lost: Sequence[int],
     return handover, background
 
 
+def settled_delay_ms(arrivals: Sequence[Arrival], start: float, end: float) -> float | None:
+    """Median one-way delay (ms) of the probes sent in the second half of [start, end):
+    which link a class ran on once the change had settled (wifi0 5 ms, lte0 30 ms)."""
+    middle = (start + end) / 2
+    delays = sorted(a.received - a.sent for a in arrivals if middle <= a.sent < end)
+    if not delays:
+        return None
+    return round(delays[len(delays) // 2] * 1000.0, 1)
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000.0, 1)
 
@@ -452,10 +462,12 @@ def multi_coa_reports(*, triggers: Sequence[Trigger], events: Sequence[Mapping[s
         background: dict[str, int] = {}
         interruption: dict[str, dict[str, float | None]] = {DUPLICATE: {}, BEST: {}}
         gaps: dict[str, list[float | None] | None] = {}
+        delays: dict[str, dict[str, float | None]] = {DUPLICATE: {}, BEST: {}}
         for direction in DIRECTIONS:
             for name in (DUPLICATE, BEST):
                 arrivals = streams[name].direction(direction)
                 interruption[name][direction] = interruption_ms(arrivals, start, stop, interval)
+                delays[name][direction] = settled_delay_ms(arrivals, start, stop)
                 if name == BEST:
                     gap = longest_gap(arrivals, start, stop, interval)
                     gaps[direction] = None if gap is None else [_ms(gap[0] - origin),
@@ -487,6 +499,9 @@ def multi_coa_reports(*, triggers: Sequence[Trigger], events: Sequence[Mapping[s
             # Where the best-link class's longest silence was: its last arrival
             # before it and the first after, in ms from the link change in place.
             "best_gap_ms": gaps,
+            # Per class, the median one-way delay in the window's second half: the
+            # link it ran on once settled (same host clock at both ends).
+            "one_way_ms": delays,
             "lost_packets": {DUPLICATE: sum(lost[DUPLICATE].values()),
                              BEST: sum(lost[BEST].values())},
             "lost": lost,
