@@ -239,3 +239,32 @@ def test_the_settled_delay_tells_which_link_a_class_ran_on() -> None:
     assert rows[0]["one_way_ms"]["best"] == {"mn_to_cn": 30.0, "cn_to_mn": 30.0}
     assert rows[1]["one_way_ms"]["best"] == {"mn_to_cn": 5.0, "cn_to_mn": 5.0}
     assert rows[0]["one_way_ms"]["duplicate"]["mn_to_cn"] == 30.0
+
+
+def test_an_abrupt_row_tests_the_best_link_switch_only_if_that_class_was_on_the_dying_link() -> None:
+    on_wifi = lambda sent: sent < DOWN or sent >= 112.05  # noqa: E731
+    switching = [Arrival(a.seq, a.sent, a.sent + (0.005 if on_wifi(a.sent) else 0.030))
+                 for a in stream()]
+    rows = report(ClassStreams(stream(), stream()), ClassStreams(switching, switching))
+    assert rows[0]["best_link"] == {"before": {"mn_to_cn": "wifi0", "cn_to_mn": "wifi0"},
+                                    "after": {"mn_to_cn": "lte0", "cn_to_mn": "lte0"}}
+    assert multi_coa_summary(rows, RTT_MS)["targets"]["best_on_dying_link"] == 1
+    # Best-link probes on lte0 all along (30 ms): wifi0's death did not touch them.
+    rows = report(ClassStreams(stream(), stream()))
+    assert rows[0]["best_link"]["before"] == {"mn_to_cn": "lte0", "cn_to_mn": "lte0"}
+    assert multi_coa_summary(rows, RTT_MS)["targets"]["best_on_dying_link"] == 0
+
+
+def test_with_the_emulators_drop_times_a_loss_is_background_exactly_when_it_was_dropped() -> None:
+    # Two in a row while lte0 alone carried copies, both dropped by the emulator
+    # at their send times (106.00, 106.01): chance, not the handover.
+    burst = (seq_at(106.0), seq_at(106.01))
+    single = seq_at(107.0)           # lost with no drop on the link at that time
+    both = seq_at(113.0)             # lost while both links carried copies
+    arrivals = stream(lost=(*burst, single, both))
+    drops = {"mn_to_cn": [106.0, 106.01, 108.5, 113.0], "cn_to_mn": []}
+    rows = report(ClassStreams(arrivals, stream()), drop_times=drops)
+    assert rows[0]["background_lost"]["mn_to_cn"] == 2
+    assert rows[0]["lost"]["duplicate"]["mn_to_cn"] == 1      # 107.0: nothing explains it
+    assert rows[1]["lost"]["duplicate"]["mn_to_cn"] == 1      # 113.0: wifi0's copy should have come
+    assert rows[1]["background_lost"]["mn_to_cn"] == 0

@@ -26,7 +26,7 @@ REPORT = {
                 "interruption_ms_max": 58.0,
                 "targets": {"duplicate_lossless_on_abrupt": True, "best_within_one_rtt": False,
                             "best_over_rtt": [{"t": 0.0, "interruption_ms": 72.0, "rtt_ms": 60}],
-                            "tcp_survived": True}},
+                            "best_on_dying_link": 0, "tcp_survived": True}},
     "duration_s": 10.0, "driver": "udp",
 }
 
@@ -46,6 +46,8 @@ def test_the_table_has_a_row_per_link_change_and_says_which_target_missed() -> N
     assert ("target best-link gap ≤ 1 RTT of the link left: NOT met "
             "(1 over, worst 72 ms)") in lines
     assert "target TCP survived every handover: met" in lines
+    # The best-link class was not on wifi0 when it died: the gap tested no switch.
+    assert "  the best-link class was on the dying link in 0 of 1 (others: no switch)" in lines
     assert "driver: udp (overlay over the IPv4 underlay, lte behind NAT)" in lines
 
 

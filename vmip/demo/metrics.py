@@ -267,7 +267,9 @@ def summary(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 #   carried it explains: a single probe (both neighbours of the same class and
 #   direction arrived) sent while one link carried copies, and no more of
 #   them in a direction and window than the emulator dropped datagrams there
-#   (when the emulator's counts are known);
+#   (when the emulator's counts are known); where the emulator's drop times
+#   are known (the simulator), exactly those sent while one link carried
+#   copies at the instant of a drop;
 # - ``lost_packets.duplicate`` counts every other lost probe of the duplicate
 #   class sent in the window: any loss while two links carried copies (one
 #   copy is enough), any burst, anything beyond the emulator's drops;
@@ -381,15 +383,45 @@ def window_delta(snapshots: Sequence[Snapshot], start: float, end: float) -> dic
     return {key: last[key] - first.get(key, 0) for key in last}
 
 
+#: A drop the emulator timed within this of a lost probe's send time was that probe's.
+DROP_MATCH = 0.0005
+
+
+def _send_time(sent_at: Mapping[int, float], seq: int) -> float | None:
+    """When the lost probe *seq* was sent: between its nearest neighbours that arrived."""
+    below = max((s for s in sent_at if s < seq), default=None)
+    above = min((s for s in sent_at if s > seq), default=None)
+    if below is None or above is None:
+        return None
+    return sent_at[below] + (sent_at[above] - sent_at[below]) * (seq - below) / (above - below)
+
+
 def split_duplicate_losses(arrivals: Sequence[Arrival], lost: Sequence[int],
                            single_carrier: Callable[[float], bool],
-                           emulated_drops: float | None) -> tuple[list[int], list[int]]:
+                           emulated_drops: float | None,
+                           drop_times: Sequence[float] | None = None
+                           ) -> tuple[list[int], list[int]]:
     """``(handover losses, background losses)`` among the *lost* sequence numbers
-    of one direction of the duplicate class (see the notes above)."""
+    of one direction of the duplicate class (see the notes above).
+
+    *drop_times*: when the emulator dropped each datagram of this direction on
+    the link, where it is known exactly (the simulator, whose nodes send at
+    the instant a probe is injected): a probe lost while one link carried it
+    is then background exactly when a drop coincides with its send time."""
     sent_at = {a.seq: a.sent for a in arrivals}
+    drops = sorted(drop_times) if drop_times is not None else None
     handover: list[int] = []
     background: list[int] = []
     for seq in sorted(lost):
+        if drops is not None:
+            sent = _send_time(sent_at, seq)
+            if sent is None:
+                handover.append(seq)
+                continue
+            near = bisect.bisect_left(drops, sent - DROP_MATCH)
+            explained = near < len(drops) and drops[near] <= sent + DROP_MATCH
+            (background if explained and single_carrier(sent) else handover).append(seq)
+            continue
         before, after = sent_at.get(seq - 1), sent_at.get(seq + 1)
         if before is not None and after is not None and single_carrier((before + after) / 2) and (
                 emulated_drops is None or len(background) < emulated_drops):
@@ -399,14 +431,22 @@ def split_duplicate_losses(arrivals: Sequence[Arrival], lost: Sequence[int],
     return handover, background
 
 
-def settled_delay_ms(arrivals: Sequence[Arrival], start: float, end: float) -> float | None:
-    """Median one-way delay (ms) of the probes sent in the second half of [start, end):
-    which link a class ran on once the change had settled (wifi0 5 ms, lte0 30 ms)."""
-    middle = (start + end) / 2
-    delays = sorted(a.received - a.sent for a in arrivals if middle <= a.sent < end)
+def settled_delay_ms(arrivals: Sequence[Arrival], start: float, end: float, *,
+                     whole: bool = False) -> float | None:
+    """Median one-way delay (ms) of the probes sent in the second half of [start, end)
+    (*whole*: all of it): which link a class ran on (wifi0 5 ms, lte0 30 ms)."""
+    first = start if whole else (start + end) / 2
+    delays = sorted(a.received - a.sent for a in arrivals if first <= a.sent < end)
     if not delays:
         return None
     return round(delays[len(delays) // 2] * 1000.0, 1)
+
+
+def link_of_delay(delay_ms: float | None, one_way: Mapping[str, float]) -> str | None:
+    """The link whose one-way delay (s) is nearest *delay_ms*."""
+    if delay_ms is None or not one_way:
+        return None
+    return min(one_way, key=lambda link: abs(one_way[link] * 1000.0 - delay_ms))
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -421,6 +461,7 @@ def multi_coa_reports(*, triggers: Sequence[Trigger], events: Sequence[Mapping[s
                       tcp_error_at: float | None = None,
                       overhead: Sequence[Snapshot] = (),
                       emulated_drops: Sequence[Snapshot] | None = None,
+                      drop_times: Mapping[str, Sequence[float]] | None = None,
                       ping: Sequence[Arrival] | None = None) -> list[dict[str, Any]]:
     """One record per link change of the multi-CoA demo (see the notes above).
 
@@ -428,7 +469,9 @@ def multi_coa_reports(*, triggers: Sequence[Trigger], events: Sequence[Mapping[s
     each link's one-way delay (s); *overhead* readings of ``{"mn": bytes,
     "cn": bytes}`` of ``tx_duplicate_bytes`` taken at each link change and at
     the end; *emulated_drops* readings of ``{"mn_to_cn": n, "cn_to_mn": n}``,
-    the datagrams the link emulator dropped on the MN's links; *tcp_samples*
+    the datagrams the link emulator dropped on the MN's links; *drop_times*,
+    where known, when it dropped each (per direction, see
+    :func:`split_duplicate_losses`); *tcp_samples*
     None where no TCP ran (the simulator: ``tcp_survived`` is then None).
     """
     ordered = sorted(triggers, key=lambda tr: tr.t)
@@ -463,11 +506,16 @@ def multi_coa_reports(*, triggers: Sequence[Trigger], events: Sequence[Mapping[s
         interruption: dict[str, dict[str, float | None]] = {DUPLICATE: {}, BEST: {}}
         gaps: dict[str, list[float | None] | None] = {}
         delays: dict[str, dict[str, float | None]] = {DUPLICATE: {}, BEST: {}}
+        # Which link the best-link class ran on in the second before the change.
+        best_before: dict[str, str | None] = {}
         for direction in DIRECTIONS:
             for name in (DUPLICATE, BEST):
                 arrivals = streams[name].direction(direction)
                 interruption[name][direction] = interruption_ms(arrivals, start, stop, interval)
                 delays[name][direction] = settled_delay_ms(arrivals, start, stop)
+                if name == BEST:
+                    best_before[direction] = link_of_delay(
+                        settled_delay_ms(arrivals, start - 1.0, start, whole=True), one_way)
                 if name == BEST:
                     gap = longest_gap(arrivals, start, stop, interval)
                     gaps[direction] = None if gap is None else [_ms(gap[0] - origin),
@@ -478,7 +526,8 @@ def multi_coa_reports(*, triggers: Sequence[Trigger], events: Sequence[Mapping[s
                     continue
                 handover, quiet = split_duplicate_losses(
                     arrivals, missing, single_carrier(direction),
-                    None if drops is None else drops.get(direction, 0))
+                    None if drops is None else drops.get(direction, 0),
+                    None if drop_times is None else drop_times.get(direction, ()))
                 lost[DUPLICATE][direction], background[direction] = len(handover), len(quiet)
         cost = window_delta(overhead, start, stop)
         changes = [e["t"] for e in (*mn_events, *cn_sorted)
@@ -502,6 +551,12 @@ def multi_coa_reports(*, triggers: Sequence[Trigger], events: Sequence[Mapping[s
             # Per class, the median one-way delay in the window's second half: the
             # link it ran on once settled (same host clock at both ends).
             "one_way_ms": delays,
+            # The best-link class's link before the change and once settled: an
+            # abrupt row only tests the best-link switch if that class was on
+            # the link that died.
+            "best_link": {"before": best_before,
+                          "after": {d: link_of_delay(delays[BEST][d], one_way)
+                                    for d in DIRECTIONS}},
             "lost_packets": {DUPLICATE: sum(lost[DUPLICATE].values()),
                              BEST: sum(lost[BEST].values())},
             "lost": lost,
@@ -541,6 +596,10 @@ def multi_coa_summary(reports: Sequence[Mapping[str, Any]],
         limit = rtt_ms.get(str(r["to"]))
         if worst is None or limit is None or worst > limit:
             over_rtt.append({"t": r["t"], "interruption_ms": worst, "rtt_ms": limit})
+    # Abrupt rows where the best-link class was on the link that died (either way):
+    # only those show the switch; the others show a flow the change did not touch.
+    switched = [r for r in abrupt
+                if r["trigger"]["link"] in (r.get("best_link") or {}).get("before", {}).values()]
     costs = [r["duplicate_overhead_bytes"] for r in reports]
     tcp = [r["tcp_survived"] for r in reports]
     tcp_all = None if any(v is None for v in tcp) else all(tcp)
@@ -562,6 +621,7 @@ def multi_coa_summary(reports: Sequence[Mapping[str, Any]],
                                                 for r in abrupt) and bool(abrupt),
             "best_within_one_rtt": not over_rtt and bool(abrupt),
             "best_over_rtt": over_rtt,
+            "best_on_dying_link": len(switched),
             "tcp_survived": tcp_all,
         },
     }

@@ -753,6 +753,11 @@ def format_multi_coa_report(report: dict[str, Any]) -> str:
     lines.append("target best-link gap ≤ 1 RTT of the link left: "
                  + _met(targets["best_within_one_rtt"])
                  + (f" ({len(over)} over, worst {fmt(worst)} ms)" if over else ""))
+    on_dying = targets.get("best_on_dying_link")
+    if on_dying is not None and on_dying < s["abrupt_handovers"]:
+        # Met or not, a row where the best-link class was elsewhere tested no switch.
+        lines.append(f"  the best-link class was on the dying link in {on_dying} of "
+                     f"{s['abrupt_handovers']} (others: no switch)")
     lines.append("target TCP survived every handover: " + _met(targets["tcp_survived"]))
     driver = report.get("driver")
     if driver is not None:

@@ -194,7 +194,10 @@ class LinkDrops:
 
     def __init__(self, world: SimWorld, node: str, link: str) -> None:
         self.node, self.link = node, link
+        self.loop = world.loop
         self.counts = {"mn_to_cn": 0, "cn_to_mn": 0}
+        #: When each drop happened: the loss is drawn as the datagram is sent.
+        self.times: dict[str, list[float]] = {"mn_to_cn": [], "cn_to_mn": []}
         world.network.observers.append(self._observe)
 
     def _observe(self, src: AccessLink, dst: AccessLink | None, packet: bytes,
@@ -202,9 +205,13 @@ class LinkDrops:
         if verdict != "lost":
             return
         if (src.node, src.name) == (self.node, self.link):
-            self.counts["mn_to_cn"] += 1
+            direction = "mn_to_cn"
         elif dst is not None and (dst.node, dst.name) == (self.node, self.link):
-            self.counts["cn_to_mn"] += 1
+            direction = "cn_to_mn"
+        else:
+            return
+        self.counts[direction] += 1
+        self.times[direction].append(self.loop.time())
 
 
 async def _roaming_multi_coa(world: SimWorld, options: SimOptions) -> dict[str, Any]:
@@ -257,7 +264,8 @@ async def _roaming_multi_coa(world: SimWorld, options: SimOptions) -> dict[str, 
         streams=streams, interval=interval, end=end,
         tcp_samples=None,    # no TCP in the simulator
         overhead=[(t, v) for t, v in overhead if t < end] + [(end, overhead[-1][1])],
-        emulated_drops=[(t, v) for t, v in emulated if t < end] + [(end, emulated[-1][1])])
+        emulated_drops=[(t, v) for t, v in emulated if t < end] + [(end, emulated[-1][1])],
+        drop_times=drops.times)
     summary = metrics.multi_coa_summary(handovers, LINK_RTT_MS)
     return {
         "handovers": _rounded(handovers),
