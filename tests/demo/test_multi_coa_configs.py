@@ -87,3 +87,34 @@ def test_other_traffic_is_best_and_mn2_is_not_duplicated(tmp_path: Path) -> None
     assert classify(loaded["mn"]["flow"], "udp", CN, 5002, 7) == "best"
     names = [flow["name"] for flow in loaded["mn"]["flow"]]
     assert len(names) == len(set(names))
+
+
+def _packet(protocol: str, src: str, dst: str, sport: int | None, dport: int | None,
+            reply: bool = False) -> bytes:
+    from scapy.layers.inet import TCP, UDP
+    from scapy.layers.inet6 import IPv6, ICMPv6EchoReply, ICMPv6EchoRequest
+
+    layer = {"udp": lambda: UDP(sport=sport, dport=dport),
+             "tcp": lambda: TCP(sport=sport, dport=dport),
+             "icmpv6": lambda: ICMPv6EchoReply() if reply else ICMPv6EchoRequest()}[protocol]()
+    return bytes(IPv6(src=src, dst=dst) / layer / b"probe")
+
+
+@pytest.mark.parametrize(("protocol", "mn_port", "cn_port", "mode"), [
+    ("udp", 5002, 5002, "duplicate"), ("icmpv6", None, None, "duplicate"),
+    ("udp", 5003, 5003, "best"), ("tcp", 40000, 5001, "best")])
+def test_the_nodes_own_flow_policy_sends_each_class_in_its_mode(
+        tmp_path: Path, protocol: str, mn_port: int | None, cn_port: int | None,
+        mode: str) -> None:
+    # The configs load as the nodes load them, and the nodes' classifier reads
+    # the demo's real packets (ports from the inner packet) as intended.
+    from vmip.config import load_config
+    from vmip.node.flows import FlowPolicy
+
+    paths = configs.write_node_configs(default_plan(tmp_path, multi_coa=True))
+    loaded = {name: load_config(path) for name, path in paths.items()}
+    assert loaded["mn"].mobility.multiple_care_of is True
+    assert loaded["ha"].mobility.max_care_of_addresses == 2
+    mn, cn = (FlowPolicy.from_config(loaded[name].flows) for name in ("mn", "cn"))
+    assert mn.classify(_packet(protocol, HOA, CN, mn_port, cn_port)).send == mode
+    assert cn.classify(_packet(protocol, CN, HOA, cn_port, mn_port, reply=True)).send == mode
