@@ -268,3 +268,13 @@ def test_with_the_emulators_drop_times_a_loss_is_background_exactly_when_it_was_
     assert rows[0]["lost"]["duplicate"]["mn_to_cn"] == 1      # 107.0: nothing explains it
     assert rows[1]["lost"]["duplicate"]["mn_to_cn"] == 1      # 113.0: wifi0's copy should have come
     assert rows[1]["background_lost"]["mn_to_cn"] == 0
+
+
+def test_ping_per_window_lost_and_settled_round_trip() -> None:
+    # One echo every 200 ms; 10 ms round trips on wifi0, 60 ms on lte0; one lost at 106.0.
+    ping = [Arrival(n, 100.0 + 0.2 * n, 100.0 + 0.2 * n + (0.010 if 100.0 + 0.2 * n < DOWN
+                                                         or 100.0 + 0.2 * n >= 112.05 else 0.060))
+            for n in range(75) if 100.0 + 0.2 * n != 106.0]
+    rows = report(ClassStreams(stream(), stream()), ping=ping)
+    assert [r["ping_lost"] for r in rows] == [1, 0]
+    assert [r["ping_rtt_ms"] for r in rows] == [60.0, 10.0]

@@ -539,6 +539,8 @@ def multi_coa_reports(*, triggers: Sequence[Trigger], events: Sequence[Mapping[s
         before = primary_link(mn_events, coa_links, start - 1e-6)
         after = primary_link(mn_events, coa_links, stop - 1e-9)
         ping_lost = None if ping is None else len(lost_sequences(ping, start, stop))
+        # A reply's received - sent is its round trip: which links ping's copies took.
+        ping_rtt = None if ping is None else settled_delay_ms(ping, start, stop)
         reports.append({
             "from": before, "to": after, "t": start,
             "trigger": {"link": trigger.link, "action": trigger.action, "t": start},
@@ -567,6 +569,7 @@ def multi_coa_reports(*, triggers: Sequence[Trigger], events: Sequence[Mapping[s
             "duplicate_overhead_bytes_by_node": None if cost is None else
             {node: int(value) for node, value in sorted(cost.items())},
             "ping_lost": ping_lost,
+            "ping_rtt_ms": ping_rtt,
             "bu_ba_ms": max(bu_ba.values()) if bu_ba else None,
             "bu_ba_ms_by_peer": bu_ba,
             "aot": aot,
