@@ -124,11 +124,19 @@ def test_a_burst_is_a_duplicate_loss_even_on_one_link() -> None:
 
 
 def test_the_copy_on_wifi_died_in_flight_so_lte_alone_carried_that_probe() -> None:
-    # Sent 2 ms before wifi0 went down: its wifi copy died on the link.
+    # Sent 2 ms before wifi0 went down: its wifi copy died on the link.  It was
+    # sent before that change, so it belongs to the window before it (opened here
+    # by an lte0 "up" that changes nothing).
     t = 104.998
     arrivals = [a for a in stream(start=t - 500 * INTERVAL, count=1000) if a.seq != 500]
-    rows = report(ClassStreams(arrivals, stream()))
+    triggers = [Trigger(102.0, "lte0", "up", done=102.0), *TRIGGERS]
+    rows = multi_coa_reports(
+        triggers=triggers, events=MN_EVENTS, cn_events=CN_EVENTS, hoa=HOA, cn=CN,
+        coa_links=COA_LINKS, one_way=ONE_WAY,
+        streams={"duplicate": ClassStreams(arrivals, stream()),
+                 "best": ClassStreams(stream(), stream())}, interval=INTERVAL, end=END)
     assert rows[0]["background_lost"]["mn_to_cn"] == 1 and rows[0]["lost_packets"]["duplicate"] == 0
+    assert rows[1]["background_lost"]["mn_to_cn"] == 0 and rows[1]["lost_packets"]["duplicate"] == 0
 
 
 def test_background_never_exceeds_what_the_emulator_dropped() -> None:
@@ -278,3 +286,13 @@ def test_ping_per_window_lost_and_settled_round_trip() -> None:
     rows = report(ClassStreams(stream(), stream()), ping=ping)
     assert [r["ping_lost"] for r in rows] == [1, 0]
     assert [r["ping_rtt_ms"] for r in rows] == [60.0, 10.0]
+
+
+def test_a_hole_across_a_link_change_is_split_between_the_windows_never_counted_twice() -> None:
+    from vmip.demo.metrics import lost_sequences
+
+    # Pings every 200 ms; 0.2 s before and 0.2 s after the change at 105.0 lost.
+    ping = [Arrival(n, 104.0 + 0.2 * n, 104.0 + 0.2 * n + 0.06) for n in range(11)
+            if n not in (4, 6)]
+    assert lost_sequences(ping, 100.0, 105.0) == [4]
+    assert lost_sequences(ping, 105.0, 110.0) == [6]

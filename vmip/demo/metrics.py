@@ -33,6 +33,7 @@ Definitions (docs/demo.md):
 from __future__ import annotations
 
 import bisect
+import itertools
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -104,8 +105,20 @@ def lost_sequences(arrivals: Sequence[Arrival], start: float, end: float) -> lis
     after = [a.seq for a in by_seq if a.sent >= end]
     low = max(before) if before else seqs[0] - 1
     high = min(after) if after else seqs[-1] + 1
-    received = set(seqs)
-    return [s for s in range(low + 1, high) if s not in received]
+    sent_at = {a.seq: a.sent for a in by_seq}
+    lost = []
+    # Each hole between two arrivals: its probes were sent between theirs, evenly
+    # spaced; one sent before *start* (or at or after *end*) is the neighbour
+    # window's, so a hole across a link change is split, never counted twice.
+    for below, above in itertools.pairwise(seqs):
+        if above - below < 2 or above <= low or below >= high:
+            continue
+        step = (sent_at[above] - sent_at[below]) / (above - below)
+        for seq in range(below + 1, above):
+            sent = sent_at[below] + step * (seq - below)
+            if low < seq < high and start <= sent < end:
+                lost.append(seq)
+    return lost
 
 
 def _events_between(events: Sequence[Mapping[str, Any]], name: str, start: float,
