@@ -493,3 +493,19 @@ def test_prober_is_off_without_multiple_care_of_or_with_interval_0(interval, mul
     assert prober.get_timer() is None
     prober.handle_timer(100.0)
     assert probed == []
+
+
+def test_feed_a_deregistration_times_its_own_bu_not_a_refresh_lost_on_a_dead_link():
+    """Wifi dies with a refresh BU out on it; the MN deregisters wifi's BID
+    over lte.  The deregistration's answer times the lte BU only: wifi gets
+    no sample of the time that took."""
+    services, quality, _keep = _feed()
+    _at(services, 0.0, ev.BindingUpdateSent(HA, HOA, WIFI, 1, 420, 1, 1))
+    _at(services, 0.01, ev.BindingAccepted(HA, HOA, WIFI, 420, 0.01, bid=1))
+    _at(services, 5.0, ev.BindingUpdateSent(HA, HOA, WIFI, 2, 420, 1, 1))   # a probe; wifi dies
+    _at(services, 5.8, ev.BindingUpdateSent(HA, HOA, LTE, 3, 0, 1, 1))      # dereg BID 1 via lte
+    _at(services, 5.86, ev.BindingDeregistered(HA, HOA, 1))
+    wifi = quality.link("wifi0", 5.86)
+    assert wifi.samples == 1 and wifi.srtt_ms == pytest.approx(10.0)
+    lte = quality.link("lte0", 5.86)
+    assert lte.samples == 1 and lte.srtt_ms == pytest.approx(60.0)

@@ -277,9 +277,13 @@ def _run(run: _Run, options: DemoOptions, out: Callable[[str], None]) -> dict[st
     plan = run.plan
     out("building the lab and starting HA, CN, MN ...")
     run.lab_built = True
-    manage.lab_start(plan, keys=options.keys)
     if options.shape:
+        # Shape before the nodes start: their first exchanges, and so the MN's
+        # link quality, see the emulated links from the start, as on a real
+        # network (shaped after, the first samples are the bare veths').
+        manage.lab_up(plan, keys=options.keys)
         _shape(plan)
+    manage.lab_start(plan, keys=options.keys)
     mn_client = ControlClient(_socket(plan, "mn"))
     clients = {name: ControlClient(_socket(plan, name)) for name in ("mn", "cn", "ha")}
     run.clients = clients

@@ -48,7 +48,8 @@ Decisions (docs/lab.md):
   (``keys.state_dir``; docs/ipsec.md, "Static keys across restarts").
 - ``LabPlan.multi_coa`` (``vmip demo --multi-coa``, ``vmip sim
   --multi-coa``; docs/multi-coa.md): the MN ``mn`` registers one binding
-  per link (``multiple_care_of = true``) and both the MN and the CN carry
+  per link (``multiple_care_of = true``, link quality probed every second:
+  ``link_probe_interval = 1``) and both the MN and the CN carry
   the demo's ``[[flow]]`` tables, each about what that side sends: the
   interactive classes (UDP probes on port 5002, ping) duplicated on every
   bound path, the second probe stream (port 5003) and the TCP stream (5001)
@@ -112,6 +113,9 @@ PRIORITY_BYPASS = 1000
 DUPLICATE_PROBE_PORT = 5002
 BEST_PROBE_PORT = 5003
 TCP_STREAM_PORT = 5001
+#: ``link_probe_interval`` of the multi-CoA lab's MN (seconds).
+MULTI_COA_PROBE_INTERVAL = 1
+
 #: ``max_care_of_addresses`` of the HA and the CN in the multi-CoA lab.
 MULTI_COA_MAX_BINDINGS = 2
 #: The MN that registers one binding per link in the multi-CoA lab.
@@ -639,6 +643,10 @@ def _mobile_node_config(plan: LabPlan, name: str, keys: str) -> dict[str, Any]:
     if plan.multi_coa and name == MULTI_COA_MN:
         # One binding per [[link]]: BID = the link's 1-based position (wifi0 1, lte0 2).
         config["mobility"]["multiple_care_of"] = True
+        # The demo changes links every few seconds: a refresh per link every
+        # second lets link quality follow within the schedule (a BU and a BA
+        # per link and second, about 200 octets a second).
+        config["mobility"]["link_probe_interval"] = MULTI_COA_PROBE_INTERVAL
         config["flow"] = demo_flows(_host(cn.overlay_addresses[0]), ports="remote_ports")
     return _with_keys(config, plan, name, keys, _mobile_policies(plan, node))
 

@@ -312,6 +312,9 @@ class _Exchange:
     kind: str             # "bu", "aotr" (registration proof), "aoto", "test-aotr" (early test)
     sent_at: float
     retransmitted: bool   # Karn: no RTT from a request that left more than once
+    #: A BU's Binding Identifier (RFC 5648) and whether it deregisters (lifetime 0).
+    bid: int | None = None
+    deregisters: bool = False
 
 
 class QualityFeed:
@@ -392,7 +395,8 @@ class QualityFeed:
                 previous = self._exchanges.get(key)
                 # The BU (or AOTR) before this one went unanswered.
                 self._lost(event.peer, previous.link if previous is not None else link, now)
-            self._remember(key, _Exchange(link, "bu", now, event.attempt > 1))
+            self._remember(key, _Exchange(link, "bu", now, event.attempt > 1,
+                                          getattr(event, "bid", None), event.lifetime == 0))
         elif isinstance(event, ev.AotResponseSent):
             key = (event.peer, event.address)
             exchange = self._exchanges.get(key)
@@ -441,13 +445,21 @@ class QualityFeed:
                 quality.rtt_sample(exchange.link, now - exchange.sent_at, now)
             self._answered(event.peer, exchange.link, now)
         elif isinstance(event, ev.BindingDeregistered):
-            # A deregistration's BA (the event names no CoA): whichever BU is out to that peer.
+            # A deregistration's BA (the event names no CoA): the deregistering
+            # BU out to that peer for that BID answered.  Other requests of that
+            # BID (a refresh still out on a link that just died) are void: no
+            # sample, no outcome; timing them would charge their link the time
+            # the deregistration took, sent over another link.
             for key in [k for k in self._exchanges if k[0] == event.peer]:
-                exchange = self._exchanges.pop(key)
-                if exchange.kind == "bu":
-                    if not exchange.retransmitted:
-                        quality.rtt_sample(exchange.link, now - exchange.sent_at, now)
-                    self._answered(event.peer, exchange.link, now)
+                exchange = self._exchanges[key]
+                if exchange.kind != "bu" or (event.bid is not None and exchange.bid != event.bid):
+                    continue
+                del self._exchanges[key]
+                if not exchange.deregisters:
+                    continue
+                if not exchange.retransmitted:
+                    quality.rtt_sample(exchange.link, now - exchange.sent_at, now)
+                self._answered(event.peer, exchange.link, now)
         elif isinstance(event, ev.RegistrationTimeout) and event.stage == "early-test" \
                 and event.coa is not None:
             # The MN gives up an early test: its last AOTO or AOTR went unanswered.
