@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv6Address, IPv6Network
 
@@ -252,6 +253,33 @@ def test_a_duplicate_flow_goes_on_both_links_and_reaches_the_cn_once() -> None:
         assert drops["duplicate"] == sent and drops["replay"] == 0 and drops["icv"] == 0
 
 
+async def streams_across(world, kill: Callable[[], None], *,
+                         after: float) -> tuple[dict[str, Stream], float]:
+    """A duplicate and a best stream each way over both bound links; *kill*
+    one second in, the streams stopped *after* seconds later.  Returns the
+    streams and the (virtual) time of the kill."""
+    await world.start_all()
+    await both_links_bound(world)
+    streams = {
+        "mn-dup": Stream(world, "mn", HOA, CN, DUP_PORT),
+        "mn-best": Stream(world, "mn", HOA, CN, BEST_PORT),
+        "cn-dup": Stream(world, "cn", CN, HOA, DUP_PORT),
+        "cn-best": Stream(world, "cn", CN, HOA, BEST_PORT),
+    }
+    world.tun_sinks["cn"] = sink(streams["mn-dup"], streams["mn-best"])
+    world.tun_sinks["mn"] = sink(streams["cn-dup"], streams["cn-best"])
+    for stream in streams.values():
+        stream.start()
+    await asyncio.sleep(1.0)
+    killed = world.loop.time()
+    kill()
+    await asyncio.sleep(after)
+    for stream in streams.values():
+        stream.stop()
+    await asyncio.sleep(0.5)
+    return streams, killed
+
+
 def test_a_link_dying_loses_nothing_of_a_duplicate_flow() -> None:
     """Both directions, a duplicate flow and a best flow each; wifi0's carrier
     drops mid-stream with no warning (no deregistration first).  The duplicate
@@ -260,28 +288,8 @@ def test_a_link_dying_loses_nothing_of_a_duplicate_flow() -> None:
     mn_flows = flow("dup", DUP_PORT, "duplicate")
     cn_flows = flow("dup", DUP_PORT, "duplicate", remote=HOA)
     with multi_coa_world(mn_flows, cn_flows, seed=11) as world:
-        async def scenario():
-            await world.start_all()
-            await both_links_bound(world)
-            streams = {
-                "mn-dup": Stream(world, "mn", HOA, CN, DUP_PORT),
-                "mn-best": Stream(world, "mn", HOA, CN, BEST_PORT),
-                "cn-dup": Stream(world, "cn", CN, HOA, DUP_PORT),
-                "cn-best": Stream(world, "cn", CN, HOA, BEST_PORT),
-            }
-            world.tun_sinks["cn"] = sink(streams["mn-dup"], streams["mn-best"])
-            world.tun_sinks["mn"] = sink(streams["cn-dup"], streams["cn-best"])
-            for stream in streams.values():
-                stream.start()
-            await asyncio.sleep(1.0)
-            killed = world.loop.time()
-            world.set_link("mn", "wifi0", False)
-            await asyncio.sleep(2.0)
-            for stream in streams.values():
-                stream.stop()
-            await asyncio.sleep(0.5)
-            return streams, killed
-        streams, killed = world.run(scenario())
+        streams, killed = world.run(streams_across(
+            world, lambda: world.set_link("mn", "wifi0", False), after=2.0))
     for name, stream in streams.items():
         assert len(stream.sent_at) >= 299, name
         assert all(count == 1 for count in stream.arrived.values()), name
@@ -303,27 +311,8 @@ def test_a_link_dying_silently_loses_nothing_of_a_duplicate_flow() -> None:
     mn_flows = flow("dup", DUP_PORT, "duplicate")
     cn_flows = flow("dup", DUP_PORT, "duplicate", remote=HOA)
     with multi_coa_world(mn_flows, cn_flows, seed=13) as world:
-        async def scenario():
-            await world.start_all()
-            await both_links_bound(world)
-            streams = {
-                "mn-dup": Stream(world, "mn", HOA, CN, DUP_PORT),
-                "mn-best": Stream(world, "mn", HOA, CN, BEST_PORT),
-                "cn-dup": Stream(world, "cn", CN, HOA, DUP_PORT),
-                "cn-best": Stream(world, "cn", CN, HOA, BEST_PORT),
-            }
-            world.tun_sinks["cn"] = sink(streams["mn-dup"], streams["mn-best"])
-            world.tun_sinks["mn"] = sink(streams["cn-dup"], streams["cn-best"])
-            for stream in streams.values():
-                stream.start()
-            await asyncio.sleep(1.0)
-            world.network.set_up("mn", "wifi0", False)
-            await asyncio.sleep(1.0)
-            for stream in streams.values():
-                stream.stop()
-            await asyncio.sleep(0.5)
-            return streams
-        streams = world.run(scenario())
+        streams, _killed = world.run(streams_across(
+            world, lambda: world.network.set_up("mn", "wifi0", False), after=1.0))
     for name, stream in streams.items():
         assert len(stream.sent_at) >= 199, name
         assert all(count == 1 for count in stream.arrived.values()), name
