@@ -13,18 +13,19 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.root
-@pytest.mark.timeout(90)
-def test_demo_30s_reports_handovers_and_tcp_survives(tmp_path):
+def run_demo(report_file: Path, *args: str) -> tuple[subprocess.CompletedProcess, dict]:
+    """``vmip demo --no-ui ARGS --json FILE``: its exit, and the report it wrote.
+
+    Skips when a lab exists (the demo builds its own); removes whatever the
+    demo left behind, and fails the test for it."""
     from vmip.lab.netns import list_netns
 
     if list_netns("vmip-"):
         pytest.skip("a vmip lab exists already (another run owns it): the demo builds its own")
-    report_file = tmp_path / "r.json"
     try:
-        proc = subprocess.run([sys.executable, "-m", "vmip", "demo", "--no-ui", "--duration",
-                               "30", "--json", str(report_file)], capture_output=True,
-                              text=True, timeout=85, env=dict(os.environ, PYTHONPATH=str(REPO)))
+        proc = subprocess.run([sys.executable, "-m", "vmip", "demo", "--no-ui", *args,
+                               "--json", str(report_file)], capture_output=True, text=True,
+                              timeout=85, env=dict(os.environ, PYTHONPATH=str(REPO)))
     finally:
         leftover = list_netns("vmip-")
         if leftover:
@@ -32,7 +33,13 @@ def test_demo_30s_reports_handovers_and_tcp_survives(tmp_path):
                            env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert leftover == [], f"the demo left namespaces behind: {leftover}"
-    report = json.loads(report_file.read_text())
+    return proc, json.loads(report_file.read_text())
+
+
+@pytest.mark.root
+@pytest.mark.timeout(90)
+def test_demo_30s_reports_handovers_and_tcp_survives(tmp_path):
+    proc, report = run_demo(tmp_path / "r.json", "--duration", "30")
     # The report names the driver that carried it, in JSON and under the table.
     # (--driver raw is not run here, to keep CI short: tests/lab/test_iro_lab.py
     # covers the native lab's handovers under TCP.)
@@ -59,24 +66,7 @@ def test_demo_30s_reports_handovers_and_tcp_survives(tmp_path):
 @pytest.mark.timeout(90)
 def test_demo_multi_coa_duplicates_survive_wifi_dying(tmp_path):
     """``vmip demo --multi-coa --duration 20``: wifi0 down, up, down; one binding per link."""
-    from vmip.lab.netns import list_netns
-
-    if list_netns("vmip-"):
-        pytest.skip("a vmip lab exists already (another run owns it): the demo builds its own")
-    report_file = tmp_path / "mcoa.json"
-    try:
-        proc = subprocess.run([sys.executable, "-m", "vmip", "demo", "--multi-coa", "--no-ui",
-                               "--duration", "20", "--json", str(report_file)],
-                              capture_output=True, text=True, timeout=85,
-                              env=dict(os.environ, PYTHONPATH=str(REPO)))
-    finally:
-        leftover = list_netns("vmip-")
-        if leftover:
-            subprocess.run([sys.executable, "-m", "vmip", "lab", "down"], timeout=30,
-                           env=dict(os.environ, PYTHONPATH=str(REPO)))
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert leftover == [], f"the demo left namespaces behind: {leftover}"
-    report = json.loads(report_file.read_text())
+    proc, report = run_demo(tmp_path / "mcoa.json", "--multi-coa", "--duration", "20")
     assert report["multi_coa"] is True
     rows = report["handovers"]
     assert [r["trigger"]["action"] for r in rows] == ["down", "up", "down"]
