@@ -186,6 +186,13 @@ class BindingCacheEntry:
     def bound(self) -> bool:
         return self.coa is not None
 
+    def renew(self, coa: IPv6Address, sequence: int, lifetime: int, now: float) -> None:
+        """An accepted BU: the binding now names *coa* for *lifetime* seconds."""
+        self.coa = coa
+        self.sequence = sequence
+        self.lifetime = lifetime
+        self.expires_at = now + lifetime
+
 
 def paths_of(entries: Collection[BindingCacheEntry]) -> tuple[tuple[int, IPv6Address], ...]:
     """``(bid, coa)`` of the bound BID entries, lowest BID first (PathsChanged order)."""

@@ -464,10 +464,7 @@ class Correspondent(MobilityCore):
     ) -> None:
         binding = peer.binding
         granted = lifetime_seconds(units)
-        binding.coa = coa
-        binding.sequence = sequence
-        binding.lifetime = granted
-        binding.expires_at = now + granted
+        binding.renew(coa, sequence, granted, now)
         self._reindex(peer)
         self._set_send_to(peer, coa)
         self._emit(BindingCached(binding.hoa, coa, granted, home=False))
@@ -630,10 +627,7 @@ class Correspondent(MobilityCore):
     ) -> None:
         entry = held.entry
         granted = lifetime_seconds(units)
-        entry.coa = coa
-        entry.sequence = sequence
-        entry.lifetime = granted
-        entry.expires_at = now + granted
+        entry.renew(coa, sequence, granted, now)
         self._sync_bids(peer)
         self._emit(BindingCached(entry.hoa, coa, granted, home=False, bid=bid))
         self._registered(peer, now)

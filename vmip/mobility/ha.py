@@ -296,10 +296,7 @@ class HomeAgent(MobilityCore):
             self._cache[hoa] = entry
         if moved:
             self._rehold(hoa, entry.coa, coa)
-        entry.coa = coa
-        entry.sequence = bu.sequence
-        entry.lifetime = granted
-        entry.expires_at = now + granted
+        entry.renew(coa, bu.sequence, granted, now)
         self._expiries.schedule(hoa, entry.expires_at)
         if moved:
             self._emit(TunnelEndpointChanged(hoa, coa))
@@ -435,10 +432,7 @@ class HomeAgent(MobilityCore):
         elif entry.coa != coa and entry.coa is not None and self._holders.get(entry.coa) == hoa:
             del self._holders[entry.coa]
         self._holders[coa] = hoa
-        entry.coa = coa
-        entry.sequence = bu.sequence
-        entry.lifetime = granted
-        entry.expires_at = now + granted
+        entry.renew(coa, bu.sequence, granted, now)
         self._bid_expiries.schedule((hoa, bid), entry.expires_at)
         self._emit(BindingCached(hoa, coa, granted, home=True, bid=bid))
         self._bids_changed(hoa)
