@@ -214,13 +214,19 @@ class LinkDrops:
         self.times[direction].append(self.loop.time())
 
 
-async def _roaming_multi_coa(world: SimWorld, options: SimOptions) -> dict[str, Any]:
-    loop = world.loop
+async def _started(world: SimWorld) -> tuple[IPv6Address, IPv6Address]:
+    """Start every node and let them settle; the MN's home address and the CN's."""
     await world.start_all()
     plan = world.plan
     hoa = IPv6Address(plan.node("mn").overlay_addresses[0])
     cn = IPv6Address(plan.node("cn").overlay_addresses[0])
     await asyncio.sleep(SETTLE)
+    return hoa, cn
+
+
+async def _roaming_multi_coa(world: SimWorld, options: SimOptions) -> dict[str, Any]:
+    loop = world.loop
+    hoa, cn = await _started(world)
     interval = 1.0 / PROBE_RATE
     # Two classes both ways; the best-link one half an interval later.
     classes = {metrics.DUPLICATE: (DUPLICATE_PROBE_PORT, 0.0),
@@ -294,11 +300,7 @@ async def _roaming_multi_coa(world: SimWorld, options: SimOptions) -> dict[str, 
 
 async def _roaming(world: SimWorld, options: SimOptions) -> dict[str, Any]:
     loop = world.loop
-    await world.start_all()
-    plan = world.plan
-    hoa = IPv6Address(plan.node("mn").overlay_addresses[0])
-    cn = IPv6Address(plan.node("cn").overlay_addresses[0])
-    await asyncio.sleep(SETTLE)
+    hoa, cn = await _started(world)
     to_cn = ProbeStream(world, "mn", hoa, cn, PROBE_RATE)
     to_mn = ProbeStream(world, "cn", cn, hoa, PROBE_RATE)
     world.tun_sinks["cn"] = to_cn.received
