@@ -75,12 +75,14 @@ def both_bound(world: SimWorld) -> bool:
 
 
 def wire_log(world: SimWorld) -> list[tuple[float, str, str, bytes]]:
-    """Every datagram sent on the simulated network: (time, sender, sender's link, packet)."""
+    """Every datagram sent from a link that is up, when it was sent:
+    (time, sender, sender's link, packet)."""
     seen: list[tuple[float, str, str, bytes]] = []
 
-    def observe(src, dst, packet: bytes, verdict: str) -> None:
+    def observe(src, packet: bytes, destination) -> bool:
         seen.append((world.loop.time(), src.node, src.name, packet))
-    world.network.observers.append(observe)
+        return False                      # look, never take
+    world.network.interceptors.append(observe)
     return seen
 
 

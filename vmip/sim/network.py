@@ -41,9 +41,10 @@ class _Direction:
     #: When the last datagram in this direction left (FIFO, rate limit).
     busy_until: float = 0.0
     last_arrival: float = 0.0
-    #: Datagrams on their way through this (receiving) direction, oldest first.
+    #: Datagrams on their way through this direction, oldest first (an uplink
+    #: hands them to the receiver's downlink, a downlink to the receiver).
     #: The loop's timer heap does not keep the order of timers due at the same
-    #: instant, so each arrival timer hands over the oldest one.
+    #: instant, so each timer hands over the oldest one.
     in_flight: deque[tuple[Any, ...]] = field(default_factory=deque)
 
 
@@ -130,17 +131,31 @@ class SimNetwork:
             return
         dst_access, dst_endpoint = target
         now = self.loop.time()
-        arrival = self._cross(src_access.uplink, len(packet), now)
-        if arrival is None:
+        # Both directions' random draws now, in send order (a run is a function
+        # of its seed); the receiving direction is entered when the datagram
+        # reaches it, so that its order is that of arrival there: a datagram
+        # of a fast link is not held behind one sent earlier on a slow link.
+        up_lost, up_delay = self._draw(src_access.uplink)
+        down_lost, down_delay = (True, 0.0) if up_lost else self._draw(dst_access.downlink)
+        if down_lost:
             self._verdict(src_access, dst_access, packet, "lost")
             return
-        arrival = self._cross(dst_access.downlink, len(packet), arrival)
-        if arrival is None:
-            self._verdict(src_access, dst_access, packet, "lost")
-            return
-        dst_access.downlink.in_flight.append((src_access, dst_access, dst_endpoint, packet,
-                                              source))
-        self.loop.call_at(arrival, self._arrive_next, dst_access.downlink)
+        uplink = src_access.uplink
+        reached = self._cross(uplink, len(packet), now, up_delay)
+        uplink.in_flight.append((src_access, dst_access, dst_endpoint, packet, source,
+                                 down_delay))
+        self.loop.call_at(reached, self._enter_next, uplink)
+
+    def _enter_next(self, uplink: _Direction) -> None:
+        self._enter_downlink(*uplink.in_flight.popleft())
+
+    def _enter_downlink(self, src_access: AccessLink, dst_access: AccessLink,
+                        dst_endpoint: Endpoint, packet: bytes, source: Endpoint,
+                        delay: float) -> None:
+        direction = dst_access.downlink
+        arrival = self._cross(direction, len(packet), self.loop.time(), delay)
+        direction.in_flight.append((src_access, dst_access, dst_endpoint, packet, source))
+        self.loop.call_at(arrival, self._arrive_next, direction)
 
     def _arrive_next(self, direction: _Direction) -> None:
         self._arrive(*direction.in_flight.popleft())
@@ -157,19 +172,25 @@ class SimNetwork:
         self._verdict(src_access, dst_access, packet, "delivered")
         listener.deliver(packet, source)
 
-    def _cross(self, direction: _Direction, size: int, start: float) -> float | None:
-        """When a datagram entering *direction* at *start* leaves it; ``None`` if lost."""
+    def _draw(self, direction: _Direction) -> tuple[bool, float]:
+        """This direction's random draws for one datagram: (lost, delay in s)."""
         profile = direction.profile
         if profile.loss and self.rng.random() < profile.loss:
-            return None
+            return True, 0.0
+        delay = profile.delay_ms / 1000.0
+        if profile.jitter_ms:
+            delay += self.rng.uniform(-profile.jitter_ms, profile.jitter_ms) / 1000.0
+        return False, max(delay, 0.0)
+
+    @staticmethod
+    def _cross(direction: _Direction, size: int, start: float, delay: float) -> float:
+        """When a datagram entering *direction* at *start* leaves it (FIFO, rate)."""
+        profile = direction.profile
         departure = max(start, direction.busy_until)
         if profile.rate_mbit:
             departure += size * 8 / (profile.rate_mbit * 1e6)
         direction.busy_until = departure
-        delay = profile.delay_ms / 1000.0
-        if profile.jitter_ms:
-            delay += self.rng.uniform(-profile.jitter_ms, profile.jitter_ms) / 1000.0
-        arrival = max(departure + max(delay, 0.0), direction.last_arrival)
+        arrival = max(departure + delay, direction.last_arrival)
         direction.last_arrival = arrival
         return arrival
 
