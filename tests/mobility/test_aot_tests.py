@@ -126,6 +126,28 @@ def test_early_test_gives_up_when_the_cn_stays_silent():
     ]
 
 
+def test_every_early_test_attempt_goes_to_the_peers_coa_known_at_that_time():
+    """Towards another MN, an early test leaves from an address that is not
+    our CoA, so it cannot take our reverse tunnel, and that MN's HA forwards
+    no transit ESP to its HoA: a retransmission goes to the peer's CoA as
+    our correspondent role holds it then (one learnt since the first
+    attempt included), never to its HoA."""
+    net, nodes = registered_world()
+    nodes["mn"].extra.add(LTE)
+    other_coa = IPv6Address("2001:db8:51::7")
+    held: dict[IPv6Address, IPv6Address] = {}
+    nodes["mn"].mn._peer_coa = held.get
+    net.loss = lambda delivery: delivery.mh_type == AOTO
+    nodes["mn"].mn.offer_address_test(CN_ADDR, LTE, 10.0)
+    net.now = 10.0
+    net.run(10.5)
+    held[CN_ADDR] = other_coa            # the peer's binding with us arrives
+    net.run(12.0)
+    net.run(14.0)
+    assert [(d.time - 10.0, d.wire_src, d.wire_dst) for d in net.sent("mn", AOTO)] == [
+        (0.0, LTE, CN_ADDR), (1.0, LTE, other_coa), (3.0, LTE, other_coa)]
+
+
 def test_unsolicited_aots_is_ignored():
     _net, nodes = registered_world()
     mn = nodes["mn"].mn

@@ -772,13 +772,17 @@ class MobileNode(MobilityCore):
         self._emit(AotResponseSent(peer, self.hoa, address))
 
     def _send_early(self, test: _EarlyTest) -> None:
-        first = test.retransmission.attempts == 1
+        # An early test leaves from an address that is not our CoA (draft
+        # §4.5.2), so never through our reverse tunnel: sent to another MN's
+        # HoA it would reach that MN's HA on the wire, which forwards no such
+        # transit ESP.  Every attempt goes to the CoA we hold for it now (a
+        # retransmission also picks up a CoA learnt since the first).
         if test.nonce is None:
-            towards = self._towards(test.peer, first)
+            towards = self._towards(test.peer, True)
             self._send(AotOffer(), self.hoa, test.peer, test.address, towards)
             self._emit(AotOfferSent(test.peer, self.hoa, test.address))
         else:
-            self._send_aotr(test.peer, test.address, test.nonce, first)
+            self._send_aotr(test.peer, test.address, test.nonce, True)
 
     def _set_direct(self, entry: BindingUpdateListEntry, direct: bool) -> None:
         target = self._target(entry) if direct else None
