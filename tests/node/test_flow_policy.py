@@ -233,3 +233,26 @@ def test_duplicate_with_one_bound_path_is_one_copy() -> None:
     flows, _ = sender([VOICE], [LTE])
     assert flows.copies(udp(), ESP, 1.0) == [LTE.ancillary()]
     assert flows.counters == Counter()
+
+
+def test_a_best_packet_gets_a_hedge_copy_while_its_path_is_silent() -> None:
+    asked: list[tuple[bytes, Path, float]] = []
+    silent = {"wifi0"}
+
+    def spare(peer: bytes, chosen, paths, now: float):
+        asked.append((peer, chosen, now))
+        return next(p for p in paths if p != chosen) if chosen.link in silent else None
+
+    named = FlowRule("named", FlowMode.parse("link:wifi0"), protocol=17, local_ports=(9, 9))
+    flows = FlowSender(FlowPolicy([VOICE, named]), lambda peer: [WIFI, LTE],
+                       Quality("wifi0").best, Counter(), spare)
+    # best: the chosen path and the spare one, the same ESP bytes, counted.
+    assert flows.copies(udp(dport=80), ESP, 1.0) == [WIFI.ancillary(), LTE.ancillary()]
+    assert asked == [(IPv6Address(CN).packed, WIFI, 1.0)]
+    assert flows.counters == Counter({"tx_hedge_copies": 1, "tx_hedge_bytes": len(ESP)})
+    # A named link is the user's choice, duplicate already goes everywhere.
+    assert flows.copies(udp(sport=9, dport=9), ESP, 1.1) == [WIFI.ancillary()]
+    assert flows.copies(udp(), ESP, 1.2) == [WIFI.ancillary(), LTE.ancillary()]
+    assert len(asked) == 1 and flows.counters["tx_hedge_copies"] == 1
+    silent.clear()
+    assert flows.copies(udp(dport=80), ESP, 1.3) == [WIFI.ancillary()]

@@ -13,7 +13,7 @@ from vmip.mobility.ancillary import UNSPECIFIED, Ancillary
 from vmip.mobility.events import RegistrationTimeout
 from vmip.node.events import TimedEvent
 from vmip.node.movement import MovementWatcher
-from vmip.node.paths import BoundPath, PathTable
+from vmip.node.paths import HEDGE_AFTER_MIN, HEDGE_SPAN, BoundPath, PathTable
 
 HOA = IPv6Address("2001:db8:100::10")
 OTHER_HOA = IPv6Address("2001:db8:100::20")
@@ -49,14 +49,14 @@ def test_the_cn_side_mirrors_the_mn_then_its_primary_then_the_bids() -> None:
     assert remotes(table, HOA) == [WIFI, LTE, SAT]          # lowest BID first
     table.primary(HOA, LTE)
     assert remotes(table, HOA) == [LTE, WIFI, SAT]          # the MN's primary
-    table.arrived(HOA.packed, SAT.packed)
+    table.arrived(HOA.packed, SAT.packed, 1.0)
     assert remotes(table, HOA) == [SAT, LTE, WIFI]          # where its data came from
     assert table.mirror(HOA) == SAT and table.counters["mirror_moved"] == 1
-    table.arrived(HOA.packed, SAT.packed)
+    table.arrived(HOA.packed, SAT.packed, 1.0)
     assert table.counters["mirror_moved"] == 1
     # Only a bound CoA of that HoA is mirrored; other HoAs' data changes nothing.
-    table.arrived(HOA.packed, IPv6Address("2001:db8:666::1").packed)
-    table.arrived(OTHER_HOA.packed, WIFI.packed)
+    table.arrived(HOA.packed, IPv6Address("2001:db8:666::1").packed, 1.0)
+    table.arrived(OTHER_HOA.packed, WIFI.packed, 1.0)
     assert table.mirror(HOA) == SAT and table.counters["mirror_moved"] == 1
     # A CoA accepted but not proven yet (draft §4.5.1) is no path to send on.
     removed = table.peer_paths(HOA, pairs, ((1, WIFI), (2, LTE)))
@@ -66,6 +66,86 @@ def test_the_cn_side_mirrors_the_mn_then_its_primary_then_the_bids() -> None:
     assert removed == (SAT,) and table.mirror(HOA) is None
     assert table.peer_paths(HOA, (), ()) == (WIFI, LTE)
     assert table.paths_to(HOA.packed) == []
+
+
+def _steady(table: PathTable, peer: bytes, source: bytes, link: str | None,
+            start: float, gap: float, count: int) -> float:
+    """*count* arrivals *gap* apart from *start*; returns the last one's time."""
+    now = start
+    for i in range(count):
+        now = start + i * gap
+        table.arrived(peer, source, now, link)
+    return now
+
+
+def test_a_cn_hedges_once_the_mns_path_falls_silent_for_its_rhythm() -> None:
+    table = PathTable()
+    pairs = ((1, WIFI), (2, LTE))
+    table.peer_paths(HOA, pairs, pairs)
+    paths = table.paths_to(HOA.packed)
+    # The MN's data every 4 ms on wifi: the CN's best path mirrors it.
+    last = _steady(table, HOA.packed, WIFI.packed, None, 1.0, 0.004, 50)
+    chosen, other = table.paths_to(HOA.packed)
+    assert chosen.remote == WIFI and other.remote == LTE
+    # On time: nothing extra.  One and a half gaps late: not yet; silent
+    # for longer than 1.5 x its longest recent gap: hedge on the other path.
+    assert table.spare(HOA.packed, chosen, paths, last + 0.004) is None
+    assert table.spare(HOA.packed, chosen, paths, last + 0.0059) is None
+    assert table.spare(HOA.packed, chosen, paths, last + 0.0065) == other
+    # The MN stopped talking altogether: the hedge ends HEDGE_SPAN after its last packet.
+    assert table.spare(HOA.packed, chosen, paths, last + HEDGE_SPAN) == other
+    assert table.spare(HOA.packed, chosen, paths, last + HEDGE_SPAN + 0.001) is None
+    # Its data arrives on lte: the mirror moves there and that path is fresh.
+    table.arrived(HOA.packed, LTE.packed, last + 0.03)
+    chosen = table.paths_to(HOA.packed)[0]
+    assert chosen.remote == LTE
+    assert table.spare(HOA.packed, chosen, table.paths_to(HOA.packed), last + 0.031) is None
+
+
+def test_a_slow_rhythm_or_one_arrival_never_hedges_and_a_pause_is_forgotten() -> None:
+    table = PathTable()
+    pairs = ((1, WIFI), (2, LTE))
+    table.peer_paths(HOA, pairs, pairs)
+    chosen = table.paths_to(HOA.packed)[0]
+    paths = table.paths_to(HOA.packed)
+    table.arrived(HOA.packed, WIFI.packed, 1.0)
+    assert table.spare(HOA.packed, chosen, paths, 1.2) is None     # no rhythm yet
+    # One arrival every 400 ms: silent 1.5 x 400 ms is past HEDGE_SPAN, never.
+    last = _steady(table, HOA.packed, WIFI.packed, None, 1.4, 0.4, 5)
+    assert all(table.spare(HOA.packed, chosen, paths, last + dt) is None
+               for dt in (0.1, 0.45, 0.61, 0.9))
+    # Back to a packet every 2 ms: the long gaps fade within some 60 arrivals.
+    last = _steady(table, HOA.packed, WIFI.packed, None, last + 0.4, 0.002, 120)
+    assert table.spare(HOA.packed, chosen, paths, last + HEDGE_AFTER_MIN / 2) is None
+    assert table.spare(HOA.packed, chosen, paths, last + HEDGE_AFTER_MIN * 1.1) is not None
+
+
+def test_an_mn_hedges_while_its_link_is_silent_and_the_peer_talks_on_another() -> None:
+    table = PathTable({1: "wifi0", 2: "lte0"}.get)
+    table.mn_paths(CN, ((1, WIFI), (2, LTE)))
+    wifi, lte = table.paths_to(CN.packed)
+    last = _steady(table, CN.packed, CN.packed, "wifi0", 1.0, 0.01, 20)
+    assert table.spare(CN.packed, wifi, [wifi, lte], last + 0.01) is None
+    assert table.spare(CN.packed, wifi, [wifi, lte], last + 0.016) == lte
+    # The CN answers on lte while wifi stays silent (it stopped carrying and
+    # nobody said so): the hedge goes on past HEDGE_SPAN.
+    talk = _steady(table, CN.packed, CN.packed, "lte0", last + 0.05, 0.01, 100)
+    assert talk - last > HEDGE_SPAN
+    assert table.spare(CN.packed, wifi, [wifi, lte], talk + 0.001) == lte
+    # A path that goes away takes its history along; the table stays bounded.
+    table.mn_paths(CN, ((2, LTE),))
+    assert set(table._heard[CN.packed]) == {"lte0"}
+    table.mn_paths(CN, ())
+    assert CN.packed not in table._heard and not table.active
+
+
+def test_data_from_an_unbound_address_or_an_unknown_peer_is_not_timed() -> None:
+    table = PathTable()
+    table.peer_paths(HOA, ((1, WIFI), (2, LTE)), ((1, WIFI), (2, LTE)))
+    for i in range(20):
+        table.arrived(HOA.packed, IPv6Address("2001:db8:666::1").packed, 1.0 + i * 0.001)
+        table.arrived(OTHER_HOA.packed, WIFI.packed, 1.0 + i * 0.001)
+    assert table._heard == {}
 
 
 def test_the_ha_side_names_holders_and_sends_nothing_direct() -> None:

@@ -284,12 +284,15 @@ def test_a_link_dying_loses_nothing_of_a_duplicate_flow() -> None:
     """Both directions, a duplicate flow and a best flow each; wifi0's carrier
     drops mid-stream with no warning (no deregistration first).  The duplicate
     flows lose nothing; a best flow loses at most what the dead link held and
-    what the CN sent before the MN's next packet moved its choice (one lte RTT)."""
+    what the CN sent before the MN's path fell silent (1.5 x the 10 ms rhythm
+    of the MN's data: then it hedges on lte0, well before the MN's next
+    datagram over lte0 moves its choice)."""
     mn_flows = flow("dup", DUP_PORT, "duplicate")
     cn_flows = flow("dup", DUP_PORT, "duplicate", remote=HOA)
     with multi_coa_world(mn_flows, cn_flows, seed=11) as world:
         streams, killed = world.run(streams_across(
             world, lambda: world.set_link("mn", "wifi0", False), after=2.0))
+        hedged = world.nodes["cn"].counters["tx_hedge_copies"]
     for name, stream in streams.items():
         assert len(stream.sent_at) >= 299, name
         assert all(count == 1 for count in stream.arrived.values()), name
@@ -302,22 +305,36 @@ def test_a_link_dying_loses_nothing_of_a_duplicate_flow() -> None:
         assert all(killed - 0.006 <= stream.sent_at[seq] <= killed + in_flight
                    for seq in lost), (name, lost, [stream.sent_at[s] - killed for s in lost])
     assert streams["cn-best"].lost(), "the best flow lost nothing: the test shows no difference"
+    # The hedge: what the CN sent from 20 ms on went on lte0 as well (without
+    # it, the datagram of 20 ms is lost too: the MN's first over lte0 arrives at 25).
+    assert hedged > 0
+    assert all(streams["cn-best"].sent_at[seq] - killed < 0.015
+               for seq in streams["cn-best"].lost())
 
 
-def test_a_link_dying_silently_loses_nothing_of_a_duplicate_flow() -> None:
+def test_a_link_dying_silently_costs_a_best_flow_only_until_its_silence_shows() -> None:
     """wifi0 stops carrying anything and nobody is told (no carrier event: the
-    MN keeps both bindings and goes on sending on wifi0): the duplicate flows
-    still lose nothing, the best flows lose what they keep sending on wifi0."""
+    MN keeps both bindings, its link quality has not caught up): the duplicate
+    flows still lose nothing, and each best flow loses only what it sent
+    before its path had been silent for 1.5 x its usual gap; from then on a
+    hedge copy of each datagram goes on lte0, the MN's for as long as the CN
+    is heard on lte0 only (without the hedge the MN's best flow lost all it
+    sent on wifi0 for as long as the test ran)."""
     mn_flows = flow("dup", DUP_PORT, "duplicate")
     cn_flows = flow("dup", DUP_PORT, "duplicate", remote=HOA)
     with multi_coa_world(mn_flows, cn_flows, seed=13) as world:
-        streams, _killed = world.run(streams_across(
+        streams, killed = world.run(streams_across(
             world, lambda: world.network.set_up("mn", "wifi0", False), after=1.0))
+        hedged = {node: world.nodes[node].counters["tx_hedge_copies"] for node in ("mn", "cn")}
     for name, stream in streams.items():
         assert len(stream.sent_at) >= 199, name
         assert all(count == 1 for count in stream.arrived.values()), name
     assert streams["mn-dup"].lost() == [] and streams["cn-dup"].lost() == []
-    assert streams["mn-best"].lost() and streams["cn-best"].lost()
+    for name in ("mn-best", "cn-best"):
+        stream = streams[name]
+        assert all(stream.sent_at[seq] - killed < 0.015 for seq in stream.lost()), name
+    # The MN hedged every best datagram it sent after that (a second's worth).
+    assert hedged["mn"] >= 95 and hedged["cn"] > 0
 
 
 def test_a_link_flow_goes_only_on_its_link() -> None:

@@ -173,18 +173,24 @@ class FlowSender:
     default preference order (``MobilityAgent.paths_to``); ``[]`` when the
     peer has no multi-CoA binding.  *best_link*: ``(links, now)`` → the link
     with the best measured quality or None (``LinkQuality.best``).
-    *counters*: where ``tx_duplicate_copies`` and ``tx_duplicate_bytes`` go.
+    *counters*: where ``tx_duplicate_copies`` and ``tx_duplicate_bytes`` go,
+    and ``tx_hedge_copies`` / ``tx_hedge_bytes``.  *spare*: ``(peer, chosen,
+    paths, now)`` → a second path for a best-link packet while *chosen* has
+    gone silent, else None (``PathTable.spare``, docs/multi-coa.md).
     """
 
-    __slots__ = ("_best_link", "_paths_to", "counters", "policy")
+    __slots__ = ("_best_link", "_paths_to", "_spare", "counters", "policy")
 
     def __init__(self, policy: FlowPolicy,
                  paths_to: Callable[[bytes], Sequence[PathLike]] | None,
                  best_link: Callable[[Iterable[str], float], str | None] | None,
-                 counters: Counter[str]) -> None:
+                 counters: Counter[str],
+                 spare: Callable[[bytes, Any, Any, float], PathLike | None] | None = None
+                 ) -> None:
         self.policy = policy
         self._paths_to = paths_to
         self._best_link = best_link
+        self._spare = spare
         self.counters = counters
 
     def copies(self, inner: bytes, esp: bytes, now: float) -> list[Ancillary] | None:
@@ -197,7 +203,8 @@ class FlowSender:
         paths_to = self._paths_to
         if paths_to is None:
             return None
-        paths = paths_to(esp[24:40])
+        peer = esp[24:40]
+        paths = paths_to(peer)
         if not paths:
             return None
         mode = self.policy.classify(inner)
@@ -211,7 +218,17 @@ class FlowSender:
                 if path.link == mode.link:
                     return [path.ancillary()]
             self.counters["tx_flow_link_unbound"] += 1
-        return [self._best(paths, now).ancillary()]
+        chosen = self._best(paths, now)
+        spare = self._spare
+        if spare is not None and len(paths) > 1:
+            # The chosen path went silent: a hedge copy on another one, the
+            # same ESP bytes, so the receiver keeps whichever arrives first.
+            other = spare(peer, chosen, paths, now)
+            if other is not None:
+                self.counters["tx_hedge_copies"] += 1
+                self.counters["tx_hedge_bytes"] += len(esp)
+                return [chosen.ancillary(), other.ancillary()]
+        return [chosen.ancillary()]
 
     def _best(self, paths: Sequence[PathLike], now: float) -> PathLike:
         """The MN's best measured link among the paths', else the first path."""

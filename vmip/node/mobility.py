@@ -360,10 +360,12 @@ class MobilityAgent:
         list is shared: read it, never change it."""
         return self.paths.paths_to(peer)
 
-    def data_arrived(self, source: bytes, on_wire_source: bytes) -> None:
+    def data_arrived(self, source: bytes, on_wire_source: bytes, link: str,
+                     now: float) -> None:
         """An authenticated data packet from *source* (SA-level) arrived from
-        *on_wire_source*: a CN's best path to a HoA follows the MN's choice."""
-        self.paths.arrived(source, on_wire_source)
+        *on_wire_source* on our *link*: a CN's best path to a HoA follows the
+        MN's choice, and each path's silence is timed (hedging, paths.py)."""
+        self.paths.arrived(source, on_wire_source, now, link)
 
     def _sync_mn_rules(self) -> None:
         """MN with ``multiple_care_of``: the MH and data rules from what the core

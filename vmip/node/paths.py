@@ -21,6 +21,19 @@ direct IPsec data to this peer go, best first (:meth:`PathTable.paths_to`)?
   tunnel, whose outer destination is the primary binding's CoA, so
   ``paths_to`` gives nothing there (docs/multi-coa.md).
 
+**Hedging** (:meth:`PathTable.spare`): a best-link packet also goes on a
+second path while the path chosen for it has fallen silent.  Each path
+keeps when this peer's authenticated data last arrived on it and the
+longest recent gap between arrivals (decaying by :data:`HEDGE_PEAK_DECAY`
+per arrival); a path is *overdue* once it has been silent for
+:data:`HEDGE_AFTER_PEAKS` times that gap (at least :data:`HEDGE_AFTER_MIN`).  A link that dies without warning is overdue
+within a few packet gaps, well before the MN's netlink notices it and
+before the CN hears from the MN on the other path: the hedge copy bridges
+that time, and the receiver's anti-replay window drops it when the first
+copy arrived after all.  A peer that merely went quiet stops the hedge
+:data:`HEDGE_SPAN` after its last packet; a path silent while another one
+delivers keeps it going (the MN's link stopped carrying, nobody said so).
+
 Every table is bounded by the cores' binding caches: an entry exists only
 while a core reports paths for that peer, and holds at most 16 pairs.
 """
@@ -34,9 +47,45 @@ from ipaddress import IPv6Address
 
 from vmip.mobility.ancillary import Ancillary
 
-__all__ = ["BoundPath", "PathTable"]
+__all__ = ["HEDGE_AFTER_MIN", "HEDGE_SPAN", "BoundPath", "PathTable"]
 
 Pairs = tuple[tuple[int, IPv6Address], ...]
+
+#: A path is not called silent before this many seconds without an arrival,
+#: however regular its traffic (a scheduling hiccup is not a dead link).
+HEDGE_AFTER_MIN = 0.005
+#: Seconds after the peer's last packet on any path when hedging stops: a
+#: peer that stopped talking does not keep our packets doubled.  Also the
+#: largest inter-arrival sample the estimator takes.
+HEDGE_SPAN = 0.5
+#: A path is silent once it has been quiet this many times its longest
+#: recent gap between arrivals ...
+HEDGE_AFTER_PEAKS = 1.5
+#: ... which fades by this factor per arrival (after an idle pause, some 60
+#: arrivals bring it back to the traffic's rhythm).
+HEDGE_PEAK_DECAY = 0.95
+#: Paths remembered per peer (a peer has at most max_care_of_addresses).
+MAX_HEARD_PATHS = 16
+
+
+@dataclass(slots=True)
+class _Heard:
+    """When a peer's data last arrived on one path, and its longest recent gap."""
+
+    last: float
+    peak: float | None = None      # the longest recent gap between arrivals (s)
+
+    def note(self, now: float) -> None:
+        gap = min(max(now - self.last, 0.0), HEDGE_SPAN)
+        # A long gap is remembered at once and forgotten over a few dozen
+        # arrivals: the traffic's own rhythm sets how long a silence is news.
+        self.peak = gap if self.peak is None else max(gap, self.peak * HEDGE_PEAK_DECAY)
+        self.last = now
+
+    def overdue(self, now: float) -> bool:
+        if self.peak is None:
+            return False          # one arrival: no rhythm to judge by yet
+        return now - self.last > max(HEDGE_AFTER_PEAKS * self.peak, HEDGE_AFTER_MIN)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +141,12 @@ class PathTable:
         self._ha_holder: dict[bytes, IPv6Address] = {}
         # What paths_to answers, rebuilt when a peer's paths or mirror change.
         self._lists: dict[bytes, list[BoundPath]] = {}
+        # Per peer with paths: per path (an MN's link, or the MN's CoA on a
+        # CN), when its data last arrived there (hedging, module doc).
+        self._heard: dict[bytes, dict[str | bytes, _Heard]] = {}
+        #: True while any peer has several-binding paths: the per-packet
+        #: arrival note is skipped otherwise.
+        self.active = False
         #: ``mirror_moved``: the CN's best path followed the MN's.
         self.counters: Counter[str] = Counter()
 
@@ -152,20 +207,44 @@ class PathTable:
 
     # -- per packet -----------------------------------------------------------------
 
-    def arrived(self, hoa: bytes, source: bytes) -> None:
-        """An authenticated data packet from *hoa* arrived from the on-wire *source*.
+    def arrived(self, peer: bytes, source: bytes, now: float, link: str | None = None) -> None:
+        """An authenticated data packet from *peer* (its SA-level address: an
+        MN's HoA, a CN's address) arrived from the on-wire *source*, on our
+        *link*.
 
         Call only after ESP verified it and the anti-replay window took it:
         the on-wire source is outside the ICV, so a held-back packet re-sent
         from another address passes ESP too, but only a bound CoA of that HoA
-        can ever be mirrored.
+        can ever be mirrored or noted.
         """
-        entry = self._cn.get(hoa)
-        if entry is None or entry.mirror == source or source not in entry.accept:
-            return
-        entry.mirror = source
-        self.counters["mirror_moved"] += 1
-        self._rebuild(hoa)
+        entry = self._cn.get(peer)
+        if entry is not None and source in entry.accept:
+            self._hear(peer, source, now)
+            if entry.mirror != source:
+                entry.mirror = source
+                self.counters["mirror_moved"] += 1
+                self._rebuild(peer)
+        if link is not None and peer in self._mn:
+            self._hear(peer, link, now)
+
+    def spare(self, peer: bytes, chosen: BoundPath, paths: list[BoundPath],
+              now: float) -> BoundPath | None:
+        """The path a best-link packet to *peer* should also take because
+        *chosen* (one of *paths*) has gone silent, else None (module doc)."""
+        heard = self._heard.get(peer)
+        if heard is None or len(paths) < 2:
+            return None
+        mine = heard.get(chosen.link if chosen.link is not None
+                         else chosen.remote.packed if chosen.remote is not None else b"")
+        if mine is None or not mine.overdue(now):
+            return None
+        if now - mine.last > HEDGE_SPAN and not any(
+                other is not mine and now - other.last <= HEDGE_SPAN for other in heard.values()):
+            return None
+        for path in paths:
+            if path != chosen:
+                return path
+        return None
 
     def paths_to(self, peer: bytes) -> list[BoundPath]:
         """The bound paths for direct IPsec data to *peer* (16 bytes, SA-level), best
@@ -224,6 +303,18 @@ class PathTable:
 
     # -- internals ---------------------------------------------------------------------
 
+    def _hear(self, peer: bytes, key: str | bytes, now: float) -> None:
+        heard = self._heard.get(peer)
+        if heard is None:
+            heard = self._heard[peer] = {}
+        noted = heard.get(key)
+        if noted is None:
+            if len(heard) >= MAX_HEARD_PATHS:
+                return
+            heard[key] = _Heard(now)
+        else:
+            noted.note(now)
+
     def _cn_order(self, entry: _PeerSide) -> list[tuple[int, IPv6Address]]:
         first = [pair for pair in entry.send if pair[1].packed == entry.mirror]
         second = [pair for pair in entry.send
@@ -244,8 +335,20 @@ class PathTable:
             paths = [BoundPath(bid, None, None, coa) for bid, coa in peer_order]
         if paths:
             self._lists[key] = paths
+            heard = self._heard.get(key)
+            if heard:
+                # Only the paths still bound keep their history.
+                keys = {path.link if path.link is not None else
+                        path.remote.packed if path.remote is not None else b""
+                        for path in paths}
+                if theirs is not None:
+                    keys.update(theirs.accept)
+                for gone in [k for k in heard if k not in keys]:
+                    del heard[gone]
         else:
             self._lists.pop(key, None)
+            self._heard.pop(key, None)
+        self.active = bool(self._lists)
 
 
 def pairs_text(pairs: Iterable[tuple[int, IPv6Address]]) -> str:

@@ -177,7 +177,8 @@ class Node:
         self.pump.add("mobility", self.mobility)
         # Which bound path(s) each flow takes when a peer has several (flows.py).
         self.flows = FlowSender(FlowPolicy.from_config(config.flows), self.mobility.paths_to,
-                                self.link_quality.best, self.counters)
+                                self.link_quality.best, self.counters,
+                                self.mobility.paths.spare)
         # The SAD's deadlines only move when an SA does, and every such change
         # is an SADB event: re-arm then, never per packet.
         self.bus.subscribe(self._on_sadb_event)
@@ -647,10 +648,11 @@ class Node:
                 return
             if self.mobility.receive_mh(inner, onwire, now):
                 return
-        if result.sas and wire[8:24] != inner[8:24]:
-            # Authenticated (ICV, anti-replay) data from a CoA: with several
-            # bindings the CN's best path follows it (docs/multi-coa.md).
-            self.mobility.data_arrived(inner[8:24], wire[8:24])
+        if result.sas and self.mobility.paths.active:
+            # Authenticated (ICV, anti-replay) data: with several bindings the
+            # CN's best path follows the MN's, and a path's silence is timed
+            # (docs/multi-coa.md).
+            self.mobility.data_arrived(inner[8:24], wire[8:24], link.name, now)
         if self.tun is not None:
             # Queued: the TUN writes once per loop round, coalescing TCP (GRO).
             self.tun.write_soon(inner)
