@@ -7,8 +7,12 @@ import ipaddress
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWADDR, RTM_NEWLINK
+from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
-from vmip.node.movement import MovementPolicy, WatchedLink, usable_links
+from vmip.node.movement import MovementPolicy, WatchedLink, links_reported_down, usable_links
 
 PRIO = {"wifi0": 10, "lte0": 20}
 
@@ -185,3 +189,58 @@ def test_usable_links_without_the_bound_address_or_only_tentative():
              {"index": 3, "address": "fe80::1", "tentative": False}]
     assert usable_links(WATCHED, LINKS, addrs) == {"wifi0": False, "lte0": False}
     assert usable_links(WATCHED, [], []) == {"wifi0": False, "lte0": False}
+
+
+# -- notifications: bad news acted on before the dump --------------------------------
+
+NOTIFIED = [WatchedLink("wifi0", "w0", 10, None), WatchedLink("lte0", "l0", 20, None)]
+
+
+def link_message(kind: int, name: str, flags: int, operstate: str | None = None,
+                 carrier: int | None = None) -> bytes:
+    message = ifinfmsg()
+    message["index"], message["flags"] = 3, flags
+    message["attrs"] = [("IFLA_IFNAME", name)]
+    if operstate is not None:
+        message["attrs"].append(("IFLA_OPERSTATE", operstate))
+    if carrier is not None:
+        message["attrs"].append(("IFLA_CARRIER", carrier))
+    message["header"]["type"] = kind
+    message.encode()
+    return bytes(message.data)
+
+
+def parsed(*datagrams: bytes) -> list:
+    return [m for data in datagrams for m in MarshalRtnl().parse(data)]
+
+
+def test_a_notification_reports_a_watched_link_down_and_nothing_else() -> None:
+    address = ifaddrmsg()
+    address["index"], address["attrs"] = 3, [("IFA_ADDRESS", "192.0.2.1")]
+    address["header"]["type"] = RTM_NEWADDR
+    address.encode()
+    messages = parsed(
+        link_message(RTM_NEWLINK, "w0", 0x1, "UP", 1),               # fine
+        link_message(RTM_NEWLINK, "l0", 0x1, "UNKNOWN", 1),          # fine (a TUN-like link)
+        link_message(RTM_NEWLINK, "eth9", 0x0, "DOWN"),              # not watched
+        bytes(address.data))
+    assert links_reported_down(NOTIFIED, messages) == []
+    assert links_reported_down(NOTIFIED, parsed(link_message(RTM_NEWLINK, "w0", 0x0))) \
+        == ["wifi0"]                                                    # admin down
+    assert links_reported_down(NOTIFIED, parsed(
+        link_message(RTM_NEWLINK, "w0", 0x1, "LOWERLAYERDOWN", 0),   # carrier lost
+        link_message(RTM_NEWLINK, "l0", 0x1, "UNKNOWN", 0),          # no carrier
+        link_message(RTM_NEWLINK, "w0", 0x1, "DOWN", 0))) == ["wifi0", "lte0"]
+    assert links_reported_down(NOTIFIED, parsed(link_message(RTM_DELLINK, "l0", 0x1, "UP"))) \
+        == ["lte0"]                                                     # removed
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512))
+def test_any_datagram_on_the_notification_socket_never_raises(data: bytes) -> None:
+    try:
+        messages = list(MarshalRtnl().parse(data))
+    except Exception:   # noqa: BLE001 - the watcher counts these (errors) and dumps
+        return
+    down = links_reported_down(NOTIFIED, messages)
+    assert set(down) <= {"wifi0", "lte0"} and len(down) == len(set(down))

@@ -22,7 +22,7 @@ CHILD = textwrap.dedent("""
     import asyncio, collections, ipaddress, sys, time
     from types import SimpleNamespace
     from vmip.node.events import EventHub
-    from vmip.node.movement import MovementWatcher
+    from vmip.node.movement import MovementWatcher, _dump
     from vmip.node.pump import Pump
 
     class FakeServices:
@@ -50,11 +50,22 @@ CHILD = textwrap.dedent("""
         def early_test(self, link, peer=None):
             return 0
 
+    def stalling_dump(calls=[]):
+        # A dump that takes 3 s after the first (a thread starved of the GIL).
+        calls.append(1)
+        if len(calls) > 1:
+            time.sleep(3)
+        return _dump()
+
     async def main():
         services = FakeServices()
         services.pump.attach(asyncio.get_running_loop())
-        watcher = MovementWatcher(services, hold_down=0.5)
+        watcher = MovementWatcher(services, hold_down=0.5,
+                                  dump=stalling_dump if "stall" in sys.argv else None)
         watcher.start(asyncio.get_running_loop())
+        # Ready once the first dump was applied: both links known usable.
+        while len(watcher.policy.usable_links(time.monotonic())) < 2:
+            await asyncio.sleep(0.01)
         print("READY", flush=True)
         try:
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
@@ -121,6 +132,32 @@ def test_watcher_moves_on_link_loss_and_back_after_hold_down(netns):
         proc.stdin.write("\n")
         proc.stdin.flush()
         status = _expect(proc, "STATUS", 10).split()
+        assert status[1:] == ["lte0", "0"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=5)
+
+
+@pytest.mark.root
+@pytest.mark.timeout(60)
+def test_a_link_going_down_is_acted_on_from_the_notification_not_the_dump(netns):
+    """The dump of links and addresses runs on a thread that a busy node can
+    starve (here: it takes 3 s); the notification that a watched link went
+    down moves the CoA by itself, on the node's loop."""
+    proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", CHILD, "stall"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        _expect(proc, "READY", 10)
+        down_at = time.time()
+        ip(netns, "link", "set", "w0", "down")
+        move = _expect(proc, "MOVE", 10).split()
+        assert move[1:3] == ["wifi0", "lte0"]
+        assert float(move[3]) - down_at < 1.0, "the move waited for the dump"
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        status = _expect(proc, "STATUS", 15).split()
         assert status[1:] == ["lte0", "0"]
     finally:
         if proc.poll() is None:

@@ -6,13 +6,15 @@ Two layers, as everywhere in vmip:
   (usable or not, reachable or not) and the time, and it answers with
   :class:`MoveDecision` objects and a timer deadline.  Tests drive it with a
   fake clock.
-- :class:`MovementWatcher` is the I/O: a pyroute2 ``IPRoute`` socket bound to
-  the link, address and route multicast groups, read on a thread of its own
-  (pyroute2 0.9's synchronous API runs an event loop of its own and cannot
-  run on the node loop's thread, see :mod:`vmip.node.tun`).  Each burst of
-  notifications leads to a fresh dump of links and addresses, whose summary
-  is handed to the node's loop; the policy decides, ``services.move()``
-  acts.  Its timer is the policy's, kept by the node's pump.
+- :class:`MovementWatcher` is the I/O: a netlink socket bound to the link,
+  address and route multicast groups, read on the node's loop (pyroute2
+  parses the messages).  A notification that a watched link went down is
+  acted on at once; every burst also wakes a thread that dumps links and
+  addresses with pyroute2's ``IPRoute`` (whose synchronous API runs an
+  event loop of its own and cannot run on the node loop's thread, see
+  :mod:`vmip.node.tun`) and hands the summary to the node's loop; the
+  policy decides, ``services.move()`` acts.  Its timer is the policy's,
+  kept by the node's pump.
 
 The rules (RFC 6275 §11.5.1 leaves movement detection to the implementation;
 these are vmip's choices, documented in docs/operations.md):
@@ -54,12 +56,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import select
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from pyroute2.netlink.rtnl import (
+    RTMGRP_IPV4_IFADDR,
+    RTMGRP_IPV4_ROUTE,
+    RTMGRP_IPV6_IFADDR,
+    RTMGRP_IPV6_ROUTE,
+    RTMGRP_LINK,
+)
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from vmip.log import get_logger
 from vmip.mobility.events import BindingAccepted, RegistrationTimeout
@@ -83,6 +96,13 @@ HISTORY = 32
 REBIND_WINDOW = 1.0
 
 _IFF_UP = 0x1
+#: The rtnetlink multicast groups watched: links, IPv4/IPv6 addresses and routes.
+_NOTIFY_GROUPS = (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE
+                  | RTMGRP_IPV6_ROUTE)
+#: Datagrams read per wake-up at most, and the buffer for each.
+_NOTIFY_READS = 64
+_NOTIFY_BUFFER = 65536
+_MARSHAL = MarshalRtnl()
 _IFA_F_TENTATIVE = 0x40
 _IFA_F_DADFAILED = 0x08
 _RT_SCOPE_UNIVERSE = 0
@@ -354,6 +374,36 @@ def usable_links(watched: Iterable[WatchedLink], links: Iterable[dict],
     return result
 
 
+def links_reported_down(watched: Iterable[WatchedLink], messages: Iterable[Any]) -> list[str]:
+    """The watched links that a batch of netlink notifications shows unusable:
+    an RTM_DELLINK, or an RTM_NEWLINK whose link is down (the same test as
+    :func:`usable_links`, without the addresses a notification lacks).
+
+    Only bad news is taken from a notification: a link coming up still needs
+    its addresses, which only the dump that follows gives."""
+    by_interface = {want.interface: want.name for want in watched}
+    down: list[str] = []
+    for message in messages:
+        try:
+            event = message["event"]
+            if event not in ("RTM_NEWLINK", "RTM_DELLINK"):
+                continue
+            name = by_interface.get(message.get_attr("IFLA_IFNAME"))
+            if name is None or name in down:
+                continue
+            if event == "RTM_DELLINK" or not message["flags"] & _IFF_UP:
+                down.append(name)
+                continue
+            operstate = message.get_attr("IFLA_OPERSTATE")
+            if operstate is not None and not (
+                    operstate == "UP"
+                    or (operstate == "UNKNOWN" and bool(message.get_attr("IFLA_CARRIER")))):
+                down.append(name)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue   # a message of another shape: the dump decides
+    return down
+
+
 def _read(ipr: Any) -> tuple[list[dict], list[dict]]:
     links = [{"index": m["index"], "name": m.get_attr("IFLA_IFNAME"),
               "up": bool(m["flags"] & _IFF_UP),
@@ -453,25 +503,26 @@ class MovementWatcher:
         self._rebind_at: float | None = None
         #: Links held back because they came and went too often (REBIND_WINDOW).
         self.rebinds_held = 0
+        #: Notifications that took a link out before any dump (``_on_notification``).
+        self.notified_down = 0
+        self._events: Any = None
 
     # -- lifecycle ---------------------------------------------------------------
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        import os
-
         if not self.watched:
             return
         self._loop = loop
         self._wake_r, self._wake_w = os.pipe()
         self.services.events.subscribe(self._on_mobility_event)
         self.services.pump.add("movement", self)
+        self._listen(loop)
         self._thread = threading.Thread(target=self._run, name="vmip-movement", daemon=True)
         self._thread.start()
 
     def close(self) -> None:
-        import os
-
         self._stop.set()
+        self._unlisten()
         if self._wake_w is not None:
             try:
                 os.write(self._wake_w, b"x")
@@ -498,46 +549,97 @@ class MovementWatcher:
         now = self.services.clock()
         return {"automatic": self._thread is not None, **self.policy.status(now),
                 "scans": self.scans, "errors": self.errors, "early_tests": self.early_tests,
+                "notified_down": self.notified_down,
                 "bound_links": list(self._bound_links[0]), "rebinds_held": self.rebinds_held,
                 "decisions": list(self._history.entries)}
 
-    # -- the netlink thread ------------------------------------------------------
+    # -- netlink notifications, on the node's loop ----------------------------------
 
-    def _run(self) -> None:
-        from pyroute2 import IPRoute
-        from pyroute2.netlink.rtnl import (
-            RTMGRP_IPV4_IFADDR,
-            RTMGRP_IPV4_ROUTE,
-            RTMGRP_IPV6_IFADDR,
-            RTMGRP_IPV6_ROUTE,
-            RTMGRP_LINK,
-        )
+    def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read link and address notifications on the loop itself.
 
+        A link that goes down is acted on from the notification, in this
+        loop round: on a thread of its own it first waited for the GIL the
+        busy data path holds (5 ms at a time, ``sys.getswitchinterval``),
+        and again for each system call of the dump (14-24 ms in the lab
+        under load).  pyroute2's synchronous ``IPRoute`` cannot run inside
+        a running loop, so the socket is a plain one and pyroute2 only
+        parses; the dump, which confirms and finds what came up, stays on
+        the thread."""
         try:
-            events = IPRoute()
-            events.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
-                        | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
-        except Exception as exc:  # noqa: BLE001 - no netlink: stay on the current link
-            log.warning("movement watcher: no netlink", error=str(exc))
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+        except OSError as exc:  # no netlink here: the periodic scan goes on
+            log.warning("movement watcher: no netlink notifications", error=str(exc))
             self.errors += 1
             return
         try:
+            sock.setblocking(False)
+            sock.bind((0, _NOTIFY_GROUPS))
+            loop.add_reader(sock.fileno(), self._on_notification)
+        except (OSError, RuntimeError) as exc:
+            sock.close()
+            log.warning("movement watcher: no netlink notifications", error=str(exc))
+            self.errors += 1
+            return
+        self._events = sock
+
+    def _unlisten(self) -> None:
+        sock, self._events = self._events, None
+        if sock is None:
+            return
+        with contextlib.suppress(Exception):   # the loop is gone already: nothing to remove
+            if self._loop is not None:
+                self._loop.remove_reader(sock.fileno())
+        sock.close()
+
+    def _on_notification(self) -> None:
+        sock = self._events
+        if sock is None:
+            return
+        messages: list[Any] = []
+        for _ in range(_NOTIFY_READS):
+            try:
+                data = sock.recv(_NOTIFY_BUFFER)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                # ENOBUFS: notifications were lost; the dump below sees the truth.
+                self.errors += 1
+                log.debug("movement watcher: notifications lost", error=str(exc))
+                break
+            try:
+                messages.extend(_MARSHAL.parse(data))
+            except Exception:  # noqa: BLE001 - unreadable: the dump decides
+                self.errors += 1
+        down = links_reported_down(self.watched, messages)
+        if down:
+            self.notified_down += 1
+            self._apply(dict.fromkeys(down, False))
+        # Any change means "look again": the dump confirms, and sees links come up.
+        if self._wake_w is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._wake_w, b"x")
+
+    # -- the dump thread -------------------------------------------------------------
+
+    def _run(self) -> None:
+        wake = self._wake_r
+        assert wake is not None      # start() made the pipe before the thread
+        try:
             self._scan()
             while not self._stop.is_set():
-                ready, _, _ = select.select([events.fileno(), self._wake_r], [], [],
-                                            RESCAN_INTERVAL)
+                ready, _, _ = select.select([wake], [], [], RESCAN_INTERVAL)
                 if self._stop.is_set():
                     break
-                if events.fileno() in ready:
-                    # The content does not matter: any change means "look again".
-                    for _ in events.get():
-                        pass
+                if ready:
+                    # Every wake-up asked for a scan: one scan answers them all.
+                    with contextlib.suppress(OSError):
+                        os.read(wake, 4096)
                 self._scan()
         except Exception as exc:  # noqa: BLE001 - the thread ends, the node goes on
             self.errors += 1
             log.warning("movement watcher stopped", error=str(exc))
         finally:
-            events.close()
             if self._own_dump is not None:
                 self._own_dump.close()
 
