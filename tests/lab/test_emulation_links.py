@@ -168,6 +168,56 @@ def test_ten_percent_loss_one_direction(r_clean: Lab) -> None:
     assert counters["released"] == received
 
 
+_WALL_SENDER = r"""
+import json, socket, sys, time
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+gap = float(sys.argv[3])
+start = time.monotonic()
+sent = []
+for seq in range(int(sys.argv[2])):
+    while time.monotonic() < start + seq * gap:
+        pass
+    # The wall clock, as the demo's probes carry it (namespaces share CLOCK_REALTIME).
+    sent.append(time.time())
+    s.sendto(seq.to_bytes(4, "big") + bytes(108), (sys.argv[1], 9000))
+print(json.dumps(sent), flush=True)
+"""
+
+
+def test_the_shaper_says_when_it_dropped_each_lost_datagram(r_clean: Lab) -> None:
+    """The multi-CoA report's oracle for lte0's random loss (vmip.demo.metrics):
+    every lost datagram is matched, within the lab's window, to a drop time the
+    shaper listed, one each."""
+    from vmip.demo.metrics import LAB_DROP_WINDOW, Arrival, split_duplicate_losses
+
+    lab = r_clean
+    count, gap = 400, 0.005
+    emulation.apply_profile(lab.r, "rb", "out", LinkProfile(delay_ms=5.0, loss=0.1),
+                            lab.state_dir, seed=5)
+    receiver = subprocess.Popen(["ip", "netns", "exec", lab.b, sys.executable, "-c",
+                                 _UDP_RECEIVER, B6, str(count)],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert receiver.stdout.readline().strip() == "ready"
+        sent = json.loads(in_ns(lab.a, sys.executable, "-c", _WALL_SENDER, B6, str(count),
+                                str(gap)).stdout)
+        out, _ = receiver.communicate(timeout=20)
+    finally:
+        receiver.kill()
+        receiver.wait()
+    emulation.apply_profile(lab.r, "rb", "out", LinkProfile(), lab.state_dir)
+    status = emulation.shaper_status(lab.r, "rb", "out", lab.state_dir)
+    assert status is not None
+    got = {seq for seq, _ in json.loads(out)}
+    lost = sorted(set(range(count)) - got)
+    assert 20 <= len(lost) == status["dropped_loss"] == len(status["loss_drop_times"])
+    assert all(sent[0] <= t <= sent[-1] + 1.0 for t in status["loss_drop_times"])
+    arrivals = [Arrival(seq, sent[seq], 0.0) for seq in sorted(got)]
+    handover, background = split_duplicate_losses(
+        arrivals, lost, lambda t: True, None, status["loss_drop_times"], LAB_DROP_WINDOW)
+    assert (handover, background) == ([], lost)
+
+
 _UDP_RECEIVER = r"""
 import json, socket, sys, time
 family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET

@@ -320,6 +320,66 @@ def test_service_drops_at_once_and_releases_on_time(tmp_path: Path) -> None:
     asyncio.run(scenario())
 
 
+def test_service_lists_the_wall_clock_time_of_each_random_loss_drop(tmp_path: Path) -> None:
+    """The multi-CoA report matches each lost probe to a drop by time: every
+    random-loss drop is listed, with the wall clock of the read that took it
+    (two in one read share a time); tail drops are not random loss."""
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        fake = FakeQueue(loop)
+        wall = iter([1000.5, 1000.75, 1001.0])
+        sched = LinkScheduler(ShaperSpec(queue=9, delay_ms=50.0, loss=0.5, limit=3, seed=3),
+                              random.Random(3))
+        service = ShaperService(fake, sched, loop, tmp_path / "status",
+                                wall_clock=lambda: next(wall))
+        service.start()
+        seen: list[tuple[float, int]] = []
+        for batch in ((1, 2, 3, 4), (5, 6, 7, 8), (9, 10, 11, 12)):
+            fake.deliver(*batch)
+            await _until(fake, lambda last=batch[-1]: sched.counters.received == last)
+            seen.append((service.loss_drop_times[-1] if service.loss_drop_times else 0.0,
+                         sched.counters.dropped_loss))
+        counters = sched.counters
+        assert counters.dropped_loss >= 2 and counters.dropped_queue >= 1
+        service.write_status()
+        status = json.loads((tmp_path / "status").read_text())
+        times = status["loss_drop_times"]
+        assert len(times) == status["dropped_loss"] == counters.dropped_loss
+        # Each read's drops carry that read's time, in order.
+        expected: list[float] = []
+        before = 0
+        for when, (_, total) in zip((1000.5, 1000.75, 1001.0), seen, strict=True):
+            expected += [when] * (total - before)
+            before = total
+        assert times == expected
+        fake.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_listed_drop_times_are_bounded() -> None:
+    from vmip.lab.shaper import LOSS_DROP_TIMES_KEPT
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        fake = FakeQueue(loop)
+        clock = iter(range(10**6))
+        sched = LinkScheduler(ShaperSpec(queue=9, loss=1.0), random.Random(1))
+        service = ShaperService(fake, sched, loop, wall_clock=lambda: float(next(clock)))
+        service.start()
+        total = LOSS_DROP_TIMES_KEPT + 10
+        for first in range(1, total + 1, 500):
+            last = min(first + 499, total)
+            fake.deliver(*range(first, last + 1))
+            await _until(fake, lambda last=last: sched.counters.received == last)
+        times = service.status()["loss_drop_times"]
+        assert sched.counters.dropped_loss == total
+        assert len(times) == LOSS_DROP_TIMES_KEPT and times == sorted(times)
+        fake.close()
+
+    asyncio.run(scenario())
+
+
 def test_service_stop_accepts_what_it_holds() -> None:
     async def scenario() -> None:
         loop = asyncio.get_running_loop()

@@ -15,7 +15,9 @@ packet is ever held by sleeping: the kernel keeps it until the verdict.
 
 Model, per packet, in arrival order:
 
-1. drop with probability ``loss`` (counted ``dropped_loss``);
+1. drop with probability ``loss`` (counted ``dropped_loss``; the wall-clock
+   time of the latest :data:`LOSS_DROP_TIMES_KEPT` such drops is kept, so
+   that a report can tell which lost packet the emulator took);
 2. drop when ``limit`` packets are already held (tail drop, ``dropped_queue``);
 3. with a rate, the packet is serialised after the bytes queued ahead of it
    (virtual finish time: ``tx_end = max(now, previous tx_end) + 8*len/rate``);
@@ -40,6 +42,7 @@ import os
 import random
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +54,12 @@ from vmip.log import get_logger
 
 # Not __name__: run with -m, that would be "__main__", outside the vmip logger tree.
 log = get_logger("vmip.lab.shaper")
+
+
+#: Random-loss drops whose wall-clock time the status file lists (the latest ones):
+#: the multi-CoA demo reads them at every link change, 5 s apart, and lte0's
+#: 0.5 % of a few hundred datagrams a second is a few drops a second.
+LOSS_DROP_TIMES_KEPT = 4096
 
 
 class ShaperSpecError(UsageError):
@@ -184,11 +193,17 @@ class ShaperService:
     """The asyncio side: queue socket in, verdicts out, one timer for the head."""
 
     def __init__(self, queue: nfqueue.NfqueueSocket, scheduler: LinkScheduler,
-                 loop: asyncio.AbstractEventLoop, status_file: Path | None = None):
+                 loop: asyncio.AbstractEventLoop, status_file: Path | None = None,
+                 wall_clock: Callable[[], float] = time.time):
         self._queue = queue
         self._scheduler = scheduler
         self._loop = loop
         self._status_file = status_file
+        self._wall_clock = wall_clock
+        # Wall clock, not the loop's: every lab namespace shares CLOCK_REALTIME,
+        # so these compare with the send times the demo's probes carry.
+        self.loss_drop_times: collections.deque[float] = collections.deque(
+            maxlen=LOSS_DROP_TIMES_KEPT)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = math.inf
         self.verdict_errors = 0
@@ -205,13 +220,18 @@ class ShaperService:
             self.stop()
             return
         now = self._loop.time()
+        wall = self._wall_clock()
+        counters = self._scheduler.counters
         for record in records:
             if isinstance(record, nfqueue.NetlinkAck):
                 if record.error:
                     self.verdict_errors += 1
                 continue
+            lost_before = counters.dropped_loss
             if self._scheduler.admit(record.packet_id, record.length, now) is None:
                 self._queue.queue_verdict(record.packet_id, nfqueue.NF_DROP)
+                if counters.dropped_loss != lost_before:
+                    self.loss_drop_times.append(wall)
         self._release_due(now)
 
     def _on_timer(self) -> None:
@@ -248,6 +268,7 @@ class ShaperService:
         return {"queue": self._queue.queue_num, "pid": os.getpid(), **counters,
                 "held": self._scheduler.held, "verdict_errors": self.verdict_errors,
                 "malformed": getattr(self._queue, "malformed", 0),
+                "loss_drop_times": [round(t, 6) for t in self.loss_drop_times],
                 "spec": asdict(self._scheduler.spec)}
 
     def write_status(self) -> None:
@@ -377,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(OSError):
                 ready(f"error errno={code} {exc}")
         return getattr(exc, "exit_status", 1)
-    log.info("shaper stopped", **{k: v for k, v in final.items() if k != "spec"})
+    log.info("shaper stopped", **{k: v for k, v in final.items()
+                                  if k not in ("spec", "loss_drop_times")})
     return 0
 
 
