@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
 from vmip.demo.metrics import Arrival
 from vmip.demo.run import duplicate_bytes, format_multi_coa_report, parse_ping_arrivals
 
@@ -139,3 +145,53 @@ def test_the_live_status_line_shows_what_the_duplicates_cost_so_far(tmp_path) ->
     assert _status_lines(run, {}, 0.0, 10.0)[1].endswith(" · dup 250 kB")
     run.multi_coa = False
     assert "dup" not in _status_lines(run, {}, 0.0, 10.0)[1]
+
+
+class _Plan:
+    """What the demo's emulator reader needs of a lab plan."""
+
+    def __init__(self, state: Path) -> None:
+        self.emulation_dir, self.router_netns = state, "vmip-net"
+
+    def node(self, name: str):
+        return SimpleNamespace(link=lambda link: SimpleNamespace(router_ifname="mn-lte"))
+
+
+def _drops_reader(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from vmip.demo import run
+    from vmip.lab import emulation
+
+    monkeypatch.setattr(emulation, "shaper_pids", lambda netns, state: {
+        ("mn-lte", "in"): 101, ("mn-lte", "out"): 102})
+    signalled: list[int] = []
+    monkeypatch.setattr(run.os, "kill", lambda pid, sig: signalled.append(pid))
+    reader = run._EmulatorDrops(_Plan(tmp_path))
+
+    def answer(moment: float, statuses: dict[str, dict]) -> None:
+        reader.request(moment)
+        for direction, status in statuses.items():
+            path = emulation.status_path(tmp_path, "vmip-net", "mn-lte", direction)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(status))
+        reader.collect(wait=1.0)
+        assert sorted(signalled[-2:]) == [101, 102]
+    return reader, answer
+
+
+def test_the_emulators_drop_times_are_the_union_of_its_readings(tmp_path, monkeypatch) -> None:
+    reader, answer = _drops_reader(tmp_path, monkeypatch)
+    # The shaper lists its latest drops only; two in one queue read share a time.
+    answer(5.0, {"in": {"dropped_loss": 3, "loss_drop_times": [1.0, 1.0, 2.0]},
+                 "out": {"dropped_loss": 1, "loss_drop_times": [1.5]}})
+    answer(10.0, {"in": {"dropped_loss": 5, "loss_drop_times": [2.0, 7.0, 7.0]},
+                  "out": {"dropped_loss": 1, "loss_drop_times": [1.5]}})
+    assert reader.result() == [(5.0, {"mn_to_cn": 3, "cn_to_mn": 1}),
+                               (10.0, {"mn_to_cn": 5, "cn_to_mn": 1})]
+    assert reader.times() == {"mn_to_cn": [1.0, 1.0, 2.0, 7.0, 7.0], "cn_to_mn": [1.5]}
+
+
+def test_a_shaper_that_lists_no_drop_times_leaves_the_counts_only(tmp_path, monkeypatch) -> None:
+    reader, answer = _drops_reader(tmp_path, monkeypatch)
+    answer(5.0, {"in": {"dropped_loss": 3}, "out": {"dropped_loss": 1, "loss_drop_times": [1.5]}})
+    assert reader.result() == [(5.0, {"mn_to_cn": 3, "cn_to_mn": 1})]
+    assert reader.times() is None

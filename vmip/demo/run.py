@@ -106,6 +106,8 @@ class _EmulatorDrops:
     """The lte emulator's random drops on the MN's lte0, per direction, read at
     each link change: the shapers write their counters on SIGUSR1 (a moment
     later), so a reading is asked for at the change and collected on a later tick.
+    Each reading also lists when the shaper dropped its latest datagrams
+    (``loss_drop_times``); the union of the readings is :meth:`times`.
     None where the link is shaped by netem, which keeps no such counters here."""
 
     def __init__(self, plan: Any) -> None:
@@ -117,6 +119,10 @@ class _EmulatorDrops:
         self.pids = {direction: pids[(self.ifname, direction)] for direction in EMULATOR_DIRECTIONS
                      if (self.ifname, direction) in pids}
         self.readings: list[metrics.Snapshot] = []
+        # Per direction: the number of each drop (1, 2, ...: ``dropped_loss``
+        # counts them) -> its time; two drops can share a time (one queue read).
+        self._times: dict[str, dict[int, float]] | None = {name: {} for name in
+                                                           EMULATOR_DIRECTIONS.values()}
         self._pending: list[tuple[float, float]] = []   # (moment, signalled at)
         self.failed = not self.pids or len(self.pids) != len(EMULATOR_DIRECTIONS)
 
@@ -139,17 +145,22 @@ class _EmulatorDrops:
         while self._pending and not self.failed:
             moment, signalled = self._pending[0]
             values = {}
+            times: dict[str, list[float] | None] = {}
             for direction, name in EMULATOR_DIRECTIONS.items():
                 path = status_path(self.plan.emulation_dir, self.plan.router_netns, self.ifname,
                                    direction)
                 try:
                     if path.stat().st_mtime < signalled - 0.01:
                         break
-                    values[name] = json.loads(path.read_text())["dropped_loss"]
+                    status = json.loads(path.read_text())
+                    values[name] = status["dropped_loss"]
                 except (OSError, ValueError, KeyError):
                     break
+                listed = status.get("loss_drop_times")
+                times[name] = listed if isinstance(listed, list) else None
             if len(values) == len(EMULATOR_DIRECTIONS):
                 self.readings.append((moment, values))
+                self._merge_times(values, times)
                 self._pending.pop(0)
                 continue
             if time.monotonic() >= deadline:
@@ -158,8 +169,28 @@ class _EmulatorDrops:
                 return
             time.sleep(0.02)
 
+    def _merge_times(self, counts: dict[str, Any], times: dict[str, list[float] | None]) -> None:
+        """Number the listed times: the last of them is drop number ``dropped_loss``."""
+        if self._times is None:
+            return
+        for name, listed in times.items():
+            if listed is None or not isinstance(counts[name], int) \
+                    or not all(isinstance(t, (int, float)) for t in listed):
+                self._times = None   # a shaper that does not list them: counts only
+                return
+            first = counts[name] - len(listed) + 1
+            for number, t in enumerate(listed, start=first):
+                self._times[name][number] = float(t)
+
     def result(self) -> list[metrics.Snapshot] | None:
         return None if self.failed else self.readings
+
+    def times(self) -> dict[str, list[float]] | None:
+        """When the emulator dropped each datagram, per direction (wall clock);
+        None when a shaper did not say (the report then falls back to the counts)."""
+        if self.failed or self._times is None or not self.readings:
+            return None
+        return {name: sorted(times.values()) for name, times in self._times.items()}
 
 
 class EventLog:
@@ -419,6 +450,7 @@ def _multi_coa_report(run: _Run, events: list, cn_events: list, coa_links: dict[
     streams = {name: metrics.ClassStreams(_class_arrivals(cn_rec, name),
                                           _class_arrivals(mn_rec, name))
                for name in PROBE_CLASSES}
+    drop_times = run.drops.times() if run.drops is not None else None
     handovers = metrics.multi_coa_reports(
         triggers=run.triggers, events=events, cn_events=cn_events, hoa=hoa, cn=cn,
         coa_links=coa_links,
@@ -426,6 +458,7 @@ def _multi_coa_report(run: _Run, events: list, cn_events: list, coa_links: dict[
         streams=streams, interval=1.0 / PROBE_RATE, end=end, tcp_samples=tcp_samples,
         tcp_error_at=tcp_error_at, overhead=run.overhead,
         emulated_drops=run.drops.result() if run.drops is not None else None,
+        drop_times=drop_times, drop_window=metrics.LAB_DROP_WINDOW,
         ping=_ping_arrivals(run))
     classes = {}
     for name, port in PROBE_CLASSES.items():
@@ -439,6 +472,9 @@ def _multi_coa_report(run: _Run, events: list, cn_events: list, coa_links: dict[
             "summary": metrics.multi_coa_summary(handovers, LINK_RTT_MS),
             "multi_coa": True,
             "probes": {"rate_per_s": PROBE_RATE, "classes": classes},
+            # When lte0's emulator dropped a datagram, per direction (wall clock):
+            # what background_lost was matched against.
+            "emulated_drop_times": drop_times,
             "traffic_modes": {"probes 5002": "duplicate", "ping": "duplicate",
                               "probes 5003": "best", "tcp 5001": "best"}}
 
