@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from ipaddress import IPv6Address
 from types import SimpleNamespace
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from vmip.mobility import events as ev
 from vmip.node.events import EventHub
+from vmip.node.pump import Pump
 from vmip.node.quality import (
     FAILING,
     FAILING_STREAK,
@@ -483,6 +485,47 @@ def test_prober_refreshes_idle_bound_links_only():
     prober.handle_timer(10.0)
     assert probed[3:] == [(1, 10.0), (2, 10.0)]
     assert prober.probes == 3
+
+
+def test_prober_probes_under_a_real_pump_on_a_real_clock():
+    """The node's pump takes its "now" before it asks a core for its
+    deadline; a link never probed must be due by then, or the pump re-arms
+    at once, forever, and no probe leaves (as in the lab before this)."""
+    import asyncio
+    import time
+
+    services = FakeServices(probe_interval=0.05)
+    services.clock = time.monotonic          # a clock that moves between two reads
+    quality = LinkQuality()
+    probed: list[int] = []
+
+    def probe(bid: int, now: float) -> bool:
+        probed.append(bid)
+        quality.request_sent("wifi0" if bid == 1 else "lte0", now)
+        return True
+
+    prober = LinkProber(services, quality, probe)
+    looks = 0
+    get_timer = prober.get_timer
+
+    def counted() -> float | None:
+        nonlocal looks
+        looks += 1
+        return get_timer()
+
+    prober.get_timer = counted               # type: ignore[method-assign]
+
+    async def run() -> None:
+        pump = Pump(time.monotonic, Counter())
+        pump.add("link_prober", prober)
+        pump.attach(asyncio.get_running_loop())
+        await asyncio.sleep(0.3)
+        pump.close()
+
+    asyncio.run(run())
+    # Both links at once, then about every 50 ms each, and no busy re-arming.
+    assert probed[:2] == [1, 2] and 8 <= len(probed) <= 16, probed
+    assert looks < 100, looks
 
 
 @pytest.mark.parametrize("interval, multiple", [(0.0, True), (5.0, False)])

@@ -485,6 +485,11 @@ class LinkProber:
         self.quality = quality
         self.probe = probe
         self._next: dict[str, float] = {}
+        # A link never probed is due since the prober began: a fixed time, so
+        # that the pump, which compares a core's deadline with its own "now"
+        # taken a moment earlier, sees it due (a deadline of "now" read anew
+        # at each look would always lie ahead and re-arm the timer at once).
+        self._since = services.clock()
         self.probes = 0
 
     def interval(self) -> float:
@@ -499,9 +504,9 @@ class LinkProber:
         return [(bid, link.name) for bid, link in enumerate(self.services.config.links, 1)
                 if link.name in running and link.coa is not None]
 
-    def _due(self, link: str, interval: float, now: float) -> float:
+    def _due(self, link: str, interval: float) -> float:
         last = self.quality.last_request(link)
-        due = self._next.get(link, now)
+        due = self._next.get(link, self._since)
         if last is not None:
             due = max(due, last + interval)
         return due
@@ -510,8 +515,7 @@ class LinkProber:
         interval = self.interval()
         if interval <= 0:
             return None
-        now = self.services.clock()
-        dues = [self._due(link, interval, now) for _, link in self._links()]
+        dues = [self._due(link, interval) for _, link in self._links()]
         return min(dues) if dues else None
 
     def handle_timer(self, now: float) -> None:
@@ -519,7 +523,7 @@ class LinkProber:
         if interval <= 0:
             return
         for bid, link in self._links():
-            if self._due(link, interval, now) > now:
+            if self._due(link, interval) > now:
                 continue
             # Sent or not (no binding on that link yet, one in flight), look again in one interval.
             self._next[link] = now + interval
