@@ -320,6 +320,8 @@ def _run(run: _Run, options: DemoOptions, out: Callable[[str], None]) -> dict[st
     run.clients = clients
     _wait_registered(mn_client, {str(plan.node(name).overlay_addresses[0]) for name in ("ha", "cn")}
                      if run.multi_coa else None)
+    if run.multi_coa and options.shape:
+        out(_wait_link_quality(mn_client))
     logs = {name: EventLog(clients[name]) for name in ("mn", "cn")}
     hoa, cn_addr = str(plan.node("mn").overlay_addresses[0]), str(plan.node("cn").overlay_addresses[0])
     coa_links = {str(addr): name for name, addr in plan.node("mn").care_of_addresses.items()}
@@ -550,6 +552,36 @@ def _wait_registered(client: ControlClient, peers: set[str] | None = None) -> No
             last = str(exc)
         time.sleep(0.1)
     raise DemoError(f"the MN did not register within {REGISTRATION_TIMEOUT:.0f} s: {last}")
+
+
+#: How long the multi-CoA demo waits for the MN's link quality to rank its links.
+LINK_QUALITY_TIMEOUT = 15.0
+
+
+def _wait_link_quality(client: ControlClient, preferred: str = "wifi0") -> str:
+    """Until the MN's link quality ranks *preferred* best, at most
+    LINK_QUALITY_TIMEOUT s; a line saying what it measured.
+
+    The MN's first BU on each link is timed cold (a node just started:
+    100 ms and more on a 10 ms link), and SRTT forgets a sample by 1/8 per
+    probe (one a second): the schedule starts once the figures are the
+    links' own, so that the best-link class starts on the better link."""
+    deadline = time.monotonic() + LINK_QUALITY_TIMEOUT
+    figures: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            figures = client.call("status").get("link_quality") or {}
+        except VmipError:
+            figures = {}
+        if (figures.get(preferred) or {}).get("best"):
+            break
+        time.sleep(0.2)
+    text = ", ".join(f"{name} {info.get('srtt_ms')} ms" for name, info in sorted(figures.items()))
+    best = next((name for name, info in figures.items() if info.get("best")), None)
+    if best == preferred:
+        return f"link quality: {text} (best: {best})"
+    return (f"link quality still ranks {best or 'nothing'} best after "
+            f"{LINK_QUALITY_TIMEOUT:.0f} s: {text or 'no figures'}; going on")
 
 
 def _start_traffic(run: _Run, hoa: str, cn: str) -> None:
