@@ -98,9 +98,12 @@ def test_default_keeps_only_net_admin_sealed_and_still_reloads_and_stops(pair):
         assert int(status[field], 16) == CAP_NET_ADMIN, (field, status[field])
     assert int(status["CapInh"], 16) == 0 and int(status.get("CapAmb", "0"), 16) == 0
     assert status["NoNewPrivs"] == "1"
-    privileges = json.loads(pair.vmip("a", "status", "--json").stdout)["privileges"]
+    node_status = json.loads(pair.vmip("a", "status", "--json").stdout)
+    privileges = node_status["privileges"]
     assert privileges["capabilities"] == ["net_admin"] and privileges["no_new_privs"] is True
     assert "net_admin" in pair.vmip("a", "status").stdout
+    # Start-up's objects are out of the collector's walks, and its pauses timed.
+    assert node_status["gc"]["frozen_objects"] > 10_000 and node_status["gc"]["timed"] is True
     assert _ping(pair) == 0
 
     # SIGHUP after the drop: the config and the root-owned key files are re-read.

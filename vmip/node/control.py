@@ -91,6 +91,7 @@ class NodeControl:
         return self.node.events.records(since)
 
     def _status(self, args: dict) -> dict:
+        from vmip.node import gcstats
         from vmip.privileges import privilege_summary
 
         cfg = self.node.config
@@ -125,6 +126,8 @@ class NodeControl:
                 "inner": str(self.node.pcap_inner.path) if self.node.pcap_inner else None,
             },
             "privileges": privilege_summary(),
+            # The cyclic collector: frozen start-up objects, pauses (vmip/node/gcstats.py).
+            "gc": gcstats.status(),
         }
 
     def _sa_list(self, args: dict) -> list[dict]:

@@ -38,6 +38,7 @@ async def run_node(config, *, config_path: Path | None = None, pcap_wire: str | 
         # Not root (or root without capabilities): say now what cannot work.
         check_unprivileged_start(config, node.control_path if node.ports.control else None)
     await node.start()
+    _settle_the_heap()
     try:
         if drop and privileged:
             _drop(node, config, drop_to)
@@ -56,6 +57,24 @@ async def run_node(config, *, config_path: Path | None = None, pcap_wire: str | 
     finally:
         await node.close()
     return 0
+
+
+#: ``VMIP_GC_FREEZE=0``: leave start-up's objects to the collector (to
+#: measure what freezing them saves, docs/scale.md).
+GC_FREEZE_ENV = "VMIP_GC_FREEZE"
+
+
+def _settle_the_heap() -> None:
+    """Freeze what start-up made, so full collections stop walking it
+    (vmip/node/gcstats.py), and time the collections from now on."""
+    from vmip.node import gcstats
+
+    if os.environ.get(GC_FREEZE_ENV, "1") == "0":
+        gcstats.PAUSES.install()
+        log.info("start-up objects left to the garbage collector", env=GC_FREEZE_ENV)
+        return
+    frozen = gcstats.freeze_start_up()
+    log.debug("start-up objects frozen", objects=frozen)
 
 
 def kept_capabilities(config) -> list[int]:

@@ -343,6 +343,8 @@ def measure(args: argparse.Namespace, progress: Callable[[str], None]) -> dict:
                 "startup_cpu_s": round(cpu_start, 3),
                 "sas": status_end["sas"], "policies": status_end["policies"],
                 "locators": status_end["locators"],
+                # Frozen start-up objects and the collector's pauses (docs/scale.md).
+                "gc": status_end.get("gc"),
                 "config_bytes": config.stat().st_size,
                 "ha_counters": final["ha"]["counters"], "node_counters": counters["node"],
                 "mobility_counters": counters["mobility"],
