@@ -528,6 +528,46 @@ def test_prober_probes_under_a_real_pump_on_a_real_clock():
     assert looks < 100, looks
 
 
+def test_prober_measures_a_hedged_link_soon_once_per_silence_and_answers_say_so():
+    """The hedge asks whether its silent link still carries: one probe at
+    once, none while a request sent since the silence began is out; an
+    answer after that instant is what ``answered_since`` reports."""
+    services = FakeServices(probe_interval=5.0)
+    armed: list[bool] = []
+    services.pump = SimpleNamespace(arm_soon=lambda: armed.append(True))
+    quality = LinkQuality()
+    probed: list[tuple[int, float]] = []
+
+    def probe(bid: int, now: float) -> bool:
+        probed.append((bid, now))
+        quality.request_sent("wifi0" if bid == 1 else "lte0", now)
+        return True
+
+    prober = LinkProber(services, quality, probe)
+    prober.handle_timer(0.0)
+    quality.outcome("wifi0", True, 0.02)
+    quality.outcome("lte0", True, 0.03)
+    del probed[:]
+    services.now = 1.0
+    assert prober.get_timer() == 5.0
+    # wifi0 silent since 0.9: measured now, not in four seconds.
+    prober.soon("wifi0", 0.9)
+    assert armed == [True] and prober.get_timer() == 1.0
+    prober.handle_timer(1.0)
+    assert probed == [(1, 1.0)] and prober.get_timer() == 5.0
+    prober.soon("wifi0", 0.9)           # already asked since that silence began
+    services.now = 1.5
+    prober.soon("wifi0", 1.2)           # a new silence, but the last probe is 0.5 s old
+    assert armed == [True] and prober.get_timer() == 5.0     # lte0's, not wifi0's
+    services.now = 2.0
+    prober.soon("wifi0", 1.2)
+    assert armed == [True, True] and prober.get_timer() == 2.0
+    assert not quality.answered_since("wifi0", 0.9)
+    quality.rtt_sample("wifi0", 0.01, 1.01)
+    assert quality.answered_since("wifi0", 0.9) and not quality.answered_since("wifi0", 1.01)
+    assert not quality.answered_since("eth9", 0.0)
+
+
 @pytest.mark.parametrize("interval, multiple", [(0.0, True), (5.0, False)])
 def test_prober_is_off_without_multiple_care_of_or_with_interval_0(interval, multiple):
     services = FakeServices(probe_interval=interval, multiple=multiple)

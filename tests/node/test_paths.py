@@ -139,6 +139,27 @@ def test_an_mn_hedges_while_its_link_is_silent_and_the_peer_talks_on_another() -
     assert CN.packed not in table._heard and not table.active
 
 
+def test_an_mn_asks_for_a_probe_of_a_silent_link_and_stops_hedging_once_it_answers() -> None:
+    """The peer may only have followed our hedge copies over a link that is
+    faster one way: a request answered over the silent link since its
+    silence began ends the hedge; until then each hedge asks for one."""
+    table = PathTable({1: "wifi0", 2: "lte0"}.get)
+    table.mn_paths(CN, ((1, WIFI), (2, LTE)))
+    wifi, lte = table.paths_to(CN.packed)
+    answered: dict[str, float] = {}
+    asked: list[tuple[str, float]] = []
+    table.link_answered = lambda link, since: answered.get(link, -1.0) > since
+    table.check_link = lambda link, since: asked.append((link, since))
+    last = _steady(table, CN.packed, CN.packed, "wifi0", 1.0, 0.01, 20)
+    talk = _steady(table, CN.packed, CN.packed, "lte0", last + 0.01, 0.01, 10)
+    answered["wifi0"] = last - 0.5          # an answer from before the silence
+    assert table.spare(CN.packed, wifi, [wifi, lte], talk) == lte
+    assert asked == [("wifi0", last)]
+    answered["wifi0"] = last + 0.03          # the probe over wifi0 came back
+    assert table.spare(CN.packed, wifi, [wifi, lte], talk + 0.001) is None
+    assert len(asked) == 1
+
+
 def test_data_from_an_unbound_address_or_an_unknown_peer_is_not_timed() -> None:
     table = PathTable()
     table.peer_paths(HOA, ((1, WIFI), (2, LTE)), ((1, WIFI), (2, LTE)))

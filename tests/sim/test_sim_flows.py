@@ -319,13 +319,18 @@ def test_a_link_dying_silently_costs_a_best_flow_only_until_its_silence_shows() 
     before its path had been silent for 1.5 x its usual gap; from then on a
     hedge copy of each datagram goes on lte0, the MN's for as long as the CN
     is heard on lte0 only (without the hedge the MN's best flow lost all it
-    sent on wifi0 for as long as the test ran)."""
+    sent on wifi0 for as long as the test ran).  The MN's hedge also asks for
+    a probe of wifi0 at once: unanswered, it moves the MN's choice to lte0
+    within the overdue rule's quarter second, and the hedge ends there."""
     mn_flows = flow("dup", DUP_PORT, "duplicate")
     cn_flows = flow("dup", DUP_PORT, "duplicate", remote=HOA)
     with multi_coa_world(mn_flows, cn_flows, seed=13) as world:
         streams, killed = world.run(streams_across(
             world, lambda: world.network.set_up("mn", "wifi0", False), after=1.0))
         hedged = {node: world.nodes[node].counters["tx_hedge_copies"] for node in ("mn", "cn")}
+        mn = world.nodes["mn"]
+        best = mn.link_quality.best(["wifi0", "lte0"], world.loop.time())
+        probes = mn.link_prober.probes
     for name, stream in streams.items():
         assert len(stream.sent_at) >= 199, name
         assert all(count == 1 for count in stream.arrived.values()), name
@@ -333,8 +338,10 @@ def test_a_link_dying_silently_costs_a_best_flow_only_until_its_silence_shows() 
     for name in ("mn-best", "cn-best"):
         stream = streams[name]
         assert all(stream.sent_at[seq] - killed < 0.015 for seq in stream.lost()), name
-    # The MN hedged every best datagram it sent after that (a second's worth).
-    assert hedged["mn"] >= 95 and hedged["cn"] > 0
+    # The MN hedged every best datagram it sent after that until its probe of
+    # wifi0 went unanswered (0.25 s, MIN_OVERDUE), not for the whole second.
+    assert 15 <= hedged["mn"] <= 40 and hedged["cn"] > 0, hedged
+    assert best == "lte0" and probes >= 1
 
 
 def test_a_link_flow_goes_only_on_its_link() -> None:
@@ -356,3 +363,60 @@ def test_a_link_flow_goes_only_on_its_link() -> None:
     assert stream.arrived == Counter(range(sent))
     assert len(seen.by_link["lte0"]) == sent and not seen.by_link["wifi0"]
     assert counters["tx_duplicate_copies"] == 0 and counters["tx_flow_link_unbound"] == 0
+
+
+def test_a_hedge_stops_once_the_silent_path_carries_again_even_when_the_spare_is_faster_one_way(
+        ) -> None:
+    """wifi0 is the MN's best link (the shorter round trip) but the slower way
+    to the CN (20 ms up, 1 ms down; lte0 12 ms each way).  The CN's datagrams
+    to wifi0 are dropped for 50 ms and nothing else: the MN hedges on lte0,
+    and as the copies over lte0 arrive first, the CN's choice follows them.
+    Once wifi0 carries again the MN must not go on doubling its best flow
+    for as long as the CN talks: wifi0 is silent only because the hedge
+    itself moved the CN away from it."""
+    with multi_coa_world("", seed=17) as world:
+        access = world.network.access
+        access[("mn", "wifi0")].uplink.profile = LinkProfile(delay_ms=20.0)
+        access[("mn", "wifi0")].downlink.profile = LinkProfile(delay_ms=1.0)
+        access[("mn", "lte0")].uplink.profile = LinkProfile(delay_ms=12.0)
+        access[("mn", "lte0")].downlink.profile = LinkProfile(delay_ms=12.0)
+        wifi = IPv6Address(COA["wifi0"]).packed
+        window: list[float] = []
+
+        def drop_to_wifi(sender, packet: bytes, destination) -> bool:
+            now = world.loop.time()
+            return bool(window) and window[0] <= now < window[1] and sender.node == "cn" \
+                and packet[24:40] == wifi
+
+        world.network.interceptors.append(drop_to_wifi)
+
+        async def scenario():
+            await world.start_all()
+            await both_links_bound(world)
+            streams = {"mn-best": Stream(world, "mn", HOA, CN, BEST_PORT),
+                       "cn-best": Stream(world, "cn", CN, HOA, BEST_PORT)}
+            world.tun_sinks["cn"] = sink(streams["mn-best"])
+            world.tun_sinks["mn"] = sink(streams["cn-best"])
+            for stream in streams.values():
+                stream.start()
+            await asyncio.sleep(1.0)
+            mn = world.nodes["mn"]
+            best = mn.link_quality.best(["wifi0", "lte0"], world.loop.time())
+            before = mn.counters["tx_hedge_copies"]
+            start = world.loop.time()
+            window[:] = [start, start + 0.05]
+            await asyncio.sleep(0.5)
+            during = mn.counters["tx_hedge_copies"] - before
+            settled = mn.counters["tx_hedge_copies"]
+            await asyncio.sleep(2.0)
+            after = mn.counters["tx_hedge_copies"] - settled
+            still = mn.link_quality.best(["wifi0", "lte0"], world.loop.time())
+            for stream in streams.values():
+                stream.stop()
+            await asyncio.sleep(0.3)
+            return best, still, before, during, after
+        best, still, before, during, after = world.run(scenario())
+    assert best == still == "wifi0"
+    assert before == 0, "the MN hedged before wifi0 fell silent"
+    assert during > 0, "the MN did not hedge while the CN's datagrams to wifi0 were dropped"
+    assert after <= 10, f"the MN still doubled {after} best datagrams in the 2 s after"

@@ -147,6 +147,12 @@ class PathTable:
         #: True while any peer has several-binding paths: the per-packet
         #: arrival note is skipped otherwise.
         self.active = False
+        #: MN: ``(link, since)`` -> was a request answered over our *link*
+        #: after *since* (``LinkQuality.answered_since``); and ``(link,
+        #: since)`` -> measure *link* soon (``LinkProber.soon``).  A silent
+        #: link that answers is not hedged (:meth:`spare`).
+        self.link_answered: Callable[[str, float], bool] | None = None
+        self.check_link: Callable[[str, float], None] | None = None
         #: ``mirror_moved``: the CN's best path followed the MN's.
         self.counters: Counter[str] = Counter()
 
@@ -241,6 +247,17 @@ class PathTable:
         if now - mine.last > HEDGE_SPAN and not any(
                 other is not mine and now - other.last <= HEDGE_SPAN for other in heard.values()):
             return None
+        link = chosen.link
+        if link is not None:
+            # Our link is silent, but is it dead?  The peer may only have
+            # followed our hedge copies, which arrive first on a path that is
+            # faster one way: then nothing comes back on the chosen link
+            # again and the hedge would never end.  A request answered over
+            # it since the silence began says it carries; ask for one.
+            if self.link_answered is not None and self.link_answered(link, mine.last):
+                return None
+            if self.check_link is not None:
+                self.check_link(link, mine.last)
         for path in paths:
             if path != chosen:
                 return path

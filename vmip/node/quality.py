@@ -53,6 +53,8 @@ MIN_OVERDUE = 0.25
 MAX_SAMPLE = 60.0
 #: Seconds without any news after which a link's figures are stale.
 DEFAULT_STALE_AFTER = 30.0
+#: LinkProber.soon: at most one probe asked for per link per this many seconds.
+SOON_MIN_GAP = 1.0
 DEFAULT_MAX_LINKS = 64
 
 #: Ranks of :meth:`LinkQuality.best`, best first.
@@ -76,8 +78,8 @@ class LinkStats:
 
 
 class _Link:
-    __slots__ = ("last_news", "last_request", "loss", "lost_in_row", "outcomes",
-                 "pending_since", "rttvar", "samples", "srtt")
+    __slots__ = ("last_answer", "last_news", "last_request", "loss", "lost_in_row",
+                 "outcomes", "pending_since", "rttvar", "samples", "srtt")
 
     def __init__(self) -> None:
         self.srtt: float | None = None
@@ -87,6 +89,7 @@ class _Link:
         self.outcomes = 0
         self.lost_in_row = 0
         self.last_news: float | None = None
+        self.last_answer: float | None = None
         self.last_request: float | None = None
         self.pending_since: float | None = None
 
@@ -145,7 +148,7 @@ class LinkQuality:
             entry.rttvar = (1 - BETA) * entry.rttvar + BETA * abs(entry.srtt - seconds)
             entry.srtt = (1 - ALPHA) * entry.srtt + ALPHA * seconds
         entry.samples += 1
-        entry.last_news = now
+        entry.last_news = entry.last_answer = now
 
     def request_sent(self, link: str, now: float) -> None:
         """A request that expects an answer left on *link* (for the overdue rule and the prober).
@@ -170,6 +173,7 @@ class LinkQuality:
         if answered:
             entry.lost_in_row = 0
             entry.pending_since = None
+            entry.last_answer = now
         else:
             # Still nothing answered since the oldest request: it stays overdue
             # (a retransmission must not make a silent link look fine again).
@@ -185,6 +189,11 @@ class LinkQuality:
     def last_request(self, link: str) -> float | None:
         entry = self._links.get(link)
         return entry.last_request if entry is not None else None
+
+    def answered_since(self, link: str, since: float) -> bool:
+        """Was a request on *link* answered after *since*: does it carry both ways?"""
+        entry = self._links.get(link)
+        return entry is not None and entry.last_answer is not None and entry.last_answer > since
 
     def _state(self, entry: _Link | None, now: float) -> str:
         if entry is None:
@@ -490,6 +499,8 @@ class LinkProber:
         # taken a moment earlier, sees it due (a deadline of "now" read anew
         # at each look would always lie ahead and re-arm the timer at once).
         self._since = services.clock()
+        # Links to measure at once (``soon``): since when they are due.
+        self._asap: dict[str, float] = {}
         self.probes = 0
 
     def interval(self) -> float:
@@ -504,7 +515,23 @@ class LinkProber:
         return [(bid, link.name) for bid, link in enumerate(self.services.config.links, 1)
                 if link.name in running and link.coa is not None]
 
+    def soon(self, link: str, since: float) -> None:
+        """Measure *link* now unless a request left on it after *since* (the
+        hedge asks when its silence began: dead, or only not chosen?), or
+        less than :data:`SOON_MIN_GAP` ago (a jittery peer's every pause
+        must not become a Binding Update)."""
+        last = self.quality.last_request(link)
+        now = self.services.clock()
+        if link in self._asap or self.interval() <= 0 or (
+                last is not None and (last > since or now - last < SOON_MIN_GAP)):
+            return
+        self._asap[link] = now       # a fixed time, as _since: the pump sees it due
+        self.services.pump.arm_soon()
+
     def _due(self, link: str, interval: float) -> float:
+        asap = self._asap.get(link)
+        if asap is not None:
+            return asap
         last = self.quality.last_request(link)
         due = self._next.get(link, self._since)
         if last is not None:
@@ -526,6 +553,7 @@ class LinkProber:
             if self._due(link, interval) > now:
                 continue
             # Sent or not (no binding on that link yet, one in flight), look again in one interval.
+            self._asap.pop(link, None)
             self._next[link] = now + interval
             if self.probe(bid, now):
                 self.probes += 1

@@ -192,6 +192,10 @@ class Node:
             self.mobility.ha.care_of_check = self.keying.admission.care_of_refusal
         self.control_handlers = NodeControl(self)
         self.quality_feed, self.link_prober = install_link_quality(self.services, self.mobility)
+        # A hedged link that still answers signalling is not dead (paths.py).
+        self.mobility.paths.link_answered = self.link_quality.answered_since
+        if self.link_prober is not None:
+            self.mobility.paths.check_link = self.link_prober.soon
 
     # -- lifecycle -----------------------------------------------------------
 
