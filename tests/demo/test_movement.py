@@ -12,7 +12,13 @@ from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
-from vmip.node.movement import MovementPolicy, WatchedLink, links_reported_down, usable_links
+from vmip.node.movement import (
+    MovementPolicy,
+    WatchedLink,
+    link_notices,
+    links_reported_down,
+    usable_links,
+)
 
 PRIO = {"wifi0": 10, "lte0": 20}
 
@@ -197,9 +203,9 @@ NOTIFIED = [WatchedLink("wifi0", "w0", 10, None), WatchedLink("lte0", "l0", 20, 
 
 
 def link_message(kind: int, name: str, flags: int, operstate: str | None = None,
-                 carrier: int | None = None) -> bytes:
+                 carrier: int | None = None, family: int = 0) -> bytes:
     message = ifinfmsg()
-    message["index"], message["flags"] = 3, flags
+    message["index"], message["flags"], message["family"] = 3, flags, family
     message["attrs"] = [("IFLA_IFNAME", name)]
     if operstate is not None:
         message["attrs"].append(("IFLA_OPERSTATE", operstate))
@@ -244,3 +250,45 @@ def test_any_datagram_on_the_notification_socket_never_raises(data: bytes) -> No
         return
     down = links_reported_down(NOTIFIED, messages)
     assert set(down) <= {"wifi0", "lte0"} and len(down) == len(set(down))
+
+
+AF_BRIDGE = 7
+
+
+def test_a_bridge_ports_news_is_not_the_links() -> None:
+    """Released from a bridge, a port gets an RTM_DELLINK of family AF_BRIDGE
+    (seen on Linux 6.x with ``ip link set w0 nomaster``) while the link
+    itself stays up: not a reason to leave it."""
+    assert links_reported_down(NOTIFIED, parsed(
+        link_message(RTM_DELLINK, "w0", 0x11043, "UP", family=AF_BRIDGE),
+        link_message(RTM_NEWLINK, "l0", 0x0, "DOWN", family=AF_BRIDGE))) == []
+    datagram = link_message(RTM_DELLINK, "w0", 0x11043, "UP", family=AF_BRIDGE)
+    assert list(link_notices(datagram, {"w0"})) == []
+
+
+def test_only_the_watched_links_messages_are_handed_to_the_parser() -> None:
+    address = ifaddrmsg()
+    address["index"], address["attrs"] = 3, [("IFA_ADDRESS", "192.0.2.1")]
+    address["header"]["type"] = RTM_NEWADDR
+    address.encode()
+    wanted = link_message(RTM_NEWLINK, "w0", 0x0, "DOWN")
+    gone = link_message(RTM_DELLINK, "l0", 0x1)
+    datagram = (bytes(address.data) + link_message(RTM_NEWLINK, "eth9", 0x0) + wanted
+                + link_message(RTM_NEWLINK, "w0x", 0x0) + gone)
+    assert list(link_notices(datagram, {"w0", "l0"})) == [wanted, gone]
+    assert links_reported_down(NOTIFIED, [m for notice in link_notices(datagram, {"w0", "l0"})
+                                          for m in MarshalRtnl().parse(notice)]) \
+        == ["wifi0", "lte0"]
+    assert list(link_notices(wanted[:40], {"w0"})) == []          # truncated
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=512), st.sampled_from([b"", b"w0", b"l0\0"]))
+def test_the_notice_filter_never_raises_and_keeps_whole_link_messages(data: bytes,
+                                                                     name: bytes) -> None:
+    if name:
+        # Now and then a well-formed link message of one of ours, after noise.
+        data = data + link_message(RTM_NEWLINK, name.rstrip(b"\0").decode(), 0x0)
+    for notice in link_notices(data, {"w0", "l0"}):
+        assert notice in data and len(notice) >= 32
+        assert int.from_bytes(notice[4:6], "little") in (RTM_NEWLINK, RTM_DELLINK)

@@ -59,9 +59,10 @@ import ipaddress
 import os
 import select
 import socket
+import struct
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,6 +104,16 @@ _NOTIFY_GROUPS = (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP
 _NOTIFY_READS = 64
 _NOTIFY_BUFFER = 65536
 _MARSHAL = MarshalRtnl()
+# Netlink framing (linux/netlink.h, linux/rtnetlink.h), host byte order: the
+# header's length and type, an ifinfomsg after it, then route attributes.
+_NLMSG_LEN_TYPE = struct.Struct("=IH")
+_RTA_LEN_TYPE = struct.Struct("=HH")
+_NLMSG_HEADER_LEN = 16
+_IFINFO_END = _NLMSG_HEADER_LEN + 16
+_LINK_MESSAGES = (16, 17)          # RTM_NEWLINK, RTM_DELLINK
+_AF_UNSPEC = 0
+_IFLA_IFNAME = 3
+_NLA_TYPE_MASK = 0x3FFF
 _IFA_F_TENTATIVE = 0x40
 _IFA_F_DADFAILED = 0x08
 _RT_SCOPE_UNIVERSE = 0
@@ -386,8 +397,8 @@ def links_reported_down(watched: Iterable[WatchedLink], messages: Iterable[Any])
     for message in messages:
         try:
             event = message["event"]
-            if event not in ("RTM_NEWLINK", "RTM_DELLINK"):
-                continue
+            if event not in ("RTM_NEWLINK", "RTM_DELLINK") or message["family"] != _AF_UNSPEC:
+                continue   # AF_BRIDGE: a bridge port's news (released: RTM_DELLINK), not the link's
             name = by_interface.get(message.get_attr("IFLA_IFNAME"))
             if name is None or name in down:
                 continue
@@ -402,6 +413,39 @@ def links_reported_down(watched: Iterable[WatchedLink], messages: Iterable[Any])
         except (KeyError, TypeError, ValueError, AttributeError):
             continue   # a message of another shape: the dump decides
     return down
+
+
+def link_notices(data: bytes, interfaces: Container[str]) -> Iterator[bytes]:
+    """The link messages of one netlink datagram that concern *interfaces*
+    (RTM_NEWLINK and RTM_DELLINK of family AF_UNSPEC naming one of them).
+
+    pyroute2 takes some 90 us to parse one message: on the node's loop only
+    these are worth it, not every route or address change, nor another
+    interface's news (a burst of them would hold the data path up)."""
+    end = len(data)
+    offset = 0
+    while offset + _NLMSG_HEADER_LEN <= end:
+        length, kind = _NLMSG_LEN_TYPE.unpack_from(data, offset)
+        if length < _NLMSG_HEADER_LEN or offset + length > end:
+            return                                  # truncated: the dump decides
+        if kind in _LINK_MESSAGES and length >= _IFINFO_END \
+                and data[offset + _NLMSG_HEADER_LEN] == _AF_UNSPEC:
+            name = _ifname(data, offset + _IFINFO_END, offset + length)
+            if name is not None and name in interfaces:
+                yield data[offset:offset + length]
+        offset += (length + 3) & ~3
+
+
+def _ifname(data: bytes, start: int, end: int) -> str | None:
+    """IFLA_IFNAME among the route attributes in data[start:end], if any."""
+    while start + 4 <= end:
+        size, kind = _RTA_LEN_TYPE.unpack_from(data, start)
+        if size < 4 or start + size > end:
+            return None
+        if kind & _NLA_TYPE_MASK == _IFLA_IFNAME:
+            return data[start + 4:start + size].split(b"\0", 1)[0].decode("utf-8", "replace")
+        start += (size + 3) & ~3
+    return None
 
 
 def _read(ipr: Any) -> tuple[list[dict], list[dict]]:
@@ -506,6 +550,7 @@ class MovementWatcher:
         #: Notifications that took a link out before any dump (``_on_notification``).
         self.notified_down = 0
         self._events: Any = None
+        self._interfaces = frozenset(want.interface for want in self.watched)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -608,7 +653,8 @@ class MovementWatcher:
                 log.debug("movement watcher: notifications lost", error=str(exc))
                 break
             try:
-                messages.extend(_MARSHAL.parse(data))
+                for notice in link_notices(data, self._interfaces):
+                    messages.extend(_MARSHAL.parse(notice))
             except Exception:  # noqa: BLE001 - unreadable: the dump decides
                 self.errors += 1
         down = links_reported_down(self.watched, messages)
