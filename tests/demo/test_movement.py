@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
+import os
+import threading
+import time
+from collections import Counter
 
 import pytest
 from hypothesis import given, settings
@@ -14,6 +20,7 @@ from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from vmip.node.movement import (
     MovementPolicy,
+    MovementWatcher,
     WatchedLink,
     link_notices,
     links_reported_down,
@@ -292,3 +299,92 @@ def test_the_notice_filter_never_raises_and_keeps_whole_link_messages(data: byte
     for notice in link_notices(data, {"w0", "l0"}):
         assert notice in data and len(notice) >= 32
         assert int.from_bytes(notice[4:6], "little") in (RTM_NEWLINK, RTM_DELLINK)
+
+
+# -- the watcher's plumbing, without netlink -------------------------------------------
+
+
+class _Services:
+    """The NodeServices the watcher uses, stand-ins (no netlink, no node)."""
+
+    def __init__(self) -> None:
+        from types import SimpleNamespace
+
+        from vmip.node.events import EventHub
+        from vmip.node.pump import Pump
+
+        self.clock = time.monotonic
+        self.wall_clock = time.time
+        self.config = SimpleNamespace(links=[
+            SimpleNamespace(name="wifi0", interface="w0", priority=10,
+                            bind=ipaddress.ip_address("192.0.2.34")),
+            SimpleNamespace(name="lte0", interface="l0", priority=20,
+                            bind=ipaddress.ip_address("198.51.100.2"))],
+            mobility=SimpleNamespace(home_agent=None))
+        self.active_link = "wifi0"
+        self.events = EventHub(time.time)
+        self.pump = Pump(time.monotonic, Counter())
+
+    def link_names(self) -> list[str]:
+        return ["wifi0", "lte0"]
+
+    def move(self, link: str) -> dict:
+        self.active_link = link
+        return {}
+
+    def link_coa(self, link: str) -> None:
+        return None
+
+    def early_test(self, link: str, peer=None) -> int:
+        return 0
+
+
+class _QuietSocket:
+    def recv(self, size: int) -> bytes:
+        raise BlockingIOError
+
+    def fileno(self) -> int:
+        return -1
+
+    def close(self) -> None:
+        pass
+
+
+def test_notifications_never_block_the_loop_on_a_stuck_dump_thread() -> None:
+    """Each notification round wakes the dump thread through a pipe.  If
+    that thread is stuck in a dump (or died), the pipe fills after 64 KiB of
+    rounds: the node's loop must not then block in the write."""
+    release = threading.Event()
+    calls: list[int] = []
+
+    def dump():
+        calls.append(1)
+        if len(calls) > 1:
+            release.wait(30)
+        return [], []
+
+    loop = asyncio.new_event_loop()
+    watcher = MovementWatcher(_Services(), dump=dump)
+    watcher._listen = lambda loop: None
+    try:
+        watcher.start(loop)
+        watcher._events = _QuietSocket()
+        rounds = threading.Thread(target=lambda: [watcher._on_notification()
+                                                  for _ in range(70_000)], daemon=True)
+        rounds.start()
+        rounds.join(5)
+        blocked = rounds.is_alive()
+    finally:
+        release.set()
+        if watcher._wake_r is not None:
+            # Unblock a stuck writer before closing (so the test ends either way).
+            os.set_blocking(watcher._wake_r, False)
+            deadline = time.monotonic() + 30
+            while rounds.is_alive() and time.monotonic() < deadline:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(watcher._wake_r, 65536)
+            os.set_blocking(watcher._wake_w, False)
+        watcher._events = None
+        watcher.close()
+        loop.close()
+    assert not blocked, "the loop blocked writing to the dump thread's pipe"

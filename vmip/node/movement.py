@@ -559,6 +559,9 @@ class MovementWatcher:
             return
         self._loop = loop
         self._wake_r, self._wake_w = os.pipe()
+        # Written on the loop: a full pipe (the dump thread stuck or gone)
+        # already says "look again", it must not block the node.
+        os.set_blocking(self._wake_w, False)
         self.services.events.subscribe(self._on_mobility_event)
         self.services.pump.add("movement", self)
         self._listen(loop)
