@@ -8,6 +8,7 @@ and reads the moves the child prints.
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 import textwrap
@@ -57,11 +58,19 @@ CHILD = textwrap.dedent("""
             time.sleep(3)
         return _dump()
 
+    def late_dump(calls=[]):
+        # A dump whose result reaches the loop 1.5 s after it read the links.
+        calls.append(1)
+        result = _dump()
+        if len(calls) > 1:
+            time.sleep(1.5)
+        return result
+
     async def main():
         services = FakeServices()
         services.pump.attach(asyncio.get_running_loop())
-        watcher = MovementWatcher(services, hold_down=0.5,
-                                  dump=stalling_dump if "stall" in sys.argv else None)
+        dump = stalling_dump if "stall" in sys.argv else late_dump if "late" in sys.argv else None
+        watcher = MovementWatcher(services, hold_down=0.5, dump=dump)
         watcher.start(asyncio.get_running_loop())
         # Ready once the first dump was applied: both links known usable.
         while len(watcher.policy.usable_links(time.monotonic())) < 2:
@@ -155,6 +164,41 @@ def test_a_link_going_down_is_acted_on_from_the_notification_not_the_dump(netns)
         move = _expect(proc, "MOVE", 10).split()
         assert move[1:3] == ["wifi0", "lte0"]
         assert float(move[3]) - down_at < 1.0, "the move waited for the dump"
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        status = _expect(proc, "STATUS", 15).split()
+        assert status[1:] == ["lte0", "0"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=5)
+
+
+def _silent(proc: subprocess.Popen, seconds: float) -> str | None:
+    """The first line the child prints within *seconds*, or None."""
+    ready, _, _ = select.select([proc.stdout], [], [], seconds)
+    return proc.stdout.readline().strip() if ready else None
+
+
+@pytest.mark.root
+@pytest.mark.timeout(60)
+def test_a_dump_that_read_the_links_before_a_notification_does_not_undo_it(netns):
+    """A dump in progress when a watched link goes down read it up; its
+    result reaches the loop after the notification moved the CoA away (a
+    starved thread).  It must not bring the dead link back (here: a move
+    back to it after the hold-down, then away again when the next dump
+    lands)."""
+    proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", CHILD, "late"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        _expect(proc, "READY", 10)
+        ip(netns, "addr", "add", "198.51.100.3/28", "dev", "l0")   # any change: a dump starts
+        time.sleep(0.3)
+        ip(netns, "link", "set", "w1", "down")                    # w0 loses carrier meanwhile
+        move = _expect(proc, "MOVE", 5).split()
+        assert move[1:3] == ["wifi0", "lte0"]
+        assert _silent(proc, 4.0) is None, "a stale dump moved the CoA back"
         proc.stdin.write("\n")
         proc.stdin.flush()
         status = _expect(proc, "STATUS", 15).split()

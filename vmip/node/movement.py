@@ -551,6 +551,10 @@ class MovementWatcher:
         self.notified_down = 0
         self._events: Any = None
         self._interfaces = frozenset(want.interface for want in self.watched)
+        # Notification rounds that took a link out, and per link the last
+        # such round: a dump that began before it read that link as it was.
+        self._down_rounds = 0
+        self._reported_down: dict[str, int] = {}
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -663,6 +667,9 @@ class MovementWatcher:
         down = links_reported_down(self.watched, messages)
         if down:
             self.notified_down += 1
+            self._down_rounds += 1
+            for name in down:
+                self._reported_down[name] = self._down_rounds
             self._apply(dict.fromkeys(down, False))
         # Any change means "look again": the dump confirms, and sees links come up.
         if self._wake_w is not None:
@@ -693,6 +700,7 @@ class MovementWatcher:
                 self._own_dump.close()
 
     def _scan(self) -> None:
+        began = self._down_rounds        # read before the dump reads the links
         try:
             links, addrs = self._dump()
         except Exception as exc:  # noqa: BLE001 - counted; the next scan tries again
@@ -704,11 +712,20 @@ class MovementWatcher:
         loop = self._loop
         if loop is not None and not self._stop.is_set():
             try:
-                loop.call_soon_threadsafe(self._apply, usable)
+                loop.call_soon_threadsafe(self._apply_dump, usable, began)
             except RuntimeError:
                 pass  # the loop closed under us: the node is stopping
 
     # -- on the node's loop --------------------------------------------------------
+
+    def _apply_dump(self, usable: dict[str, bool], began: int) -> None:
+        """A dump's verdicts, save a link that it read as usable before a
+        notification said it went down: the dump that notification asked
+        for decides that link (a starved thread's stale view must not move
+        the CoA back to a dead link)."""
+        reported = self._reported_down
+        self._apply({name: ok for name, ok in usable.items()
+                     if not ok or reported.get(name, 0) <= began})
 
     def _apply(self, usable: dict[str, bool]) -> None:
         if self._stop.is_set():
