@@ -562,10 +562,11 @@ def test_prober_measures_a_hedged_link_soon_once_per_silence_and_answers_say_so(
     services.now = 2.0
     prober.soon("wifi0", 1.2)
     assert armed == [True, True] and prober.get_timer() == 2.0
-    assert not quality.answered_since("wifi0", 0.9)
+    assert quality.last_answer("wifi0") == 0.02
     quality.rtt_sample("wifi0", 0.01, 1.01)
-    assert quality.answered_since("wifi0", 0.9) and not quality.answered_since("wifi0", 1.01)
-    assert not quality.answered_since("eth9", 0.0)
+    assert quality.last_answer("wifi0") == 1.01
+    quality.outcome("wifi0", False, 1.2)            # a loss is news, not an answer
+    assert quality.last_answer("wifi0") == 1.01 and quality.last_answer("eth9") is None
 
 
 @pytest.mark.parametrize("interval, multiple", [(0.0, True), (5.0, False)])

@@ -13,7 +13,13 @@ from vmip.mobility.ancillary import UNSPECIFIED, Ancillary
 from vmip.mobility.events import RegistrationTimeout
 from vmip.node.events import TimedEvent
 from vmip.node.movement import MovementWatcher
-from vmip.node.paths import HEDGE_AFTER_MIN, HEDGE_SPAN, BoundPath, PathTable
+from vmip.node.paths import (
+    HEDGE_AFTER_MIN,
+    HEDGE_PROBE_TRUST,
+    HEDGE_SPAN,
+    BoundPath,
+    PathTable,
+)
 
 HOA = IPv6Address("2001:db8:100::10")
 OTHER_HOA = IPv6Address("2001:db8:100::20")
@@ -139,25 +145,34 @@ def test_an_mn_hedges_while_its_link_is_silent_and_the_peer_talks_on_another() -
     assert CN.packed not in table._heard and not table.active
 
 
-def test_an_mn_asks_for_a_probe_of_a_silent_link_and_stops_hedging_once_it_answers() -> None:
+def test_an_mn_asks_for_a_probe_of_a_silent_link_and_trusts_an_answer_for_a_while() -> None:
     """The peer may only have followed our hedge copies over a link that is
     faster one way: a request answered over the silent link since its
-    silence began ends the hedge; until then each hedge asks for one."""
+    silence began stops the hedge for HEDGE_PROBE_TRUST, time for the peer
+    to come back; still silent after that, the hedge resumes and asks again."""
     table = PathTable({1: "wifi0", 2: "lte0"}.get)
     table.mn_paths(CN, ((1, WIFI), (2, LTE)))
     wifi, lte = table.paths_to(CN.packed)
     answered: dict[str, float] = {}
     asked: list[tuple[str, float]] = []
-    table.link_answered = lambda link, since: answered.get(link, -1.0) > since
+    table.last_answer = answered.get
     table.check_link = lambda link, since: asked.append((link, since))
     last = _steady(table, CN.packed, CN.packed, "wifi0", 1.0, 0.01, 20)
     talk = _steady(table, CN.packed, CN.packed, "lte0", last + 0.01, 0.01, 10)
     answered["wifi0"] = last - 0.5          # an answer from before the silence
     assert table.spare(CN.packed, wifi, [wifi, lte], talk) == lte
     assert asked == [("wifi0", last)]
-    answered["wifi0"] = last + 0.03          # the probe over wifi0 came back
-    assert table.spare(CN.packed, wifi, [wifi, lte], talk + 0.001) is None
+    answer = answered["wifi0"] = talk + 0.02          # the probe over wifi0 came back
+    assert table.spare(CN.packed, wifi, [wifi, lte], answer + 0.001) is None
+    assert table.spare(CN.packed, wifi, [wifi, lte], answer + HEDGE_PROBE_TRUST) is None
     assert len(asked) == 1
+    # Still nothing on wifi0 (the peer's way there alone is broken): hedge again.
+    assert table.spare(CN.packed, wifi, [wifi, lte], answer + HEDGE_PROBE_TRUST + 0.01) == lte
+    assert asked[1:] == [("wifi0", answer)]
+    # Heard on wifi0 again: the usual rhythm rule, no probe.
+    back = _steady(table, CN.packed, CN.packed, "wifi0", answer + 0.3, 0.01, 5)
+    assert table.spare(CN.packed, wifi, [wifi, lte], back + 0.001) is None
+    assert len(asked) == 2
 
 
 def test_data_from_an_unbound_address_or_an_unknown_peer_is_not_timed() -> None:

@@ -420,3 +420,48 @@ def test_a_hedge_stops_once_the_silent_path_carries_again_even_when_the_spare_is
     assert before == 0, "the MN hedged before wifi0 fell silent"
     assert during > 0, "the MN did not hedge while the CN's datagrams to wifi0 were dropped"
     assert after <= 10, f"the MN still doubled {after} best datagrams in the 2 s after"
+
+
+def test_when_only_the_way_to_the_cn_breaks_on_the_best_link_the_hedge_keeps_most_of_the_flow(
+        ) -> None:
+    """wifi0 still answers the HA (its probes come back) but nothing passes
+    between it and the CN.  The probe's answer pauses the hedge for
+    HEDGE_PROBE_TRUST only; still silent then, the MN hedges again (one
+    probe a second at most): the best flow keeps most of its datagrams."""
+    with multi_coa_world("", seed=19) as world:
+        wifi = IPv6Address(COA["wifi0"]).packed
+        cn = IPv6Address(CN).packed
+        broken: list[bool] = []
+
+        def cut(sender, packet: bytes, destination) -> bool:
+            if not broken or len(packet) < 40:
+                return False
+            return (sender.node == "cn" and packet[24:40] == wifi) or \
+                (sender.node == "mn" and sender.name == "wifi0" and packet[24:40] == cn)
+
+        world.network.interceptors.append(cut)
+
+        async def scenario():
+            await world.start_all()
+            await both_links_bound(world)
+            stream = Stream(world, "mn", HOA, CN, BEST_PORT)
+            back = Stream(world, "cn", CN, HOA, BEST_PORT)
+            world.tun_sinks["cn"] = sink(stream)
+            world.tun_sinks["mn"] = sink(back)
+            stream.start()
+            back.start()
+            await asyncio.sleep(1.0)
+            broken.append(True)
+            cut_at = world.loop.time()
+            await asyncio.sleep(3.0)
+            stream.stop()
+            back.stop()
+            await asyncio.sleep(0.3)
+            mn = world.nodes["mn"]
+            return stream, cut_at, mn.link_prober.probes, \
+                mn.link_quality.best(["wifi0", "lte0"], world.loop.time())
+        stream, cut_at, probes, best = world.run(scenario())
+    after = [seq for seq, at in enumerate(stream.sent_at) if at > cut_at + 0.05]
+    delivered = sum(1 for seq in after if stream.arrived[seq])
+    assert best == "wifi0"                      # link quality sees nothing wrong
+    assert delivered >= 0.6 * len(after), (delivered, len(after), probes)

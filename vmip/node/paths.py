@@ -64,6 +64,9 @@ HEDGE_AFTER_PEAKS = 1.5
 #: ... which fades by this factor per arrival (after an idle pause, some 60
 #: arrivals bring it back to the traffic's rhythm).
 HEDGE_PEAK_DECAY = 0.95
+#: Seconds a silent link of ours that answered a probe goes unhedged: time
+#: for the peer to come back to it (its data there ends the silence).
+HEDGE_PROBE_TRUST = 0.25
 #: Paths remembered per peer (a peer has at most max_care_of_addresses).
 MAX_HEARD_PATHS = 16
 
@@ -147,11 +150,11 @@ class PathTable:
         #: True while any peer has several-binding paths: the per-packet
         #: arrival note is skipped otherwise.
         self.active = False
-        #: MN: ``(link, since)`` -> was a request answered over our *link*
-        #: after *since* (``LinkQuality.answered_since``); and ``(link,
-        #: since)`` -> measure *link* soon (``LinkProber.soon``).  A silent
-        #: link that answers is not hedged (:meth:`spare`).
-        self.link_answered: Callable[[str, float], bool] | None = None
+        #: MN: ``link`` -> when a request over our *link* was last answered
+        #: (``LinkQuality.last_answer``); and ``(link, since)`` -> measure
+        #: *link* soon unless asked since then (``LinkProber.soon``).  A
+        #: silent link that answered is not hedged for a while (:meth:`spare`).
+        self.last_answer: Callable[[str], float | None] | None = None
         self.check_link: Callable[[str, float], None] | None = None
         #: ``mirror_moved``: the CN's best path followed the MN's.
         self.counters: Counter[str] = Counter()
@@ -253,11 +256,18 @@ class PathTable:
             # followed our hedge copies, which arrive first on a path that is
             # faster one way: then nothing comes back on the chosen link
             # again and the hedge would never end.  A request answered over
-            # it since the silence began says it carries; ask for one.
-            if self.link_answered is not None and self.link_answered(link, mine.last):
-                return None
+            # it since the silence began says it carries: no hedge for
+            # HEDGE_PROBE_TRUST, time for the peer to come back to it; still
+            # silent then (its path to the peer alone is broken), hedge and
+            # ask again.
+            answered = self.last_answer(link) if self.last_answer is not None else None
+            since = mine.last
+            if answered is not None and answered > since:
+                if now - answered <= HEDGE_PROBE_TRUST:
+                    return None
+                since = answered
             if self.check_link is not None:
-                self.check_link(link, mine.last)
+                self.check_link(link, since)
         for path in paths:
             if path != chosen:
                 return path

@@ -190,10 +190,10 @@ class LinkQuality:
         entry = self._links.get(link)
         return entry.last_request if entry is not None else None
 
-    def answered_since(self, link: str, since: float) -> bool:
-        """Was a request on *link* answered after *since*: does it carry both ways?"""
+    def last_answer(self, link: str) -> float | None:
+        """When a request on *link* was last answered (it carried both ways then)."""
         entry = self._links.get(link)
-        return entry is not None and entry.last_answer is not None and entry.last_answer > since
+        return entry.last_answer if entry is not None else None
 
     def _state(self, entry: _Link | None, now: float) -> str:
         if entry is None:

@@ -193,7 +193,7 @@ class Node:
         self.control_handlers = NodeControl(self)
         self.quality_feed, self.link_prober = install_link_quality(self.services, self.mobility)
         # A hedged link that still answers signalling is not dead (paths.py).
-        self.mobility.paths.link_answered = self.link_quality.answered_since
+        self.mobility.paths.last_answer = self.link_quality.last_answer
         if self.link_prober is not None:
             self.mobility.paths.check_link = self.link_prober.soon
 
