@@ -531,7 +531,7 @@ def test_prober_probes_under_a_real_pump_on_a_real_clock():
 def test_prober_measures_a_hedged_link_soon_once_per_silence_and_answers_say_so():
     """The hedge asks whether its silent link still carries: one probe at
     once, none while a request sent since the silence began is out; an
-    answer after that instant is what ``answered_since`` reports."""
+    answer after that instant is what ``last_answer`` reports."""
     services = FakeServices(probe_interval=5.0)
     armed: list[bool] = []
     services.pump = SimpleNamespace(arm_soon=lambda: armed.append(True))
