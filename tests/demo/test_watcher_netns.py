@@ -7,12 +7,14 @@ and reads the moves the child prints.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -117,13 +119,32 @@ def _expect(proc: subprocess.Popen, prefix: str, timeout: float) -> str:
     raise AssertionError(f"no {prefix!r} line within {timeout} s")
 
 
-@pytest.mark.root
-@pytest.mark.timeout(60)
-def test_watcher_moves_on_link_loss_and_back_after_hold_down(netns):
-    proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", CHILD],
+@contextlib.contextmanager
+def watcher_child(netns: str, *mode: str) -> Iterator[subprocess.Popen]:
+    """The child (CHILD) in *netns*, with *mode* ("stall", "late") as its argument."""
+    proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", CHILD, *mode],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO)))
     try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=5)
+
+
+def _stop_expecting(proc: subprocess.Popen, current: str, timeout: float = 15) -> None:
+    """Ask the child to stop; it must end on *current* with no watcher error."""
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    status = _expect(proc, "STATUS", timeout).split()
+    assert status[1:] == [current, "0"]
+
+
+@pytest.mark.root
+@pytest.mark.timeout(60)
+def test_watcher_moves_on_link_loss_and_back_after_hold_down(netns):
+    with watcher_child(netns) as proc:
         _expect(proc, "READY", 10)
         down_at = time.time()
         ip(netns, "link", "set", "w1", "down")        # the peer: w0 loses carrier
@@ -138,14 +159,7 @@ def test_watcher_moves_on_link_loss_and_back_after_hold_down(netns):
         ip(netns, "addr", "del", "192.0.2.34/28", "dev", "w0")   # address lost: unusable
         move = _expect(proc, "MOVE", 5).split()
         assert move[1:3] == ["wifi0", "lte0"]
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        status = _expect(proc, "STATUS", 10).split()
-        assert status[1:] == ["lte0", "0"]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=5)
+        _stop_expecting(proc, "lte0", 10)
 
 
 @pytest.mark.root
@@ -154,24 +168,14 @@ def test_a_link_going_down_is_acted_on_from_the_notification_not_the_dump(netns)
     """The dump of links and addresses runs on a thread that a busy node can
     starve (here: it takes 3 s); the notification that a watched link went
     down moves the CoA by itself, on the node's loop."""
-    proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", CHILD, "stall"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
-    try:
+    with watcher_child(netns, "stall") as proc:
         _expect(proc, "READY", 10)
         down_at = time.time()
         ip(netns, "link", "set", "w0", "down")
         move = _expect(proc, "MOVE", 10).split()
         assert move[1:3] == ["wifi0", "lte0"]
         assert float(move[3]) - down_at < 1.0, "the move waited for the dump"
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        status = _expect(proc, "STATUS", 15).split()
-        assert status[1:] == ["lte0", "0"]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=5)
+        _stop_expecting(proc, "lte0")
 
 
 def _silent(proc: subprocess.Popen, seconds: float) -> str | None:
@@ -188,10 +192,7 @@ def test_a_dump_that_read_the_links_before_a_notification_does_not_undo_it(netns
     starved thread).  It must not bring the dead link back (here: a move
     back to it after the hold-down, then away again when the next dump
     lands)."""
-    proc = subprocess.Popen(["ip", "netns", "exec", netns, sys.executable, "-c", CHILD, "late"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)))
-    try:
+    with watcher_child(netns, "late") as proc:
         _expect(proc, "READY", 10)
         ip(netns, "addr", "add", "198.51.100.3/28", "dev", "l0")   # any change: a dump starts
         time.sleep(0.3)
@@ -199,11 +200,4 @@ def test_a_dump_that_read_the_links_before_a_notification_does_not_undo_it(netns
         move = _expect(proc, "MOVE", 5).split()
         assert move[1:3] == ["wifi0", "lte0"]
         assert _silent(proc, 4.0) is None, "a stale dump moved the CoA back"
-        proc.stdin.write("\n")
-        proc.stdin.flush()
-        status = _expect(proc, "STATUS", 15).split()
-        assert status[1:] == ["lte0", "0"]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=5)
+        _stop_expecting(proc, "lte0")
