@@ -628,7 +628,12 @@ class MobilityAgent:
         if isinstance(event, ev.CoaChanged) and multiple:
             # The primary CoA changed; the others may still be bound: the rules
             # are made again from the whole set, never by replacing one address.
-            own = [pair for pair in self._own_coas if pair[1] not in (event.old, event.new)]
+            # The old primary stays when its link is still bound (a swap back to
+            # a returning link): the HA's answers to its probes come to it
+            # (RFC 5648: each binding stands until its BID is removed).
+            bound = set(self.mn.care_of_addresses.values()) if self.mn is not None else set()
+            own = [pair for pair in self._own_coas if pair[1] != event.new
+                   and (pair[1] != event.old or pair[1] in bound)]
             if event.new is not None:
                 bid = self.bid_of_link(self._link_of_coa(event.new) or "")
                 own.insert(0, (bid or 0, event.new))
