@@ -84,15 +84,17 @@ def test_demo_multi_coa_duplicates_survive_wifi_dying(tmp_path):
     abrupt = [row for row in rows if row["abrupt"]]
     for row in abrupt:
         assert all(v is not None for v in row["interruption_ms"]["best"].values())
-    # wifi0 died without warning: the duplicated probes lose (next to) nothing
-    # where the best-link class, on the dying link until the MN moves, loses
-    # what was in flight.  Exactly zero is the target the report checks; in
-    # repeated lab runs an abrupt handover now and then lost two duplicated
-    # probes of one direction (docs/multi-coa.md, "Demo and report"), so this
-    # run-once test asserts the bound seen, not the target.
+    # wifi0 died without warning: the duplicated probes lose nothing (lte0's
+    # random loss while it alone carried copies is background, matched to
+    # the shaper's own drops), where the best-link class loses what was in
+    # flight on wifi0.  Its gap is within lte0's round trip in the lab runs
+    # (25-46 ms against 60, docs/multi-coa.md); a run-once test on a shared
+    # machine asserts 1.5 round trips, the report checks the target itself.
     duplicate_lost = sum(row["lost_packets"]["duplicate"] for row in abrupt)
-    assert duplicate_lost <= 2 * len(abrupt), abrupt
-    assert duplicate_lost <= sum(row["lost_packets"]["best"] for row in abrupt), abrupt
+    assert duplicate_lost == 0, abrupt
+    rtt = report["links"]["lte0"]["rtt_ms"]
+    for row in abrupt:
+        assert max(row["interruption_ms"]["best"].values()) <= 1.5 * rtt, row
     # wifi0 back and bound again: the duplicates cost bytes on both sides.
     assert rows[1]["duplicate_overhead_bytes"] > 0
     assert all(v > 0 for v in rows[1]["duplicate_overhead_bytes_by_node"].values())
