@@ -152,6 +152,21 @@ def test_tun_comes_up_with_its_addresses_mtu_and_routes(netns, tun):
 
 
 @pytest.mark.root
+def test_the_kernel_sends_nothing_of_its_own_into_the_tun(netns, tun):
+    """No multicast on the point-to-point TUN: no Router Solicitation
+    (sent within a second of link-up, RFC 4861 §6.3.7) and no MLD report
+    from the kernel for the node to drop."""
+    (link,) = _ip_json(netns, "link", "show", "dev", TUN_NAME)
+    assert "MULTICAST" not in link["flags"]
+    seen: list[bytes] = []
+    deadline = time.monotonic() + 1.5
+    while (remaining := deadline - time.monotonic()) > 0:
+        if _wait_readable(tun.fileno(), remaining):
+            seen += tun.read_batch()
+    assert seen == [], [IPv6(raw).summary() for raw in seen]
+
+
+@pytest.mark.root
 def test_default_route_and_no_addresses(netns):
     with TunDevice.open("vtun1", [], mtu=1280, routes=["::/0"]) as device:
         (lookup,) = _ip_json(netns, "-6", "route", "get", "2001:db8:ffff::1")
