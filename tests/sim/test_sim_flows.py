@@ -226,20 +226,24 @@ def esp_drops(node) -> Counter[str]:
     return drops
 
 
+async def one_stream(world: SimWorld, port: int, seconds: float) -> tuple[Stream, DataOnLinks]:
+    """Both links bound, then one MN -> CN stream to *port* for *seconds*; the
+    stream and what left on each link."""
+    await world.start_all()
+    await both_links_bound(world)
+    seen = DataOnLinks(world)
+    stream = Stream(world, "mn", HOA, CN, port)
+    world.tun_sinks["cn"] = sink(stream)
+    stream.start()
+    await asyncio.sleep(seconds)
+    stream.stop()
+    await asyncio.sleep(0.5)
+    return stream, seen
+
+
 def test_a_duplicate_flow_goes_on_both_links_and_reaches_the_cn_once() -> None:
     with multi_coa_world(flow("dup", DUP_PORT, "duplicate"), seed=7) as world:
-        async def scenario():
-            await world.start_all()
-            await both_links_bound(world)
-            seen = DataOnLinks(world)
-            dup = Stream(world, "mn", HOA, CN, DUP_PORT)
-            world.tun_sinks["cn"] = sink(dup)
-            dup.start()
-            await asyncio.sleep(2.0)
-            dup.stop()
-            await asyncio.sleep(0.5)
-            return dup, seen
-        dup, seen = world.run(scenario())
+        dup, seen = world.run(one_stream(world, DUP_PORT, 2.0))
         mn, cn = world.nodes["mn"], world.nodes["cn"]
         sent = len(dup.sent_at)
         assert sent >= 199
@@ -346,18 +350,7 @@ def test_a_link_dying_silently_costs_a_best_flow_only_until_its_silence_shows() 
 
 def test_a_link_flow_goes_only_on_its_link() -> None:
     with multi_coa_world(flow("lte-only", LINK_PORT, "link:lte0"), seed=5) as world:
-        async def scenario():
-            await world.start_all()
-            await both_links_bound(world)
-            seen = DataOnLinks(world)
-            stream = Stream(world, "mn", HOA, CN, LINK_PORT)
-            world.tun_sinks["cn"] = sink(stream)
-            stream.start()
-            await asyncio.sleep(1.0)
-            stream.stop()
-            await asyncio.sleep(0.5)
-            return stream, seen
-        stream, seen = world.run(scenario())
+        stream, seen = world.run(one_stream(world, LINK_PORT, 1.0))
         counters = world.nodes["mn"].counters
     sent = len(stream.sent_at)
     assert stream.arrived == Counter(range(sent))
