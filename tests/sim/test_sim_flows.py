@@ -44,9 +44,11 @@ def bound_on_wifi(world: SimWorld) -> bool:
 
 
 class EspOnLinks:
-    """Which (SPI, sequence number) of the MN's ESP to the CN left on which link."""
+    """Which (SPI, sequence number) of the MN's ESP to the CN left on which
+    link; the SA *skip_spi* (the MH SA of the split layout) left out."""
 
-    def __init__(self, world: SimWorld) -> None:
+    def __init__(self, world: SimWorld, skip_spi: int | None = None) -> None:
+        self.skip_spi = skip_spi
         self.by_link: dict[str, Counter[tuple[int, int]]] = {"wifi0": Counter(),
                                                              "lte0": Counter()}
         world.network.interceptors.append(self._see)
@@ -55,7 +57,8 @@ class EspOnLinks:
         if sender.node == "mn" and len(packet) >= 48 and packet[6] == 50 \
                 and packet[24:40] == IPv6Address(CN).packed:
             spi, seq = int.from_bytes(packet[40:44], "big"), int.from_bytes(packet[44:48], "big")
-            self.by_link[sender.name][(spi, seq)] += 1
+            if spi != self.skip_spi:
+                self.by_link[sender.name][(spi, seq)] += 1
         return False
 
 
@@ -200,21 +203,9 @@ async def both_links_bound(world: SimWorld) -> None:
         and len(world.nodes["cn"].mobility.paths_to(hoa)) == 2), 10)
 
 
-class DataOnLinks:
+def data_on_links(world: SimWorld) -> EspOnLinks:
     """The (SPI, sequence number) of the MN's data ESP to the CN seen on each link."""
-
-    def __init__(self, world: SimWorld) -> None:
-        self.by_link: dict[str, Counter[tuple[int, int]]] = {"wifi0": Counter(),
-                                                             "lte0": Counter()}
-        world.network.interceptors.append(self._see)
-
-    def _see(self, sender, packet: bytes, destination) -> bool:
-        if sender.node == "mn" and len(packet) >= 48 and packet[6] == 50 \
-                and packet[24:40] == IPv6Address(CN).packed:
-            spi = int.from_bytes(packet[40:44], "big")
-            if spi != MN_CN_MH_SPI:
-                self.by_link[sender.name][(spi, int.from_bytes(packet[44:48], "big"))] += 1
-        return False
+    return EspOnLinks(world, skip_spi=MN_CN_MH_SPI)
 
 
 def esp_drops(node) -> Counter[str]:
@@ -226,12 +217,12 @@ def esp_drops(node) -> Counter[str]:
     return drops
 
 
-async def one_stream(world: SimWorld, port: int, seconds: float) -> tuple[Stream, DataOnLinks]:
+async def one_stream(world: SimWorld, port: int, seconds: float) -> tuple[Stream, EspOnLinks]:
     """Both links bound, then one MN -> CN stream to *port* for *seconds*; the
     stream and what left on each link."""
     await world.start_all()
     await both_links_bound(world)
-    seen = DataOnLinks(world)
+    seen = data_on_links(world)
     stream = Stream(world, "mn", HOA, CN, port)
     world.tun_sinks["cn"] = sink(stream)
     stream.start()
