@@ -24,7 +24,13 @@ from netbench.report import (
     render_plain,
 )
 from netbench.stats import ratio, round_order, summarize
-from netbench.systems import SYSTEM_NAMES, OpenVpn, StrongswanLibipsec, WireguardGo
+from netbench.systems import (
+    EXTRA_SYSTEM_NAMES,
+    SYSTEM_NAMES,
+    OpenVpn,
+    StrongswanLibipsec,
+    WireguardGo,
+)
 
 from vmip.errors import VmipError
 
@@ -321,6 +327,24 @@ def test_systems_option():
         cli.parse_systems("vmip,ipsec-tools")
     args = cli.build_parser().parse_args([])
     assert args.systems == list(SYSTEM_NAMES)
+    # The reference relay runs only when asked for.
+    assert "python-floor" in EXTRA_SYSTEM_NAMES and "python-floor" not in args.systems
+    assert cli.parse_systems("vmip,python-floor") == ["vmip", "python-floor"]
+
+
+def test_vmip_over_the_python_floor_is_taken_round_by_round():
+    outcomes = [SystemOutcome("vmip", tcp_mbps=[400.0, 600.0], rtt_ms=[0.9, 1.0]),
+                SystemOutcome("python-floor", tcp_mbps=[800.0, 600.0], rtt_ms=[0.45, 0.4]),
+                SystemOutcome("underlay", tcp_mbps=[9000.0, 9000.0], rtt_ms=[0.05, 0.05])]
+    comparison = build_report(outcomes, {})["comparison"]
+    assert comparison["vmip_over_python_floor"] == {
+        "tcp_mbps": {"min": 0.5, "median": 0.75, "max": 1.0},
+        "rtt_ms": {"min": 2.0, "median": 2.25, "max": 2.5}}
+    assert comparison["python_floor_rtt_minus_underlay_ms"] == pytest.approx(0.375)
+    lines = comparison_lines(build_report(outcomes, {}))
+    assert "vmip / python-floor RTT, same round: 2.00–2.25–2.50×" in lines
+    assert any(line.startswith("python-floor RTT − underlay RTT: +0.375 ms") for line in lines)
+    assert "vmip_over_python_floor" not in build_report(outcomes[:1], {})["comparison"]
 
 
 def test_quick_defaults_and_overrides():

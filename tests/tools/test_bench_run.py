@@ -61,11 +61,12 @@ def lone_netns():
 @pytest.mark.timeout(120)
 def test_quick_run_underlay_and_vmip(prefix, tmp_path):
     out = tmp_path / "bench.json"
-    result = bench("--quick", "--systems", "underlay,vmip", "--seconds", "2", "--rounds", "1",
-                   "--ping-count", "10", "--ns-prefix", prefix, "--json", str(out))
+    result = bench("--quick", "--systems", "underlay,vmip,python-floor", "--seconds", "2",
+                   "--rounds", "1", "--ping-count", "10", "--ns-prefix", prefix,
+                   "--json", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
-    assert set(report["systems"]) == {"underlay", "vmip"}
+    assert set(report["systems"]) == {"underlay", "vmip", "python-floor"}
     for name, entry in report["systems"].items():
         assert entry["status"] == "ok", (name, entry)
         assert entry["tcp_mbps"] > 0 and entry["rtt_ms"] > 0, (name, entry)
@@ -77,8 +78,13 @@ def test_quick_run_underlay_and_vmip(prefix, tmp_path):
     assert report["systems"]["underlay"]["tcp_mbps"] > vmip["tcp_mbps"]
     assert report["comparison"]["vmip_rtt_minus_underlay_ms"] == pytest.approx(
         vmip["rtt_ms"] - report["systems"]["underlay"]["rtt_ms"])
+    # The reference relay carried the same traffic through its own TUN.
+    floor = report["systems"]["python-floor"]
+    assert floor["details"]["interface"] == "pyfloor0" and floor["details"]["mtu"] == 1400
+    assert report["comparison"]["vmip_over_python_floor"]["rtt_ms"]["median"] == pytest.approx(
+        vmip["rtt_ms"] / floor["rtt_ms"])
     assert report["run"]["rounds"] == 1 and report["run"]["seconds"] == 2
-    for name in ("underlay", "vmip"):
+    for name in ("underlay", "vmip", "python-floor"):
         assert name in result.stdout
     assert not {f"{prefix}-a", f"{prefix}-b"} & existing_netns()
 

@@ -12,11 +12,12 @@ import os
 import stat
 import subprocess
 import sys
-from vmip.compat import tomllib
 from ipaddress import IPv6Address
 from pathlib import Path
 
 import pytest
+
+from vmip.compat import tomllib
 
 REPO = Path(__file__).resolve().parents[2]
 SWARM = REPO / "tools" / "bench" / "swarm"

@@ -15,7 +15,7 @@ from netbench.errors import BenchError
 from netbench.lab import cleanup_leftovers
 from netbench.report import TABLE_HEADER, comparison_lines, note_lines, render_plain, table_rows
 from netbench.runner import Options, required_tools_missing, run_benchmark
-from netbench.systems import OPENVPN_MODES, SYSTEM_NAMES
+from netbench.systems import EXTRA_SYSTEM_NAMES, OPENVPN_MODES, SYSTEM_NAMES
 
 #: (seconds per iperf3 test, rounds, pings per round)
 QUICK = (4.0, 5, 20)
@@ -49,11 +49,12 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
 
 def parse_systems(text: str) -> list[str]:
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in SYSTEM_NAMES]
+    known = SYSTEM_NAMES + EXTRA_SYSTEM_NAMES
+    unknown = [name for name in names if name not in known]
     if unknown or not names:
         raise argparse.ArgumentTypeError(
             f"unknown system(s) {', '.join(unknown) or '(none given)'}; "
-            f"choose from {','.join(SYSTEM_NAMES)}")
+            f"choose from {','.join(known)}")
     return list(dict.fromkeys(names))  # keep order, drop repeats
 
 
@@ -67,7 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
                              f"{FULL[0]:g} s, {FULL[1]} rounds, {FULL[2]} pings")
     parser.add_argument("--json", metavar="FILE", type=Path, help="also write the results here")
     parser.add_argument("--systems", type=parse_systems, default=list(SYSTEM_NAMES),
-                        help=f"comma-separated subset of {','.join(SYSTEM_NAMES)}")
+                        help=f"comma-separated subset of {','.join(SYSTEM_NAMES)} (the "
+                             f"default: all of them); also {','.join(EXTRA_SYSTEM_NAMES)}, "
+                             f"the least Python that tunnels, as a reference for vmip's "
+                             f"own cost per crossing")
     parser.add_argument("--seconds", type=float, help="iperf3 duration of each test")
     parser.add_argument("--rounds", type=int, help="repetitions per system")
     parser.add_argument("--ping-count", type=int, help="pings per repetition (0.05 s apart)")

@@ -127,6 +127,15 @@ def build_report(outcomes: list[SystemOutcome], run: dict[str, Any]) -> dict[str
         "vmip_rtt_minus_underlay_ms": difference(median_of("vmip", "rtt_ms"),
                                                  median_of("underlay", "rtt_ms")),
     }
+    floor = by_name.get("python-floor")
+    if floor is not None and reference is not None:
+        # What vmip's own code adds to the least Python that tunnels, round by
+        # round (docs/benchmarks.md, "The Python floor").
+        comparison["vmip_over_python_floor"] = {
+            metric: _summary_dict(paired_ratios(getattr(reference, metric), getattr(floor, metric)))
+            for metric in ("tcp_mbps", "rtt_ms")}
+        comparison["python_floor_rtt_minus_underlay_ms"] = difference(
+            median_of("python-floor", "rtt_ms"), median_of("underlay", "rtt_ms"))
     raw = by_name.get("vmip-raw")
     if raw is not None and reference is not None:
         # raw / udp round by round (docs/benchmarks.md, "vmip on the raw driver").
@@ -213,6 +222,14 @@ def comparison_lines(report: dict[str, Any]) -> list[str]:
         if paired is not None:
             lines.append(f"vmip-raw / vmip {what}, same round: {paired['median']:.2f}× "
                          f"(min {paired['min']:.2f}×, max {paired['max']:.2f}×)")
+    for metric, what in (("tcp_mbps", "TCP throughput"), ("rtt_ms", "RTT")):
+        paired = (comparison.get("vmip_over_python_floor") or {}).get(metric)
+        if paired is not None:
+            lines.append(f"vmip / python-floor {what}, same round: {_range_text(paired)}")
+    floor_extra = comparison.get("python_floor_rtt_minus_underlay_ms")
+    if floor_extra is not None:
+        lines.append(f"python-floor RTT − underlay RTT: {floor_extra:+.3f} ms "
+                     f"(the least any Python tunnel pays here)")
     lines += case_lines(report)
     return lines
 

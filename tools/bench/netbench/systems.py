@@ -683,7 +683,57 @@ class StrongswanLibipsec(System):
         self._after_setup(lab)
 
 
+# -- the Python floor -------------------------------------------------------------
+
+FLOOR_OVERLAY = {"a": "2001:db8:a9::1", "b": "2001:db8:a9::2"}
+FLOOR_PORT = 6999
+FLOOR_RELAY = Path(__file__).resolve().parent / "floor_relay.py"
+
+
+class PythonFloor(System):
+    """netbench/floor_relay.py on both sides: TUN, AES-128-GCM and UDP in the
+    least Python that does them, with vmip's interpreter and event loop.
+    A reference for what vmip's own code adds per crossing, not a tunnel."""
+
+    name = "python-floor"
+    summary = "reference: TUN -> AES-128-GCM -> UDP in ~30 lines of Python (no SPD, no replay window)"
+    target = FLOOR_OVERLAY["b"]
+    interface = "pyfloor0"
+
+    def missing(self, which: Which = shutil.which) -> Missing | None:
+        result = subprocess.run([sys.executable, "-c", "import uvloop, pytun, cryptography"],
+                                capture_output=True, text=True, timeout=30, check=False)
+        if result.returncode != 0:
+            return Missing(f"{sys.executable} cannot import uvloop, pytun and cryptography",
+                           f"pip install -e {REPO_ROOT}")
+        return None
+
+    def setup(self, lab: Lab) -> None:
+        key_path = lab.path("python-floor.key")
+        key_path.touch(mode=0o600)
+        key_path.write_bytes(secrets.token_bytes(20))
+        for me, peer in (("a", "b"), ("b", "a")):
+            log = lab.path(f"python-floor-{me}.log")
+            proc = lab.spawn(me, [sys.executable, str(FLOOR_RELAY), "--tun", self.interface,
+                                  "--address", f"{FLOOR_OVERLAY[me]}/64",
+                                  "--bind", UNDERLAY4[me], "--peer", UNDERLAY4[peer],
+                                  "--port", str(FLOOR_PORT), "--key-file", str(key_path),
+                                  "--mtu", str(TUNNEL_MTU)], log=log)
+
+            def up(side: str = me, proc: subprocess.Popen[bytes] = proc, log: Path = log) -> bool:
+                if proc.poll() is not None:
+                    raise SetupError(f"floor_relay ({side}) exited {proc.returncode}: {tail(log)}")
+                return interface_mtu(lab, side, "pyfloor0") == TUNNEL_MTU
+
+            if not wait_until(up, 15, interval=0.1):
+                raise SetupError(f"floor_relay ({me}) brought no {self.interface} up: {tail(log)}")
+        self.details["version"] = f"Python {sys.version.split()[0]}"
+        self._after_setup(lab)
+
+
 SYSTEM_NAMES = ("vmip", "vmip-raw", "wireguard-go", "openvpn", "strongswan-libipsec", "underlay")
+#: Measured only when named in --systems: references, not tunnels to compare.
+EXTRA_SYSTEM_NAMES = ("python-floor",)
 
 
 def make_system(name: str, openvpn_mode: str = "auto") -> System:
@@ -699,4 +749,6 @@ def make_system(name: str, openvpn_mode: str = "auto") -> System:
         return StrongswanLibipsec()
     if name == "underlay":
         return Underlay()
+    if name == "python-floor":
+        return PythonFloor()
     raise ValueError(f"unknown system {name!r}")
